@@ -1,0 +1,519 @@
+//! The SessionCluster controller: `reconcile` server-side applies every child, then
+//! writes status from what it observes; `error_policy` backs off and counts failures.
+
+use crate::crd::{SessionCluster, SessionClusterSpec, DURATION_PATTERN};
+use crate::metrics::Metrics;
+use crate::probe::Prober;
+use crate::resources::{self, ADMIN_PORT, MANAGER};
+use crate::status::{self, Failure, Observation};
+use crate::{Error, Result};
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ObjectReference, Pod, Secret, Service};
+use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::NamespaceResourceScope;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::watcher;
+use kube::{Client, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::collections::HashMap;
+use std::fmt::Debug;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tracing::{debug, info, warn};
+
+/// Upper bound for one reconcile (API calls plus node polling).
+pub const RECONCILE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Requeue interval of a healthy cluster (refreshes members and sessions).
+const REQUEUE_READY: Duration = Duration::from_secs(30);
+/// Requeue interval while a cluster is not ready yet.
+const REQUEUE_PENDING: Duration = Duration::from_secs(5);
+/// First retry delay after a failure; doubles up to [`MAX_BACKOFF`].
+const BASE_BACKOFF: Duration = Duration::from_secs(5);
+/// Longest retry delay after repeated failures.
+const MAX_BACKOFF: Duration = Duration::from_secs(300);
+
+/// Shared state of the reconciler.
+pub struct Context {
+    /// Kubernetes client.
+    pub client: Client,
+    /// Publishes Events about SessionClusters.
+    pub recorder: Recorder,
+    /// Operator metrics.
+    pub metrics: Metrics,
+    /// Polls the nodes' `/cluster`.
+    pub prober: Prober,
+    /// Consecutive failures per SessionCluster (`ns/name`), for backoff. A std mutex:
+    /// held for a map lookup only, never across an await.
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl Context {
+    /// A context whose Events name `instance` as the reporting instance.
+    pub fn new(client: Client, metrics: Metrics, instance: Option<String>) -> Self {
+        let reporter = Reporter {
+            controller: MANAGER.into(),
+            instance,
+        };
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            metrics,
+            prober: Prober::default(),
+            failures: Mutex::default(),
+        }
+    }
+
+    fn failure_count(&self, key: &str, bump: bool) -> u32 {
+        let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        if bump {
+            let n = map.entry(key.to_string()).or_insert(0);
+            *n = n.saturating_add(1);
+            *n
+        } else {
+            map.remove(key);
+            0
+        }
+    }
+}
+
+/// Retry delay after `failures` consecutive failures: 5 s, 10 s, 20 s, … 5 min.
+pub fn backoff(failures: u32) -> Duration {
+    let exp = failures.saturating_sub(1).min(16);
+    BASE_BACKOFF.saturating_mul(1 << exp).min(MAX_BACKOFF)
+}
+
+/// Checks what the API server's schema should already have rejected; a spec that
+/// slipped past (an older CRD, validation off) is refused here instead of crashing.
+pub fn validate(spec: &SessionClusterSpec) -> Result<(), String> {
+    if spec.replicas < 0 {
+        return Err(format!("replicas must be >= 0, got {}", spec.replicas));
+    }
+    let backups = spec.replication.backups;
+    if backups < 0 {
+        return Err(format!("replication.backups must be >= 0, got {backups}"));
+    }
+    if !(backups < spec.replicas || (spec.replicas <= 1 && backups <= 1)) {
+        return Err(format!(
+            "replication.backups ({backups}) must be less than replicas ({})",
+            spec.replicas
+        ));
+    }
+    if !is_duration(&spec.session.timeout) {
+        return Err(format!(
+            "session.timeout {:?} does not match {DURATION_PATTERN}",
+            spec.session.timeout
+        ));
+    }
+    if spec.image.trim().is_empty() {
+        return Err("image must not be empty".into());
+    }
+    if spec.session.cookie_name.is_empty() {
+        return Err("session.cookieName must not be empty".into());
+    }
+    Ok(())
+}
+
+/// `^[0-9]+(ms|s|m|h)$` without a regex engine.
+fn is_duration(s: &str) -> bool {
+    let digits = s.bytes().take_while(u8::is_ascii_digit).count();
+    digits > 0 && matches!(&s[digits..], "ms" | "s" | "m" | "h")
+}
+
+/// Reconciles one SessionCluster (bounded by [`RECONCILE_TIMEOUT`]).
+pub async fn reconcile(sc: Arc<SessionCluster>, ctx: Arc<Context>) -> Result<Action> {
+    let _timer = ctx.metrics.reconcile_started();
+    let key = format!("{}/{}", sc.namespace().unwrap_or_default(), sc.name_any());
+    let result = match tokio::time::timeout(RECONCILE_TIMEOUT, reconcile_inner(&sc, &ctx)).await {
+        Ok(r) => r,
+        Err(_) => Err(Error::Timeout("reconcile")),
+    };
+    if result.is_ok() {
+        ctx.failure_count(&key, false);
+    }
+    result
+}
+
+/// Requeues with exponential backoff and counts the failure by kind.
+pub fn error_policy(sc: Arc<SessionCluster>, error: &Error, ctx: Arc<Context>) -> Action {
+    let key = format!("{}/{}", sc.namespace().unwrap_or_default(), sc.name_any());
+    ctx.metrics.reconcile_failed(error);
+    let n = ctx.failure_count(&key, true);
+    let delay = backoff(n);
+    warn!(cluster = %key, error = %error, failures = n, retry_in = ?delay, "reconcile failed");
+    Action::requeue(delay)
+}
+
+/// Publishes an Event about `sc`; `related` names the child it concerns (Events about
+/// different children are then distinct rather than one series). Failures are logged.
+async fn publish(
+    ctx: &Context,
+    sc: &SessionCluster,
+    type_: EventType,
+    reason: &str,
+    action: &str,
+    note: String,
+    related: Option<ObjectReference>,
+) {
+    let ev = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note),
+        action: action.into(),
+        secondary: related,
+    };
+    if let Err(e) = ctx.recorder.publish(&ev, &sc.object_ref(&())).await {
+        warn!(error = %e, reason, "could not publish event");
+    }
+}
+
+/// Server-side applies `obj` (field manager [`MANAGER`], forced) and publishes a
+/// Created/Updated Event when that changed the object.
+async fn apply<K>(ctx: &Context, sc: &SessionCluster, obj: &K) -> Result<K>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + Serialize
+        + DeserializeOwned
+        + Debug,
+{
+    let ns = sc
+        .namespace()
+        .ok_or(Error::MissingField("metadata.namespace"))?;
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), &ns);
+    let name = obj.name_any();
+    let kind = K::kind(&()).into_owned();
+    let apply_err = |source| Error::Apply {
+        kind: kind.clone(),
+        name: name.clone(),
+        source,
+    };
+    let before = api
+        .get_opt(&name)
+        .await
+        .map_err(apply_err)?
+        .and_then(|o| o.resource_version());
+    let params = PatchParams::apply(MANAGER).force();
+    let applied = api
+        .patch(&name, &params, &Patch::Apply(obj))
+        .await
+        .map_err(apply_err)?;
+    match (before, applied.resource_version()) {
+        (None, _) => {
+            info!(%kind, %name, "created");
+            let note = format!("Created {kind} {name}");
+            publish(
+                ctx,
+                sc,
+                EventType::Normal,
+                "Created",
+                "Apply",
+                note,
+                Some(applied.object_ref(&())),
+            )
+            .await;
+        }
+        (Some(a), Some(b)) if a != b => {
+            info!(%kind, %name, "updated");
+            let note = format!("Updated {kind} {name}");
+            publish(
+                ctx,
+                sc,
+                EventType::Normal,
+                "Updated",
+                "Apply",
+                note,
+                Some(applied.object_ref(&())),
+            )
+            .await;
+        }
+        _ => debug!(%kind, %name, "unchanged"),
+    }
+    Ok(applied)
+}
+
+/// Creates the cluster key Secret if it does not exist; never touches an existing one.
+async fn ensure_secret(ctx: &Context, sc: &SessionCluster, ns: &str) -> Result<()> {
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+    let name = resources::secret_name(sc);
+    let apply_err = |source| Error::Apply {
+        kind: "Secret".into(),
+        name: name.clone(),
+        source,
+    };
+    if api.get_opt(&name).await.map_err(apply_err)?.is_some() {
+        return Ok(());
+    }
+    let secret = resources::secret(sc, &resources::random_key());
+    match api
+        .create(
+            &PostParams {
+                field_manager: Some(MANAGER.into()),
+                ..PostParams::default()
+            },
+            &secret,
+        )
+        .await
+    {
+        Ok(created) => {
+            info!(%name, "created cluster key");
+            let note = format!("Created Secret {name}");
+            publish(
+                ctx,
+                sc,
+                EventType::Normal,
+                "Created",
+                "Create",
+                note,
+                Some(created.object_ref(&())),
+            )
+            .await;
+            Ok(())
+        }
+        // Someone (another operator instance) created it meanwhile: keep theirs.
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+        Err(e) => Err(apply_err(e)),
+    }
+}
+
+/// Deletes the Ingress of a cluster whose ingress is disabled, if it is ours.
+async fn remove_ingress(ctx: &Context, sc: &SessionCluster, ns: &str) -> Result<()> {
+    let api: Api<Ingress> = Api::namespaced(ctx.client.clone(), ns);
+    let name = sc.name_any();
+    let Some(existing) = api.get_opt(&name).await? else {
+        return Ok(());
+    };
+    let ours = existing
+        .owner_references()
+        .iter()
+        .any(|o| Some(&o.uid) == sc.uid().as_ref() && o.controller == Some(true));
+    if !ours {
+        return Ok(());
+    }
+    match api.delete(&name, &DeleteParams::default()).await {
+        Ok(_) => {
+            let note = format!("Deleted Ingress {name} (ingress disabled)");
+            publish(
+                ctx,
+                sc,
+                EventType::Normal,
+                "Deleted",
+                "Delete",
+                note,
+                Some(existing.object_ref(&())),
+            )
+            .await;
+            Ok(())
+        }
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Applies every child; returns the Deployment as the API server has it.
+async fn apply_children(ctx: &Context, sc: &SessionCluster, ns: &str) -> Result<Deployment> {
+    ensure_secret(ctx, sc, ns).await?;
+    apply(ctx, sc, &resources::headless_service(sc)).await?;
+    apply(ctx, sc, &resources::service(sc)).await?;
+    let deployment = apply(ctx, sc, &resources::deployment(sc)).await?;
+    apply(ctx, sc, &resources::pdb(sc)).await?;
+    apply(ctx, sc, &resources::network_policy(sc)).await?;
+    match resources::ingress(sc) {
+        Some(ing) => {
+            apply(ctx, sc, &ing).await?;
+        }
+        None => remove_ingress(ctx, sc, ns).await?,
+    }
+    Ok(deployment)
+}
+
+/// Admin addresses (`podIP:9090`) of the cluster's ready pods.
+async fn ready_pod_addrs(ctx: &Context, sc: &SessionCluster, ns: &str) -> Result<Vec<String>> {
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
+    let selector = resources::selector_string(&resources::selector_labels(sc));
+    let list = pods.list(&ListParams::default().labels(&selector)).await?;
+    Ok(list
+        .items
+        .iter()
+        .filter_map(|p| {
+            let status = p.status.as_ref()?;
+            let ready = status
+                .conditions
+                .as_ref()?
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True");
+            let ip = status.pod_ip.as_ref()?;
+            (ready && p.metadata.deletion_timestamp.is_none()).then(|| format!("{ip}:{ADMIN_PORT}"))
+        })
+        .collect())
+}
+
+async fn reconcile_inner(sc: &SessionCluster, ctx: &Context) -> Result<Action> {
+    let ns = sc
+        .namespace()
+        .ok_or(Error::MissingField("metadata.namespace"))?;
+    let name = sc.name_any();
+    if sc.uid().is_none() {
+        return Err(Error::MissingField("metadata.uid"));
+    }
+    if sc.metadata.deletion_timestamp.is_some() {
+        // Children go with it through their owner references.
+        return Ok(Action::await_change());
+    }
+    info!(cluster = %format!("{ns}/{name}"), "reconciling");
+
+    let outcome = match validate(&sc.spec) {
+        Err(msg) => Err(Error::InvalidSpec(msg)),
+        Ok(()) => apply_children(ctx, sc, &ns).await,
+    };
+    let (deployment, failure) = match &outcome {
+        Ok(d) => (Some(d.clone()), None),
+        Err(e) => {
+            let reason = match e {
+                Error::InvalidSpec(_) => "InvalidSpec",
+                _ => "ApplyFailed",
+            };
+            // Best effort: show what exists while reporting the failure.
+            let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
+            let existing = api.get_opt(&name).await.ok().flatten();
+            (
+                existing,
+                Some(Failure {
+                    reason: reason.into(),
+                    message: e.to_string(),
+                }),
+            )
+        }
+    };
+
+    let ready = deployment
+        .as_ref()
+        .and_then(|d| d.status.as_ref())
+        .and_then(|s| s.ready_replicas)
+        .unwrap_or(0);
+    let reports = if ready > 0 {
+        match ready_pod_addrs(ctx, sc, &ns).await {
+            Ok(addrs) => ctx.prober.reports(&addrs).await,
+            Err(e) => {
+                warn!(error = %e, "could not list pods; members and sessions unknown");
+                Vec::new()
+            }
+        }
+    } else {
+        Vec::new()
+    };
+
+    let now = jiff::Timestamp::now()
+        .round(jiff::Unit::Second)
+        .unwrap_or_else(|_| jiff::Timestamp::now());
+    let obs = Observation {
+        deployment: deployment.as_ref(),
+        reports: &reports,
+        failure,
+        now: now.to_string(),
+    };
+    let new_status = status::compute(sc, &obs);
+    if sc.status.as_ref() != Some(&new_status) {
+        let api: Api<SessionCluster> = Api::namespaced(ctx.client.clone(), &ns);
+        let patch = serde_json::json!({
+            "apiVersion": SessionCluster::api_version(&()),
+            "kind": SessionCluster::kind(&()),
+            "status": new_status,
+        });
+        let res = api
+            .patch_status(
+                &name,
+                &PatchParams::apply(MANAGER).force(),
+                &Patch::Apply(&patch),
+            )
+            .await;
+        if let Err(e) = res {
+            if outcome.is_ok() {
+                return Err(e.into());
+            }
+            warn!(error = %e, "could not write status");
+        }
+    }
+
+    match outcome {
+        Ok(_) => {
+            let all_ready = new_status
+                .conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True");
+            Ok(Action::requeue(if all_ready {
+                REQUEUE_READY
+            } else {
+                REQUEUE_PENDING
+            }))
+        }
+        Err(e) => {
+            let reason = if matches!(e, Error::InvalidSpec(_)) {
+                "InvalidSpec"
+            } else {
+                "ApplyFailed"
+            };
+            publish(
+                ctx,
+                sc,
+                EventType::Warning,
+                reason,
+                "Reconcile",
+                e.to_string(),
+                None,
+            )
+            .await;
+            Err(e)
+        }
+    }
+}
+
+/// Runs the controller until `shutdown` resolves. `namespace`: watch only that one.
+pub async fn run(
+    ctx: Arc<Context>,
+    namespace: Option<String>,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) {
+    let client = ctx.client.clone();
+    fn api<K>(client: &Client, ns: &Option<String>) -> Api<K>
+    where
+        K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>,
+    {
+        match ns {
+            Some(ns) => Api::namespaced(client.clone(), ns),
+            None => Api::all(client.clone()),
+        }
+    }
+    let owned =
+        watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={MANAGER}"));
+    Controller::new(
+        api::<SessionCluster>(&client, &namespace),
+        watcher::Config::default(),
+    )
+    .owns(api::<Deployment>(&client, &namespace), owned.clone())
+    .owns(api::<Service>(&client, &namespace), owned.clone())
+    .owns(api::<Ingress>(&client, &namespace), owned.clone())
+    .owns(api::<Secret>(&client, &namespace), owned.clone())
+    .owns(
+        api::<PodDisruptionBudget>(&client, &namespace),
+        owned.clone(),
+    )
+    .owns(api::<NetworkPolicy>(&client, &namespace), owned)
+    .graceful_shutdown_on(shutdown)
+    .run(reconcile, error_policy, ctx)
+    .for_each(|res| async move {
+        match res {
+            Ok((obj, _)) => debug!(object = %obj.name, "reconciled"),
+            Err(e) => debug!(error = %e, "reconcile error"),
+        }
+    })
+    .await;
+}
+
+#[cfg(test)]
+mod tests;

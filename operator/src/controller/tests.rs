@@ -1,0 +1,359 @@
+//! Reconcile against the mock API server: the request sequence, and the error paths a
+//! real server cannot produce on demand (500s, hangs).
+
+use super::*;
+use crate::fixtures::{cluster, existing, fresh_server, mock_api, status_error, Reply, Seen};
+use http::Method;
+use serde_json::json;
+
+const NS: &str = "web";
+
+fn ctx(client: Client) -> Arc<Context> {
+    Arc::new(Context::new(
+        client,
+        Metrics::default(),
+        Some("test".into()),
+    ))
+}
+
+/// Runs one reconcile of `sc` against `respond`; returns the result, the requests, the metrics.
+async fn run_once<F>(sc: SessionCluster, respond: F) -> (Result<Action>, Vec<Seen>, Arc<Context>)
+where
+    F: FnMut(&Seen) -> Reply + Send + 'static,
+{
+    let (client, log) = mock_api(respond);
+    let ctx = ctx(client);
+    let res = reconcile(Arc::new(sc), ctx.clone()).await;
+    let seen = log.lock().unwrap().clone();
+    (res, seen, ctx)
+}
+
+fn lines(seen: &[Seen]) -> Vec<String> {
+    seen.iter().map(Seen::line).collect()
+}
+
+fn find<'a>(seen: &'a [Seen], method: Method, path: &str) -> Option<&'a Seen> {
+    seen.iter().find(|s| s.method == method && s.path == path)
+}
+
+fn status_patch(seen: &[Seen]) -> &Seen {
+    find(
+        seen,
+        Method::PATCH,
+        "/apis/tribe.rs/v1alpha1/namespaces/web/sessionclusters/shop/status",
+    )
+    .expect("status patch")
+}
+
+fn condition<'a>(patch: &'a Seen, type_: &str) -> &'a serde_json::Value {
+    patch.body["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == type_)
+        .unwrap()
+}
+
+fn events(seen: &[Seen]) -> Vec<(String, String)> {
+    seen.iter()
+        .filter(|s| {
+            s.method == Method::POST && s.path == "/apis/events.k8s.io/v1/namespaces/web/events"
+        })
+        .map(|s| {
+            (
+                s.body["type"].as_str().unwrap().to_string(),
+                s.body["reason"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn fresh_cluster_applies_every_child_with_one_manager() {
+    let (res, seen, _) = run_once(cluster("shop", NS), fresh_server(0)).await;
+    let action = res.expect("reconcile succeeds");
+    assert_eq!(
+        action,
+        Action::requeue(Duration::from_secs(5)),
+        "not ready yet: requeue soon"
+    );
+
+    let applied = [
+        "/api/v1/namespaces/web/services/shop-members",
+        "/api/v1/namespaces/web/services/shop",
+        "/apis/apps/v1/namespaces/web/deployments/shop",
+        "/apis/policy/v1/namespaces/web/poddisruptionbudgets/shop",
+        "/apis/networking.k8s.io/v1/namespaces/web/networkpolicies/shop",
+    ];
+    for path in applied {
+        let p = find(&seen, Method::PATCH, path)
+            .unwrap_or_else(|| panic!("no apply of {path}: {:#?}", lines(&seen)));
+        assert!(
+            p.query.contains("fieldManager=tribe-operator"),
+            "{}",
+            p.query
+        );
+        assert!(p.query.contains("force=true"), "{}", p.query);
+        assert_eq!(p.body["metadata"]["ownerReferences"][0]["uid"], "uid-shop");
+    }
+    // The key is created, not applied.
+    let created =
+        find(&seen, Method::POST, "/api/v1/namespaces/web/secrets").expect("secret created");
+    assert_eq!(created.body["metadata"]["name"], "shop-key");
+    assert!(created.body["data"]["cluster.key"].is_string());
+    assert!(find(
+        &seen,
+        Method::PATCH,
+        "/api/v1/namespaces/web/secrets/shop-key"
+    )
+    .is_none());
+    // Ingress disabled: none applied, none deleted (it does not exist).
+    assert!(!seen
+        .iter()
+        .any(|s| s.path.contains("ingresses") && s.method != Method::GET));
+
+    let ev = events(&seen);
+    assert_eq!(
+        ev.iter()
+            .filter(|(t, r)| t == "Normal" && r == "Created")
+            .count(),
+        6,
+        "{ev:?}"
+    );
+
+    let status = status_patch(&seen);
+    assert!(status.query.contains("fieldManager=tribe-operator"));
+    assert_eq!(status.body["status"]["observedGeneration"], 1);
+    assert_eq!(status.body["status"]["readyReplicas"], 0);
+    assert_eq!(
+        status.body["status"]["selector"],
+        "app.kubernetes.io/instance=shop,app.kubernetes.io/name=tribe-node"
+    );
+    assert!(
+        status.body["status"].get("members").is_none(),
+        "unknown, not guessed"
+    );
+    assert_eq!(condition(status, "Ready")["status"], "False");
+    assert_eq!(condition(status, "Progressing")["status"], "True");
+    assert_eq!(condition(status, "Degraded")["status"], "False");
+}
+
+#[tokio::test]
+async fn existing_secret_is_never_rewritten() {
+    let mut inner = fresh_server(3);
+    let respond = move |s: &Seen| {
+        if s.method == Method::GET && s.path.ends_with("/secrets/shop-key") {
+            return Some((
+                200,
+                json!({"apiVersion": "v1", "kind": "Secret",
+                "metadata": {"name": "shop-key", "namespace": "web", "resourceVersion": "5"},
+                "data": {"cluster.key": "b2xk"}}),
+            ));
+        }
+        inner(s)
+    };
+    let (res, seen, _) = run_once(cluster("shop", NS), respond).await;
+    res.unwrap();
+    assert!(
+        !seen
+            .iter()
+            .any(|s| s.path.contains("secrets") && s.method != Method::GET),
+        "{:#?}",
+        lines(&seen)
+    );
+}
+
+#[tokio::test]
+async fn disabled_ingress_of_ours_is_deleted() {
+    let mut inner = fresh_server(3);
+    let respond = move |s: &Seen| {
+        if s.method == Method::GET && s.path.ends_with("/ingresses/shop") {
+            return Some((
+                200,
+                json!({"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+                "metadata": {"name": "shop", "namespace": "web", "resourceVersion": "9",
+                  "ownerReferences": [{"apiVersion": "tribe.rs/v1alpha1", "kind": "SessionCluster",
+                     "name": "shop", "uid": "uid-shop", "controller": true}]}}),
+            ));
+        }
+        inner(s)
+    };
+    let (res, seen, _) = run_once(cluster("shop", NS), respond).await;
+    res.unwrap();
+    assert!(find(
+        &seen,
+        Method::DELETE,
+        "/apis/networking.k8s.io/v1/namespaces/web/ingresses/shop"
+    )
+    .is_some());
+    assert!(events(&seen).contains(&("Normal".into(), "Deleted".into())));
+}
+
+#[tokio::test]
+async fn enabled_ingress_is_applied() {
+    let mut sc = cluster("shop", NS);
+    sc.spec.ingress = Some(crate::crd::IngressSpec {
+        enabled: true,
+        host: Some("shop.example.com".into()),
+        ..Default::default()
+    });
+    let (res, seen, _) = run_once(sc, fresh_server(3)).await;
+    res.unwrap();
+    let p = find(
+        &seen,
+        Method::PATCH,
+        "/apis/networking.k8s.io/v1/namespaces/web/ingresses/shop",
+    )
+    .expect("ingress applied");
+    assert_eq!(p.body["spec"]["rules"][0]["host"], "shop.example.com");
+}
+
+#[tokio::test]
+async fn server_error_on_apply_is_degraded_with_event_and_backoff() {
+    let mut inner = fresh_server(0);
+    let respond = move |s: &Seen| {
+        if s.method == Method::PATCH && s.path.ends_with("/deployments/shop") {
+            return Some(status_error(500, "InternalError", "etcd is on fire"));
+        }
+        inner(s)
+    };
+    let (res, seen, ctx) = run_once(cluster("shop", NS), respond).await;
+    let err = res.expect_err("apply failure is an error");
+    assert!(
+        matches!(err, Error::Apply { ref kind, .. } if kind == "Deployment"),
+        "{err:?}"
+    );
+    assert_eq!(err.metric_label(), "apply");
+
+    let status = status_patch(&seen);
+    let degraded = condition(status, "Degraded");
+    assert_eq!(degraded["status"], "True");
+    assert_eq!(degraded["reason"], "ApplyFailed");
+    assert!(degraded["message"]
+        .as_str()
+        .unwrap()
+        .contains("etcd is on fire"));
+    assert!(events(&seen).contains(&("Warning".into(), "ApplyFailed".into())));
+    // Nothing after the failed Deployment was applied.
+    assert!(find(
+        &seen,
+        Method::PATCH,
+        "/apis/policy/v1/namespaces/web/poddisruptionbudgets/shop"
+    )
+    .is_none());
+
+    let sc = Arc::new(cluster("shop", NS));
+    let first = error_policy(sc.clone(), &err, ctx.clone());
+    let second = error_policy(sc.clone(), &err, ctx.clone());
+    assert_eq!(first, Action::requeue(Duration::from_secs(5)));
+    assert_eq!(second, Action::requeue(Duration::from_secs(10)));
+    assert!(ctx
+        .metrics
+        .render()
+        .contains(r#"tribe_operator_reconcile_failures_total{error="apply"} 2"#));
+}
+
+#[tokio::test]
+async fn invalid_spec_is_refused_without_touching_children() {
+    let mut sc = cluster("shop", NS);
+    sc.spec.replicas = 2;
+    sc.spec.replication.backups = 2;
+    let (res, seen, _) = run_once(sc, fresh_server(0)).await;
+    assert!(matches!(res, Err(Error::InvalidSpec(_))), "{res:?}");
+    assert!(
+        !seen
+            .iter()
+            .any(|s| s.method == Method::PATCH && !s.path.ends_with("/status")),
+        "{:#?}",
+        lines(&seen)
+    );
+    let status = status_patch(&seen);
+    assert_eq!(condition(status, "Degraded")["reason"], "InvalidSpec");
+    assert!(events(&seen).contains(&("Warning".into(), "InvalidSpec".into())));
+}
+
+#[tokio::test(start_paused = true)]
+async fn hanging_api_server_times_out() {
+    // The server accepts every request and never answers.
+    let (res, _seen, _) = run_once(cluster("shop", NS), |_s: &Seen| None).await;
+    let err = res.expect_err("times out");
+    assert!(matches!(err, Error::Timeout(_)), "{err:?}");
+    assert_eq!(err.metric_label(), "timeout");
+}
+
+#[tokio::test]
+async fn second_reconcile_with_same_status_writes_nothing_new() {
+    let (_, seen, _) = run_once(cluster("shop", NS), fresh_server(3)).await;
+    let status: crate::crd::SessionClusterStatus =
+        serde_json::from_value(status_patch(&seen).body["status"].clone()).unwrap();
+    let mut sc = cluster("shop", NS);
+    sc.status = Some(status);
+    // Everything exists now and applying changes nothing.
+    let respond = |s: &Seen| -> Reply {
+        let mut r = fresh_server(3)(s);
+        if s.method == Method::GET && !s.path.ends_with("/pods") && !s.path.contains("ingresses") {
+            r = Some((200, existing(&s.path)));
+        }
+        r
+    };
+    let (res, seen, _) = run_once(sc, respond).await;
+    res.unwrap();
+    assert!(
+        events(&seen).is_empty(),
+        "no Created/Updated events: {:?}",
+        events(&seen)
+    );
+    assert!(
+        find(
+            &seen,
+            Method::PATCH,
+            "/apis/tribe.rs/v1alpha1/namespaces/web/sessionclusters/shop/status"
+        )
+        .is_none(),
+        "unchanged status is not rewritten"
+    );
+}
+
+#[test]
+fn backoff_doubles_and_caps() {
+    assert_eq!(backoff(1), Duration::from_secs(5));
+    assert_eq!(backoff(2), Duration::from_secs(10));
+    assert_eq!(backoff(3), Duration::from_secs(20));
+    assert_eq!(backoff(100), Duration::from_secs(300));
+}
+
+#[test]
+fn validation_mirrors_the_schema() {
+    let ok = SessionClusterSpec::default();
+    assert_eq!(validate(&ok), Ok(()));
+    let single = SessionClusterSpec {
+        replicas: 1,
+        ..ok.clone()
+    };
+    assert_eq!(
+        validate(&single),
+        Ok(()),
+        "one node with the default backups is fine"
+    );
+    let zero = SessionClusterSpec {
+        replicas: 0,
+        ..ok.clone()
+    };
+    assert_eq!(validate(&zero), Ok(()), "scaled to zero");
+    let mut bad = ok.clone();
+    bad.replicas = -1;
+    assert!(validate(&bad).is_err());
+    let mut bad = ok.clone();
+    bad.replication.backups = 3;
+    assert!(validate(&bad).is_err());
+    for t in ["30", "m", "1.5m", "10d", "", "5 m"] {
+        let mut bad = ok.clone();
+        bad.session.timeout = t.into();
+        assert!(validate(&bad).is_err(), "{t:?}");
+    }
+    for t in ["500ms", "90s", "30m", "2h"] {
+        let mut good = ok.clone();
+        good.session.timeout = t.into();
+        assert_eq!(validate(&good), Ok(()), "{t:?}");
+    }
+}

@@ -1,0 +1,353 @@
+//! The `SessionCluster` custom resource (`tribe.rs/v1alpha1`).
+//!
+//! The schema is generated from these types (kube's `KubeSchema` derive over schemars)
+//! and committed as `crds/sessioncluster.yaml`. Validation the API server enforces at
+//! apply time: `replicas >= 0`, the mode enums, the duration pattern of
+//! `session.timeout`, and a CEL rule that `replication.backups < replicas`
+//! (with 0 or 1 replicas only `backups <= 1`, the default, is accepted).
+
+use k8s_openapi::api::core::v1::ResourceRequirements;
+use kube::{CustomResource, CustomResourceExt, KubeSchema};
+use schemars::{json_schema, Schema, SchemaGenerator};
+use serde::{Deserialize, Serialize};
+
+/// The default node image.
+pub const DEFAULT_IMAGE: &str = "tribe-node:0.1.0";
+
+/// The pattern every duration in the spec must match (`30m`, `90s`, `500ms`, `2h`).
+pub const DURATION_PATTERN: &str = "^[0-9]+(ms|s|m|h)$";
+
+/// The CEL rule tying `replication.backups` to `replicas`.
+pub const BACKUPS_RULE: &str = "self.replication.backups < self.replicas || (self.replicas <= 1 && self.replication.backups <= 1)";
+
+/// Desired state of a replicated session cluster.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "tribe.rs",
+    version = "v1alpha1",
+    kind = "SessionCluster",
+    plural = "sessionclusters",
+    shortname = "sc",
+    namespaced,
+    status = "SessionClusterStatus",
+    doc = "A cluster of tribe-node pods that replicate HTTP sessions among themselves",
+    scale(
+        spec_replicas_path = ".spec.replicas",
+        status_replicas_path = ".status.replicas",
+        label_selector_path = ".status.selector"
+    ),
+    printcolumn(name = "Replicas", type_ = "integer", json_path = ".spec.replicas"),
+    printcolumn(name = "Ready", type_ = "integer", json_path = ".status.readyReplicas"),
+    printcolumn(name = "Sessions", type_ = "integer", json_path = ".status.sessions"),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[x_kube(validation = kube::core::Rule::new(BACKUPS_RULE).message("replication.backups must be less than replicas"))]
+#[serde(rename_all = "camelCase")]
+pub struct SessionClusterSpec {
+    /// Number of nodes.
+    #[serde(default = "default_replicas")]
+    #[schemars(range(min = 0))]
+    pub replicas: i32,
+
+    /// Node image.
+    #[serde(default = "default_image")]
+    #[schemars(length(min = 1))]
+    pub image: String,
+
+    /// How nodes find each other.
+    #[serde(default)]
+    pub membership: Membership,
+
+    /// How sessions are replicated.
+    #[serde(default)]
+    pub replication: Replication,
+
+    /// Session settings.
+    #[serde(default)]
+    pub session: SessionSettings,
+
+    /// Ingress in front of the app Service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress: Option<IngressSpec>,
+
+    /// Compute resources of each node container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "resources_schema")]
+    pub resources: Option<ResourceRequirements>,
+}
+
+fn default_replicas() -> i32 {
+    3
+}
+
+fn default_image() -> String {
+    DEFAULT_IMAGE.to_string()
+}
+
+impl Default for SessionClusterSpec {
+    fn default() -> Self {
+        Self {
+            replicas: default_replicas(),
+            image: default_image(),
+            membership: Membership::default(),
+            replication: Replication::default(),
+            session: SessionSettings::default(),
+            ingress: None,
+            resources: None,
+        }
+    }
+}
+
+/// Membership discovery mode.
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Membership {
+    /// Multicast, plus DNS of the headless Service.
+    #[default]
+    Auto,
+    /// UDP multicast heartbeats only.
+    Multicast,
+    /// DNS of the headless Service only.
+    Dns,
+}
+
+impl Membership {
+    /// The value of `TRIBE_MEMBERSHIP`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Membership::Auto => "auto",
+            Membership::Multicast => "multicast",
+            Membership::Dns => "dns",
+        }
+    }
+}
+
+/// Replication mode.
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum ReplicationMode {
+    /// Every node holds every session (Tomcat DeltaManager).
+    #[default]
+    Delta,
+    /// A primary and `backups` other nodes hold each session (Tomcat BackupManager).
+    Backup,
+}
+
+impl ReplicationMode {
+    /// The value of `TRIBE_REPLICATION`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReplicationMode::Delta => "delta",
+            ReplicationMode::Backup => "backup",
+        }
+    }
+}
+
+/// When a response waits for replication.
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum SendMode {
+    /// The response goes out; the delta is queued.
+    #[default]
+    Async,
+    /// The response waits for the replicas' acks.
+    Sync,
+}
+
+impl SendMode {
+    /// The value of `TRIBE_SEND_MODE`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SendMode::Async => "async",
+            SendMode::Sync => "sync",
+        }
+    }
+}
+
+/// Replication settings.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Replication {
+    /// `delta` (every node) or `backup` (primary + backups).
+    #[serde(default)]
+    pub mode: ReplicationMode,
+    /// Number of backup copies in `backup` mode.
+    #[serde(default = "default_backups")]
+    #[schemars(range(min = 0))]
+    pub backups: i32,
+    /// `async` or `sync`.
+    #[serde(default)]
+    pub send_mode: SendMode,
+}
+
+fn default_backups() -> i32 {
+    1
+}
+
+impl Default for Replication {
+    fn default() -> Self {
+        Self {
+            mode: ReplicationMode::default(),
+            backups: default_backups(),
+            send_mode: SendMode::default(),
+        }
+    }
+}
+
+/// Session settings.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionSettings {
+    /// Idle time after which a session expires, e.g. `30m`.
+    #[serde(default = "default_timeout")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    pub timeout: String,
+    /// Name of the session cookie.
+    #[serde(default = "default_cookie")]
+    #[schemars(regex(pattern = "^[!#$%&'*+.^_`|~0-9A-Za-z-]+$"))]
+    pub cookie_name: String,
+}
+
+fn default_timeout() -> String {
+    "30m".into()
+}
+
+fn default_cookie() -> String {
+    "SESSIONID".into()
+}
+
+impl Default for SessionSettings {
+    fn default() -> Self {
+        Self {
+            timeout: default_timeout(),
+            cookie_name: default_cookie(),
+        }
+    }
+}
+
+/// Ingress settings.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IngressSpec {
+    /// Create an Ingress for the app Service.
+    #[serde(default)]
+    pub enabled: bool,
+    /// Host name the Ingress answers for (all hosts when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// IngressClass name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class_name: Option<String>,
+    /// TLS termination.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<IngressTls>,
+}
+
+/// TLS settings of the Ingress.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IngressTls {
+    /// Secret holding the certificate and key.
+    pub secret_name: String,
+}
+
+/// Observed state of a SessionCluster (never what was merely requested).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionClusterStatus {
+    /// Pods of the Deployment (for the scale subresource).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<i32>,
+    /// Pods that pass their readiness probe.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_replicas: Option<i32>,
+    /// Label selector of the pods, as a string (for the scale subresource).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
+    /// Cluster members as reported by the nodes (absent when unknown).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub members: Option<i32>,
+    /// Sessions as reported by the nodes (absent when unknown).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sessions: Option<i64>,
+    /// The multicast group of this cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub multicast_group: Option<String>,
+    /// The generation this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Ready, Progressing, Degraded.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+}
+
+/// A status condition (the `metav1.Condition` shape).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    /// `Ready`, `Progressing` or `Degraded`.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// `True`, `False` or `Unknown`.
+    #[schemars(extend("enum" = ["True", "False", "Unknown"]))]
+    pub status: String,
+    /// A CamelCase reason.
+    pub reason: String,
+    /// Human readable detail.
+    #[serde(default)]
+    pub message: String,
+    /// When the status last changed (RFC 3339).
+    #[schemars(extend("format" = "date-time"))]
+    pub last_transition_time: String,
+    /// The generation this condition describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+/// Schema of `spec.resources`: `limits`/`requests` maps of int-or-string quantities.
+fn resources_schema(_: &mut SchemaGenerator) -> Schema {
+    let quantity = json_schema!({
+        "x-kubernetes-int-or-string": true,
+        "anyOf": [{ "type": "integer" }, { "type": "string" }],
+        "pattern": "^(\\+|-)?(([0-9]+(\\.[0-9]*)?)|(\\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\\+|-)?(([0-9]+(\\.[0-9]*)?)|(\\.[0-9]+))))?$"
+    });
+    json_schema!({
+        "description": "Compute resources of each node container (core/v1 ResourceRequirements).",
+        "type": "object",
+        "properties": {
+            "limits": { "type": "object", "additionalProperties": quantity.clone() },
+            "requests": { "type": "object", "additionalProperties": quantity }
+        }
+    })
+}
+
+/// The CRD as YAML (what `tribe-operator crd` prints and `crds/sessioncluster.yaml` holds).
+pub fn crd_yaml() -> String {
+    let crd = SessionCluster::crd();
+    let value = serde_json::to_value(&crd).expect("CRD serializes");
+    let yaml = serde_saphyr::to_string(&value).expect("CRD serializes to YAML");
+    format!("# Generated by `tribe-operator crd`; do not edit.\n---\n{yaml}")
+}
+
+impl SessionCluster {
+    /// The cluster name the nodes use to ignore other clusters: `<namespace>.<name>`.
+    pub fn cluster_id(&self) -> String {
+        use kube::ResourceExt;
+        format!(
+            "{}.{}",
+            self.namespace().unwrap_or_default(),
+            self.name_any()
+        )
+    }
+}

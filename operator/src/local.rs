@@ -1,0 +1,1 @@
+//! `tribe-operator local FILE`: placeholder.

@@ -1,0 +1,223 @@
+//! Operator metrics (prometheus-client) and the admin HTTP server:
+//! `/healthz` (alive), `/readyz` (API reachable at start-up), `/metrics`.
+
+use axum::{extract::State, http::StatusCode, response::IntoResponse, routing::get, Router};
+use prometheus_client::encoding::{text::encode, EncodeLabelSet};
+use prometheus_client::metrics::{
+    counter::Counter, family::Family, gauge::Gauge, histogram::Histogram,
+};
+use prometheus_client::registry::Registry;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::net::TcpListener;
+
+/// Label set of the failure counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    /// [`crate::Error::metric_label`].
+    pub error: String,
+}
+
+/// The operator's metrics.
+#[derive(Clone)]
+pub struct Metrics {
+    /// Reconciles started.
+    pub reconciles: Counter,
+    /// Reconciles that failed, by error kind.
+    pub failures: Family<ErrorLabels, Counter>,
+    /// Reconcile duration in seconds.
+    pub reconcile_duration: Histogram,
+    /// 1 while this process holds the leader Lease.
+    pub leader: Gauge,
+    registry: Arc<Registry>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let reconciles = Counter::default();
+        let failures = Family::<ErrorLabels, Counter>::default();
+        let reconcile_duration =
+            Histogram::new([0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0].into_iter());
+        let leader = Gauge::default();
+        let mut registry = Registry::with_prefix("tribe_operator");
+        registry.register("reconciles", "Reconciles started", reconciles.clone());
+        registry.register(
+            "reconcile_failures",
+            "Reconciles that failed, by error kind",
+            failures.clone(),
+        );
+        registry.register(
+            "reconcile_duration_seconds",
+            "Reconcile duration",
+            reconcile_duration.clone(),
+        );
+        registry.register(
+            "leader",
+            "1 while this process holds the leader Lease",
+            leader.clone(),
+        );
+        Self {
+            reconciles,
+            failures,
+            reconcile_duration,
+            leader,
+            registry: Arc::new(registry),
+        }
+    }
+}
+
+/// Observes a reconcile's duration when dropped.
+pub struct ReconcileTimer {
+    start: Instant,
+    histogram: Histogram,
+}
+
+impl Drop for ReconcileTimer {
+    fn drop(&mut self) {
+        self.histogram.observe(self.start.elapsed().as_secs_f64());
+    }
+}
+
+impl Metrics {
+    /// Counts a reconcile and returns a guard that records its duration.
+    pub fn reconcile_started(&self) -> ReconcileTimer {
+        self.reconciles.inc();
+        ReconcileTimer {
+            start: Instant::now(),
+            histogram: self.reconcile_duration.clone(),
+        }
+    }
+
+    /// Counts a failed reconcile.
+    pub fn reconcile_failed(&self, error: &crate::Error) {
+        self.failures
+            .get_or_create(&ErrorLabels {
+                error: error.metric_label().to_string(),
+            })
+            .inc();
+    }
+
+    /// The metrics in Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// State of the admin server.
+#[derive(Clone)]
+pub struct AdminState {
+    /// The metrics to serve.
+    pub metrics: Metrics,
+    /// Set once the operator has reached the API server.
+    pub ready: Arc<AtomicBool>,
+}
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+async fn readyz(State(s): State<AdminState>) -> impl IntoResponse {
+    if s.ready.load(Ordering::Relaxed) {
+        (StatusCode::OK, "ok")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready")
+    }
+}
+
+async fn metrics(State(s): State<AdminState>) -> impl IntoResponse {
+    (
+        [(
+            http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        s.metrics.render(),
+    )
+}
+
+/// The admin router.
+pub fn router(state: AdminState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+/// Serves the admin endpoints on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: TcpListener,
+    state: AdminState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_by_kind() {
+        let m = Metrics::default();
+        drop(m.reconcile_started());
+        m.reconcile_failed(&crate::Error::Timeout("x"));
+        m.reconcile_failed(&crate::Error::InvalidSpec("x".into()));
+        m.reconcile_failed(&crate::Error::InvalidSpec("y".into()));
+        let text = m.render();
+        assert!(text.contains("tribe_operator_reconciles_total 1"), "{text}");
+        assert!(
+            text.contains(r#"tribe_operator_reconcile_failures_total{error="invalid_spec"} 2"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"tribe_operator_reconcile_failures_total{error="timeout"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains("tribe_operator_reconcile_duration_seconds_count 1"),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn admin_endpoints() {
+        let state = AdminState {
+            metrics: Metrics::default(),
+            ready: Arc::default(),
+        };
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(listener, state.clone(), async {
+            let _ = rx.await;
+        }));
+        let get = |path: &'static str| async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+            s.write_all(
+                format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").as_bytes(),
+            )
+            .await
+            .unwrap();
+            let mut out = String::new();
+            s.read_to_string(&mut out).await.unwrap();
+            out
+        };
+        assert!(get("/healthz").await.starts_with("HTTP/1.1 200"));
+        assert!(get("/readyz").await.starts_with("HTTP/1.1 503"));
+        state.ready.store(true, Ordering::Relaxed);
+        assert!(get("/readyz").await.starts_with("HTTP/1.1 200"));
+        assert!(get("/metrics")
+            .await
+            .contains("tribe_operator_reconciles_total"));
+        tx.send(()).unwrap();
+        server.await.unwrap().unwrap();
+    }
+}

@@ -1,0 +1,327 @@
+//! The Deployment of node pods.
+
+use super::*;
+use crate::crd::{Membership, SessionCluster};
+use k8s_openapi::api::apps::v1::{
+    Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
+};
+use k8s_openapi::api::core::v1::{
+    Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector, PodSpec,
+    PodTemplateSpec, Probe, SecretVolumeSource, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+/// Seconds a node gets between SIGTERM and SIGKILL to hand its sessions over.
+pub const TERMINATION_GRACE_SECONDS: i64 = 60;
+
+fn env(name: &str, value: impl Into<String>) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: Some(value.into()),
+        value_from: None,
+    }
+}
+
+fn env_field(name: &str, path: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: None,
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: path.into(),
+                api_version: None,
+            }),
+            ..EnvVarSource::default()
+        }),
+    }
+}
+
+fn port(name: &str, port: i32) -> ContainerPort {
+    ContainerPort {
+        name: Some(name.into()),
+        container_port: port,
+        protocol: Some("TCP".into()),
+        ..ContainerPort::default()
+    }
+}
+
+fn http_probe(path: &str, period: i32, failures: i32, initial_delay: Option<i32>) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::String("admin".into()),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(period),
+        failure_threshold: Some(failures),
+        timeout_seconds: Some(1),
+        initial_delay_seconds: initial_delay,
+        ..Probe::default()
+    }
+}
+
+/// The environment of the node container (names from DESIGN.md).
+pub fn node_env(sc: &SessionCluster) -> Vec<EnvVar> {
+    let spec = &sc.spec;
+    let mut env_vars = vec![
+        env_field("TRIBE_NODE_ID", "metadata.name"),
+        env("TRIBE_CLUSTER", sc.cluster_id()),
+        env_field("TRIBE_ADVERTISE_ADDR", "status.podIP"),
+        env("TRIBE_MEMBERSHIP", spec.membership.as_str()),
+        env("TRIBE_MULTICAST_GROUP", multicast_group(sc)),
+    ];
+    if spec.membership != Membership::Multicast {
+        env_vars.push(env("TRIBE_DNS_NAME", dns_name(sc)));
+    }
+    env_vars.extend([
+        env("TRIBE_REPLICATION", spec.replication.mode.as_str()),
+        env("TRIBE_BACKUPS", spec.replication.backups.to_string()),
+        env("TRIBE_SEND_MODE", spec.replication.send_mode.as_str()),
+        env("TRIBE_SESSION_TIMEOUT", spec.session.timeout.clone()),
+        env("TRIBE_COOKIE_NAME", spec.session.cookie_name.clone()),
+        env(
+            "TRIBE_CLUSTER_KEY_FILE",
+            format!("{KEY_DIR}/{KEY_FILE_NAME}"),
+        ),
+    ]);
+    env_vars
+}
+
+/// The Deployment running the cluster's nodes.
+pub fn deployment(sc: &SessionCluster) -> Deployment {
+    let selector = selector_labels(sc);
+    let container = Container {
+        name: "node".into(),
+        image: Some(sc.spec.image.clone()),
+        env: Some(node_env(sc)),
+        ports: Some(vec![
+            port("http", HTTP_PORT),
+            port("admin", ADMIN_PORT),
+            port("replication", REPLICATION_PORT),
+        ]),
+        readiness_probe: Some(http_probe("/readyz", 2, 3, None)),
+        liveness_probe: Some(http_probe("/healthz", 10, 3, Some(10))),
+        resources: sc.spec.resources.clone(),
+        volume_mounts: Some(vec![VolumeMount {
+            name: "cluster-key".into(),
+            mount_path: KEY_DIR.into(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        }]),
+        ..Container::default()
+    };
+    Deployment {
+        metadata: child_meta(sc, sc.name_any()),
+        spec: DeploymentSpec {
+            replicas: Some(sc.spec.replicas),
+            selector: LabelSelector {
+                match_labels: Some(selector),
+                match_expressions: None,
+            },
+            strategy: Some(DeploymentStrategy {
+                type_: Some("RollingUpdate".into()),
+                rolling_update: Some(RollingUpdateDeployment {
+                    max_unavailable: Some(IntOrString::Int(0)),
+                    max_surge: Some(IntOrString::Int(1)),
+                }),
+            }),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels(sc)),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(PodSpec {
+                    containers: vec![container],
+                    termination_grace_period_seconds: Some(TERMINATION_GRACE_SECONDS),
+                    volumes: Some(vec![Volume {
+                        name: "cluster-key".into(),
+                        secret: Some(SecretVolumeSource {
+                            secret_name: Some(secret_name(sc)),
+                            default_mode: Some(0o400),
+                            ..SecretVolumeSource::default()
+                        }),
+                        ..Volume::default()
+                    }]),
+                    ..PodSpec::default()
+                }),
+            },
+            ..DeploymentSpec::default()
+        },
+        status: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::{ReplicationMode, SendMode};
+    use crate::fixtures::cluster;
+
+    fn env_map(d: &Deployment) -> BTreeMap<String, EnvVar> {
+        let c = &d.spec.template.spec.as_ref().unwrap().containers[0];
+        c.env
+            .clone()
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.name.clone(), e))
+            .collect()
+    }
+
+    fn value(env: &BTreeMap<String, EnvVar>, name: &str) -> String {
+        env[name]
+            .value
+            .clone()
+            .unwrap_or_else(|| panic!("{name} has no value"))
+    }
+
+    fn field(env: &BTreeMap<String, EnvVar>, name: &str) -> String {
+        env[name]
+            .value_from
+            .as_ref()
+            .unwrap()
+            .field_ref
+            .as_ref()
+            .unwrap()
+            .field_path
+            .clone()
+    }
+
+    #[test]
+    fn names_labels_selector_owner() {
+        let sc = cluster("shop", "web");
+        let d = deployment(&sc);
+        assert_eq!(d.metadata.name.as_deref(), Some("shop"));
+        assert_eq!(d.metadata.namespace.as_deref(), Some("web"));
+        assert_eq!(
+            d.metadata.labels.as_ref().unwrap()["app.kubernetes.io/managed-by"],
+            "tribe-operator"
+        );
+        let owner = &d.metadata.owner_references.as_ref().unwrap()[0];
+        assert_eq!(owner.kind, "SessionCluster");
+        assert_eq!(owner.api_version, "tribe.rs/v1alpha1");
+        assert_eq!(owner.name, "shop");
+        assert_eq!(owner.uid, "uid-shop");
+        assert_eq!(owner.controller, Some(true));
+        let spec = d.spec;
+        assert_eq!(spec.replicas, Some(3));
+        let sel = spec.selector.match_labels.unwrap();
+        assert_eq!(sel, selector_labels(&sc));
+        let pod_labels = spec.template.metadata.unwrap().labels.unwrap();
+        for (k, v) in &sel {
+            assert_eq!(&pod_labels[k], v, "template carries selector label {k}");
+        }
+    }
+
+    #[test]
+    fn ports_probes_strategy_grace() {
+        let d = deployment(&cluster("shop", "web"));
+        let spec = d.spec;
+        let ru = spec.strategy.unwrap().rolling_update.unwrap();
+        assert_eq!(ru.max_unavailable, Some(IntOrString::Int(0)));
+        assert_eq!(ru.max_surge, Some(IntOrString::Int(1)));
+        let pod = spec.template.spec.unwrap();
+        assert!(pod.termination_grace_period_seconds.unwrap() >= 30);
+        let c = &pod.containers[0];
+        assert_eq!(c.image.as_deref(), Some("tribe-node:0.1.0"));
+        let ports: Vec<_> = c
+            .ports
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|p| (p.name.clone().unwrap(), p.container_port))
+            .collect();
+        assert_eq!(
+            ports,
+            vec![
+                ("http".into(), 8080),
+                ("admin".into(), 9090),
+                ("replication".into(), 4000)
+            ]
+        );
+        let ready = c
+            .readiness_probe
+            .as_ref()
+            .unwrap()
+            .http_get
+            .as_ref()
+            .unwrap();
+        assert_eq!(ready.path.as_deref(), Some("/readyz"));
+        assert_eq!(ready.port, IntOrString::String("admin".into()));
+        let live = c
+            .liveness_probe
+            .as_ref()
+            .unwrap()
+            .http_get
+            .as_ref()
+            .unwrap();
+        assert_eq!(live.path.as_deref(), Some("/healthz"));
+        let mount = &c.volume_mounts.as_ref().unwrap()[0];
+        assert_eq!(mount.mount_path, "/etc/tribe");
+        assert_eq!(mount.read_only, Some(true));
+        let vol = &pod.volumes.unwrap()[0];
+        assert_eq!(
+            vol.secret.as_ref().unwrap().secret_name.as_deref(),
+            Some("shop-key")
+        );
+    }
+
+    #[test]
+    fn env_from_spec() {
+        let mut sc = cluster("shop", "web");
+        sc.spec.replicas = 4;
+        sc.spec.replication.mode = ReplicationMode::Backup;
+        sc.spec.replication.backups = 2;
+        sc.spec.replication.send_mode = SendMode::Sync;
+        sc.spec.session.timeout = "15m".into();
+        sc.spec.session.cookie_name = "JSESSIONID".into();
+        let env = env_map(&deployment(&sc));
+        assert_eq!(field(&env, "TRIBE_NODE_ID"), "metadata.name");
+        assert_eq!(field(&env, "TRIBE_ADVERTISE_ADDR"), "status.podIP");
+        assert_eq!(value(&env, "TRIBE_CLUSTER"), "web.shop");
+        assert_eq!(value(&env, "TRIBE_MEMBERSHIP"), "auto");
+        assert_eq!(value(&env, "TRIBE_MULTICAST_GROUP"), multicast_group(&sc));
+        assert_eq!(
+            value(&env, "TRIBE_DNS_NAME"),
+            "shop-members.web.svc.cluster.local"
+        );
+        assert_eq!(value(&env, "TRIBE_REPLICATION"), "backup");
+        assert_eq!(value(&env, "TRIBE_BACKUPS"), "2");
+        assert_eq!(value(&env, "TRIBE_SEND_MODE"), "sync");
+        assert_eq!(value(&env, "TRIBE_SESSION_TIMEOUT"), "15m");
+        assert_eq!(value(&env, "TRIBE_COOKIE_NAME"), "JSESSIONID");
+        assert_eq!(
+            value(&env, "TRIBE_CLUSTER_KEY_FILE"),
+            "/etc/tribe/cluster.key"
+        );
+    }
+
+    #[test]
+    fn multicast_only_has_no_dns_name() {
+        let mut sc = cluster("shop", "web");
+        sc.spec.membership = Membership::Multicast;
+        assert!(!env_map(&deployment(&sc)).contains_key("TRIBE_DNS_NAME"));
+        sc.spec.membership = Membership::Dns;
+        assert_eq!(value(&env_map(&deployment(&sc)), "TRIBE_MEMBERSHIP"), "dns");
+    }
+
+    #[test]
+    fn resources_pass_through() {
+        use k8s_openapi::api::core::v1::ResourceRequirements;
+        use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+        let mut sc = cluster("shop", "web");
+        let res = ResourceRequirements {
+            limits: Some(BTreeMap::from([(
+                "memory".to_string(),
+                Quantity("256Mi".into()),
+            )])),
+            ..ResourceRequirements::default()
+        };
+        sc.spec.resources = Some(res.clone());
+        let d = deployment(&sc);
+        assert_eq!(
+            d.spec.template.spec.unwrap().containers[0].resources,
+            Some(res)
+        );
+    }
+}
