@@ -1,0 +1,246 @@
+//! What each incoming message does. Cheap messages (deltas, acks, touches) are handled
+//! inline in the connection's read loop, preserving per-connection order; requests that
+//! wait (fetches, state transfer, forwarded sync writes) run in their own tasks.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use super::{Cluster, ReplyTx};
+use crate::config::SendMode;
+use crate::store::Applied;
+use crate::wire::{Delta, Hello, Message, SessionState};
+
+/// Size of one state-transfer chunk.
+pub(crate) const CHUNK_BYTES: usize = 256 * 1024;
+
+async fn reply(tx: Option<&ReplyTx>, msg: Message) {
+    if let Some(tx) = tx {
+        let _ = tx.send(msg.outgoing()).await;
+    }
+}
+
+/// Applies a remote delta and wakes read-your-writes waiters.
+pub(crate) fn apply_remote(c: &Cluster, from: &str, d: &Delta) {
+    let inner = &c.inner;
+    inner.metrics.deltas_received.inc();
+    let (applied, gap) = inner.store.apply(d);
+    if applied == Applied::Stale {
+        inner.metrics.deltas_stale.inc();
+    }
+    if inner.waiters.load(Ordering::SeqCst) > 0 {
+        inner.applied.notify_waiters();
+    }
+    if gap {
+        // The writer had seen a version we have not (a delta we never got, e.g. its
+        // writer died). Deltas on different links may simply be reordered, so look again
+        // shortly and fetch the whole session from the sender only if still behind.
+        inner.metrics.delta_gaps.inc();
+        let c = c.clone();
+        let from = from.to_string();
+        let sid = d.sid;
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            if c.inner.store.with(sid, |s| !s.has_gap()).unwrap_or(true) {
+                return;
+            }
+            if let Some(link) = c.link_of(&from) {
+                let id = c.next_id();
+                let msg = Message::FetchReq {
+                    id,
+                    sid,
+                    min_version: 0,
+                    wait_ms: 0,
+                };
+                c.inner.metrics.remote_fetches.inc();
+                if let Some(Message::FetchResp {
+                    session: Some(s), ..
+                }) = c
+                    .request(&from, &link, id, msg, Duration::from_secs(2))
+                    .await
+                {
+                    c.inner.store.merge(&s);
+                }
+            }
+        });
+    }
+}
+
+/// Handles one message from `peer`; `reply_tx` is the connection's reply channel (inbound
+/// connections only).
+pub(crate) async fn handle(c: &Cluster, peer: &Hello, msg: Message, reply_tx: Option<&ReplyTx>) {
+    let inner = &c.inner;
+    match msg {
+        Message::Delta { ack, delta } => {
+            apply_remote(c, &peer.node_id, &delta);
+            if ack != 0 {
+                reply(reply_tx, Message::Ack { id: ack }).await;
+            }
+        }
+        Message::Forward { ack, delta } => {
+            // We are (or were) the session's primary: apply and replicate to the backups.
+            apply_remote(c, &peer.node_id, &delta);
+            let c = c.clone();
+            let tx = reply_tx.cloned();
+            tokio::spawn(async move {
+                let owners = c.owners(delta.sid);
+                let me = c.inner.me.node_id.clone();
+                let targets: Vec<String> = owners.into_iter().filter(|o| *o != me).collect();
+                let targets: Vec<String> = targets.into_iter().take(c.inner.cfg.backups).collect();
+                let sync = ack != 0 || c.inner.cfg.send_mode == SendMode::Sync;
+                c.send_delta(delta, &targets, sync && ack != 0).await;
+                if ack != 0 {
+                    reply(tx.as_ref(), Message::Ack { id: ack }).await;
+                }
+            });
+        }
+        Message::Ack { id } | Message::BarrierAck { id } => {
+            c.resolve(id, &peer.node_id, msg_ack(id))
+        }
+        Message::Touch(list) => {
+            for (sid, expiry) in list {
+                inner.store.touch(sid, expiry);
+            }
+        }
+        Message::FetchReq {
+            id,
+            sid,
+            min_version,
+            wait_ms,
+        } => {
+            let c = c.clone();
+            let tx = reply_tx.cloned();
+            tokio::spawn(async move {
+                if min_version > 0
+                    && wait_ms > 0
+                    && c.inner.store.version(sid).unwrap_or(0) < min_version
+                {
+                    c.wait_for_version(sid, min_version, Duration::from_millis(wait_ms as u64))
+                        .await;
+                }
+                let session = c.inner.store.state(sid);
+                reply(tx.as_ref(), Message::FetchResp { id, session }).await;
+            });
+        }
+        Message::FetchResp { id, .. } => c.resolve(id, &peer.node_id, msg),
+        Message::StateReq { id, only_owned } => {
+            let c = c.clone();
+            let tx = reply_tx.cloned();
+            let requester = peer.node_id.clone();
+            tokio::spawn(async move { serve_state(c, requester, id, only_owned, tx).await });
+        }
+        Message::StateChunk { id, sessions, done } => {
+            merge_states(c, &sessions);
+            inner
+                .metrics
+                .state_transfer_sessions
+                .inc_by(sessions.len() as i64);
+            if done {
+                c.resolve(id, &peer.node_id, Message::Ack { id });
+            }
+        }
+        Message::Put { ack, sessions } => {
+            merge_states(c, &sessions);
+            if ack != 0 {
+                reply(reply_tx, Message::Ack { id: ack }).await;
+            }
+        }
+        Message::Barrier { id } => {
+            // Answer on our own link to the asker, behind everything already queued there.
+            if let Some(link) = c.link_of(&peer.node_id) {
+                link.send(&inner.metrics, Message::BarrierAck { id }.outgoing())
+                    .await;
+            } else {
+                reply(reply_tx, Message::BarrierAck { id }).await;
+            }
+        }
+        Message::Leaving => {
+            tracing::info!(node = %peer.node_id, "member is leaving");
+            inner
+                .left
+                .lock()
+                .insert((peer.node_id.clone(), peer.incarnation));
+            let link = inner
+                .members
+                .lock()
+                .get(&peer.node_id)
+                .filter(|m| m.incarnation == peer.incarnation)
+                .map(|m| m.link.clone());
+            if let Some(link) = link {
+                super::net::remove_member_on(c, &link, "left gracefully");
+            }
+        }
+        Message::Hello(_) | Message::HelloAck(_) => {
+            tracing::warn!(node = %peer.node_id, "unexpected hello after the handshake");
+        }
+    }
+}
+
+fn msg_ack(id: u64) -> Message {
+    Message::Ack { id }
+}
+
+fn merge_states(c: &Cluster, sessions: &[SessionState]) {
+    for s in sessions {
+        c.inner.store.merge(s);
+    }
+    if c.inner.waiters.load(Ordering::SeqCst) > 0 {
+        c.inner.applied.notify_waiters();
+    }
+}
+
+/// Streams our sessions to a joining member: first a barrier with every other peer, so
+/// deltas they sent us before they knew the joiner are in our snapshot; then chunks.
+async fn serve_state(
+    c: Cluster,
+    requester: String,
+    id: u64,
+    only_owned: bool,
+    tx: Option<ReplyTx>,
+) {
+    let Some(tx) = tx else { return };
+    c.barrier(&requester).await;
+    let mut view = c.live_members();
+    if !view.contains(&requester) {
+        view.push(requester.clone());
+        view.sort();
+    }
+    let backups = c.inner.cfg.backups;
+    let (chunk_tx, mut chunk_rx) = tokio::sync::mpsc::channel::<Vec<SessionState>>(4);
+    let store_c = c.clone();
+    let producer = tokio::task::spawn_blocking(move || {
+        store_c.inner.store.for_each_chunk(
+            CHUNK_BYTES,
+            |sid| !only_owned || crate::ownership::is_owner(sid, &view, backups, &requester),
+            |chunk| {
+                let _ = chunk_tx.blocking_send(chunk);
+            },
+        );
+    });
+    while let Some(sessions) = chunk_rx.recv().await {
+        if tx
+            .send(
+                Message::StateChunk {
+                    id,
+                    sessions,
+                    done: false,
+                }
+                .outgoing(),
+            )
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+    let _ = producer.await;
+    let _ = tx
+        .send(
+            Message::StateChunk {
+                id,
+                sessions: vec![],
+                done: true,
+            }
+            .outgoing(),
+        )
+        .await;
+}

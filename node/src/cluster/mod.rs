@@ -1,0 +1,818 @@
+//! `Cluster`: membership + transport + replication, started once per process.
+//!
+//! # Layout
+//! - `mod.rs` — shared state, the public API the session store calls (load, write, touch).
+//! - `net.rs` — outbound links (one per peer, reconnect with backoff, bounded queue),
+//!   inbound connections, and the failure detector.
+//! - `handle.rs` — what each incoming message does.
+//! - `lifecycle.rs` — join (state transfer), leave (drain, hand-off), maintenance
+//!   (expiry, touches, evictions) and backup-mode re-replication.
+//!
+//! Locks: `parking_lot` mutexes guard short, non-async critical sections (member table,
+//! pending requests); none is held across an `.await`.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot, watch, Notify};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, ReplicationMode, SendMode};
+use crate::crypto::ClusterKey;
+use crate::membership::{Discovery, SelfInfo};
+use crate::metrics::{Metrics, Role};
+use crate::ownership;
+use crate::store::{unix_now, Session, Store};
+use crate::wire::{Delta, Hello, Message, Outgoing, SessionId, SessionState, Stamp};
+
+mod handle;
+mod lifecycle;
+mod net;
+
+pub use net::Link;
+
+/// Errors starting a cluster.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// Discovery could not start.
+    #[error(transparent)]
+    Membership(#[from] crate::membership::MembershipError),
+}
+
+/// State of a member as this node sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MemberState {
+    /// Handshaken link, traffic flows.
+    Alive,
+    /// Link broken; reconnecting. A failed connect removes it.
+    Suspect,
+}
+
+/// A peer admitted after a handshake.
+#[derive(Debug, Clone)]
+pub struct Member {
+    /// Node id.
+    pub node_id: String,
+    /// Incarnation (start time, unix ms).
+    pub incarnation: u64,
+    /// Replication address.
+    pub addr: SocketAddr,
+    /// Alive or suspect.
+    pub state: MemberState,
+    /// Whether it had finished joining when it said hello.
+    pub ready: bool,
+    /// The outbound link to it.
+    pub link: Arc<Link>,
+}
+
+/// One member in the `/cluster` view.
+#[derive(Debug, Clone, Serialize)]
+pub struct MemberView {
+    /// Node id.
+    pub node: String,
+    /// Replication address.
+    pub addr: String,
+    /// `alive` or `suspect`.
+    pub state: MemberState,
+    /// Incarnation.
+    pub incarnation: u64,
+}
+
+/// The `/cluster` document.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClusterView {
+    /// This node.
+    pub node: String,
+    /// Cluster name.
+    pub cluster: String,
+    /// This node's incarnation.
+    pub incarnation: u64,
+    /// `delta` or `backup`.
+    pub replication: &'static str,
+    /// Backups per session (backup mode).
+    pub backups: usize,
+    /// `async` or `sync`.
+    pub send_mode: &'static str,
+    /// Joined and state transferred.
+    pub ready: bool,
+    /// Sessions held (live).
+    pub sessions: usize,
+    /// Backup mode: sessions this node is primary for.
+    pub primary: usize,
+    /// Backup mode: sessions this node is a backup for.
+    pub backup: usize,
+    /// Backup mode: sessions whose owners include a node that does not hold them yet,
+    /// as far as this node knows (re-replication backlog).
+    pub rereplication_backlog: u64,
+    /// Other members (alive and suspect).
+    pub members: Vec<MemberView>,
+}
+
+pub(crate) struct Inner {
+    pub cfg: Config,
+    pub me: SelfInfo,
+    pub origin: u32,
+    pub key: ClusterKey,
+    pub store: Store,
+    pub metrics: Arc<Metrics>,
+    /// Members by node id.
+    pub members: Mutex<BTreeMap<String, Member>>,
+    /// Outbound links by address.
+    pub links: Mutex<HashMap<SocketAddr, Arc<Link>>>,
+    /// Incarnations that said goodbye: never re-admitted.
+    pub left: Mutex<HashSet<(String, u64)>>,
+    /// Outstanding requests: (request id, node id) → waiter.
+    pub pending: Mutex<HashMap<(u64, String), oneshot::Sender<Message>>>,
+    pub next_id: AtomicU64,
+    /// Notified whenever a remote change is applied (read-your-writes waiters).
+    pub applied: Notify,
+    pub waiters: AtomicUsize,
+    pub ready: watch::Sender<bool>,
+    pub leaving: AtomicBool,
+    /// Sessions touched since the last flush, with their new expiry.
+    pub touched: Mutex<HashMap<SessionId, u64>>,
+    /// Sorted live member ids (this node included); changes drive re-replication.
+    pub view: watch::Sender<Vec<String>>,
+    pub shutdown: CancellationToken,
+    /// Open inbound connections by peer node id (join waits for every member's).
+    pub inbound: Mutex<HashMap<String, usize>>,
+    pub discovery: Mutex<Option<Arc<Discovery>>>,
+}
+
+/// A running cluster node. Cheap to clone.
+#[derive(Clone)]
+pub struct Cluster {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("node", &self.inner.me.node_id)
+            .finish()
+    }
+}
+
+/// A session as loaded for a request.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    /// The replica's state.
+    pub session: Session,
+    /// Whether its version is below what the client had seen (documented async loss).
+    pub rolled_back: bool,
+}
+
+fn origin_of(node_id: &str, incarnation: u64) -> u32 {
+    let h = xxhash_rust::xxh3::xxh3_64_with_seed(node_id.as_bytes(), incarnation);
+    (h as u32) ^ ((h >> 32) as u32)
+}
+
+impl Cluster {
+    /// Starts the node's cluster side on an already-bound replication listener:
+    /// discovery, links, the accept loop and maintenance. Joining (state transfer)
+    /// runs in the background; [`Cluster::ready`] tells when it is done.
+    pub async fn start(
+        cfg: Config,
+        listener: TcpListener,
+        advertise: SocketAddr,
+        key: ClusterKey,
+        metrics: Arc<Metrics>,
+        shutdown: CancellationToken,
+    ) -> Result<Cluster, ClusterError> {
+        let incarnation = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let node_id = cfg.node_id();
+        let me = SelfInfo {
+            cluster: cfg.cluster.clone(),
+            node_id: node_id.clone(),
+            incarnation,
+            advertise,
+        };
+        let (ready, _) = watch::channel(false);
+        let (view, _) = watch::channel(vec![node_id.clone()]);
+        let inner = Arc::new(Inner {
+            origin: origin_of(&node_id, incarnation),
+            me: me.clone(),
+            key: key.clone(),
+            store: Store::new(),
+            metrics,
+            members: Mutex::new(BTreeMap::new()),
+            links: Mutex::new(HashMap::new()),
+            left: Mutex::new(HashSet::new()),
+            pending: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            applied: Notify::new(),
+            waiters: AtomicUsize::new(0),
+            ready,
+            leaving: AtomicBool::new(false),
+            touched: Mutex::new(HashMap::new()),
+            view,
+            shutdown: shutdown.clone(),
+            inbound: Mutex::new(HashMap::new()),
+            discovery: Mutex::new(None),
+            cfg,
+        });
+        let cluster = Cluster { inner };
+        tokio::spawn(net::accept_loop(cluster.clone(), listener));
+        let discovery = Arc::new(
+            crate::membership::start(&cluster.inner.cfg, me, key, shutdown.clone()).await?,
+        );
+        *cluster.inner.discovery.lock() = Some(discovery.clone());
+        tokio::spawn(net::follow_discovery(cluster.clone(), discovery.clone()));
+        tokio::spawn(lifecycle::maintenance(cluster.clone()));
+        if cluster.inner.cfg.replication == ReplicationMode::Backup {
+            tokio::spawn(lifecycle::rereplicate_on_view_change(cluster.clone()));
+        }
+        tokio::spawn(lifecycle::join(cluster.clone(), discovery));
+        Ok(cluster)
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> &str {
+        &self.inner.me.node_id
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.inner.cfg
+    }
+
+    /// Whether the node has joined and received its state.
+    pub fn is_ready(&self) -> bool {
+        *self.inner.ready.borrow() && !self.inner.leaving.load(Ordering::Relaxed)
+    }
+
+    /// Waits until the node is ready.
+    pub async fn ready(&self) {
+        let mut rx = self.inner.ready.subscribe();
+        let _ = rx.wait_for(|r| *r).await;
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    /// Sorted ids of the live members, this node included.
+    pub fn live_members(&self) -> Vec<String> {
+        self.inner.view.borrow().clone()
+    }
+
+    pub(crate) fn hello(&self) -> Hello {
+        Hello {
+            cluster: self.inner.me.cluster.clone(),
+            node_id: self.inner.me.node_id.clone(),
+            incarnation: self.inner.me.incarnation,
+            addr: self.inner.me.advertise,
+            nonce: [0; 16],
+            ready: *self.inner.ready.borrow(),
+        }
+    }
+
+    pub(crate) fn next_id(&self) -> u64 {
+        self.inner.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Alive members other than this node: (node id, link).
+    pub(crate) fn alive_peers(&self) -> Vec<(String, Arc<Link>)> {
+        self.inner
+            .members
+            .lock()
+            .values()
+            .filter(|m| m.state == MemberState::Alive)
+            .map(|m| (m.node_id.clone(), m.link.clone()))
+            .collect()
+    }
+
+    pub(crate) fn link_of(&self, node_id: &str) -> Option<Arc<Link>> {
+        self.inner
+            .members
+            .lock()
+            .get(node_id)
+            .filter(|m| m.state == MemberState::Alive)
+            .map(|m| m.link.clone())
+    }
+
+    /// Owners of a session under the current view (backup mode).
+    pub(crate) fn owners(&self, sid: SessionId) -> Vec<String> {
+        let view = self.inner.view.borrow();
+        ownership::owners(sid, &view, self.inner.cfg.backups)
+            .into_iter()
+            .map(String::from)
+            .collect()
+    }
+
+    pub(crate) fn backup_mode(&self) -> bool {
+        self.inner.cfg.replication == ReplicationMode::Backup
+    }
+
+    /// Registers a waiter for a reply `id` from `node`.
+    pub(crate) fn expect(&self, id: u64, node: &str) -> oneshot::Receiver<Message> {
+        let (tx, rx) = oneshot::channel();
+        self.inner.pending.lock().insert((id, node.to_string()), tx);
+        rx
+    }
+
+    /// Resolves a waiter (a reply arrived).
+    pub(crate) fn resolve(&self, id: u64, node: &str, msg: Message) {
+        if let Some(tx) = self.inner.pending.lock().remove(&(id, node.to_string())) {
+            let _ = tx.send(msg);
+        }
+    }
+
+    /// Sends `msg` to `node` and waits for its reply, up to `timeout`.
+    pub(crate) async fn request(
+        &self,
+        node: &str,
+        link: &Link,
+        id: u64,
+        msg: Message,
+        timeout: Duration,
+    ) -> Option<Message> {
+        let rx = self.expect(id, node);
+        if !link.send(&self.inner.metrics, msg.outgoing()).await {
+            self.inner.pending.lock().remove(&(id, node.to_string()));
+            return None;
+        }
+        let r = tokio::time::timeout(timeout, rx).await;
+        self.inner.pending.lock().remove(&(id, node.to_string()));
+        r.ok().and_then(|r| r.ok())
+    }
+
+    // ---------------------------------------------------------------- reads
+
+    /// Loads a session for a request whose client has seen `min_version` (0: nothing
+    /// known). Waits (bounded) for a newer copy, or fetches one, per REPLICATION.md.
+    pub async fn load(&self, sid: SessionId, min_version: u64) -> Option<Loaded> {
+        let inner = &self.inner;
+        let now = unix_now();
+        let local = inner.store.with(sid, |s| (s.version, s.is_dead(now)));
+        let owner = !self.backup_mode() || self.owners(sid).iter().any(|o| o == &inner.me.node_id);
+        match local {
+            Some((_, true)) => return None,
+            // An owner (every node in delta mode) with a fresh-enough copy serves it.
+            Some((v, false)) if v >= min_version && (owner || min_version > 0) => {
+                return self.local_copy(sid, min_version, now);
+            }
+            _ => {}
+        }
+        let started = Instant::now();
+        if min_version > 0 && owner && local.is_some() {
+            // The client has seen a newer version than ours: its delta is probably in
+            // flight. Wait for it, briefly.
+            inner.metrics.consistency_waits.inc();
+            if self
+                .wait_for_version(sid, min_version, inner.cfg.consistency_wait)
+                .await
+            {
+                inner
+                    .metrics
+                    .consistency_wait_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                return self.local_copy(sid, min_version, unix_now());
+            }
+        }
+        // Ask the replicas that should have it.
+        if min_version > 0 {
+            inner.metrics.consistency_fetches.inc();
+        }
+        self.fetch(sid, min_version).await;
+        if min_version > 0 {
+            inner
+                .metrics
+                .consistency_wait_seconds
+                .observe(started.elapsed().as_secs_f64());
+        }
+        self.local_copy(sid, min_version, unix_now())
+    }
+
+    fn local_copy(&self, sid: SessionId, min_version: u64, now: u64) -> Option<Loaded> {
+        let session = self.inner.store.with(sid, |s| s.clone())?;
+        if session.is_dead(now) {
+            return None;
+        }
+        let rolled_back = session.version < min_version;
+        if rolled_back {
+            self.inner.metrics.rollbacks.inc();
+            tracing::warn!(
+                session = sid,
+                have = session.version,
+                client_saw = min_version,
+                "serving an older session version than the client has seen (its writer died before replicating)"
+            );
+        }
+        self.inner
+            .store
+            .with_mut(sid, |s| s.last_local_access = now);
+        Some(Loaded {
+            session,
+            rolled_back,
+        })
+    }
+
+    async fn wait_for_version(&self, sid: SessionId, min: u64, max_wait: Duration) -> bool {
+        let inner = &self.inner;
+        let deadline = tokio::time::Instant::now() + max_wait;
+        inner.waiters.fetch_add(1, Ordering::SeqCst);
+        let ok = loop {
+            let notified = inner.applied.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if inner.store.version(sid).is_some_and(|v| v >= min) {
+                break true;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                break inner.store.version(sid).is_some_and(|v| v >= min);
+            }
+        };
+        inner.waiters.fetch_sub(1, Ordering::SeqCst);
+        ok
+    }
+
+    /// Fetches a session from the peers that should hold it (owners in backup mode, all
+    /// live peers in delta mode) and merges the copies; bounded by the consistency wait
+    /// plus a network allowance. Returns whether anything was merged.
+    pub(crate) async fn fetch(&self, sid: SessionId, min_version: u64) -> bool {
+        let inner = &self.inner;
+        let targets: Vec<(String, Arc<Link>)> = if self.backup_mode() {
+            self.owners(sid)
+                .into_iter()
+                .filter(|o| o != &inner.me.node_id)
+                .filter_map(|o| self.link_of(&o).map(|l| (o, l)))
+                .collect()
+        } else {
+            self.alive_peers()
+        };
+        if targets.is_empty() {
+            return false;
+        }
+        let wait = inner.cfg.consistency_wait;
+        let wait_ms = if min_version > 0 {
+            wait.as_millis().min(u32::MAX as u128) as u32
+        } else {
+            0
+        };
+        let timeout = wait + Duration::from_millis(500);
+        let mut futs = futures::stream::FuturesUnordered::new();
+        for (node, link) in targets {
+            inner.metrics.remote_fetches.inc();
+            let id = self.next_id();
+            let msg = Message::FetchReq {
+                id,
+                sid,
+                min_version,
+                wait_ms,
+            };
+            let this = self.clone();
+            futs.push(async move { this.request(&node, &link, id, msg, timeout).await });
+        }
+        let mut merged = false;
+        use futures::StreamExt;
+        while let Some(reply) = futs.next().await {
+            if let Some(Message::FetchResp {
+                session: Some(s), ..
+            }) = reply
+            {
+                inner.store.merge(&s);
+                merged = true;
+                if s.version >= min_version {
+                    break;
+                }
+            }
+        }
+        merged
+    }
+
+    /// Waits until every live peer except `except` has delivered everything it queued
+    /// for us before now (bounded).
+    pub(crate) async fn barrier(&self, except: &str) {
+        let peers: Vec<_> = self
+            .alive_peers()
+            .into_iter()
+            .filter(|(n, _)| n != except)
+            .collect();
+        let waits = peers.iter().map(|(node, link)| {
+            let id = self.next_id();
+            self.request(
+                node,
+                link,
+                id,
+                Message::Barrier { id },
+                Duration::from_secs(1),
+            )
+        });
+        futures::future::join_all(waits).await;
+    }
+
+    // --------------------------------------------------------------- writes
+
+    /// Applies a local write and replicates it; in sync mode returns once the replicas
+    /// acked (or the sync timeout passed). Returns the session's new version.
+    pub async fn write(
+        &self,
+        sid: SessionId,
+        data: &HashMap<String, bytes::Bytes>,
+        expiry: u64,
+    ) -> u64 {
+        let inner = &self.inner;
+        let delta = inner.store.with_mut(sid, |s| {
+            let stamp = Stamp {
+                counter: s.version + 1,
+                origin: inner.origin,
+            };
+            let mut d = s.diff(sid, data, stamp);
+            if let Some(d) = d.as_mut() {
+                if expiry > s.expiry {
+                    d.expiry = Some(expiry);
+                }
+                s.apply(d);
+            } else if expiry > s.expiry {
+                s.expiry = expiry;
+                inner.touched.lock().insert(sid, expiry);
+            }
+            s.last_local_access = unix_now();
+            d
+        });
+        let Some(delta) = delta else {
+            return inner.store.version(sid).unwrap_or(0);
+        };
+        let version = delta.stamp.counter;
+        self.replicate(delta).await;
+        version
+    }
+
+    /// Invalidates a session everywhere.
+    pub async fn invalidate(&self, sid: SessionId) {
+        let inner = &self.inner;
+        let delta = inner.store.with_mut(sid, |s| {
+            let d = Delta {
+                sid,
+                stamp: Stamp {
+                    counter: s.version + 1,
+                    origin: inner.origin,
+                },
+                base: s.version,
+                set: vec![],
+                removed: vec![],
+                expiry: None,
+                invalidate: true,
+            };
+            s.apply(&d);
+            d
+        });
+        self.replicate(delta).await;
+    }
+
+    /// Records an access (extends the expiry); replicated in batches.
+    pub fn touch(&self, sid: SessionId) {
+        let expiry = unix_now() + self.inner.cfg.session_timeout.as_secs();
+        if self.inner.store.touch(sid, expiry) {
+            self.inner.touched.lock().insert(sid, expiry);
+        }
+    }
+
+    /// Sends a local write to its replicas (delta mode: every live peer; backup mode:
+    /// through the primary to the backups) and, in sync mode, waits for the acks.
+    pub(crate) async fn replicate(&self, delta: Delta) {
+        let inner = &self.inner;
+        let sync = inner.cfg.send_mode == SendMode::Sync;
+        if self.backup_mode() {
+            let owners = self.owners(delta.sid);
+            if owners.first().map(String::as_str) != Some(inner.me.node_id.as_str()) {
+                // Not the primary: forward to it; it replicates to the backups.
+                if let Some(primary) = owners.first() {
+                    if let Some(link) = self.link_of(primary) {
+                        inner.metrics.forwards_sent.inc();
+                        let ack = if sync { self.next_id() } else { 0 };
+                        let msg = Message::Forward { ack, delta };
+                        if sync {
+                            let started = Instant::now();
+                            let timeout = inner.cfg.sync_timeout;
+                            match self.request(primary, &link, ack, msg, timeout).await {
+                                Some(_) => inner
+                                    .metrics
+                                    .sync_ack_seconds
+                                    .observe(started.elapsed().as_secs_f64()),
+                                None => {
+                                    inner.metrics.sync_timeouts.inc();
+                                }
+                            }
+                        } else {
+                            link.send(&inner.metrics, msg.outgoing()).await;
+                        }
+                        return;
+                    }
+                }
+                // Primary unknown or unreachable: send straight to the owners.
+                let targets: Vec<String> = owners
+                    .into_iter()
+                    .filter(|o| o != &inner.me.node_id)
+                    .collect();
+                self.send_delta(delta, &targets, sync).await;
+                return;
+            }
+            let targets: Vec<String> = owners.into_iter().skip(1).collect();
+            self.send_delta(delta, &targets, sync).await;
+        } else {
+            let targets: Vec<String> = self.alive_peers().into_iter().map(|(n, _)| n).collect();
+            self.send_delta(delta, &targets, sync).await;
+        }
+    }
+
+    /// Sends one delta to `targets`; with `sync`, waits for every ack (bounded).
+    pub(crate) async fn send_delta(&self, delta: Delta, targets: &[String], sync: bool) {
+        let inner = &self.inner;
+        let ack = if sync { self.next_id() } else { 0 };
+        let out = Message::Delta { ack, delta }.outgoing();
+        let started = Instant::now();
+        let mut waits = Vec::new();
+        for node in targets {
+            let Some(link) = self.link_of(node) else {
+                continue;
+            };
+            let rx = if sync {
+                Some(self.expect(ack, node))
+            } else {
+                None
+            };
+            if link.send(&inner.metrics, out.clone()).await {
+                inner.metrics.deltas_sent.inc();
+                if let Some(rx) = rx {
+                    waits.push((node.clone(), rx));
+                }
+            } else {
+                inner.pending.lock().remove(&(ack, node.clone()));
+            }
+        }
+        if waits.is_empty() {
+            return;
+        }
+        let all = futures::future::join_all(waits.iter_mut().map(|(_, rx)| rx));
+        match tokio::time::timeout(inner.cfg.sync_timeout, all).await {
+            Ok(_) => inner
+                .metrics
+                .sync_ack_seconds
+                .observe(started.elapsed().as_secs_f64()),
+            Err(_) => {
+                inner.metrics.sync_timeouts.inc();
+                tracing::warn!(peers = ?waits.iter().map(|w| &w.0).collect::<Vec<_>>(), "sync write timed out waiting for acks");
+            }
+        }
+        let mut p = inner.pending.lock();
+        for (node, _) in waits {
+            p.remove(&(ack, node));
+        }
+    }
+
+    /// Pushes whole sessions to one member (hand-off, re-replication); waits for its ack.
+    pub(crate) async fn put(
+        &self,
+        node: &str,
+        sessions: Vec<SessionState>,
+        timeout: Duration,
+    ) -> bool {
+        let Some(link) = self.link_of(node) else {
+            return false;
+        };
+        let id = self.next_id();
+        self.request(node, &link, id, Message::Put { ack: id, sessions }, timeout)
+            .await
+            .is_some()
+    }
+
+    // ---------------------------------------------------------------- views
+
+    /// The `/cluster` document.
+    pub fn view(&self) -> ClusterView {
+        let inner = &self.inner;
+        let members: Vec<MemberView> = inner
+            .members
+            .lock()
+            .values()
+            .map(|m| MemberView {
+                node: m.node_id.clone(),
+                addr: m.addr.to_string(),
+                state: m.state,
+                incarnation: m.incarnation,
+            })
+            .collect();
+        let (primary, backup, _cached, live) = self.role_counts();
+        ClusterView {
+            node: inner.me.node_id.clone(),
+            cluster: inner.me.cluster.clone(),
+            incarnation: inner.me.incarnation,
+            replication: match inner.cfg.replication {
+                ReplicationMode::Delta => "delta",
+                ReplicationMode::Backup => "backup",
+            },
+            backups: inner.cfg.backups,
+            send_mode: match inner.cfg.send_mode {
+                SendMode::Async => "async",
+                SendMode::Sync => "sync",
+            },
+            ready: self.is_ready(),
+            sessions: live,
+            primary,
+            backup,
+            rereplication_backlog: inner.metrics.rereplication_backlog.get().max(0) as u64,
+            members,
+        }
+    }
+
+    /// (primary, backup, cached, live) session counts; in delta mode every live session
+    /// counts as primary.
+    pub fn role_counts(&self) -> (usize, usize, usize, usize) {
+        let inner = &self.inner;
+        let now = unix_now();
+        let view = self.live_members();
+        let (mut p, mut b, mut c, mut live) = (0, 0, 0, 0);
+        for sid in inner.store.ids() {
+            if inner.store.with(sid, |s| s.is_dead(now)).unwrap_or(true) {
+                continue;
+            }
+            live += 1;
+            if !self.backup_mode() {
+                p += 1;
+                continue;
+            }
+            let owners = ownership::owners(sid, &view, inner.cfg.backups);
+            match owners.iter().position(|o| *o == inner.me.node_id) {
+                Some(0) => p += 1,
+                Some(_) => b += 1,
+                None => c += 1,
+            }
+        }
+        (p, b, c, live)
+    }
+
+    /// Refreshes the gauges that are computed on demand (called before `/metrics`).
+    pub fn refresh_gauges(&self) {
+        let (p, b, c, _) = self.role_counts();
+        let m = &self.inner.metrics;
+        if self.backup_mode() {
+            m.sessions
+                .get_or_create(&Role {
+                    role: "primary".into(),
+                })
+                .set(p as i64);
+            m.sessions
+                .get_or_create(&Role {
+                    role: "backup".into(),
+                })
+                .set(b as i64);
+            m.sessions
+                .get_or_create(&Role {
+                    role: "cached".into(),
+                })
+                .set(c as i64);
+        } else {
+            m.sessions
+                .get_or_create(&Role {
+                    role: "replica".into(),
+                })
+                .set(p as i64);
+        }
+        m.members.set(self.live_members().len() as i64);
+    }
+
+    /// Leaves the cluster gracefully: not ready, hand-off (backup mode), drain queues,
+    /// say goodbye. Bounded by the drain timeout.
+    pub async fn leave(&self) {
+        lifecycle::leave(self.clone()).await
+    }
+}
+
+/// Used by links to publish membership changes.
+pub(crate) fn publish_view(inner: &Inner) {
+    let mut ids: Vec<String> = inner
+        .members
+        .lock()
+        .values()
+        .filter(|m| m.state == MemberState::Alive)
+        .map(|m| m.node_id.clone())
+        .collect();
+    ids.push(inner.me.node_id.clone());
+    ids.sort();
+    ids.dedup();
+    inner.metrics.members.set(ids.len() as i64);
+    inner.view.send_if_modified(|v| {
+        if *v != ids {
+            *v = ids;
+            true
+        } else {
+            false
+        }
+    });
+}
+
+/// Sender half of a reply channel for an inbound connection.
+pub(crate) type ReplyTx = mpsc::Sender<Outgoing>;

@@ -1,0 +1,441 @@
+//! Links to peers (outbound, one per address), inbound connections, and the failure
+//! detector: a member whose link breaks is suspect; a failed TCP connect removes it.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::{SinkExt, StreamExt};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::{handle, publish_view, Cluster, Member, MemberState};
+use crate::membership::Discovery;
+use crate::metrics::Metrics;
+use crate::transport::{self, HandshakeError, Reader, Writer};
+use crate::wire::{Hello, Outgoing};
+
+/// Longest a writer waits for room in a full peer queue before the message is dropped
+/// (and counted): backpressure, but a stuck peer cannot stall writers forever.
+const QUEUE_WAIT: Duration = Duration::from_secs(2);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// The outbound side of one peer: a bounded queue drained by a task that keeps a
+/// connection open, reconnecting with backoff.
+#[derive(Debug)]
+pub struct Link {
+    /// The address dialed.
+    pub addr: SocketAddr,
+    tx: mpsc::Sender<(Outgoing, Instant)>,
+    /// Messages queued or being written.
+    inflight: Arc<AtomicUsize>,
+    cancel: CancellationToken,
+    /// Proposed by discovery (else only learned from the peer's own hello).
+    wanted: AtomicBool,
+    /// Dial attempts so far (join waits for one per candidate).
+    pub attempts: std::sync::atomic::AtomicU32,
+}
+
+impl Link {
+    /// Queues a message; waits (bounded) when the queue is full. False when dropped.
+    pub async fn send(&self, metrics: &Metrics, out: Outgoing) -> bool {
+        self.inflight.fetch_add(1, Ordering::SeqCst);
+        let item = (out, Instant::now());
+        let ok = match self.tx.try_send(item) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(item)) => {
+                matches!(
+                    tokio::time::timeout(QUEUE_WAIT, self.tx.send(item)).await,
+                    Ok(Ok(()))
+                )
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        };
+        if !ok {
+            self.inflight.fetch_sub(1, Ordering::SeqCst);
+            metrics.deltas_dropped.inc();
+        }
+        ok
+    }
+
+    /// Whether everything queued has been written to the socket.
+    pub fn drained(&self) -> bool {
+        self.inflight.load(Ordering::SeqCst) == 0
+    }
+
+    /// Stops the link.
+    pub fn close(&self) {
+        self.cancel.cancel();
+    }
+}
+
+/// Returns the link to `addr`, creating it (and its task) if needed.
+pub(crate) fn ensure_link(c: &Cluster, addr: SocketAddr, wanted: bool) -> Option<Arc<Link>> {
+    let inner = &c.inner;
+    if addr == inner.me.advertise {
+        return None;
+    }
+    let mut links = inner.links.lock();
+    if let Some(l) = links.get(&addr) {
+        if wanted {
+            l.wanted.store(true, Ordering::Relaxed);
+        }
+        return Some(l.clone());
+    }
+    let (tx, rx) = mpsc::channel(inner.cfg.peer_queue.max(16));
+    let link = Arc::new(Link {
+        addr,
+        tx,
+        inflight: Arc::new(AtomicUsize::new(0)),
+        cancel: inner.shutdown.child_token(),
+        wanted: AtomicBool::new(wanted),
+        attempts: Default::default(),
+    });
+    links.insert(addr, link.clone());
+    tokio::spawn(run_link(c.clone(), link.clone(), rx));
+    Some(link)
+}
+
+fn admit(c: &Cluster, peer: &Hello, link: &Arc<Link>) {
+    let inner = &c.inner;
+    {
+        let mut members = inner.members.lock();
+        if let Some(old) = members.get(&peer.node_id) {
+            if old.incarnation != peer.incarnation {
+                tracing::info!(node = %peer.node_id, old = old.incarnation, new = peer.incarnation, "member restarted (new incarnation)");
+            }
+        } else {
+            tracing::info!(node = %peer.node_id, addr = %peer.addr, "member joined");
+        }
+        members.insert(
+            peer.node_id.clone(),
+            Member {
+                node_id: peer.node_id.clone(),
+                incarnation: peer.incarnation,
+                addr: peer.addr,
+                state: MemberState::Alive,
+                ready: peer.ready,
+                link: link.clone(),
+            },
+        );
+    }
+    publish_view(inner);
+}
+
+/// Marks the member on `link` suspect (its connection broke).
+fn suspect(c: &Cluster, node: &str, link: &Arc<Link>) {
+    let inner = &c.inner;
+    let changed = {
+        let mut members = inner.members.lock();
+        match members.get_mut(node) {
+            Some(m) if Arc::ptr_eq(&m.link, link) && m.state == MemberState::Alive => {
+                m.state = MemberState::Suspect;
+                true
+            }
+            _ => false,
+        }
+    };
+    if changed {
+        tracing::info!(node, "member suspected: connection lost");
+        fail_pending(c, node);
+        publish_view(inner);
+    }
+}
+
+/// Removes the member whose link is `link` (confirmed dead, or gone).
+pub(crate) fn remove_member_on(c: &Cluster, link: &Arc<Link>, why: &str) {
+    let inner = &c.inner;
+    let removed = {
+        let mut members = inner.members.lock();
+        let node = members
+            .values()
+            .find(|m| Arc::ptr_eq(&m.link, link))
+            .map(|m| m.node_id.clone());
+        node.and_then(|n| members.remove(&n))
+    };
+    if let Some(m) = removed {
+        tracing::info!(node = %m.node_id, addr = %m.addr, why, "member removed");
+        fail_pending(c, &m.node_id);
+        publish_view(inner);
+    }
+}
+
+/// Drops waiters for replies from `node` (their requests fail at once).
+pub(crate) fn fail_pending(c: &Cluster, node: &str) {
+    c.inner.pending.lock().retain(|(_, n), _| n != node);
+}
+
+async fn run_link(c: Cluster, link: Arc<Link>, mut rx: mpsc::Receiver<(Outgoing, Instant)>) {
+    let inner = c.inner.clone();
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        if link.cancel.is_cancelled() {
+            break;
+        }
+        let dial = transport::dial(
+            link.addr,
+            c.hello(),
+            &inner.key,
+            inner.cfg.max_frame,
+            CONNECT_TIMEOUT,
+        );
+        let res = tokio::select! {
+            r = dial => r,
+            _ = link.cancel.cancelled() => break,
+        };
+        link.attempts.fetch_add(1, Ordering::SeqCst);
+        match res {
+            Ok((peer, rd, wr)) => {
+                if peer.node_id == inner.me.node_id {
+                    tracing::debug!(addr = %link.addr, "dialed myself; dropping that address");
+                    break;
+                }
+                if inner
+                    .left
+                    .lock()
+                    .contains(&(peer.node_id.clone(), peer.incarnation))
+                {
+                    // A member that said goodbye and is still shutting down.
+                    remove_member_on(&c, &link, "left");
+                } else {
+                    admit(&c, &peer, &link);
+                    backoff = Duration::from_millis(50);
+                    let err = run_connection(&c, &link, &peer, rd, wr, &mut rx).await;
+                    suspect(&c, &peer.node_id, &link);
+                    if link.cancel.is_cancelled() {
+                        break;
+                    }
+                    if let Some(e) = err {
+                        tracing::debug!(node = %peer.node_id, error = %e, "link closed");
+                    }
+                    // Reconnect at once: the next dial is the failure detector's check.
+                    continue;
+                }
+            }
+            Err(e) if e.is_connect() => {
+                remove_member_on(&c, &link, "TCP connect failed");
+                if !link.wanted.load(Ordering::Relaxed) {
+                    break;
+                }
+            }
+            Err(e) => {
+                inner.metrics.handshakes_rejected.inc();
+                if let HandshakeError::Wire(w) = &e {
+                    inner.metrics.reject(w.reason());
+                }
+                tracing::warn!(addr = %link.addr, error = %e, "handshake refused");
+                remove_member_on(&c, &link, "handshake refused");
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = link.cancel.cancelled() => break,
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+    remove_member_on(&c, &link, "link closed");
+    let mut links = inner.links.lock();
+    if links.get(&link.addr).is_some_and(|l| Arc::ptr_eq(l, &link)) {
+        links.remove(&link.addr);
+    }
+}
+
+/// Runs one established outbound connection until it fails or the link is cancelled.
+async fn run_connection(
+    c: &Cluster,
+    link: &Arc<Link>,
+    peer: &Hello,
+    mut rd: Reader,
+    mut wr: Writer,
+    rx: &mut mpsc::Receiver<(Outgoing, Instant)>,
+) -> Option<String> {
+    let inner = &c.inner;
+    let writer = async {
+        while let Some((out, queued)) = rx.recv().await {
+            let mut batch = 1;
+            inner
+                .metrics
+                .replication_lag
+                .observe(queued.elapsed().as_secs_f64());
+            inner.metrics.bytes_sent.inc_by(out.wire_len() as u64);
+            if let Err(e) = wr.feed(out).await {
+                return e.to_string();
+            }
+            while let Ok((out, queued)) = rx.try_recv() {
+                inner
+                    .metrics
+                    .replication_lag
+                    .observe(queued.elapsed().as_secs_f64());
+                inner.metrics.bytes_sent.inc_by(out.wire_len() as u64);
+                batch += 1;
+                if let Err(e) = wr.feed(out).await {
+                    return e.to_string();
+                }
+                if batch >= 256 {
+                    break;
+                }
+            }
+            if let Err(e) = wr.flush().await {
+                return e.to_string();
+            }
+            link.inflight.fetch_sub(batch, Ordering::SeqCst);
+        }
+        "queue closed".to_string()
+    };
+    let reader = async {
+        while let Some(m) = rd.next().await {
+            match m {
+                Ok(msg) => handle::handle(c, peer, msg, None).await,
+                Err(e) => {
+                    inner.metrics.reject(e.reason());
+                    return e.to_string();
+                }
+            }
+        }
+        "peer closed".to_string()
+    };
+    tokio::select! {
+        e = writer => Some(e),
+        e = reader => Some(e),
+        _ = link.cancel.cancelled() => None,
+    }
+}
+
+/// Accepts peer connections until shutdown.
+pub(crate) async fn accept_loop(c: Cluster, listener: TcpListener) {
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = c.inner.shutdown.cancelled() => return,
+        };
+        match accepted {
+            Ok((stream, _)) => {
+                tokio::spawn(inbound(c.clone(), stream));
+            }
+            Err(e) => {
+                // Transient (e.g. EMFILE): warn and go on.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn inbound(c: Cluster, stream: tokio::net::TcpStream) {
+    let inner = c.inner.clone();
+    let (peer, mut rd, mut wr) =
+        match transport::accept(stream, c.hello(), &inner.key, inner.cfg.max_frame).await {
+            Ok(x) => x,
+            Err(e) => {
+                inner.metrics.handshakes_rejected.inc();
+                if let HandshakeError::Wire(w) = &e {
+                    inner.metrics.reject(w.reason());
+                }
+                tracing::warn!(error = %e, "inbound handshake refused");
+                return;
+            }
+        };
+    if inner
+        .left
+        .lock()
+        .contains(&(peer.node_id.clone(), peer.incarnation))
+    {
+        return;
+    }
+    // Dial back at once so that this peer gets our writes from now on.
+    if !inner
+        .members
+        .lock()
+        .get(&peer.node_id)
+        .is_some_and(|m| m.incarnation == peer.incarnation && m.state == MemberState::Alive)
+    {
+        ensure_link(&c, peer.addr, false);
+    }
+    *inner
+        .inbound
+        .lock()
+        .entry(peer.node_id.clone())
+        .or_default() += 1;
+    let (tx, mut rx) = mpsc::channel::<Outgoing>(256);
+    let metrics = inner.metrics.clone();
+    let writer = tokio::spawn(async move {
+        while let Some(out) = rx.recv().await {
+            metrics.bytes_sent.inc_by(out.wire_len() as u64);
+            if wr.feed(out).await.is_err() {
+                return;
+            }
+            while let Ok(out) = rx.try_recv() {
+                metrics.bytes_sent.inc_by(out.wire_len() as u64);
+                if wr.feed(out).await.is_err() {
+                    return;
+                }
+            }
+            if wr.flush().await.is_err() {
+                return;
+            }
+        }
+    });
+    loop {
+        let next = tokio::select! {
+            n = rd.next() => n,
+            _ = inner.shutdown.cancelled() => break,
+        };
+        match next {
+            Some(Ok(msg)) => handle::handle(&c, &peer, msg, Some(&tx)).await,
+            Some(Err(e)) => {
+                inner.metrics.reject(e.reason());
+                tracing::warn!(node = %peer.node_id, error = %e, "bad frame; closing the connection");
+                break;
+            }
+            None => break,
+        }
+    }
+    drop(tx);
+    {
+        let mut ib = inner.inbound.lock();
+        if let Some(n) = ib.get_mut(&peer.node_id) {
+            *n -= 1;
+            if *n == 0 {
+                ib.remove(&peer.node_id);
+            }
+        }
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(1), writer).await;
+}
+
+/// Keeps one link per discovered candidate; a candidate that disappears is checked by
+/// TCP connect and its link closed only if that fails.
+pub(crate) async fn follow_discovery(c: Cluster, discovery: Arc<Discovery>) {
+    let mut rx = discovery.candidates.clone();
+    let mut known: std::collections::BTreeSet<SocketAddr> = Default::default();
+    loop {
+        let cands: std::collections::BTreeSet<SocketAddr> =
+            rx.borrow_and_update().keys().copied().collect();
+        for addr in &cands {
+            ensure_link(&c, *addr, true);
+        }
+        for gone in known.difference(&cands) {
+            let link = c.inner.links.lock().get(gone).cloned();
+            if let Some(link) = link {
+                link.wanted.store(false, Ordering::Relaxed);
+                let c = c.clone();
+                tokio::spawn(async move {
+                    if transport::tcp_check(link.addr, CONNECT_TIMEOUT).await {
+                        tracing::info!(addr = %link.addr, "no longer discovered, but still answers TCP: kept");
+                    } else {
+                        remove_member_on(&c, &link, "no longer discovered and TCP connect failed");
+                        link.close();
+                    }
+                });
+            }
+        }
+        known = cands;
+        tokio::select! {
+            r = rx.changed() => if r.is_err() { return },
+            _ = c.inner.shutdown.cancelled() => return,
+        }
+    }
+}

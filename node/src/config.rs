@@ -1,0 +1,157 @@
+//! Node configuration: every flag has an environment variable (`../shared/DESIGN.md`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+/// How peers are found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum MembershipMode {
+    /// Multicast, and DNS too when `--dns-name` is given.
+    Auto,
+    /// UDP multicast heartbeats.
+    Multicast,
+    /// Re-resolve `--dns-name` on an interval; every A record is a peer.
+    Dns,
+    /// The fixed `--peers` list.
+    Static,
+}
+
+/// Who holds a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ReplicationMode {
+    /// Every node holds every session (Tomcat DeltaManager).
+    Delta,
+    /// A primary and `--backups` backups per session, by rendezvous hashing (BackupManager).
+    Backup,
+}
+
+/// When a write is acknowledged to the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SendMode {
+    /// The response goes out; the delta is queued.
+    Async,
+    /// The response waits for acks from the replicas, up to `--sync-timeout`.
+    Sync,
+}
+
+/// Configuration of one node.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "tribe-node",
+    version,
+    about = "A Tribe node: replicated HTTP sessions"
+)]
+pub struct Config {
+    /// This node's id (default: the hostname).
+    #[arg(long, env = "TRIBE_NODE_ID")]
+    pub node_id: Option<String>,
+    /// Cluster name; members of another cluster are ignored.
+    #[arg(long, env = "TRIBE_CLUSTER", default_value = "tribe")]
+    pub cluster: String,
+    /// Address of the application (demo app) HTTP listener.
+    #[arg(long, env = "TRIBE_HTTP_ADDR", default_value = "0.0.0.0:8080")]
+    pub http_addr: SocketAddr,
+    /// Address of the admin listener (health, metrics, cluster view).
+    #[arg(long, env = "TRIBE_ADMIN_ADDR", default_value = "0.0.0.0:9090")]
+    pub admin_addr: SocketAddr,
+    /// Address of the peer-to-peer replication listener.
+    #[arg(long, env = "TRIBE_REPLICATION_ADDR", default_value = "0.0.0.0:4000")]
+    pub replication_addr: SocketAddr,
+    /// Address peers dial: `host` or `host:port` (default: the first non-loopback IPv4
+    /// address and the replication port).
+    #[arg(long, env = "TRIBE_ADVERTISE_ADDR")]
+    pub advertise_addr: Option<String>,
+    /// How peers are found.
+    #[arg(long, env = "TRIBE_MEMBERSHIP", value_enum, default_value = "auto")]
+    pub membership: MembershipMode,
+    /// Multicast group and port.
+    #[arg(long, env = "TRIBE_MULTICAST_GROUP", default_value = "228.0.0.4:45564")]
+    pub multicast_group: SocketAddr,
+    /// Interface for multicast: an interface name or one of its IPv4 addresses
+    /// (default: the default route's).
+    #[arg(long, env = "TRIBE_MULTICAST_INTERFACE")]
+    pub multicast_interface: Option<String>,
+    /// Multicast TTL.
+    #[arg(long, env = "TRIBE_MULTICAST_TTL", default_value_t = 1)]
+    pub multicast_ttl: u32,
+    /// Heartbeat interval.
+    #[arg(long, env = "TRIBE_HEARTBEAT_INTERVAL", default_value = "500ms", value_parser = parse_duration)]
+    pub heartbeat_interval: Duration,
+    /// A member silent this long is suspected (then checked by TCP connect).
+    #[arg(long, env = "TRIBE_MEMBER_TIMEOUT", default_value = "3s", value_parser = parse_duration)]
+    pub member_timeout: Duration,
+    /// DNS name of the headless members Service.
+    #[arg(long, env = "TRIBE_DNS_NAME")]
+    pub dns_name: Option<String>,
+    /// How often the DNS name is re-resolved.
+    #[arg(long, env = "TRIBE_DNS_INTERVAL", default_value = "2s", value_parser = parse_duration)]
+    pub dns_interval: Duration,
+    /// Static peers (`host:port`, comma separated).
+    #[arg(long, env = "TRIBE_PEERS", value_delimiter = ',')]
+    pub peers: Vec<String>,
+    /// Replication mode.
+    #[arg(long, env = "TRIBE_REPLICATION", value_enum, default_value = "delta")]
+    pub replication: ReplicationMode,
+    /// Backups per session in `backup` mode.
+    #[arg(long, env = "TRIBE_BACKUPS", default_value_t = 1)]
+    pub backups: usize,
+    /// Send mode.
+    #[arg(long, env = "TRIBE_SEND_MODE", value_enum, default_value = "async")]
+    pub send_mode: SendMode,
+    /// How long a sync write waits for acks.
+    #[arg(long, env = "TRIBE_SYNC_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
+    pub sync_timeout: Duration,
+    /// How long a request waits for a newer session version its client has seen.
+    #[arg(long, env = "TRIBE_CONSISTENCY_WAIT", default_value = "50ms", value_parser = parse_duration)]
+    pub consistency_wait: Duration,
+    /// Session max-inactive interval.
+    #[arg(long, env = "TRIBE_SESSION_TIMEOUT", default_value = "30m", value_parser = parse_duration)]
+    pub session_timeout: Duration,
+    /// Session cookie name.
+    #[arg(long, env = "TRIBE_COOKIE_NAME", default_value = "SESSIONID")]
+    pub cookie_name: String,
+    /// Mark cookies `Secure` (serve the app over HTTPS).
+    #[arg(long, env = "TRIBE_COOKIE_SECURE")]
+    pub cookie_secure: bool,
+    /// File holding the cluster key.
+    #[arg(long, env = "TRIBE_CLUSTER_KEY_FILE")]
+    pub cluster_key_file: Option<PathBuf>,
+    /// Run without a cluster key (frames are checked with a well-known key: anyone can forge them).
+    #[arg(long, env = "TRIBE_INSECURE")]
+    pub insecure: bool,
+    /// Largest replication frame accepted.
+    #[arg(long, env = "TRIBE_MAX_FRAME", default_value_t = 16 * 1024 * 1024)]
+    pub max_frame: usize,
+    /// Frames queued per peer before writers wait (backpressure).
+    #[arg(long, env = "TRIBE_PEER_QUEUE", default_value_t = 8192)]
+    pub peer_queue: usize,
+    /// How long a leaving node may spend draining and handing sessions over.
+    #[arg(long, env = "TRIBE_DRAIN_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+}
+
+/// Parses `500ms`, `3s`, `30m`, `1h` (humantime syntax).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("invalid duration {s:?}: {e}"))
+}
+
+impl Config {
+    /// The defaults, as if no flag were given (handy in tests).
+    pub fn default_for_test() -> Self {
+        Config::parse_from(["tribe-node"])
+    }
+
+    /// This node's id: `--node-id`, else the hostname.
+    pub fn node_id(&self) -> String {
+        self.node_id.clone().unwrap_or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|s| s.trim().to_string())
+                .ok()
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(|| "tribe-node".to_string())
+        })
+    }
+}

@@ -1,0 +1,4 @@
+//! HTTP: the demo application and the admin endpoints.
+
+pub mod admin;
+pub mod app;

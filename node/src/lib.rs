@@ -1,0 +1,190 @@
+//! Tribe node: replicated HTTP sessions for axum/tower-sessions apps, the way Tomcat's
+//! DeltaManager/BackupManager cluster replicates sessions for Java web apps.
+//!
+//! # Layout
+//! - [`config`] — every flag and env var.
+//! - [`crypto`] — the cluster key and HMAC tags.
+//! - [`wire`] — frames and messages (magic, version, type, length, tag; postcard bodies).
+//! - [`store`] — the versioned session table (last-writer-wins per attribute).
+//! - [`ownership`] — rendezvous hashing for backup mode.
+//! - [`membership`] — multicast, DNS and static discovery of peers.
+//! - [`transport`] — TCP dial/accept with the authenticated handshake.
+//! - [`cluster`] — membership + transport + replication: the running node.
+//! - [`session_store`] — [`session_store::ReplicatedStore`], a `tower_sessions::SessionStore`.
+//! - [`ryw`] — read-your-writes: the signed version cookie and its layer.
+//! - [`http`] — the demo app and the admin endpoints.
+//! - [`metrics`] — Prometheus metrics.
+//!
+//! [`run`] takes already-bound listeners and a shutdown future; `main.rs` only parses
+//! flags, binds sockets and calls it.
+#![forbid(unsafe_code)]
+
+pub mod cluster;
+pub mod config;
+pub mod crypto;
+pub mod http;
+pub mod membership;
+pub mod metrics;
+pub mod ownership;
+pub mod ryw;
+pub mod session_store;
+pub mod store;
+pub mod transport;
+pub mod wire;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use cluster::Cluster;
+pub use config::Config;
+pub use crypto::ClusterKey;
+pub use session_store::ReplicatedStore;
+
+/// Errors that stop a node.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Neither a cluster key nor `--insecure`.
+    #[error("no cluster key: set --cluster-key-file (TRIBE_CLUSTER_KEY_FILE), or pass --insecure to run without one")]
+    NoKey,
+    /// The key file could not be read or is empty.
+    #[error("cluster key file {0}: {1}")]
+    KeyFile(String, String),
+    /// The advertise address is not usable.
+    #[error("invalid --advertise-addr {0:?}: {1}")]
+    Advertise(String, String),
+    /// The cluster side failed to start.
+    #[error(transparent)]
+    Cluster(#[from] cluster::ClusterError),
+    /// A listener failed.
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Loads the cluster key per the config (`--cluster-key-file` or `--insecure`).
+pub fn load_key(cfg: &Config) -> Result<ClusterKey, Error> {
+    match (&cfg.cluster_key_file, cfg.insecure) {
+        (Some(path), _) => {
+            let raw = std::fs::read(path)
+                .map_err(|e| Error::KeyFile(path.display().to_string(), e.to_string()))?;
+            let trimmed = raw.trim_ascii();
+            if trimmed.len() < 16 {
+                return Err(Error::KeyFile(
+                    path.display().to_string(),
+                    "key must be at least 16 bytes".into(),
+                ));
+            }
+            Ok(ClusterKey::new(trimmed))
+        }
+        (None, true) => Ok(ClusterKey::insecure()),
+        (None, false) => Err(Error::NoKey),
+    }
+}
+
+/// The address peers dial: `--advertise-addr` (host or host:port), else the replication
+/// listener's address when it is specific, else the default route's IPv4 address.
+pub fn advertise_addr(cfg: &Config, replication: SocketAddr) -> Result<SocketAddr, Error> {
+    let port = replication.port();
+    if let Some(a) = &cfg.advertise_addr {
+        if let Ok(sa) = a.parse::<SocketAddr>() {
+            return Ok(sa);
+        }
+        if let Ok(ip) = a.parse::<std::net::IpAddr>() {
+            return Ok(SocketAddr::new(ip, port));
+        }
+        use std::net::ToSocketAddrs;
+        let resolved = (a.as_str(), port)
+            .to_socket_addrs()
+            .map_err(|e| Error::Advertise(a.clone(), e.to_string()))?;
+        return resolved
+            .into_iter()
+            .find(|s| s.is_ipv4())
+            .ok_or_else(|| Error::Advertise(a.clone(), "no IPv4 address".into()));
+    }
+    if !replication.ip().is_unspecified() {
+        return Ok(replication);
+    }
+    let ip =
+        membership::multicast::resolve_interface(None).unwrap_or(std::net::Ipv4Addr::LOCALHOST);
+    Ok(SocketAddr::new(ip.into(), port))
+}
+
+/// The three listeners of a node.
+#[derive(Debug)]
+pub struct Listeners {
+    /// The app.
+    pub http: TcpListener,
+    /// Health, metrics, cluster view.
+    pub admin: TcpListener,
+    /// Peer replication.
+    pub replication: TcpListener,
+}
+
+/// Runs a node until `shutdown` resolves, then leaves the cluster gracefully.
+pub async fn run(
+    cfg: Config,
+    listeners: Listeners,
+    key: ClusterKey,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), Error> {
+    let advertise = advertise_addr(&cfg, listeners.replication.local_addr()?)?;
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = Arc::new(metrics::Metrics::new(&mut registry));
+    let cancel = CancellationToken::new();
+    let cluster = Cluster::start(
+        cfg.clone(),
+        listeners.replication,
+        advertise,
+        key.clone(),
+        metrics,
+        cancel.clone(),
+    )
+    .await?;
+    tracing::info!(
+        node = cluster.node_id(),
+        cluster = %cfg.cluster,
+        %advertise,
+        http = %listeners.http.local_addr()?,
+        admin = %listeners.admin.local_addr()?,
+        replication = ?cfg.replication,
+        send_mode = ?cfg.send_mode,
+        "node started"
+    );
+    if key.is_insecure() {
+        tracing::warn!(
+            "running with --insecure: anyone who can reach the replication port can forge frames"
+        );
+    }
+    let app = http::app::router(cluster.clone(), &key);
+    let admin = http::admin::router(cluster.clone(), Arc::new(registry));
+    let stop_http = CancellationToken::new();
+    let app_task = {
+        let stop = stop_http.clone();
+        tokio::spawn(async move {
+            axum::serve(listeners.http, app)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await
+        })
+    };
+    let admin_task = {
+        let stop = cancel.clone();
+        tokio::spawn(async move {
+            axum::serve(listeners.admin, admin)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await
+        })
+    };
+    shutdown.await;
+    tracing::info!("shutting down: not ready, draining, handing over, leaving");
+    // Not ready first (load balancers stop sending), then hand-off and goodbye while
+    // in-flight requests finish.
+    cluster.leave().await;
+    stop_http.cancel();
+    let _ = tokio::time::timeout(cfg.drain_timeout, app_task).await;
+    cancel.cancel();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), admin_task).await;
+    Ok(())
+}

@@ -1,0 +1,238 @@
+//! Prometheus metrics of one node (text exposition on the admin port's `/metrics`).
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+/// Label of the rejected-frames counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Reason {
+    /// Why the frame was refused (`bad_tag`, `too_large`, ...).
+    pub reason: String,
+}
+
+/// Label for session counts by role.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Role {
+    /// `primary`, `backup` or `cached` (backup mode), `replica` (delta mode).
+    pub role: String,
+}
+
+/// Every metric the node exports.
+#[derive(Debug)]
+pub struct Metrics {
+    /// Sessions held, by role.
+    pub sessions: Family<Role, Gauge>,
+    /// Live members, this node included.
+    pub members: Gauge,
+    /// Deltas sent to replicas (backup mode: k per write).
+    pub deltas_sent: Counter,
+    /// Writes forwarded to a session's primary (backup mode).
+    pub forwards_sent: Counter,
+    /// Deltas received.
+    pub deltas_received: Counter,
+    /// Deltas that changed nothing (stale or duplicate).
+    pub deltas_stale: Counter,
+    /// Deltas that could not be queued (peer gone or stuck).
+    pub deltas_dropped: Counter,
+    /// Deltas whose base was missing (a whole-session fetch followed).
+    pub delta_gaps: Counter,
+    /// Frames refused, by reason; the connection was closed.
+    pub frames_rejected: Family<Reason, Counter>,
+    /// Handshakes refused (other cluster, bad key).
+    pub handshakes_rejected: Counter,
+    /// Bytes written to peers.
+    pub bytes_sent: Counter,
+    /// Bytes read from peers.
+    pub bytes_received: Counter,
+    /// Time a delta spent queued before it was written to the socket.
+    pub replication_lag: Histogram,
+    /// Sync writes: time until every replica acked.
+    pub sync_ack_seconds: Histogram,
+    /// Sync writes that timed out waiting for an ack.
+    pub sync_timeouts: Counter,
+    /// Requests that waited for a newer version their client had seen.
+    pub consistency_waits: Counter,
+    /// Requests that fetched the session from a peer to meet their client's version.
+    pub consistency_fetches: Counter,
+    /// Time spent waiting or fetching for read-your-writes.
+    pub consistency_wait_seconds: Histogram,
+    /// Requests that ran on an older version than their client had seen (async loss).
+    pub rollbacks: Counter,
+    /// Whole-session fetches from peers (backup-mode reads, gaps, misses).
+    pub remote_fetches: Counter,
+    /// Sessions waiting to be copied to new owners (backup mode).
+    pub rereplication_backlog: Gauge,
+    /// Sessions copied to new owners.
+    pub rereplicated: Counter,
+    /// Seconds the last join-time state transfer took.
+    pub state_transfer_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    /// Sessions received by the last state transfer.
+    pub state_transfer_sessions: Gauge,
+    /// Sessions expired by the sweeper.
+    pub sessions_expired: Counter,
+}
+
+impl Metrics {
+    /// Creates the metrics and registers them.
+    pub fn new(registry: &mut Registry) -> Self {
+        let m = Metrics {
+            sessions: Family::default(),
+            members: Gauge::default(),
+            deltas_sent: Counter::default(),
+            forwards_sent: Counter::default(),
+            deltas_received: Counter::default(),
+            deltas_stale: Counter::default(),
+            deltas_dropped: Counter::default(),
+            delta_gaps: Counter::default(),
+            frames_rejected: Family::default(),
+            handshakes_rejected: Counter::default(),
+            bytes_sent: Counter::default(),
+            bytes_received: Counter::default(),
+            replication_lag: Histogram::new(exponential_buckets(0.000_01, 2.0, 20)),
+            sync_ack_seconds: Histogram::new(exponential_buckets(0.000_01, 2.0, 20)),
+            sync_timeouts: Counter::default(),
+            consistency_waits: Counter::default(),
+            consistency_fetches: Counter::default(),
+            consistency_wait_seconds: Histogram::new(exponential_buckets(0.000_01, 2.0, 20)),
+            rollbacks: Counter::default(),
+            remote_fetches: Counter::default(),
+            rereplication_backlog: Gauge::default(),
+            rereplicated: Counter::default(),
+            state_transfer_seconds: Gauge::default(),
+            state_transfer_sessions: Gauge::default(),
+            sessions_expired: Counter::default(),
+        };
+        let r = registry.sub_registry_with_prefix("tribe");
+        r.register("sessions", "Sessions held, by role", m.sessions.clone());
+        r.register(
+            "members",
+            "Live cluster members, this node included",
+            m.members.clone(),
+        );
+        r.register(
+            "deltas_sent",
+            "Deltas sent to replicas",
+            m.deltas_sent.clone(),
+        );
+        r.register(
+            "forwards_sent",
+            "Writes forwarded to the session's primary",
+            m.forwards_sent.clone(),
+        );
+        r.register(
+            "deltas_received",
+            "Deltas received",
+            m.deltas_received.clone(),
+        );
+        r.register(
+            "deltas_stale",
+            "Deltas ignored as stale or duplicate",
+            m.deltas_stale.clone(),
+        );
+        r.register(
+            "deltas_dropped",
+            "Deltas that could not be queued",
+            m.deltas_dropped.clone(),
+        );
+        r.register(
+            "delta_gaps",
+            "Deltas whose base was missing",
+            m.delta_gaps.clone(),
+        );
+        r.register(
+            "frames_rejected",
+            "Frames refused, connection closed",
+            m.frames_rejected.clone(),
+        );
+        r.register(
+            "handshakes_rejected",
+            "Handshakes refused",
+            m.handshakes_rejected.clone(),
+        );
+        r.register("bytes_sent", "Bytes written to peers", m.bytes_sent.clone());
+        r.register(
+            "bytes_received",
+            "Bytes read from peers",
+            m.bytes_received.clone(),
+        );
+        r.register(
+            "replication_lag_seconds",
+            "Time deltas spend queued before they are written",
+            m.replication_lag.clone(),
+        );
+        r.register(
+            "sync_ack_seconds",
+            "Sync writes: time until all replicas acked",
+            m.sync_ack_seconds.clone(),
+        );
+        r.register(
+            "sync_timeouts",
+            "Sync writes that timed out waiting for acks",
+            m.sync_timeouts.clone(),
+        );
+        r.register(
+            "consistency_waits",
+            "Requests that waited for their client's version",
+            m.consistency_waits.clone(),
+        );
+        r.register(
+            "consistency_fetches",
+            "Requests that fetched the session for their client's version",
+            m.consistency_fetches.clone(),
+        );
+        r.register(
+            "consistency_wait_seconds",
+            "Time spent waiting or fetching for read-your-writes",
+            m.consistency_wait_seconds.clone(),
+        );
+        r.register(
+            "rollbacks",
+            "Requests run on an older version than their client had seen",
+            m.rollbacks.clone(),
+        );
+        r.register(
+            "remote_fetches",
+            "Whole-session fetches from peers",
+            m.remote_fetches.clone(),
+        );
+        r.register(
+            "rereplication_backlog",
+            "Sessions waiting to be copied to new owners",
+            m.rereplication_backlog.clone(),
+        );
+        r.register(
+            "rereplicated",
+            "Sessions copied to new owners",
+            m.rereplicated.clone(),
+        );
+        r.register(
+            "state_transfer_seconds",
+            "Duration of the last join-time state transfer",
+            m.state_transfer_seconds.clone(),
+        );
+        r.register(
+            "state_transfer_sessions",
+            "Sessions received by the last state transfer",
+            m.state_transfer_sessions.clone(),
+        );
+        r.register(
+            "sessions_expired",
+            "Sessions expired",
+            m.sessions_expired.clone(),
+        );
+        m
+    }
+
+    /// Counts a refused frame.
+    pub fn reject(&self, reason: &str) {
+        self.frames_rejected
+            .get_or_create(&Reason {
+                reason: reason.to_string(),
+            })
+            .inc();
+    }
+}

@@ -1,0 +1,548 @@
+//! The versioned, in-memory session table: a last-writer-wins map per session.
+//!
+//! Each attribute carries the [`Stamp`] of the write that set or removed it; a merge keeps
+//! the higher stamp per attribute. Merging is commutative, associative and idempotent, so
+//! deltas and state-transfer chunks may arrive in any order, twice, or interleaved, and
+//! every replica that has seen the same writes holds the same session. Two writes to
+//! *different* attributes of one session never overwrite each other. See REPLICATION.md.
+
+use std::collections::HashMap;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use dashmap::DashMap;
+
+use crate::wire::{AttrState, Delta, SessionId, SessionState, Stamp};
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// How long an invalidated session is remembered, so late deltas cannot resurrect it.
+pub const TOMBSTONE_SECS: u64 = 300;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Attr {
+    stamp: Stamp,
+    value: Option<Bytes>,
+}
+
+/// One session replica.
+#[derive(Debug, Clone, Default)]
+pub struct Session {
+    /// Highest stamp counter seen: the session's version.
+    pub version: u64,
+    /// Expiry, unix seconds (extended by accesses; the max of all replicas wins).
+    pub expiry: u64,
+    /// Set once the session is invalidated.
+    pub deleted: Option<Stamp>,
+    attrs: HashMap<String, Attr>,
+    /// Last local access (unix seconds), for evicting non-owned copies in backup mode.
+    pub last_local_access: u64,
+    /// Every write counter up to this one has been seen (counters are dense: a write at
+    /// version `v` is stamped `v + 1`, so a hole means a missed delta).
+    contiguous: u64,
+    /// Counters seen above `contiguous` (normally empty; briefly not when deltas from
+    /// different links overtake each other).
+    ahead: Vec<u64>,
+}
+
+/// What applying a delta did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// At least one attribute changed.
+    Changed,
+    /// Everything in it was already known (a duplicate or stale delta).
+    Stale,
+}
+
+impl Session {
+    /// Live attributes as (name, JSON bytes).
+    pub fn live_attrs(&self) -> impl Iterator<Item = (&String, &Bytes)> {
+        self.attrs
+            .iter()
+            .filter_map(|(k, a)| a.value.as_ref().map(|v| (k, v)))
+    }
+
+    /// The JSON bytes of one live attribute.
+    pub fn get(&self, name: &str) -> Option<&Bytes> {
+        self.attrs.get(name).and_then(|a| a.value.as_ref())
+    }
+
+    fn note_counter(&mut self, c: u64) {
+        if c <= self.contiguous {
+            return;
+        }
+        if c == self.contiguous + 1 {
+            self.contiguous = c;
+            self.ahead.sort_unstable();
+            while let Some(pos) = self.ahead.iter().position(|&x| x <= self.contiguous + 1) {
+                let x = self.ahead.swap_remove(pos);
+                self.contiguous = self.contiguous.max(x);
+                self.ahead.sort_unstable();
+            }
+        } else if !self.ahead.contains(&c) {
+            self.ahead.push(c);
+        }
+    }
+
+    /// Whether some write below the current version has not been seen here.
+    pub fn has_gap(&self) -> bool {
+        self.contiguous < self.version
+    }
+
+    fn merge_attr(&mut self, name: &str, stamp: Stamp, value: Option<Bytes>) -> bool {
+        if let Some(d) = self.deleted {
+            if stamp <= d {
+                return false;
+            }
+        }
+        self.version = self.version.max(stamp.counter);
+        match self.attrs.get_mut(name) {
+            Some(a) if a.stamp >= stamp => false,
+            Some(a) => {
+                a.stamp = stamp;
+                a.value = value;
+                true
+            }
+            None => {
+                self.attrs.insert(name.to_string(), Attr { stamp, value });
+                true
+            }
+        }
+    }
+
+    /// Applies one delta (LWW per attribute).
+    pub fn apply(&mut self, d: &Delta) -> Applied {
+        let mut changed = false;
+        self.note_counter(d.stamp.counter);
+        if d.invalidate {
+            if self.deleted.is_none_or(|s| s < d.stamp) {
+                self.deleted = Some(d.stamp);
+                self.attrs.retain(|_, a| a.stamp > d.stamp);
+                changed = true;
+            }
+            self.version = self.version.max(d.stamp.counter);
+        }
+        for (k, v) in &d.set {
+            changed |= self.merge_attr(k, d.stamp, Some(v.clone()));
+        }
+        for k in &d.removed {
+            changed |= self.merge_attr(k, d.stamp, None);
+        }
+        if let Some(e) = d.expiry {
+            if e > self.expiry {
+                self.expiry = e;
+                changed = true;
+            }
+        }
+        if d.stamp.counter > self.version {
+            self.version = d.stamp.counter;
+            changed = true;
+        }
+        if changed {
+            Applied::Changed
+        } else {
+            Applied::Stale
+        }
+    }
+
+    /// Merges a whole copy from another replica.
+    pub fn merge(&mut self, s: &SessionState) -> Applied {
+        let mut changed = false;
+        if let Some(d) = s.deleted {
+            if self.deleted.is_none_or(|x| x < d) {
+                self.deleted = Some(d);
+                self.attrs.retain(|_, a| a.stamp > d);
+                changed = true;
+            }
+        }
+        for a in &s.attrs {
+            changed |= self.merge_attr(&a.name, a.stamp, a.value.clone());
+        }
+        if s.expiry > self.expiry {
+            self.expiry = s.expiry;
+            changed = true;
+        }
+        if s.version > self.version {
+            self.version = s.version;
+            changed = true;
+        }
+        // A whole copy from a replica stands for everything it had seen.
+        if s.version > self.contiguous {
+            self.contiguous = s.version;
+            self.ahead.retain(|&x| x > s.version);
+        }
+        if changed {
+            Applied::Changed
+        } else {
+            Applied::Stale
+        }
+    }
+
+    /// A whole copy for the wire.
+    pub fn to_state(&self, sid: SessionId) -> SessionState {
+        SessionState {
+            sid,
+            version: self.version,
+            expiry: self.expiry,
+            deleted: self.deleted,
+            attrs: self
+                .attrs
+                .iter()
+                .map(|(k, a)| AttrState {
+                    name: k.clone(),
+                    stamp: a.stamp,
+                    value: a.value.clone(),
+                })
+                .collect(),
+        }
+    }
+
+    /// Whether the session is gone (invalidated or expired at `now`).
+    pub fn is_dead(&self, now: u64) -> bool {
+        self.deleted.is_some() || self.expiry <= now
+    }
+
+    /// The delta that turns this replica's live attributes into `data` (JSON bytes per
+    /// attribute), stamped `stamp`; `None` when nothing but possibly the expiry changed.
+    pub fn diff(
+        &self,
+        sid: SessionId,
+        data: &HashMap<String, Bytes>,
+        stamp: Stamp,
+    ) -> Option<Delta> {
+        let mut set = Vec::new();
+        let mut removed = Vec::new();
+        for (k, v) in data {
+            if self.get(k) != Some(v) {
+                set.push((k.clone(), v.clone()));
+            }
+        }
+        for (k, _) in self.live_attrs() {
+            if !data.contains_key(k) {
+                removed.push(k.clone());
+            }
+        }
+        if set.is_empty() && removed.is_empty() {
+            return None;
+        }
+        set.sort_by(|a, b| a.0.cmp(&b.0));
+        removed.sort();
+        Some(Delta {
+            sid,
+            stamp,
+            base: self.version,
+            set,
+            removed,
+            expiry: None,
+            invalidate: false,
+        })
+    }
+}
+
+/// All sessions this node holds.
+#[derive(Debug, Default)]
+pub struct Store {
+    sessions: DashMap<SessionId, Session>,
+}
+
+impl Store {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Number of sessions held (live ones and recent tombstones).
+    pub fn len(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// Whether no session is held.
+    pub fn is_empty(&self) -> bool {
+        self.sessions.is_empty()
+    }
+
+    /// Runs `f` on the session, if held.
+    pub fn with<R>(&self, sid: SessionId, f: impl FnOnce(&Session) -> R) -> Option<R> {
+        self.sessions.get(&sid).map(|s| f(&s))
+    }
+
+    /// Runs `f` on the session, creating an empty one if absent.
+    pub fn with_mut<R>(&self, sid: SessionId, f: impl FnOnce(&mut Session) -> R) -> R {
+        let mut e = self.sessions.entry(sid).or_default();
+        f(&mut e)
+    }
+
+    /// Version of the session, if held.
+    pub fn version(&self, sid: SessionId) -> Option<u64> {
+        self.with(sid, |s| s.version)
+    }
+
+    /// Whether a session with this id is held (live or tombstoned).
+    pub fn contains(&self, sid: SessionId) -> bool {
+        self.sessions.contains_key(&sid)
+    }
+
+    /// Applies a delta; `gap` is true when the writer had seen a version we have not.
+    pub fn apply(&self, d: &Delta) -> (Applied, bool) {
+        let mut e = self.sessions.entry(d.sid).or_default();
+        let applied = e.apply(d);
+        (applied, e.has_gap())
+    }
+
+    /// Merges a whole copy.
+    pub fn merge(&self, s: &SessionState) -> Applied {
+        self.sessions.entry(s.sid).or_default().merge(s)
+    }
+
+    /// A whole copy of one session.
+    pub fn state(&self, sid: SessionId) -> Option<SessionState> {
+        self.with(sid, |s| s.to_state(sid))
+    }
+
+    /// Extends the expiry (a touch); returns whether it grew.
+    pub fn touch(&self, sid: SessionId, expiry: u64) -> bool {
+        match self.sessions.get_mut(&sid) {
+            Some(mut s) if s.expiry < expiry => {
+                s.expiry = expiry;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Removes sessions that expired, and tombstones older than [`TOMBSTONE_SECS`];
+    /// returns how many live sessions expired.
+    pub fn sweep(&self, now: u64) -> usize {
+        let mut expired = 0;
+        self.sessions.retain(|_, s| {
+            if s.deleted.is_some() {
+                return s.expiry.max(s.last_local_access) + TOMBSTONE_SECS > now;
+            }
+            if s.expiry <= now {
+                expired += 1;
+                return false;
+            }
+            true
+        });
+        expired
+    }
+
+    /// Removes one session outright (eviction of a non-owned copy).
+    pub fn remove(&self, sid: SessionId) {
+        self.sessions.remove(&sid);
+    }
+
+    /// Snapshot of the ids held (for scans that must not hold shard locks).
+    pub fn ids(&self) -> Vec<SessionId> {
+        self.sessions.iter().map(|e| *e.key()).collect()
+    }
+
+    /// Whole copies of the sessions for which `keep` is true, in chunks of about
+    /// `chunk_bytes`, passed to `emit`.
+    pub fn for_each_chunk(
+        &self,
+        chunk_bytes: usize,
+        mut keep: impl FnMut(SessionId) -> bool,
+        mut emit: impl FnMut(Vec<SessionState>),
+    ) {
+        let mut chunk = Vec::new();
+        let mut size = 0;
+        for sid in self.ids() {
+            if !keep(sid) {
+                continue;
+            }
+            if let Some(s) = self.state(sid) {
+                size += 32
+                    + s.attrs
+                        .iter()
+                        .map(|a| a.name.len() + a.value.as_ref().map_or(0, |v| v.len()) + 12)
+                        .sum::<usize>();
+                chunk.push(s);
+                if size >= chunk_bytes {
+                    emit(std::mem::take(&mut chunk));
+                    size = 0;
+                }
+            }
+        }
+        if !chunk.is_empty() {
+            emit(chunk);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn st(c: u64, o: u32) -> Stamp {
+        Stamp {
+            counter: c,
+            origin: o,
+        }
+    }
+
+    fn delta(c: u64, o: u32, base: u64, set: &[(&str, &str)], removed: &[&str]) -> Delta {
+        Delta {
+            sid: 1,
+            stamp: st(c, o),
+            base,
+            set: set
+                .iter()
+                .map(|(k, v)| (k.to_string(), Bytes::copy_from_slice(v.as_bytes())))
+                .collect(),
+            removed: removed.iter().map(|s| s.to_string()).collect(),
+            expiry: Some(100 + c),
+            invalidate: false,
+        }
+    }
+
+    fn view(s: &Session) -> Vec<(String, String)> {
+        let mut v: Vec<_> = s
+            .live_attrs()
+            .map(|(k, v)| (k.clone(), String::from_utf8_lossy(v).into()))
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn deltas_commute_and_are_idempotent() {
+        let ds = [
+            delta(1, 1, 0, &[("a", "1")], &[]),
+            delta(2, 1, 1, &[("b", "2")], &[]),
+            delta(2, 2, 1, &[("c", "3")], &[]),
+            delta(3, 2, 2, &[("a", "4")], &["b"]),
+        ];
+        let mut reference = Session::default();
+        for d in &ds {
+            reference.apply(d);
+        }
+        // Every order, each delta possibly twice, gives the same session.
+        for perm in [[0, 1, 2, 3], [3, 2, 1, 0], [2, 0, 3, 1], [1, 3, 0, 2]] {
+            let mut s = Session::default();
+            for i in perm {
+                s.apply(&ds[i]);
+                assert_eq!(s.apply(&ds[i]), Applied::Stale, "duplicate is stale");
+            }
+            assert_eq!(view(&s), view(&reference));
+            assert_eq!(s.version, 3);
+            assert_eq!(s.expiry, 103);
+        }
+        assert_eq!(
+            view(&reference),
+            vec![("a".into(), "4".into()), ("c".into(), "3".into())]
+        );
+    }
+
+    #[test]
+    fn concurrent_writes_to_different_attributes_both_survive() {
+        let x = delta(6, 1, 5, &[("x", "1")], &[]);
+        let y = delta(6, 2, 5, &[("y", "2")], &[]);
+        let mut a = Session::default();
+        let mut b = Session::default();
+        a.apply(&x);
+        a.apply(&y);
+        b.apply(&y);
+        b.apply(&x);
+        assert_eq!(view(&a), view(&b));
+        assert_eq!(view(&a).len(), 2);
+    }
+
+    #[test]
+    fn concurrent_writes_to_one_attribute_pick_the_same_winner() {
+        let x = delta(6, 1, 5, &[("x", "from-1")], &[]);
+        let y = delta(6, 2, 5, &[("x", "from-2")], &[]);
+        let mut a = Session::default();
+        let mut b = Session::default();
+        a.apply(&x);
+        a.apply(&y);
+        b.apply(&y);
+        b.apply(&x);
+        assert_eq!(view(&a), vec![("x".into(), "from-2".into())]);
+        assert_eq!(view(&a), view(&b));
+    }
+
+    #[test]
+    fn full_state_merge_equals_delta_replay() {
+        let mut a = Session::default();
+        a.apply(&delta(1, 1, 0, &[("a", "1")], &[]));
+        a.apply(&delta(2, 1, 1, &[], &["a"]));
+        a.apply(&delta(3, 1, 2, &[("b", "1")], &[]));
+        let mut b = Session::default();
+        b.apply(&delta(1, 1, 0, &[("a", "1")], &[]));
+        b.merge(&a.to_state(1));
+        assert_eq!(view(&a), view(&b));
+        assert_eq!(b.version, 3);
+        // The tombstone travelled: a late delta setting "a" at counter 1 changes nothing.
+        assert_eq!(b.apply(&delta(1, 1, 0, &[("a", "1")], &[])), Applied::Stale);
+    }
+
+    #[test]
+    fn invalidation_wins_over_older_writes() {
+        let store = Store::new();
+        store.apply(&delta(1, 1, 0, &[("a", "1")], &[]));
+        let mut inv = delta(2, 1, 1, &[], &[]);
+        inv.invalidate = true;
+        store.apply(&inv);
+        store.apply(&delta(1, 2, 0, &[("z", "1")], &[]));
+        assert!(store
+            .with(1, |s| s.deleted.is_some() && s.live_attrs().count() == 0)
+            .unwrap());
+    }
+
+    #[test]
+    fn gaps_are_detected() {
+        let store = Store::new();
+        let (_, gap) = store.apply(&delta(1, 1, 0, &[("a", "1")], &[]));
+        assert!(!gap);
+        let (_, gap) = store.apply(&delta(3, 1, 2, &[("a", "3")], &[]));
+        assert!(gap, "counter 2 is missing");
+        let (_, gap) = store.apply(&delta(2, 2, 1, &[("b", "2")], &[]));
+        assert!(!gap, "the overtaken delta arrived");
+        let (_, gap) = store.apply(&delta(5, 1, 4, &[("a", "5")], &[]));
+        assert!(gap);
+        let full = store.state(1).map(|mut s| {
+            s.version = 5;
+            s
+        });
+        store.merge(&full.unwrap());
+        assert!(
+            !store.with(1, |s| s.has_gap()).unwrap(),
+            "a whole copy fills the hole"
+        );
+    }
+
+    #[test]
+    fn diff_ships_only_changes() {
+        let mut s = Session::default();
+        s.apply(&delta(1, 1, 0, &[("a", "1"), ("b", "2")], &[]));
+        let mut data = HashMap::new();
+        data.insert("a".to_string(), Bytes::from_static(b"1"));
+        data.insert("c".to_string(), Bytes::from_static(b"3"));
+        let d = s.diff(1, &data, st(2, 1)).unwrap();
+        assert_eq!(d.set, vec![("c".to_string(), Bytes::from_static(b"3"))]);
+        assert_eq!(d.removed, vec!["b".to_string()]);
+        assert_eq!(d.base, 1);
+        data.remove("c");
+        data.insert("b".to_string(), Bytes::from_static(b"2"));
+        assert!(s.diff(1, &data, st(2, 1)).is_none());
+    }
+
+    #[test]
+    fn sweep_expires_and_forgets_tombstones() {
+        let store = Store::new();
+        store.apply(&delta(1, 1, 0, &[("a", "1")], &[])); // expiry 101
+        let mut d2 = delta(1, 1, 0, &[("a", "1")], &[]);
+        d2.sid = 2;
+        d2.expiry = Some(1000);
+        store.apply(&d2);
+        assert_eq!(store.sweep(102), 1);
+        assert!(!store.contains(1) && store.contains(2));
+    }
+}
