@@ -1,1 +1,272 @@
-fn main() {}
+//! `tribe-operator`: `run` (default) the controller, print the `crd`, or run a
+//! SessionCluster `local`ly as node processes.
+#![forbid(unsafe_code)]
+
+use clap::{Args, Parser, Subcommand};
+use kube::api::{Api, ListParams};
+use kube::Client;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tracing::{error, info, warn};
+use tribe_operator::controller::{self, Context};
+use tribe_operator::crd::{crd_yaml, SessionCluster};
+use tribe_operator::lease::{Elector, Timing};
+use tribe_operator::metrics::{AdminState, Metrics};
+use tribe_operator::{local, metrics};
+
+/// Kubernetes operator for Tribe SessionClusters.
+#[derive(Parser, Debug)]
+#[command(name = "tribe-operator", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the controller (the default).
+    Run(RunArgs),
+    /// Print the SessionCluster CustomResourceDefinition as YAML.
+    Crd,
+    /// Run the SessionCluster in FILE on this machine as tribe-node processes.
+    Local(local::LocalArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+struct RunArgs {
+    /// Address of the admin server (/healthz, /readyz, /metrics).
+    #[arg(
+        long,
+        env = "TRIBE_OPERATOR_ADMIN_ADDR",
+        default_value = "0.0.0.0:8080"
+    )]
+    admin_addr: SocketAddr,
+    /// Watch only this namespace (default: all namespaces; `WATCH_NAMESPACE` is read too).
+    #[arg(long, env = "TRIBE_OPERATOR_WATCH_NAMESPACE")]
+    watch_namespace: Option<String>,
+    /// Take part in leader election (only the Lease holder reconciles).
+    #[arg(long, env = "TRIBE_OPERATOR_LEADER_ELECT", default_value_t = true, action = clap::ArgAction::Set)]
+    leader_elect: bool,
+    /// Namespace of the leader Lease (the operator's own).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    lease_namespace: String,
+    /// Name of the leader Lease.
+    #[arg(
+        long,
+        env = "TRIBE_OPERATOR_LEASE_NAME",
+        default_value = "tribe-operator"
+    )]
+    lease_name: String,
+    /// Seconds a Lease record stays valid without renewal.
+    #[arg(long, default_value_t = 15)]
+    lease_duration: u64,
+    /// Seconds without renewal after which the holder steps down.
+    #[arg(long, default_value_t = 10)]
+    renew_deadline: u64,
+    /// Seconds between election rounds.
+    #[arg(long, default_value_t = 2)]
+    retry_period: u64,
+    /// This process's identity in the Lease and in Events (default: pod name + random suffix).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    warn!(error = %e, "cannot listen for SIGTERM");
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+/// A future that resolves once `rx` holds `want` (or its sender is gone).
+fn when(
+    mut rx: watch::Receiver<bool>,
+    want: bool,
+) -> impl std::future::Future<Output = ()> + Send + Sync + 'static {
+    async move {
+        let _ = rx.wait_for(|v| *v == want).await;
+    }
+}
+
+fn identity(args: &RunArgs) -> String {
+    let base = args
+        .identity
+        .clone()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .map(|s| s.trim().to_string())
+                .unwrap_or_else(|_| "tribe-operator".into())
+        });
+    let suffix = &tribe_operator::resources::random_key()[..6];
+    format!("{base}-{suffix}")
+}
+
+async fn run(mut args: RunArgs) -> tribe_operator::Result<()> {
+    if args.watch_namespace.is_none() {
+        args.watch_namespace = std::env::var("WATCH_NAMESPACE")
+            .ok()
+            .filter(|s| !s.is_empty());
+    }
+    let args = args;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        info!("shutting down");
+        stop_tx.send_replace(true);
+    });
+
+    let metrics = Metrics::default();
+    let admin = AdminState {
+        metrics: metrics.clone(),
+        ready: Arc::default(),
+    };
+    let listener = tokio::net::TcpListener::bind(args.admin_addr).await?;
+    info!(addr = %listener.local_addr()?, "admin server listening");
+    let admin_task = tokio::spawn(metrics::serve(
+        listener,
+        admin.clone(),
+        when(stop_rx.clone(), true),
+    ));
+
+    let client = Client::try_default()
+        .await
+        .map_err(tribe_operator::Error::Kube)?;
+    // Wait until the CRD is queryable: ready only then.
+    let probe: Api<SessionCluster> = match &args.watch_namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    loop {
+        match probe.list(&ListParams::default().limit(1)).await {
+            Ok(_) => break,
+            Err(e) => {
+                error!(error = %e, "cannot list SessionClusters (is the CRD installed?); retrying")
+            }
+        }
+        tokio::select! {
+            _ = when(stop_rx.clone(), true) => return Ok(()),
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+        }
+    }
+    admin.ready.store(true, Ordering::Relaxed);
+
+    let id = identity(&args);
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        metrics.clone(),
+        Some(id.clone()),
+    ));
+    let (leader_tx, leader_rx) = watch::channel(!args.leader_elect);
+    let elector_task = if args.leader_elect {
+        let timing = Timing {
+            lease_duration: Duration::from_secs(args.lease_duration),
+            renew_deadline: Duration::from_secs(args.renew_deadline),
+            retry_period: Duration::from_secs(args.retry_period),
+        };
+        info!(identity = %id, lease = %format!("{}/{}", args.lease_namespace, args.lease_name), "leader election on");
+        let elector = Elector::new(
+            client.clone(),
+            &args.lease_namespace,
+            &args.lease_name,
+            &id,
+            timing,
+        );
+        Some(tokio::spawn(
+            elector.run(leader_tx, when(stop_rx.clone(), true)),
+        ))
+    } else {
+        None
+    };
+
+    loop {
+        tokio::select! {
+            _ = when(stop_rx.clone(), true) => break,
+            _ = when(leader_rx.clone(), true) => {}
+        }
+        if *stop_rx.borrow() {
+            break;
+        }
+        info!("leading: starting the controller");
+        metrics.leader.set(1);
+        let mut stop = stop_rx.clone();
+        let mut lead = leader_rx.clone();
+        let trigger = async move {
+            tokio::select! {
+                _ = stop.wait_for(|v| *v) => {},
+                _ = lead.wait_for(|v| !*v) => {},
+            }
+        };
+        controller::run(ctx.clone(), args.watch_namespace.clone(), trigger).await;
+        metrics.leader.set(0);
+        info!("controller stopped");
+    }
+
+    if let Some(task) = elector_task {
+        let _ = task.await;
+    }
+    let _ = admin_task.await;
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let command = cli.command.unwrap_or_else(|| {
+        // `tribe-operator` alone means `run` with flags from the environment.
+        match Cli::parse_from(["tribe-operator", "run"]).command {
+            Some(c) => c,
+            None => unreachable!("run parses"),
+        }
+    });
+    let result = match command {
+        Command::Crd => {
+            print!("{}", crd_yaml());
+            Ok(())
+        }
+        Command::Run(args) => {
+            init_tracing();
+            run(args).await
+        }
+        Command::Local(args) => {
+            init_tracing();
+            local::run(args, shutdown_signal()).await
+        }
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            error!(error = %e, "tribe-operator failed");
+            eprintln!("tribe-operator: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
