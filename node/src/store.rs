@@ -41,7 +41,8 @@ pub struct Session {
     /// Set once the session is invalidated.
     pub deleted: Option<Stamp>,
     attrs: HashMap<String, Attr>,
-    /// Last local access (unix seconds), for evicting non-owned copies in backup mode.
+    /// Last local access or replicated update (unix seconds): non-owned copies in backup
+    /// mode are evicted only after a while without either.
     pub last_local_access: u64,
     /// Every write counter up to this one has been seen (counters are dense: a write at
     /// version `v` is stamped `v + 1`, so a hole means a missed delta).
@@ -291,13 +292,16 @@ impl Store {
     /// Applies a delta; `gap` is true when the writer had seen a version we have not.
     pub fn apply(&self, d: &Delta) -> (Applied, bool) {
         let mut e = self.sessions.entry(d.sid).or_default();
+        e.last_local_access = unix_now();
         let applied = e.apply(d);
         (applied, e.has_gap())
     }
 
     /// Merges a whole copy.
     pub fn merge(&self, s: &SessionState) -> Applied {
-        self.sessions.entry(s.sid).or_default().merge(s)
+        let mut e = self.sessions.entry(s.sid).or_default();
+        e.last_local_access = unix_now();
+        e.merge(s)
     }
 
     /// A whole copy of one session.

@@ -37,6 +37,8 @@ pub struct Link {
     wanted: AtomicBool,
     /// Dial attempts so far (join waits for one per candidate).
     pub attempts: std::sync::atomic::AtomicU32,
+    /// Cuts a reconnect backoff short (the peer just dialed us, so it is up).
+    kick: tokio::sync::Notify,
 }
 
 impl Link {
@@ -93,6 +95,7 @@ pub(crate) fn ensure_link(c: &Cluster, addr: SocketAddr, wanted: bool) -> Option
         cancel: inner.shutdown.child_token(),
         wanted: AtomicBool::new(wanted),
         attempts: Default::default(),
+        kick: tokio::sync::Notify::new(),
     });
     links.insert(addr, link.clone());
     tokio::spawn(run_link(c.clone(), link.clone(), rx));
@@ -232,6 +235,7 @@ async fn run_link(c: Cluster, link: Arc<Link>, mut rx: mpsc::Receiver<(Outgoing,
         }
         tokio::select! {
             _ = tokio::time::sleep(backoff) => {}
+            _ = link.kick.notified() => {}
             _ = link.cancel.cancelled() => break,
         }
         backoff = (backoff * 2).min(MAX_BACKOFF);
