@@ -193,48 +193,46 @@ where
         name: name.clone(),
         source,
     };
-    let before = api
-        .get_opt(&name)
-        .await
-        .map_err(apply_err)?
-        .and_then(|o| o.resource_version());
+    let before = api.get_opt(&name).await.map_err(apply_err)?;
     let params = PatchParams::apply(MANAGER).force();
     let applied = api
         .patch(&name, &params, &Patch::Apply(obj))
         .await
         .map_err(apply_err)?;
-    match (before, applied.resource_version()) {
-        (None, _) => {
-            info!(%kind, %name, "created");
-            let note = format!("Created {kind} {name}");
-            publish(
-                ctx,
-                sc,
-                EventType::Normal,
-                "Created",
-                "Apply",
-                note,
-                Some(applied.object_ref(&())),
-            )
-            .await;
+    let (reason, verb) = match &before {
+        None => ("Created", "created"),
+        Some(before) if changed_by_us(before, &applied) => ("Updated", "updated"),
+        Some(_) => {
+            debug!(%kind, %name, "unchanged");
+            return Ok(applied);
         }
-        (Some(a), Some(b)) if a != b => {
-            info!(%kind, %name, "updated");
-            let note = format!("Updated {kind} {name}");
-            publish(
-                ctx,
-                sc,
-                EventType::Normal,
-                "Updated",
-                "Apply",
-                note,
-                Some(applied.object_ref(&())),
-            )
-            .await;
-        }
-        _ => debug!(%kind, %name, "unchanged"),
-    }
+    };
+    info!(%kind, %name, "{verb}");
+    let note = format!("{reason} {kind} {name}");
+    let related = Some(applied.object_ref(&()));
+    publish(ctx, sc, EventType::Normal, reason, "Apply", note, related).await;
     Ok(applied)
+}
+
+/// Whether our apply changed `before` into `after`: anything but the resourceVersion,
+/// managedFields and status differs (a status write by another controller between our
+/// read and our apply moves only those).
+fn changed_by_us<K: Resource + Serialize>(before: &K, after: &K) -> bool {
+    if before.meta().resource_version == after.meta().resource_version {
+        return false;
+    }
+    let strip = |o: &K| {
+        let mut v = serde_json::to_value(o).unwrap_or_default();
+        if let Some(meta) = v.get_mut("metadata").and_then(|m| m.as_object_mut()) {
+            meta.remove("resourceVersion");
+            meta.remove("managedFields");
+        }
+        if let Some(obj) = v.as_object_mut() {
+            obj.remove("status");
+        }
+        v
+    };
+    strip(before) != strip(after)
 }
 
 /// Creates the cluster key Secret if it does not exist; never touches an existing one.
@@ -365,7 +363,7 @@ async fn reconcile_inner(sc: &SessionCluster, ctx: &Context) -> Result<Action> {
         // Children go with it through their owner references.
         return Ok(Action::await_change());
     }
-    info!(cluster = %format!("{ns}/{name}"), "reconciling");
+    debug!(cluster = %format!("{ns}/{name}"), "reconciling");
 
     let outcome = match validate(&sc.spec) {
         Err(msg) => Err(Error::InvalidSpec(msg)),

@@ -28,7 +28,7 @@ pub const BACKUPS_RULE: &str = "self.replication.backups < self.replicas || (sel
     version = "v1alpha1",
     kind = "SessionCluster",
     plural = "sessionclusters",
-    shortname = "sc",
+    shortname = "tsc",
     namespaced,
     status = "SessionClusterStatus",
     doc = "A cluster of tribe-node pods that replicate HTTP sessions among themselves",
@@ -37,14 +37,10 @@ pub const BACKUPS_RULE: &str = "self.replication.backups < self.replicas || (sel
         status_replicas_path = ".status.replicas",
         label_selector_path = ".status.selector"
     ),
-    printcolumn(name = "Replicas", type_ = "integer", json_path = ".spec.replicas"),
-    printcolumn(name = "Ready", type_ = "integer", json_path = ".status.readyReplicas"),
-    printcolumn(name = "Sessions", type_ = "integer", json_path = ".status.sessions"),
-    printcolumn(
-        name = "Age",
-        type_ = "date",
-        json_path = ".metadata.creationTimestamp"
-    )
+    printcolumn = r#"{"name":"Replicas","type":"integer","jsonPath":".spec.replicas"}"#,
+    printcolumn = r#"{"name":"Ready","type":"integer","jsonPath":".status.readyReplicas"}"#,
+    printcolumn = r#"{"name":"Sessions","type":"integer","jsonPath":".status.sessions"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[x_kube(validation = kube::core::Rule::new(BACKUPS_RULE).message("replication.backups must be less than replicas"))]
 #[serde(rename_all = "camelCase")]

@@ -107,13 +107,8 @@ async fn shutdown_signal() {
 }
 
 /// A future that resolves once `rx` holds `want` (or its sender is gone).
-fn when(
-    mut rx: watch::Receiver<bool>,
-    want: bool,
-) -> impl std::future::Future<Output = ()> + Send + Sync + 'static {
-    async move {
-        let _ = rx.wait_for(|v| *v == want).await;
-    }
+async fn when(mut rx: watch::Receiver<bool>, want: bool) {
+    let _ = rx.wait_for(|v| *v == want).await;
 }
 
 fn identity(args: &RunArgs) -> String {

@@ -357,3 +357,23 @@ fn validation_mirrors_the_schema() {
         assert_eq!(validate(&good), Ok(()), "{t:?}");
     }
 }
+
+#[test]
+fn status_only_changes_are_not_ours() {
+    let sc = cluster("shop", NS);
+    let mut before = crate::fixtures::observed_deployment(&sc, 3, 1);
+    let mut after = before.clone();
+    after.metadata.resource_version = Some("8".into());
+    after.status.as_mut().unwrap().ready_replicas = Some(3);
+    assert!(
+        !changed_by_us(&before, &after),
+        "status moved, spec did not"
+    );
+    after.spec.replicas = Some(5);
+    assert!(changed_by_us(&before, &after));
+    before.metadata.resource_version = Some("8".into());
+    assert!(
+        !changed_by_us(&before, &after),
+        "same resourceVersion: nothing changed"
+    );
+}
