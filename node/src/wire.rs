@@ -683,6 +683,7 @@ mod tests {
         }
         .outgoing();
         // header + body + tag; the target is <= 100 bytes.
+        eprintln!("one-attribute delta: {} bytes on the wire", out.wire_len());
         assert!(
             out.wire_len() <= 100,
             "one-attribute delta takes {} bytes",
