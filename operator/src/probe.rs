@@ -22,12 +22,14 @@ pub struct NodeReport {
     pub members: Vec<String>,
     /// Sessions it holds.
     pub sessions: i64,
+    /// Sessions it holds as primary owner (backup mode), when it says.
+    pub primary: Option<i64>,
 }
 
 fn ident(v: &Value) -> Option<String> {
     match v {
         Value::String(s) => Some(s.clone()),
-        Value::Object(m) => ["id", "node_id", "nodeId", "name", "addr", "address"]
+        Value::Object(m) => ["node", "id", "node_id", "nodeId", "name", "addr", "address"]
             .iter()
             .find_map(|k| m.get(*k))
             .and_then(ident),
@@ -69,6 +71,7 @@ pub fn parse_report(body: &[u8]) -> Option<NodeReport> {
             .filter_map(ident)
             .collect(),
         sessions: sessions.max(0),
+        primary: v.get("primary").and_then(Value::as_i64).map(|p| p.max(0)),
     })
 }
 
@@ -142,7 +145,8 @@ mod tests {
             NodeReport {
                 node: Some("a".into()),
                 members: vec!["a".into(), "b".into()],
-                sessions: 7
+                sessions: 7,
+                primary: None,
             }
         );
         let r = parse_report(
@@ -151,6 +155,19 @@ mod tests {
         .unwrap();
         assert_eq!(r.node.as_deref(), Some("a"));
         assert_eq!(r.members, vec!["b".to_string()]);
+    }
+
+    #[test]
+    fn parses_the_nodes_cluster_view() {
+        // The shape tribe-node serves (node/src/cluster/mod.rs ClusterView).
+        let body = br#"{"node":"shop-1","cluster":"web.shop","incarnation":1,"replication":"backup","backups":1,
+            "send_mode":"async","ready":true,"sessions":12,"primary":6,"backup":6,"rereplication_backlog":0,
+            "members":[{"node":"shop-2","addr":"10.0.0.2:4000","state":"alive","incarnation":3},
+                       {"node":"shop-3","addr":"10.0.0.3:4000","state":"suspect","incarnation":4}]}"#;
+        let r = parse_report(body).unwrap();
+        assert_eq!(r.node.as_deref(), Some("shop-1"));
+        assert_eq!(r.members, vec!["shop-2".to_string(), "shop-3".to_string()]);
+        assert_eq!((r.sessions, r.primary), (12, Some(6)));
     }
 
     #[test]

@@ -51,6 +51,9 @@ pub fn aggregate(
         // Every node holds every session: the most complete view.
         ReplicationMode::Delta => reports.iter().map(|r| r.sessions).max().unwrap_or(0),
         // Each session lives on a primary and `backups` others.
+        ReplicationMode::Backup if reports.iter().all(|r| r.primary.is_some()) => {
+            reports.iter().filter_map(|r| r.primary).sum()
+        }
         ReplicationMode::Backup => {
             let copies = i64::from(backups.max(0)) + 1;
             let total: i64 = reports.iter().map(|r| r.sessions).sum();
@@ -263,6 +266,7 @@ mod tests {
             node: Some(node.into()),
             members: members.iter().map(|s| s.to_string()).collect(),
             sessions,
+            primary: None,
         }
     }
 
@@ -341,5 +345,13 @@ mod tests {
             (Some(2), Some(10))
         );
         assert_eq!(aggregate(&[], ReplicationMode::Delta, 1), (None, None));
+        let mut owned = reports.clone();
+        owned[0].primary = Some(4);
+        owned[1].primary = Some(7);
+        assert_eq!(
+            aggregate(&owned, ReplicationMode::Backup, 1).1,
+            Some(11),
+            "sum of primaries"
+        );
     }
 }
