@@ -14,6 +14,14 @@ fn strs(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
 }
 
+/// The ids of the two other nodes of a three-node cluster `n1..n3`.
+fn others(i: usize) -> BTreeSet<String> {
+    (0..3)
+        .filter(|&j| j != i)
+        .map(|j| format!("n{}", j + 1))
+        .collect()
+}
+
 fn set(names: &[&str]) -> BTreeSet<String> {
     names.iter().map(|s| s.to_string()).collect()
 }
@@ -79,12 +87,8 @@ async fn multicast_nodes_find_each_other_and_ignore_another_cluster() {
     let mut intruder = Node::spawn("n4", Addrs::on(ips[3]), Some(&namespaces[3]), &strs(&other));
 
     // Every node lists the other two as alive — with no peer list — within 2 s of start.
-    for i in 0..3 {
-        let want: BTreeSet<String> = (0..3)
-            .filter(|&j| j != i)
-            .map(|j| format!("n{}", j + 1))
-            .collect();
-        let node = &nodes[i];
+    for (i, node) in nodes.iter().enumerate() {
+        let want = others(i);
         eventually(
             &format!("{} to see {want:?}", node.name),
             Duration::from_secs(2).saturating_sub(started.elapsed()),
@@ -134,11 +138,7 @@ async fn multicast_nodes_find_each_other_and_ignore_another_cluster() {
         || async {
             for (i, node) in nodes.iter().enumerate() {
                 let all: BTreeSet<String> = node.member_states().await?.into_keys().collect();
-                let want: BTreeSet<String> = (0..3)
-                    .filter(|&j| j != i)
-                    .map(|j| format!("n{}", j + 1))
-                    .collect();
-                if all != want {
+                if all != others(i) {
                     return Err(format!("{} lists {all:?}", node.name));
                 }
             }
@@ -203,19 +203,13 @@ async fn dns_members_form_a_cluster_and_a_dead_removed_member_leaves() {
     for n in nodes.iter_mut() {
         n.wait_ready(READY_TIMEOUT).await;
     }
-    let expect = |i: usize| -> BTreeSet<String> {
-        (0..3)
-            .filter(|&j| j != i)
-            .map(|j| format!("n{}", j + 1))
-            .collect()
-    };
     for (i, node) in nodes.iter().enumerate() {
         eventually(
             &format!("{} to see its DNS peers", node.name),
             Duration::from_secs(10),
             || async {
                 let alive = node.alive_members().await?;
-                if alive == expect(i) {
+                if alive == others(i) {
                     Ok(())
                 } else {
                     Err(format!("{} sees {alive:?}", node.name))
@@ -302,7 +296,7 @@ async fn dns_members_form_a_cluster_and_a_dead_removed_member_leaves() {
             Duration::from_secs(10),
             || async {
                 let alive = node.alive_members().await?;
-                if alive == expect(i) {
+                if alive == others(i) {
                     Ok(())
                 } else {
                     Err(format!("{} sees {alive:?}", node.name))
