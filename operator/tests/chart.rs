@@ -23,7 +23,12 @@ const VALUE_SETS: &[(&str, &[&str])] = &[
     ("default", &[]),
     (
         "namespaced+example",
-        &["rbac.namespaced=true", "example.enabled=true", "example.ingress.enabled=true", "replicaCount=2"],
+        &[
+            "rbac.namespaced=true",
+            "example.enabled=true",
+            "example.ingress.enabled=true",
+            "replicaCount=2",
+        ],
     ),
 ];
 
@@ -34,7 +39,14 @@ fn helm(args: &[&str]) -> Result<String, String> {
 /// `helm template` with `--set` values, CRDs included; the rendered stream.
 fn template(sets: &[&str]) -> String {
     let chart = chart_dir();
-    let mut args = vec!["template", "tribe", chart.to_str().unwrap(), "--namespace", "tribe-system", "--include-crds"];
+    let mut args = vec![
+        "template",
+        "tribe",
+        chart.to_str().unwrap(),
+        "--namespace",
+        "tribe-system",
+        "--include-crds",
+    ];
     for s in sets {
         args.push("--set");
         args.push(s);
@@ -43,14 +55,23 @@ fn template(sets: &[&str]) -> String {
 }
 
 fn kinds(docs: &[Value]) -> Vec<String> {
-    let mut k: Vec<String> = docs.iter().map(|d| d["kind"].as_str().unwrap_or("?").to_string()).collect();
+    let mut k: Vec<String> = docs
+        .iter()
+        .map(|d| d["kind"].as_str().unwrap_or("?").to_string())
+        .collect();
     k.sort();
     k
 }
 
 fn find<'a>(docs: &'a [Value], kind: &str, name_suffix: &str) -> &'a Value {
     docs.iter()
-        .find(|d| d["kind"] == kind && d["metadata"]["name"].as_str().unwrap_or("").ends_with(name_suffix))
+        .find(|d| {
+            d["kind"] == kind
+                && d["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or("")
+                    .ends_with(name_suffix)
+        })
         .unwrap_or_else(|| panic!("no {kind} *{name_suffix} in {:?}", kinds(docs)))
 }
 
@@ -77,8 +98,16 @@ fn chart_crd_is_the_repository_crd() {
 fn chart_versions_follow_the_workspace() {
     let text = std::fs::read_to_string(chart_dir().join("Chart.yaml")).unwrap();
     let chart: Value = serde_saphyr::from_str(&text).unwrap();
-    assert_eq!(chart["appVersion"], env!("CARGO_PKG_VERSION"), "Chart.yaml appVersion = the crate version");
-    assert_eq!(chart["version"], env!("CARGO_PKG_VERSION"), "Chart.yaml version = the crate version");
+    assert_eq!(
+        chart["appVersion"],
+        env!("CARGO_PKG_VERSION"),
+        "Chart.yaml appVersion = the crate version"
+    );
+    assert_eq!(
+        chart["version"],
+        env!("CARGO_PKG_VERSION"),
+        "Chart.yaml version = the crate version"
+    );
 }
 
 #[test]
@@ -91,7 +120,10 @@ fn helm_lint_passes() {
             args.push(s);
         }
         let out = helm(&args).unwrap_or_else(|e| panic!("helm lint ({name}) failed: {e}"));
-        assert!(out.contains("0 chart(s) failed"), "helm lint ({name}): {out}");
+        assert!(
+            out.contains("0 chart(s) failed"),
+            "helm lint ({name}): {out}"
+        );
     }
 }
 
@@ -107,8 +139,13 @@ fn values_schema_rejects_bad_values() {
         "unknownTopLevel=1",
     ] {
         let r = helm(&["template", "tribe", chart.to_str().unwrap(), "--set", bad]);
-        let err = r.err().unwrap_or_else(|| panic!("helm template accepted --set {bad}"));
-        assert!(err.contains("schema"), "--set {bad} should fail the values schema, got: {err}");
+        let err = r
+            .err()
+            .unwrap_or_else(|| panic!("helm template accepted --set {bad}"));
+        assert!(
+            err.contains("schema"),
+            "--set {bad} should fail the values schema, got: {err}"
+        );
     }
 }
 
@@ -119,14 +156,32 @@ fn rendered_objects_are_valid_kubernetes_objects() {
     for (name, sets) in VALUE_SETS {
         let rendered = template(sets);
         let docs = yaml_docs(&rendered);
-        let builtin: Vec<&Value> = docs.iter().filter(|d| d["apiVersion"] != "tribe.rs/v1alpha1").collect();
-        assert!(builtin.len() >= 6, "{name}: too few objects rendered: {:?}", kinds(&docs));
+        let builtin: Vec<&Value> = docs
+            .iter()
+            .filter(|d| d["apiVersion"] != "tribe.rs/v1alpha1")
+            .collect();
+        assert!(
+            builtin.len() >= 6,
+            "{name}: too few objects rendered: {:?}",
+            kinds(&docs)
+        );
         // One object per file, so that each one is checked and named on failure.
         for (i, doc) in builtin.iter().enumerate() {
-            let file = dir.join(format!("{}-{i}-{}.json", name.replace('+', "-"), doc["kind"].as_str().unwrap()));
+            let file = dir.join(format!(
+                "{}-{i}-{}.json",
+                name.replace('+', "-"),
+                doc["kind"].as_str().unwrap()
+            ));
             std::fs::write(&file, serde_json::to_string_pretty(doc).unwrap()).unwrap();
-            let out = run(Command::new(&validator).args(["-k", K8S_VERSION, "--strict"]).arg(&file))
-                .unwrap_or_else(|e| panic!("{name}: {} is not a valid {K8S_VERSION} object: {e}", doc["kind"]));
+            let out = run(Command::new(&validator)
+                .args(["-k", K8S_VERSION, "--strict"])
+                .arg(&file))
+            .unwrap_or_else(|e| {
+                panic!(
+                    "{name}: {} is not a valid {K8S_VERSION} object: {e}",
+                    doc["kind"]
+                )
+            });
             assert!(
                 out.contains("passed"),
                 "{name}: kubernetes-validate did not check {} (no schema?): {out}",
@@ -140,15 +195,27 @@ fn rendered_objects_are_valid_kubernetes_objects() {
 fn default_render_has_cluster_rbac_and_a_hardened_operator() {
     let docs = yaml_docs(&template(&[]));
     let k = kinds(&docs);
-    for want in ["ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition", "Deployment", "ServiceAccount"] {
+    for want in [
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "CustomResourceDefinition",
+        "Deployment",
+        "ServiceAccount",
+    ] {
         assert!(k.iter().any(|x| x == want), "no {want} in {k:?}");
     }
-    assert!(!k.iter().any(|x| x == "SessionCluster"), "the example is off by default: {k:?}");
+    assert!(
+        !k.iter().any(|x| x == "SessionCluster"),
+        "the example is off by default: {k:?}"
+    );
 
     let dep = find(&docs, "Deployment", "tribe-operator");
     let pod = &dep["spec"]["template"]["spec"];
     let c = &pod["containers"][0];
-    assert_eq!(c["image"], format!("tribe-operator:{}", env!("CARGO_PKG_VERSION")));
+    assert_eq!(
+        c["image"],
+        format!("tribe-operator:{}", env!("CARGO_PKG_VERSION"))
+    );
     assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
     assert_ne!(pod["securityContext"]["runAsUser"], 0);
     assert_eq!(c["securityContext"]["allowPrivilegeEscalation"], false);
@@ -158,29 +225,47 @@ fn default_render_has_cluster_rbac_and_a_hardened_operator() {
     assert_eq!(pod["serviceAccountName"], sa["metadata"]["name"]);
 
     // Probes on the admin port.
-    let admin_port = &c["ports"].as_array().unwrap().iter().find(|p| p["name"] == "admin").expect("admin port")
-        ["containerPort"];
+    let admin_port = &c["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "admin")
+        .expect("admin port")["containerPort"];
     for (probe, path) in [("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")] {
         assert_eq!(c[probe]["httpGet"]["path"], path, "{probe}");
         assert_eq!(c[probe]["httpGet"]["port"], "admin", "{probe}");
     }
     let env = c["env"].as_array().unwrap();
     let var = |n: &str| env.iter().find(|e| e["name"] == n).cloned();
-    assert_eq!(var("POD_NAMESPACE").expect("POD_NAMESPACE")["valueFrom"]["fieldRef"]["fieldPath"], "metadata.namespace");
+    assert_eq!(
+        var("POD_NAMESPACE").expect("POD_NAMESPACE")["valueFrom"]["fieldRef"]["fieldPath"],
+        "metadata.namespace"
+    );
     assert_eq!(
         var("TRIBE_OPERATOR_ADMIN_ADDR").expect("admin addr")["value"],
         format!("0.0.0.0:{}", admin_port.as_i64().unwrap())
     );
-    assert!(var("TRIBE_OPERATOR_WATCH_NAMESPACE").is_none(), "cluster-wide by default");
+    assert!(var("WATCH_NAMESPACE").is_none(), "cluster-wide by default");
 
     // The ClusterRole never grants wildcards, nor anything on RBAC itself.
     let role = find(&docs, "ClusterRole", "tribe-operator");
     for rule in role["rules"].as_array().unwrap() {
         for field in ["apiGroups", "resources", "verbs"] {
-            assert!(!rule[field].as_array().unwrap().iter().any(|v| v == "*"), "wildcard in {rule}");
+            assert!(
+                !rule[field].as_array().unwrap().iter().any(|v| v == "*"),
+                "wildcard in {rule}"
+            );
         }
-        assert!(!rule["apiGroups"].as_array().unwrap().iter().any(|g| g == "rbac.authorization.k8s.io"));
-        assert!(!rule["verbs"].as_array().unwrap().iter().any(|v| v == "escalate" || v == "bind"));
+        assert!(!rule["apiGroups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|g| g == "rbac.authorization.k8s.io"));
+        assert!(!rule["verbs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|v| v == "escalate" || v == "bind"));
     }
     let binding = find(&docs, "ClusterRoleBinding", "tribe-operator");
     assert_eq!(binding["roleRef"]["name"], role["metadata"]["name"]);
@@ -192,15 +277,34 @@ fn default_render_has_cluster_rbac_and_a_hardened_operator() {
 fn namespaced_render_has_only_roles_and_the_example() {
     let docs = yaml_docs(&template(VALUE_SETS[1].1));
     let k = kinds(&docs);
-    assert!(!k.iter().any(|x| x == "ClusterRole" || x == "ClusterRoleBinding"), "namespaced: {k:?}");
-    for d in docs.iter().filter(|d| d["kind"] != "CustomResourceDefinition") {
-        assert_eq!(d["metadata"]["namespace"], "tribe-system", "{} in the release namespace", d["kind"]);
+    assert!(
+        !k.iter()
+            .any(|x| x == "ClusterRole" || x == "ClusterRoleBinding"),
+        "namespaced: {k:?}"
+    );
+    for d in docs
+        .iter()
+        .filter(|d| d["kind"] != "CustomResourceDefinition")
+    {
+        assert_eq!(
+            d["metadata"]["namespace"], "tribe-system",
+            "{} in the release namespace",
+            d["kind"]
+        );
     }
     let dep = find(&docs, "Deployment", "tribe-operator");
     assert_eq!(dep["spec"]["replicas"], 2);
-    let env = dep["spec"]["template"]["spec"]["containers"][0]["env"].as_array().unwrap();
-    let watch = env.iter().find(|e| e["name"] == "TRIBE_OPERATOR_WATCH_NAMESPACE").expect("watch namespace");
-    assert_eq!(watch["valueFrom"]["fieldRef"]["fieldPath"], "metadata.namespace");
+    let env = dep["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_array()
+        .unwrap();
+    let watch = env
+        .iter()
+        .find(|e| e["name"] == "WATCH_NAMESPACE")
+        .expect("watch namespace");
+    assert_eq!(
+        watch["valueFrom"]["fieldRef"]["fieldPath"],
+        "metadata.namespace"
+    );
 
     let ex = find(&docs, "SessionCluster", "example");
     assert_eq!(ex["spec"]["replicas"], 3);

@@ -42,7 +42,16 @@ fn session_cluster(name: &str, ns: &str, spec: &str) -> String {
 
 fn apply(plane: &ControlPlane, yaml: &str) {
     plane
-        .k_stdin(&["apply", "--server-side", "--field-manager=tribe-test", "-f", "-"], yaml)
+        .k_stdin(
+            &[
+                "apply",
+                "--server-side",
+                "--field-manager=tribe-test",
+                "-f",
+                "-",
+            ],
+            yaml,
+        )
         .unwrap_or_else(|e| panic!("apply failed: {e}\n{yaml}"));
 }
 
@@ -63,33 +72,55 @@ fn children(name: &str, ingress: bool) -> Vec<(&'static str, String)> {
 }
 
 fn get(plane: &ControlPlane, ns: &str, kind: &str, name: &str) -> Result<Value, String> {
-    plane.get_json(&["-n", ns, kind, name])
+    plane.get_json(&["-n", ns, kind, name, "--show-managed-fields"])
 }
 
-fn wait_children(plane: &ControlPlane, ns: &str, name: &str, ingress: bool) -> BTreeMap<String, Value> {
+fn wait_children(
+    plane: &ControlPlane,
+    ns: &str,
+    name: &str,
+    ingress: bool,
+) -> BTreeMap<String, Value> {
     wait_for(&format!("every child of {ns}/{name}"), LONG, || {
         let mut all = BTreeMap::new();
         for (kind, child) in children(name, ingress) {
-            let obj = get(plane, ns, kind, &child).map_err(|_| format!("{kind}/{child} missing"))?;
+            let obj =
+                get(plane, ns, kind, &child).map_err(|_| format!("{kind}/{child} missing"))?;
             all.insert(format!("{kind}/{child}"), obj);
         }
         Ok(all)
     })
 }
 
-fn resource_versions(plane: &ControlPlane, ns: &str, name: &str, ingress: bool) -> BTreeMap<String, String> {
+fn resource_versions(
+    plane: &ControlPlane,
+    ns: &str,
+    name: &str,
+    ingress: bool,
+) -> BTreeMap<String, String> {
     children(name, ingress)
         .into_iter()
         .map(|(kind, child)| {
             let obj = get(plane, ns, kind, &child).unwrap_or_else(|e| panic!("{e}"));
-            (format!("{kind}/{child}"), obj["metadata"]["resourceVersion"].as_str().unwrap().to_string())
+            (
+                format!("{kind}/{child}"),
+                obj["metadata"]["resourceVersion"]
+                    .as_str()
+                    .unwrap()
+                    .to_string(),
+            )
         })
         .collect()
 }
 
 /// Waits until the children's resourceVersions stay the same for 3 s (the controllers'
 /// status writes are done) and returns them.
-fn settled_versions(plane: &ControlPlane, ns: &str, name: &str, ingress: bool) -> BTreeMap<String, String> {
+fn settled_versions(
+    plane: &ControlPlane,
+    ns: &str,
+    name: &str,
+    ingress: bool,
+) -> BTreeMap<String, String> {
     let mut last = resource_versions(plane, ns, name, ingress);
     let mut since = std::time::Instant::now();
     wait_for("children to settle", LONG, || {
@@ -107,7 +138,10 @@ fn settled_versions(plane: &ControlPlane, ns: &str, name: &str, ingress: bool) -
 }
 
 fn condition<'a>(sc: &'a Value, type_: &str) -> Option<&'a Value> {
-    sc["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == type_)
+    sc["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == type_)
 }
 
 fn env_of(deployment: &Value, var: &str) -> Option<String> {
@@ -120,43 +154,80 @@ fn env_of(deployment: &Value, var: &str) -> Option<String> {
 
 /// Checks the owner reference and the field managers of one child.
 fn owned_and_applied(key: &str, obj: &Value, sc_uid: &str) -> Result<(), String> {
-    let owners = obj["metadata"]["ownerReferences"].as_array().ok_or(format!("{key}: no ownerReferences"))?;
+    let owners = obj["metadata"]["ownerReferences"]
+        .as_array()
+        .ok_or(format!("{key}: no ownerReferences"))?;
     let ok = owners.len() == 1
         && owners[0]["apiVersion"] == "tribe.rs/v1alpha1"
         && owners[0]["kind"] == "SessionCluster"
         && owners[0]["uid"] == sc_uid
         && owners[0]["controller"] == true;
     if !ok {
-        return Err(format!("{key}: want one controller owner SessionCluster {sc_uid}, have {owners:?}"));
+        return Err(format!(
+            "{key}: want one controller owner SessionCluster {sc_uid}, have {owners:?}"
+        ));
     }
-    let fields = obj["metadata"]["managedFields"].as_array().ok_or(format!("{key}: no managedFields"))?;
+    let fields = obj["metadata"]["managedFields"]
+        .as_array()
+        .ok_or(format!("{key}: no managedFields"))?;
     // Everything but status subresource writes (the controllers) is the operator's, and it
     // uses server-side apply (the Secret is created once and never applied again).
     let writers: BTreeSet<(String, String)> = fields
         .iter()
         .filter(|f| f["subresource"] != "status")
-        .map(|f| (f["manager"].as_str().unwrap_or("").to_string(), f["operation"].as_str().unwrap_or("").to_string()))
+        .map(|f| {
+            (
+                f["manager"].as_str().unwrap_or("").to_string(),
+                f["operation"].as_str().unwrap_or("").to_string(),
+            )
+        })
         .collect();
-    let want_op = if key.starts_with("secret/") { "Update" } else { "Apply" };
+    let want_op = if key.starts_with("secret/") {
+        "Update"
+    } else {
+        "Apply"
+    };
     let want: BTreeSet<(String, String)> = [(MANAGER.to_string(), want_op.to_string())].into();
     if writers != want {
-        return Err(format!("{key}: managedFields (manager, operation) outside status: {writers:?}, want {want:?}"));
+        return Err(format!(
+            "{key}: managedFields (manager, operation) outside status: {writers:?}, want {want:?}"
+        ));
     }
     Ok(())
 }
 
 #[test]
 fn api_server_accepts_the_crd_and_the_examples_and_rejects_the_invalid_one() {
-    let Some(plane) = plane_with_crd("crd") else { return };
-    let crd = plane.get_json(&["crd", "sessionclusters.tribe.rs"]).unwrap();
+    let Some(plane) = plane_with_crd("crd") else {
+        return;
+    };
+    let crd = plane
+        .get_json(&["crd", "sessionclusters.tribe.rs"])
+        .unwrap();
     let version = &crd["spec"]["versions"][0];
-    assert_eq!(version["subresources"]["scale"]["specReplicasPath"], ".spec.replicas");
-    assert_eq!(version["subresources"]["scale"]["labelSelectorPath"], ".status.selector");
-    assert!(version["subresources"]["status"].is_object(), "status subresource");
-    let columns: Vec<&str> =
-        version["additionalPrinterColumns"].as_array().unwrap().iter().filter_map(|c| c["name"].as_str()).collect();
+    assert_eq!(
+        version["subresources"]["scale"]["specReplicasPath"],
+        ".spec.replicas"
+    );
+    assert_eq!(
+        version["subresources"]["scale"]["labelSelectorPath"],
+        ".status.selector"
+    );
+    assert!(
+        version["subresources"]["status"].is_object(),
+        "status subresource"
+    );
+    let columns: Vec<&str> = version["additionalPrinterColumns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c["name"].as_str())
+        .collect();
     for want in ["Replicas", "Ready", "Sessions", "Age"] {
-        assert!(columns.contains(&want), "printer column {want} in {columns:?}");
+        assert!(
+            columns.contains(&want),
+            "printer column {want} in {columns:?}"
+        );
     }
 
     let ns = "examples";
@@ -165,15 +236,30 @@ fn api_server_accepts_the_crd_and_the_examples_and_rejects_the_invalid_one() {
     for file in ["minimal.yaml", "full.yaml"] {
         let path = examples.join(file);
         plane
-            .try_k(&["-n", ns, "apply", "--validate=false", "-f", path.to_str().unwrap()])
+            .try_k(&[
+                "-n",
+                ns,
+                "apply",
+                "--validate=false",
+                "-f",
+                path.to_str().unwrap(),
+            ])
             .unwrap_or_else(|e| panic!("{file} must be accepted: {e}"));
     }
     // Defaults are filled in by the API server (structural schema defaults).
-    let minimal = plane.get_json(&["-n", ns, "sessioncluster", "minimal"]).unwrap();
+    let minimal = plane
+        .get_json(&["-n", ns, "sessioncluster", "minimal"])
+        .unwrap();
     assert_eq!(minimal["spec"]["replicas"], 3);
-    let full = plane.get_json(&["-n", ns, "sessionclusters", "shop"]).unwrap();
-    let want_full: Value = yaml_docs(&std::fs::read_to_string(examples.join("full.yaml")).unwrap()).remove(0);
-    assert_eq!(full["spec"], want_full["spec"], "full.yaml round-trips unchanged (no field pruned)");
+    let full = plane
+        .get_json(&["-n", ns, "sessionclusters", "shop"])
+        .unwrap();
+    let want_full: Value =
+        yaml_docs(&std::fs::read_to_string(examples.join("full.yaml")).unwrap()).remove(0);
+    assert_eq!(
+        full["spec"], want_full["spec"],
+        "full.yaml round-trips unchanged (no field pruned)"
+    );
 
     // The chart's example SessionCluster is valid too (server-side dry run).
     let chart = repo_root().join("charts/tribe-operator");
@@ -191,25 +277,52 @@ fn api_server_accepts_the_crd_and_the_examples_and_rejects_the_invalid_one() {
     ]))
     .unwrap();
     plane
-        .k_stdin(&["apply", "--dry-run=server", "--validate=false", "-f", "-"], &rendered)
+        .k_stdin(
+            &["apply", "--dry-run=server", "--validate=false", "-f", "-"],
+            &rendered,
+        )
         .unwrap_or_else(|e| panic!("the chart's example must be accepted: {e}"));
 
     // The invalid example: rejected by the API server itself (no client-side validation).
     let invalid = examples.join("invalid.yaml");
     let err = plane
-        .try_k(&["-n", ns, "apply", "--validate=false", "-f", invalid.to_str().unwrap()])
+        .try_k(&[
+            "-n",
+            ns,
+            "apply",
+            "--validate=false",
+            "-f",
+            invalid.to_str().unwrap(),
+        ])
         .expect_err("examples/invalid.yaml must be rejected");
-    assert!(err.contains("is invalid"), "rejected by the API server's validation: {err}");
-    for field in ["spec.replicas", "spec.membership", "spec.replication.mode", "spec.session.timeout"] {
+    assert!(
+        err.contains("is invalid"),
+        "rejected by the API server's validation: {err}"
+    );
+    for field in [
+        "spec.replicas",
+        "spec.membership",
+        "spec.replication.mode",
+        "spec.session.timeout",
+    ] {
         assert!(err.contains(field), "the rejection names {field}: {err}");
     }
-    assert!(plane.try_k(&["-n", ns, "get", "sessionclusters", "invalid"]).is_err(), "nothing was stored");
+    assert!(
+        plane
+            .try_k(&["-n", ns, "get", "sessionclusters", "invalid"])
+            .is_err(),
+        "nothing was stored"
+    );
 
     // backups >= replicas (a CEL rule) is rejected too.
     let err = plane
         .k_stdin(
             &["apply", "--validate=false", "-f", "-"],
-            &session_cluster("toomany", ns, "  replicas: 2\n  replication: {mode: backup, backups: 2}\n"),
+            &session_cluster(
+                "toomany",
+                ns,
+                "  replicas: 2\n  replication: {mode: backup, backups: 2}\n",
+            ),
         )
         .expect_err("backups >= replicas must be rejected");
     assert!(err.contains("backups"), "{err}");
@@ -217,7 +330,9 @@ fn api_server_accepts_the_crd_and_the_examples_and_rejects_the_invalid_one() {
 
 #[test]
 fn operator_reconciles_a_session_cluster_into_every_child() {
-    let Some(plane) = plane_with_crd("reconcile") else { return };
+    let Some(plane) = plane_with_crd("reconcile") else {
+        return;
+    };
     plane.create_namespace(OPERATOR_NS);
     let ns = "shop";
     plane.create_namespace(ns);
@@ -231,65 +346,125 @@ fn operator_reconciles_a_session_cluster_into_every_child() {
             "  replicas: 3\n  ingress: {enabled: true, host: shop.example.com, className: nginx}\n",
         ),
     );
-    let sc = plane.get_json(&["-n", ns, "sessionclusters", "shop"]).unwrap();
+    let sc = plane
+        .get_json(&["-n", ns, "sessionclusters", "shop"])
+        .unwrap();
     let uid = sc["metadata"]["uid"].as_str().unwrap().to_string();
 
     // Every child, owned by the SessionCluster, written by server-side apply under one manager.
     let all = wait_children(&plane, ns, "shop", true);
     // The manager entries may lag the first create by a reconcile; wait for the final shape.
-    wait_for("children applied by one field manager with owner references", SHORT, || {
-        for (key, _) in &all {
-            let (kind, name) = key.split_once('/').unwrap();
-            let obj = get(&plane, ns, kind, name)?;
-            owned_and_applied(key, &obj, &uid)?;
-        }
-        Ok(())
-    });
+    wait_for(
+        "children applied by one field manager with owner references",
+        SHORT,
+        || {
+            for (key, _) in &all {
+                let (kind, name) = key.split_once('/').unwrap();
+                let obj = get(&plane, ns, kind, name)?;
+                owned_and_applied(key, &obj, &uid)?;
+            }
+            Ok(())
+        },
+    );
     let headless = &all["service/shop-members"];
     assert_eq!(headless["spec"]["clusterIP"], "None");
     assert_eq!(headless["spec"]["publishNotReadyAddresses"], true);
     let deployment = &all["deployment/shop"];
     assert_eq!(deployment["spec"]["replicas"], 3);
-    assert_eq!(deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"], 0);
-    assert!(all["secret/shop-key"]["data"].as_object().is_some_and(|d| !d.is_empty()), "the key Secret has a key");
-    assert_eq!(all["ingress/shop"]["spec"]["rules"][0]["host"], "shop.example.com");
+    assert_eq!(
+        deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"],
+        0
+    );
+    assert!(
+        all["secret/shop-key"]["data"]
+            .as_object()
+            .is_some_and(|d| !d.is_empty()),
+        "the key Secret has a key"
+    );
+    assert_eq!(
+        all["ingress/shop"]["spec"]["rules"][0]["host"],
+        "shop.example.com"
+    );
 
     // Status: from observation, with observedGeneration, the selector and the conditions.
-    let sc = wait_for("status with observedGeneration, selector and conditions", LONG, || {
-        let sc = plane.get_json(&["-n", ns, "sessionclusters", "shop"])?;
-        let st = &sc["status"];
-        if st["observedGeneration"] != sc["metadata"]["generation"] {
-            return Err(format!("observedGeneration {} vs generation {}", st["observedGeneration"], sc["metadata"]["generation"]));
-        }
-        for t in ["Ready", "Progressing", "Degraded"] {
-            condition(&sc, t).ok_or(format!("no {t} condition in {st}"))?;
-        }
-        Ok(sc)
-    });
+    let sc = wait_for(
+        "status with observedGeneration, selector and conditions",
+        LONG,
+        || {
+            let sc = plane.get_json(&["-n", ns, "sessionclusters", "shop"])?;
+            let st = &sc["status"];
+            if st["observedGeneration"] != sc["metadata"]["generation"] {
+                return Err(format!(
+                    "observedGeneration {} vs generation {}",
+                    st["observedGeneration"], sc["metadata"]["generation"]
+                ));
+            }
+            for t in ["Ready", "Progressing", "Degraded"] {
+                condition(&sc, t).ok_or(format!("no {t} condition in {st}"))?;
+            }
+            Ok(sc)
+        },
+    );
     let selector = sc["status"]["selector"].as_str().expect("status.selector");
-    assert!(selector.contains("app.kubernetes.io/instance=shop"), "selector {selector}");
+    assert!(
+        selector.contains("app.kubernetes.io/instance=shop"),
+        "selector {selector}"
+    );
     // No pods run in this test (no podrunner): not ready, and the status says so.
-    assert_eq!(condition(&sc, "Ready").unwrap()["status"], "False", "{}", sc["status"]);
+    assert_eq!(
+        condition(&sc, "Ready").unwrap()["status"],
+        "False",
+        "{}",
+        sc["status"]
+    );
     assert_ne!(sc["status"]["readyReplicas"], 3);
     let selected = plane.k(&["-n", ns, "get", "pods", "-l", selector, "-o", "name"]);
-    assert_eq!(selected.lines().count(), 3, "the status selector selects the Deployment's pods: {selected}");
+    assert_eq!(
+        selected.lines().count(),
+        3,
+        "the status selector selects the Deployment's pods: {selected}"
+    );
 
     // A second reconcile (a fresh operator process reconciles everything at start-up)
     // changes nothing: every child keeps its resourceVersion.
     let before = settled_versions(&plane, ns, "shop", true);
-    assert!(op.stop(Duration::from_secs(20)), "operator exits on SIGTERM within 20 s:\n{}", op.log_text());
+    assert!(
+        op.stop(Duration::from_secs(20)),
+        "operator exits on SIGTERM within 20 s:\n{}",
+        op.log_text()
+    );
     let op = Operator::start("op-b", &plane.kubeconfig, OPERATOR_NS, &[]);
     wait_for("op-b to complete a reconcile", LONG, || {
         let done = op.metric_sum("tribe_operator_reconcile_duration_seconds_count", None)?;
-        if done >= 1.0 { Ok(()) } else { Err(format!("{done} reconciles done")) }
+        if done >= 1.0 {
+            Ok(())
+        } else {
+            Err(format!("{done} reconciles done"))
+        }
     });
     let after = resource_versions(&plane, ns, "shop", true);
     assert_eq!(before, after, "a second reconcile must not write any child");
 
     // A hand-edit of a field the operator owns is put back.
     let cluster_env = env_of(&all["deployment/shop"], "TRIBE_CLUSTER").expect("TRIBE_CLUSTER env");
-    plane.k(&["-n", ns, "set", "env", "deployment/shop", "TRIBE_CLUSTER=hijacked"]);
-    plane.k(&["-n", ns, "patch", "service", "shop-members", "--type=merge", "-p", r#"{"spec":{"publishNotReadyAddresses":false}}"#]);
+    plane.k(&[
+        "-n",
+        ns,
+        "set",
+        "env",
+        "deployment/shop",
+        "TRIBE_CLUSTER=hijacked",
+    ]);
+    plane.k(&[
+        "-n",
+        ns,
+        "patch",
+        "service",
+        "shop-members",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"publishNotReadyAddresses":false}}"#,
+    ]);
     wait_for("the operator to undo the hand-edits", SHORT, || {
         let d = get(&plane, ns, "deployment", "shop")?;
         let h = get(&plane, ns, "service", "shop-members")?;
@@ -305,44 +480,71 @@ fn operator_reconciles_a_session_cluster_into_every_child() {
 
     // `kubectl scale` goes through the scale subresource and reaches the Deployment.
     plane.k(&["-n", ns, "scale", "sessioncluster/shop", "--replicas=5"]);
-    wait_for("Deployment replicas 5 and observedGeneration caught up", SHORT, || {
-        let d = get(&plane, ns, "deployment", "shop")?;
-        let sc = plane.get_json(&["-n", ns, "sessionclusters", "shop"])?;
-        if d["spec"]["replicas"] != 5 {
-            return Err(format!("deployment replicas {}", d["spec"]["replicas"]));
-        }
-        if sc["status"]["observedGeneration"] != sc["metadata"]["generation"] {
-            return Err(format!("status {}", sc["status"]));
-        }
-        Ok(())
-    });
-    let scale = plane.get_json(&["-n", ns, "sessionclusters", "shop", "--subresource=scale"]).unwrap();
+    wait_for(
+        "Deployment replicas 5 and observedGeneration caught up",
+        SHORT,
+        || {
+            let d = get(&plane, ns, "deployment", "shop")?;
+            let sc = plane.get_json(&["-n", ns, "sessionclusters", "shop"])?;
+            if d["spec"]["replicas"] != 5 {
+                return Err(format!("deployment replicas {}", d["spec"]["replicas"]));
+            }
+            if sc["status"]["observedGeneration"] != sc["metadata"]["generation"] {
+                return Err(format!("status {}", sc["status"]));
+            }
+            Ok(())
+        },
+    );
+    let scale = plane
+        .get_json(&["-n", ns, "sessionclusters", "shop", "--subresource=scale"])
+        .unwrap();
     assert_eq!(scale["spec"]["replicas"], 5);
 
     // Disabling the ingress removes it.
-    apply(&plane, &session_cluster("shop", ns, "  replicas: 5\n  ingress: {enabled: false}\n"));
-    wait_for("the Ingress to go", SHORT, || match get(&plane, ns, "ingress", "shop") {
-        Ok(_) => Err("still there".into()),
-        Err(_) => Ok(()),
+    apply(
+        &plane,
+        &session_cluster("shop", ns, "  replicas: 5\n  ingress: {enabled: false}\n"),
+    );
+    wait_for("the Ingress to go", SHORT, || {
+        match get(&plane, ns, "ingress", "shop") {
+            Ok(_) => Err("still there".into()),
+            Err(_) => Ok(()),
+        }
     });
 
     // Deleting the SessionCluster removes every child (the garbage collector, by owner refs).
-    plane.k(&["-n", ns, "delete", "sessionclusters", "shop", "--wait=true", "--timeout=60s"]);
+    plane.k(&[
+        "-n",
+        ns,
+        "delete",
+        "sessionclusters",
+        "shop",
+        "--wait=true",
+        "--timeout=60s",
+    ]);
     wait_for("every child to be garbage-collected", LONG, || {
         let left: Vec<String> = children("shop", false)
             .into_iter()
             .filter(|(kind, name)| get(&plane, ns, kind, name).is_ok())
             .map(|(k, n)| format!("{k}/{n}"))
             .collect();
-        if left.is_empty() { Ok(()) } else { Err(format!("left: {left:?}")) }
+        if left.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("left: {left:?}"))
+        }
     });
-    let failures = op.metric_sum("tribe_operator_reconcile_failures", None).unwrap();
+    let failures = op
+        .metric_sum("tribe_operator_reconcile_failures", None)
+        .unwrap();
     assert_eq!(failures, 0.0, "no reconcile failed:\n{}", op.log_text());
 }
 
 #[test]
 fn unrealisable_spec_gives_degraded_and_an_event_without_crash_looping() {
-    let Some(plane) = plane_with_crd("degraded") else { return };
+    let Some(plane) = plane_with_crd("degraded") else {
+        return;
+    };
     plane.create_namespace(OPERATOR_NS);
     let ns = "bad";
     plane.create_namespace(ns);
@@ -350,7 +552,14 @@ fn unrealisable_spec_gives_degraded_and_an_event_without_crash_looping() {
 
     // The CRD accepts any host string, but no Ingress may have this host: the API server
     // refuses the child, so the operator cannot realise the spec.
-    apply(&plane, &session_cluster("bad", ns, "  replicas: 1\n  ingress: {enabled: true, host: Not_A_Host}\n"));
+    apply(
+        &plane,
+        &session_cluster(
+            "bad",
+            ns,
+            "  replicas: 1\n  ingress: {enabled: true, host: Not_A_Host}\n",
+        ),
+    );
     let sc = wait_for("Degraded=True", LONG, || {
         let sc = plane.get_json(&["-n", ns, "sessionclusters", "bad"])?;
         match condition(&sc, "Degraded") {
@@ -359,8 +568,17 @@ fn unrealisable_spec_gives_degraded_and_an_event_without_crash_looping() {
         }
     });
     let degraded = condition(&sc, "Degraded").unwrap();
-    assert!(!degraded["reason"].as_str().unwrap_or("").is_empty(), "a reason: {degraded}");
-    assert!(degraded["message"].as_str().unwrap_or("").contains("ngress"), "the message names the Ingress: {degraded}");
+    assert!(
+        !degraded["reason"].as_str().unwrap_or("").is_empty(),
+        "a reason: {degraded}"
+    );
+    assert!(
+        degraded["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("ngress"),
+        "the message names the Ingress: {degraded}"
+    );
 
     let event = wait_for("a Warning Event about the SessionCluster", SHORT, || {
         let events = plane.get_json(&["-n", ns, "events"])?;
@@ -368,7 +586,11 @@ fn unrealisable_spec_gives_degraded_and_an_event_without_crash_looping() {
             .as_array()
             .unwrap()
             .iter()
-            .find(|e| e["involvedObject"]["name"] == "bad" && e["involvedObject"]["kind"] == "SessionCluster" && e["type"] == "Warning")
+            .find(|e| {
+                e["involvedObject"]["name"] == "bad"
+                    && e["involvedObject"]["kind"] == "SessionCluster"
+                    && e["type"] == "Warning"
+            })
             .cloned()
             .ok_or(format!("events: {}", events["items"]))
     });
@@ -377,13 +599,28 @@ fn unrealisable_spec_gives_degraded_and_an_event_without_crash_looping() {
     // It retries with back-off, and stays up.
     wait_for("two failed reconciles", LONG, || {
         let n = op.metric_sum("tribe_operator_reconcile_failures", None)?;
-        if n >= 2.0 { Ok(()) } else { Err(format!("{n} failures")) }
+        if n >= 2.0 {
+            Ok(())
+        } else {
+            Err(format!("{n} failures"))
+        }
     });
-    assert!(op.running(), "the operator is still running:\n{}", op.log_text());
+    assert!(
+        op.running(),
+        "the operator is still running:\n{}",
+        op.log_text()
+    );
     assert_eq!(op.admin_get("/healthz").map(|_| ()), Ok(()));
 
     // Fixing the spec heals it.
-    apply(&plane, &session_cluster("bad", ns, "  replicas: 1\n  ingress: {enabled: true, host: good.example.com}\n"));
+    apply(
+        &plane,
+        &session_cluster(
+            "bad",
+            ns,
+            "  replicas: 1\n  ingress: {enabled: true, host: good.example.com}\n",
+        ),
+    );
     wait_for("Degraded=False and the Ingress created", LONG, || {
         let sc = plane.get_json(&["-n", ns, "sessionclusters", "bad"])?;
         get(&plane, ns, "ingress", "bad")?;
@@ -399,8 +636,13 @@ fn lease_holder(plane: &ControlPlane) -> Result<(String, String), String> {
     let leases = plane.get_json(&["-n", OPERATOR_NS, "leases"])?;
     let items = leases["items"].as_array().cloned().unwrap_or_default();
     let lease = items.first().ok_or("no Lease yet")?;
-    let holder = lease["spec"]["holderIdentity"].as_str().ok_or("no holder")?;
-    Ok((holder.to_string(), lease["metadata"]["name"].as_str().unwrap().to_string()))
+    let holder = lease["spec"]["holderIdentity"]
+        .as_str()
+        .ok_or("no holder")?;
+    Ok((
+        holder.to_string(),
+        lease["metadata"]["name"].as_str().unwrap().to_string(),
+    ))
 }
 
 fn is_leader(op: &Operator) -> Result<bool, String> {
@@ -409,12 +651,20 @@ fn is_leader(op: &Operator) -> Result<bool, String> {
 
 #[test]
 fn only_the_lease_holder_writes() {
-    let Some(plane) = plane_with_crd("leader") else { return };
+    let Some(plane) = plane_with_crd("leader") else {
+        return;
+    };
     plane.create_namespace(OPERATOR_NS);
     let ns = "apps";
     plane.create_namespace(ns);
     let mut a = Operator::start("op-a", &plane.kubeconfig, OPERATOR_NS, &[]);
-    wait_for("op-a to lead", SHORT, || if is_leader(&a)? { Ok(()) } else { Err("not leader".into()) });
+    wait_for("op-a to lead", SHORT, || {
+        if is_leader(&a)? {
+            Ok(())
+        } else {
+            Err("not leader".into())
+        }
+    });
     let b = Operator::start("op-b", &plane.kubeconfig, OPERATOR_NS, &[]);
     let (holder, lease) = wait_for("the Lease to name op-a", SHORT, || lease_holder(&plane));
     assert!(holder.contains("op-a"), "holder {holder} of Lease {lease}");
@@ -423,30 +673,62 @@ fn only_the_lease_holder_writes() {
     wait_children(&plane, ns, "one", false);
     wait_for("op-a to complete a reconcile", SHORT, || {
         let n = a.metric_sum("tribe_operator_reconcile_duration_seconds_count", None)?;
-        if n >= 1.0 { Ok(()) } else { Err(format!("{n}")) }
+        if n >= 1.0 {
+            Ok(())
+        } else {
+            Err(format!("{n}"))
+        }
     });
-    assert!(!is_leader(&b).unwrap(), "op-b does not lead while op-a holds the Lease");
-    assert_eq!(b.metric_sum("tribe_operator_reconciles", None).unwrap(), 0.0, "op-b never reconciled:\n{}", b.log_text());
-    assert_eq!(lease_holder(&plane).unwrap().0, holder, "the Lease stays with op-a");
+    assert!(
+        !is_leader(&b).unwrap(),
+        "op-b does not lead while op-a holds the Lease"
+    );
+    assert_eq!(
+        b.metric_sum("tribe_operator_reconciles", None).unwrap(),
+        0.0,
+        "op-b never reconciled:\n{}",
+        b.log_text()
+    );
+    assert_eq!(
+        lease_holder(&plane).unwrap().0,
+        holder,
+        "the Lease stays with op-a"
+    );
 
     // op-a crashes (no chance to release): op-b takes over once the Lease expires, and writes.
     a.kill();
     wait_for("op-b to take the Lease", LONG, || {
         let (h, _) = lease_holder(&plane)?;
-        if h.contains("op-b") && is_leader(&b)? { Ok(()) } else { Err(format!("holder {h}")) }
+        if h.contains("op-b") && is_leader(&b)? {
+            Ok(())
+        } else {
+            Err(format!("holder {h}"))
+        }
     });
     plane.k(&["-n", ns, "scale", "sessionclusters/one", "--replicas=4"]);
     wait_for("op-b to scale the Deployment", SHORT, || {
         let d = get(&plane, ns, "deployment", "one")?;
-        if d["spec"]["replicas"] == 4 { Ok(()) } else { Err(format!("replicas {}", d["spec"]["replicas"])) }
+        if d["spec"]["replicas"] == 4 {
+            Ok(())
+        } else {
+            Err(format!("replicas {}", d["spec"]["replicas"]))
+        }
     });
 }
 
 /// Installs the chart as release `release` in `ns` with `sets`, against `plane`.
 fn helm_install(plane: &ControlPlane, release: &str, ns: &str, sets: &[&str], wait: bool) {
     let chart = repo_root().join("charts/tribe-operator");
-    let mut args =
-        vec!["install", release, chart.to_str().unwrap(), "--namespace", ns, "--create-namespace", "--timeout", "180s"];
+    let mut args = vec![
+        "install",
+        release,
+        chart.to_str().unwrap(),
+        "--namespace",
+        ns,
+        "--create-namespace",
+        "--timeout",
+        "180s",
+    ];
     if wait {
         args.push("--wait");
     }
@@ -462,7 +744,16 @@ fn helm_install(plane: &ControlPlane, release: &str, ns: &str, sets: &[&str], wa
 
 fn helm_uninstall(plane: &ControlPlane, release: &str, ns: &str) {
     let mut cmd = std::process::Command::new(require_tool("helm"));
-    cmd.args(["uninstall", release, "--namespace", ns, "--wait", "--timeout", "120s"]).env("KUBECONFIG", &plane.kubeconfig);
+    cmd.args([
+        "uninstall",
+        release,
+        "--namespace",
+        ns,
+        "--wait",
+        "--timeout",
+        "120s",
+    ])
+    .env("KUBECONFIG", &plane.kubeconfig);
     run(&mut cmd).unwrap_or_else(|e| panic!("helm uninstall {release} failed: {e}"));
 }
 
@@ -471,35 +762,80 @@ fn assert_release_gone(plane: &ControlPlane, release: &str, ns: &str, namespaced
     let kinds: &[&str] = if namespaced {
         &["serviceaccount", "role", "rolebinding", "deployment"]
     } else {
-        &["serviceaccount", "clusterrole", "clusterrolebinding", "role", "rolebinding", "deployment"]
+        &[
+            "serviceaccount",
+            "clusterrole",
+            "clusterrolebinding",
+            "role",
+            "rolebinding",
+            "deployment",
+        ]
     };
-    wait_for(&format!("everything of release {release} to be gone"), LONG, || {
-        let mut left = vec![];
-        for kind in kinds {
-            let out = plane.try_k(&["-n", ns, "get", kind, "-l", &format!("app.kubernetes.io/instance={release}"), "-o", "name"])?;
-            left.extend(out.lines().map(String::from));
-        }
-        if left.is_empty() { Ok(()) } else { Err(format!("left: {left:?}")) }
-    });
+    wait_for(
+        &format!("everything of release {release} to be gone"),
+        LONG,
+        || {
+            let mut left = vec![];
+            for kind in kinds {
+                let out = plane.try_k(&[
+                    "-n",
+                    ns,
+                    "get",
+                    kind,
+                    "-l",
+                    &format!("app.kubernetes.io/instance={release}"),
+                    "-o",
+                    "name",
+                ])?;
+                left.extend(out.lines().map(String::from));
+            }
+            if left.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("left: {left:?}"))
+            }
+        },
+    );
     // Helm never deletes CRDs from crds/: the SessionClusters of users survive an uninstall.
-    assert!(plane.try_k(&["get", "crd", "sessionclusters.tribe.rs"]).is_ok(), "the CRD stays");
+    assert!(
+        plane
+            .try_k(&["get", "crd", "sessionclusters.tribe.rs"])
+            .is_ok(),
+        "the CRD stays"
+    );
 }
 
 #[test]
 fn operator_works_with_exactly_the_charts_rbac() {
-    let Some(plane) = ControlPlane::start("rbac") else { return };
+    let Some(plane) = ControlPlane::start("rbac") else {
+        return;
+    };
     // The chart installs the CRD (crds/) and the RBAC; its operator pod stays Pending here
     // (no podrunner), so the operator runs locally with the chart ServiceAccount's token.
     helm_install(&plane, "tribe-operator", OPERATOR_NS, &[], false);
-    plane.k(&["wait", "--for=condition=Established", "--timeout=60s", "crd/sessionclusters.tribe.rs"]);
+    plane.k(&[
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/sessionclusters.tribe.rs",
+    ]);
     let sa = "tribe-operator";
     let dir = scratch_dir("rbac");
     let sa_kubeconfig = dir.join("sa.kubeconfig");
     service_account_kubeconfig(&plane, OPERATOR_NS, sa, &sa_kubeconfig);
-    let who = run(std::process::Command::new(require_tool("kubectl"))
-        .args(["--kubeconfig", sa_kubeconfig.to_str().unwrap(), "auth", "whoami", "-o", "jsonpath={.status.userInfo.username}"]));
+    let who = run(std::process::Command::new(require_tool("kubectl")).args([
+        "--kubeconfig",
+        sa_kubeconfig.to_str().unwrap(),
+        "auth",
+        "whoami",
+        "-o",
+        "jsonpath={.status.userInfo.username}",
+    ]));
     if let Ok(who) = who {
-        assert_eq!(who.trim(), format!("system:serviceaccount:{OPERATOR_NS}:{sa}"));
+        assert_eq!(
+            who.trim(),
+            format!("system:serviceaccount:{OPERATOR_NS}:{sa}")
+        );
     }
 
     // What the chart must not allow.
@@ -512,9 +848,17 @@ fn operator_works_with_exactly_the_charts_rbac() {
         ("create", "clusterroles.rbac.authorization.k8s.io", "apps"),
         ("update", "leases.coordination.k8s.io", "apps"),
         ("delete", "secrets", "apps"),
+        ("patch", "secrets", "apps"),
+        ("get", "pods", "apps"),
+        ("update", "sessionclusters.tribe.rs", "apps"),
     ] {
-        let out = plane.try_k(&["auth", "can-i", verb, what, "-n", ns, &as_sa]).unwrap_or_else(|e| e);
-        assert!(out.trim_start().starts_with("no") || out.contains("\nno"), "the chart must not allow {verb} {what}: {out}");
+        let out = plane
+            .try_k(&["auth", "can-i", verb, what, "-n", ns, &as_sa])
+            .unwrap_or_else(|e| e);
+        assert!(
+            out.trim_start().starts_with("no") || out.contains("\nno"),
+            "the chart must not allow {verb} {what}: {out}"
+        );
     }
 
     let ns = "apps";
@@ -525,17 +869,34 @@ fn operator_works_with_exactly_the_charts_rbac() {
         OPERATOR_NS,
         &[("TRIBE_OPERATOR_LEASE_NAME", "tribe-operator")],
     );
-    apply(&plane, &session_cluster("shop", ns, "  replicas: 2\n  ingress: {enabled: true, host: shop.example.com}\n"));
+    apply(
+        &plane,
+        &session_cluster(
+            "shop",
+            ns,
+            "  replicas: 2\n  ingress: {enabled: true, host: shop.example.com}\n",
+        ),
+    );
     wait_children(&plane, ns, "shop", true);
     wait_for("status written by the ServiceAccount", LONG, || {
         let sc = plane.get_json(&["-n", ns, "sessionclusters", "shop"])?;
-        if sc["status"]["observedGeneration"] == sc["metadata"]["generation"] { Ok(()) } else { Err(format!("{}", sc["status"])) }
+        if sc["status"]["observedGeneration"] == sc["metadata"]["generation"] {
+            Ok(())
+        } else {
+            Err(format!("{}", sc["status"]))
+        }
     });
     let (holder, lease) = wait_for("the Lease", SHORT, || lease_holder(&plane));
-    assert_eq!(lease, "tribe-operator", "the Lease the chart's Role names (holder {holder})");
+    assert_eq!(
+        lease, "tribe-operator",
+        "the Lease the chart's Role names (holder {holder})"
+    );
     wait_for("an Event by the operator", SHORT, || {
         let ev = plane.get_json(&["-n", ns, "events"])?;
-        if ev["items"].as_array().is_some_and(|i| i.iter().any(|e| e["involvedObject"]["name"] == "shop")) {
+        if ev["items"]
+            .as_array()
+            .is_some_and(|i| i.iter().any(|e| e["involvedObject"]["name"] == "shop"))
+        {
             Ok(())
         } else {
             Err("no event".into())
@@ -543,12 +904,17 @@ fn operator_works_with_exactly_the_charts_rbac() {
     });
     // Turning the ingress off needs delete on ingresses.
     apply(&plane, &session_cluster("shop", ns, "  replicas: 2\n"));
-    wait_for("the Ingress to go", SHORT, || match get(&plane, ns, "ingress", "shop") {
-        Ok(_) => Err("still there".into()),
-        Err(_) => Ok(()),
+    wait_for("the Ingress to go", SHORT, || {
+        match get(&plane, ns, "ingress", "shop") {
+            Ok(_) => Err("still there".into()),
+            Err(_) => Ok(()),
+        }
     });
     let log = op.log_text();
-    assert!(!log.contains("forbidden"), "the operator hit a permission it lacks:\n{log}");
+    assert!(
+        !log.contains("forbidden"),
+        "the operator hit a permission it lacks:\n{log}"
+    );
     drop(op);
 
     // The namespaced variant: a Role in its own namespace only, and it watches only that one.
@@ -562,17 +928,24 @@ fn operator_works_with_exactly_the_charts_rbac() {
         team,
         &[
             ("TRIBE_OPERATOR_LEASE_NAME", "tribe-team-tribe-operator"),
-            ("TRIBE_OPERATOR_WATCH_NAMESPACE", team),
+            ("WATCH_NAMESPACE", team),
         ],
     );
     apply(&plane, &session_cluster("cart", team, "  replicas: 1\n"));
     wait_children(&plane, team, "cart", false);
     wait_for("status in the team namespace", LONG, || {
         let sc = plane.get_json(&["-n", team, "sessionclusters", "cart"])?;
-        if sc["status"]["observedGeneration"] == sc["metadata"]["generation"] { Ok(()) } else { Err(format!("{}", sc["status"])) }
+        if sc["status"]["observedGeneration"] == sc["metadata"]["generation"] {
+            Ok(())
+        } else {
+            Err(format!("{}", sc["status"]))
+        }
     });
     let log = op.log_text();
-    assert!(!log.contains("forbidden"), "the namespaced operator hit a permission it lacks:\n{log}");
+    assert!(
+        !log.contains("forbidden"),
+        "the namespaced operator hit a permission it lacks:\n{log}"
+    );
     drop(op);
 
     helm_uninstall(&plane, "tribe-team", team);
@@ -594,7 +967,10 @@ fn images_file(dir: &Path, node: Option<&Path>) -> std::path::PathBuf {
 }
 
 /// A control plane with a podrunner, or `None` (printed) when pods cannot run here.
-fn plane_with_pods(test: &str, images: impl FnOnce(&Path) -> std::path::PathBuf) -> Option<ControlPlane> {
+fn plane_with_pods(
+    test: &str,
+    images: impl FnOnce(&Path) -> std::path::PathBuf,
+) -> Option<ControlPlane> {
     let plane = ControlPlane::start(test)?;
     let file = images(&plane.dir);
     if let Err(why) = plane.start_pods(&file) {
@@ -607,46 +983,103 @@ fn plane_with_pods(test: &str, images: impl FnOnce(&Path) -> std::path::PathBuf)
 #[test]
 fn helm_installed_operator_runs_as_a_pod_with_its_service_account() {
     let _pods = POD_LOCK.lock().unwrap_or_else(|p| p.into_inner());
-    let Some(plane) = plane_with_pods("operator-pod", |d| images_file(d, None)) else { return };
-    helm_install(&plane, "tribe-operator", OPERATOR_NS, &["replicaCount=2"], true);
-    let ready = plane.k(&["-n", OPERATOR_NS, "get", "deploy", "tribe-operator", "-o", "jsonpath={.status.readyReplicas}"]);
-    assert_eq!(ready.trim(), "2", "both operator pods ready (probes on the admin port)");
+    let Some(plane) = plane_with_pods("operator-pod", |d| images_file(d, None)) else {
+        return;
+    };
+    helm_install(
+        &plane,
+        "tribe-operator",
+        OPERATOR_NS,
+        &["replicaCount=2"],
+        true,
+    );
+    let ready = plane.k(&[
+        "-n",
+        OPERATOR_NS,
+        "get",
+        "deploy",
+        "tribe-operator",
+        "-o",
+        "jsonpath={.status.readyReplicas}",
+    ]);
+    assert_eq!(
+        ready.trim(),
+        "2",
+        "both operator pods ready (probes on the admin port)"
+    );
 
     // One of the two pods holds the Lease, under its pod name.
-    let pods = plane.k(&["-n", OPERATOR_NS, "get", "pods", "-l", "app.kubernetes.io/instance=tribe-operator", "-o", "jsonpath={.items[*].metadata.name}"]);
+    let pods = plane.k(&[
+        "-n",
+        OPERATOR_NS,
+        "get",
+        "pods",
+        "-l",
+        "app.kubernetes.io/instance=tribe-operator",
+        "-o",
+        "jsonpath={.items[*].metadata.name}",
+    ]);
     let pods: Vec<&str> = pods.split_whitespace().collect();
     let (holder, _) = wait_for("a pod to hold the Lease", LONG, || lease_holder(&plane));
-    assert!(pods.iter().any(|p| holder.contains(p)), "holder {holder} is one of {pods:?}");
+    assert!(
+        pods.iter().any(|p| holder.contains(p)),
+        "holder {holder} is one of {pods:?}"
+    );
 
     // It reconciles with the in-cluster config and the ServiceAccount token. The node image
     // is not mapped here, so the nodes wait for their image; the children appear all the same.
     let ns = "apps";
     plane.create_namespace(ns);
-    apply(&plane, &session_cluster("shop", ns, "  replicas: 2\n  image: tribe-node-not-here:0\n"));
+    apply(
+        &plane,
+        &session_cluster(
+            "shop",
+            ns,
+            "  replicas: 2\n  image: tribe-node-not-here:0\n",
+        ),
+    );
     wait_children(&plane, ns, "shop", false);
     wait_for("status from the in-pod operator", LONG, || {
         let sc = plane.get_json(&["-n", ns, "sessionclusters", "shop"])?;
-        if sc["status"]["observedGeneration"] == sc["metadata"]["generation"] && sc["status"]["replicas"] == 2 {
+        if sc["status"]["observedGeneration"] == sc["metadata"]["generation"]
+            && sc["status"]["replicas"] == 2
+        {
             Ok(())
         } else {
             Err(format!("{}", sc["status"]))
         }
     });
-    let logs = plane.k(&["-n", OPERATOR_NS, "logs", "-l", "app.kubernetes.io/instance=tribe-operator", "--tail=-1"]);
-    assert!(!logs.contains("forbidden"), "the in-pod operator hit a permission it lacks:\n{logs}");
+    let logs = plane.k(&[
+        "-n",
+        OPERATOR_NS,
+        "logs",
+        "-l",
+        "app.kubernetes.io/instance=tribe-operator",
+        "--tail=-1",
+    ]);
+    assert!(
+        !logs.contains("forbidden"),
+        "the in-pod operator hit a permission it lacks:\n{logs}"
+    );
 
     helm_uninstall(&plane, "tribe-operator", OPERATOR_NS);
     assert_release_gone(&plane, "tribe-operator", OPERATOR_NS, false);
     wait_for("the operator pods to be gone", LONG, || {
         let left = plane.k(&["-n", OPERATOR_NS, "get", "pods", "-o", "name"]);
-        if left.trim().is_empty() { Ok(()) } else { Err(left) }
+        if left.trim().is_empty() {
+            Ok(())
+        } else {
+            Err(left)
+        }
     });
 }
 
 /// The counter in a `POST /counter` answer, and the node that answered.
 fn counter_reply(r: &HttpResponse) -> Result<(i64, String), String> {
     let v: Value = serde_json::from_str(&r.body).map_err(|e| format!("{e}: {}", r.body))?;
-    let n = v["counter"].as_i64().ok_or(format!("no counter in {}", r.body))?;
+    let n = v["counter"]
+        .as_i64()
+        .ok_or(format!("no counter in {}", r.body))?;
     let node = v["node"].as_str().ok_or(format!("no node in {}", r.body))?;
     Ok((n, node.to_string()))
 }
@@ -658,7 +1091,9 @@ fn e2e_sessions_survive_round_robin_through_the_ingress() {
         Err(e) => panic!("{e}"),
     };
     let _pods = POD_LOCK.lock().unwrap_or_else(|p| p.into_inner());
-    let Some(plane) = plane_with_pods("e2e", |d| images_file(d, Some(&node))) else { return };
+    let Some(plane) = plane_with_pods("e2e", |d| images_file(d, Some(&node))) else {
+        return;
+    };
     helm_install(&plane, "tribe-operator", OPERATOR_NS, &[], true);
 
     let ns = "shop";
@@ -674,10 +1109,31 @@ fn e2e_sessions_survive_round_robin_through_the_ingress() {
             ),
         ),
     );
-    plane.k(&["-n", ns, "wait", "--for=condition=Ready", "pod", "-l", "app.kubernetes.io/instance=shop", "--timeout=180s"]);
+    plane.k(&[
+        "-n",
+        ns,
+        "wait",
+        "--for=condition=Ready",
+        "pod",
+        "-l",
+        "app.kubernetes.io/instance=shop",
+        "--timeout=180s",
+    ]);
     wait_for("3 ready node pods", LONG, || {
-        let ready = plane.k(&["-n", ns, "get", "deploy", "shop", "-o", "jsonpath={.status.readyReplicas}"]);
-        if ready.trim() == "3" { Ok(()) } else { Err(format!("ready {ready}")) }
+        let ready = plane.k(&[
+            "-n",
+            ns,
+            "get",
+            "deploy",
+            "shop",
+            "-o",
+            "jsonpath={.status.readyReplicas}",
+        ]);
+        if ready.trim() == "3" {
+            Ok(())
+        } else {
+            Err(format!("ready {ready}"))
+        }
     });
 
     // Through the ingress stand-in, round-robin over the pods, one session's counter keeps
@@ -700,11 +1156,18 @@ fn e2e_sessions_survive_round_robin_through_the_ingress() {
             }
             nodes.insert(counter_reply(&r)?.1);
         }
-        if nodes.len() == 3 { Ok(()) } else { Err(format!("nodes {nodes:?}")) }
+        if nodes.len() == 3 {
+            Ok(())
+        } else {
+            Err(format!("nodes {nodes:?}"))
+        }
     });
     let first = post(None).expect("first request");
     assert_eq!(first.status, 200, "{}", first.body);
-    let set_cookie = first.header("set-cookie").expect("a session cookie").to_string();
+    let set_cookie = first
+        .header("set-cookie")
+        .expect("a session cookie")
+        .to_string();
     let cookie = set_cookie.split(';').next().unwrap().to_string();
     assert!(cookie.starts_with("SESSIONID="), "{cookie}");
     let (mut expected, _) = counter_reply(&first).unwrap();
@@ -715,23 +1178,40 @@ fn e2e_sessions_survive_round_robin_through_the_ingress() {
         assert_eq!(r.status, 200, "{}", r.body);
         let (n, node) = counter_reply(&r).unwrap();
         expected += 1;
-        assert_eq!(n, expected, "counter from node {node} (nodes so far {nodes:?})");
+        assert_eq!(
+            n, expected,
+            "counter from node {node} (nodes so far {nodes:?})"
+        );
         nodes.insert(node);
     }
     assert_eq!(nodes.len(), 3, "round-robin reached every node: {nodes:?}");
 
     // The status reports what the nodes say about themselves.
-    wait_for("status: 3 ready, 3 members, the session counted", LONG, || {
-        let sc = plane.get_json(&["-n", ns, "sessionclusters", "shop"])?;
-        let st = &sc["status"];
-        if st["readyReplicas"] == 3 && st["members"] == 3 && st["sessions"].as_i64().unwrap_or(0) >= 1 {
-            Ok(())
-        } else {
-            Err(format!("{st}"))
-        }
-    });
-    let sc = plane.get_json(&["-n", ns, "sessionclusters", "shop"]).unwrap();
-    assert_eq!(condition(&sc, "Ready").map(|c| c["status"].clone()), Some(Value::from("True")), "{}", sc["status"]);
+    wait_for(
+        "status: 3 ready, 3 members, the session counted",
+        LONG,
+        || {
+            let sc = plane.get_json(&["-n", ns, "sessionclusters", "shop"])?;
+            let st = &sc["status"];
+            if st["readyReplicas"] == 3
+                && st["members"] == 3
+                && st["sessions"].as_i64().unwrap_or(0) >= 1
+            {
+                Ok(())
+            } else {
+                Err(format!("{st}"))
+            }
+        },
+    );
+    let sc = plane
+        .get_json(&["-n", ns, "sessionclusters", "shop"])
+        .unwrap();
+    assert_eq!(
+        condition(&sc, "Ready").map(|c| c["status"].clone()),
+        Some(Value::from("True")),
+        "{}",
+        sc["status"]
+    );
 
     helm_uninstall(&plane, "tribe-operator", OPERATOR_NS);
 }

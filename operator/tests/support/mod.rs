@@ -17,7 +17,10 @@ use serde_json::Value;
 
 /// The repository root (the workspace), found from this crate's manifest directory.
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("operator/ has a parent").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("operator/ has a parent")
+        .to_path_buf()
 }
 
 /// A tool from `<repo>/.tools/bin` (where `scripts/install-test-deps` puts it), else from PATH.
@@ -46,7 +49,9 @@ pub fn require_tool(name: &str) -> PathBuf {
 
 fn is_executable(p: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
-    p.metadata().map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
+    p.metadata()
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
 }
 
 /// A fresh, empty scratch directory for one test.
@@ -95,7 +100,12 @@ pub fn run_with_stdin(cmd: &mut Command, input: &str) -> Result<String, String> 
         .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    child.stdin.take().expect("stdin").write_all(input.as_bytes()).expect("write stdin");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input.as_bytes())
+        .expect("write stdin");
     let out = child.wait_with_output().expect("wait");
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
@@ -111,7 +121,11 @@ pub fn run_with_stdin(cmd: &mut Command, input: &str) -> Result<String, String> 
 
 /// Polls `probe` every 250 ms until it returns `Some`, for at most `timeout`; then panics
 /// naming `what` and the last observation.
-pub fn wait_for<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> Result<T, String>) -> T {
+pub fn wait_for<T>(
+    what: &str,
+    timeout: Duration,
+    mut probe: impl FnMut() -> Result<T, String>,
+) -> T {
     let start = Instant::now();
     let mut last;
     loop {
@@ -128,7 +142,10 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> Res
 
 /// A free TCP port on 127.0.0.1 (bound and released; good enough for a test process).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("bind port 0").port()
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind port 0")
+        .port()
 }
 
 /// Parses every YAML document of a stream into JSON values (empty documents are dropped).
@@ -153,7 +170,10 @@ pub struct HttpResponse {
 impl HttpResponse {
     /// The first header named `name` (lower case).
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -166,20 +186,28 @@ pub fn http(
     body: &str,
     timeout: Duration,
 ) -> Result<HttpResponse, String> {
-    let mut s = TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("connect {addr}: {e}"))?;
+    let mut s =
+        TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("connect {addr}: {e}"))?;
     s.set_read_timeout(Some(timeout)).ok();
     s.set_write_timeout(Some(timeout)).ok();
-    let mut req = format!("{method} {path} HTTP/1.0\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    let mut req = format!(
+        "{method} {path} HTTP/1.0\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
     for (n, v) in headers {
         req.push_str(&format!("{n}: {v}\r\n"));
     }
     req.push_str("\r\n");
     req.push_str(body);
-    s.write_all(req.as_bytes()).map_err(|e| format!("write to {addr}: {e}"))?;
+    s.write_all(req.as_bytes())
+        .map_err(|e| format!("write to {addr}: {e}"))?;
     let mut raw = Vec::new();
-    s.read_to_end(&mut raw).map_err(|e| format!("read from {addr}: {e}"))?;
+    s.read_to_end(&mut raw)
+        .map_err(|e| format!("read from {addr}: {e}"))?;
     let raw = String::from_utf8_lossy(&raw);
-    let (head, body) = raw.split_once("\r\n\r\n").ok_or_else(|| format!("no header end in {raw:?}"))?;
+    let (head, body) = raw
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| format!("no header end in {raw:?}"))?;
     let mut lines = head.lines();
     let status = lines
         .next()
@@ -190,7 +218,11 @@ pub fn http(
         .filter_map(|l| l.split_once(':'))
         .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
         .collect();
-    Ok(HttpResponse { status, headers, body: body.to_string() })
+    Ok(HttpResponse {
+        status,
+        headers,
+        body: body.to_string(),
+    })
 }
 
 /// A real Kubernetes control plane: started by `../shared/k8s/up` in a scratch directory
@@ -220,10 +252,26 @@ impl ControlPlane {
         let kubectl = require_tool("kubectl");
         if let Some(kc) = std::env::var_os("TRIBE_TEST_KUBECONFIG").filter(|v| !v.is_empty()) {
             let kubeconfig = PathBuf::from(kc);
-            assert!(kubeconfig.is_file(), "TRIBE_TEST_KUBECONFIG={} is not a file", kubeconfig.display());
-            let dir = kubeconfig.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
-            eprintln!("[{test}] using the control plane of TRIBE_TEST_KUBECONFIG={}", kubeconfig.display());
-            return Some(ControlPlane { dir, kubeconfig, owned: false, k8s: shared_k8s(), kubectl });
+            assert!(
+                kubeconfig.is_file(),
+                "TRIBE_TEST_KUBECONFIG={} is not a file",
+                kubeconfig.display()
+            );
+            let dir = kubeconfig
+                .parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|| PathBuf::from("."));
+            eprintln!(
+                "[{test}] using the control plane of TRIBE_TEST_KUBECONFIG={}",
+                kubeconfig.display()
+            );
+            return Some(ControlPlane {
+                dir,
+                kubeconfig,
+                owned: false,
+                k8s: shared_k8s(),
+                kubectl,
+            });
         }
         let Some(k8s) = shared_k8s() else {
             skipped(
@@ -238,7 +286,13 @@ impl ControlPlane {
         let dir = scratch_dir(&format!("k8s-{test}"));
         eprintln!("[{test}] starting a control plane in {}", dir.display());
         let started = Instant::now();
-        let plane = ControlPlane { kubeconfig: dir.join("kubeconfig"), dir, owned: true, k8s: Some(k8s.clone()), kubectl };
+        let plane = ControlPlane {
+            kubeconfig: dir.join("kubeconfig"),
+            dir,
+            owned: true,
+            k8s: Some(k8s.clone()),
+            kubectl,
+        };
         if let Err(e) = run(Command::new(k8s.join("up")).arg(&plane.dir)) {
             plane.dump_logs();
             panic!("../shared/k8s/up failed: {e}");
@@ -255,7 +309,9 @@ impl ControlPlane {
     /// A `kubectl` command for this control plane.
     pub fn kubectl(&self) -> Command {
         let mut c = Command::new(&self.kubectl);
-        c.arg("--kubeconfig").arg(&self.kubeconfig).arg("--request-timeout=30s");
+        c.arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .arg("--request-timeout=30s");
         c
     }
 
@@ -286,27 +342,47 @@ impl ControlPlane {
     /// Creates a namespace (and waits until it is usable).
     pub fn create_namespace(&self, ns: &str) {
         self.k(&["create", "namespace", ns]);
-        wait_for(&format!("service account default in {ns}"), Duration::from_secs(60), || {
-            self.try_k(&["-n", ns, "get", "serviceaccount", "default"]).map(|_| ())
-        });
+        wait_for(
+            &format!("service account default in {ns}"),
+            Duration::from_secs(60),
+            || {
+                self.try_k(&["-n", ns, "get", "serviceaccount", "default"])
+                    .map(|_| ())
+            },
+        );
     }
 
     /// Applies the repository's CRD and waits until it is Established.
     pub fn install_crd(&self) {
         let crd = repo_root().join("crds/sessioncluster.yaml");
-        self.k(&["apply", "--server-side", "--field-manager=tribe-test", "-f", crd.to_str().unwrap()]);
-        self.k(&["wait", "--for=condition=Established", "--timeout=60s", "crd/sessionclusters.tribe.rs"]);
+        self.k(&[
+            "apply",
+            "--server-side",
+            "--field-manager=tribe-test",
+            "-f",
+            crd.to_str().unwrap(),
+        ]);
+        self.k(&[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd/sessionclusters.tribe.rs",
+        ]);
         // Discovery can lag behind Established by a moment.
-        wait_for("sessionclusters in discovery", Duration::from_secs(30), || {
-            self.try_k(&["get", "sessionclusters", "-A"]).map(|_| ())
-        });
+        wait_for(
+            "sessionclusters in discovery",
+            Duration::from_secs(30),
+            || self.try_k(&["get", "sessionclusters", "-A"]).map(|_| ()),
+        );
     }
 
     /// Starts the podrunner with `images` (`../shared/k8s/pods DIR IMAGES`); `Err` with the
     /// reason when pods cannot run here (not our control plane, not root, no `pods` script).
     pub fn start_pods(&self, images: &Path) -> Result<(), String> {
         if !self.owned {
-            return Err("pods need a control plane this test started (TRIBE_TEST_KUBECONFIG is set)".into());
+            return Err(
+                "pods need a control plane this test started (TRIBE_TEST_KUBECONFIG is set)".into(),
+            );
         }
         let k8s = self.k8s.as_ref().ok_or("no ../shared/k8s")?;
         if !k8s.join("pods").is_file() {
@@ -315,10 +391,12 @@ impl ControlPlane {
         if !is_root() {
             return Err("the podrunner needs root (network namespaces)".into());
         }
-        run(Command::new(k8s.join("pods")).arg(&self.dir).arg(images)).map(|_| ()).map_err(|e| {
-            self.dump_logs();
-            format!("../shared/k8s/pods failed: {e}")
-        })
+        run(Command::new(k8s.join("pods")).arg(&self.dir).arg(images))
+            .map(|_| ())
+            .map_err(|e| {
+                self.dump_logs();
+                format!("../shared/k8s/pods failed: {e}")
+            })
     }
 
     /// Prints the tails of the control plane's and the podrunner's logs, and of every pod's
@@ -364,7 +442,12 @@ pub fn print_tail(path: &Path, n: usize) {
     match std::fs::read_to_string(path) {
         Ok(text) => {
             let lines: Vec<&str> = text.lines().collect();
-            eprintln!("----- {} (last {} of {} lines)", path.display(), n.min(lines.len()), lines.len());
+            eprintln!(
+                "----- {} (last {} of {} lines)",
+                path.display(),
+                n.min(lines.len()),
+                lines.len()
+            );
             for l in &lines[lines.len().saturating_sub(n)..] {
                 eprintln!("{l}");
             }
@@ -375,7 +458,9 @@ pub fn print_tail(path: &Path, n: usize) {
 
 /// Whether this process runs as root.
 pub fn is_root() -> bool {
-    run(Command::new("id").arg("-u")).map(|s| s.trim() == "0").unwrap_or(false)
+    run(Command::new("id").arg("-u"))
+        .map(|s| s.trim() == "0")
+        .unwrap_or(false)
 }
 
 /// The operator binary this test build produced.
@@ -391,7 +476,10 @@ pub fn workspace_bin(name: &str) -> Result<PathBuf, String> {
     if is_executable(&bin) {
         Ok(bin)
     } else {
-        Err(format!("{} is not built: run `cargo build --workspace --bins` first", bin.display()))
+        Err(format!(
+            "{} is not built: run `cargo build --workspace --bins` first",
+            bin.display()
+        ))
     }
 }
 
@@ -422,7 +510,7 @@ impl Operator {
             .env("POD_NAME", name)
             .env("TRIBE_OPERATOR_ADMIN_ADDR", admin.to_string())
             .env("TRIBE_OPERATOR_LEASE_NAME", "tribe-operator")
-            .env_remove("TRIBE_OPERATOR_WATCH_NAMESPACE");
+            .env_remove("WATCH_NAMESPACE");
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -432,18 +520,27 @@ impl Operator {
             .stderr(out)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", operator_bin().display()));
-        let mut op = Operator { name: name.to_string(), child: Some(child), log, admin };
+        let mut op = Operator {
+            name: name.to_string(),
+            child: Some(child),
+            log,
+            admin,
+        };
         let admin = op.admin;
-        wait_for(&format!("operator {name} /healthz on {admin}"), Duration::from_secs(30), || {
-            if !op.running() {
-                return Ok(Err(format!("operator {name} exited:\n{}", op.log_text())));
-            }
-            match http(admin, "GET", "/healthz", &[], "", Duration::from_secs(2)) {
-                Ok(r) if r.status == 200 => Ok(Ok(())),
-                Ok(r) => Err(format!("status {}", r.status)),
-                Err(e) => Err(e),
-            }
-        })
+        wait_for(
+            &format!("operator {name} /healthz on {admin}"),
+            Duration::from_secs(30),
+            || {
+                if !op.running() {
+                    return Ok(Err(format!("operator {name} exited:\n{}", op.log_text())));
+                }
+                match http(admin, "GET", "/healthz", &[], "", Duration::from_secs(2)) {
+                    Ok(r) if r.status == 200 => Ok(Ok(())),
+                    Ok(r) => Err(format!("status {}", r.status)),
+                    Err(e) => Err(e),
+                }
+            },
+        )
         .unwrap_or_else(|e| panic!("{e}"));
         op
     }
@@ -480,11 +577,16 @@ impl Operator {
 
     /// SIGTERM, then SIGKILL after `grace`; returns whether it exited by itself in time.
     pub fn stop(&mut self, grace: Duration) -> bool {
-        let Some(mut child) = self.child.take() else { return true };
+        let Some(mut child) = self.child.take() else {
+            return true;
+        };
         if matches!(child.try_wait(), Ok(Some(_))) {
             return true;
         }
-        let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status();
         let start = Instant::now();
         while start.elapsed() < grace {
             if matches!(child.try_wait(), Ok(Some(_))) {
@@ -520,19 +622,28 @@ pub fn sum_metric(text: &str, prefix: &str, label: Option<&str>) -> f64 {
     text.lines()
         .filter(|l| !l.starts_with('#') && l.starts_with(prefix))
         .filter(|l| label.is_none_or(|lbl| l.contains(lbl)))
-        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.trim().parse::<f64>().ok()))
+        .filter_map(|l| {
+            l.rsplit_once(' ')
+                .and_then(|(_, v)| v.trim().parse::<f64>().ok())
+        })
         .sum()
 }
 
 /// A kubeconfig for `namespace/serviceaccount` with a real token from the TokenRequest API
 /// (so the API server authenticates and authorizes the ServiceAccount itself).
 pub fn service_account_kubeconfig(plane: &ControlPlane, namespace: &str, sa: &str, out: &Path) {
-    let token = plane.k(&["-n", namespace, "create", "token", sa, "--duration=2h"]).trim().to_string();
+    let token = plane
+        .k(&["-n", namespace, "create", "token", sa, "--duration=2h"])
+        .trim()
+        .to_string();
     assert!(!token.is_empty(), "empty token for {namespace}/{sa}");
-    let admin: Value = serde_json::from_str(&plane.k(&["config", "view", "--raw", "-o", "json"])).unwrap();
+    let admin: Value =
+        serde_json::from_str(&plane.k(&["config", "view", "--raw", "-o", "json"])).unwrap();
     let cluster = &admin["clusters"][0]["cluster"];
     let server = cluster["server"].as_str().expect("server");
-    let ca = cluster["certificate-authority-data"].as_str().expect("ca data");
+    let ca = cluster["certificate-authority-data"]
+        .as_str()
+        .expect("ca data");
     let kc = format!(
         "apiVersion: v1\nkind: Config\n\
          clusters: [{{name: test, cluster: {{server: \"{server}\", certificate-authority-data: {ca}}}}}]\n\
