@@ -435,6 +435,7 @@ impl Task {
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let first_round_at = Instant::now() + self.timing.interval * 2 + Duration::from_millis(50);
         let mut heartbeating = true;
+        let mut leave_open = true;
         let mut send_failing = false;
         let mut buf = vec![0u8; MAX_DATAGRAM + 1];
         let far_future = Instant::now() + Duration::from_secs(86400 * 365);
@@ -455,15 +456,18 @@ impl Task {
                         self.merger.publish(SourceKind::Multicast, table.candidates());
                     }
                 }
-                req = self.leave.recv(), if heartbeating => {
-                    heartbeating = false;
-                    for _ in 0..LEAVING_COPIES {
-                        self.send(&leaving, &mut send_failing).await;
-                    }
-                    if let Some(done) = req {
+                req = self.leave.recv(), if leave_open => match req {
+                    Some(done) => {
+                        if std::mem::take(&mut heartbeating) {
+                            for _ in 0..LEAVING_COPIES {
+                                self.send(&leaving, &mut send_failing).await;
+                            }
+                        }
                         let _ = done.send(());
                     }
-                }
+                    // Discovery dropped: nobody can ask any more.
+                    None => leave_open = false,
+                },
                 r = self.socket.recv_from(&mut buf) => match r {
                     Ok((n, from)) => self.receive(&buf[..n], from, &mut table),
                     Err(e) => {
@@ -894,6 +898,9 @@ mod tests {
         // n2 leaves: gone from n1 at once (the member timeout is 5 s).
         let t_leave = Instant::now();
         d2.leave().await;
+        tokio::time::timeout(Duration::from_secs(1), d2.leave())
+            .await
+            .expect("a second leave returns at once");
         tokio::time::timeout(
             Duration::from_secs(1),
             c1.wait_for(|c| !c.contains_key(&addr(4002))),
