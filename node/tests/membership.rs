@@ -40,23 +40,35 @@ fn unique_group() -> String {
 }
 
 /// Issue 2, test 2: three nodes in three namespaces on one bridge find each other by
-/// multicast alone within 2 s; a fourth node of another cluster on the same group is
-/// never admitted, and its heartbeats are counted as rejected.
+/// multicast alone within 2 s. Two intruders on the same group are never admitted and
+/// their heartbeats are counted as rejected: n4 of another cluster (same key), and n5
+/// that names this cluster but signs with another key. A SIGTERMed node leaves the
+/// others' lists well before the 3 s member timeout (its leaving heartbeat).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn multicast_nodes_find_each_other_and_ignore_another_cluster() {
+async fn multicast_nodes_find_each_other_and_ignore_intruders() {
     require_tools(&[]);
     let hub = Hub::new();
-    let namespaces: Vec<Netns> = (0..4).map(|_| Netns::new("mc")).collect();
+    let namespaces: Vec<Netns> = (0..5).map(|_| Netns::new("mc")).collect();
     let ips: Vec<Ipv4Addr> = namespaces
         .iter()
         .enumerate()
         .map(|(i, ns)| hub.plug(ns, 10 + i as u8))
         .collect();
+    let keys = tempfile::tempdir().unwrap();
+    let key_file = |name: &str, secret: &str| -> String {
+        let path = keys.path().join(name);
+        std::fs::write(&path, secret).unwrap();
+        path.display().to_string()
+    };
+    let good_key = key_file("good", "0123456789abcdef-the-cluster-key");
+    let bad_key = key_file("bad", "fedcba9876543210-some-other-key!");
     let group = unique_group();
-    let args = |cluster: &'static str| -> Vec<String> {
+    let args = |cluster: &str, key: &str| -> Vec<String> {
         [
             "--cluster",
             cluster,
+            "--cluster-key-file",
+            key,
             "--membership",
             "multicast",
             "--multicast-interface",
@@ -70,28 +82,42 @@ async fn multicast_nodes_find_each_other_and_ignore_another_cluster() {
         .map(|s| s.to_string())
         .collect()
     };
-    let tribe = args("tribe");
-    let other = args("other");
+    let tribe = args("tribe", &good_key);
 
     let started = Instant::now();
     let mut nodes: Vec<Node> = (0..3)
         .map(|i| {
+            let name = format!("n{}", i + 1);
             Node::spawn(
-                &format!("n{}", i + 1),
+                &name,
                 Addrs::on(ips[i]),
                 Some(&namespaces[i]),
                 &strs(&tribe),
             )
         })
         .collect();
-    let mut intruder = Node::spawn("n4", Addrs::on(ips[3]), Some(&namespaces[3]), &strs(&other));
+    let mut intruders = [
+        Node::spawn(
+            "n4",
+            Addrs::on(ips[3]),
+            Some(&namespaces[3]),
+            &strs(&args("other", &good_key)),
+        ),
+        Node::spawn(
+            "n5",
+            Addrs::on(ips[4]),
+            Some(&namespaces[4]),
+            &strs(&args("tribe", &bad_key)),
+        ),
+    ];
 
     // Every node lists the other two as alive — with no peer list — within 2 s of start.
     for (i, node) in nodes.iter().enumerate() {
         let want = others(i);
+        let budget = Duration::from_secs(2).saturating_sub(started.elapsed());
         eventually(
             &format!("{} to see {want:?}", node.name),
-            Duration::from_secs(2).saturating_sub(started.elapsed()),
+            budget,
             || async {
                 let alive = node.alive_members().await?;
                 if alive == want {
@@ -103,35 +129,40 @@ async fn multicast_nodes_find_each_other_and_ignore_another_cluster() {
         )
         .await;
     }
-    let formed = started.elapsed();
-    eprintln!("multicast cluster of 3 formed {formed:?} after start");
-    for n in nodes.iter_mut().chain(std::iter::once(&mut intruder)) {
+    eprintln!(
+        "multicast cluster of 3 formed {:?} after start",
+        started.elapsed()
+    );
+    for n in nodes.iter_mut().chain(intruders.iter_mut()) {
         n.wait_ready(READY_TIMEOUT).await;
     }
 
-    // The intruder's heartbeats reach the others (same group, same bridge) and are
-    // refused, and the intruder refuses theirs.
-    for node in nodes.iter().chain(std::iter::once(&intruder)) {
-        eventually(
-            &format!("{} to reject heartbeats of the other cluster", node.name),
-            Duration::from_secs(5),
-            || async {
-                match node.metric("heartbeats_rejected").await? {
-                    Some(v) if v >= 1.0 => Ok(()),
-                    Some(v) => Err(format!("heartbeats_rejected = {v}")),
-                    // Not exported as a metric: the debug log names each rejection.
-                    None if node.log().contains("heartbeat rejected")
-                        && node.log().contains("reason=Cluster") =>
-                    {
-                        Ok(())
-                    }
-                    None => Err("no heartbeats_rejected metric and no rejection in the log".into()),
-                }
-            },
-        )
+    // The intruders' heartbeats reach the others (same group, same bridge) and are
+    // refused — for the right reason — and the intruders refuse theirs.
+    let expect_rejections = |node: &Node| -> (f64, Vec<&'static str>) {
+        match node.name.as_str() {
+            "n4" => (1.0, vec!["reason=Cluster"]),
+            "n5" => (1.0, vec!["reason=Tag"]),
+            _ => (2.0, vec!["reason=Cluster", "reason=Tag"]),
+        }
+    };
+    for node in nodes.iter().chain(intruders.iter()) {
+        let (min, reasons) = expect_rejections(node);
+        let what = format!("{} to reject heartbeats ({reasons:?})", node.name);
+        eventually(&what, Duration::from_secs(5), || async {
+            let log = node.log();
+            let logged = reasons.iter().all(|r| log.contains(r));
+            match node.metric("heartbeats_rejected").await? {
+                Some(v) if v >= min => Ok(()),
+                Some(v) => Err(format!("heartbeats_rejected = {v}")),
+                // Not exported as a metric: the debug log names each rejection.
+                None if logged => Ok(()),
+                None => Err("no heartbeats_rejected metric and no rejection logged".into()),
+            }
+        })
         .await;
     }
-    // ...and nobody admits anybody across clusters, for several heartbeat intervals.
+    // ...and nobody admits an intruder (or is admitted by one), for several heartbeats.
     always(
         "cluster separation",
         Duration::from_millis(1500),
@@ -142,17 +173,48 @@ async fn multicast_nodes_find_each_other_and_ignore_another_cluster() {
                     return Err(format!("{} lists {all:?}", node.name));
                 }
             }
-            let theirs = intruder.member_states().await?;
-            if theirs.is_empty() {
-                Ok(())
-            } else {
-                Err(format!("n4 (cluster other) lists {theirs:?}"))
+            for node in &intruders {
+                let theirs = node.member_states().await?;
+                if !theirs.is_empty() {
+                    return Err(format!("intruder {} lists {theirs:?}", node.name));
+                }
             }
+            Ok(())
         },
     )
     .await;
-    let view = intruder.cluster().await.unwrap();
-    assert_eq!(view["cluster"], "other", "{view}");
+    assert_eq!(intruders[0].cluster().await.unwrap()["cluster"], "other");
+
+    // A graceful leave: gone from the others well before the member timeout.
+    let left = Instant::now();
+    nodes[2].sigterm();
+    for (i, node) in nodes[..2].iter().enumerate() {
+        eventually(
+            &format!("{} to drop n3 after its SIGTERM", node.name),
+            Duration::from_secs(2),
+            || async {
+                let states = node.member_states().await?;
+                if states.contains_key("n3") {
+                    Err(format!("{} still lists {states:?}", node.name))
+                } else {
+                    Ok(())
+                }
+            },
+        )
+        .await;
+        assert_eq!(
+            node.alive_members().await.unwrap(),
+            set(&[if i == 0 { "n2" } else { "n1" }])
+        );
+    }
+    eprintln!(
+        "n3 left the others' lists {:?} after SIGTERM",
+        left.elapsed()
+    );
+    assert!(
+        nodes[2].wait_exit(Duration::from_secs(25)).await,
+        "n3 exits 0 after SIGTERM"
+    );
 }
 
 /// Issue 2, test 3: dnsmasq answers one name with three loopback addresses → the three

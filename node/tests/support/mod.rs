@@ -28,11 +28,12 @@ pub fn node_bin() -> &'static str {
     env!("CARGO_BIN_EXE_tribe-node")
 }
 
-/// A short id unique to this process and call: `<pid hex><counter>`.
+/// A short id unique to this process and call: `<pid hex>-<counter>` (the pid lets
+/// [`reap_stale_namespaces`] find what a killed test run left behind).
 pub fn unique_tag() -> String {
     static COUNTER: AtomicU32 = AtomicU32::new(0);
     format!(
-        "{:x}{}",
+        "{:x}-{}",
         std::process::id(),
         COUNTER.fetch_add(1, Ordering::Relaxed)
     )
@@ -142,6 +143,7 @@ pub struct Netns {
 impl Netns {
     /// Creates `tribe-<what>-<unique>` with `lo` up and multicast-capable.
     pub fn new(what: &str) -> Self {
+        reap_stale_namespaces();
         let name = format!("tribe-{what}-{}", unique_tag());
         run("ip", &["netns", "add", &name]);
         let ns = Netns { name };
@@ -184,6 +186,38 @@ impl Drop for Netns {
             .status();
         let _ = std::fs::remove_dir_all(self.etc_dir());
     }
+}
+
+/// Deletes the namespaces (and ends the processes inside them) that an earlier test
+/// run left behind when it was killed before its guards could run: `tribe-*-<pid>-<n>`
+/// whose test process `<pid>` no longer exists. Runs once per test process.
+pub fn reap_stale_namespaces() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let Ok(list) = try_run("ip", &["netns", "list"]) else {
+            return;
+        };
+        for name in list.lines().filter_map(|l| l.split_whitespace().next()) {
+            let mut parts = name.rsplit('-');
+            let (Some(_n), Some(pid), Some("tribe")) = (parts.next(), parts.next(), parts.last())
+            else {
+                continue;
+            };
+            let Ok(pid) = u32::from_str_radix(pid, 16) else {
+                continue;
+            };
+            if pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists() {
+                continue;
+            }
+            let pids = try_run("ip", &["netns", "pids", name]).unwrap_or_default();
+            for p in pids.split_whitespace() {
+                let _ = try_run("kill", &["-KILL", p]);
+            }
+            let _ = try_run("ip", &["netns", "del", name]);
+            let _ = std::fs::remove_dir_all(Path::new("/etc/netns").join(name));
+            eprintln!("removed stale test namespace {name} (its test process {pid} is gone)");
+        }
+    });
 }
 
 /// A /24 of 10.0.0.0/8 that no route of the host overlaps, so links the test makes
