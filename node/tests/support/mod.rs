@@ -198,9 +198,11 @@ pub fn reap_stale_namespaces() {
             return;
         };
         for name in list.lines().filter_map(|l| l.split_whitespace().next()) {
-            let mut parts = name.rsplit('-');
-            let (Some(_n), Some(pid), Some("tribe")) = (parts.next(), parts.next(), parts.last())
-            else {
+            let Some(rest) = name.strip_prefix("tribe-") else {
+                continue;
+            };
+            let mut parts = rest.rsplit('-');
+            let (Some(_n), Some(pid)) = (parts.next(), parts.next()) else {
                 continue;
             };
             let Ok(pid) = u32::from_str_radix(pid, 16) else {
