@@ -27,7 +27,10 @@ const PUT_BATCH: usize = 256;
 async fn settle(c: &Cluster, discovery: &Discovery) {
     let inner = &c.inner;
     let deadline = Instant::now() + SETTLE;
-    // Every candidate dialed at least once.
+    // Every candidate dialed at least once. A candidate without a link has not been
+    // dialed yet (`follow_discovery` may not have seen the candidate set yet): it is
+    // not done, or a joiner that races its own discovery would join with no peer and
+    // report ready without any state.
     while Instant::now() < deadline {
         let cands: Vec<_> = discovery.candidates.borrow().keys().copied().collect();
         let dialed = {
@@ -36,7 +39,7 @@ async fn settle(c: &Cluster, discovery: &Discovery) {
                 *a == inner.me.advertise
                     || links
                         .get(a)
-                        .is_none_or(|l| l.attempts.load(Ordering::SeqCst) > 0)
+                        .is_some_and(|l| l.attempts.load(Ordering::SeqCst) > 0)
             })
         };
         if dialed {

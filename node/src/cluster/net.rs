@@ -189,11 +189,14 @@ async fn run_link(c: Cluster, link: Arc<Link>, mut rx: mpsc::Receiver<(Outgoing,
             r = dial => r,
             _ = link.cancel.cancelled() => break,
         };
-        link.attempts.fetch_add(1, Ordering::SeqCst);
+        // `attempts` counts a dial only once its outcome is recorded (member admitted or
+        // removed): a join waiting for every candidate to be dialed then sees the member.
+        let dialed = || link.attempts.fetch_add(1, Ordering::SeqCst);
         match res {
             Ok((peer, rd, wr)) => {
                 if peer.node_id == inner.me.node_id {
                     tracing::debug!(addr = %link.addr, "dialed myself; dropping that address");
+                    dialed();
                     break;
                 }
                 if inner
@@ -203,8 +206,10 @@ async fn run_link(c: Cluster, link: Arc<Link>, mut rx: mpsc::Receiver<(Outgoing,
                 {
                     // A member that said goodbye and is still shutting down.
                     remove_member_on(&c, &link, "left");
+                    dialed();
                 } else {
                     admit(&c, &peer, &link);
+                    dialed();
                     backoff = Duration::from_millis(50);
                     let err = run_connection(&c, &link, &peer, rd, wr, &mut rx).await;
                     suspect(&c, &peer.node_id, &link);
@@ -220,6 +225,7 @@ async fn run_link(c: Cluster, link: Arc<Link>, mut rx: mpsc::Receiver<(Outgoing,
             }
             Err(e) if e.is_connect() => {
                 remove_member_on(&c, &link, "TCP connect failed");
+                dialed();
                 if !link.wanted.load(Ordering::Relaxed) {
                     break;
                 }
@@ -231,6 +237,7 @@ async fn run_link(c: Cluster, link: Arc<Link>, mut rx: mpsc::Receiver<(Outgoing,
                 }
                 tracing::warn!(addr = %link.addr, error = %e, "handshake refused");
                 remove_member_on(&c, &link, "handshake refused");
+                dialed();
             }
         }
         tokio::select! {
