@@ -568,7 +568,8 @@ mod tests {
             base: 1233,
             set: vec![("counter".into(), Bytes::from_static(b"1234"))],
             removed: vec![],
-            expiry: None,
+            // Every local write carries the session's expiry.
+            expiry: Some(1_800_000_000),
             invalidate: false,
         }
     }

@@ -531,9 +531,12 @@ impl Cluster {
             };
             let mut d = s.diff(sid, data, stamp);
             if let Some(d) = d.as_mut() {
-                if expiry > s.expiry {
-                    d.expiry = Some(expiry);
-                }
+                // Every delta carries the session's expiry (about 5 bytes), not only a
+                // grown one: a replica that does not hold the session yet (a joiner
+                // before its state transfer delivers it, a missed create) must not hold
+                // an expiry-less copy, which the sweeper would expire at once, dropping
+                // the delta's attributes.
+                d.expiry = Some(expiry.max(s.expiry));
                 s.apply(d);
             } else if expiry > s.expiry {
                 s.expiry = expiry;
