@@ -886,7 +886,9 @@ impl Drop for Dnsmasq {
 }
 
 /// The IPv4 addresses `name` resolves to inside `ns` (through its resolv.conf), as the
-/// system resolver sees them; empty when it does not resolve.
+/// system resolver sees them; empty when it does not resolve. (`getent ahostsv4` uses
+/// `AI_ADDRCONFIG`: the namespace needs a non-loopback IPv4 address, e.g. a [`Veth`],
+/// or glibc does not even ask.)
 pub fn resolve_in(ns: &Netns, name: &str) -> BTreeSet<Ipv4Addr> {
     let out = ns
         .command("getent")
