@@ -7,11 +7,13 @@
 //! missing, malformed or tampered value counts as "nothing seen" (version 0): safe, since
 //! it can only make the node wait less, never serve another session.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use axum::http::{header, HeaderValue, Request, Response};
 use base64::Engine;
+use bytes::Bytes;
 use futures::future::BoxFuture;
 use parking_lot::Mutex;
 use tower::{Layer, Service};
@@ -25,6 +27,9 @@ struct Ctx {
     sid: Option<SessionId>,
     min: u64,
     seen: Mutex<Option<(SessionId, u64)>>,
+    /// The attributes this request loaded (then: last saved) of a session: the base its
+    /// next save is diffed against.
+    loaded: Mutex<Option<(SessionId, HashMap<String, Bytes>)>>,
 }
 
 tokio::task_local! {
@@ -46,6 +51,21 @@ pub fn saw(sid: SessionId, version: u64) {
             _ => *seen = Some((sid, version)),
         }
     });
+}
+
+/// Records the attributes (JSON bytes) the current request loaded or saved of `sid`.
+pub fn set_loaded(sid: SessionId, attrs: HashMap<String, Bytes>) {
+    let _ = CTX.try_with(|c| *c.loaded.lock() = Some((sid, attrs)));
+}
+
+/// The attributes the current request loaded or last saved of `sid`, if it did.
+pub fn loaded(sid: SessionId) -> Option<HashMap<String, Bytes>> {
+    CTX.try_with(|c| match &*c.loaded.lock() {
+        Some((s, attrs)) if *s == sid => Some(attrs.clone()),
+        _ => None,
+    })
+    .ok()
+    .flatten()
 }
 
 /// Signs and checks version cookies.
@@ -181,6 +201,7 @@ where
             sid,
             min,
             seen: Mutex::new(None),
+            loaded: Mutex::new(None),
         });
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);

@@ -62,11 +62,23 @@ impl SessionStore for ReplicatedStore {
 
     async fn save(&self, record: &Record) -> Result<()> {
         let data = encode(record)?;
+        // Diff against what this request loaded (not the replica, which a concurrent
+        // write from another node may have changed since): only the request's changes
+        // are written.
+        let loaded = ryw::loaded(record.id.0);
         let version = self
             .cluster
-            .write(record.id.0, &data, expiry_secs(record.expiry_date))
+            .write_changes(
+                record.id.0,
+                loaded.as_ref(),
+                &data,
+                expiry_secs(record.expiry_date),
+            )
             .await;
         ryw::saw(record.id.0, version);
+        // tower-sessions saves again after the handler when the session was modified:
+        // that save diffs against this one.
+        ryw::set_loaded(record.id.0, data);
         Ok(())
     }
 
@@ -91,11 +103,13 @@ impl SessionStore for ReplicatedStore {
             .unwrap_or(loaded.session.expiry);
         let expiry_date = OffsetDateTime::from_unix_timestamp(expiry as i64)
             .map_err(|e| Error::Decode(format!("expiry: {e}")))?;
-        Ok(Some(Record {
+        let record = Record {
             id: *id,
             data,
             expiry_date,
-        }))
+        };
+        ryw::set_loaded(id.0, encode(&record)?);
+        Ok(Some(record))
     }
 
     async fn delete(&self, id: &Id) -> Result<()> {

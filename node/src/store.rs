@@ -229,6 +229,44 @@ impl Session {
                 removed.push(k.clone());
             }
         }
+        self.delta(sid, stamp, set, removed)
+    }
+
+    /// The delta of a request that loaded the attributes `loaded` and now holds `data`,
+    /// as a write on top of this replica: only what the request itself changed. An
+    /// attribute the request did not touch is left alone even when this replica's value
+    /// moved on after the load (a concurrent write from another node arrived meanwhile),
+    /// so that write is not undone; diffing against the replica instead would send the
+    /// stale loaded value back, or remove an attribute that arrived after the load.
+    pub fn diff_from(
+        &self,
+        sid: SessionId,
+        loaded: &HashMap<String, Bytes>,
+        data: &HashMap<String, Bytes>,
+        stamp: Stamp,
+    ) -> Option<Delta> {
+        let mut set = Vec::new();
+        let mut removed = Vec::new();
+        for (k, v) in data {
+            if loaded.get(k) != Some(v) && self.get(k) != Some(v) {
+                set.push((k.clone(), v.clone()));
+            }
+        }
+        for k in loaded.keys() {
+            if !data.contains_key(k) && self.get(k).is_some() {
+                removed.push(k.clone());
+            }
+        }
+        self.delta(sid, stamp, set, removed)
+    }
+
+    fn delta(
+        &self,
+        sid: SessionId,
+        stamp: Stamp,
+        mut set: Vec<(String, Bytes)>,
+        mut removed: Vec<String>,
+    ) -> Option<Delta> {
         if set.is_empty() && removed.is_empty() {
             return None;
         }
@@ -413,6 +451,33 @@ mod tests {
             .collect();
         v.sort();
         v
+    }
+
+    #[test]
+    fn a_request_diff_keeps_writes_that_arrived_after_its_load() {
+        let map = |kv: &[(&str, &str)]| -> HashMap<String, Bytes> {
+            kv.iter()
+                .map(|(k, v)| (k.to_string(), Bytes::copy_from_slice(v.as_bytes())))
+                .collect()
+        };
+        let mut s = Session::default();
+        s.apply(&delta(1, 1, 0, &[("x", "1"), ("y", "1")], &[]));
+        // A request loads {x=1, y=1}; then a write from node 2 sets x=2 and adds z.
+        let loaded = map(&[("x", "1"), ("y", "1")]);
+        s.apply(&delta(2, 2, 1, &[("x", "2"), ("z", "1")], &[]));
+        // The request sets y=5 and removes nothing it did not load.
+        let data = map(&[("x", "1"), ("y", "5")]);
+        let d = s.diff_from(1, &loaded, &data, st(3, 1)).unwrap();
+        assert_eq!(d.set, vec![("y".to_string(), Bytes::from_static(b"5"))]);
+        assert!(d.removed.is_empty(), "{:?}", d.removed);
+        // Diffing against the replica would have undone node 2's write.
+        let naive = s.diff(1, &data, st(3, 1)).unwrap();
+        assert_eq!(naive.removed, vec!["z".to_string()]);
+        // A request that removes what it loaded removes it; nothing changed → no delta.
+        let d = s.diff_from(1, &loaded, &map(&[("x", "1")]), st(3, 1)).unwrap();
+        assert_eq!(d.removed, vec!["y".to_string()]);
+        assert!(d.set.is_empty());
+        assert!(s.diff_from(1, &loaded, &loaded, st(3, 1)).is_none());
     }
 
     #[test]

@@ -523,13 +523,30 @@ impl Cluster {
         data: &HashMap<String, bytes::Bytes>,
         expiry: u64,
     ) -> u64 {
+        self.write_changes(sid, None, data, expiry).await
+    }
+
+    /// [`Cluster::write`] for a request that loaded the attributes `loaded`: only what
+    /// the request changed since is written, so a concurrent write from another node that
+    /// arrived after the load is not undone ([`Session::diff_from`]). `None`: diff against
+    /// the local replica (a new session).
+    pub async fn write_changes(
+        &self,
+        sid: SessionId,
+        loaded: Option<&HashMap<String, bytes::Bytes>>,
+        data: &HashMap<String, bytes::Bytes>,
+        expiry: u64,
+    ) -> u64 {
         let inner = &self.inner;
         let delta = inner.store.with_mut(sid, |s| {
             let stamp = Stamp {
                 counter: s.version + 1,
                 origin: inner.origin,
             };
-            let mut d = s.diff(sid, data, stamp);
+            let mut d = match loaded {
+                Some(loaded) => s.diff_from(sid, loaded, data, stamp),
+                None => s.diff(sid, data, stamp),
+            };
             if let Some(d) = d.as_mut() {
                 // Every delta carries the session's expiry (about 5 bytes), not only a
                 // grown one: a replica that does not hold the session yet (a joiner
