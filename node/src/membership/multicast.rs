@@ -66,6 +66,56 @@ impl Stats {
     fn inc(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
     }
+
+    /// (name, help, value) of every counter, as exported.
+    pub fn counters(&self) -> [(&'static str, &'static str, u64); 5] {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        [
+            (
+                "heartbeats_sent",
+                "Multicast heartbeats sent",
+                get(&self.heartbeats_sent),
+            ),
+            (
+                "heartbeats_received",
+                "Valid multicast heartbeats received from members",
+                get(&self.heartbeats_received),
+            ),
+            (
+                "heartbeats_rejected",
+                "Multicast datagrams dropped: malformed, badly signed or another cluster",
+                get(&self.heartbeats_rejected),
+            ),
+            (
+                "dns_lookups",
+                "DNS lookups of the members name answered",
+                get(&self.dns_lookups),
+            ),
+            (
+                "dns_lookup_failures",
+                "DNS lookups that failed (the last peer set was kept)",
+                get(&self.dns_lookup_failures),
+            ),
+        ]
+    }
+}
+
+/// Read at every scrape: `registry.register_collector(Box::new(discovery.stats.clone()))`
+/// exports the counters as `heartbeats_sent_total`, … (prefixed like the registry).
+impl prometheus_client::collector::Collector for Stats {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric;
+        use prometheus_client::metrics::counter::ConstCounter;
+        for (name, help, value) in self.counters() {
+            let counter = ConstCounter::new(value);
+            let metric = encoder.encode_descriptor(name, help, None, counter.metric_type())?;
+            counter.encode(metric)?;
+        }
+        Ok(())
+    }
 }
 
 /// What one heartbeat says.
@@ -603,6 +653,25 @@ mod tests {
                 .collect();
             assert!(decode(&junk, &key, "tribe").is_err());
         }
+    }
+
+    #[test]
+    fn stats_export_as_prometheus_counters() {
+        let stats = Arc::new(Stats::default());
+        stats.heartbeats_rejected.fetch_add(3, Ordering::Relaxed);
+        stats.dns_lookups.fetch_add(2, Ordering::Relaxed);
+        let mut registry = prometheus_client::registry::Registry::default();
+        registry.register_collector(Box::new(stats.clone()));
+        stats.heartbeats_rejected.fetch_add(1, Ordering::Relaxed); // read at scrape time
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        assert!(text.contains("heartbeats_rejected_total 4"), "{text}");
+        assert!(text.contains("dns_lookups_total 2"), "{text}");
+        assert!(text.contains("heartbeats_sent_total 0"), "{text}");
+        assert!(
+            text.contains("# TYPE dns_lookup_failures counter"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -670,7 +670,8 @@ pub fn members(view: &serde_json::Value) -> BTreeMap<String, String> {
         .unwrap_or_default()
 }
 
-/// Sum of the samples of metric family `name` in Prometheus/OpenMetrics text.
+/// Sum of the samples of metric family `name` (optionally `tribe_`-prefixed, with or
+/// without `_total`) in Prometheus/OpenMetrics text.
 pub fn metric_sum(text: &str, name: &str) -> Option<f64> {
     let mut found = None;
     for line in text.lines().filter(|l| !l.starts_with('#')) {
@@ -679,6 +680,7 @@ pub fn metric_sum(text: &str, name: &str) -> Option<f64> {
             None => continue,
         };
         let family = series.split('{').next().unwrap_or("");
+        let family = family.strip_prefix("tribe_").unwrap_or(family);
         if family == name || family == format!("{name}_total") {
             if let Ok(v) = value.parse::<f64>() {
                 *found.get_or_insert(0.0) += v;
