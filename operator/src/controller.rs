@@ -149,6 +149,19 @@ pub fn error_policy(sc: Arc<SessionCluster>, error: &Error, ctx: Arc<Context>) -
     Action::requeue(delay)
 }
 
+/// `s` cut to at most `max` bytes at a character boundary.
+fn truncate(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut end = max;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+        s.push('…');
+    }
+    s
+}
+
 /// Publishes an Event about `sc`; `related` names the child it concerns (Events about
 /// different children are then distinct rather than one series). Failures are logged.
 async fn publish(
@@ -160,6 +173,8 @@ async fn publish(
     note: String,
     related: Option<ObjectReference>,
 ) {
+    // The API server refuses Event notes over 1 kB.
+    let note = truncate(note, 1000);
     let ev = Event {
         type_,
         reason: reason.into(),

@@ -32,7 +32,7 @@ pub enum Error {
     Kube(#[source] kube::Error),
 
     /// The API server refused to apply a child object (e.g. it failed validation).
-    #[error("applying {kind} {name} was rejected: {source}")]
+    #[error("applying {kind} {name} was rejected: {}", api_message(source))]
     Apply {
         /// Kind of the child object.
         kind: String,
@@ -62,6 +62,14 @@ pub enum Error {
     /// Local I/O (files, sockets, processes) failed.
     #[error("I/O: {0}")]
     Io(#[from] std::io::Error),
+}
+
+/// The API server's own message for an API error (not the whole Status dump).
+fn api_message(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(s) => format!("{} ({})", s.message, s.code),
+        other => other.to_string(),
+    }
 }
 
 impl Error {

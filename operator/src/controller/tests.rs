@@ -377,3 +377,11 @@ fn status_only_changes_are_not_ours() {
         "same resourceVersion: nothing changed"
     );
 }
+
+#[test]
+fn long_notes_are_cut_at_a_char_boundary() {
+    let s = truncate("é".repeat(1000), 1000);
+    assert!(s.len() <= 1003);
+    assert!(s.ends_with('…'));
+    assert_eq!(truncate("short".into(), 1000), "short");
+}

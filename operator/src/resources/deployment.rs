@@ -23,6 +23,8 @@ fn env(name: &str, value: impl Into<String>) -> EnvVar {
     }
 }
 
+/// An env var from a pod field. `apiVersion: v1` is spelled out: left to defaulting,
+/// every server-side apply re-sets it and bumps the Deployment's resourceVersion.
 fn env_field(name: &str, path: &str) -> EnvVar {
     EnvVar {
         name: name.into(),
@@ -30,7 +32,7 @@ fn env_field(name: &str, path: &str) -> EnvVar {
         value_from: Some(EnvVarSource {
             field_ref: Some(ObjectFieldSelector {
                 field_path: path.into(),
-                api_version: None,
+                api_version: Some("v1".into()),
             }),
             ..EnvVarSource::default()
         }),
