@@ -681,6 +681,7 @@ pub fn metric_sum(text: &str, name: &str) -> Option<f64> {
         };
         let family = series.split('{').next().unwrap_or("");
         let family = family.strip_prefix("tribe_").unwrap_or(family);
+        let name = name.strip_prefix("tribe_").unwrap_or(name);
         if family == name || family == format!("{name}_total") {
             if let Ok(v) = value.parse::<f64>() {
                 *found.get_or_insert(0.0) += v;
