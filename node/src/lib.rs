@@ -158,6 +158,9 @@ pub async fn run(
             "running with --insecure: anyone who can reach the replication port can forge frames"
         );
     }
+    if let Some(d) = cluster.inner.discovery.lock().as_ref() {
+        registry.register_collector(Box::new(d.stats.clone()));
+    }
     let app = http::app::router(cluster.clone(), &key);
     let admin = http::admin::router(cluster.clone(), Arc::new(registry));
     let stop_http = CancellationToken::new();
