@@ -23,6 +23,8 @@ const TRANSFER_TIMEOUT: Duration = Duration::from_secs(120);
 const CACHE_TTL_SECS: u64 = 30;
 /// Sessions per hand-off / re-replication message.
 const PUT_BATCH: usize = 256;
+/// Pause before retrying re-replication pushes that failed.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
 
 async fn settle(c: &Cluster, discovery: &Discovery) {
     let inner = &c.inner;
@@ -174,9 +176,16 @@ async fn drain_links(c: &Cluster, deadline: tokio::time::Instant) {
     }
 }
 
-/// Sessions this node must copy when the live view changes from `old` to `new`: for each
-/// session, the first surviving old owner (or, when none survives, any holder) sends it
-/// to every new owner that was not an owner before.
+/// Sessions this node must copy when the live view changes from `old` to `new`, by
+/// target member.
+///
+/// Leaving: this node hands every session it owns to the owners it gains without it.
+/// Otherwise, for each session whose owner *set* changed, every holder that is an owner
+/// under `new` copies it to all the other new owners (or, when no old owner survives,
+/// whoever holds a copy does). Copying to owners that kept theirs costs a little, but it
+/// heals copies that an intermediate view's sender never delivered: two members dying
+/// a few milliseconds apart produce two view changes, and the first one's sender may be
+/// the second to die. Merges are idempotent, so a copy that arrives twice changes nothing.
 fn plan_moves(
     c: &Cluster,
     old: &[String],
@@ -194,60 +203,104 @@ fn plan_moves(
         }
         let old_o = ownership::owners(sid, old, k);
         let new_o = ownership::owners(sid, new, k);
-        let pusher = if leaving {
-            // The leaving node hands over everything it owns.
-            old_o.contains(&me).then_some(me)
-        } else {
-            old_o
+        let targets: Vec<&str> = if leaving {
+            if !old_o.contains(&me) {
+                continue;
+            }
+            new_o
                 .iter()
                 .copied()
-                .find(|o| new.iter().any(|n| n == o))
-                .or(Some(me))
-        };
-        if pusher != Some(me) {
-            continue;
-        }
-        for t in new_o {
-            if t != me && !old_o.contains(&t) {
-                plan.entry(t.to_string()).or_default().push(sid);
+                .filter(|t| *t != me && !old_o.contains(t))
+                .collect()
+        } else {
+            let same = old_o.len() == new_o.len() && old_o.iter().all(|o| new_o.contains(o));
+            let survivor = old_o.iter().any(|o| new_o.contains(o));
+            if same || (survivor && !new_o.contains(&me)) {
+                continue;
             }
+            new_o.iter().copied().filter(|t| *t != me).collect()
+        };
+        for t in targets {
+            plan.entry(t.to_string()).or_default().push(sid);
         }
     }
     plan
 }
 
-async fn push_plan(c: &Cluster, plan: HashMap<String, Vec<SessionId>>) {
+/// Pushes `plan`; returns what could not be delivered (to retry), by target member.
+async fn push_plan(
+    c: &Cluster,
+    plan: HashMap<String, Vec<SessionId>>,
+) -> HashMap<String, Vec<SessionId>> {
     let inner = &c.inner;
     let total: usize = plan.values().map(Vec::len).sum();
     inner.metrics.rereplication_backlog.set(total as i64);
     let pushes = plan.into_iter().map(|(node, sids)| async move {
+        let mut failed = Vec::new();
         for batch in sids.chunks(PUT_BATCH) {
             let sessions: Vec<SessionState> =
                 batch.iter().filter_map(|s| inner.store.state(*s)).collect();
             let n = sessions.len();
             if c.put(&node, sessions, Duration::from_secs(5)).await {
                 inner.metrics.rereplicated.inc_by(n as u64);
+                inner
+                    .metrics
+                    .rereplication_backlog
+                    .dec_by(batch.len() as i64);
             } else {
-                tracing::warn!(node = %node, "re-replication push failed");
+                tracing::warn!(node = %node, sessions = n, "re-replication push failed; will retry");
+                failed.extend_from_slice(batch);
             }
-            inner
-                .metrics
-                .rereplication_backlog
-                .dec_by(batch.len() as i64);
         }
+        (node, failed)
     });
-    futures::future::join_all(pushes).await;
-    inner.metrics.rereplication_backlog.set(0);
+    let failed: HashMap<String, Vec<SessionId>> = futures::future::join_all(pushes)
+        .await
+        .into_iter()
+        .filter(|(_, f)| !f.is_empty())
+        .collect();
+    let left: usize = failed.values().map(Vec::len).sum();
+    inner.metrics.rereplication_backlog.set(left as i64);
+    failed
 }
 
-/// Backup mode: after every view change, copy sessions to their new owners.
+/// The failed pushes still worth retrying under `view`: the target is still a live
+/// owner, and the session is still held here.
+fn still_needed(
+    c: &Cluster,
+    failed: HashMap<String, Vec<SessionId>>,
+    view: &[String],
+) -> HashMap<String, Vec<SessionId>> {
+    let inner = &c.inner;
+    let now = unix_now();
+    failed
+        .into_iter()
+        .filter(|(node, _)| view.contains(node))
+        .map(|(node, sids)| {
+            let keep: Vec<SessionId> = sids
+                .into_iter()
+                .filter(|sid| {
+                    ownership::is_owner(*sid, view, inner.cfg.backups, &node)
+                        && inner.store.with(*sid, |s| !s.is_dead(now)).unwrap_or(false)
+                })
+                .collect();
+            (node, keep)
+        })
+        .filter(|(_, sids)| !sids.is_empty())
+        .collect()
+}
+
+/// Backup mode: after every view change, copy sessions to their new owners; retry
+/// pushes that failed (a timeout, a broken link) while their target is still an owner.
 pub(crate) async fn rereplicate_on_view_change(c: Cluster) {
     let inner = c.inner.clone();
     let mut rx = inner.view.subscribe();
     let mut old = rx.borrow_and_update().clone();
+    let mut retry: HashMap<String, Vec<SessionId>> = HashMap::new();
     loop {
         tokio::select! {
             r = rx.changed() => if r.is_err() { return },
+            _ = tokio::time::sleep(RETRY_AFTER), if !retry.is_empty() => {}
             _ = inner.shutdown.cancelled() => return,
         }
         let new = rx.borrow_and_update().clone();
@@ -255,7 +308,11 @@ pub(crate) async fn rereplicate_on_view_change(c: Cluster) {
             old = new;
             continue;
         }
-        let plan = plan_moves(&c, &old, &new, false);
+        let mut plan = if new != old {
+            plan_moves(&c, &old, &new, false)
+        } else {
+            HashMap::new()
+        };
         if !plan.is_empty() {
             let total: usize = plan.values().map(Vec::len).sum();
             tracing::info!(
@@ -263,7 +320,15 @@ pub(crate) async fn rereplicate_on_view_change(c: Cluster) {
                 members = new.len(),
                 "membership changed: re-replicating"
             );
-            push_plan(&c, plan).await;
+        }
+        for (node, sids) in still_needed(&c, std::mem::take(&mut retry), &new) {
+            let list = plan.entry(node).or_default();
+            list.extend(sids);
+            list.sort_unstable();
+            list.dedup();
+        }
+        if !plan.is_empty() {
+            retry = push_plan(&c, plan).await;
         }
         old = new;
     }
