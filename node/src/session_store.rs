@@ -84,7 +84,14 @@ impl SessionStore for ReplicatedStore {
 
     async fn load(&self, id: &Id) -> Result<Option<Record>> {
         let min = ryw::min_version(id.0);
-        let Some(loaded) = self.cluster.load(id.0, min).await else {
+        // A replica that did not answer is an error (the request fails, the client keeps
+        // its cookie and may retry), never "no session" (which would drop the cookie).
+        let loaded = self
+            .cluster
+            .load(id.0, min)
+            .await
+            .map_err(|e| Error::Backend(e.to_string()))?;
+        let Some(loaded) = loaded else {
             return Ok(None);
         };
         self.cluster.touch(id.0);

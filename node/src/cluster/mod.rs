@@ -169,6 +169,22 @@ pub struct Loaded {
     pub rolled_back: bool,
 }
 
+/// A session could not be loaded: this node holds no copy the client may see, and a
+/// replica that may hold one did not answer in time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("no replica of the session answered in time")]
+pub struct Unreachable;
+
+/// How a fetch from the replicas ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Fetched {
+    /// A copy at least as new as asked for arrived, or every replica asked answered
+    /// (with its copy or with "no such session").
+    Complete,
+    /// No copy new enough arrived and some replica did not answer in time.
+    Incomplete,
+}
+
 fn origin_of(node_id: &str, incarnation: u64) -> u32 {
     let h = xxhash_rust::xxh3::xxh3_64_with_seed(node_id.as_bytes(), incarnation);
     (h as u32) ^ ((h >> 32) as u32)
@@ -352,16 +368,24 @@ impl Cluster {
 
     /// Loads a session for a request whose client has seen `min_version` (0: nothing
     /// known). Waits (bounded) for a newer copy, or fetches one, per REPLICATION.md.
-    pub async fn load(&self, sid: SessionId, min_version: u64) -> Option<Loaded> {
+    /// `Ok(None)`: no such session (every replica asked said so). `Err`: this node holds
+    /// no copy the client may see and a replica that may hold one did not answer in
+    /// time — not the same as "no session", which would make the app drop the client's
+    /// cookie, nor a rollback.
+    pub async fn load(
+        &self,
+        sid: SessionId,
+        min_version: u64,
+    ) -> Result<Option<Loaded>, Unreachable> {
         let inner = &self.inner;
         let now = unix_now();
         let local = inner.store.with(sid, |s| (s.version, s.is_dead(now)));
         let owner = !self.backup_mode() || self.owners(sid).iter().any(|o| o == &inner.me.node_id);
         match local {
-            Some((_, true)) => return None,
+            Some((_, true)) => return Ok(None),
             // An owner (every node in delta mode) with a fresh-enough copy serves it.
             Some((v, false)) if v >= min_version && (owner || min_version > 0) => {
-                return self.local_copy(sid, min_version, now);
+                return Ok(self.local_copy(sid, min_version, now));
             }
             _ => {}
         }
@@ -378,21 +402,29 @@ impl Cluster {
                     .metrics
                     .consistency_wait_seconds
                     .observe(started.elapsed().as_secs_f64());
-                return self.local_copy(sid, min_version, unix_now());
+                return Ok(self.local_copy(sid, min_version, unix_now()));
             }
         }
         // Ask the replicas that should have it.
         if min_version > 0 {
             inner.metrics.consistency_fetches.inc();
         }
-        self.fetch(sid, min_version).await;
+        let fetched = self.fetch(sid, min_version).await;
         if min_version > 0 {
             inner
                 .metrics
                 .consistency_wait_seconds
                 .observe(started.elapsed().as_secs_f64());
         }
-        self.local_copy(sid, min_version, unix_now())
+        let behind = inner.store.version(sid).is_none_or(|v| v < min_version);
+        if fetched == Fetched::Incomplete && behind {
+            // Nothing here that the client may see, and a replica that may hold it was
+            // silent: an error, not "no session" nor an older copy (that is a rollback
+            // only when every replica answered without the client's version).
+            tracing::warn!(session = sid, "no replica of the session answered in time");
+            return Err(Unreachable);
+        }
+        Ok(self.local_copy(sid, min_version, unix_now()))
     }
 
     fn local_copy(&self, sid: SessionId, min_version: u64, now: u64) -> Option<Loaded> {
@@ -440,8 +472,8 @@ impl Cluster {
 
     /// Fetches a session from the peers that should hold it (owners in backup mode, all
     /// live peers in delta mode) and merges the copies; bounded by the consistency wait
-    /// plus a network allowance. Returns whether anything was merged.
-    pub(crate) async fn fetch(&self, sid: SessionId, min_version: u64) -> bool {
+    /// plus a network allowance.
+    pub(crate) async fn fetch(&self, sid: SessionId, min_version: u64) -> Fetched {
         let inner = &self.inner;
         let targets: Vec<(String, Arc<Link>)> = if self.backup_mode() {
             self.owners(sid)
@@ -453,7 +485,7 @@ impl Cluster {
             self.alive_peers()
         };
         if targets.is_empty() {
-            return false;
+            return Fetched::Complete;
         }
         let wait = inner.cfg.consistency_wait;
         let wait_ms = if min_version > 0 {
@@ -475,21 +507,27 @@ impl Cluster {
             let this = self.clone();
             futs.push(async move { this.request(&node, &link, id, msg, timeout).await });
         }
-        let mut merged = false;
+        let mut complete = true;
         use futures::StreamExt;
         while let Some(reply) = futs.next().await {
-            if let Some(Message::FetchResp {
-                session: Some(s), ..
-            }) = reply
-            {
-                inner.store.merge(&s);
-                merged = true;
-                if s.version >= min_version {
-                    break;
+            match reply {
+                Some(Message::FetchResp {
+                    session: Some(s), ..
+                }) => {
+                    inner.store.merge(&s);
+                    if s.version >= min_version {
+                        return Fetched::Complete;
+                    }
                 }
+                Some(_) => {}
+                None => complete = false,
             }
         }
-        merged
+        if complete {
+            Fetched::Complete
+        } else {
+            Fetched::Incomplete
+        }
     }
 
     /// Waits until every live peer except `except` has delivered everything it queued
