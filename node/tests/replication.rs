@@ -503,7 +503,7 @@ async fn joining_node_is_ready_only_with_every_session_and_keeps_concurrent_writ
                         }
                         other => return Err(format!("write {key} on {at}: {other:?}")),
                     }
-                    if seq % 5 == 0 {
+                    if seq.is_multiple_of(5) {
                         match bare.put_attr(at, None, "born", json!(seq)).await {
                             Ok(new) => created.push((new, Instant::now())),
                             Err(e) => return Err(format!("new session on {at}: {e}")),
@@ -695,12 +695,16 @@ async fn kill_during_write_loop(mode: &str) {
             (client, sid, last, failure)
         })
     };
-    eventually("the write loop to get going", CONVERGE, || async {
-        match acked.load(Ordering::SeqCst) {
-            n if n >= 200 => Ok(()),
-            n => Err(format!("{n} writes acknowledged")),
-        }
-    })
+    eventually(
+        "the write loop to get going",
+        Duration::from_secs(60),
+        || async {
+            match acked.load(Ordering::SeqCst) {
+                n if n >= 100 => Ok(()),
+                n => Err(format!("{n} writes acknowledged")),
+            }
+        },
+    )
     .await;
     let before_kill = acked.load(Ordering::SeqCst);
     nodes[0].kill();
