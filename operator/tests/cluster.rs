@@ -25,7 +25,7 @@ const OPERATOR_NS: &str = "tribe-system";
 /// The field manager of every object the operator applies.
 const MANAGER: &str = "tribe-operator";
 
-const SHORT: Duration = Duration::from_secs(30);
+const SHORT: Duration = Duration::from_secs(60);
 const LONG: Duration = Duration::from_secs(120);
 
 /// Control plane + CRD, or `None` when skipped.
@@ -1162,20 +1162,33 @@ fn e2e_sessions_survive_round_robin_through_the_ingress() {
             Err(format!("nodes {nodes:?}"))
         }
     });
+    // A cookie jar: the session cookie, and whatever else the node sets (its
+    // read-your-writes version cookie).
+    let mut jar: BTreeMap<String, String> = BTreeMap::new();
+    let keep = |jar: &mut BTreeMap<String, String>, r: &HttpResponse| {
+        for (_, value) in r.headers.iter().filter(|(n, _)| n == "set-cookie") {
+            let pair = value.split(';').next().unwrap_or("");
+            if let Some((k, v)) = pair.split_once('=') {
+                jar.insert(k.trim().to_string(), v.trim().to_string());
+            }
+        }
+    };
     let first = post(None).expect("first request");
     assert_eq!(first.status, 200, "{}", first.body);
-    let set_cookie = first
-        .header("set-cookie")
-        .expect("a session cookie")
-        .to_string();
-    let cookie = set_cookie.split(';').next().unwrap().to_string();
-    assert!(cookie.starts_with("SESSIONID="), "{cookie}");
+    keep(&mut jar, &first);
+    assert!(
+        jar.contains_key("SESSIONID"),
+        "a SESSIONID cookie: {:?}",
+        first.headers
+    );
     let (mut expected, _) = counter_reply(&first).unwrap();
     assert_eq!(expected, 1);
     let mut nodes = BTreeSet::new();
     for _ in 0..12 {
-        let r = post(Some(&cookie)).expect("request");
+        let cookie: Vec<String> = jar.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let r = post(Some(&cookie.join("; "))).expect("request");
         assert_eq!(r.status, 200, "{}", r.body);
+        keep(&mut jar, &r);
         let (n, node) = counter_reply(&r).unwrap();
         expected += 1;
         assert_eq!(
