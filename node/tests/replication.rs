@@ -600,6 +600,14 @@ async fn joining_node_is_ready_only_with_every_session_and_keeps_concurrent_writ
         created.len(),
     );
     assert!(during > 0, "no write happened while n3 was joining");
+    // Every session acknowledged before n3 started was in what n3 held when it first
+    // said ready (the state transfer's barrier covers writes in flight on other links).
+    let before_spawn = created.iter().filter(|(_, t)| *t < spawned).count();
+    assert!(
+        held >= JOIN_SESSIONS + before_spawn,
+        "n3 said ready holding {held} sessions; {} existed before it started",
+        JOIN_SESSIONS + before_spawn
+    );
 
     // Every session (old and new) is on n3 — counted before any read, since a read of a
     // session a node lacks would fetch it — and every acknowledged write is in n3's copy.
