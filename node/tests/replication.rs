@@ -723,10 +723,22 @@ async fn kill_during_write_loop(mode: &str) {
     );
     eprintln!("{mode}: n1 killed after {last_acked} acknowledged writes (then: {failure})");
 
-    // Each survivor serves the client (with its cookies, i.e. the last version it saw)
-    // the last acknowledged value — or, async only, an older one that it counts.
     let (victim, survivors) = nodes.split_at_mut(1);
     let victim = &mut victim[0];
+    if mode == "sync" {
+        // Every acknowledged write was acked by every live peer: each survivor's own
+        // replica (read without the version cookie, before anything could fetch) has it.
+        for s in survivors.iter() {
+            let own = bare.counter(s, &sid).await.unwrap();
+            assert!(
+                own >= last_acked,
+                "{}'s own replica has {own}, but {last_acked} writes were acknowledged",
+                s.name
+            );
+        }
+    }
+    // Each survivor serves the client (with its cookies, i.e. the last version it saw)
+    // the last acknowledged value — or, async only, an older one that it counts.
     let mut served = BTreeMap::new();
     let mut rollbacks = 0.0;
     for s in survivors.iter() {
