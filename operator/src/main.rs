@@ -265,3 +265,57 @@ async fn main() -> std::process::ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn subcommands_parse() {
+        let cli = Cli::parse_from([
+            "tribe-operator",
+            "run",
+            "--admin-addr",
+            "127.0.0.1:9",
+            "--leader-elect",
+            "false",
+        ]);
+        match cli.command {
+            Some(Command::Run(a)) => {
+                assert_eq!(a.admin_addr.to_string(), "127.0.0.1:9");
+                assert!(!a.leader_elect);
+                assert_eq!(a.lease_name, "tribe-operator");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            Cli::parse_from(["tribe-operator", "crd"]).command,
+            Some(Command::Crd)
+        ));
+        match Cli::parse_from([
+            "tribe-operator",
+            "local",
+            "x.yaml",
+            "--listen",
+            "127.0.0.1:8001",
+        ])
+        .command
+        {
+            Some(Command::Local(a)) => {
+                assert_eq!(a.file, std::path::PathBuf::from("x.yaml"));
+                assert_eq!(a.listen.port(), 8001);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            Cli::parse_from(["tribe-operator"]).command.is_none(),
+            "no subcommand means run"
+        );
+    }
+}

@@ -67,7 +67,7 @@ fn builder_output_passes_kubernetes_validate() {
         return;
     };
     let sc = full_cluster();
-    let objects = vec![
+    let objects = [
         serde_json::to_value(resources::deployment(&sc)).unwrap(),
         serde_json::to_value(resources::service(&sc)).unwrap(),
         serde_json::to_value(resources::headless_service(&sc)).unwrap(),
