@@ -1065,7 +1065,7 @@ fn helm_installed_operator_runs_as_a_pod_with_its_service_account() {
     helm_uninstall(&plane, "tribe-operator", OPERATOR_NS);
     assert_release_gone(&plane, "tribe-operator", OPERATOR_NS, false);
     wait_for("the operator pods to be gone", LONG, || {
-        let left = plane.k(&["-n", OPERATOR_NS, "get", "pods", "-o", "name"]);
+        let left = plane.try_k(&["-n", OPERATOR_NS, "get", "pods", "-o", "name"])?;
         if left.trim().is_empty() {
             Ok(())
         } else {
@@ -1109,18 +1109,8 @@ fn e2e_sessions_survive_round_robin_through_the_ingress() {
             ),
         ),
     );
-    plane.k(&[
-        "-n",
-        ns,
-        "wait",
-        "--for=condition=Ready",
-        "pod",
-        "-l",
-        "app.kubernetes.io/instance=shop",
-        "--timeout=180s",
-    ]);
-    wait_for("3 ready node pods", LONG, || {
-        let ready = plane.k(&[
+    wait_for("3 ready node pods", Duration::from_secs(240), || {
+        let ready = plane.try_k(&[
             "-n",
             ns,
             "get",
@@ -1128,7 +1118,7 @@ fn e2e_sessions_survive_round_robin_through_the_ingress() {
             "shop",
             "-o",
             "jsonpath={.status.readyReplicas}",
-        ]);
+        ])?;
         if ready.trim() == "3" {
             Ok(())
         } else {
