@@ -234,8 +234,8 @@ fn local_cluster_follows_the_file_and_keeps_sessions() {
     // A node that dies is restarted, and the session is still there.
     let pid = log_text()
         .lines()
-        .filter(|l| l.contains("started node node=1 "))
-        .last()
+        .rev()
+        .find(|l| l.contains("started node node=1 "))
         .and_then(|l| l.split("pid=").nth(1))
         .and_then(|p| p.split_whitespace().next())
         .map(str::to_string)
