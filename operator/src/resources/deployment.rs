@@ -6,11 +6,15 @@ use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
 };
 use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector, PodSpec,
-    PodTemplateSpec, Probe, SecretVolumeSource, Volume, VolumeMount,
+    Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
+    ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile,
+    SecretVolumeSource, SecurityContext, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+/// Group that may read the mounted cluster key (the node image's 65532).
+pub const NODE_GROUP: i64 = 65532;
 
 /// Seconds a node gets between SIGTERM and SIGKILL to hand its sessions over.
 pub const TERMINATION_GRACE_SECONDS: i64 = 60;
@@ -111,6 +115,14 @@ pub fn deployment(sc: &SessionCluster) -> Deployment {
             read_only: Some(true),
             ..VolumeMount::default()
         }]),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                add: None,
+            }),
+            ..SecurityContext::default()
+        }),
         ..Container::default()
     };
     Deployment {
@@ -136,11 +148,22 @@ pub fn deployment(sc: &SessionCluster) -> Deployment {
                 spec: Some(PodSpec {
                     containers: vec![container],
                     termination_grace_period_seconds: Some(TERMINATION_GRACE_SECONDS),
+                    // The key file is group-readable by fsGroup, which every container
+                    // process gets as a supplementary group: any non-root UID can read it.
+                    security_context: Some(PodSecurityContext {
+                        fs_group: Some(NODE_GROUP),
+                        run_as_non_root: None,
+                        seccomp_profile: Some(SeccompProfile {
+                            type_: "RuntimeDefault".into(),
+                            localhost_profile: None,
+                        }),
+                        ..PodSecurityContext::default()
+                    }),
                     volumes: Some(vec![Volume {
                         name: "cluster-key".into(),
                         secret: Some(SecretVolumeSource {
                             secret_name: Some(secret_name(sc)),
-                            default_mode: Some(0o400),
+                            default_mode: Some(0o440),
                             ..SecretVolumeSource::default()
                         }),
                         ..Volume::default()
