@@ -363,7 +363,12 @@ async fn inbound(c: Cluster, stream: tokio::net::TcpStream) {
         .get(&peer.node_id)
         .is_some_and(|m| m.incarnation == peer.incarnation && m.state == MemberState::Alive)
     {
-        ensure_link(&c, peer.addr, false);
+        // The link may already exist and sit in a reconnect backoff (up to MAX_BACKOFF),
+        // e.g. to a static peer that was down until now: cut it short, or the peer's
+        // join waits that long for our dial-back.
+        if let Some(link) = ensure_link(&c, peer.addr, false) {
+            link.kick.notify_one();
+        }
     }
     *inner
         .inbound
