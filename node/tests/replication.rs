@@ -737,8 +737,26 @@ async fn kill_during_write_loop(mode: &str) {
             );
         }
     }
-    // Each survivor serves the client (with its cookies, i.e. the last version it saw)
-    // the last acknowledged value — or, async only, an older one that it counts.
+    // Once the survivors have noticed the crash (a read that asks the dead node for a
+    // newer copy fails instead of counting a rollback)...
+    for (i, s) in survivors.iter().enumerate() {
+        let other = survivors[1 - i].name.clone();
+        eventually(
+            &format!("{} to drop the dead n1", s.name),
+            CONVERGE,
+            || async {
+                let alive = s.alive_members().await?;
+                if alive.len() == 1 && alive.contains(&other) {
+                    Ok(())
+                } else {
+                    Err(format!("{} sees {alive:?} alive", s.name))
+                }
+            },
+        )
+        .await;
+    }
+    // ...each serves the client (with its cookies, i.e. the last version it saw) the
+    // last acknowledged value — or, async only, an older one that it counts.
     let mut served = BTreeMap::new();
     let mut rollbacks = 0.0;
     for s in survivors.iter() {
