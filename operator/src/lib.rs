@@ -11,6 +11,7 @@
 //! - [`metrics`]: Prometheus metrics and the admin HTTP server (`/healthz`, `/readyz`, `/metrics`).
 //! - [`local`]: `tribe-operator local FILE`, a SessionCluster as local node processes.
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 pub mod controller;
 pub mod crd;
