@@ -112,6 +112,26 @@ async fn fresh_cluster_applies_every_child_with_one_manager() {
         .iter()
         .any(|s| s.path.contains("ingresses") && s.method != Method::GET));
 
+    // The writes, in order (Events aside): key first, Services before the Deployment
+    // whose pods need them, status last.
+    let writes: Vec<String> = seen
+        .iter()
+        .filter(|s| s.method != Method::GET && !s.path.contains("/events"))
+        .map(Seen::line)
+        .collect();
+    assert_eq!(
+        writes,
+        [
+            "POST /api/v1/namespaces/web/secrets",
+            "PATCH /api/v1/namespaces/web/services/shop-members",
+            "PATCH /api/v1/namespaces/web/services/shop",
+            "PATCH /apis/apps/v1/namespaces/web/deployments/shop",
+            "PATCH /apis/policy/v1/namespaces/web/poddisruptionbudgets/shop",
+            "PATCH /apis/networking.k8s.io/v1/namespaces/web/networkpolicies/shop",
+            "PATCH /apis/tribe.rs/v1alpha1/namespaces/web/sessionclusters/shop/status",
+        ]
+    );
+
     let ev = events(&seen);
     assert_eq!(
         ev.iter()
