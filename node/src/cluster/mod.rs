@@ -185,6 +185,10 @@ pub(crate) enum Fetched {
     Incomplete,
 }
 
+/// Backup mode: how long past its consistency wait a fetch waits for the primary's
+/// answer before asking the other owners as well.
+const HEDGE_AFTER: Duration = Duration::from_millis(25);
+
 fn origin_of(node_id: &str, incarnation: u64) -> u32 {
     let h = xxhash_rust::xxh3::xxh3_64_with_seed(node_id.as_bytes(), incarnation);
     (h as u32) ^ ((h >> 32) as u32)
@@ -475,7 +479,7 @@ impl Cluster {
     /// plus a network allowance.
     pub(crate) async fn fetch(&self, sid: SessionId, min_version: u64) -> Fetched {
         let inner = &self.inner;
-        let targets: Vec<(String, Arc<Link>)> = if self.backup_mode() {
+        let mut targets: Vec<(String, Arc<Link>)> = if self.backup_mode() {
             self.owners(sid)
                 .into_iter()
                 .filter(|o| o != &inner.me.node_id)
@@ -494,8 +498,16 @@ impl Cluster {
             0
         };
         let timeout = wait + Duration::from_millis(500);
-        let mut futs = futures::stream::FuturesUnordered::new();
-        for (node, link) in targets {
+        // Backup mode: every write reaches the primary first, so ask it alone; ask the
+        // other owners too only when it has not answered with the version wanted within
+        // its consistency wait plus a margin (a hedge), or answered without it. A remote
+        // read then costs two messages instead of 2(k+1).
+        let mut later = if self.backup_mode() && targets.len() > 1 {
+            targets.split_off(1)
+        } else {
+            Vec::new()
+        };
+        let ask = |(node, link): (String, Arc<Link>)| {
             inner.metrics.remote_fetches.inc();
             let id = self.next_id();
             let msg = Message::FetchReq {
@@ -505,22 +517,34 @@ impl Cluster {
                 wait_ms,
             };
             let this = self.clone();
-            futs.push(async move { this.request(&node, &link, id, msg, timeout).await });
-        }
+            async move { this.request(&node, &link, id, msg, timeout).await }
+        };
+        let mut futs: futures::stream::FuturesUnordered<_> = targets.into_iter().map(ask).collect();
+        let hedge = tokio::time::sleep(Duration::from_millis(wait_ms as u64) + HEDGE_AFTER);
+        tokio::pin!(hedge);
         let mut complete = true;
         use futures::StreamExt;
-        while let Some(reply) = futs.next().await {
+        loop {
+            let reply = tokio::select! {
+                r = futs.next() => r,
+                _ = &mut hedge, if !later.is_empty() => {
+                    futs.extend(later.drain(..).map(ask));
+                    continue;
+                }
+            };
             match reply {
-                Some(Message::FetchResp {
+                None if later.is_empty() => break,
+                None => futs.extend(later.drain(..).map(ask)),
+                Some(Some(Message::FetchResp {
                     session: Some(s), ..
-                }) => {
+                })) => {
                     inner.store.merge(&s);
                     if s.version >= min_version {
                         return Fetched::Complete;
                     }
                 }
-                Some(_) => {}
-                None => complete = false,
+                Some(Some(_)) => {}
+                Some(None) => complete = false,
             }
         }
         if complete {
