@@ -261,6 +261,10 @@ async fn check_readable(what: &str, sessions: &mut [Sess], nodes: &[&Node], ever
         errors.len(),
         sample(&errors)
     );
+    let retried = RETRIED.load(std::sync::atomic::Ordering::Relaxed);
+    eprintln!(
+        "{what}: {reads} reads ok ({retried} requests retried after a 5xx so far, all tests)"
+    );
 }
 
 fn sample(errors: &[String]) -> String {
