@@ -358,7 +358,7 @@ fn operator_reconciles_a_session_cluster_into_every_child() {
         "children applied by one field manager with owner references",
         SHORT,
         || {
-            for (key, _) in &all {
+            for key in all.keys() {
                 let (kind, name) = key.split_once('/').unwrap();
                 let obj = get(&plane, ns, kind, name)?;
                 owned_and_applied(key, &obj, &uid)?;
@@ -990,22 +990,30 @@ fn helm_installed_operator_runs_as_a_pod_with_its_service_account() {
         &plane,
         "tribe-operator",
         OPERATOR_NS,
-        &["replicaCount=2"],
-        true,
+        &["replicaCount=2", "example.enabled=true"],
+        // Not `--wait`: helm 4 waits for the example SessionCluster's Ready condition
+        // too (kstatus), and its nodes have no image here.
+        false,
     );
-    let ready = plane.k(&[
-        "-n",
-        OPERATOR_NS,
-        "get",
-        "deploy",
-        "tribe-operator",
-        "-o",
-        "jsonpath={.status.readyReplicas}",
-    ]);
-    assert_eq!(
-        ready.trim(),
-        "2",
-        "both operator pods ready (probes on the admin port)"
+    wait_for(
+        "both operator pods ready (probes on the admin port)",
+        LONG,
+        || {
+            let ready = plane.try_k(&[
+                "-n",
+                OPERATOR_NS,
+                "get",
+                "deploy",
+                "tribe-operator",
+                "-o",
+                "jsonpath={.status.readyReplicas}",
+            ])?;
+            if ready.trim() == "2" {
+                Ok(())
+            } else {
+                Err(format!("ready {ready:?}"))
+            }
+        },
     );
 
     // One of the two pods holds the Lease, under its pod name.
@@ -1049,6 +1057,8 @@ fn helm_installed_operator_runs_as_a_pod_with_its_service_account() {
             Err(format!("{}", sc["status"]))
         }
     });
+    // The chart's example SessionCluster (installed after the CRD in crds/) is reconciled too.
+    wait_children(&plane, OPERATOR_NS, "example", false);
     let logs = plane.k(&[
         "-n",
         OPERATOR_NS,
@@ -1064,14 +1074,31 @@ fn helm_installed_operator_runs_as_a_pod_with_its_service_account() {
 
     helm_uninstall(&plane, "tribe-operator", OPERATOR_NS);
     assert_release_gone(&plane, "tribe-operator", OPERATOR_NS, false);
-    wait_for("the operator pods to be gone", LONG, || {
-        let left = plane.try_k(&["-n", OPERATOR_NS, "get", "pods", "-o", "name"])?;
-        if left.trim().is_empty() {
+    // The uninstall deleted the example SessionCluster; the garbage collector its children.
+    wait_for("the example's children to be gone", LONG, || {
+        let left: Vec<String> = children("example", false)
+            .into_iter()
+            .filter(|(kind, name)| get(&plane, OPERATOR_NS, kind, name).is_ok())
+            .map(|(k, n)| format!("{k}/{n}"))
+            .collect();
+        if left.is_empty() {
             Ok(())
         } else {
-            Err(left)
+            Err(format!("left: {left:?}"))
         }
     });
+    wait_for(
+        "every pod (operator and example nodes) to be gone",
+        LONG,
+        || {
+            let left = plane.try_k(&["-n", OPERATOR_NS, "get", "pods", "-o", "name"])?;
+            if left.trim().is_empty() {
+                Ok(())
+            } else {
+                Err(left)
+            }
+        },
+    );
 }
 
 /// The counter in a `POST /counter` answer, and the node that answered.

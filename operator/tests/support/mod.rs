@@ -249,7 +249,6 @@ impl ControlPlane {
     /// Starts (or attaches to) a control plane for `test`; `None` when neither
     /// `TRIBE_TEST_KUBECONFIG` nor `../shared/k8s/up` exists (the skip is printed).
     pub fn start(test: &str) -> Option<ControlPlane> {
-        let kubectl = require_tool("kubectl");
         if let Some(kc) = std::env::var_os("TRIBE_TEST_KUBECONFIG").filter(|v| !v.is_empty()) {
             let kubeconfig = PathBuf::from(kc);
             assert!(
@@ -265,6 +264,7 @@ impl ControlPlane {
                 "[{test}] using the control plane of TRIBE_TEST_KUBECONFIG={}",
                 kubeconfig.display()
             );
+            let kubectl = require_tool("kubectl");
             return Some(ControlPlane {
                 dir,
                 kubeconfig,
@@ -283,6 +283,7 @@ impl ControlPlane {
             );
             return None;
         };
+        let kubectl = require_tool("kubectl");
         let dir = scratch_dir(&format!("k8s-{test}"));
         eprintln!("[{test}] starting a control plane in {}", dir.display());
         let started = Instant::now();
