@@ -2,22 +2,26 @@
 //! grows, in `delta` mode (every node holds every session) and `backup` mode (a primary
 //! and `k` backups per session).
 //!
-//! For each mode and each cluster size N it starts N release-build `tribe-node`
+//! For each routing, mode and cluster size N it starts N release-build `tribe-node`
 //! processes on loopback (static peers), creates the sessions, then drives a fixed
-//! number of `POST /counter` writes, each session's writes one after another and each
-//! write on the next node round-robin (no sticky sessions: most writes land on a node
-//! that is not the session's primary). It reports, for the write phase only:
-//! - CPU-seconds of all node processes (utime + stime from `/proc/<pid>/stat`) per
-//!   1,000 writes, and the idle CPU the same nodes burn in as long (for context);
-//! - bytes sent to peers per write (`tribe_bytes_sent_total`), replication deltas and
-//!   forwards per write;
-//! - and it checks every session's counter at the end (no write lost).
+//! number of `POST /counter` writes, each session's writes one after another, either
+//! each on the next node (`round-robin`: a proxy without sticky sessions, so most writes
+//! land on a node that is not the session's primary) or always on the same node
+//! (`sticky`). It reports, for the write phase only:
+//! - CPU-seconds of all node processes (utime + stime from `/proc/<pid>/stat`, 10 ms
+//!   ticks: hence 20,000 writes by default) per 1,000 writes, and the idle CPU the same
+//!   nodes burn in as long (for context);
+//! - bytes sent to peers per write (`tribe_bytes_sent_total`), and replication deltas,
+//!   forwards to the primary and remote fetches per write;
+//! - writes whose answer was not the previous counter + 1 ("lost"; must be 0).
 //!
 //! ```text
-//! cargo build --release -p tribe-node
-//! cargo run --release -p tribe-node --example scaling -- [--nodes 2,4,8,16] [--writes 5000] [--sessions 100] [--json]
+//! cargo build --release -p tribe-node --bin tribe-node --example scaling
+//! target/release/examples/scaling [--nodes 2,4,8,16] [--modes delta,backup] \
+//!     [--routing round-robin,sticky] [--writes 20000] [--sessions 100] [--concurrency 2] [--json]
 //! ```
-//! The node binary is `target/release/tribe-node` (or `$TRIBE_NODE_BIN`).
+//! The node binary is `target/release/tribe-node` (or `$TRIBE_NODE_BIN`); node logs go
+//! to `$TRIBE_BENCH_LOGS` (default: a fresh directory under the temp dir).
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener};
@@ -39,18 +43,29 @@ struct Args {
     /// Modes: `delta`, `backup` (k = --backups).
     #[arg(long, value_delimiter = ',', default_value = "delta,backup")]
     modes: Vec<String>,
+    /// How each session's writes pick a node: `round-robin` (the next node every time,
+    /// like a round-robin proxy without sticky sessions) or `sticky` (always the same
+    /// node, sessions spread evenly).
+    #[arg(long, value_delimiter = ',', default_value = "round-robin,sticky")]
+    routing: Vec<String>,
     /// Backups per session in backup mode.
     #[arg(long, default_value_t = 1)]
     backups: usize,
     /// Measured writes per run.
-    #[arg(long, default_value_t = 5000)]
+    #[arg(long, default_value_t = 20000)]
     writes: usize,
     /// Sessions the writes are spread over.
     #[arg(long, default_value_t = 100)]
     sessions: usize,
-    /// Sessions written concurrently (each session has one request in flight at most).
-    #[arg(long, default_value_t = 32)]
+    /// Sessions written concurrently in all (each session has at most one request in
+    /// flight). Low by default so that the machine is not saturated and the figure is
+    /// the work a write costs, not how 2N tokio workers contend for the cores.
+    #[arg(long, default_value_t = 2)]
     concurrency: usize,
+    /// Sessions written concurrently per node instead (the same load per node at every
+    /// N; on a small machine large N then also measures scheduling contention).
+    #[arg(long)]
+    concurrency_per_node: Option<usize>,
     /// Print JSON instead of a Markdown table.
     #[arg(long)]
     json: bool,
@@ -59,6 +74,8 @@ struct Args {
 /// One measured run.
 #[derive(Debug, Clone, serde::Serialize)]
 struct Row {
+    routing: String,
+    concurrency: usize,
     mode: String,
     nodes: usize,
     writes: usize,
@@ -289,7 +306,16 @@ impl User {
     }
 }
 
-async fn run_one(args: &Args, mode: &str, n: usize, ticks: f64) -> Row {
+async fn run_one(args: &Args, routing: &str, mode: &str, n: usize, ticks: f64) -> Row {
+    let concurrency = args
+        .concurrency_per_node
+        .map_or(args.concurrency, |c| c * n)
+        .min(args.sessions);
+    let sticky = match routing {
+        "round-robin" => false,
+        "sticky" => true,
+        other => panic!("unknown routing {other:?} (round-robin or sticky)"),
+    };
     let mode_args: Vec<String> = match mode {
         "delta" => vec!["--replication".into(), "delta".into()],
         "backup" => vec![
@@ -303,7 +329,7 @@ async fn run_one(args: &Args, mode: &str, n: usize, ticks: f64) -> Row {
     let procs = spawn_cluster(mode, n, &mode_args);
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
-        .pool_max_idle_per_host(args.concurrency)
+        .pool_max_idle_per_host(concurrency)
         .build()
         .unwrap();
     wait_formed(&http, &procs).await;
@@ -319,7 +345,7 @@ async fn run_one(args: &Args, mode: &str, n: usize, ticks: f64) -> Row {
                 Ok(())
             }
         })
-        .buffer_unordered(args.concurrency)
+        .buffer_unordered(concurrency)
         .collect()
         .await;
     created
@@ -348,7 +374,7 @@ async fn run_one(args: &Args, mode: &str, n: usize, ticks: f64) -> Row {
             async move {
                 let mut errors = Vec::new();
                 for j in 0..per_user {
-                    let node = nodes[(i + 1 + j) % nodes.len()];
+                    let node = nodes[(i + if sticky { 0 } else { 1 + j }) % nodes.len()];
                     match u.post(&http, node).await {
                         Ok(c) if c == u.counter + 1 => u.counter = c,
                         Ok(c) => {
@@ -361,7 +387,7 @@ async fn run_one(args: &Args, mode: &str, n: usize, ticks: f64) -> Row {
                 errors
             }
         })
-        .buffer_unordered(args.concurrency)
+        .buffer_unordered(concurrency)
         .flat_map(futures::stream::iter)
         .collect()
         .await;
@@ -391,6 +417,8 @@ async fn run_one(args: &Args, mode: &str, n: usize, ticks: f64) -> Row {
     }
     let w = writes as f64;
     Row {
+        routing: routing.to_string(),
+        concurrency,
         mode: match mode {
             "backup" => format!("backup k={}", args.backups),
             m => m.to_string(),
@@ -417,26 +445,33 @@ async fn main() {
         .map(|n| n.get())
         .unwrap_or(1);
     let mut rows = Vec::new();
-    for mode in &args.modes {
-        for &n in &args.nodes {
-            let row = run_one(&args, mode, n, ticks).await;
-            eprintln!("{row:?}");
-            rows.push(row);
+    for routing in &args.routing {
+        for mode in &args.modes {
+            for &n in &args.nodes {
+                let row = run_one(&args, routing, mode, n, ticks).await;
+                eprintln!("{row:?}");
+                rows.push(row);
+            }
         }
     }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&rows).unwrap());
         return;
     }
+    let load = match args.concurrency_per_node {
+        Some(c) => format!("{c} sessions in flight per node"),
+        None => format!("{} sessions in flight", args.concurrency),
+    };
     println!(
-        "{} writes over {} sessions per run, round-robin over the nodes; {cores} cores; release build\n",
+        "{} writes over {} sessions per run, {load}; {cores} cores; release build\n",
         args.writes, args.sessions
     );
-    println!("| mode | nodes | writes/s | CPU-s per 1k writes | (idle share) | bytes sent per write | deltas per write | forwards per write | fetches per write | lost |");
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("| routing | mode | nodes | writes/s | CPU-s per 1k writes | (idle share) | bytes sent per write | deltas per write | forwards per write | fetches per write | lost |");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in &rows {
         println!(
-            "| {} | {} | {:.0} | {:.3} | {:.3} | {:.0} | {:.2} | {:.2} | {:.2} | {} |",
+            "| {} | {} | {} | {:.0} | {:.3} | {:.3} | {:.0} | {:.2} | {:.2} | {:.2} | {} |",
+            r.routing,
             r.mode,
             r.nodes,
             r.writes as f64 / r.seconds,
@@ -449,21 +484,26 @@ async fn main() {
             r.lost_writes
         );
     }
-    // Growth from the smallest to the largest cluster, per mode.
+    // Growth from the smallest to the largest cluster, per routing and mode.
     println!();
-    for mode in rows
-        .iter()
-        .map(|r| r.mode.clone())
-        .collect::<std::collections::BTreeSet<_>>()
-    {
-        let of: Vec<&Row> = rows.iter().filter(|r| r.mode == mode).collect();
+    let mut seen = std::collections::BTreeSet::new();
+    for r in &rows {
+        if !seen.insert((r.routing.clone(), r.mode.clone())) {
+            continue;
+        }
+        let of: Vec<&Row> = rows
+            .iter()
+            .filter(|x| x.routing == r.routing && x.mode == r.mode)
+            .collect();
         if let (Some(a), Some(b)) = (of.first(), of.last()) {
             if a.nodes != b.nodes {
                 println!(
-                    "{mode}: CPU per write at {} nodes = {:.2}× {} nodes; bytes per write {:.2}×",
+                    "{}, {}: per write at {} nodes vs {}: CPU {:.2}×, bytes {:.2}×",
+                    r.routing,
+                    r.mode,
                     b.nodes,
-                    b.cpu_seconds_per_1k_writes / a.cpu_seconds_per_1k_writes,
                     a.nodes,
+                    b.cpu_seconds_per_1k_writes / a.cpu_seconds_per_1k_writes,
                     b.bytes_per_write / a.bytes_per_write
                 );
             }
