@@ -230,7 +230,8 @@ fn api_server_accepts_the_crd_and_the_examples_and_rejects_the_invalid_one() {
         );
     }
 
-    let ns = "examples";
+    let ns = plane.ns("examples");
+    let ns = ns.as_str();
     plane.create_namespace(ns);
     let examples = repo_root().join("examples");
     for file in ["minimal.yaml", "full.yaml"] {
@@ -333,10 +334,13 @@ fn operator_reconciles_a_session_cluster_into_every_child() {
     let Some(plane) = plane_with_crd("reconcile") else {
         return;
     };
-    plane.create_namespace(OPERATOR_NS);
-    let ns = "shop";
+    let opns = plane.ns(OPERATOR_NS);
+    let opns = opns.as_str();
+    plane.create_namespace(opns);
+    let ns = plane.ns("shop");
+    let ns = ns.as_str();
     plane.create_namespace(ns);
-    let mut op = Operator::start("op-a", &plane.kubeconfig, OPERATOR_NS, &[]);
+    let mut op = Operator::start("op-a", &plane.kubeconfig, opns, &[]);
 
     apply(
         &plane,
@@ -433,7 +437,7 @@ fn operator_reconciles_a_session_cluster_into_every_child() {
         "operator exits on SIGTERM within 20 s:\n{}",
         op.log_text()
     );
-    let op = Operator::start("op-b", &plane.kubeconfig, OPERATOR_NS, &[]);
+    let op = Operator::start("op-b", &plane.kubeconfig, opns, &[]);
     wait_for("op-b to complete a reconcile", LONG, || {
         let done = op.metric_sum("tribe_operator_reconcile_duration_seconds_count", None)?;
         if done >= 1.0 {
@@ -545,10 +549,13 @@ fn unrealisable_spec_gives_degraded_and_an_event_without_crash_looping() {
     let Some(plane) = plane_with_crd("degraded") else {
         return;
     };
-    plane.create_namespace(OPERATOR_NS);
-    let ns = "bad";
+    let opns = plane.ns(OPERATOR_NS);
+    let opns = opns.as_str();
+    plane.create_namespace(opns);
+    let ns = plane.ns("bad");
+    let ns = ns.as_str();
     plane.create_namespace(ns);
-    let mut op = Operator::start("op-a", &plane.kubeconfig, OPERATOR_NS, &[]);
+    let mut op = Operator::start("op-a", &plane.kubeconfig, opns, &[]);
 
     // The CRD accepts any host string, but no Ingress may have this host: the API server
     // refuses the child, so the operator cannot realise the spec.
@@ -632,8 +639,8 @@ fn unrealisable_spec_gives_degraded_and_an_event_without_crash_looping() {
 }
 
 /// The Lease the operators elect on: (holder, name).
-fn lease_holder(plane: &ControlPlane) -> Result<(String, String), String> {
-    let leases = plane.get_json(&["-n", OPERATOR_NS, "leases"])?;
+fn lease_holder(plane: &ControlPlane, ns: &str) -> Result<(String, String), String> {
+    let leases = plane.get_json(&["-n", ns, "leases"])?;
     let items = leases["items"].as_array().cloned().unwrap_or_default();
     let lease = items.first().ok_or("no Lease yet")?;
     let holder = lease["spec"]["holderIdentity"]
@@ -654,10 +661,13 @@ fn only_the_lease_holder_writes() {
     let Some(plane) = plane_with_crd("leader") else {
         return;
     };
-    plane.create_namespace(OPERATOR_NS);
-    let ns = "apps";
+    let opns = plane.ns(OPERATOR_NS);
+    let opns = opns.as_str();
+    plane.create_namespace(opns);
+    let ns = plane.ns("apps");
+    let ns = ns.as_str();
     plane.create_namespace(ns);
-    let mut a = Operator::start("op-a", &plane.kubeconfig, OPERATOR_NS, &[]);
+    let mut a = Operator::start("op-a", &plane.kubeconfig, opns, &[]);
     wait_for("op-a to lead", SHORT, || {
         if is_leader(&a)? {
             Ok(())
@@ -665,8 +675,10 @@ fn only_the_lease_holder_writes() {
             Err("not leader".into())
         }
     });
-    let b = Operator::start("op-b", &plane.kubeconfig, OPERATOR_NS, &[]);
-    let (holder, lease) = wait_for("the Lease to name op-a", SHORT, || lease_holder(&plane));
+    let b = Operator::start("op-b", &plane.kubeconfig, opns, &[]);
+    let (holder, lease) = wait_for("the Lease to name op-a", SHORT, || {
+        lease_holder(&plane, opns)
+    });
     assert!(holder.contains("op-a"), "holder {holder} of Lease {lease}");
 
     apply(&plane, &session_cluster("one", ns, "  replicas: 2\n"));
@@ -690,7 +702,7 @@ fn only_the_lease_holder_writes() {
         b.log_text()
     );
     assert_eq!(
-        lease_holder(&plane).unwrap().0,
+        lease_holder(&plane, opns).unwrap().0,
         holder,
         "the Lease stays with op-a"
     );
@@ -698,7 +710,7 @@ fn only_the_lease_holder_writes() {
     // op-a crashes (no chance to release): op-b takes over once the Lease expires, and writes.
     a.kill();
     wait_for("op-b to take the Lease", LONG, || {
-        let (h, _) = lease_holder(&plane)?;
+        let (h, _) = lease_holder(&plane, opns)?;
         if h.contains("op-b") && is_leader(&b)? {
             Ok(())
         } else {
@@ -810,9 +822,12 @@ fn operator_works_with_exactly_the_charts_rbac() {
     let Some(plane) = ControlPlane::start("rbac") else {
         return;
     };
+    let opns = plane.ns(OPERATOR_NS);
+    let opns = opns.as_str();
+    plane.create_namespace(opns);
     // The chart installs the CRD (crds/) and the RBAC; its operator pod stays Pending here
     // (no podrunner), so the operator runs locally with the chart ServiceAccount's token.
-    helm_install(&plane, "tribe-operator", OPERATOR_NS, &[], false);
+    helm_install(&plane, "tribe-operator", opns, &[], false);
     plane.k(&[
         "wait",
         "--for=condition=Established",
@@ -822,7 +837,7 @@ fn operator_works_with_exactly_the_charts_rbac() {
     let sa = "tribe-operator";
     let dir = scratch_dir("rbac");
     let sa_kubeconfig = dir.join("sa.kubeconfig");
-    service_account_kubeconfig(&plane, OPERATOR_NS, sa, &sa_kubeconfig);
+    service_account_kubeconfig(&plane, opns, sa, &sa_kubeconfig);
     let who = run(std::process::Command::new(require_tool("kubectl")).args([
         "--kubeconfig",
         sa_kubeconfig.to_str().unwrap(),
@@ -832,14 +847,11 @@ fn operator_works_with_exactly_the_charts_rbac() {
         "jsonpath={.status.userInfo.username}",
     ]));
     if let Ok(who) = who {
-        assert_eq!(
-            who.trim(),
-            format!("system:serviceaccount:{OPERATOR_NS}:{sa}")
-        );
+        assert_eq!(who.trim(), format!("system:serviceaccount:{opns}:{sa}"));
     }
 
     // What the chart must not allow.
-    let as_sa = format!("--as=system:serviceaccount:{OPERATOR_NS}:{sa}");
+    let as_sa = format!("--as=system:serviceaccount:{opns}:{sa}");
     for (verb, what, ns) in [
         ("delete", "sessionclusters.tribe.rs", "apps"),
         ("create", "pods", "apps"),
@@ -861,12 +873,13 @@ fn operator_works_with_exactly_the_charts_rbac() {
         );
     }
 
-    let ns = "apps";
+    let ns = plane.ns("apps");
+    let ns = ns.as_str();
     plane.create_namespace(ns);
     let op = Operator::start(
         "rbac-op",
         &sa_kubeconfig,
-        OPERATOR_NS,
+        opns,
         &[("TRIBE_OPERATOR_LEASE_NAME", "tribe-operator")],
     );
     apply(
@@ -886,7 +899,7 @@ fn operator_works_with_exactly_the_charts_rbac() {
             Err(format!("{}", sc["status"]))
         }
     });
-    let (holder, lease) = wait_for("the Lease", SHORT, || lease_holder(&plane));
+    let (holder, lease) = wait_for("the Lease", SHORT, || lease_holder(&plane, opns));
     assert_eq!(
         lease, "tribe-operator",
         "the Lease the chart's Role names (holder {holder})"
@@ -918,7 +931,9 @@ fn operator_works_with_exactly_the_charts_rbac() {
     drop(op);
 
     // The namespaced variant: a Role in its own namespace only, and it watches only that one.
-    let team = "team";
+    let team = plane.ns("team");
+    let team = team.as_str();
+    plane.create_namespace(team);
     helm_install(&plane, "tribe-team", team, &["rbac.namespaced=true"], false);
     let team_kubeconfig = dir.join("team.kubeconfig");
     service_account_kubeconfig(&plane, team, "tribe-team-tribe-operator", &team_kubeconfig);
@@ -950,8 +965,8 @@ fn operator_works_with_exactly_the_charts_rbac() {
 
     helm_uninstall(&plane, "tribe-team", team);
     assert_release_gone(&plane, "tribe-team", team, true);
-    helm_uninstall(&plane, "tribe-operator", OPERATOR_NS);
-    assert_release_gone(&plane, "tribe-operator", OPERATOR_NS, false);
+    helm_uninstall(&plane, "tribe-operator", opns);
+    assert_release_gone(&plane, "tribe-operator", opns, false);
 }
 
 /// images.yaml for the podrunner: the image names of the chart and of the SessionCluster
@@ -1028,7 +1043,9 @@ fn helm_installed_operator_runs_as_a_pod_with_its_service_account() {
         "jsonpath={.items[*].metadata.name}",
     ]);
     let pods: Vec<&str> = pods.split_whitespace().collect();
-    let (holder, _) = wait_for("a pod to hold the Lease", LONG, || lease_holder(&plane));
+    let (holder, _) = wait_for("a pod to hold the Lease", LONG, || {
+        lease_holder(&plane, OPERATOR_NS)
+    });
     assert!(
         pods.iter().any(|p| holder.contains(p)),
         "holder {holder} is one of {pods:?}"

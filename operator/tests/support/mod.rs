@@ -11,6 +11,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -237,7 +238,17 @@ pub struct ControlPlane {
     /// `../shared/k8s`.
     k8s: Option<PathBuf>,
     kubectl: PathBuf,
+    /// Appended to namespace names on a shared (external) cluster, so runs never collide.
+    suffix: String,
+    /// Namespaces this fixture created (deleted again on a shared cluster).
+    namespaces: Mutex<Vec<String>>,
+    /// On a shared cluster the tests take turns: cluster-wide operators of two tests
+    /// would reconcile each other's objects.
+    _turn: Option<MutexGuard<'static, ()>>,
 }
+
+/// Taken by each test that uses the shared cluster of `TRIBE_TEST_KUBECONFIG`.
+static EXTERNAL_TURN: Mutex<()> = Mutex::new(());
 
 /// Where the shared control-plane scripts live: `<repo>/../shared/k8s`.
 pub fn shared_k8s() -> Option<PathBuf> {
@@ -265,12 +276,22 @@ impl ControlPlane {
                 kubeconfig.display()
             );
             let kubectl = require_tool("kubectl");
+            let turn = EXTERNAL_TURN.lock().unwrap_or_else(|p| p.into_inner());
+            static RUN: AtomicU32 = AtomicU32::new(0);
+            let suffix = format!(
+                "-{}-{}",
+                std::process::id(),
+                RUN.fetch_add(1, Ordering::Relaxed)
+            );
             return Some(ControlPlane {
                 dir,
                 kubeconfig,
                 owned: false,
                 k8s: shared_k8s(),
                 kubectl,
+                suffix,
+                namespaces: Mutex::default(),
+                _turn: Some(turn),
             });
         }
         let Some(k8s) = shared_k8s() else {
@@ -293,6 +314,9 @@ impl ControlPlane {
             owned: true,
             k8s: Some(k8s.clone()),
             kubectl,
+            suffix: String::new(),
+            namespaces: Mutex::default(),
+            _turn: None,
         };
         if let Err(e) = run(Command::new(k8s.join("up")).arg(&plane.dir)) {
             plane.dump_logs();
@@ -343,6 +367,7 @@ impl ControlPlane {
     /// Creates a namespace (and waits until it is usable).
     pub fn create_namespace(&self, ns: &str) {
         self.k(&["create", "namespace", ns]);
+        self.namespaces.lock().unwrap().push(ns.to_string());
         wait_for(
             &format!("service account default in {ns}"),
             Duration::from_secs(60),
@@ -351,6 +376,12 @@ impl ControlPlane {
                     .map(|_| ())
             },
         );
+    }
+
+    /// The name to use for namespace `base`: itself on a control plane of this test's
+    /// own, made unique on a shared one.
+    pub fn ns(&self, base: &str) -> String {
+        format!("{base}{}", self.suffix)
     }
 
     /// Applies the repository's CRD and waits until it is Established.
@@ -433,6 +464,19 @@ impl Drop for ControlPlane {
                 if let Err(e) = run(Command::new(k8s.join("down")).arg(&self.dir)) {
                     eprintln!("down {} failed: {e}", self.dir.display());
                 }
+            }
+            // Keep the logs of a failed test for a post-mortem; drop those of a passed one.
+            if !std::thread::panicking() {
+                let _ = std::fs::remove_dir_all(&self.dir);
+            }
+        } else {
+            for ns in self
+                .namespaces
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+            {
+                let _ = self.try_k(&["delete", "namespace", ns, "--wait=false"]);
             }
         }
     }
@@ -615,6 +659,11 @@ impl Drop for Operator {
             print_tail(&self.log, 80);
         }
         self.stop(Duration::from_secs(10));
+        if !std::thread::panicking() {
+            if let Some(dir) = self.log.parent() {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+        }
     }
 }
 
