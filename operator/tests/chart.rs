@@ -310,3 +310,81 @@ fn namespaced_render_has_only_roles_and_the_example() {
     assert_eq!(ex["spec"]["replicas"], 3);
     assert_eq!(ex["spec"]["ingress"]["enabled"], true);
 }
+
+#[test]
+fn chart_supports_kubernetes_1_24_and_newer_only() {
+    let chart = chart_dir();
+    let chart = chart.to_str().unwrap();
+    for ok in ["1.24.0", "1.30.0", "1.35.0"] {
+        helm(&["template", "t", chart, "--kube-version", ok])
+            .unwrap_or_else(|e| panic!("the chart must render for Kubernetes {ok}: {e}"));
+    }
+    let err = helm(&["template", "t", chart, "--kube-version", "1.23.0"])
+        .expect_err("Chart.yaml kubeVersion refuses Kubernetes 1.23");
+    assert!(
+        err.contains("kubeVersion") || err.contains("incompatible"),
+        "{err}"
+    );
+}
+
+/// The two image builds: multi-stage, the final stage small and non-root, running the
+/// binary that the workspace builds. (No container engine here to build them.)
+#[test]
+fn dockerfiles_are_multi_stage_and_non_root() {
+    for (file, bin) in [
+        ("operator/Dockerfile", "tribe-operator"),
+        ("node/Dockerfile", "tribe-node"),
+    ] {
+        let text = std::fs::read_to_string(repo_root().join(file)).unwrap();
+        let lines: Vec<&str> = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+            .collect();
+        let froms: Vec<usize> = (0..lines.len())
+            .filter(|&i| lines[i].starts_with("FROM "))
+            .collect();
+        assert!(froms.len() >= 2, "{file}: multi-stage");
+        let last = &lines[*froms.last().unwrap()..];
+        assert!(
+            last[0].contains("distroless") || last[0].contains("-slim"),
+            "{file}: a small runtime base: {}",
+            last[0]
+        );
+        let user = last
+            .iter()
+            .rev()
+            .find(|l| l.starts_with("USER "))
+            .unwrap_or_else(|| panic!("{file}: the runtime stage sets USER"));
+        let uid = user[5..].split(':').next().unwrap().trim();
+        assert!(
+            uid != "0" && uid != "root",
+            "{file}: non-root user, got {user}"
+        );
+        assert!(
+            last.iter()
+                .any(|l| l.starts_with("COPY --from=") && l.contains(bin)),
+            "{file}: the runtime stage copies {bin} from the build stage"
+        );
+        assert!(
+            last.iter()
+                .any(|l| l.starts_with("ENTRYPOINT") && l.contains(bin)),
+            "{file}: ENTRYPOINT runs {bin}"
+        );
+        let build = &lines[froms[0]..froms[1]];
+        assert!(
+            build.iter().any(|l| l.contains("cargo build")
+                && l.contains("--release")
+                && l.contains("--locked")
+                && l.contains(&format!("--bin {bin}"))),
+            "{file}: a locked release build of {bin}"
+        );
+    }
+    let ignore = std::fs::read_to_string(repo_root().join(".dockerignore")).unwrap();
+    for must in ["target", ".git", ".tools"] {
+        assert!(
+            ignore.lines().any(|l| l.trim() == must),
+            ".dockerignore keeps {must} out of the build context"
+        );
+    }
+}
