@@ -1128,103 +1128,160 @@ fn counter_reply(r: &HttpResponse) -> Result<(i64, String), String> {
     Ok((n, node.to_string()))
 }
 
-#[test]
-fn e2e_sessions_survive_round_robin_through_the_ingress() {
-    let node = match workspace_bin("tribe-node") {
-        Ok(n) => n,
-        Err(e) => panic!("{e}"),
-    };
-    let _pods = POD_LOCK.lock().unwrap_or_else(|p| p.into_inner());
-    let Some(plane) = plane_with_pods("e2e", |d| images_file(d, Some(&node))) else {
-        return;
-    };
-    helm_install(&plane, "tribe-operator", OPERATOR_NS, &[], true);
+/// The ingress stand-in of the podrunner.
+const INGRESS: &str = "127.0.0.1:18080";
+/// The Host of the e2e SessionCluster's Ingress.
+const SHOP_HOST: &str = "shop.tribe.test";
 
-    let ns = "shop";
+/// A browser of the demo app through the ingress: one Host, one cookie jar (the session
+/// cookie and the node's read-your-writes version cookie).
+struct Browser {
+    host: String,
+    jar: BTreeMap<String, String>,
+}
+
+impl Browser {
+    fn new(host: &str) -> Self {
+        Browser {
+            host: host.to_string(),
+            jar: BTreeMap::new(),
+        }
+    }
+
+    /// `POST /counter`: (counter, node).
+    fn count(&mut self) -> Result<(i64, String), String> {
+        let cookie: Vec<String> = self.jar.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let cookie = cookie.join("; ");
+        let mut headers = vec![("Host", self.host.as_str())];
+        if !cookie.is_empty() {
+            headers.push(("Cookie", cookie.as_str()));
+        }
+        let r = http(
+            INGRESS.parse().unwrap(),
+            "POST",
+            "/counter",
+            &headers,
+            "",
+            Duration::from_secs(10),
+        )?;
+        if r.status != 200 {
+            return Err(format!("status {}: {}", r.status, r.body));
+        }
+        for (_, value) in r.headers.iter().filter(|(n, _)| n == "set-cookie") {
+            let pair = value.split(';').next().unwrap_or("");
+            if let Some((k, v)) = pair.split_once('=') {
+                self.jar.insert(k.trim().to_string(), v.trim().to_string());
+            }
+        }
+        counter_reply(&r)
+    }
+}
+
+/// Helm-installs the operator (as a pod) and applies SessionCluster `shop` with
+/// `replicas` nodes behind an Ingress for [`SHOP_HOST`]; waits until the ingress answers from
+/// every node.
+fn start_shop(plane: &ControlPlane, ns: &str, replicas: usize) {
+    let host = SHOP_HOST;
+    helm_install(plane, "tribe-operator", OPERATOR_NS, &[], true);
     plane.create_namespace(ns);
-    let host = "shop.tribe.test";
     apply(
-        &plane,
+        plane,
         &session_cluster(
             "shop",
             ns,
             &format!(
-                "  replicas: 3\n  replication: {{mode: delta, sendMode: sync}}\n  ingress: {{enabled: true, host: {host}, className: nginx}}\n"
+                "  replicas: {replicas}\n  replication: {{mode: delta, sendMode: sync}}\n  ingress: {{enabled: true, host: {host}, className: nginx}}\n"
             ),
         ),
     );
-    wait_for("3 ready node pods", Duration::from_secs(240), || {
-        let ready = plane.try_k(&[
-            "-n",
-            ns,
-            "get",
-            "deploy",
-            "shop",
-            "-o",
-            "jsonpath={.status.readyReplicas}",
-        ])?;
-        if ready.trim() == "3" {
-            Ok(())
-        } else {
-            Err(format!("ready {ready}"))
-        }
-    });
+    wait_ready_nodes(plane, ns, replicas);
+}
+
+/// Waits for `n` ready node pods, and for the ingress to answer from `n` distinct nodes
+/// (endpoints follow readiness with a lag).
+fn wait_ready_nodes(plane: &ControlPlane, ns: &str, n: usize) {
+    wait_for(
+        &format!("{n} ready node pods"),
+        Duration::from_secs(240),
+        || {
+            let ready = plane.try_k(&[
+                "-n",
+                ns,
+                "get",
+                "deploy",
+                "shop",
+                "-o",
+                "jsonpath={.status.readyReplicas}",
+            ])?;
+            if ready.trim() == n.to_string() {
+                Ok(())
+            } else {
+                Err(format!("ready {ready:?}"))
+            }
+        },
+    );
+    let host = SHOP_HOST;
+    wait_for(
+        &format!("the ingress to answer from {n} distinct nodes"),
+        LONG,
+        || {
+            let mut nodes = BTreeSet::new();
+            for _ in 0..4 * n {
+                // A fresh browser each time: no session to keep, only who answers.
+                nodes.insert(Browser::new(host).count()?.1);
+            }
+            if nodes.len() == n {
+                Ok(())
+            } else {
+                Err(format!("nodes {nodes:?}"))
+            }
+        },
+    );
+}
+
+/// Waits until the status reports `n` ready replicas and `n` members.
+fn wait_status_members(plane: &ControlPlane, ns: &str, n: i64) -> Value {
+    wait_for(
+        &format!("status: {n} ready, {n} members, sessions counted"),
+        LONG,
+        || {
+            let sc = plane.get_json(&["-n", ns, "sessionclusters", "shop"])?;
+            let st = &sc["status"];
+            if st["readyReplicas"] == n
+                && st["members"] == n
+                && st["sessions"].as_i64().unwrap_or(0) >= 1
+            {
+                Ok(sc)
+            } else {
+                Err(format!("{st}"))
+            }
+        },
+    )
+}
+
+#[test]
+fn e2e_sessions_survive_round_robin_through_the_ingress() {
+    let node = workspace_bin("tribe-node").unwrap_or_else(|e| panic!("{e}"));
+    let _pods = POD_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(plane) = plane_with_pods("e2e", |d| images_file(d, Some(&node))) else {
+        return;
+    };
+    let ns = "shop";
+    start_shop(&plane, ns, 3);
 
     // Through the ingress stand-in, round-robin over the pods, one session's counter keeps
     // counting whichever node answers.
-    let ingress: std::net::SocketAddr = "127.0.0.1:18080".parse().unwrap();
-    let post = |cookie: Option<&str>| {
-        let mut h = vec![("Host", host)];
-        if let Some(c) = cookie {
-            h.push(("Cookie", c));
-        }
-        http(ingress, "POST", "/counter", &h, "", Duration::from_secs(10))
-    };
-    // The ingress answers from all 3 pods before the session starts (endpoints lag readiness).
-    wait_for("the ingress to answer from 3 distinct nodes", LONG, || {
-        let mut nodes = BTreeSet::new();
-        for _ in 0..12 {
-            let r = post(None)?;
-            if r.status != 200 {
-                return Err(format!("status {}: {}", r.status, r.body));
-            }
-            nodes.insert(counter_reply(&r)?.1);
-        }
-        if nodes.len() == 3 {
-            Ok(())
-        } else {
-            Err(format!("nodes {nodes:?}"))
-        }
-    });
-    // A cookie jar: the session cookie, and whatever else the node sets (its
-    // read-your-writes version cookie).
-    let mut jar: BTreeMap<String, String> = BTreeMap::new();
-    let keep = |jar: &mut BTreeMap<String, String>, r: &HttpResponse| {
-        for (_, value) in r.headers.iter().filter(|(n, _)| n == "set-cookie") {
-            let pair = value.split(';').next().unwrap_or("");
-            if let Some((k, v)) = pair.split_once('=') {
-                jar.insert(k.trim().to_string(), v.trim().to_string());
-            }
-        }
-    };
-    let first = post(None).expect("first request");
-    assert_eq!(first.status, 200, "{}", first.body);
-    keep(&mut jar, &first);
+    let mut browser = Browser::new(SHOP_HOST);
+    let (first, _) = browser.count().expect("first request");
+    assert_eq!(first, 1);
     assert!(
-        jar.contains_key("SESSIONID"),
+        browser.jar.contains_key("SESSIONID"),
         "a SESSIONID cookie: {:?}",
-        first.headers
+        browser.jar
     );
-    let (mut expected, _) = counter_reply(&first).unwrap();
-    assert_eq!(expected, 1);
     let mut nodes = BTreeSet::new();
-    for _ in 0..12 {
-        let cookie: Vec<String> = jar.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        let r = post(Some(&cookie.join("; "))).expect("request");
-        assert_eq!(r.status, 200, "{}", r.body);
-        keep(&mut jar, &r);
-        let (n, node) = counter_reply(&r).unwrap();
-        expected += 1;
+    for expected in 2..=13 {
+        let (n, node) = browser.count().expect("request");
         assert_eq!(
             n, expected,
             "counter from node {node} (nodes so far {nodes:?})"
@@ -1234,31 +1291,69 @@ fn e2e_sessions_survive_round_robin_through_the_ingress() {
     assert_eq!(nodes.len(), 3, "round-robin reached every node: {nodes:?}");
 
     // The status reports what the nodes say about themselves.
-    wait_for(
-        "status: 3 ready, 3 members, the session counted",
-        LONG,
-        || {
-            let sc = plane.get_json(&["-n", ns, "sessionclusters", "shop"])?;
-            let st = &sc["status"];
-            if st["readyReplicas"] == 3
-                && st["members"] == 3
-                && st["sessions"].as_i64().unwrap_or(0) >= 1
-            {
-                Ok(())
-            } else {
-                Err(format!("{st}"))
-            }
-        },
-    );
-    let sc = plane
-        .get_json(&["-n", ns, "sessionclusters", "shop"])
-        .unwrap();
+    let sc = wait_status_members(&plane, ns, 3);
     assert_eq!(
         condition(&sc, "Ready").map(|c| c["status"].clone()),
         Some(Value::from("True")),
         "{}",
         sc["status"]
     );
+    let group = sc["status"]["multicastGroup"].as_str().unwrap_or("");
+    assert!(group.starts_with("239."), "multicast group {group:?}");
+
+    helm_uninstall(&plane, "tribe-operator", OPERATOR_NS);
+}
+
+#[test]
+fn e2e_scale_and_pod_loss_keep_the_session() {
+    let node = workspace_bin("tribe-node").unwrap_or_else(|e| panic!("{e}"));
+    let _pods = POD_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(plane) = plane_with_pods("e2e-scale", |d| images_file(d, Some(&node))) else {
+        return;
+    };
+    let ns = "shop";
+    start_shop(&plane, ns, 2);
+    let mut browser = Browser::new(SHOP_HOST);
+    let mut expected = 0;
+    let mut count = |browser: &mut Browser, times: usize| -> BTreeSet<String> {
+        let mut nodes = BTreeSet::new();
+        for _ in 0..times {
+            let (n, node) = browser.count().expect("request");
+            expected += 1;
+            assert_eq!(n, expected, "counter from node {node}");
+            nodes.insert(node);
+        }
+        nodes
+    };
+    count(&mut browser, 4);
+
+    // `kubectl scale` through the scale subresource: the new node joins with the state.
+    plane.k(&["-n", ns, "scale", "sessioncluster/shop", "--replicas=3"]);
+    wait_ready_nodes(&plane, ns, 3);
+    let nodes = count(&mut browser, 9);
+    assert_eq!(
+        nodes.len(),
+        3,
+        "the new node serves the session too: {nodes:?}"
+    );
+    wait_status_members(&plane, ns, 3);
+
+    // A pod is lost: the Deployment replaces it, the session lives on in the others.
+    let pods = plane.k(&[
+        "-n",
+        ns,
+        "get",
+        "pods",
+        "-l",
+        "app.kubernetes.io/instance=shop",
+        "-o",
+        "jsonpath={.items[0].metadata.name}",
+    ]);
+    plane.k(&["-n", ns, "delete", "pod", pods.trim(), "--wait=true"]);
+    wait_ready_nodes(&plane, ns, 3);
+    let nodes = count(&mut browser, 9);
+    assert_eq!(nodes.len(), 3, "{nodes:?}");
+    wait_status_members(&plane, ns, 3);
 
     helm_uninstall(&plane, "tribe-operator", OPERATOR_NS);
 }
