@@ -8,6 +8,7 @@
 //! it can only make the node wait less, never serve another session.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -30,6 +31,10 @@ struct Ctx {
     /// The attributes this request loaded (then: last saved) of a session: the base its
     /// next save is diffed against.
     loaded: Mutex<Option<(SessionId, HashMap<String, Bytes>)>>,
+    /// The request ran on an older copy than `min` (a rollback): the answer must lower
+    /// the client's version cookie to what it got, or every later request would wait,
+    /// fetch and count a rollback again for a version that no longer exists.
+    rolled_back: AtomicBool,
 }
 
 tokio::task_local! {
@@ -49,6 +54,16 @@ pub fn saw(sid: SessionId, version: u64) {
         match *seen {
             Some((s, v)) if s == sid && v >= version => {}
             _ => *seen = Some((sid, version)),
+        }
+    });
+}
+
+/// Records that the current request runs on an older version of `sid` than its client
+/// had seen (that version is gone): its answer resets the version cookie.
+pub fn rolled_back(sid: SessionId) {
+    let _ = CTX.try_with(|c| {
+        if c.sid == Some(sid) {
+            c.rolled_back.store(true, Ordering::Relaxed);
         }
     });
 }
@@ -202,6 +217,7 @@ where
             min,
             seen: Mutex::new(None),
             loaded: Mutex::new(None),
+            rolled_back: AtomicBool::new(false),
         });
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
@@ -209,7 +225,7 @@ where
             let mut res = CTX.scope(ctx.clone(), inner.call(req)).await?;
             let seen = *ctx.seen.lock();
             if let Some((s, v)) = seen {
-                if Some(s) != sid || v > min {
+                if Some(s) != sid || v > min || ctx.rolled_back.load(Ordering::Relaxed) {
                     let mut c = cookie::Cookie::new(cookies.name.clone(), cookies.value(s, v));
                     c.set_http_only(true);
                     c.set_same_site(cookie::SameSite::Lax);

@@ -95,6 +95,9 @@ impl SessionStore for ReplicatedStore {
             return Ok(None);
         };
         self.cluster.touch(id.0);
+        if loaded.rolled_back {
+            ryw::rolled_back(id.0);
+        }
         ryw::saw(id.0, loaded.session.version);
         let mut data = HashMap::new();
         for (k, v) in loaded.session.live_attrs() {
