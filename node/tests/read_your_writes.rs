@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 use reqwest::Method;
 use support::nginx::Nginx;
 use support::*;
+use tribe_node::crypto::ClusterKey;
+use tribe_node::ryw::VersionCookie;
 
 /// The version cookie of the default session cookie `SESSIONID`.
 const VERSION_COOKIE: &str = "SESSIONID_V";
@@ -382,4 +384,96 @@ async fn tampered_version_cookie_is_ignored_safely() {
         last = n;
     }
     assert_no_rollbacks(&nodes).await;
+}
+
+/// The one documented exception (issue 5): the client has seen a version that no live
+/// node holds (in async mode: its only writer died before the delta left). Simulated by a
+/// version cookie signed with the cluster key for a version never written. The request
+/// runs on the newest surviving copy after the bounded wait (200, no hang), one rollback
+/// is counted, and the answer resets the client's version cookie to what it got: the
+/// following requests neither wait nor count rollbacks again, and stay in sequence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_no_node_holds_rolls_back_once_then_reads_stay_in_order() {
+    const KEY: &[u8] = b"read-your-writes-test-cluster-key";
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("cluster.key");
+    std::fs::write(&key_file, KEY).unwrap();
+    let key_arg = key_file.to_str().unwrap();
+    let nodes = cluster(3, &["--send-mode", "async", "--cluster-key-file", key_arg]).await;
+    let nginx = Nginx::round_robin(&nodes.iter().map(|n| n.addrs.http).collect::<Vec<_>>());
+    let mut client = HttpClient::new();
+    for _ in 0..5 {
+        post_counter(&mut client, nginx.addr).await.unwrap();
+    }
+    let version_of = |c: &HttpClient| -> u64 {
+        let v = c.cookie(VERSION_COOKIE).expect("version cookie");
+        v.split_once('.')
+            .expect("<version>.<tag>")
+            .0
+            .parse()
+            .expect("numeric version")
+    };
+    let seen = version_of(&client);
+    let sid: i128 = client
+        .cookie("SESSIONID")
+        .expect("session cookie")
+        .parse::<tower_sessions::session::Id>()
+        .expect("a session id")
+        .0;
+    let lost = seen + 10;
+    let forged = VersionCookie::new(&ClusterKey::new(KEY), "SESSIONID", false).value(sid, lost);
+    client.set_cookie(VERSION_COOKIE, &forged);
+
+    let started = Instant::now();
+    let (n, node) = post_counter(&mut client, nginx.addr).await.unwrap();
+    let took = started.elapsed();
+    assert_eq!(
+        n, 6,
+        "runs on the newest surviving copy (counter 5) on {node}"
+    );
+    // The consistency wait (50 ms) plus a fetch bounded by it and a 500 ms allowance.
+    assert!(
+        took < Duration::from_secs(2),
+        "the rolled-back request took {took:?}"
+    );
+    assert_eq!(
+        total(&nodes, "tribe_rollbacks").await,
+        1.0,
+        "one rollback counted"
+    );
+    let reset = version_of(&client);
+    assert!(
+        reset < lost,
+        "the answer resets the version cookie to what the client got ({reset}, was {lost})"
+    );
+
+    let mut last = n;
+    for i in 0..20 {
+        let started = Instant::now();
+        let (n, node) = if i % 2 == 0 {
+            post_counter(&mut client, nginx.addr).await.unwrap()
+        } else {
+            match client
+                .request(Method::GET, nginx.addr, "/counter", None)
+                .await
+                .unwrap()
+            {
+                (200, body) => parse_counter(&body).unwrap(),
+                (s, body) => panic!("GET /counter answered {s}: {body}"),
+            }
+        };
+        let want = if i % 2 == 0 { last + 1 } else { last };
+        assert_eq!(n, want, "request {i} after the rollback, on {node}");
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "request {i} took {:?}",
+            started.elapsed()
+        );
+        last = n;
+    }
+    assert_eq!(
+        total(&nodes, "tribe_rollbacks").await,
+        1.0,
+        "no further rollback after the reset"
+    );
 }
