@@ -383,7 +383,9 @@ impl Cluster {
     ) -> Result<Option<Loaded>, Unreachable> {
         let inner = &self.inner;
         let now = unix_now();
-        let local = inner.store.with(sid, |s| (s.version, s.is_dead(now)));
+        // A copy serves the client when it holds every write up to the client's version,
+        // not merely a newer one: a delta can overtake an older one on another link.
+        let local = inner.store.with(sid, |s| (s.seen_through(), s.is_dead(now)));
         let owner = !self.backup_mode() || self.owners(sid).iter().any(|o| o == &inner.me.node_id);
         match local {
             Some((_, true)) => return Ok(None),
@@ -420,7 +422,7 @@ impl Cluster {
                 .consistency_wait_seconds
                 .observe(started.elapsed().as_secs_f64());
         }
-        let behind = inner.store.version(sid).is_none_or(|v| v < min_version);
+        let behind = inner.store.seen_through(sid).is_none_or(|v| v < min_version);
         if fetched == Fetched::Incomplete && behind {
             // Nothing here that the client may see, and a replica that may hold it was
             // silent: an error, not "no session" nor an older copy (that is a rollback
@@ -463,11 +465,11 @@ impl Cluster {
             let notified = inner.applied.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if inner.store.version(sid).is_some_and(|v| v >= min) {
+            if inner.store.seen_through(sid).is_some_and(|v| v >= min) {
                 break true;
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                break inner.store.version(sid).is_some_and(|v| v >= min);
+                break inner.store.seen_through(sid).is_some_and(|v| v >= min);
             }
         };
         inner.waiters.fetch_sub(1, Ordering::SeqCst);
@@ -874,10 +876,14 @@ impl Cluster {
 }
 
 /// Used by links to publish membership changes.
+///
+/// The view is computed and published under the member-table lock: computed outside it,
+/// two concurrent changes (two members admitted at once) could publish in the wrong
+/// order, and the older list — missing a member that is alive — would stay the view
+/// until the next change, so this node would disagree with the others about owners.
 pub(crate) fn publish_view(inner: &Inner) {
-    let mut ids: Vec<String> = inner
-        .members
-        .lock()
+    let members = inner.members.lock();
+    let mut ids: Vec<String> = members
         .values()
         .filter(|m| m.state == MemberState::Alive)
         .map(|m| m.node_id.clone())
@@ -886,6 +892,8 @@ pub(crate) fn publish_view(inner: &Inner) {
     ids.sort();
     ids.dedup();
     inner.metrics.members.set(ids.len() as i64);
+    // Lock order: members, then the watch's own lock; readers of the view never take
+    // the member table while holding a borrow.
     inner.view.send_if_modified(|v| {
         if *v != ids {
             *v = ids;
@@ -894,6 +902,7 @@ pub(crate) fn publish_view(inner: &Inner) {
             false
         }
     });
+    drop(members);
 }
 
 /// Sender half of a reply channel for an inbound connection.
