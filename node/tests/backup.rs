@@ -187,12 +187,7 @@ async fn increment_all(sessions: &mut [Sess], nodes: &[&Node], shift: usize) {
         .map(|(i, s)| {
             let node = nodes[(i + shift) % nodes.len()];
             async move {
-                let r = s
-                    .client
-                    .post_counter(node)
-                    .await
-                    .and_then(|v| counter_of(&v));
-                match r {
+                match counter(&mut s.client, Method::POST, node).await {
                     Ok((n, id)) if n == s.counter + 1 && id == s.id => {
                         s.counter = n;
                         None
@@ -233,12 +228,7 @@ async fn check_readable(what: &str, sessions: &mut [Sess], nodes: &[&Node], ever
             async move {
                 let mut errors = Vec::new();
                 for node in readers {
-                    match s
-                        .client
-                        .get_counter(node)
-                        .await
-                        .and_then(|v| counter_of(&v))
-                    {
+                    match counter(&mut s.client, Method::GET, node).await {
                         Ok((n, id)) if n == s.counter && id == s.id => {}
                         Ok((n, id)) => errors.push(format!(
                             "{} on {}: counter {n} session {id} (want {} {})",
@@ -295,6 +285,14 @@ async fn holdings(nodes: &[&Node]) -> Result<(BTreeMap<String, (u64, u64)>, u64)
         per.insert(node.name.clone(), (p, b));
     }
     Ok((per, backlog))
+}
+
+/// Indexes of `nodes`, the one that is primary for the most sessions first.
+async fn by_primaries(nodes: &[&Node]) -> Vec<usize> {
+    let (per, _) = holdings(nodes).await.unwrap();
+    let mut order: Vec<usize> = (0..nodes.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(per[&nodes[i].name].0));
+    order
 }
 
 /// Waits until the owners hold exactly `copies` copies of the `sessions` sessions in all
@@ -393,7 +391,10 @@ async fn kill_9_of_one_node_loses_nothing_and_restores_two_copies() {
     let mut sessions = create_sessions(&all, SESSIONS).await;
     wait_copies("every session on its 2 owners", &all, SESSIONS, k + 1).await;
 
-    let victim = 2;
+    // The node that is primary for the most sessions: the worst single failure.
+    let victim = by_primaries(&all).await[0];
+    drop(all);
+    eprintln!("killing {}", nodes[victim].name);
     nodes[victim].kill();
     let survivors: Vec<&Node> = nodes
         .iter()
@@ -445,9 +446,19 @@ async fn k2_survives_two_nodes_killed_at_once() {
     wait_copies("every session on its 3 owners", &all, SESSIONS, k + 1).await;
     assert_deltas(&all, (k * SESSIONS) as u64).await;
 
-    nodes[1].kill();
-    nodes[4].kill();
-    let survivors: Vec<&Node> = [0, 2, 3, 5].iter().map(|&i| &nodes[i]).collect();
+    // The two nodes that are primary for the most sessions, killed together.
+    let order = by_primaries(&all).await;
+    drop(all);
+    let (a, b) = (order[0], order[1]);
+    eprintln!("killing {} and {}", nodes[a].name, nodes[b].name);
+    nodes[a].kill();
+    nodes[b].kill();
+    let survivors: Vec<&Node> = nodes
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != a && *i != b)
+        .map(|(_, n)| n)
+        .collect();
     check_readable("right after killing two", &mut sessions, &survivors, false).await;
     wait_converged(&survivors).await;
     wait_copies(
