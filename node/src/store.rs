@@ -91,6 +91,14 @@ impl Session {
         }
     }
 
+    /// Every write up to this version has been applied here (`version`, unless a delta
+    /// overtook an older one that has not arrived yet). What read-your-writes compares
+    /// with the version a client saw: the newest write alone is not enough, the client
+    /// also saw every earlier one.
+    pub fn seen_through(&self) -> u64 {
+        self.contiguous.min(self.version)
+    }
+
     /// Whether some write below the current version has not been seen here.
     pub fn has_gap(&self) -> bool {
         self.contiguous < self.version
@@ -320,6 +328,11 @@ impl Store {
     /// Version of the session, if held.
     pub fn version(&self, sid: SessionId) -> Option<u64> {
         self.with(sid, |s| s.version)
+    }
+
+    /// [`Session::seen_through`] of the session, if held.
+    pub fn seen_through(&self, sid: SessionId) -> Option<u64> {
+        self.with(sid, |s| s.seen_through())
     }
 
     /// Whether a session with this id is held (live or tombstoned).
@@ -563,6 +576,19 @@ mod tests {
         assert!(store
             .with(1, |s| s.deleted.is_some() && s.live_attrs().count() == 0)
             .unwrap());
+    }
+
+    #[test]
+    fn seen_through_stops_below_an_overtaken_delta() {
+        let store = Store::new();
+        store.apply(&delta(1, 1, 0, &[("a", "1")], &[]));
+        // Write 3 (attribute b) arrives before write 2 (attribute a): the version is 3,
+        // but a client that saw 3 also saw 2, which this copy lacks.
+        store.apply(&delta(3, 2, 2, &[("b", "3")], &[]));
+        assert_eq!(store.version(1), Some(3));
+        assert_eq!(store.seen_through(1), Some(1));
+        store.apply(&delta(2, 1, 1, &[("a", "2")], &[]));
+        assert_eq!(store.seen_through(1), Some(3));
     }
 
     #[test]

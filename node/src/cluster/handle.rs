@@ -112,7 +112,7 @@ pub(crate) async fn handle(c: &Cluster, peer: &Hello, msg: Message, reply_tx: Op
             tokio::spawn(async move {
                 if min_version > 0
                     && wait_ms > 0
-                    && c.inner.store.version(sid).unwrap_or(0) < min_version
+                    && c.inner.store.seen_through(sid).unwrap_or(0) < min_version
                 {
                     c.wait_for_version(sid, min_version, Duration::from_millis(wait_ms as u64))
                         .await;

@@ -383,7 +383,11 @@ impl Cluster {
     ) -> Result<Option<Loaded>, Unreachable> {
         let inner = &self.inner;
         let now = unix_now();
-        let local = inner.store.with(sid, |s| (s.version, s.is_dead(now)));
+        // A copy serves the client when it holds every write up to the client's version,
+        // not merely a newer one: a delta can overtake an older one on another link.
+        let local = inner
+            .store
+            .with(sid, |s| (s.seen_through(), s.is_dead(now)));
         let owner = !self.backup_mode() || self.owners(sid).iter().any(|o| o == &inner.me.node_id);
         match local {
             Some((_, true)) => return Ok(None),
@@ -420,7 +424,10 @@ impl Cluster {
                 .consistency_wait_seconds
                 .observe(started.elapsed().as_secs_f64());
         }
-        let behind = inner.store.version(sid).is_none_or(|v| v < min_version);
+        let behind = inner
+            .store
+            .seen_through(sid)
+            .is_none_or(|v| v < min_version);
         if fetched == Fetched::Incomplete && behind {
             // Nothing here that the client may see, and a replica that may hold it was
             // silent: an error, not "no session" nor an older copy (that is a rollback
@@ -463,11 +470,11 @@ impl Cluster {
             let notified = inner.applied.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if inner.store.version(sid).is_some_and(|v| v >= min) {
+            if inner.store.seen_through(sid).is_some_and(|v| v >= min) {
                 break true;
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                break inner.store.version(sid).is_some_and(|v| v >= min);
+                break inner.store.seen_through(sid).is_some_and(|v| v >= min);
             }
         };
         inner.waiters.fetch_sub(1, Ordering::SeqCst);
