@@ -477,3 +477,64 @@ async fn a_version_no_node_holds_rolls_back_once_then_reads_stay_in_order() {
         "no further rollback after the reset"
     );
 }
+
+/// Read-your-writes must hold for every earlier write, not only the newest: each client
+/// writes a different attribute on every request, and reads back the one it wrote the
+/// request before — usually on a third node, which may already hold the newer write and
+/// not yet the older one (deltas from different nodes travel on different links).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_earlier_write_is_read_back_not_only_the_newest() {
+    let nodes = cluster(3, &["--send-mode", "async"]).await;
+    let nginx = Nginx::round_robin(&nodes.iter().map(|n| n.addrs.http).collect::<Vec<_>>());
+    let proxy = nginx.addr;
+    let tasks: Vec<_> = (0..16)
+        .map(|_| {
+            tokio::spawn(async move {
+                let mut client = HttpClient::new();
+                let mut wrong = Vec::new();
+                for i in 1..=150u64 {
+                    let put = client
+                        .request(
+                            Method::PUT,
+                            proxy,
+                            &format!("/attrs/k{}", i % 8),
+                            Some(i.to_string()),
+                        )
+                        .await
+                        .unwrap();
+                    assert_eq!(put.0, 200, "PUT: {}", put.1);
+                    if i == 1 {
+                        continue;
+                    }
+                    let (status, body) = client
+                        .request(
+                            Method::GET,
+                            proxy,
+                            &format!("/attrs/k{}", (i - 1) % 8),
+                            None,
+                        )
+                        .await
+                        .unwrap();
+                    if status != 200 || body.trim() != (i - 1).to_string() {
+                        wrong.push(format!(
+                            "after writing {i}, k{} = {status} {body}",
+                            (i - 1) % 8
+                        ));
+                    }
+                }
+                wrong
+            })
+        })
+        .collect();
+    let mut wrong = Vec::new();
+    for t in tasks {
+        wrong.extend(t.await.unwrap());
+    }
+    assert!(
+        wrong.is_empty(),
+        "{} stale reads, first: {:?}",
+        wrong.len(),
+        &wrong[..wrong.len().min(5)]
+    );
+    assert_no_rollbacks(&nodes).await;
+}
