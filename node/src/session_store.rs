@@ -38,10 +38,11 @@ fn encode(record: &Record) -> Result<HashMap<String, Bytes>> {
         .data
         .iter()
         .map(|(k, v)| {
-            Ok((
-                k.clone(),
-                Bytes::from(serde_json::to_vec(v).map_err(|e| Error::Encode(e.to_string()))?),
-            ))
+            let mut json = serde_json::to_vec(v).map_err(|e| Error::Encode(e.to_string()))?;
+            // The encoder grows its buffer by doubling, and `Bytes` keeps the whole
+            // allocation: a 1 KB attribute would hold 2 KB on the node that wrote it.
+            json.shrink_to_fit();
+            Ok((k.clone(), Bytes::from(json)))
         })
         .collect()
 }
