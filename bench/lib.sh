@@ -62,6 +62,19 @@ metric() {
     awk -v n="$2" '$1 == n || index($1, n "{") == 1 { s += $NF } END { printf "%.0f\n", s }'
 }
 
+# metric_f I NAME: like metric, as a float.
+metric_f() {
+  curl -sf "http://127.0.0.1:${ADMIN[$1]}/metrics" |
+    awk -v n="$2" '$1 == n || index($1, n "{") == 1 { s += $NF } END { printf "%.6f\n", s }'
+}
+
+# metric_sum_f NAME: metric_f summed over all started nodes.
+metric_sum_f() {
+  local s=0
+  for i in "${!ADMIN[@]}"; do s=$(echo "$s + $(metric_f "$i" "$1")" | bc -l); done
+  echo "$s"
+}
+
 # metric_sum NAME: the sum over all started nodes.
 metric_sum() {
   local s=0

@@ -38,6 +38,7 @@ printf 'seeded %s sessions of %s B in %.1f s (%s req/s; %s errors); n2 holds %s\
   "$(sessions_on 0)" "$SIZE" "$(echo "$t1 - $t0" | bc)" "$(field rps "$seed")" \
   "$(field http_errors "$seed")" "$held"
 
+echo "RSS before the join: n1 $(rss "${NODE_PIDS[0]}"), n2 $(rss "${NODE_PIDS[1]}")"
 start=$(date +%s%N)
 spawn_node 2 3
 for _ in $(seq 1 6000); do
@@ -49,4 +50,4 @@ ready_ms=$(( ($(date +%s%N) - start) / 1000000 ))
 got=$(sessions_on 2)
 transfer=$(curl -sf "http://127.0.0.1:${ADMIN[2]}/metrics" | awk '$1 == "tribe_state_transfer_seconds" { print $2 }')
 echo "n3: ready ${ready_ms} ms after start; tribe_state_transfer_seconds ${transfer}; holds ${got} sessions"
-echo "RSS holding them: n3 $(rss "${NODE_PIDS[2]}"), n1 $(rss "${NODE_PIDS[0]}")"
+echo "RSS holding them: n3 (state transfer) $(rss "${NODE_PIDS[2]}"), n2 (deltas) $(rss "${NODE_PIDS[1]}"), n1 (served the PUTs) $(rss "${NODE_PIDS[0]}")"
