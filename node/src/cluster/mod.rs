@@ -554,6 +554,49 @@ impl Cluster {
                 Some(None) => complete = false,
             }
         }
+        // Backup mode: every owner answered, none with the client's version. The node that
+        // served that write may be a non-owner whose forward to the primary is still
+        // queued (a busy link, a starved CPU): it holds the version in its own copy. Ask
+        // the other live members, who answer at once, before this becomes a rollback.
+        // Only this rare path pays for it.
+        if complete
+            && min_version > 0
+            && self.backup_mode()
+            && inner
+                .store
+                .seen_through(sid)
+                .is_none_or(|v| v < min_version)
+        {
+            let owners = self.owners(sid);
+            let mut others: futures::stream::FuturesUnordered<_> = self
+                .alive_peers()
+                .into_iter()
+                .filter(|(n, _)| !owners.contains(n))
+                .map(|(node, link)| {
+                    inner.metrics.remote_fetches.inc();
+                    let id = self.next_id();
+                    let msg = Message::FetchReq {
+                        id,
+                        sid,
+                        min_version,
+                        wait_ms: 0,
+                    };
+                    let this = self.clone();
+                    async move { this.request(&node, &link, id, msg, timeout).await }
+                })
+                .collect();
+            while let Some(reply) = others.next().await {
+                if let Some(Message::FetchResp {
+                    session: Some(s), ..
+                }) = reply
+                {
+                    inner.store.merge(&s);
+                    if s.version >= min_version {
+                        return Fetched::Complete;
+                    }
+                }
+            }
+        }
         if complete {
             Fetched::Complete
         } else {
