@@ -394,12 +394,25 @@ async fn tampered_version_cookie_is_ignored_safely() {
 /// following requests neither wait nor count rollbacks again, and stay in sequence.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_version_no_node_holds_rolls_back_once_then_reads_stay_in_order() {
+    rolls_back_once(3, &[]).await;
+}
+
+/// The same in backup mode, where the owners lack the version and every other member is
+/// asked too (the writer may be a non-owner whose forward is late) before it rolls back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backup_mode_a_version_no_node_holds_rolls_back_once() {
+    rolls_back_once(4, &["--replication", "backup", "--backups", "1"]).await;
+}
+
+async fn rolls_back_once(n: usize, extra: &[&str]) {
     const KEY: &[u8] = b"read-your-writes-test-cluster-key";
     let dir = tempfile::tempdir().unwrap();
     let key_file = dir.path().join("cluster.key");
     std::fs::write(&key_file, KEY).unwrap();
     let key_arg = key_file.to_str().unwrap();
-    let nodes = cluster(3, &["--send-mode", "async", "--cluster-key-file", key_arg]).await;
+    let mut args = vec!["--send-mode", "async", "--cluster-key-file", key_arg];
+    args.extend_from_slice(extra);
+    let nodes = cluster(n, &args).await;
     let nginx = Nginx::round_robin(&nodes.iter().map(|n| n.addrs.http).collect::<Vec<_>>());
     let mut client = HttpClient::new();
     for _ in 0..5 {
