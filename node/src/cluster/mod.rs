@@ -443,7 +443,7 @@ impl Cluster {
         if session.is_dead(now) {
             return None;
         }
-        let rolled_back = session.version < min_version;
+        let rolled_back = session.seen_through() < min_version;
         if rolled_back {
             self.inner.metrics.rollbacks.inc();
             tracing::warn!(
