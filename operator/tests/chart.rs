@@ -189,6 +189,7 @@ fn rendered_objects_are_valid_kubernetes_objects() {
             );
         }
     }
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

@@ -967,6 +967,7 @@ fn operator_works_with_exactly_the_charts_rbac() {
     assert_release_gone(&plane, "tribe-team", team, true);
     helm_uninstall(&plane, "tribe-operator", opns);
     assert_release_gone(&plane, "tribe-operator", opns, false);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// images.yaml for the podrunner: the image names of the chart and of the SessionCluster
