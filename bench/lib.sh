@@ -21,13 +21,22 @@ trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 # start_nodes N FLAGS...: starts nodes n1..nN (static peers), sets HTTP[], ADMIN[], PIDS[];
-# waits until each is ready and sees N-1 members.
+# waits until each is ready and sees N-1 members. Free ports are only free when probed:
+# if another process takes one first, a node fails to bind, and all N start again on
+# new ports (3 attempts).
 start_nodes() {
   local n=$1; shift
-  HTTP=(); ADMIN=(); REPL=(); NODE_PIDS=()
-  for i in $(seq 1 "$n"); do HTTP+=("$(free_port)"); ADMIN+=("$(free_port)"); REPL+=("$(free_port)"); done
-  for i in $(seq 0 $((n - 1))); do spawn_node "$i" "$n" "$@"; done
-  for i in $(seq 0 $((n - 1))); do wait_ready "$i" "$((n))"; done
+  for attempt in 1 2 3; do
+    HTTP=(); ADMIN=(); REPL=(); NODE_PIDS=()
+    for i in $(seq 1 "$n"); do HTTP+=("$(free_port)"); ADMIN+=("$(free_port)"); REPL+=("$(free_port)"); done
+    for i in $(seq 0 $((n - 1))); do spawn_node "$i" "$n" "$@"; done
+    local ok=1
+    for i in $(seq 0 $((n - 1))); do wait_ready "$i" "$n" || { ok=0; break; }; done
+    [ "$ok" = 1 ] && return 0
+    for p in "${NODE_PIDS[@]}"; do kill -KILL "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
+    echo "(attempt $attempt: a node did not start; retrying on other ports)" >&2
+  done
+  exit 1
 }
 
 # spawn_node I N FLAGS...: node n(I+1) with every other of the N nodes as a static peer.
@@ -43,7 +52,8 @@ spawn_node() {
   PIDS+=($!)
 }
 
-# wait_ready I N: /readyz is 200 and /cluster lists N-1 alive members (bounded: 30 s).
+# wait_ready I N: /readyz is 200 and /cluster lists N-1 alive members (bounded: 30 s);
+# returns 1 (with the node's log) if it exits or times out.
 wait_ready() {
   local i=$1 n=$2
   for _ in $(seq 1 3000); do
@@ -51,9 +61,10 @@ wait_ready() {
        [ "$(curl -sf "http://127.0.0.1:${ADMIN[$i]}/cluster" | grep -o '"state":"alive"' | wc -l)" -ge $((n - 1)) ]; then
       return 0
     fi
+    kill -0 "${NODE_PIDS[$i]}" 2>/dev/null || break
     sleep 0.01
   done
-  echo "node n$((i + 1)) not ready; log:" >&2; tail -50 "$WORK/n$((i + 1)).log" >&2; exit 1
+  echo "node n$((i + 1)) not ready; log:" >&2; tail -5 "$WORK/n$((i + 1)).log" >&2; return 1
 }
 
 # metric I NAME: sum of the samples of family NAME (exact series name) on node I.
