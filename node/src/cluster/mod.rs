@@ -837,6 +837,9 @@ impl Cluster {
                 incarnation: m.incarnation,
             })
             .collect();
+        // Read `ready` before counting: counted first, a join finishing in between gives a
+        // document that says ready with the sessions of a transfer still in progress.
+        let ready = self.is_ready();
         let (primary, backup, _cached, live) = self.role_counts();
         ClusterView {
             node: inner.me.node_id.clone(),
@@ -851,7 +854,7 @@ impl Cluster {
                 SendMode::Async => "async",
                 SendMode::Sync => "sync",
             },
-            ready: self.is_ready(),
+            ready,
             sessions: live,
             primary,
             backup,
