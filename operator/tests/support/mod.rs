@@ -572,6 +572,7 @@ impl Operator {
             admin,
         };
         let admin = op.admin;
+        // Ok(Ok): healthy. Ok(Err): stop waiting, it exited. Err: not yet.
         wait_for(
             &format!("operator {name} /healthz on {admin}"),
             Duration::from_secs(30),
