@@ -23,13 +23,13 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// A free block of 10 * n ports starting at a multiple of 10 (best effort).
+/// A free block of 10 * n ports starting at a multiple of 10, below the kernel's
+/// ephemeral range (20000..32000), so outgoing connections of other processes on a busy
+/// machine cannot sit in it.
 fn free_base(n: usize) -> u16 {
-    'outer: for _ in 0..50 {
-        let base = (free_port() / 10) * 10;
-        if usize::from(base) + 10 * n >= 65_000 {
-            continue;
-        }
+    let seed = std::process::id() as usize;
+    'outer: for attempt in 0..200usize {
+        let base = 20_000 + ((seed.wrapping_mul(7919) + attempt * 104_729) % 1_100) as u16 * 10;
         for i in 0..(10 * n) as u16 {
             if TcpListener::bind(("127.0.0.1", base + i)).is_err() {
                 continue 'outer;
