@@ -250,10 +250,16 @@ pub struct ControlPlane {
 /// Taken by each test that uses the shared cluster of `TRIBE_TEST_KUBECONFIG`.
 static EXTERNAL_TURN: Mutex<()> = Mutex::new(());
 
-/// Where the shared control-plane scripts live: `<repo>/../shared/k8s`.
+/// Where the shared control-plane scripts live: `$TRIBE_SHARED_K8S`, else
+/// `<repo>/../shared/k8s`, else `/work/shared/k8s` (for a clone made elsewhere on a
+/// machine of this workplace, e.g. a fresh clone in /tmp).
 pub fn shared_k8s() -> Option<PathBuf> {
-    let dir = repo_root().parent()?.join("shared/k8s");
-    dir.join("up").is_file().then_some(dir)
+    let candidates = [
+        std::env::var_os("TRIBE_SHARED_K8S").map(PathBuf::from),
+        repo_root().parent().map(|p| p.join("shared/k8s")),
+        Some(PathBuf::from("/work/shared/k8s")),
+    ];
+    candidates.into_iter().flatten().find(|d| d.join("up").is_file())
 }
 
 impl ControlPlane {
@@ -298,7 +304,7 @@ impl ControlPlane {
             skipped(
                 test,
                 &format!(
-                    "no Kubernetes control plane: TRIBE_TEST_KUBECONFIG is unset and {}/../shared/k8s/up does not exist",
+                    "no Kubernetes control plane: TRIBE_TEST_KUBECONFIG is unset and no shared/k8s/up (TRIBE_SHARED_K8S, {}/../shared/k8s, /work/shared/k8s)",
                     repo_root().display()
                 ),
             );
