@@ -60,8 +60,8 @@ pub struct Config {
     /// Address of the peer-to-peer replication listener.
     #[arg(long, env = "TRIBE_REPLICATION_ADDR", default_value = "0.0.0.0:4000")]
     pub replication_addr: SocketAddr,
-    /// Address peers dial: `host` or `host:port` (default: the first non-loopback IPv4
-    /// address and the replication port).
+    /// Address peers dial: `host` or `host:port` (default: the replication address when it
+    /// is a specific IP, else the IPv4 address of the default route's interface).
     #[arg(long, env = "TRIBE_ADVERTISE_ADDR")]
     pub advertise_addr: Option<String>,
     /// How peers are found.
