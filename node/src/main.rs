@@ -36,7 +36,8 @@ async fn main() -> ExitCode {
     let cfg = Config::parse_from(args);
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,tower_sessions=warn,tower_sessions_core=warn".into()),
         )
         .init();
     let key = match load_key(&cfg) {
