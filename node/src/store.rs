@@ -487,7 +487,9 @@ mod tests {
         let naive = s.diff(1, &data, st(3, 1)).unwrap();
         assert_eq!(naive.removed, vec!["z".to_string()]);
         // A request that removes what it loaded removes it; nothing changed → no delta.
-        let d = s.diff_from(1, &loaded, &map(&[("x", "1")]), st(3, 1)).unwrap();
+        let d = s
+            .diff_from(1, &loaded, &map(&[("x", "1")]), st(3, 1))
+            .unwrap();
         assert_eq!(d.removed, vec!["y".to_string()]);
         assert!(d.set.is_empty());
         assert!(s.diff_from(1, &loaded, &loaded, st(3, 1)).is_none());

@@ -259,7 +259,10 @@ pub fn shared_k8s() -> Option<PathBuf> {
         repo_root().parent().map(|p| p.join("shared/k8s")),
         Some(PathBuf::from("/work/shared/k8s")),
     ];
-    candidates.into_iter().flatten().find(|d| d.join("up").is_file())
+    candidates
+        .into_iter()
+        .flatten()
+        .find(|d| d.join("up").is_file())
 }
 
 impl ControlPlane {
