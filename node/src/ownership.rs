@@ -15,7 +15,7 @@ fn score(sid: SessionId, member: &str) -> u64 {
 }
 
 /// The owners of `sid` among `members`: primary first, then up to `backups` backups.
-pub fn owners<'a>(sid: SessionId, members: &'a [String], backups: usize) -> Vec<&'a str> {
+pub fn owners(sid: SessionId, members: &[String], backups: usize) -> Vec<&str> {
     let mut scored: Vec<(u64, &str)> = members
         .iter()
         .map(|m| (score(sid, m), m.as_str()))
