@@ -63,19 +63,7 @@ async fn wait_converged(nodes: &[&Node]) {
             .filter(|n| n.name != node.name)
             .map(|n| n.name.clone())
             .collect();
-        eventually(
-            &format!("{} to see exactly {want:?}", node.name),
-            RECOVERY,
-            || async {
-                let alive = node.alive_members().await?;
-                if alive == want {
-                    Ok(())
-                } else {
-                    Err(format!("alive: {alive:?}"))
-                }
-            },
-        )
-        .await;
+        node.wait_alive_members(&want, RECOVERY).await;
     }
 }
 

@@ -115,19 +115,7 @@ async fn multicast_nodes_find_each_other_and_ignore_intruders() {
     for (i, node) in nodes.iter().enumerate() {
         let want = others(i);
         let budget = Duration::from_secs(2).saturating_sub(started.elapsed());
-        eventually(
-            &format!("{} to see {want:?}", node.name),
-            budget,
-            || async {
-                let alive = node.alive_members().await?;
-                if alive == want {
-                    Ok(())
-                } else {
-                    Err(format!("{} sees {alive:?}", node.name))
-                }
-            },
-        )
-        .await;
+        node.wait_alive_members(&want, budget).await;
     }
     eprintln!(
         "multicast cluster of 3 formed {:?} after start",

@@ -68,19 +68,7 @@ async fn wait_formed(nodes: &mut [Node]) {
     for node in nodes.iter() {
         let want: std::collections::BTreeSet<String> =
             names.iter().filter(|n| **n != node.name).cloned().collect();
-        eventually(
-            &format!("{} to see {want:?} alive", node.name),
-            READY_TIMEOUT,
-            || async {
-                let alive = node.alive_members().await?;
-                if alive == want {
-                    Ok(())
-                } else {
-                    Err(format!("{} sees {alive:?}", node.name))
-                }
-            },
-        )
-        .await;
+        node.wait_alive_members(&want, READY_TIMEOUT).await;
     }
 }
 

@@ -588,6 +588,23 @@ impl Node {
             .collect())
     }
 
+    /// Waits (bounded) until `/cluster` lists exactly `want` as alive members.
+    pub async fn wait_alive_members(&self, want: &BTreeSet<String>, timeout: Duration) {
+        eventually(
+            &format!("{} to see exactly {want:?} alive", self.name),
+            timeout,
+            || async {
+                let alive = self.alive_members().await?;
+                if &alive == want {
+                    Ok(())
+                } else {
+                    Err(format!("{} sees {alive:?}", self.name))
+                }
+            },
+        )
+        .await;
+    }
+
     /// Every member `/cluster` lists, with its state.
     pub async fn member_states(&self) -> Result<BTreeMap<String, String>, String> {
         Ok(members(&self.cluster().await?))
