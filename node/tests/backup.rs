@@ -25,46 +25,10 @@ const RECOVERY: Duration = Duration::from_secs(10);
 /// Starts `n` backup-mode nodes with `k` backups and static peers; returns once every
 /// node is ready and sees the other `n - 1` alive, so all agree on the owners.
 async fn backup_cluster(n: usize, k: usize) -> Vec<Node> {
-    let addrs: Vec<Addrs> = (0..n).map(|_| Addrs::loopback()).collect();
     let k = k.to_string();
-    let mut nodes: Vec<Node> = (0..n)
-        .map(|i| {
-            let peers: Vec<String> = (0..n)
-                .filter(|&j| j != i)
-                .map(|j| addrs[j].replication.to_string())
-                .collect();
-            let peers = peers.join(",");
-            let args = [
-                "--membership",
-                "static",
-                "--peers",
-                &peers,
-                "--replication",
-                "backup",
-                "--backups",
-                &k,
-            ];
-            Node::spawn(&format!("n{}", i + 1), addrs[i], None, &args)
-        })
-        .collect();
-    for node in nodes.iter_mut() {
-        node.wait_ready(READY_TIMEOUT).await;
-    }
-    let all: Vec<&Node> = nodes.iter().collect();
-    wait_converged(&all).await;
+    let mut nodes = static_cluster(n, &["--replication", "backup", "--backups", &k]);
+    wait_formed(&mut nodes).await;
     nodes
-}
-
-/// Waits until each of `nodes` sees exactly the others as alive members.
-async fn wait_converged(nodes: &[&Node]) {
-    for node in nodes {
-        let want: std::collections::BTreeSet<String> = nodes
-            .iter()
-            .filter(|n| n.name != node.name)
-            .map(|n| n.name.clone())
-            .collect();
-        node.wait_alive_members(&want, RECOVERY).await;
-    }
 }
 
 /// One user's session: its cookies and what its counter must read.
@@ -392,7 +356,7 @@ async fn kill_9_of_one_node_loses_nothing_and_restores_two_copies() {
         .collect();
     // Right away, while the survivors are still noticing: each session through one node.
     check_readable("right after the kill", &mut sessions, &survivors, false).await;
-    wait_converged(&survivors).await;
+    wait_converged(&survivors, RECOVERY).await;
     wait_copies(
         "2 copies again on the survivors",
         &survivors,
@@ -448,7 +412,7 @@ async fn k2_survives_two_nodes_killed_at_once() {
         .map(|(_, n)| n)
         .collect();
     check_readable("right after killing two", &mut sessions, &survivors, false).await;
-    wait_converged(&survivors).await;
+    wait_converged(&survivors, RECOVERY).await;
     wait_copies(
         "3 copies again on the survivors",
         &survivors,
@@ -484,7 +448,7 @@ async fn graceful_leaves_down_to_two_nodes_lose_nothing() {
             nodes[leaving].name
         );
         let survivors: Vec<&Node> = nodes[leaving + 1..].iter().collect();
-        wait_converged(&survivors).await;
+        wait_converged(&survivors, RECOVERY).await;
         let step = format!("after {} left", nodes[leaving].name);
         wait_copies(&format!("2 copies {step}"), &survivors, SESSIONS, k + 1).await;
         check_readable(&step, &mut sessions, &survivors, false).await;

@@ -22,37 +22,8 @@ const VERSION_COOKIE: &str = "SESSIONID_V";
 /// Starts `n` nodes with static peers (each lists the others) and `extra` flags; returns
 /// once every node is ready and sees the other `n - 1` as alive members.
 async fn cluster(n: usize, extra: &[&str]) -> Vec<Node> {
-    let addrs: Vec<Addrs> = (0..n).map(|_| Addrs::loopback()).collect();
-    let mut nodes: Vec<Node> = (0..n)
-        .map(|i| {
-            let peers: Vec<String> = (0..n)
-                .filter(|&j| j != i)
-                .map(|j| addrs[j].replication.to_string())
-                .collect();
-            let peers = peers.join(",");
-            let mut args = vec!["--membership", "static", "--peers", &peers];
-            args.extend_from_slice(extra);
-            Node::spawn(&format!("n{}", i + 1), addrs[i], None, &args)
-        })
-        .collect();
-    for node in nodes.iter_mut() {
-        node.wait_ready(READY_TIMEOUT).await;
-    }
-    for node in &nodes {
-        eventually(
-            &format!("{} to see all {} peers", node.name, n - 1),
-            Duration::from_secs(10),
-            || async {
-                let alive = node.alive_members().await?;
-                if alive.len() == n - 1 {
-                    Ok(())
-                } else {
-                    Err(format!("alive: {alive:?}"))
-                }
-            },
-        )
-        .await;
-    }
+    let mut nodes = static_cluster(n, extra);
+    wait_formed(&mut nodes).await;
     nodes
 }
 

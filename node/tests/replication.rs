@@ -24,54 +24,6 @@ const CONVERGE: Duration = Duration::from_secs(10);
 // ---------------------------------------------------------------------------------------
 // Helpers
 
-/// The flags of node `i` of a static cluster whose replication addresses are `all`.
-fn static_args(i: usize, all: &[Addrs], extra: &[&str]) -> Vec<String> {
-    let peers: Vec<String> = all
-        .iter()
-        .enumerate()
-        .filter(|(j, _)| *j != i)
-        .map(|(_, a)| a.replication.to_string())
-        .collect();
-    let mut args: Vec<String> = vec![
-        "--membership".into(),
-        "static".into(),
-        "--peers".into(),
-        peers.join(","),
-    ];
-    args.extend(extra.iter().map(|s| s.to_string()));
-    args
-}
-
-fn name(i: usize) -> String {
-    format!("n{}", i + 1)
-}
-
-/// Starts node `i` of the static cluster `all`.
-fn spawn_static(i: usize, all: &[Addrs], extra: &[&str]) -> Node {
-    let args = static_args(i, all, extra);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    Node::spawn(&name(i), all[i], None, &args)
-}
-
-/// Starts `n` nodes that list each other as static peers.
-fn static_cluster(n: usize, extra: &[&str]) -> Vec<Node> {
-    let all: Vec<Addrs> = (0..n).map(|_| Addrs::loopback()).collect();
-    (0..n).map(|i| spawn_static(i, &all, extra)).collect()
-}
-
-/// Waits until every node is ready and lists exactly the others as alive.
-async fn wait_formed(nodes: &mut [Node]) {
-    for n in nodes.iter_mut() {
-        n.wait_ready(READY_TIMEOUT).await;
-    }
-    let names: Vec<String> = nodes.iter().map(|n| n.name.clone()).collect();
-    for node in nodes.iter() {
-        let want: std::collections::BTreeSet<String> =
-            names.iter().filter(|n| **n != node.name).cloned().collect();
-        node.wait_alive_members(&want, READY_TIMEOUT).await;
-    }
-}
-
 fn counter_of(v: &Value) -> i64 {
     v["counter"]
         .as_i64()

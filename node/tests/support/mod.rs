@@ -958,3 +958,56 @@ impl HttpClient {
         }
     }
 }
+
+/// The flags of node `i` of a static cluster whose replication addresses are `all`:
+/// `--membership static --peers <the others>` and `extra`.
+pub fn static_args(i: usize, all: &[Addrs], extra: &[&str]) -> Vec<String> {
+    let peers: Vec<String> = all
+        .iter()
+        .enumerate()
+        .filter(|(j, _)| *j != i)
+        .map(|(_, a)| a.replication.to_string())
+        .collect();
+    let mut args: Vec<String> = vec![
+        "--membership".into(),
+        "static".into(),
+        "--peers".into(),
+        peers.join(","),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+/// Starts node `i` (named `n<i+1>`) of the static cluster `all`.
+pub fn spawn_static(i: usize, all: &[Addrs], extra: &[&str]) -> Node {
+    let args = static_args(i, all, extra);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    Node::spawn(&format!("n{}", i + 1), all[i], None, &args)
+}
+
+/// Starts `n` nodes on loopback that list each other as static peers.
+pub fn static_cluster(n: usize, extra: &[&str]) -> Vec<Node> {
+    let all: Vec<Addrs> = (0..n).map(|_| Addrs::loopback()).collect();
+    (0..n).map(|i| spawn_static(i, &all, extra)).collect()
+}
+
+/// Waits until each of `nodes` lists exactly the others as alive members.
+pub async fn wait_converged(nodes: &[&Node], timeout: Duration) {
+    for node in nodes {
+        let want: BTreeSet<String> = nodes
+            .iter()
+            .filter(|n| n.name != node.name)
+            .map(|n| n.name.clone())
+            .collect();
+        node.wait_alive_members(&want, timeout).await;
+    }
+}
+
+/// Waits until every node is ready and lists exactly the others as alive.
+pub async fn wait_formed(nodes: &mut [Node]) {
+    for n in nodes.iter_mut() {
+        n.wait_ready(READY_TIMEOUT).await;
+    }
+    let all: Vec<&Node> = nodes.iter().collect();
+    wait_converged(&all, READY_TIMEOUT).await;
+}
