@@ -15,7 +15,7 @@
 
 use std::net::SocketAddr;
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use tokio_util::codec::{Decoder, Encoder};
 
@@ -543,11 +543,6 @@ pub fn encode_frame(msg: &Message, key: &ClusterKey, side: Side, seq: u64) -> By
     let mut out = BytesMut::new();
     enc.encode(msg.outgoing(), &mut out).expect("encode");
     out
-}
-
-/// Skips `n` bytes of `src` (used by fuzzing helpers).
-pub fn advance(src: &mut BytesMut, n: usize) {
-    src.advance(n.min(src.len()));
 }
 
 #[cfg(test)]

@@ -6,7 +6,6 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use super::{Cluster, ReplyTx};
-use crate::config::SendMode;
 use crate::store::Applied;
 use crate::wire::{Delta, Hello, Message, SessionState};
 
@@ -84,17 +83,21 @@ pub(crate) async fn handle(c: &Cluster, peer: &Hello, msg: Message, reply_tx: Op
             tokio::spawn(async move {
                 let owners = c.owners(delta.sid);
                 let me = c.inner.me.node_id.clone();
-                let targets: Vec<String> = owners.into_iter().filter(|o| *o != me).collect();
-                let targets: Vec<String> = targets.into_iter().take(c.inner.cfg.backups).collect();
-                let sync = ack != 0 || c.inner.cfg.send_mode == SendMode::Sync;
-                c.send_delta(delta, &targets, sync && ack != 0).await;
+                let targets: Vec<String> = owners
+                    .into_iter()
+                    .filter(|o| *o != me)
+                    .take(c.inner.cfg.backups)
+                    .collect();
+                // The forwarder asked for an ack exactly when its write is sync.
+                let sync = ack != 0;
+                c.send_delta(delta, &targets, sync).await;
                 if ack != 0 {
                     reply(tx.as_ref(), Message::Ack { id: ack }).await;
                 }
             });
         }
         Message::Ack { id } | Message::BarrierAck { id } => {
-            c.resolve(id, &peer.node_id, msg_ack(id))
+            c.resolve(id, &peer.node_id, Message::Ack { id })
         }
         Message::Touch(list) => {
             for (sid, expiry) in list {
@@ -173,10 +176,6 @@ pub(crate) async fn handle(c: &Cluster, peer: &Hello, msg: Message, reply_tx: Op
             tracing::warn!(node = %peer.node_id, "unexpected hello after the handshake");
         }
     }
-}
-
-fn msg_ack(id: u64) -> Message {
-    Message::Ack { id }
 }
 
 fn merge_states(c: &Cluster, sessions: &[SessionState]) {
