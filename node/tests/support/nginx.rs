@@ -5,9 +5,10 @@
 //! dir, on a free loopback port; it is killed on drop and its error log printed when the
 //! test panics.
 
+use std::collections::BTreeSet;
 use std::fs::File;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -54,22 +55,73 @@ impl Nginx {
         )
     }
 
+    /// Starts nginx as an ingress in front of pods that come and go: round-robin over
+    /// `upstreams`, and a request whose *connection* to an upstream fails (refused, reset
+    /// while connecting, connect timeout) is passed to the next upstream
+    /// (`proxy_next_upstream error timeout`). That is safe for a `POST`: without
+    /// `non_idempotent`, nginx passes a non-idempotent request on only if it has not sent
+    /// it to anyone yet; a `POST` that reached a node which then died is answered 502,
+    /// never replayed on another node (replaying it could apply it twice). For the same
+    /// reason there is no keepalive to the upstreams: a cached connection to a node that
+    /// has died since counts as "request sent" when the write into it fails, so the
+    /// request would get a 502 instead of going to a live node. `max_fails=0`: a dead
+    /// node stays in the rotation until [`Nginx::set_upstreams`] removes it, as an ingress
+    /// keeps an endpoint until the endpoint list changes. No `reuseport`, so a reload
+    /// keeps the one listening socket (connections waiting in its queue survive).
+    pub fn failover(upstreams: &[SocketAddr]) -> Nginx {
+        let (http_extra, location) = failover_conf(upstreams);
+        Self::start_with(&http_extra, location, "")
+    }
+
+    /// Replaces the upstream list of a [`Nginx::failover`] proxy and reloads (SIGHUP to
+    /// the master: new workers with the new list, the old ones finish their requests and
+    /// exit). Returns once every worker that ran the old list has exited, i.e. no request
+    /// can reach a removed upstream any more; panics (with the log) if that takes longer
+    /// than 10 s, e.g. because nginx refused the new configuration.
+    pub async fn set_upstreams(&self, upstreams: &[SocketAddr]) {
+        let (http_extra, location) = failover_conf(upstreams);
+        let conf = render(self.dir.path(), self.addr, &http_extra, location, "");
+        let tmp = self.dir.path().join("nginx.conf.new");
+        std::fs::write(&tmp, conf).unwrap();
+        std::fs::rename(&tmp, self.conf_path()).unwrap();
+        let master = self.child.as_ref().expect("nginx running").id();
+        let old = children(master);
+        assert!(!old.is_empty(), "nginx has no worker; log:\n{}", self.log());
+        super::run("kill", &["-HUP", &master.to_string()]);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let now = children(master);
+            if !now.is_empty() && now.is_disjoint(&old) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "nginx did not reload within 10 s (old workers {old:?}, now {now:?}); log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// How many times nginx could not connect to an upstream (and, in a
+    /// [`Nginx::failover`] proxy, passed the request to the next one), from its error log.
+    pub fn upstream_connect_failures(&self) -> usize {
+        std::fs::read_to_string(self.dir.path().join("error.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("while connecting to upstream"))
+            .count()
+    }
+
     fn start(http_extra: &str, location: &str) -> Nginx {
+        Self::start_with(http_extra, location, " reuseport")
+    }
+
+    fn start_with(http_extra: &str, location: &str, listen_opts: &str) -> Nginx {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let d = dir.path().display();
-        // `user` only matters (and is only honoured) when the master runs as root: it keeps
-        // the workers able to use the temp dir.
-        let user = if is_root() { "user root;\n" } else { "" };
-        let conf = format!(
-            "{user}worker_processes 1;\nerror_log {d}/error.log warn;\npid {d}/nginx.pid;\n\
-             events {{ worker_connections 4096; }}\n\
-             http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n  \
-             fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n  \
-             keepalive_requests 1000000;\n{http_extra}  server {{\n    listen {addr} reuseport;\n    \
-             location / {{\n      {location}\n    }}\n  }}\n}}\n"
-        );
+        let conf = render(dir.path(), addr, http_extra, location, listen_opts);
         let conf_path = dir.path().join("nginx.conf");
         std::fs::write(&conf_path, conf).unwrap();
         let out = File::create(dir.path().join("stderr.log")).unwrap();
@@ -155,6 +207,57 @@ impl Drop for Nginx {
             );
         }
     }
+}
+
+/// The configuration: one server on `addr` with `location /`, temp paths in `dir`.
+fn render(
+    dir: &Path,
+    addr: SocketAddr,
+    http_extra: &str,
+    location: &str,
+    listen_opts: &str,
+) -> String {
+    let d = dir.display();
+    // `user` only matters (and is only honoured) when the master runs as root: it keeps
+    // the workers able to use the temp dir.
+    let user = if is_root() { "user root;\n" } else { "" };
+    format!(
+        "{user}worker_processes 1;\nerror_log {d}/error.log warn;\npid {d}/nginx.pid;\n\
+         events {{ worker_connections 4096; }}\n\
+         http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n  \
+         fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n  \
+         keepalive_requests 1000000;\n{http_extra}  server {{\n    listen {addr}{listen_opts};\n    \
+         location / {{\n      {location}\n    }}\n  }}\n}}\n"
+    )
+}
+
+/// The `upstream` block and `location` of a [`Nginx::failover`] proxy.
+fn failover_conf(upstreams: &[SocketAddr]) -> (String, &'static str) {
+    assert!(!upstreams.is_empty(), "nginx needs at least one upstream");
+    let servers: String = upstreams
+        .iter()
+        .map(|a| format!("    server {a} max_fails=0;\n"))
+        .collect();
+    let location = "proxy_pass http://tribe;\n      proxy_next_upstream error timeout;\n      \
+                    proxy_connect_timeout 2s;\n      proxy_read_timeout 10s;";
+    (format!("  upstream tribe {{\n{servers}  }}\n"), location)
+}
+
+/// Pids of the live processes whose parent is `pid` (nginx's workers), from `/proc`.
+fn children(pid: u32) -> BTreeSet<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return BTreeSet::new();
+    };
+    dir.filter_map(|e| {
+        let child: u32 = e.ok()?.file_name().to_str()?.parse().ok()?;
+        let stat = std::fs::read_to_string(format!("/proc/{child}/stat")).ok()?;
+        // `pid (comm) state ppid …`; comm may hold spaces and parentheses.
+        let mut rest = stat.rsplit_once(')')?.1.split_whitespace();
+        let state = rest.next()?;
+        let ppid: u32 = rest.next()?.parse().ok()?;
+        (ppid == pid && state != "Z").then_some(child)
+    })
+    .collect()
 }
 
 fn nginx_bin() -> String {
