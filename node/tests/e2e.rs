@@ -260,6 +260,10 @@ struct Control {
     request: tokio::sync::Mutex<()>,
     /// The node that served the latest acknowledged request.
     last_node: Mutex<String>,
+    /// The client's session cookie, once it has one.
+    session: Mutex<Option<String>>,
+    /// What the disturbance did, each with the acknowledged count at that moment.
+    timeline: Mutex<Vec<(u64, String)>>,
 }
 
 impl Control {
@@ -269,7 +273,22 @@ impl Control {
             hold: watch::Sender::new(u64::MAX),
             request: tokio::sync::Mutex::new(()),
             last_node: Mutex::new(String::new()),
+            session: Mutex::new(None),
+            timeline: Mutex::new(Vec::new()),
         })
+    }
+
+    /// Records a step of the disturbance with the client's progress at that moment.
+    fn mark(&self, what: String) {
+        let at = *self.acked.borrow();
+        self.timeline.lock().unwrap().push((at, what));
+    }
+
+    /// `what@count, …`
+    fn timeline(&self) -> String {
+        let t = self.timeline.lock().unwrap();
+        let steps: Vec<String> = t.iter().map(|(n, w)| format!("{w} @{n}")).collect();
+        steps.join(", ")
     }
 
     /// Waits (bounded) until the client has `n` acknowledged requests.
@@ -376,6 +395,9 @@ async fn client_loop(proxy: SocketAddr, ctl: Arc<Control>, send: SendMode) -> Ou
         };
         *ctl.last_node.lock().unwrap() = node.clone();
         drop(lock);
+        if o.acked == 0 {
+            *ctl.session.lock().unwrap() = client.cookie("SESSIONID").map(String::from);
+        }
         if n != o.last + 1 {
             let what = format!("request {next} on {node}: {n} after {}", o.last);
             if n <= o.last && send == SendMode::Async {
@@ -409,34 +431,71 @@ async fn kill9(fleet: &mut Fleet, ctl: &Control) -> String {
         let name = ctl.last_node.lock().unwrap().clone();
         let slot = fleet.slot_of(&name);
         fleet.kill_node(slot);
+        ctl.mark(format!("{name} killed"));
         slot
     };
     let at = *ctl.acked.borrow();
     ctl.reached(at + 20).await;
     fleet.route_without(victim).await;
+    ctl.mark(format!("n{} out", victim + 1));
     fleet.start_node(victim).await;
+    ctl.mark(format!("n{} ready", victim + 1));
     fleet.route_with(victim).await;
+    ctl.mark(format!("n{} in", victim + 1));
     ctl.release();
     format!("n{}", victim + 1)
 }
 
-/// 3 → 5 → 2: n4 and n5 start and join the list as each is ready; then n1, n2, n3 leave
-/// the list and stop (SIGTERM), one at a time.
+/// 3 → 5 → 2: n4 and n5 start and join the list as each is ready; then three nodes
+/// leave the list together and get SIGTERM together, as a Deployment scaled down
+/// terminates its surplus pods at once. The three are the two owners of the client's
+/// session under the five-node view (rendezvous hashing, `--backups 1`) and one more, so
+/// in backup mode every node holding a copy leaves at the same moment and the session
+/// survives only through their hand-offs (in delta mode every node holds it anyway).
 async fn scale(fleet: &mut Fleet, ctl: &Control) {
     ctl.hold_after(270);
     ctl.reached(50).await;
     for slot in [3, 4] {
+        ctl.mark(format!("n{} starts", slot + 1));
         fleet.start_node(slot).await;
         fleet.route_with(slot).await;
+        ctl.mark(format!("n{} ready, routed", slot + 1));
     }
     assert_eq!(fleet.live().count(), 5);
     ctl.reached(120).await;
-    for slot in [0, 1, 2] {
-        fleet.route_without(slot).await;
+    let sid: i128 = ctl
+        .session
+        .lock()
+        .unwrap()
+        .as_deref()
+        .expect("the client has a session")
+        .parse::<tower_sessions::session::Id>()
+        .expect("a session id")
+        .0;
+    let members: Vec<String> = (1..=5).map(|i| format!("n{i}")).collect();
+    let mut leaving: Vec<usize> = tribe_node::ownership::owners(sid, &members, 1)
+        .iter()
+        .map(|n| fleet.slot_of(n))
+        .collect();
+    let others: Vec<usize> = (0..5).filter(|s| !leaving.contains(s)).collect();
+    leaving.extend(others.iter().take(3 - leaving.len()));
+    let staying: BTreeSet<usize> = (0..5).filter(|s| !leaving.contains(s)).collect();
+    fleet.route(staying).await;
+    ctl.mark(format!("{} out of the list", names(&leaving)));
+    for &slot in &leaving {
+        fleet.node(slot).sigterm();
+    }
+    for &slot in &leaving {
         fleet.stop_node(slot).await;
     }
+    ctl.mark(format!("{} exited", names(&leaving)));
     assert_eq!(fleet.live().count(), 2);
     ctl.release();
+}
+
+fn names(slots: &[usize]) -> String {
+    let n: Vec<String> = slots.iter().map(|s| format!("n{}", s + 1)).collect();
+    n.join("+")
 }
 
 /// Every node in turn: out of the list, SIGTERM, exit, start on the same ports, ready,
@@ -446,9 +505,12 @@ async fn rolling(fleet: &mut Fleet, ctl: &Control) {
     ctl.reached(30).await;
     for slot in 0..fleet.all.len() {
         fleet.route_without(slot).await;
+        ctl.mark(format!("n{} out", slot + 1));
         fleet.stop_node(slot).await;
+        ctl.mark(format!("n{} exited", slot + 1));
         fleet.start_node(slot).await;
         fleet.route_with(slot).await;
+        ctl.mark(format!("n{} ready, in", slot + 1));
     }
     ctl.release();
 }
@@ -486,6 +548,7 @@ async fn scenario(disturbance: Disturbance, replication: Replication, send: Send
             "rolling restart of 3 nodes".into()
         }
     };
+    let what = format!("{what} [{}]", ctl.timeline());
     let mut outcome = client.await.expect("client task");
     let value = verify(&fleet, &mut outcome, send).await;
     eprintln!(
