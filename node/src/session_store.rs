@@ -104,7 +104,7 @@ impl SessionStore for ReplicatedStore {
         for (k, v) in loaded.session.live_attrs() {
             let value = serde_json::from_slice(v)
                 .map_err(|e| Error::Decode(format!("attribute {k:?}: {e}")))?;
-            data.insert(k.clone(), value);
+            data.insert(k.to_string(), value);
         }
         let expiry = self
             .cluster
