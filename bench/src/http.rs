@@ -161,11 +161,6 @@ impl User {
         }
     }
 
-    /// Whether a session cookie was set.
-    pub fn has_session(&self) -> bool {
-        self.session.is_some()
-    }
-
     /// A copy of this user's session cookie alone (no version cookie): another browser
     /// tab reading the same session without read-your-writes.
     pub fn session_only(&self) -> User {

@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 mod http;
+mod load;
 mod metrics;
 mod procs;
 mod report;
