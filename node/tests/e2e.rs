@@ -334,6 +334,8 @@ struct Outcome {
     /// Answers that skipped ahead (an increment applied twice), or went back in sync mode.
     out_of_sequence: Vec<String>,
     served_by: BTreeMap<String, u64>,
+    /// The slowest acknowledged request: (time, request number, node).
+    slowest: (Duration, u64, String),
     /// Time spent waiting for the disturbance to finish before the last requests.
     held: Duration,
     elapsed: Duration,
@@ -382,6 +384,7 @@ async fn client_loop(proxy: SocketAddr, ctl: Arc<Control>, send: SendMode) -> Ou
         o.held += t.elapsed();
         pace.tick().await;
         let lock = ctl.request.lock().await;
+        let sent = Instant::now();
         let answer = client.request(Method::POST, proxy, "/counter", None).await;
         let (n, node) = match answer.map(|(s, body)| (s, parse_counter(&body), body)) {
             Ok((200, Ok(parsed), _)) => parsed,
@@ -402,6 +405,9 @@ async fn client_loop(proxy: SocketAddr, ctl: Arc<Control>, send: SendMode) -> Ou
         };
         *ctl.last_node.lock().unwrap() = node.clone();
         drop(lock);
+        if sent.elapsed() > o.slowest.0 {
+            o.slowest = (sent.elapsed(), next, node.clone());
+        }
         if o.acked == 0 {
             *ctl.session.lock().unwrap() = client.cookie("SESSIONID").map(String::from);
         }
@@ -564,8 +570,8 @@ async fn scenario(disturbance: Disturbance, replication: Replication, send: Send
         "e2e {disturbance:?}/{replication:?}/{send:?}: {} POSTs acknowledged in {:.2?} \
          (scenario {:.2?}, cluster formed in {formed:.2?}), {what}; final counter {value}, \
          lost {} acknowledged increments, {} 5xx, {} failures; answered by {:?}; \
-         nginx passed {} requests on after a refused connection; client held {:.2?}; \
-         rollbacks counted {}, sync timeouts {}",
+         nginx passed {} requests on after a refused connection; slowest answer {:.2?} \
+         (request {} on {}); client held {:.2?}; rollbacks counted {}, sync timeouts {}",
         outcome.acked,
         outcome.elapsed,
         started.elapsed(),
@@ -574,6 +580,9 @@ async fn scenario(disturbance: Disturbance, replication: Replication, send: Send
         outcome.failures.len(),
         outcome.served_by,
         fleet.nginx.upstream_connect_failures(),
+        outcome.slowest.0,
+        outcome.slowest.1,
+        outcome.slowest.2,
         outcome.held,
         fleet.total("tribe_rollbacks").await,
         fleet.total("tribe_sync_timeouts").await,
