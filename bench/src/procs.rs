@@ -447,8 +447,19 @@ impl Nginx {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        // The master forks its worker before it listens: the worker exists by now.
-        nginx.workers = children_of(nginx.master_pid());
+        // A connection is accepted into the backlog as soon as the master listens, which
+        // may be before it forked its worker: wait (bounded) for the worker too.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            nginx.workers = children_of(nginx.master_pid());
+            if !nginx.workers.is_empty() {
+                break;
+            }
+            if Instant::now() >= deadline {
+                bail!("nginx started no worker within 5 s; log:\n{}", nginx.log());
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         Ok(nginx)
     }
 
