@@ -565,7 +565,7 @@ async fn scenario(disturbance: Disturbance, replication: Replication, send: Send
     let what = format!("{what} [{}]", ctl.timeline());
     let mut outcome = client.await.expect("client task");
     let killed_after = *ctl.killed_after.lock().unwrap();
-    let value = verify(&fleet, &mut outcome, send, killed_after).await;
+    let value = verify(&fleet, &mut outcome, (replication, send), killed_after).await;
     eprintln!(
         "e2e {disturbance:?}/{replication:?}/{send:?}: {} POSTs acknowledged in {:.2?} \
          (scenario {:.2?}, cluster formed in {formed:.2?}), {what}; final counter {value}, \
@@ -605,10 +605,17 @@ async fn scenario(disturbance: Disturbance, replication: Replication, send: Send
 ///   and the final counter is exactly `300 - lost`: every acknowledged increment is in
 ///   it except the one the kill undid, if it undid one;
 /// - every running node serves the final counter, with the client's cookies and with
-///   the session cookie alone (what it holds or finds without the client's version).
+///   the session cookie alone (what it holds or finds without the client's version);
+/// - the running nodes see each other, and (backup mode) the session has its two
+///   copies again.
 ///
 /// Returns the final counter.
-async fn verify(fleet: &Fleet, o: &mut Outcome, send: SendMode, killed_after: Option<u64>) -> i64 {
+async fn verify(
+    fleet: &Fleet,
+    o: &mut Outcome,
+    (replication, send): (Replication, SendMode),
+    killed_after: Option<u64>,
+) -> i64 {
     assert!(
         o.failures.is_empty(),
         "the client saw {} 5xx and {} failures in all: {:?}",
@@ -696,6 +703,34 @@ async fn verify(fleet: &Fleet, o: &mut Outcome, send: SendMode, killed_after: Op
                     } else {
                         Err(format!("counter {n}"))
                     }
+                }
+            },
+        )
+        .await;
+    }
+    // The cluster settled: every running node sees exactly the others, and in backup
+    // mode the session has its k + 1 = 2 copies again, a primary and a backup, with
+    // nothing left to re-replicate.
+    let live: Vec<&Node> = fleet.live().collect();
+    wait_converged(&live, READY_TIMEOUT).await;
+    if replication == Replication::Backup {
+        eventually(
+            "one primary and one backup copy, no re-replication backlog",
+            Duration::from_secs(10),
+            || async {
+                let (mut primary, mut backup, mut backlog) = (0, 0, 0);
+                for node in fleet.live() {
+                    let v = node.cluster().await?;
+                    primary += v["primary"].as_u64().unwrap_or(0);
+                    backup += v["backup"].as_u64().unwrap_or(0);
+                    backlog += v["rereplication_backlog"].as_u64().unwrap_or(0);
+                }
+                if (primary, backup, backlog) == (1, 1, 0) {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "{primary} primary, {backup} backup copies, backlog {backlog}"
+                    ))
                 }
             },
         )
