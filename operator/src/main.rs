@@ -252,10 +252,8 @@ async fn main() -> std::process::ExitCode {
             init_tracing();
             run(args).await
         }
-        Command::Local(args) => {
-            init_tracing();
-            local::run(args, shutdown_signal()).await
-        }
+        // Sets up its own logging: the live table may own the terminal.
+        Command::Local(args) => local::main(args).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -104,11 +104,46 @@ fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Result<T, S
 
 struct Local {
     child: Child,
-    log: PathBuf,
+    stdout: PathBuf,
+    stderr: PathBuf,
+}
+
+impl Local {
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    fn tables(&self) -> String {
+        std::fs::read_to_string(&self.stdout).unwrap_or_default()
+    }
+
+    /// SIGTERM, then the exit status (bounded).
+    fn stop(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        assert!(Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success());
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "tribe-operator local did not stop in {timeout:?}\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
 }
 
 impl Drop for Local {
     fn drop(&mut self) {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return;
+        }
         // SIGTERM via kill(1) so the runner stops its nodes; then reap.
         let _ = Command::new("kill")
             .arg("-TERM")
@@ -124,6 +159,40 @@ impl Drop for Local {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// One printed table: node id → column name → cell.
+type Table = std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>>;
+
+/// Every table in the plain (non-terminal) output, oldest first. A table is a
+/// `[time] SessionCluster ...` line, a header line, one line per node, a blank line.
+fn parse_tables(text: &str) -> Vec<Table> {
+    let mut tables = Vec::new();
+    let mut lines = text.lines().peekable();
+    while let Some(line) = lines.next() {
+        if !(line.starts_with('[') && line.contains("] SessionCluster ")) {
+            continue;
+        }
+        let Some(head) = lines.next() else { break };
+        let names: Vec<&str> = head.split_whitespace().collect();
+        let starts: Vec<usize> = names.iter().map(|n| head.find(n).unwrap()).collect();
+        let mut table = Table::new();
+        while let Some(row) = lines.next_if(|l| !l.is_empty()) {
+            let mut cells = std::collections::BTreeMap::new();
+            for (i, name) in names.iter().enumerate() {
+                let from = starts[i].min(row.len());
+                let to = starts
+                    .get(i + 1)
+                    .copied()
+                    .unwrap_or(row.len())
+                    .min(row.len());
+                cells.insert(name.to_string(), row[from..to].trim().to_string());
+            }
+            table.insert(cells["NODE"].clone(), cells);
+        }
+        tables.push(table);
+    }
+    tables
 }
 
 fn manifest(replicas: usize) -> String {
@@ -160,14 +229,14 @@ fn local_cluster_follows_the_file_and_keeps_sessions() {
         eprintln!("SKIPPED: tribe-node is not built next to tribe-operator (cargo build --workspace --bins)");
         return;
     };
+    let started = Instant::now();
     let dir = std::env::temp_dir().join(format!("tribe-local-it-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("demo.yaml");
     std::fs::write(&file, manifest(2)).unwrap();
     let front: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let base = free_base(3);
-    let log = dir.join("local.log");
-    let out = std::fs::File::create(&log).unwrap();
+    let (stdout, stderr) = (dir.join("stdout.txt"), dir.join("stderr.txt"));
     let child = Command::new(env!("CARGO_BIN_EXE_tribe-operator"))
         .args([
             "local",
@@ -182,15 +251,20 @@ fn local_cluster_follows_the_file_and_keeps_sessions() {
             node.to_str().unwrap(),
             "--work-dir",
             dir.join("work").to_str().unwrap(),
+            "--grace",
+            "15",
         ])
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())
-        .stdout(out.try_clone().unwrap())
-        .stderr(out)
+        .stdout(std::fs::File::create(&stdout).unwrap())
+        .stderr(std::fs::File::create(&stderr).unwrap())
         .spawn()
         .unwrap();
-    let local = Local { child, log };
-    let log_text = || std::fs::read_to_string(&local.log).unwrap_or_default();
+    let mut local = Local {
+        child,
+        stdout,
+        stderr,
+    };
 
     // Two nodes answer through the front door and share the session.
     let mut cookie = Jar::default();
@@ -214,9 +288,33 @@ fn local_cluster_follows_the_file_and_keeps_sessions() {
         if seen.len() == 2 {
             Ok(())
         } else {
-            Err(format!("{seen:?}\n{}", log_text()))
+            Err(format!("{seen:?}\n{}", local.log()))
         }
     });
+
+    // The table (plain lines: stdout is a file) shows both nodes ready, holding the
+    // session, with the requests the front door sent them.
+    wait_for("a table with the session", Duration::from_secs(15), || {
+        let text = local.tables();
+        let tables = parse_tables(&text);
+        let t = tables.last().ok_or("no table yet")?;
+        let ok = ["demo-0", "demo-1"].iter().all(|n| {
+            t.get(*n).is_some_and(|r| {
+                r["STATE"] == "ready"
+                    && r["SESSIONS"] == "1"
+                    && r["REQUESTS"].parse::<u64>().unwrap_or(0) > 0
+            })
+        });
+        if ok && t.len() == 2 {
+            Ok(())
+        } else {
+            Err(format!("{t:?}\n{text}"))
+        }
+    });
+    assert!(
+        !local.tables().contains('\x1b'),
+        "no escape codes when stdout is not a terminal"
+    );
 
     // Scale to three by editing the file.
     std::thread::sleep(Duration::from_millis(1100)); // a distinct mtime
@@ -229,37 +327,50 @@ fn local_cluster_follows_the_file_and_keeps_sessions() {
             Err(format!("{seen:?}"))
         }
     });
-    assert!(log_text().contains("started node node=2"), "{}", log_text());
+    assert!(
+        local.log().contains("started node node=2"),
+        "{}",
+        local.log()
+    );
 
-    // A node that dies is restarted, and the session is still there.
-    let pid = log_text()
-        .lines()
-        .rev()
-        .find(|l| l.contains("started node node=1 "))
-        .and_then(|l| l.split("pid=").nth(1))
-        .and_then(|p| p.split_whitespace().next())
-        .map(str::to_string)
-        .expect("pid of node 1 in the log");
-    let starts = |t: &str| {
-        t.lines()
-            .filter(|l| l.contains("started node node=1 "))
-            .count()
+    // A node that is kill -9ed is restarted (a new pid), rejoins, and the session is
+    // still there. Its pid comes from the table.
+    let ready_pid = |name: &str| -> Result<String, String> {
+        let tables = parse_tables(&local.tables());
+        let t = tables.last().ok_or("no table")?;
+        match t.get(name) {
+            Some(r) if r["STATE"] == "ready" && r["PID"] != "-" => Ok(r["PID"].clone()),
+            other => Err(format!("{name}: {other:?}")),
+        }
     };
-    let before = starts(&log_text());
+    let victim = wait_for("demo-1 ready in the table", Duration::from_secs(30), || {
+        ready_pid("demo-1")
+    });
     assert!(Command::new("kill")
-        .args(["-KILL", &pid])
+        .args(["-KILL", &victim])
         .status()
         .unwrap()
         .success());
-    wait_for("node 1 restarted", Duration::from_secs(30), || {
-        let text = log_text();
-        if text.contains("node exited") && starts(&text) > before {
-            Ok(())
-        } else {
-            Err("not yet".into())
-        }
-    });
-    wait_for("three nodes again", Duration::from_secs(60), || {
+    let reborn = wait_for(
+        "demo-1 restarted",
+        Duration::from_secs(30),
+        || match ready_pid("demo-1") {
+            Ok(pid) if pid != victim => Ok(pid),
+            Ok(_) => Err("the old pid".into()),
+            Err(e) => Err(e),
+        },
+    );
+    assert!(
+        local.log().contains("node exited; restarting"),
+        "{}",
+        local.log()
+    );
+    let text = local.tables();
+    assert!(
+        text.contains("exited, restarting in"),
+        "the table showed the restart: {text}"
+    );
+    wait_for("three nodes again", Duration::from_secs(30), || {
         let seen = nodes_seen(front, &mut cookie, 6, &mut last);
         if seen.len() == 3 {
             Ok(())
@@ -267,6 +378,29 @@ fn local_cluster_follows_the_file_and_keeps_sessions() {
             Err(format!("{seen:?}"))
         }
     });
+    let _ = reborn;
+
+    // Shutdown: exit 0, and no node process is left behind.
+    let pids: std::collections::BTreeSet<String> = parse_tables(&local.tables())
+        .iter()
+        .flat_map(|t| t.values().map(|r| r["PID"].clone()))
+        .filter(|p| p != "-")
+        .collect();
+    assert!(pids.len() >= 4, "{pids:?}");
+    let status = local.stop(Duration::from_secs(30));
+    assert!(status.success(), "{status}\n{}", local.log());
+    for pid in &pids {
+        assert!(
+            !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+            "node process {pid} outlived tribe-operator local"
+        );
+    }
+    let last_table = parse_tables(&local.tables()).pop().unwrap();
+    assert!(
+        last_table.values().all(|r| r["STATE"] == "stopped"),
+        "{last_table:?}"
+    );
+    eprintln!("local test took {:?}", started.elapsed());
     drop(local);
     let _ = std::fs::remove_dir_all(&dir);
 }

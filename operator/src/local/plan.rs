@@ -1,9 +1,37 @@
-//! What `local` runs: one `tribe-node` command line per slot, derived from the spec. Pure.
+//! What `local` runs: the environment of each slot's `tribe-node`. Pure.
+//!
+//! The settings are the Deployment's ([`node_settings`]), with only what differs on
+//! one machine replaced ([`LOCAL_OVERRIDES`]):
+//! - the node's name is `<cluster>-<slot>` and its address `127.0.0.1`;
+//! - every slot listens on its own three ports (`base + 10 * slot` and the next two);
+//! - membership is `static`, with every other slot's replication address as a peer.
+//!   Multicast is not used even when the spec asks for it: the loopback interface
+//!   usually has no MULTICAST flag (and joining a group on it needs a route for
+//!   239.0.0.0/8 through `lo`), and there is no headless Service to resolve.
+//!   The cluster's membership, size and failure handling are the same;
+//! - the key file is the local one in the work directory.
 
 use crate::crd::SessionCluster;
+use crate::resources::{node_settings, SettingValue};
 use kube::ResourceExt;
 use std::net::SocketAddr;
 use std::path::Path;
+
+/// The settings `local` sets itself instead of taking them from the spec (or, for
+/// `TRIBE_DNS_NAME` and `TRIBE_MULTICAST_GROUP`, leaves out: static membership uses
+/// neither). Every other setting of [`node_settings`] reaches the node unchanged.
+pub const LOCAL_OVERRIDES: &[&str] = &[
+    "TRIBE_NODE_ID",
+    "TRIBE_ADVERTISE_ADDR",
+    "TRIBE_HTTP_ADDR",
+    "TRIBE_ADMIN_ADDR",
+    "TRIBE_REPLICATION_ADDR",
+    "TRIBE_MEMBERSHIP",
+    "TRIBE_PEERS",
+    "TRIBE_MULTICAST_GROUP",
+    "TRIBE_DNS_NAME",
+    "TRIBE_CLUSTER_KEY_FILE",
+];
 
 /// Ports of slot `index`: http, admin, replication (three consecutive ports from
 /// `base + 10 * index`).
@@ -27,52 +55,82 @@ pub fn max_slots(base: u16) -> usize {
     usize::from((u16::MAX - base) / 10)
 }
 
-/// `tribe-node` flags for slot `index` of a cluster of `replicas` (static peers: every
-/// other slot's replication address on 127.0.0.1).
-pub fn node_args(
+/// The node id of slot `index` (a pod would be `<name>-<hash>-<suffix>`).
+pub fn node_id(sc: &SessionCluster, index: usize) -> String {
+    format!("{}-{index}", sc.name_any())
+}
+
+/// The environment (`TRIBE_*`, sorted by name) of slot `index` in a cluster of
+/// `replicas`: the Deployment's settings with [`LOCAL_OVERRIDES`] applied.
+pub fn node_env(
     sc: &SessionCluster,
     base: u16,
     index: usize,
     replicas: usize,
     key_file: &Path,
-) -> Vec<String> {
-    let spec = &sc.spec;
+) -> Vec<(String, String)> {
     let (http, admin, repl) = ports(base, index);
+    let mut env = std::collections::BTreeMap::new();
+    for s in node_settings(sc) {
+        let value = match s.value {
+            SettingValue::Literal(v) => v,
+            SettingValue::NodeName => node_id(sc, index),
+            SettingValue::NodeIp => format!("127.0.0.1:{repl}"),
+        };
+        env.insert(s.name.to_string(), value);
+    }
+    env.remove("TRIBE_DNS_NAME");
+    env.remove("TRIBE_MULTICAST_GROUP");
     let peers: Vec<String> = (0..replicas)
         .filter(|i| *i != index)
         .map(|i| format!("127.0.0.1:{}", ports(base, i).2))
         .collect();
-    let mut args = vec![
-        format!("--node-id={}-{index}", sc.name_any()),
-        format!("--cluster=local.{}", sc.name_any()),
-        format!("--http-addr=127.0.0.1:{http}"),
-        format!("--admin-addr=127.0.0.1:{admin}"),
-        format!("--replication-addr=127.0.0.1:{repl}"),
-        format!("--advertise-addr=127.0.0.1:{repl}"),
-        "--membership=static".to_string(),
-        format!("--replication={}", spec.replication.mode.as_str()),
-        format!("--backups={}", spec.replication.backups),
-        format!("--send-mode={}", spec.replication.send_mode.as_str()),
-        format!("--session-timeout={}", spec.session.timeout),
-        format!("--cookie-name={}", spec.session.cookie_name),
-        format!("--cluster-key-file={}", key_file.display()),
-    ];
-    if !peers.is_empty() {
-        args.push(format!("--peers={}", peers.join(",")));
+    for (k, v) in [
+        ("TRIBE_HTTP_ADDR", format!("127.0.0.1:{http}")),
+        ("TRIBE_ADMIN_ADDR", format!("127.0.0.1:{admin}")),
+        ("TRIBE_REPLICATION_ADDR", format!("127.0.0.1:{repl}")),
+        ("TRIBE_MEMBERSHIP", "static".to_string()),
+        ("TRIBE_CLUSTER_KEY_FILE", key_file.display().to_string()),
+    ] {
+        env.insert(k.to_string(), v);
     }
-    args
+    if !peers.is_empty() {
+        env.insert("TRIBE_PEERS".to_string(), peers.join(","));
+    }
+    env.into_iter().collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crd::{ReplicationMode, SessionClusterSpec};
+    use crate::crd::{Membership, ReplicationMode, SendMode};
+    use crate::fixtures::cluster;
+    use crate::resources::deployment;
+    use std::collections::BTreeMap;
 
     fn sc() -> SessionCluster {
-        let mut spec = SessionClusterSpec::default();
-        spec.replication.mode = ReplicationMode::Backup;
-        spec.session.timeout = "5m".into();
-        SessionCluster::new("shop", spec)
+        let mut sc = cluster("shop", "default");
+        sc.spec.replication.mode = ReplicationMode::Backup;
+        sc.spec.session.timeout = "5m".into();
+        sc
+    }
+
+    fn env_of(sc: &SessionCluster, index: usize, replicas: usize) -> BTreeMap<String, String> {
+        node_env(sc, 18100, index, replicas, Path::new("/tmp/k"))
+            .into_iter()
+            .collect()
+    }
+
+    /// The Deployment's container env: name → literal value (None for pod fields).
+    fn deployment_env(sc: &SessionCluster) -> BTreeMap<String, Option<String>> {
+        let d = deployment(sc);
+        let c = &d.spec.template.spec.unwrap().containers[0];
+        c.env
+            .clone()
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.name, e.value))
+            .collect()
     }
 
     #[test]
@@ -85,22 +143,80 @@ mod tests {
 
     #[test]
     fn static_peers_are_the_other_slots() {
-        let args = node_args(&sc(), 18100, 1, 3, Path::new("/tmp/k"));
-        assert!(
-            args.contains(&"--peers=127.0.0.1:18102,127.0.0.1:18122".to_string()),
-            "{args:?}"
-        );
-        assert!(args.contains(&"--membership=static".to_string()));
-        assert!(args.contains(&"--advertise-addr=127.0.0.1:18112".to_string()));
-        assert!(args.contains(&"--replication=backup".to_string()));
-        assert!(args.contains(&"--session-timeout=5m".to_string()));
-        assert!(args.contains(&"--cluster-key-file=/tmp/k".to_string()));
-        assert!(args.contains(&"--node-id=shop-1".to_string()));
+        let env = env_of(&sc(), 1, 3);
+        assert_eq!(env["TRIBE_PEERS"], "127.0.0.1:18102,127.0.0.1:18122");
+        assert_eq!(env["TRIBE_MEMBERSHIP"], "static");
+        assert_eq!(env["TRIBE_ADVERTISE_ADDR"], "127.0.0.1:18112");
+        assert_eq!(env["TRIBE_REPLICATION_ADDR"], "127.0.0.1:18112");
+        assert_eq!(env["TRIBE_HTTP_ADDR"], "127.0.0.1:18110");
+        assert_eq!(env["TRIBE_ADMIN_ADDR"], "127.0.0.1:18111");
+        assert_eq!(env["TRIBE_CLUSTER_KEY_FILE"], "/tmp/k");
+        assert_eq!(env["TRIBE_NODE_ID"], "shop-1");
+        assert!(!env.contains_key("TRIBE_DNS_NAME"));
+        assert!(!env.contains_key("TRIBE_MULTICAST_GROUP"));
     }
 
     #[test]
     fn a_single_node_has_no_peers() {
-        let args = node_args(&sc(), 18100, 0, 1, Path::new("/tmp/k"));
-        assert!(!args.iter().any(|a| a.starts_with("--peers")));
+        assert!(!env_of(&sc(), 0, 1).contains_key("TRIBE_PEERS"));
+    }
+
+    /// Every setting the Deployment gives a pod reaches a local node with the same
+    /// value, unless it is one of the few documented local overrides; and local sets
+    /// nothing else. Walked over specs that vary every field.
+    #[test]
+    fn local_nodes_get_the_deployments_settings() {
+        let mut specs = Vec::new();
+        for membership in [Membership::Auto, Membership::Multicast, Membership::Dns] {
+            for mode in [ReplicationMode::Delta, ReplicationMode::Backup] {
+                for send in [SendMode::Async, SendMode::Sync] {
+                    let mut sc = cluster("shop", "web");
+                    sc.spec.replicas = 4;
+                    sc.spec.membership = membership;
+                    sc.spec.replication.mode = mode;
+                    sc.spec.replication.backups = 2;
+                    sc.spec.replication.send_mode = send;
+                    sc.spec.session.timeout = "15m".into();
+                    sc.spec.session.cookie_name = "JSESSIONID".into();
+                    specs.push(sc);
+                }
+            }
+        }
+        for sc in &specs {
+            let pod = deployment_env(sc);
+            let local = env_of(sc, 2, 4);
+            let mut compared = 0;
+            for (name, value) in &pod {
+                if LOCAL_OVERRIDES.contains(&name.as_str()) {
+                    continue;
+                }
+                let value = value
+                    .as_ref()
+                    .unwrap_or_else(|| panic!("{name} is a pod field but not a local override"));
+                assert_eq!(local.get(name), Some(value), "{name}");
+                compared += 1;
+            }
+            assert!(compared >= 6, "{compared} settings compared");
+            for name in local.keys() {
+                assert!(
+                    pod.contains_key(name) || LOCAL_OVERRIDES.contains(&name.as_str()),
+                    "local sets {name}, which the Deployment does not"
+                );
+            }
+        }
+        // The settings a user tunes in the spec, by name.
+        let sc = &specs[specs.len() - 1];
+        let local = env_of(sc, 0, 4);
+        for (name, want) in [
+            ("TRIBE_CLUSTER", "web.shop"),
+            ("TRIBE_REPLICATION", "backup"),
+            ("TRIBE_BACKUPS", "2"),
+            ("TRIBE_SEND_MODE", "sync"),
+            ("TRIBE_SESSION_TIMEOUT", "15m"),
+            ("TRIBE_COOKIE_NAME", "JSESSIONID"),
+        ] {
+            assert_eq!(local[name], want, "{name}");
+            assert_eq!(deployment_env(sc)[name].as_deref(), Some(want), "{name}");
+        }
     }
 }

@@ -8,10 +8,11 @@ use axum::Router;
 use http_body_util::BodyExt;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::net::TcpListener;
 
@@ -25,6 +26,8 @@ pub struct Backends {
     /// across an await.
     addrs: Arc<RwLock<Vec<SocketAddr>>>,
     next: Arc<AtomicUsize>,
+    /// Responses each backend gave (kept when it leaves the set).
+    served: Arc<Mutex<HashMap<SocketAddr, u64>>>,
 }
 
 impl Backends {
@@ -36,6 +39,17 @@ impl Backends {
     /// The current set.
     pub fn get(&self) -> Vec<SocketAddr> {
         self.addrs.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// How many responses `addr` has given through the front door.
+    pub fn served(&self, addr: SocketAddr) -> u64 {
+        let served = self.served.lock().unwrap_or_else(|p| p.into_inner());
+        served.get(&addr).copied().unwrap_or(0)
+    }
+
+    fn count(&self, addr: SocketAddr) {
+        let mut served = self.served.lock().unwrap_or_else(|p| p.into_inner());
+        *served.entry(addr).or_default() += 1;
     }
 
     /// The backends in the order to try for the next request (round robin).
@@ -92,7 +106,10 @@ async fn forward(State(p): State<Proxy>, req: Request<Body>) -> Response<Body> {
             return plain(StatusCode::BAD_REQUEST, "bad request");
         };
         match p.client.request(out).await {
-            Ok(resp) => return resp.map(Body::new),
+            Ok(resp) => {
+                p.backends.count(addr);
+                return resp.map(Body::new);
+            }
             Err(e) if e.is_connect() => {
                 tracing::debug!(%addr, error = %e, "node refused; trying the next");
             }
@@ -178,6 +195,8 @@ mod tests {
             seen.contains(&"a".to_string()) && seen.contains(&"b".to_string()),
             "{seen:?}"
         );
+        assert_eq!(backends.served(a) + backends.served(b), 6);
+        assert_eq!(backends.served(dead), 0);
 
         backends.set(vec![]);
         assert_eq!(get_body(front, "/who").await.0, 503);

@@ -67,31 +67,82 @@ fn http_probe(path: &str, period: i32, failures: i32, initial_delay: Option<i32>
     }
 }
 
-/// The environment of the node container (names from DESIGN.md).
-pub fn node_env(sc: &SessionCluster) -> Vec<EnvVar> {
+/// Where a node setting's value comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SettingValue {
+    /// The same literal value everywhere.
+    Literal(String),
+    /// The node's own name: the pod's `metadata.name` (local: `<cluster>-<slot>`).
+    NodeName,
+    /// The node's own address: the pod's `status.podIP` (local: `127.0.0.1:<port>`).
+    NodeIp,
+}
+
+/// One `TRIBE_*` setting of a node (names from DESIGN.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeSetting {
+    /// The environment variable.
+    pub name: &'static str,
+    /// Its value.
+    pub value: SettingValue,
+}
+
+impl NodeSetting {
+    fn literal(name: &'static str, value: impl Into<String>) -> Self {
+        NodeSetting {
+            name,
+            value: SettingValue::Literal(value.into()),
+        }
+    }
+}
+
+/// The node configuration a SessionCluster gives every node, as `TRIBE_*` settings.
+/// The one source of truth for both the Deployment ([`node_env`]) and
+/// `tribe-operator local` (which replaces only what differs on one machine:
+/// addresses, membership, the key file's path).
+pub fn node_settings(sc: &SessionCluster) -> Vec<NodeSetting> {
     let spec = &sc.spec;
-    let mut env_vars = vec![
-        env_field("TRIBE_NODE_ID", "metadata.name"),
-        env("TRIBE_CLUSTER", sc.cluster_id()),
-        env_field("TRIBE_ADVERTISE_ADDR", "status.podIP"),
-        env("TRIBE_MEMBERSHIP", spec.membership.as_str()),
-        env("TRIBE_MULTICAST_GROUP", multicast_group(sc)),
+    let mut settings = vec![
+        NodeSetting {
+            name: "TRIBE_NODE_ID",
+            value: SettingValue::NodeName,
+        },
+        NodeSetting::literal("TRIBE_CLUSTER", sc.cluster_id()),
+        NodeSetting {
+            name: "TRIBE_ADVERTISE_ADDR",
+            value: SettingValue::NodeIp,
+        },
+        NodeSetting::literal("TRIBE_MEMBERSHIP", spec.membership.as_str()),
+        NodeSetting::literal("TRIBE_MULTICAST_GROUP", multicast_group(sc)),
     ];
     if spec.membership != Membership::Multicast {
-        env_vars.push(env("TRIBE_DNS_NAME", dns_name(sc)));
+        settings.push(NodeSetting::literal("TRIBE_DNS_NAME", dns_name(sc)));
     }
-    env_vars.extend([
-        env("TRIBE_REPLICATION", spec.replication.mode.as_str()),
-        env("TRIBE_BACKUPS", spec.replication.backups.to_string()),
-        env("TRIBE_SEND_MODE", spec.replication.send_mode.as_str()),
-        env("TRIBE_SESSION_TIMEOUT", spec.session.timeout.clone()),
-        env("TRIBE_COOKIE_NAME", spec.session.cookie_name.clone()),
-        env(
+    settings.extend([
+        NodeSetting::literal("TRIBE_REPLICATION", spec.replication.mode.as_str()),
+        NodeSetting::literal("TRIBE_BACKUPS", spec.replication.backups.to_string()),
+        NodeSetting::literal("TRIBE_SEND_MODE", spec.replication.send_mode.as_str()),
+        NodeSetting::literal("TRIBE_SESSION_TIMEOUT", spec.session.timeout.clone()),
+        NodeSetting::literal("TRIBE_COOKIE_NAME", spec.session.cookie_name.clone()),
+        NodeSetting::literal(
             "TRIBE_CLUSTER_KEY_FILE",
             format!("{KEY_DIR}/{KEY_FILE_NAME}"),
         ),
     ]);
-    env_vars
+    settings
+}
+
+/// The environment of the node container: [`node_settings`] as env vars, the node's
+/// own name and address from the pod.
+pub fn node_env(sc: &SessionCluster) -> Vec<EnvVar> {
+    node_settings(sc)
+        .into_iter()
+        .map(|s| match s.value {
+            SettingValue::Literal(v) => env(s.name, v),
+            SettingValue::NodeName => env_field(s.name, "metadata.name"),
+            SettingValue::NodeIp => env_field(s.name, "status.podIP"),
+        })
+        .collect()
 }
 
 /// The Deployment running the cluster's nodes.

@@ -8,7 +8,7 @@ mod pdb;
 mod secret;
 mod service;
 
-pub use deployment::deployment;
+pub use deployment::{deployment, node_env, node_settings, NodeSetting, SettingValue};
 pub use ingress::ingress;
 pub use network_policy::network_policy;
 pub use pdb::pdb;
