@@ -29,6 +29,15 @@ pub fn owners(sid: SessionId, members: &[String], backups: usize) -> Vec<&str> {
         .collect()
 }
 
+/// The primary of `sid` among `members` (the first of [`owners`]), without sorting.
+pub fn primary(sid: SessionId, members: &[String]) -> Option<&str> {
+    members
+        .iter()
+        .map(|m| (score(sid, m), m.as_str()))
+        .max_by(|a, b| a.0.cmp(&b.0).then_with(|| b.1.cmp(a.1)))
+        .map(|(_, m)| m)
+}
+
 /// Whether `me` is among the owners of `sid`.
 pub fn is_owner(sid: SessionId, members: &[String], backups: usize, me: &str) -> bool {
     owners(sid, members, backups).contains(&me)
@@ -46,6 +55,17 @@ mod tests {
     fn sid(i: u64) -> SessionId {
         // Spread like random ids.
         (i as i128).wrapping_mul(0x9E37_79B9_7F4A_7C15_F39C_C060_5CED_C835u128 as i128)
+    }
+
+    #[test]
+    fn primary_is_the_first_owner() {
+        for n in [1, 2, 5, 16] {
+            let m = members(n);
+            for i in 0..500 {
+                assert_eq!(primary(sid(i), &m), owners(sid(i), &m, 1).first().copied());
+            }
+        }
+        assert_eq!(primary(sid(1), &[]), None);
     }
 
     #[test]

@@ -54,10 +54,9 @@ fn expiry_secs(t: OffsetDateTime) -> u64 {
 #[async_trait]
 impl SessionStore for ReplicatedStore {
     async fn create(&self, record: &mut Record) -> Result<()> {
-        // Ids are 128 random bits; a collision with a session held here gets a new id.
-        while self.cluster.inner.store.contains(record.id.0) {
-            record.id = Id::default();
-        }
+        // Ids are 128 random bits, not held here; in backup mode, one this node is the
+        // primary of (see `Cluster::new_session_id`).
+        record.id = Id(self.cluster.new_session_id());
         self.save(record).await
     }
 

@@ -502,3 +502,34 @@ async fn a_write_sends_exactly_k_deltas_whatever_the_cluster_size() {
         );
     }
 }
+
+/// A node creates sessions it is the primary of: writes that keep landing on the node
+/// that created the session (a front door with session affinity) cost exactly `k`
+/// deltas each, with no forward to a primary and no fetch, at any cluster size.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_is_owned_by_the_node_that_created_it() {
+    let (n, k) = (5, 1);
+    let nodes = backup_cluster(n, k).await;
+    let all: Vec<&Node> = nodes.iter().collect();
+    let mut sessions = create_sessions(&all, 40).await;
+    let mut writes = sessions.len();
+    for _ in 0..3 {
+        // Shift 0: every session on the node that created it.
+        increment_all(&mut sessions, &all, 0).await;
+        writes += sessions.len();
+    }
+    assert_deltas(&all, (k * writes) as u64).await;
+    let forwards = cluster_sum(&all, "tribe_forwards_sent").await.unwrap();
+    let fetches = cluster_sum(&all, "tribe_remote_fetches").await.unwrap();
+    assert_eq!(
+        (forwards, fetches),
+        (0, 0),
+        "writes on the creating node were forwarded or fetched"
+    );
+    // Each node is the primary of the sessions it created: it holds them, and so does
+    // exactly one backup.
+    for node in &all {
+        let held = node.metric("tribe_sessions").await.unwrap().unwrap_or(0.0);
+        assert!(held >= 8.0, "{} holds {held} sessions", node.name);
+    }
+}
