@@ -286,12 +286,15 @@ impl Cluster {
                     tail(&node.log, 10)
                 );
             }
-            if let Ok(view) = http::get_json(node.admin, "/cluster").await {
-                let alive = view["members"]
-                    .as_array()
-                    .map_or(0, |m| m.iter().filter(|m| m["state"] == "alive").count());
-                if view["ready"] == true && alive >= peers {
-                    return Ok(());
+            // /readyz first: cheap for a node busy with a state transfer.
+            if http::get_text(node.admin, "/readyz").await.is_ok() {
+                if let Ok(view) = http::get_json(node.admin, "/cluster").await {
+                    let alive = view["members"]
+                        .as_array()
+                        .map_or(0, |m| m.iter().filter(|m| m["state"] == "alive").count());
+                    if view["ready"] == true && alive >= peers {
+                        return Ok(());
+                    }
                 }
             }
             if Instant::now() >= deadline {
@@ -301,7 +304,7 @@ impl Cluster {
                     tail(&node.log, 10)
                 );
             }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
 

@@ -48,6 +48,12 @@ pub struct Check {
     pub measured: String,
     /// `Some(met)`, or `None` when this run cannot judge it (e.g. `--quick`).
     pub met: Option<bool>,
+    /// The measured figure as a number, in `unit`.
+    pub value: f64,
+    /// The target's bound, in `unit`.
+    pub limit: f64,
+    /// Unit of `value` and `limit`.
+    pub unit: String,
 }
 
 impl Check {
@@ -58,6 +64,9 @@ impl Check {
             target: format!("≤ {limit} {unit}"),
             measured: format!("{value:.decimals$} {unit}"),
             met: Some(value.is_finite() && value <= limit),
+            value,
+            limit,
+            unit: unit.into(),
         }
     }
 
