@@ -146,6 +146,9 @@ struct Fleet {
     nginx: Nginx,
     /// Slots in nginx's upstream list.
     routed: BTreeSet<usize>,
+    /// Processes that exited or were killed, kept so that their logs are printed too if
+    /// the test fails.
+    retired: Vec<Node>,
 }
 
 impl Fleet {
@@ -170,6 +173,7 @@ impl Fleet {
             flags,
             nginx,
             routed,
+            retired: Vec::new(),
         }
     }
 
@@ -211,13 +215,13 @@ impl Fleet {
             slot + 1,
             node.log()
         );
-        self.nodes[slot] = None;
+        self.retired.extend(self.nodes[slot].take());
     }
 
     /// SIGKILL (and reap).
     fn kill_node(&mut self, slot: usize) {
         self.node(slot).kill();
-        self.nodes[slot] = None;
+        self.retired.extend(self.nodes[slot].take());
     }
 
     /// Makes `slots` nginx's upstream list (reload; returns once the old workers are gone).
