@@ -113,11 +113,10 @@ async fn run(args: &Args) -> Result<(Report, bool)> {
     for s in chosen {
         let started = std::time::Instant::now();
         match run_section(s, &env).await {
-            Ok(t) => {
-                sections::progress(format!(
-                    "{s:?} took {:.1} s",
-                    started.elapsed().as_secs_f64()
-                ));
+            Ok(mut t) => {
+                let took = started.elapsed().as_secs_f64();
+                sections::progress(format!("{s:?} took {took:.1} s"));
+                t.note(format!("section took {took:.0} s"));
                 tables.push(t);
             }
             Err(e) => {

@@ -127,7 +127,10 @@ pub async fn run(env: &Env) -> Result<Table> {
     t.checks.push(if sessions == 100_000 {
         transfer
     } else {
-        transfer.not_judged(&format!("{sessions} sessions"))
+        transfer.not_judged(&format!(
+            "{} sessions",
+            crate::report::thousands(sessions as i64)
+        ))
     });
     t.checks.push(Check::at_most(
         "RSS per 1 KB session",
