@@ -32,6 +32,14 @@ enum Command {
     /// Print the SessionCluster CustomResourceDefinition as YAML.
     Crd,
     /// Run the SessionCluster in FILE on this machine as tribe-node processes.
+    ///
+    /// Starts spec.replicas nodes on 127.0.0.1 with the settings the Deployment gives its
+    /// pods (but static membership and local ports) behind a round-robin front door on
+    /// --listen. Edits to FILE are followed: nodes are added, drained, or restarted one at a
+    /// time; a node that dies is restarted. A table of the nodes (state, sessions,
+    /// requests) is redrawn on a terminal, or printed as plain lines when it changes.
+    /// Ctrl-C stops every node (SIGTERM, then SIGKILL after --grace); a second Ctrl-C kills
+    /// them at once.
     Local(local::LocalArgs),
 }
 

@@ -404,3 +404,79 @@ fn local_cluster_follows_the_file_and_keeps_sessions() {
     drop(local);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A node that ignores SIGTERM keeps `local` waiting (draining) after the first signal,
+/// up to `--grace`; a second signal kills it at once, and `local` still exits 0 with
+/// nothing left behind. The node is a shell script that ignores SIGTERM and sleeps:
+/// what is tested is the operator's handling of a node that does not stop.
+#[test]
+fn a_second_signal_kills_nodes_that_do_not_stop() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(format!("tribe-local-it2-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let stubborn = dir.join("stubborn-node");
+    std::fs::write(&stubborn, "#!/bin/sh\ntrap '' TERM\nexec sleep 600\n").unwrap();
+    std::fs::set_permissions(&stubborn, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let file = dir.join("demo.yaml");
+    std::fs::write(&file, manifest(2)).unwrap();
+    let (stdout, stderr) = (dir.join("stdout.txt"), dir.join("stderr.txt"));
+    let child = Command::new(env!("CARGO_BIN_EXE_tribe-operator"))
+        .args(["local", file.to_str().unwrap(), "--listen", "127.0.0.1:0"])
+        .args(["--base-port", &free_base(2).to_string(), "--grace", "120"])
+        .args(["--node-bin", stubborn.to_str().unwrap()])
+        .args(["--work-dir", dir.join("work").to_str().unwrap()])
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&stdout).unwrap())
+        .stderr(std::fs::File::create(&stderr).unwrap())
+        .spawn()
+        .unwrap();
+    let mut local = Local {
+        child,
+        stdout,
+        stderr,
+    };
+    let pids = wait_for("two started nodes", Duration::from_secs(15), || {
+        let tables = parse_tables(&local.tables());
+        let t = tables.last().ok_or("no table")?;
+        let pids: Vec<String> = t
+            .values()
+            .filter(|r| r["STATE"] == "starting" && r["PID"] != "-")
+            .map(|r| r["PID"].clone())
+            .collect();
+        if pids.len() == 2 {
+            Ok(pids)
+        } else {
+            Err(format!("{t:?}"))
+        }
+    });
+    let pid = local.child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    wait_for("both nodes draining", Duration::from_secs(10), || {
+        let tables = parse_tables(&local.tables());
+        let t = tables.last().ok_or("no table")?;
+        if t.len() == 2 && t.values().all(|r| r["STATE"] == "draining") {
+            Ok(())
+        } else {
+            Err(format!("{t:?}"))
+        }
+    });
+    assert!(
+        local.child.try_wait().unwrap().is_none(),
+        "one signal waits for the nodes"
+    );
+    let status = local.stop(Duration::from_secs(10));
+    assert!(status.success(), "{status}\n{}", local.log());
+    assert!(local.log().contains("second signal"), "{}", local.log());
+    for pid in &pids {
+        assert!(
+            !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+            "node process {pid} outlived tribe-operator local"
+        );
+    }
+    drop(local);
+    let _ = std::fs::remove_dir_all(&dir);
+}

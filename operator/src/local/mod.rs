@@ -47,16 +47,16 @@ pub struct LocalArgs {
     /// The tribe-node binary (default: next to tribe-operator, else on PATH).
     #[arg(long)]
     pub node_bin: Option<PathBuf>,
-    /// Address of the round-robin front door.
+    /// Address of the round-robin front door (open http://LISTEN/).
     #[arg(long, default_value = "127.0.0.1:8000")]
     pub listen: SocketAddr,
     /// First port of the nodes: node i uses base+10i (http), +1 (admin), +2 (replication).
     #[arg(long, default_value_t = 18100)]
     pub base_port: u16,
-    /// Directory for the cluster key and node logs (default: a temp dir per cluster).
+    /// Directory for the cluster key and the logs (default: $TMPDIR/tribe-local-NAME).
     #[arg(long)]
     pub work_dir: Option<PathBuf>,
-    /// How long a stopping node gets before SIGKILL.
+    /// How long a draining node gets to hand its sessions over before SIGKILL.
     #[arg(long, default_value = "30", value_name = "SECONDS")]
     pub grace: u64,
 }
@@ -466,17 +466,19 @@ fn init_tracing(dir: &Path, tty: bool) -> Result<Option<LogTail>> {
     Ok(Some(tail))
 }
 
-/// Every SIGINT or SIGTERM, as a message.
+/// Every SIGINT, SIGTERM or SIGHUP (the terminal went away), as a message.
 fn signals() -> Result<mpsc::UnboundedReceiver<()>> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut int = signal(SignalKind::interrupt())?;
     let mut term = signal(SignalKind::terminate())?;
+    let mut hup = signal(SignalKind::hangup())?;
     let (tx, rx) = mpsc::unbounded_channel();
     tokio::spawn(async move {
         loop {
             tokio::select! {
                 _ = int.recv() => {},
                 _ = term.recv() => {},
+                _ = hup.recv() => {},
             }
             if tx.send(()).is_err() {
                 return;
@@ -528,6 +530,7 @@ pub async fn run(
         let _ = stop_rx.await;
     }));
 
+    let logs = format!("{0}/operator.log, {0}/node-N.log", dir.display());
     let mut sup = Supervisor {
         bin,
         dir,
@@ -543,6 +546,7 @@ pub async fn run(
         url: url.clone(),
         file: args.file.display().to_string(),
         replicas: usize::try_from(sc.spec.replicas.max(0)).unwrap_or(0),
+        logs: logs.clone(),
     };
     let mut seen_mtime = mtime(&args.file);
     let mut next_tick = Instant::now();
@@ -587,6 +591,7 @@ pub async fn run(
     let _ = stop_tx.send(());
     let mut slots = std::mem::take(&mut sup.slots);
     for slot in &mut slots {
+        slot.restart_at = None;
         sup.terminate(slot);
     }
     sup.slots = slots;

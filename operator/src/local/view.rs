@@ -83,6 +83,8 @@ pub struct Header {
     pub file: String,
     /// `spec.replicas`.
     pub replicas: usize,
+    /// Where the logs are (shown on a terminal).
+    pub logs: String,
 }
 
 fn opt(v: Option<usize>) -> String {
@@ -228,14 +230,17 @@ impl Display {
                 .unwrap_or((120, 40));
             let mut screen = render(header, rows);
             screen.push(String::new());
-            screen.push("Ctrl-C stops the cluster. Recent log:".to_string());
+            screen.push(format!(
+                "Ctrl-C stops the cluster. Logs: {}. Recent:",
+                header.logs
+            ));
             let room = lines_available.saturating_sub(screen.len() + 1);
             screen.extend(tail.last(room));
             let mut text = String::from("\x1b[H");
             for line in screen {
                 let line: String = line.chars().take(cols.max(1)).collect();
                 text.push_str(&line);
-                text.push_str("\x1b[K\r\n");
+                text.push_str("\x1b[K\n");
             }
             text.push_str("\x1b[J");
             let _ = out.write_all(text.as_bytes());
@@ -279,7 +284,7 @@ impl Display {
             let mut out = std::io::stdout().lock();
             let _ = out.write_all(b"\x1b[?25h\x1b[?1049l");
             let mut text = render(header, rows).join("\n");
-            text.push('\n');
+            text.push_str(&format!("\nLogs: {}\n", header.logs));
             for line in tail.last(10) {
                 text.push_str(&line);
                 text.push('\n');
@@ -324,6 +329,7 @@ mod tests {
             url: "http://127.0.0.1:8000/".into(),
             file: "demo.yaml".into(),
             replicas: 2,
+            logs: "/tmp/x".into(),
         };
         let lines = render(
             &header,
