@@ -122,16 +122,15 @@ async fn run(args: &Args) -> Result<(Report, bool)> {
             Err(e) => {
                 failed = true;
                 sections::progress(format!("{s:?} failed: {e:#}"));
-                let name = s.to_possible_value().map(|v| v.get_name().to_string());
-                let mut t = Table::new("failed", format!("{s:?}: failed"), &[]);
-                t.section = match s {
+                let name = match s {
                     Section::Throughput => "throughput",
                     Section::Lag => "lag",
                     Section::Wire => "wire",
                     Section::Transfer => "transfer",
                     Section::Scaling => "scaling",
                 };
-                t.note(format!("{}: {e:#}", name.unwrap_or_default()));
+                let mut t = Table::new(name, format!("{name}: failed"), &[]);
+                t.note(format!("error: {e:#}"));
                 tables.push(t);
             }
         }

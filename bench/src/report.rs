@@ -133,6 +133,9 @@ impl Table {
             let _ = writeln!(out, "{n}  ");
         }
         out.push('\n');
+        if self.cols.is_empty() {
+            return;
+        }
         let headers: Vec<&str> = self.cols.iter().map(|c| c.header).collect();
         let _ = writeln!(out, "| {} |", headers.join(" | "));
         let aligns: Vec<&str> = self
