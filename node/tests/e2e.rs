@@ -591,6 +591,16 @@ async fn scenario(disturbance: Disturbance, replication: Replication, send: Send
         fleet.total("tribe_rollbacks").await,
         fleet.total("tribe_sync_timeouts").await,
     );
+    if send == SendMode::Sync && disturbance != Disturbance::Kill9 {
+        // Nodes that leave gracefully fail their pending acks at once; a sync write whose
+        // primary left is sent again under the new view, never given up on (a crash can
+        // still cost a real timeout while the failure detector catches up).
+        assert_eq!(
+            fleet.total("tribe_sync_timeouts").await,
+            0.0,
+            "a sync write was acknowledged without its owners' acks"
+        );
+    }
     if disturbance == Disturbance::Kill9 {
         assert!(
             fleet.nginx.upstream_connect_failures() > 0,

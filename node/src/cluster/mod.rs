@@ -748,42 +748,69 @@ impl Cluster {
         let inner = &self.inner;
         let sync = inner.cfg.send_mode == SendMode::Sync;
         if self.backup_mode() {
-            let owners = self.owners(delta.sid);
-            if owners.first().map(String::as_str) != Some(inner.me.node_id.as_str()) {
-                // Not the primary: forward to it; it replicates to the backups.
-                if let Some(primary) = owners.first() {
-                    if let Some(link) = self.link_of(primary) {
-                        inner.metrics.forwards_sent.inc();
-                        let ack = if sync { self.next_id() } else { 0 };
-                        let msg = Message::Forward { ack, delta };
-                        if sync {
-                            let started = Instant::now();
-                            let timeout = inner.cfg.sync_timeout;
-                            match self.request(primary, &link, ack, msg, timeout).await {
-                                Some(_) => inner
-                                    .metrics
-                                    .sync_ack_seconds
-                                    .observe(started.elapsed().as_secs_f64()),
-                                None => {
-                                    inner.metrics.sync_timeouts.inc();
-                                }
-                            }
-                        } else {
-                            link.send(&inner.metrics, msg.outgoing()).await;
-                        }
-                        return;
-                    }
+            // A sync forward whose primary leaves before acking (its waiter is failed at
+            // once) is sent again under the new view, so an acknowledged sync write is
+            // always on the owners, not only on this node; bounded by the sync timeout
+            // and a few attempts.
+            let deadline = Instant::now() + inner.cfg.sync_timeout;
+            for _ in 0..3 {
+                let owners = self.owners(delta.sid);
+                let primary = owners.first().cloned();
+                if primary.as_deref() == Some(inner.me.node_id.as_str()) {
+                    self.send_delta(delta, &owners[1..], sync).await;
+                    return;
                 }
-                // Primary unknown or unreachable: send straight to the owners.
-                let targets: Vec<String> = owners
+                let link = primary.as_deref().and_then(|p| self.link_of(p));
+                let (Some(primary), Some(link)) = (primary, link) else {
+                    // Primary unknown or unreachable: send straight to the owners.
+                    let targets: Vec<String> = owners
+                        .into_iter()
+                        .filter(|o| o != &inner.me.node_id)
+                        .collect();
+                    self.send_delta(delta, &targets, sync).await;
+                    return;
+                };
+                // Not the primary: forward to it; it replicates to the backups.
+                inner.metrics.forwards_sent.inc();
+                if !sync {
+                    link.send(&inner.metrics, Message::Forward { ack: 0, delta }.outgoing())
+                        .await;
+                    return;
+                }
+                let ack = self.next_id();
+                let msg = Message::Forward {
+                    ack,
+                    delta: delta.clone(),
+                };
+                let started = Instant::now();
+                let wait = deadline.saturating_duration_since(started);
+                if self.request(&primary, &link, ack, msg, wait).await.is_some() {
+                    inner
+                        .metrics
+                        .sync_ack_seconds
+                        .observe(started.elapsed().as_secs_f64());
+                    return;
+                }
+                if Instant::now() >= deadline {
+                    break;
+                }
+                tracing::debug!(
+                    session = delta.sid,
+                    primary,
+                    "the primary left before acking a forwarded sync write; sending it again"
+                );
+            }
+            if Instant::now() < deadline {
+                // The primary kept failing fast: the owners get it straight from here.
+                let targets: Vec<String> = self
+                    .owners(delta.sid)
                     .into_iter()
                     .filter(|o| o != &inner.me.node_id)
                     .collect();
                 self.send_delta(delta, &targets, sync).await;
-                return;
+            } else {
+                inner.metrics.sync_timeouts.inc();
             }
-            let targets: Vec<String> = owners.into_iter().skip(1).collect();
-            self.send_delta(delta, &targets, sync).await;
         } else {
             let targets: Vec<String> = self.alive_peers().into_iter().map(|(n, _)| n).collect();
             self.send_delta(delta, &targets, sync).await;
