@@ -773,8 +773,11 @@ impl Cluster {
                 // Not the primary: forward to it; it replicates to the backups.
                 inner.metrics.forwards_sent.inc();
                 if !sync {
-                    link.send(&inner.metrics, Message::Forward { ack: 0, delta }.outgoing())
-                        .await;
+                    link.send(
+                        &inner.metrics,
+                        Message::Forward { ack: 0, delta }.outgoing(),
+                    )
+                    .await;
                     return;
                 }
                 let ack = self.next_id();
@@ -784,7 +787,11 @@ impl Cluster {
                 };
                 let started = Instant::now();
                 let wait = deadline.saturating_duration_since(started);
-                if self.request(&primary, &link, ack, msg, wait).await.is_some() {
+                if self
+                    .request(&primary, &link, ack, msg, wait)
+                    .await
+                    .is_some()
+                {
                     inner
                         .metrics
                         .sync_ack_seconds
