@@ -487,10 +487,16 @@ mod tests {
         assert_eq!(names, ["a", "c", "m", "z"]);
         assert!(s.attrs.capacity() <= 4, "capacity {}", s.attrs.capacity());
         // A stale write to an existing attribute changes nothing; a newer one replaces it.
-        let old = Stamp { counter: 1, origin: 1 };
+        let old = Stamp {
+            counter: 1,
+            origin: 1,
+        };
         assert!(!s.merge_attr("c", old, None));
         assert_eq!(s.get("c"), Some(&Bytes::from_static(b"1")));
-        let new = Stamp { counter: 9, origin: 1 };
+        let new = Stamp {
+            counter: 9,
+            origin: 1,
+        };
         assert!(s.merge_attr("c", new, None));
         assert_eq!(s.get("c"), None);
         assert_eq!(s.get("nope"), None);
