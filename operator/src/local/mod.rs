@@ -66,7 +66,7 @@ pub struct LocalArgs {
 /// derive from the namespace).
 pub fn load(path: &Path) -> Result<SessionCluster> {
     let text = std::fs::read_to_string(path)
-        .map_err(|e| Error::InvalidSpec(format!("cannot read {}: {e}", path.display())))?;
+        .map_err(|e| context(e, format!("cannot read {}", path.display())))?;
     let mut sc: SessionCluster = serde_saphyr::from_str(&text)
         .map_err(|e| Error::Serialization(format!("{}: {e}", path.display())))?;
     validate(&sc.spec).map_err(|e| Error::InvalidSpec(format!("{}: {e}", path.display())))?;
@@ -74,6 +74,28 @@ pub fn load(path: &Path) -> Result<SessionCluster> {
         sc.metadata.namespace = Some("default".into());
     }
     Ok(sc)
+}
+
+/// An I/O error that says what was being done.
+fn context(e: std::io::Error, what: String) -> Error {
+    Error::Io(std::io::Error::new(e.kind(), format!("{what}: {e}")))
+}
+
+/// Checks that the ports of the first `n` slots are free, so a clash is one clear error
+/// at start rather than nodes failing in a restart loop.
+fn check_ports(base: u16, n: usize) -> Result<()> {
+    for index in 0..n {
+        let (http, admin, repl) = plan::ports(base, index);
+        for (port, what) in [(http, "http"), (admin, "admin"), (repl, "replication")] {
+            std::net::TcpListener::bind(("127.0.0.1", port)).map_err(|e| {
+                context(
+                    e,
+                    format!("port {port} ({what} of node {index}) is not free; choose another --base-port"),
+                )
+            })?;
+        }
+    }
+    Ok(())
 }
 
 fn mtime(path: &Path) -> Option<SystemTime> {
@@ -226,6 +248,9 @@ impl Supervisor {
             .kill_on_drop(true);
         slot.report = None;
         slot.draining = None;
+        if let Some((_, id)) = slot.env.iter().find(|(k, _)| k == "TRIBE_NODE_ID") {
+            slot.node.clone_from(id);
+        }
         match cmd.spawn() {
             Ok(child) => {
                 info!(node = slot.index, pid = child.id(), http = %plan::http_addr(self.base, slot.index),
@@ -519,9 +544,10 @@ pub async fn run(
     }
 
     let backends = Backends::default();
+    check_ports(args.base_port, needed)?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
-        .map_err(|e| Error::InvalidSpec(format!("cannot listen on {}: {e}", args.listen)))?;
+        .map_err(|e| context(e, format!("cannot listen on {} (--listen)", args.listen)))?;
     let url = format!("http://{}/", listener.local_addr()?);
     info!(front_door = %url, nodes = sc.spec.replicas, bin = %bin.display(),
           work_dir = %dir.display(), "running SessionCluster {name} locally");
@@ -625,6 +651,18 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_taken_port_is_a_clear_error() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = taken.local_addr().unwrap().port();
+        // Slot 0's replication port is the taken one.
+        let err = check_ports(port - 2, 1).unwrap_err().to_string();
+        assert!(
+            err.contains(&format!("port {port} (replication of node 0) is not free")),
+            "{err}"
+        );
+    }
 
     #[test]
     fn load_reads_and_validates() {
