@@ -372,6 +372,35 @@ mod tests {
         );
     }
 
+    /// The container env is exactly `node_settings`: same names, same order, literals
+    /// as values and the node's own name/address from the pod.
+    #[test]
+    fn env_is_the_node_settings() {
+        for membership in [Membership::Auto, Membership::Multicast, Membership::Dns] {
+            let mut sc = cluster("shop", "web");
+            sc.spec.membership = membership;
+            let settings = node_settings(&sc);
+            let env = node_env(&sc);
+            assert_eq!(settings.len(), env.len());
+            for (s, e) in settings.iter().zip(&env) {
+                assert_eq!(s.name, e.name);
+                let field = e
+                    .value_from
+                    .as_ref()
+                    .and_then(|f| f.field_ref.as_ref())
+                    .map(|f| f.field_path.as_str());
+                match &s.value {
+                    SettingValue::Literal(v) => {
+                        assert_eq!(e.value.as_ref(), Some(v), "{}", s.name);
+                        assert!(field.is_none());
+                    }
+                    SettingValue::NodeName => assert_eq!(field, Some("metadata.name")),
+                    SettingValue::NodeIp => assert_eq!(field, Some("status.podIP")),
+                }
+            }
+        }
+    }
+
     #[test]
     fn multicast_only_has_no_dns_name() {
         let mut sc = cluster("shop", "web");
