@@ -1,6 +1,7 @@
 //! `tribe-operator local FILE` end to end with real `tribe-node` processes: sessions
-//! survive round-robin through the front door, the file's replicas are followed, a
-//! killed node comes back. Skipped (loudly) when `tribe-node` has not been built into
+//! survive round-robin through the front door, the file's replicas are followed up and
+//! down, a kill -9ed node comes back, the table (plain, stdout is a file) shows it all,
+//! and a signal stops everything with no process left. Skipped (loudly) when `tribe-node` has not been built into
 //! the same target directory (`cargo build --workspace --bins`).
 
 use std::io::{Read, Write};
@@ -379,6 +380,26 @@ fn local_cluster_follows_the_file_and_keeps_sessions() {
         }
     });
     let _ = reborn;
+
+    // Scale back to two: the highest node drains away, the session stays.
+    std::thread::sleep(Duration::from_millis(1100)); // a distinct mtime
+    std::fs::write(&file, manifest(2)).unwrap();
+    wait_for(
+        "demo-2 gone from the table",
+        Duration::from_secs(30),
+        || {
+            let tables = parse_tables(&local.tables());
+            let t = tables.last().ok_or("no table")?;
+            if t.keys().eq(["demo-0", "demo-1"]) {
+                Ok(())
+            } else {
+                Err(format!("{t:?}"))
+            }
+        },
+    );
+    assert!(local.log().contains("scaling down"), "{}", local.log());
+    let seen = nodes_seen(front, &mut cookie, 6, &mut last);
+    assert!(!seen.contains("demo-2"), "{seen:?}");
 
     // Shutdown: exit 0, and no node process is left behind.
     let pids: std::collections::BTreeSet<String> = parse_tables(&local.tables())

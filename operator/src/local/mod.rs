@@ -278,7 +278,7 @@ impl Supervisor {
         slot.pid = None;
     }
 
-    /// SIGTERM now, SIGKILL after the grace period (see [`Self::reap`]).
+    /// SIGTERM now; `tick` (or `reap_stopping`) SIGKILLs it after the grace period.
     fn terminate(&self, slot: &mut Slot) {
         if slot.child.is_none() || slot.draining.is_some() {
             return;
