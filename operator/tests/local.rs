@@ -1,8 +1,9 @@
 //! `tribe-operator local FILE` end to end with real `tribe-node` processes: sessions
 //! survive round-robin through the front door, the file's replicas are followed up and
 //! down, a kill -9ed node comes back, the table (plain, stdout is a file) shows it all,
-//! and a signal stops everything with no process left. Skipped (loudly) when `tribe-node` has not been built into
-//! the same target directory (`cargo build --workspace --bins`).
+//! and a signal stops everything with no process left. Skipped (loudly) when
+//! `tribe-node` has not been built into the same target directory
+//! (`cargo build --workspace --bins`).
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
