@@ -91,6 +91,9 @@ async fn run_section(s: Section, env: &Env) -> Result<Table> {
 /// Runs the chosen sections; a section that fails is reported (and makes the exit
 /// status 1) without stopping the others.
 async fn run(args: &Args) -> Result<(Report, bool)> {
+    if args.scaling_nodes.iter().flatten().any(|&n| n == 0) {
+        anyhow::bail!("--scaling-nodes: a cluster has at least 1 node");
+    }
     let env = Env {
         node_bin: procs::find_node_bin(args.node_bin.clone())?,
         nginx: procs::find_nginx(args.nginx.clone()),
