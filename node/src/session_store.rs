@@ -100,10 +100,14 @@ impl SessionStore for ReplicatedStore {
         }
         ryw::saw(id.0, loaded.session.version);
         let mut data = HashMap::new();
+        // What this request loaded, as stored (the JSON `encode` wrote): the save diffs
+        // against it, without encoding the record a second time.
+        let mut raw = HashMap::new();
         for (k, v) in loaded.session.live_attrs() {
             let value = serde_json::from_slice(v)
                 .map_err(|e| Error::Decode(format!("attribute {k:?}: {e}")))?;
             data.insert(k.to_string(), value);
+            raw.insert(k.to_string(), v.clone());
         }
         let expiry = self
             .cluster
@@ -118,7 +122,7 @@ impl SessionStore for ReplicatedStore {
             data,
             expiry_date,
         };
-        ryw::set_loaded(id.0, encode(&record)?);
+        ryw::set_loaded(id.0, raw);
         Ok(Some(record))
     }
 
