@@ -296,7 +296,7 @@ fn local_cluster_follows_the_file_and_keeps_sessions() {
 
     // The table (plain lines: stdout is a file) shows both nodes ready, holding the
     // session, with the requests the front door sent them.
-    wait_for("a table with the session", Duration::from_secs(15), || {
+    wait_for("a table with the session", Duration::from_secs(25), || {
         let text = local.tables();
         let tables = parse_tables(&text);
         let t = tables.last().ok_or("no table yet")?;
@@ -345,9 +345,25 @@ fn local_cluster_follows_the_file_and_keeps_sessions() {
             other => Err(format!("{name}: {other:?}")),
         }
     };
-    let victim = wait_for("demo-1 ready in the table", Duration::from_secs(30), || {
-        ready_pid("demo-1")
-    });
+    // First the rolling restart that gives demo-0 and demo-1 the new peer list (demo-1
+    // last) must be over, so that demo-1's exit is the kill's and not a drain.
+    let victim = wait_for(
+        "the rolling restart done, demo-1 ready",
+        Duration::from_secs(60),
+        || {
+            let log = local.log();
+            let rolled = log
+                .lines()
+                .filter(|l| l.contains("started node node=1 "))
+                .count();
+            if rolled < 2 {
+                return Err(format!("demo-1 started {rolled} times"));
+            }
+            ready_pid("demo-0")?;
+            ready_pid("demo-2")?;
+            ready_pid("demo-1")
+        },
+    );
     assert!(Command::new("kill")
         .args(["-KILL", &victim])
         .status()
