@@ -163,6 +163,24 @@ impl Drop for Local {
     }
 }
 
+/// A scratch directory removed on drop, also when the test fails (its panic message
+/// carries the logs).
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// One printed table: node id → column name → cell.
 type Table = std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>>;
 
@@ -232,8 +250,8 @@ fn local_cluster_follows_the_file_and_keeps_sessions() {
         return;
     };
     let started = Instant::now();
-    let dir = std::env::temp_dir().join(format!("tribe-local-it-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let scratch = Scratch::new("tribe-local-it");
+    let dir = &scratch.0;
     let file = dir.join("demo.yaml");
     std::fs::write(&file, manifest(2)).unwrap();
     let front: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
@@ -440,7 +458,7 @@ fn local_cluster_follows_the_file_and_keeps_sessions() {
     );
     eprintln!("local test took {:?}", started.elapsed());
     drop(local);
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(scratch);
 }
 
 /// A node that ignores SIGTERM keeps `local` waiting (draining) after the first signal,
@@ -450,8 +468,8 @@ fn local_cluster_follows_the_file_and_keeps_sessions() {
 #[test]
 fn a_second_signal_kills_nodes_that_do_not_stop() {
     use std::os::unix::fs::PermissionsExt;
-    let dir = std::env::temp_dir().join(format!("tribe-local-it2-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let scratch = Scratch::new("tribe-local-it2");
+    let dir = &scratch.0;
     let stubborn = dir.join("stubborn-node");
     std::fs::write(&stubborn, "#!/bin/sh\ntrap '' TERM\nexec sleep 600\n").unwrap();
     std::fs::set_permissions(&stubborn, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -516,5 +534,5 @@ fn a_second_signal_kills_nodes_that_do_not_stop() {
         );
     }
     drop(local);
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(scratch);
 }
