@@ -346,16 +346,6 @@ struct Outcome {
     client: Option<HttpClient>,
 }
 
-/// `(counter, node)` of a `/counter` answer.
-fn parse_counter(body: &str) -> Result<(i64, String), String> {
-    let v: serde_json::Value =
-        serde_json::from_str(body).map_err(|e| format!("bad JSON {body:?}: {e}"))?;
-    let counter = v["counter"]
-        .as_i64()
-        .ok_or_else(|| format!("no counter in {body}"))?;
-    Ok((counter, v["node"].as_str().unwrap_or("?").to_string()))
-}
-
 /// `REQUESTS` acknowledged sequential `POST /counter` through `proxy` with one cookie
 /// jar; every answer is checked, failures are recorded (and the request sent again).
 async fn client_loop(proxy: SocketAddr, ctl: Arc<Control>, send: SendMode) -> Outcome {
@@ -695,32 +685,7 @@ async fn verify(
             "{} with the client's cookies: {got}",
             node.name
         );
-        eventually(
-            &format!(
-                "{} to serve {expected} with the session cookie alone",
-                node.name
-            ),
-            Duration::from_secs(10),
-            || {
-                let cookie = format!("SESSIONID={session}");
-                async move {
-                    let resp = reqwest::Client::new()
-                        .get(format!("http://{}/counter", node.addrs.http))
-                        .header(reqwest::header::COOKIE, cookie)
-                        .timeout(Duration::from_secs(3))
-                        .send()
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    let (n, _) = parse_counter(&resp.text().await.map_err(|e| e.to_string())?)?;
-                    if n == expected {
-                        Ok(())
-                    } else {
-                        Err(format!("counter {n}"))
-                    }
-                }
-            },
-        )
-        .await;
+        wait_replica_counter(node, &session, expected, Duration::from_secs(10)).await;
     }
     // The cluster settled: every running node sees exactly the others, and in backup
     // mode the session has its k + 1 = 2 copies again, a primary and a backup, with

@@ -38,16 +38,6 @@ async fn post_counter(client: &mut HttpClient, proxy: SocketAddr) -> Result<(i64
     }
 }
 
-fn parse_counter(body: &str) -> Result<(i64, String), String> {
-    let v: serde_json::Value =
-        serde_json::from_str(body).map_err(|e| format!("bad JSON {body:?}: {e}"))?;
-    let counter = v["counter"]
-        .as_i64()
-        .ok_or_else(|| format!("no counter in {body}"))?;
-    let node = v["node"].as_str().unwrap_or("?").to_string();
-    Ok((counter, node))
-}
-
 /// What one client saw.
 struct Run {
     client: HttpClient,
@@ -129,33 +119,10 @@ async fn check(runs: &mut [Run], nodes: &[Node], requests: i64) {
     }
 }
 
-/// Waits (bounded) until every node's own replica of `session` (asked with the session
-/// cookie alone, so no read-your-writes wait or fetch) holds `counter`.
+/// Waits (bounded) until every node's own replica of `session` holds `counter`.
 async fn replicas_hold(nodes: &[Node], session: &str, counter: i64) {
     for node in nodes {
-        eventually(
-            &format!("{} to hold {counter}", node.name),
-            Duration::from_secs(5),
-            || {
-                let cookie = format!("SESSIONID={session}");
-                async move {
-                    let resp = reqwest::Client::new()
-                        .get(format!("http://{}/counter", node.addrs.http))
-                        .header(reqwest::header::COOKIE, cookie)
-                        .timeout(Duration::from_secs(3))
-                        .send()
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    let (n, _) = parse_counter(&resp.text().await.map_err(|e| e.to_string())?)?;
-                    if n == counter {
-                        Ok(())
-                    } else {
-                        Err(format!("counter {n}"))
-                    }
-                }
-            },
-        )
-        .await;
+        wait_replica_counter(node, session, counter, Duration::from_secs(5)).await;
     }
 }
 

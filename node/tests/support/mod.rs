@@ -1011,3 +1011,47 @@ pub async fn wait_formed(nodes: &mut [Node]) {
     let all: Vec<&Node> = nodes.iter().collect();
     wait_converged(&all, READY_TIMEOUT).await;
 }
+
+/// `(counter, node)` of a `/counter` answer.
+#[allow(dead_code)]
+pub fn parse_counter(body: &str) -> Result<(i64, String), String> {
+    let v: serde_json::Value =
+        serde_json::from_str(body).map_err(|e| format!("bad JSON {body:?}: {e}"))?;
+    let counter = v["counter"]
+        .as_i64()
+        .ok_or_else(|| format!("no counter in {body}"))?;
+    Ok((counter, v["node"].as_str().unwrap_or("?").to_string()))
+}
+
+/// Waits (bounded) until `node`'s own replica of `session` holds `counter`: asked with
+/// the session cookie alone, so the node answers from what it holds or finds, without a
+/// read-your-writes wait for the client's version.
+#[allow(dead_code)]
+pub async fn wait_replica_counter(node: &Node, session: &str, counter: i64, timeout: Duration) {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(3))
+        .build()
+        .unwrap();
+    eventually(
+        &format!(
+            "{} to serve {counter} with the session cookie alone",
+            node.name
+        ),
+        timeout,
+        || {
+            let req = http
+                .get(format!("http://{}/counter", node.addrs.http))
+                .header(reqwest::header::COOKIE, format!("SESSIONID={session}"));
+            async move {
+                let resp = req.send().await.map_err(|e| e.to_string())?;
+                let (n, _) = parse_counter(&resp.text().await.map_err(|e| e.to_string())?)?;
+                if n == counter {
+                    Ok(())
+                } else {
+                    Err(format!("counter {n}"))
+                }
+            }
+        },
+    )
+    .await;
+}
