@@ -36,7 +36,6 @@ struct Run {
     writes: usize,
     seconds: f64,
     cpu: f64,
-    idle_cpu: f64,
     bytes: f64,
     deltas: f64,
     forwards: f64,
@@ -68,7 +67,6 @@ pub async fn run(env: &Env) -> Result<Table> {
                 "node CPU-s per 1k writes",
                 Fmt::Fixed(3),
             ),
-            col("idle_cpu_s_per_1k_writes", "(of which idle)", Fmt::Fixed(3)),
             col("bytes_per_write", "bytes sent per write", Fmt::Int),
             col("deltas_per_write", "deltas per write", Fmt::Fixed(2)),
             col("forwards_per_write", "forwards per write", Fmt::Fixed(2)),
@@ -80,7 +78,7 @@ pub async fn run(env: &Env) -> Result<Table> {
     t.note(format!(
         "{writes} POST /counter per run over {SESSIONS} sessions, {CONCURRENCY} in flight, straight \
          to the nodes (the client routes); CPU = utime+stime of all nodes over the write phase; \
-         bytes = tribe_bytes_sent_total of all nodes; idle = the nodes' CPU when idle over as long."
+         bytes = tribe_bytes_sent_total of all nodes."
     ));
     let mut runs = Vec::new();
     for routing in ["round-robin", "sticky"] {
@@ -99,7 +97,6 @@ pub async fn run(env: &Env) -> Result<Table> {
                     json!(r.nodes),
                     json!(w / r.seconds),
                     json!(r.cpu / w * 1000.0),
-                    json!(r.idle_cpu / w * 1000.0),
                     json!(r.bytes / w),
                     json!(r.deltas / w),
                     json!(r.forwards / w),
@@ -177,12 +174,6 @@ async fn run_one(
         bail!("{} errors creating the sessions", created.errors);
     }
 
-    // Idle CPU over a short window, for context (heartbeats, maintenance ticks).
-    let idle_window = Duration::from_millis(500);
-    let idle0 = cpu_seconds(&pids);
-    tokio::time::sleep(idle_window).await;
-    let idle_rate = (cpu_seconds(&pids) - idle0) / idle_window.as_secs_f64();
-
     let per_user = writes / SESSIONS;
     let writes = per_user * SESSIONS;
     let deltas0 = cluster.metric_sum("tribe_deltas_sent_total").await?;
@@ -213,7 +204,6 @@ async fn run_one(
         writes,
         seconds,
         cpu,
-        idle_cpu: idle_rate * seconds,
         bytes: cluster.metric_sum("tribe_bytes_sent_total").await? - bytes0,
         deltas,
         forwards: cluster.metric_sum("tribe_forwards_sent_total").await? - forwards0,
