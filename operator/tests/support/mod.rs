@@ -1,4 +1,4 @@
-//! Test fixtures shared by `cluster.rs` and `chart.rs`: the real tools (helm, kubectl,
+//! Test fixtures shared by `cluster.rs`, `e2e.rs` and `chart.rs`: the real tools (helm, kubectl,
 //! kubernetes-validate), a real control plane from `../shared/k8s` (or the one named by
 //! `TRIBE_TEST_KUBECONFIG`), the podrunner, operator processes, and bounded waits.
 //!
@@ -712,4 +712,133 @@ pub fn service_account_kubeconfig(plane: &ControlPlane, namespace: &str, sa: &st
          current-context: sa\n"
     );
     std::fs::write(out, kc).expect("write kubeconfig");
+}
+
+// ---------------------------------------------------------------------------------------
+// Helm releases and pods (shared by `cluster.rs` and `e2e.rs`)
+
+/// Installs the chart as release `release` in `ns` with `sets`, against `plane`.
+pub fn helm_install(plane: &ControlPlane, release: &str, ns: &str, sets: &[&str], wait: bool) {
+    let chart = repo_root().join("charts/tribe-operator");
+    let mut args = vec![
+        "install",
+        release,
+        chart.to_str().unwrap(),
+        "--namespace",
+        ns,
+        "--create-namespace",
+        "--timeout",
+        "180s",
+    ];
+    if wait {
+        args.push("--wait");
+    }
+    for s in sets {
+        args.push("--set");
+        args.push(s);
+    }
+    let mut cmd = Command::new(require_tool("helm"));
+    cmd.args(&args).env("KUBECONFIG", &plane.kubeconfig);
+    let out = run(&mut cmd).unwrap_or_else(|e| panic!("helm install {release} failed: {e}"));
+    assert!(out.contains("STATUS: deployed"), "{out}");
+}
+
+pub fn helm_uninstall(plane: &ControlPlane, release: &str, ns: &str) {
+    let mut cmd = Command::new(require_tool("helm"));
+    cmd.args([
+        "uninstall",
+        release,
+        "--namespace",
+        ns,
+        "--wait",
+        "--timeout",
+        "120s",
+    ])
+    .env("KUBECONFIG", &plane.kubeconfig);
+    run(&mut cmd).unwrap_or_else(|e| panic!("helm uninstall {release} failed: {e}"));
+}
+
+/// Waits until none of the objects `helm template` renders for this release exist.
+pub fn assert_release_gone(plane: &ControlPlane, release: &str, ns: &str, namespaced: bool) {
+    let kinds: &[&str] = if namespaced {
+        &["serviceaccount", "role", "rolebinding", "deployment"]
+    } else {
+        &[
+            "serviceaccount",
+            "clusterrole",
+            "clusterrolebinding",
+            "role",
+            "rolebinding",
+            "deployment",
+        ]
+    };
+    wait_for(
+        &format!("everything of release {release} to be gone"),
+        Duration::from_secs(120),
+        || {
+            let mut left = vec![];
+            for kind in kinds {
+                let out = plane.try_k(&[
+                    "-n",
+                    ns,
+                    "get",
+                    kind,
+                    "-l",
+                    &format!("app.kubernetes.io/instance={release}"),
+                    "-o",
+                    "name",
+                ])?;
+                left.extend(out.lines().map(String::from));
+            }
+            if left.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("left: {left:?}"))
+            }
+        },
+    );
+    // Helm never deletes CRDs from crds/: the SessionClusters of users survive an uninstall.
+    assert!(
+        plane
+            .try_k(&["get", "crd", "sessionclusters.tribe.rs"])
+            .is_ok(),
+        "the CRD stays"
+    );
+}
+
+/// images.yaml for the podrunner: the image names of the chart and of the SessionCluster
+/// default mapped to the binaries of this build.
+pub fn images_file(dir: &Path, node: Option<&Path>) -> PathBuf {
+    let mut text = format!("tribe-operator: {}\n", operator_bin().display());
+    if let Some(node) = node {
+        text.push_str(&format!("tribe-node: {}\n", node.display()));
+    }
+    let file = dir.join("images.yaml");
+    std::fs::write(&file, text).unwrap();
+    file
+}
+
+/// A control plane with a podrunner, or `None` (printed) when pods cannot run here.
+pub fn plane_with_pods(test: &str, images: impl FnOnce(&Path) -> PathBuf) -> Option<ControlPlane> {
+    let plane = ControlPlane::start(test)?;
+    let file = images(&plane.dir);
+    if let Err(why) = plane.start_pods(&file) {
+        skipped(test, &format!("cannot run pods: {why}"));
+        return None;
+    }
+    Some(plane)
+}
+
+/// The Lease the operators elect on: (holder, name).
+pub fn lease_holder(plane: &ControlPlane, ns: &str) -> Result<(String, String), String> {
+    let leases = plane.get_json(&["-n", ns, "leases"])?;
+    let items = leases["items"].as_array().cloned().unwrap_or_default();
+    let lease = items.first().ok_or("no Lease yet")?;
+    let holder = lease["spec"]["holderIdentity"]
+        .as_str()
+        .ok_or("no holder")?;
+    Ok((
+        holder.to_string(),
+        lease["metadata"]["name"].as_str().unwrap().to_string(),
+    ))
 }
