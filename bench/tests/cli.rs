@@ -96,7 +96,7 @@ fn quick_wire_run_reports_consistent_figures_as_json() {
 #[test]
 fn an_interrupt_stops_every_process_it_started() {
     let mut child = bench()
-        .args(["--only", "throughput"])
+        .args(["--quick", "--only", "throughput"])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
