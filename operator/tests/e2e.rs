@@ -114,7 +114,7 @@ fn e2e_sessions_survive_scaling_pod_loss_and_a_rolling_update() {
         ]);
     }
     for s in &scenarios {
-        s.assert_nothing_left(&plane);
+        s.assert_nothing_left(&plane, started);
     }
     eprintln!(
         "[e2e] SessionClusters deleted, nothing of them left, at {:?}",
@@ -474,7 +474,7 @@ impl Scenario {
 
     /// After the SessionCluster was deleted: nothing of it is left in its namespace, and
     /// the ingress no longer routes its host.
-    fn assert_nothing_left(&self, plane: &ControlPlane) {
+    fn assert_nothing_left(&self, plane: &ControlPlane, started: Instant) {
         wait_for(
             &format!("everything in {} to be gone", self.ns),
             CHANGE,
@@ -506,6 +506,7 @@ impl Scenario {
                 }
             },
         );
+        self.log(started, "nothing of it left in its namespace");
         wait_for(
             &format!("the ingress to stop routing {}", self.host),
             CHANGE,
