@@ -322,10 +322,13 @@ impl Scenario {
         self.log(started, &format!("rolled out: {rolled:?}"));
         pace.finish();
 
-        let Drive { nodes, slowest } = client
-            .join()
-            .expect("client thread")
-            .unwrap_or_else(|e| panic!("{} client: {e}", self.membership));
+        let Drive { nodes, slowest } = client.join().expect("client thread").unwrap_or_else(|e| {
+            panic!(
+                "{} client: {e}\n{}",
+                self.membership,
+                ingress_trouble(plane)
+            )
+        });
         self.log(
             started,
             &format!(
@@ -520,6 +523,22 @@ impl Scenario {
             },
         );
     }
+}
+
+/// What the ingress stand-in's nginx logged about failed requests (answers other than
+/// 200, upstream errors), for a failure message.
+fn ingress_trouble(plane: &ControlPlane) -> String {
+    let logs = plane.dir.join("podrunner/nginx/logs");
+    let read = |f: &str| std::fs::read_to_string(logs.join(f)).unwrap_or_default();
+    let access = read("access.log");
+    let errors = read("error.log");
+    let failed: Vec<&str> = access.lines().filter(|l| !l.contains(" 200 ")).collect();
+    let upstream: Vec<&str> = errors.lines().filter(|l| l.contains("[error]")).collect();
+    format!(
+        "ingress answers other than 200 (nginx access.log):\n{}\nupstream errors (nginx error.log):\n{}",
+        failed[failed.len().saturating_sub(20)..].join("\n"),
+        upstream[upstream.len().saturating_sub(20)..].join("\n")
+    )
 }
 
 /// The cells of the one data row of a `kubectl get` table, by column header.
