@@ -131,6 +131,10 @@ pub struct Config {
     /// How long a leaving node may spend draining and handing sessions over.
     #[arg(long, env = "TRIBE_DRAIN_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
+    /// After SIGTERM, how long the node keeps serving while reporting not ready, before it
+    /// leaves: load balancers (Service endpoints, an ingress) stop sending first.
+    #[arg(long, env = "TRIBE_SHUTDOWN_DELAY", default_value = "0s", value_parser = parse_duration)]
+    pub shutdown_delay: Duration,
 }
 
 /// Parses `500ms`, `3s`, `30m`, `1h` (humantime syntax).

@@ -184,6 +184,8 @@ pub async fn run(
     tracing::info!("shutting down: not ready, draining, handing over, leaving");
     // Not ready first (load balancers stop sending), then hand-off and goodbye while
     // in-flight requests finish.
+    cluster.stop_accepting();
+    tokio::time::sleep(cfg.shutdown_delay).await;
     cluster.leave().await;
     stop_http.cancel();
     let _ = tokio::time::timeout(cfg.drain_timeout, app_task).await;

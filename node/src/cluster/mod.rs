@@ -136,6 +136,8 @@ pub(crate) struct Inner {
     pub waiters: AtomicUsize,
     pub ready: watch::Sender<bool>,
     pub leaving: AtomicBool,
+    /// Shutting down: not ready, still serving (until `leaving`).
+    pub draining: AtomicBool,
     /// Sessions touched since the last flush, with their new expiry.
     pub touched: Mutex<HashMap<SessionId, u64>>,
     /// Sorted live member ids (this node included); changes drive re-replication.
@@ -234,6 +236,7 @@ impl Cluster {
             waiters: AtomicUsize::new(0),
             ready,
             leaving: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
             touched: Mutex::new(HashMap::new()),
             view,
             shutdown: shutdown.clone(),
@@ -268,7 +271,15 @@ impl Cluster {
 
     /// Whether the node has joined and received its state.
     pub fn is_ready(&self) -> bool {
-        *self.inner.ready.borrow() && !self.inner.leaving.load(Ordering::Relaxed)
+        *self.inner.ready.borrow()
+            && !self.inner.leaving.load(Ordering::Relaxed)
+            && !self.inner.draining.load(Ordering::Relaxed)
+    }
+
+    /// Reports not ready from now on, while still serving and replicating (the first step
+    /// of a shutdown, so that load balancers stop sending before the node leaves).
+    pub fn stop_accepting(&self) {
+        self.inner.draining.store(true, Ordering::SeqCst);
     }
 
     /// Waits until the node is ready.
