@@ -336,9 +336,23 @@ async fn dns_members_form_a_cluster_and_a_dead_removed_member_leaves() {
         );
     }
 
-    // n3 comes back (record and process): a new incarnation, admitted again.
-    dns.set_records(&name, &ips);
+    // n3 comes back before its record does, as pods started together resolve the
+    // headless Service before it lists them all: n3 does not take that answer for the
+    // whole cluster (and turn ready) until the name lists n3 itself.
     nodes[2] = Node::spawn("n3", addrs(2), Some(&ns), &dns_args);
+    always(
+        "n3 to stay unready while the name does not list it",
+        Duration::from_millis(1500),
+        || async {
+            match nodes[2].get("/readyz", true).await {
+                Ok((200, _)) => Err("n3 is ready".to_string()),
+                _ => Ok(()),
+            }
+        },
+    )
+    .await;
+    // The record is back: a new incarnation, admitted again.
+    dns.set_records(&name, &ips);
     nodes[2].wait_ready(READY_TIMEOUT).await;
     for (i, node) in nodes.iter().enumerate() {
         eventually(

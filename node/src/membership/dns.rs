@@ -91,7 +91,19 @@ pub(crate) struct Task {
     pub stats: Arc<Stats>,
     pub first_round: watch::Sender<bool>,
     pub shutdown: CancellationToken,
+    /// This node's advertised address: the first round is complete once the name lists
+    /// it (or after [`SELF_WAIT`]).
+    pub own: SocketAddr,
 }
+
+/// Longest the first round waits for the name to list this node itself. Pods started
+/// together resolve the headless Service before its records include them all; a node
+/// that took an early, partial answer as the whole cluster would form a cluster of its
+/// own (and take writes alone) until the next lookup. Once the answer lists the node
+/// itself, it lists every pod that had an address before it.
+pub const SELF_WAIT: Duration = Duration::from_secs(10);
+/// Lookup period while waiting to appear in the name.
+const SELF_POLL: Duration = Duration::from_millis(250);
 
 impl Task {
     /// Re-resolves on the interval until shutdown.
@@ -100,6 +112,8 @@ impl Task {
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut current: Option<BTreeSet<SocketAddr>> = None;
         let mut failing = false;
+        let started = tokio::time::Instant::now();
+        let mut listed = self.own.ip().is_unspecified();
         loop {
             tokio::select! {
                 _ = self.shutdown.cancelled() => return,
@@ -144,7 +158,20 @@ impl Task {
                     current = Some(set);
                 }
             }
-            self.first_round.send_replace(true);
+            if !listed {
+                listed = matches!(&outcome, Outcome::Found(ips) if ips.contains(&self.own.ip()));
+                if !listed && started.elapsed() >= SELF_WAIT {
+                    tracing::warn!(name = %self.name, own = %self.own.ip(), waited = ?SELF_WAIT,
+                        "the DNS name does not list this node; joining with the peers it lists");
+                    listed = true;
+                }
+            }
+            if listed {
+                self.first_round.send_replace(true);
+            } else {
+                // Not listed yet: look again soon.
+                ticker.reset_at(tokio::time::Instant::now() + SELF_POLL.min(self.interval));
+            }
         }
     }
 }

@@ -300,6 +300,7 @@ pub async fn start(
                 stats: stats.clone(),
                 first_round: first_round(),
                 shutdown: shutdown.clone(),
+                own: me.advertise,
             }
             .run(),
         );
