@@ -459,7 +459,11 @@ async fn reconcile_inner(sc: &SessionCluster, ctx: &Context) -> Result<Action> {
                 .conditions
                 .iter()
                 .any(|c| c.type_ == "Ready" && c.status == "True");
-            Ok(Action::requeue(if all_ready {
+            // After a scale or a rollout the Deployment settles before the nodes' views
+            // do: look again soon while the members seen differ from the ready pods.
+            let settled = new_status.members == new_status.ready_replicas
+                && new_status.ready_replicas == new_status.replicas;
+            Ok(Action::requeue(if all_ready && settled {
                 REQUEUE_READY
             } else {
                 REQUEUE_PENDING

@@ -19,6 +19,9 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
+/// Longest the Lease release at shutdown may take.
+const RELEASE_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// Timing of the election.
 #[derive(Clone, Copy, Debug)]
 pub struct Timing {
@@ -256,8 +259,16 @@ impl Elector {
         }
         if *leader.borrow() {
             leader.send_replace(false);
-            if let Err(e) = self.release().await {
-                warn!(error = %e, "could not release the leader Lease");
+            // Bounded: at `helm uninstall` the API server may stop answering this pod (its
+            // RBAC is being deleted) and shutdown must not hang until SIGKILL; the Lease
+            // then simply expires.
+            match tokio::time::timeout(RELEASE_TIMEOUT, self.release()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => warn!(error = %e, "could not release the leader Lease"),
+                Err(_) => warn!(
+                    timeout = ?RELEASE_TIMEOUT,
+                    "releasing the leader Lease timed out; it will expire"
+                ),
             }
         }
     }

@@ -9,7 +9,9 @@
 //!   usually has no MULTICAST flag (and joining a group on it needs a route for
 //!   239.0.0.0/8 through `lo`), and there is no headless Service to resolve.
 //!   The cluster's membership, size and failure handling are the same;
-//! - the key file is the local one in the work directory.
+//! - the key file is the local one in the work directory;
+//! - a stopping node waits 1 s (not the pods' 5 s) before it leaves: the front door
+//!   drops a node that is not ready within one supervision round.
 
 use crate::crd::SessionCluster;
 use crate::resources::{node_settings, SettingValue};
@@ -31,6 +33,7 @@ pub const LOCAL_OVERRIDES: &[&str] = &[
     "TRIBE_MULTICAST_GROUP",
     "TRIBE_DNS_NAME",
     "TRIBE_CLUSTER_KEY_FILE",
+    "TRIBE_SHUTDOWN_DELAY",
 ];
 
 /// Ports of slot `index`: http, admin, replication (three consecutive ports from
@@ -91,6 +94,8 @@ pub fn node_env(
         ("TRIBE_REPLICATION_ADDR", format!("127.0.0.1:{repl}")),
         ("TRIBE_MEMBERSHIP", "static".to_string()),
         ("TRIBE_CLUSTER_KEY_FILE", key_file.display().to_string()),
+        // The front door follows /readyz every supervision round (0.5 s).
+        ("TRIBE_SHUTDOWN_DELAY", "1s".to_string()),
     ] {
         env.insert(k.to_string(), v);
     }

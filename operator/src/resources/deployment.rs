@@ -18,6 +18,11 @@ pub const NODE_GROUP: i64 = 65532;
 
 /// Seconds a node gets between SIGTERM and SIGKILL to hand its sessions over.
 pub const TERMINATION_GRACE_SECONDS: i64 = 60;
+/// How long a terminating node keeps serving while reporting not ready, before it hands
+/// its sessions over and leaves: the time the endpoints and the ingress take to stop
+/// sending to a pod that is being deleted (without it, requests already routed to the
+/// pod meet a closed port or a vanished IP).
+pub const SHUTDOWN_DELAY: &str = "5s";
 
 fn env(name: &str, value: impl Into<String>) -> EnvVar {
     EnvVar {
@@ -124,6 +129,7 @@ pub fn node_settings(sc: &SessionCluster) -> Vec<NodeSetting> {
         NodeSetting::literal("TRIBE_SEND_MODE", spec.replication.send_mode.as_str()),
         NodeSetting::literal("TRIBE_SESSION_TIMEOUT", spec.session.timeout.clone()),
         NodeSetting::literal("TRIBE_COOKIE_NAME", spec.session.cookie_name.clone()),
+        NodeSetting::literal("TRIBE_SHUTDOWN_DELAY", SHUTDOWN_DELAY),
         NodeSetting::literal(
             "TRIBE_CLUSTER_KEY_FILE",
             format!("{KEY_DIR}/{KEY_FILE_NAME}"),
