@@ -52,6 +52,12 @@ struct Args {
     /// Cluster sizes for the scaling section (default 2,4,8,16; with --quick 2,4).
     #[arg(long, value_delimiter = ',')]
     scaling_nodes: Option<Vec<usize>>,
+    /// Runtime threads per node (the node's `--worker-threads`). The nodes, nginx and the
+    /// client share this machine's cores, so each node runs as a pod limited to one CPU
+    /// would; more threads per node only add context switches here.
+    #[arg(long, env = "TRIBE_WORKER_THREADS", default_value_t = 1,
+          value_parser = clap::value_parser!(u16).range(1..=1024))]
+    node_threads: u16,
 }
 
 /// A section of the report.
@@ -94,6 +100,7 @@ async fn run(args: &Args) -> Result<(Report, bool)> {
     if args.scaling_nodes.iter().flatten().any(|&n| n == 0) {
         anyhow::bail!("--scaling-nodes: a cluster has at least 1 node");
     }
+    procs::set_node_threads(args.node_threads);
     let env = Env {
         node_bin: procs::find_node_bin(args.node_bin.clone())?,
         nginx: procs::find_nginx(args.nginx.clone()),
@@ -106,6 +113,7 @@ async fn run(args: &Args) -> Result<(Report, bool)> {
         load_average: report::load_average(),
         commit: git_commit(),
         mode: if args.quick { "quick" } else { "full" },
+        node_threads: args.node_threads,
     };
     let chosen: Vec<Section> = ALL
         .into_iter()

@@ -16,6 +16,14 @@ use nix::unistd::Pid;
 
 use crate::http;
 
+/// Runtime threads of every node started (`--node-threads`).
+static NODE_THREADS: OnceLock<u16> = OnceLock::new();
+
+/// Sets the runtime threads of the nodes started from now on (once).
+pub fn set_node_threads(n: u16) {
+    let _ = NODE_THREADS.set(n);
+}
+
 /// A free TCP port on 127.0.0.1 (bound, then released; never handed out twice by this
 /// process). Another process may still take it before we bind it: [`Cluster::start`]
 /// retries on new ports when a node fails to start.
@@ -254,6 +262,10 @@ impl Cluster {
             .args(["--replication-addr", &loopback(repl).to_string()])
             .args(["--advertise-addr", &loopback(repl).to_string()])
             .args(&self.args)
+            .env(
+                "TRIBE_WORKER_THREADS",
+                NODE_THREADS.get().unwrap_or(&1).to_string(),
+            )
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)

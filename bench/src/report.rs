@@ -255,6 +255,8 @@ pub struct Header {
     pub commit: String,
     /// `quick` or `full`.
     pub mode: &'static str,
+    /// Runtime threads per node (`--worker-threads`).
+    pub node_threads: u16,
 }
 
 /// The whole run.
@@ -271,8 +273,9 @@ impl Report {
     pub fn markdown(&self) -> String {
         let h = &self.header;
         let mut out = format!(
-            "## Tribe benchmark ({} mode)\n\n{} · {} cores · load average {} · commit {}\n\n",
-            h.mode, h.date, h.cores, h.load_average, h.commit
+            "## Tribe benchmark ({} mode)\n\n{} · {} cores · load average {} · commit {} · \
+             {} runtime thread(s) per node\n\n",
+            h.mode, h.date, h.cores, h.load_average, h.commit, h.node_threads
         );
         for t in &self.sections {
             t.markdown(&mut out);

@@ -131,6 +131,11 @@ pub struct Config {
     /// How long a leaving node may spend draining and handing sessions over.
     #[arg(long, env = "TRIBE_DRAIN_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
+    /// Threads of the async runtime (default: the CPUs this process may use, cgroup
+    /// limits included). One per CPU the pod is given is right; more only adds context
+    /// switches.
+    #[arg(long, env = "TRIBE_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub worker_threads: Option<u16>,
     /// After SIGTERM, how long the node keeps serving while reporting not ready, before it
     /// leaves: load balancers (Service endpoints, an ingress) stop sending first.
     #[arg(long, env = "TRIBE_SHUTDOWN_DELAY", default_value = "0s", value_parser = parse_duration)]

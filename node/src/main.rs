@@ -25,8 +25,7 @@ async fn shutdown_signal() {
     }
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     // `tribe-node serve` is the same as `tribe-node`.
     let args: Vec<String> = std::env::args()
         .enumerate()
@@ -34,6 +33,21 @@ async fn main() -> ExitCode {
         .map(|(_, a)| a)
         .collect();
     let cfg = Config::parse_from(args);
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    runtime.enable_all();
+    if let Some(n) = cfg.worker_threads {
+        runtime.worker_threads(usize::from(n));
+    }
+    match runtime.build() {
+        Ok(rt) => rt.block_on(serve(cfg)),
+        Err(e) => {
+            eprintln!("tribe-node: cannot start the runtime: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn serve(cfg: Config) -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
