@@ -75,6 +75,35 @@ pub async fn run(env: &Env) -> Result<Table> {
         t.row(row);
     }
 
+    // The same nginx proxying round-robin to three trivial backends (nginx `return 200`
+    // each, in the "node CPU" column): the ceiling a 3-node cluster behind this proxy can
+    // approach on this machine.
+    progress("throughput: nginx proxying to 3 trivial backends (proxied ceiling)");
+    {
+        let mut backends = Vec::new();
+        for _ in 0..3 {
+            backends.push(Nginx::static_ok(&env.nginx).await?);
+        }
+        let addrs: Vec<_> = backends.iter().map(|b| b.addr).collect();
+        let backend_pids: Vec<u32> = backends.iter().flat_map(|b| b.pids()).collect();
+        let nginx = Nginx::round_robin(&env.nginx, &addrs).await?;
+        let mut clients: Vec<Client> = (0..CONNECTIONS).map(|_| Client::new(nginx.addr)).collect();
+        load::run(&mut clients, Op::Ceiling, warm).await;
+        let (phase, backend_cpu, nginx_cpu, client_cpu) =
+            measured(&mut clients, Op::Ceiling, measure, &backend_pids, &nginx).await;
+        let mut row = row(
+            "3 trivial",
+            "nginx → 3 × nginx return 200",
+            "POST /counter",
+            &phase,
+            Some(backend_cpu),
+            nginx_cpu,
+            client_cpu,
+        );
+        row[6] = Value::Null;
+        t.row(row);
+    }
+
     // (nodes, send mode, clients send the version cookie)
     let cases = [
         (1usize, "async", true),
