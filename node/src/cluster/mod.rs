@@ -556,16 +556,7 @@ impl Cluster {
             Vec::new()
         };
         let ask = |(node, link): (String, Arc<Link>)| {
-            inner.metrics.remote_fetches.inc();
-            let id = self.next_id();
-            let msg = Message::FetchReq {
-                id,
-                sid,
-                min_version,
-                wait_ms,
-            };
-            let this = self.clone();
-            async move { this.request(&node, &link, id, msg, timeout).await }
+            self.ask_for(node, link, sid, min_version, wait_ms, timeout)
         };
         let mut futs: futures::stream::FuturesUnordered<_> = targets.into_iter().map(ask).collect();
         let hedge = tokio::time::sleep(Duration::from_millis(wait_ms as u64) + HEDGE_AFTER);
@@ -613,18 +604,7 @@ impl Cluster {
                 .alive_peers()
                 .into_iter()
                 .filter(|(n, _)| !owners.contains(n))
-                .map(|(node, link)| {
-                    inner.metrics.remote_fetches.inc();
-                    let id = self.next_id();
-                    let msg = Message::FetchReq {
-                        id,
-                        sid,
-                        min_version,
-                        wait_ms: 0,
-                    };
-                    let this = self.clone();
-                    async move { this.request(&node, &link, id, msg, timeout).await }
-                })
+                .map(|(node, link)| self.ask_for(node, link, sid, min_version, 0, timeout))
                 .collect();
             while let Some(reply) = others.next().await {
                 if let Some(Message::FetchResp {
@@ -643,6 +623,29 @@ impl Cluster {
         } else {
             Fetched::Incomplete
         }
+    }
+
+    /// Asks `node` for its copy of `sid` (one `tribe_remote_fetches`); `wait_ms`: how long
+    /// it may wait for `min_version` to arrive before answering.
+    fn ask_for(
+        &self,
+        node: String,
+        link: Arc<Link>,
+        sid: SessionId,
+        min_version: u64,
+        wait_ms: u32,
+        timeout: Duration,
+    ) -> impl std::future::Future<Output = Option<Message>> + 'static {
+        self.inner.metrics.remote_fetches.inc();
+        let id = self.next_id();
+        let msg = Message::FetchReq {
+            id,
+            sid,
+            min_version,
+            wait_ms,
+        };
+        let this = self.clone();
+        async move { this.request(&node, &link, id, msg, timeout).await }
     }
 
     /// Waits until every live peer except `except` has delivered everything it queued
