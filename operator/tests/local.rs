@@ -7,7 +7,7 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -111,6 +111,37 @@ struct Local {
 }
 
 impl Local {
+    /// Starts `tribe-operator local file` with its scratch files in `dir` (stdout: the
+    /// plain table; stderr: the log).
+    fn start(
+        dir: &Path,
+        file: &Path,
+        listen: &str,
+        base: u16,
+        node_bin: &Path,
+        grace_secs: u32,
+        rust_log: Option<&str>,
+    ) -> Local {
+        let (stdout, stderr) = (dir.join("stdout.txt"), dir.join("stderr.txt"));
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tribe-operator"));
+        cmd.args(["local", file.to_str().unwrap(), "--listen", listen])
+            .args(["--base-port", &base.to_string()])
+            .args(["--grace", &grace_secs.to_string()])
+            .args(["--node-bin", node_bin.to_str().unwrap()])
+            .args(["--work-dir", dir.join("work").to_str().unwrap()])
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&stdout).unwrap())
+            .stderr(std::fs::File::create(&stderr).unwrap());
+        if let Some(filter) = rust_log {
+            cmd.env("RUST_LOG", filter);
+        }
+        Local {
+            child: cmd.spawn().unwrap(),
+            stdout,
+            stderr,
+        }
+    }
+
     fn log(&self) -> String {
         std::fs::read_to_string(&self.stderr).unwrap_or_default()
     }
@@ -256,35 +287,15 @@ fn local_cluster_follows_the_file_and_keeps_sessions() {
     std::fs::write(&file, manifest(2)).unwrap();
     let front: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let base = free_base(3);
-    let (stdout, stderr) = (dir.join("stdout.txt"), dir.join("stderr.txt"));
-    let child = Command::new(env!("CARGO_BIN_EXE_tribe-operator"))
-        .args([
-            "local",
-            file.to_str().unwrap(),
-            "--listen",
-            &front.to_string(),
-            "--base-port",
-            &base.to_string(),
-        ])
-        .args([
-            "--node-bin",
-            node.to_str().unwrap(),
-            "--work-dir",
-            dir.join("work").to_str().unwrap(),
-            "--grace",
-            "15",
-        ])
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&stdout).unwrap())
-        .stderr(std::fs::File::create(&stderr).unwrap())
-        .spawn()
-        .unwrap();
-    let mut local = Local {
-        child,
-        stdout,
-        stderr,
-    };
+    let mut local = Local::start(
+        dir,
+        &file,
+        &front.to_string(),
+        base,
+        &node,
+        15,
+        Some("info"),
+    );
 
     // Two nodes answer through the front door and share the session.
     let mut cookie = Jar::default();
@@ -475,22 +486,15 @@ fn a_second_signal_kills_nodes_that_do_not_stop() {
     std::fs::set_permissions(&stubborn, std::fs::Permissions::from_mode(0o755)).unwrap();
     let file = dir.join("demo.yaml");
     std::fs::write(&file, manifest(2)).unwrap();
-    let (stdout, stderr) = (dir.join("stdout.txt"), dir.join("stderr.txt"));
-    let child = Command::new(env!("CARGO_BIN_EXE_tribe-operator"))
-        .args(["local", file.to_str().unwrap(), "--listen", "127.0.0.1:0"])
-        .args(["--base-port", &free_base(2).to_string(), "--grace", "120"])
-        .args(["--node-bin", stubborn.to_str().unwrap()])
-        .args(["--work-dir", dir.join("work").to_str().unwrap()])
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&stdout).unwrap())
-        .stderr(std::fs::File::create(&stderr).unwrap())
-        .spawn()
-        .unwrap();
-    let mut local = Local {
-        child,
-        stdout,
-        stderr,
-    };
+    let mut local = Local::start(
+        dir,
+        &file,
+        "127.0.0.1:0",
+        free_base(2),
+        &stubborn,
+        120,
+        None,
+    );
     let pids = wait_for("two started nodes", Duration::from_secs(15), || {
         let tables = parse_tables(&local.tables());
         let t = tables.last().ok_or("no table")?;
