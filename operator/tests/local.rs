@@ -27,16 +27,25 @@ fn free_port() -> u16 {
 
 /// A free block of 10 * n ports starting at a multiple of 10, below the kernel's
 /// ephemeral range (20000..32000), so outgoing connections of other processes on a busy
-/// machine cannot sit in it.
+/// machine cannot sit in it. Blocks handed out are remembered: the tests of this file run
+/// in parallel with the same seed, and two `local`s given one block would each find the
+/// other's ports busy.
 fn free_base(n: usize) -> u16 {
+    static GIVEN: std::sync::Mutex<Vec<(u16, u16)>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
     let seed = std::process::id() as usize;
     'outer: for attempt in 0..200usize {
         let base = 20_000 + ((seed.wrapping_mul(7919) + attempt * 104_729) % 1_100) as u16 * 10;
+        let end = base + (10 * n) as u16;
+        if given.iter().any(|&(b, e)| base < e && b < end) {
+            continue;
+        }
         for i in 0..(10 * n) as u16 {
             if TcpListener::bind(("127.0.0.1", base + i)).is_err() {
                 continue 'outer;
             }
         }
+        given.push((base, end));
         return base;
     }
     panic!("no free port block");
