@@ -280,12 +280,18 @@ pub struct Veth {
 impl Veth {
     /// Links `ns` to the root namespace.
     pub fn to_root(ns: &Netns, root_ip: Ipv4Addr, ns_ip: Ipv4Addr) -> Self {
+        Self::to_root_as(ns, root_ip, ns_ip, "eth0")
+    }
+
+    /// Links `ns` to the root namespace; the interface in `ns` is named `ns_if` (so a
+    /// namespace can have both a bridge port `eth0` and a side link to the test).
+    pub fn to_root_as(ns: &Netns, root_ip: Ipv4Addr, ns_ip: Ipv4Addr, ns_if: &str) -> Self {
         let root_if = format!("trv{}", unique_tag());
         assert!(root_if.len() <= 15, "interface name too long: {root_if}");
         run(
             "ip",
             &[
-                "link", "add", &root_if, "type", "veth", "peer", "name", "eth0", "netns", &ns.name,
+                "link", "add", &root_if, "type", "veth", "peer", "name", ns_if, "netns", &ns.name,
             ],
         );
         let v = Veth { root_if };
@@ -294,8 +300,8 @@ impl Veth {
             &["addr", "add", &format!("{root_ip}/24"), "dev", &v.root_if],
         );
         run("ip", &["link", "set", &v.root_if, "up"]);
-        ns.ip(&["addr", "add", &format!("{ns_ip}/24"), "dev", "eth0"]);
-        ns.ip(&["link", "set", "eth0", "up", "multicast", "on"]);
+        ns.ip(&["addr", "add", &format!("{ns_ip}/24"), "dev", ns_if]);
+        ns.ip(&["link", "set", ns_if, "up", "multicast", "on"]);
         v
     }
 }
@@ -368,6 +374,20 @@ impl Hub {
 
     /// Plugs `member` into the bridge: `eth0` there with `a.b.c.host/24`.
     pub fn plug(&self, member: &Netns, host_part: u8) -> Ipv4Addr {
+        self.plug_port(member, host_part).0
+    }
+
+    /// Sets the bridge side of a port from [`Hub::plug_port`] up or down. Down cuts the
+    /// member off silently: the bridge drops what it would forward there and the member's
+    /// packets go nowhere (no RST, no ICMP), as a failed switch port or cable would.
+    pub fn set_port(&self, port: &str, up: bool) {
+        self.ns
+            .ip(&["link", "set", port, if up { "up" } else { "down" }]);
+    }
+
+    /// [`Hub::plug`], also returning the name of the bridge-side port (in the hub's
+    /// namespace) for [`Hub::set_port`].
+    pub fn plug_port(&self, member: &Netns, host_part: u8) -> (Ipv4Addr, String) {
         let port = format!("p{}", self.ports.fetch_add(1, Ordering::Relaxed));
         self.ns.ip(&[
             "link",
@@ -385,7 +405,7 @@ impl Hub {
         let ip = host(self.subnet, host_part);
         member.ip(&["addr", "add", &format!("{ip}/24"), "dev", "eth0"]);
         member.ip(&["link", "set", "eth0", "up", "multicast", "on"]);
-        ip
+        (ip, port)
     }
 }
 
@@ -455,6 +475,18 @@ impl Node {
     /// Starts `tribe-node --node-id <name> --http-addr … --admin-addr … --replication-addr …
     /// --advertise-addr <replication> --insecure <extra…>` (inside `netns` if given).
     pub fn spawn(name: &str, addrs: Addrs, netns: Option<&Netns>, extra: &[&str]) -> Node {
+        Self::spawn_env(name, addrs, netns, extra, &[])
+    }
+
+    /// [`Node::spawn`] with extra environment variables (set after the defaults, so they
+    /// can override `RUST_LOG`; `LD_PRELOAD` + `FAKETIME` run it under libfaketime).
+    pub fn spawn_env(
+        name: &str,
+        addrs: Addrs,
+        netns: Option<&Netns>,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Node {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join(format!("{name}.log"));
         let file = File::create(&log).unwrap();
@@ -488,6 +520,7 @@ impl Node {
             "RUST_LOG",
             std::env::var("TRIBE_TEST_LOG").unwrap_or_else(|_| "info,tribe_node=debug".into()),
         )
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(file.try_clone().unwrap())
         .stderr(file);
@@ -621,6 +654,13 @@ impl Node {
     pub fn sigterm(&self) {
         if let Some(pid) = self.pid() {
             run("kill", &["-TERM", &pid.to_string()]);
+        }
+    }
+
+    /// Sends `signal` (`STOP`, `CONT`, `TERM`, ...) with kill(1).
+    pub fn signal(&self, signal: &str) {
+        if let Some(pid) = self.pid() {
+            run("kill", &[&format!("-{signal}"), &pid.to_string()]);
         }
     }
 
