@@ -80,11 +80,28 @@ impl Lab {
     /// `n` namespaces plugged into a new bridge, each node listing the others as static
     /// peers, with the flags `args` and the environment `env(i)`; no node started yet.
     fn new(n: usize, args: &[&str], env: &dyn Fn(usize) -> Vec<(String, String)>) -> Lab {
-        require_tools(&[]);
+        Self::with_tcp_buffers(n, args, env, None)
+    }
+
+    /// [`Lab::new`], with the TCP buffer sizes (`net.ipv4.tcp_rmem`/`tcp_wmem`, as
+    /// "min default max") of the nodes' namespaces set to `buffers`.
+    fn with_tcp_buffers(
+        n: usize,
+        args: &[&str],
+        env: &dyn Fn(usize) -> Vec<(String, String)>,
+        buffers: Option<&str>,
+    ) -> Lab {
+        require_tools(&["sysctl"]);
         let hub = Hub::new();
         let (mut ns, mut ports, mut side, mut addrs) = (vec![], vec![], vec![], vec![]);
         for i in 0..n {
             let netns = Netns::new("gray");
+            if let Some(b) = buffers {
+                for key in ["net.ipv4.tcp_rmem", "net.ipv4.tcp_wmem"] {
+                    let set = format!("{key}={b}");
+                    run("ip", &["netns", "exec", &netns.name, "sysctl", "-qw", &set]);
+                }
+            }
             let (repl_ip, port) = hub.plug_port(&netns, 10 + i as u8);
             let subnet = free_subnet();
             let client_ip = host(subnet, 2);
@@ -163,7 +180,20 @@ impl Lab {
             .expect("started")
             .wait_ready(READY_TIMEOUT)
             .await;
-        wait_converged(&[self.node(i), self.node(peer)], READY_TIMEOUT).await;
+        for (o, m) in [(i, peer), (peer, i)] {
+            let (o, m) = (self.node(o), &self.specs[m].name);
+            eventually(
+                &format!("{} to see {m} alive", o.name),
+                READY_TIMEOUT,
+                || async {
+                    match not_alive(o, m).await? {
+                        false => Ok(()),
+                        true => Err(format!("{:?}", o.member_states().await?)),
+                    }
+                },
+            )
+            .await;
+        }
     }
 
     /// Cuts node `i` off the bridge (or heals it).
@@ -501,12 +531,22 @@ async fn sessions_held(node: &Node) -> Result<u64, String> {
 /// member timeout, keep ≥ 80% of their baseline write rate once it is suspected, keep
 /// p99 below member timeout + 1 s over the whole freeze, and, after SIGCONT, every
 /// acknowledged write must be on all three.
+///
+/// Scaled down to the rate a debug build reaches on two shared cores (hundreds of
+/// writes/s, not the tens of thousands of a release build): the nodes' TCP buffers are
+/// 16 KB and the per-peer queue 256 frames, so the frozen peer's socket and queue fill
+/// within the first second, as they do at production rates. A writer that waits for a
+/// full queue then shows in the latencies and the rate.
 async fn frozen_peer(mode: &str) {
     let _serial = serial();
     // Info logs only: debug logging of every write would be most of the work measured.
-    let mut lab = Lab::new(3, &["--send-mode", mode], &|_| {
-        vec![("RUST_LOG".into(), "info".into())]
-    });
+    let env = |_: usize| -> Vec<(String, String)> {
+        vec![
+            ("RUST_LOG".into(), "info".into()),
+            ("TRIBE_PEER_QUEUE".into(), "256".into()),
+        ]
+    };
+    let mut lab = Lab::with_tcp_buffers(3, &["--send-mode", mode], &env, Some("4096 8192 16384"));
     lab.start_all().await;
     let http = http_client();
     let (a, b) = (lab.node(0).addrs.http, lab.node(1).addrs.http);
@@ -523,7 +563,8 @@ async fn frozen_peer(mode: &str) {
         Duration::from_secs(10),
     )
     .await;
-    let detected_at = stopped + detect.unwrap_or(Duration::from_secs(10));
+    // Undetected: the rate over the whole freeze.
+    let detected_at = stopped + detect.unwrap_or_default();
     tokio::time::sleep_until((stopped + Duration::from_secs(10)).into()).await; // the freeze
     let resumed = Instant::now();
     lab.node(2).signal("CONT");
