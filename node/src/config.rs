@@ -136,6 +136,17 @@ pub struct Config {
     /// switches.
     #[arg(long, env = "TRIBE_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub worker_threads: Option<u16>,
+    /// Split-brain protection: while this node sees fewer live members than this (itself
+    /// included), it is not ready and refuses session writes with 503, so the load
+    /// balancer retries elsewhere instead of the write being acknowledged by a minority.
+    /// In sync mode a write is acknowledged only once this many members hold it.
+    /// 0 or 1: off.
+    #[arg(long, env = "TRIBE_MIN_MEMBERS", default_value_t = 0)]
+    pub min_members: usize,
+    /// How often each member compares its sessions with every other member
+    /// (anti-entropy; also right after every (re)connection).
+    #[arg(long, env = "TRIBE_ANTI_ENTROPY_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    pub anti_entropy_interval: Duration,
     /// After SIGTERM, how long the node keeps serving while reporting not ready, before it
     /// leaves: load balancers (Service endpoints, an ingress) stop sending first.
     #[arg(long, env = "TRIBE_SHUTDOWN_DELAY", default_value = "0s", value_parser = parse_duration)]

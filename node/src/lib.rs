@@ -9,7 +9,10 @@
 //! - [`ownership`] — rendezvous hashing for backup mode.
 //! - [`membership`] — multicast, DNS and static discovery of peers.
 //! - [`transport`] — TCP dial/accept with the authenticated handshake.
-//! - [`cluster`] — membership + transport + replication: the running node.
+//! - [`replication`] — the replication core: liveness, message handling, anti-entropy,
+//!   write stamping and sync acks as pure decisions, plus the deterministic simulation.
+//! - [`cluster`] — the driver: sockets, links, timers and the flows that wait, performing
+//!   the core's effects.
 //! - [`session_store`] — [`session_store::ReplicatedStore`], a `tower_sessions::SessionStore`.
 //! - [`ryw`] — read-your-writes: the signed version cookie and its layer.
 //! - [`http`] — the demo app and the admin endpoints.
@@ -26,6 +29,7 @@ pub mod http;
 pub mod membership;
 pub mod metrics;
 pub mod ownership;
+pub mod replication;
 pub mod ryw;
 pub mod session_store;
 pub mod store;

@@ -74,6 +74,14 @@ pub struct Metrics {
     pub state_transfer_sessions: Gauge,
     /// Sessions expired by the sweeper.
     pub sessions_expired: Counter,
+    /// Members suspected: their link was silent for the member timeout (frozen, cut) or broke.
+    pub members_suspected: Counter,
+    /// Anti-entropy rounds started by this node.
+    pub anti_entropy_rounds: Counter,
+    /// Sessions pushed or pulled by anti-entropy because two members held them differently.
+    pub anti_entropy_repaired: Counter,
+    /// Session writes refused (503) because fewer than `--min-members` members were live.
+    pub writes_refused: Counter,
 }
 
 impl Metrics {
@@ -105,6 +113,10 @@ impl Metrics {
             state_transfer_seconds: Gauge::default(),
             state_transfer_sessions: Gauge::default(),
             sessions_expired: Counter::default(),
+            members_suspected: Counter::default(),
+            anti_entropy_rounds: Counter::default(),
+            anti_entropy_repaired: Counter::default(),
+            writes_refused: Counter::default(),
         };
         let r = registry.sub_registry_with_prefix("tribe");
         r.register("sessions", "Sessions held, by role", m.sessions.clone());
@@ -223,6 +235,26 @@ impl Metrics {
             "sessions_expired",
             "Sessions expired",
             m.sessions_expired.clone(),
+        );
+        r.register(
+            "members_suspected",
+            "Members suspected: link silent for the member timeout, or broken",
+            m.members_suspected.clone(),
+        );
+        r.register(
+            "anti_entropy_rounds",
+            "Anti-entropy rounds started",
+            m.anti_entropy_rounds.clone(),
+        );
+        r.register(
+            "anti_entropy_sessions_repaired",
+            "Sessions pushed or pulled by anti-entropy",
+            m.anti_entropy_repaired.clone(),
+        );
+        r.register(
+            "writes_refused",
+            "Session writes refused because fewer than --min-members members were live",
+            m.writes_refused.clone(),
         );
         m
     }

@@ -66,15 +66,17 @@ impl SessionStore for ReplicatedStore {
         // write from another node may have changed since): only the request's changes
         // are written.
         let loaded = ryw::loaded(record.id.0);
+        // `--min-members`: a write the cluster may not acknowledge is an error (503).
         let version = self
             .cluster
-            .write_changes(
+            .try_write_changes(
                 record.id.0,
                 loaded.as_ref(),
                 &data,
                 expiry_secs(record.expiry_date),
             )
-            .await;
+            .await
+            .map_err(|e| Error::Backend(e.to_string()))?;
         ryw::saw(record.id.0, version);
         // tower-sessions saves again after the handler when the session was modified:
         // that save diffs against this one.

@@ -228,6 +228,29 @@ impl Session {
         }
     }
 
+    /// A hash of everything merging decides on: the version, the invalidation stamp and
+    /// every attribute's name and stamp (values are determined by their stamps). Two
+    /// replicas that have seen the same writes have the same fingerprint; the expiry is
+    /// left out (a max-register each node keeps on its own clock, refreshed by touches).
+    pub fn fingerprint(&self) -> u64 {
+        use xxhash_rust::xxh3::Xxh3;
+        let mut h = Xxh3::new();
+        h.update(&self.version.to_le_bytes());
+        if let Some(d) = self.deleted {
+            h.update(&[1]);
+            h.update(&d.counter.to_le_bytes());
+            h.update(&d.origin.to_le_bytes());
+        }
+        for (name, a) in &self.attrs {
+            h.update(&(name.len() as u32).to_le_bytes());
+            h.update(name.as_bytes());
+            h.update(&a.stamp.counter.to_le_bytes());
+            h.update(&a.stamp.origin.to_le_bytes());
+            h.update(&[a.value.is_some() as u8]);
+        }
+        h.digest()
+    }
+
     /// Whether the session is gone (invalidated or expired at `now`).
     pub fn is_dead(&self, now: u64) -> bool {
         self.deleted.is_some() || self.expiry <= now
@@ -407,6 +430,14 @@ impl Store {
     /// Removes one session outright (eviction of a non-owned copy).
     pub fn remove(&self, sid: SessionId) {
         self.sessions.remove(&sid);
+    }
+
+    /// Runs `f` on every session held (shard by shard, under each shard's read lock:
+    /// `f` must be quick and must not touch the store).
+    pub fn for_each(&self, mut f: impl FnMut(SessionId, &Session)) {
+        for e in self.sessions.iter() {
+            f(*e.key(), e.value());
+        }
     }
 
     /// Snapshot of the ids held (for scans that must not hold shard locks).

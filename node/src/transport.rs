@@ -62,8 +62,24 @@ fn connection_key(
     key.derive(b"tribe-conn", &[dialer_nonce, acceptor_nonce])
 }
 
+/// Kernel-level liveness under the application heartbeats: unacknowledged data for this
+/// long fails the socket (`TCP_USER_TIMEOUT`), and idle connections are probed.
+const TCP_USER_TIMEOUT: Duration = Duration::from_secs(5);
+
+fn tune(stream: &TcpStream) {
+    let sock = socket2::SockRef::from(stream);
+    let _ = sock.set_tcp_nodelay(true);
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(Duration::from_secs(2))
+        .with_interval(Duration::from_secs(1))
+        .with_retries(3);
+    let _ = sock.set_tcp_keepalive(&keepalive);
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    let _ = sock.set_tcp_user_timeout(Some(TCP_USER_TIMEOUT));
+}
+
 fn split(stream: TcpStream, key: &ClusterKey, side: Side, max_frame: usize) -> (Reader, Writer) {
-    let _ = stream.set_nodelay(true);
+    tune(&stream);
     let (r, w) = stream.into_split();
     (
         FramedRead::with_capacity(

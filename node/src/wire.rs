@@ -99,7 +99,8 @@ pub struct Delta {
     pub set: Vec<(String, Bytes)>,
     /// Attributes removed.
     pub removed: Vec<String>,
-    /// New expiry (unix seconds), when it changed.
+    /// The session's expiry (unix seconds on this node's clock; seconds remaining on the
+    /// wire, see [`Message::encode_body_at`]).
     pub expiry: Option<u64>,
     /// The session was invalidated (deleted).
     pub invalidate: bool,
@@ -123,7 +124,7 @@ pub struct SessionState {
     pub sid: SessionId,
     /// Its version (highest stamp counter seen).
     pub version: u64,
-    /// Expiry, unix seconds.
+    /// Expiry (unix seconds on this node's clock; seconds remaining on the wire).
     pub expiry: u64,
     /// Set when the session was invalidated.
     pub deleted: Option<Stamp>,
@@ -177,7 +178,27 @@ pub enum Message {
     BarrierAck { id: u64 },
     /// The sender is leaving the cluster.
     Leaving,
+    /// Liveness probe on an idle link; answered with [`Message::Pong`] at once.
+    Ping { nonce: u64 },
+    /// Answers a ping.
+    Pong { nonce: u64 },
+    /// Anti-entropy, initiator → responder: one hash per range of session ids
+    /// ([`crate::replication::antientropy`]).
+    AeDigest { buckets: Vec<u64> },
+    /// Anti-entropy, responder → initiator: `(session, fingerprint)` of every session the
+    /// responder holds in the ranges whose hashes differed and that are listed in
+    /// `ranges` (whole ranges only, within a budget; `more` when some were left out).
+    AeSummary {
+        ranges: Vec<u16>,
+        entries: Vec<(SessionId, u64)>,
+        more: bool,
+    },
+    /// Anti-entropy: asks for whole copies of these sessions (answered with a `Put`).
+    AePull { sids: Vec<SessionId> },
 }
+
+/// The highest frame type byte.
+pub const MAX_TYPE: u8 = 19;
 
 /// Handshake body.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -230,6 +251,63 @@ struct PutBody {
     sessions: Vec<SessionState>,
 }
 
+/// Seconds from `now` until `expiry` (0 when past): expiries travel relative, so clocks
+/// need not agree.
+fn ttl(expiry: u64, now: u64) -> u64 {
+    expiry.saturating_sub(now)
+}
+
+/// [`Delta`] as encoded: the same fields in the same order, the expiry relative.
+#[derive(Serialize)]
+struct DeltaRef<'a> {
+    sid: SessionId,
+    stamp: Stamp,
+    base: u64,
+    set: &'a [(String, Bytes)],
+    removed: &'a [String],
+    expiry: Option<u64>,
+    invalidate: bool,
+}
+
+impl<'a> DeltaRef<'a> {
+    fn at(d: &'a Delta, now: u64) -> Self {
+        DeltaRef {
+            sid: d.sid,
+            stamp: d.stamp,
+            base: d.base,
+            set: &d.set,
+            removed: &d.removed,
+            expiry: d.expiry.map(|e| ttl(e, now)),
+            invalidate: d.invalidate,
+        }
+    }
+}
+
+/// [`SessionState`] as encoded: the same fields in the same order, the expiry relative.
+#[derive(Serialize)]
+struct StateRef<'a> {
+    sid: SessionId,
+    version: u64,
+    expiry: u64,
+    deleted: Option<Stamp>,
+    attrs: &'a [AttrState],
+}
+
+impl<'a> StateRef<'a> {
+    fn at(s: &'a SessionState, now: u64) -> Self {
+        StateRef {
+            sid: s.sid,
+            version: s.version,
+            expiry: ttl(s.expiry, now),
+            deleted: s.deleted,
+            attrs: &s.attrs,
+        }
+    }
+    fn all(list: &'a [SessionState], now: u64) -> Vec<Self> {
+        list.iter().map(|s| Self::at(s, now)).collect()
+    }
+}
+
 /// Appends postcard output to a `BytesMut` without an intermediate buffer.
 struct Extender<'a>(&'a mut BytesMut);
 impl Extend<u8> for Extender<'_> {
@@ -267,21 +345,37 @@ impl Message {
             Message::Barrier { .. } => 12,
             Message::BarrierAck { .. } => 13,
             Message::Leaving => 14,
+            Message::Ping { .. } => 15,
+            Message::Pong { .. } => 16,
+            Message::AeDigest { .. } => 17,
+            Message::AeSummary { .. } => 18,
+            Message::AePull { .. } => 19,
         }
     }
 
-    /// Encodes the body (without header or tag).
+    /// Encodes the body (without header or tag), expiries relative to this node's clock.
     pub fn encode_body(&self) -> Bytes {
+        self.encode_body_at(crate::store::unix_now())
+    }
+
+    /// Encodes the body with expiries sent as seconds remaining after `now` (this node's
+    /// clock): a receiver adds its own clock, so nodes whose clocks disagree never
+    /// expire or resurrect each other's sessions.
+    pub fn encode_body_at(&self, now: u64) -> Bytes {
         let mut b = BytesMut::with_capacity(64);
         match self {
             Message::Hello(h) | Message::HelloAck(h) => put(h, &mut b),
             Message::Delta { ack, delta } | Message::Forward { ack, delta } => {
-                put(&(ack, delta), &mut b)
+                put(&(ack, DeltaRef::at(delta, now)), &mut b)
             }
             Message::Ack { id } | Message::Barrier { id } | Message::BarrierAck { id } => {
                 put(id, &mut b)
             }
-            Message::Touch(t) => put(t, &mut b),
+            Message::Touch(t) => {
+                let rel: Vec<(SessionId, u64)> =
+                    t.iter().map(|(sid, e)| (*sid, ttl(*e, now))).collect();
+                put(&rel, &mut b)
+            }
             Message::FetchReq {
                 id,
                 sid,
@@ -296,17 +390,61 @@ impl Message {
                 },
                 &mut b,
             ),
-            Message::FetchResp { id, session } => put(&(id, session), &mut b),
+            Message::FetchResp { id, session } => put(
+                &(id, session.as_ref().map(|s| StateRef::at(s, now))),
+                &mut b,
+            ),
             Message::StateReq { id, only_owned } => put(&(id, only_owned), &mut b),
-            Message::StateChunk { id, sessions, done } => put(&(id, sessions, done), &mut b),
-            Message::Put { ack, sessions } => put(&(ack, sessions), &mut b),
+            Message::StateChunk { id, sessions, done } => {
+                put(&(id, StateRef::all(sessions, now), done), &mut b)
+            }
+            Message::Put { ack, sessions } => put(&(ack, StateRef::all(sessions, now)), &mut b),
             Message::Leaving => {}
+            Message::Ping { nonce } | Message::Pong { nonce } => put(nonce, &mut b),
+            Message::AeDigest { buckets } => put(buckets, &mut b),
+            Message::AeSummary {
+                ranges,
+                entries,
+                more,
+            } => put(&(ranges, entries, more), &mut b),
+            Message::AePull { sids } => put(sids, &mut b),
         }
         b.freeze()
     }
 
-    /// Decodes a body of the given type.
+    /// Decodes a body of the given type (expiries made absolute with this node's clock).
     pub fn decode_body(ty: u8, body: &[u8]) -> Result<Message, WireError> {
+        Self::decode_body_at(ty, body, crate::store::unix_now())
+    }
+
+    /// Decodes a body; expiries, sent as seconds remaining, become `now` + that.
+    pub fn decode_body_at(ty: u8, body: &[u8], now: u64) -> Result<Message, WireError> {
+        let mut msg = Self::decode_raw(ty, body)?;
+        msg.localize(now);
+        Ok(msg)
+    }
+
+    /// Turns relative expiries (as decoded) into absolute ones on this node's clock.
+    fn localize(&mut self, now: u64) {
+        let state = |s: &mut SessionState| s.expiry = now.saturating_add(s.expiry);
+        match self {
+            Message::Delta { delta, .. } | Message::Forward { delta, .. } => {
+                if let Some(e) = delta.expiry.as_mut() {
+                    *e = now.saturating_add(*e);
+                }
+            }
+            Message::Touch(t) => t.iter_mut().for_each(|(_, e)| *e = now.saturating_add(*e)),
+            Message::FetchResp {
+                session: Some(s), ..
+            } => state(s),
+            Message::StateChunk { sessions, .. } | Message::Put { sessions, .. } => {
+                sessions.iter_mut().for_each(state)
+            }
+            _ => {}
+        }
+    }
+
+    fn decode_raw(ty: u8, body: &[u8]) -> Result<Message, WireError> {
         Ok(match ty {
             1 => Message::Hello(get(body)?),
             2 => Message::HelloAck(get(body)?),
@@ -367,6 +505,20 @@ impl Message {
             12 => Message::Barrier { id: get(body)? },
             13 => Message::BarrierAck { id: get(body)? },
             14 => Message::Leaving,
+            15 => Message::Ping { nonce: get(body)? },
+            16 => Message::Pong { nonce: get(body)? },
+            17 => Message::AeDigest {
+                buckets: get(body)?,
+            },
+            18 => {
+                let (ranges, entries, more) = get(body)?;
+                Message::AeSummary {
+                    ranges,
+                    entries,
+                    more,
+                }
+            }
+            19 => Message::AePull { sids: get(body)? },
             t => return Err(WireError::UnknownType(t)),
         })
     }
@@ -466,6 +618,8 @@ pub struct FrameDecoder {
     side: Side,
     seq: u64,
     max_frame: usize,
+    /// The clock relative expiries are made absolute with (tests pin it).
+    clock: fn() -> u64,
 }
 
 impl FrameDecoder {
@@ -476,6 +630,7 @@ impl FrameDecoder {
             side,
             seq: 0,
             max_frame,
+            clock: crate::store::unix_now,
         }
     }
     /// Switches to the connection key after the handshake.
@@ -492,7 +647,7 @@ pub fn check_header(h: &[u8], max_frame: usize) -> Result<(u8, usize), WireError
     if h[2] != PROTOCOL_VERSION {
         return Err(WireError::BadVersion(h[2]));
     }
-    if !(1..=14).contains(&h[3]) {
+    if !(1..=MAX_TYPE).contains(&h[3]) {
         return Err(WireError::UnknownType(h[3]));
     }
     let len = u32::from_be_bytes([h[4], h[5], h[6], h[7]]) as usize;
@@ -528,7 +683,7 @@ impl Decoder for FrameDecoder {
             return Err(WireError::BadTag);
         }
         self.seq += 1;
-        let msg = Message::decode_body(ty, &signed[HEADER_LEN..])?;
+        let msg = Message::decode_body_at(ty, &signed[HEADER_LEN..], (self.clock)())?;
         Ok(Some(msg))
     }
 }
@@ -645,18 +800,35 @@ mod tests {
             Message::Barrier { id: 5 },
             Message::BarrierAck { id: 5 },
             Message::Leaving,
+            Message::Ping { nonce: 7 },
+            Message::Pong { nonce: 7 },
+            Message::AeDigest {
+                buckets: vec![1, 2, 3],
+            },
+            Message::AeSummary {
+                ranges: vec![4, 9],
+                entries: vec![(42, 0xfeed), (-1, 3)],
+                more: true,
+            },
+            Message::AePull { sids: vec![42, -1] },
         ]
     }
+
+    const NOW: u64 = 1_790_000_000;
 
     #[test]
     fn every_message_round_trips_through_a_frame() {
         let k = key();
         let mut enc = FrameEncoder::new(k.clone(), Side::Dialer);
         let mut dec = FrameDecoder::new(k, Side::Acceptor, DEFAULT_MAX_FRAME);
+        dec.clock = || NOW;
         let mut buf = BytesMut::new();
         let msgs = all_messages();
         for m in &msgs {
-            let out = m.outgoing();
+            let out = Outgoing {
+                ty: m.type_byte(),
+                body: m.encode_body_at(NOW),
+            };
             let before = buf.len();
             enc.encode(out.clone(), &mut buf).unwrap();
             assert_eq!(
@@ -669,6 +841,25 @@ mod tests {
             assert_eq!(dec.decode(&mut buf).unwrap().as_ref(), Some(m));
         }
         assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn expiries_travel_relative_so_skewed_clocks_agree() {
+        // The sender's clock says NOW; the receiver's is an hour ahead. The session has
+        // 1,800 s left on both.
+        let mut d = one_attr_delta();
+        d.expiry = Some(NOW + 1_800);
+        let m = Message::Delta { ack: 0, delta: d };
+        let body = m.encode_body_at(NOW);
+        let Message::Delta { delta, .. } = Message::decode_body_at(3, &body, NOW + 3_600).unwrap()
+        else {
+            panic!("not a delta")
+        };
+        assert_eq!(delta.expiry, Some(NOW + 3_600 + 1_800));
+        let t = Message::Touch(vec![(1, NOW + 60), (2, NOW - 5)]);
+        let back = Message::decode_body_at(6, &t.encode_body_at(NOW), NOW - 3_600).unwrap();
+        // An expired one stays expired on the receiver's clock.
+        assert_eq!(back, Message::Touch(vec![(1, NOW - 3_600 + 60), (2, NOW - 3_600)]));
     }
 
     #[test]

@@ -6,8 +6,12 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use super::{Cluster, ReplyTx};
-use crate::store::Applied;
-use crate::wire::{Delta, Hello, Message, SessionState};
+use crate::replication::{
+    self,
+    apply::{Effect, Handled},
+};
+use crate::store::unix_now;
+use crate::wire::{Delta, Hello, Message, SessionId, SessionState};
 
 /// Size of one state-transfer chunk.
 pub(crate) const CHUNK_BYTES: usize = 256 * 1024;
@@ -18,63 +22,73 @@ async fn reply(tx: Option<&ReplyTx>, msg: Message) {
     }
 }
 
-/// Applies a remote delta and wakes read-your-writes waiters.
-pub(crate) fn apply_remote(c: &Cluster, from: &str, d: &Delta) {
-    let inner = &c.inner;
-    inner.metrics.deltas_received.inc();
-    let (applied, gap) = inner.store.apply(d);
-    if applied == Applied::Stale {
-        inner.metrics.deltas_stale.inc();
-    }
-    if inner.waiters.load(Ordering::SeqCst) > 0 {
-        inner.applied.notify_waiters();
-    }
-    if gap {
-        // The writer had seen a version we have not (a delta we never got, e.g. its
-        // writer died). Deltas on different links may simply be reordered, so look again
-        // shortly and fetch the whole session from the sender only if still behind.
-        inner.metrics.delta_gaps.inc();
-        let c = c.clone();
-        let from = from.to_string();
-        let sid = d.sid;
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            if c.inner.store.with(sid, |s| !s.has_gap()).unwrap_or(true) {
-                return;
+/// A delta left a hole: the writer had seen a version we have not (a delta we never got,
+/// e.g. its writer died). Deltas on different links may simply be reordered, so look
+/// again shortly and fetch the whole session from the sender only if still behind.
+fn on_gap(c: &Cluster, from: &str, sid: SessionId) {
+    let c = c.clone();
+    let from = from.to_string();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if c.inner.store.with(sid, |s| !s.has_gap()).unwrap_or(true) {
+            return;
+        }
+        if let Some(link) = c.link_of(&from) {
+            let id = c.next_id();
+            let msg = Message::FetchReq {
+                id,
+                sid,
+                min_version: 0,
+                wait_ms: 0,
+            };
+            c.inner.metrics.remote_fetches.inc();
+            if let Some(Message::FetchResp {
+                session: Some(s), ..
+            }) = c
+                .request(&from, &link, id, msg, Duration::from_secs(2))
+                .await
+            {
+                c.inner.store.merge(&s);
             }
-            if let Some(link) = c.link_of(&from) {
-                let id = c.next_id();
-                let msg = Message::FetchReq {
-                    id,
-                    sid,
-                    min_version: 0,
-                    wait_ms: 0,
-                };
-                c.inner.metrics.remote_fetches.inc();
-                if let Some(Message::FetchResp {
-                    session: Some(s), ..
-                }) = c
-                    .request(&from, &link, id, msg, Duration::from_secs(2))
-                    .await
-                {
-                    c.inner.store.merge(&s);
-                }
-            }
-        });
-    }
+        }
+    });
 }
 
 /// Handles one message from `peer`; `reply_tx` is the connection's reply channel (inbound
-/// connections only).
+/// connections only). The replication core decides ([`replication::apply`]); this
+/// performs its effects, and runs the flows that wait.
 pub(crate) async fn handle(c: &Cluster, peer: &Hello, msg: Message, reply_tx: Option<&ReplyTx>) {
     let inner = &c.inner;
-    match msg {
-        Message::Delta { ack, delta } => {
-            apply_remote(c, &peer.node_id, &delta);
-            if ack != 0 {
-                reply(reply_tx, Message::Ack { id: ack }).await;
+    let scope = c.ae_scope(&peer.node_id);
+    let handled = replication::apply::on_message(&inner.store, &inner.metrics, msg, unix_now(), &scope);
+    let msg = match handled {
+        Handled::Effects(effects) => {
+            for e in effects {
+                match e {
+                    Effect::Reply(m) => reply(reply_tx, m).await,
+                    Effect::Send(m) => {
+                        if let Some(link) = c.link_of(&peer.node_id) {
+                            link.send(&inner.metrics, m.outgoing()).await;
+                        }
+                    }
+                    Effect::Applied => {
+                        if inner.waiters.load(Ordering::SeqCst) > 0 {
+                            inner.applied.notify_waiters();
+                        }
+                    }
+                    Effect::Gap(sid) => on_gap(c, &peer.node_id, sid),
+                    Effect::Resolve(id, m) => c.resolve(id, &peer.node_id, m),
+                    Effect::AeAgain => c.anti_entropy_soon(&peer.node_id),
+                    Effect::Repaired(n) => {
+                        inner.metrics.anti_entropy_repaired.inc_by(n as u64);
+                    }
+                }
             }
+            return;
         }
+        Handled::Driver(msg) => msg,
+    };
+    match msg {
         Message::Forward { ack, delta } => {
             // We are (or were) the session's primary: apply and replicate to the backups.
             apply_remote(c, &peer.node_id, &delta);
@@ -96,14 +110,6 @@ pub(crate) async fn handle(c: &Cluster, peer: &Hello, msg: Message, reply_tx: Op
                 }
             });
         }
-        Message::Ack { id } | Message::BarrierAck { id } => {
-            c.resolve(id, &peer.node_id, Message::Ack { id })
-        }
-        Message::Touch(list) => {
-            for (sid, expiry) in list {
-                inner.store.touch(sid, expiry);
-            }
-        }
         Message::FetchReq {
             id,
             sid,
@@ -124,28 +130,11 @@ pub(crate) async fn handle(c: &Cluster, peer: &Hello, msg: Message, reply_tx: Op
                 reply(tx.as_ref(), Message::FetchResp { id, session }).await;
             });
         }
-        Message::FetchResp { id, .. } => c.resolve(id, &peer.node_id, msg),
         Message::StateReq { id, only_owned } => {
             let c = c.clone();
             let tx = reply_tx.cloned();
             let requester = peer.node_id.clone();
             tokio::spawn(async move { serve_state(c, requester, id, only_owned, tx).await });
-        }
-        Message::StateChunk { id, sessions, done } => {
-            merge_states(c, &sessions);
-            inner
-                .metrics
-                .state_transfer_sessions
-                .inc_by(sessions.len() as i64);
-            if done {
-                c.resolve(id, &peer.node_id, Message::Ack { id });
-            }
-        }
-        Message::Put { ack, sessions } => {
-            merge_states(c, &sessions);
-            if ack != 0 {
-                reply(reply_tx, Message::Ack { id: ack }).await;
-            }
         }
         Message::Barrier { id } => {
             // Answer on our own link to the asker, behind everything already queued there.
@@ -175,15 +164,31 @@ pub(crate) async fn handle(c: &Cluster, peer: &Hello, msg: Message, reply_tx: Op
         Message::Hello(_) | Message::HelloAck(_) => {
             tracing::warn!(node = %peer.node_id, "unexpected hello after the handshake");
         }
+        other => {
+            tracing::debug!(node = %peer.node_id, ty = other.type_byte(), "message not handled");
+        }
     }
 }
 
-fn merge_states(c: &Cluster, sessions: &[SessionState]) {
-    for s in sessions {
-        c.inner.store.merge(s);
-    }
-    if c.inner.waiters.load(Ordering::SeqCst) > 0 {
-        c.inner.applied.notify_waiters();
+/// Applies a forwarded delta (backup mode) through the core, performing its effects.
+fn apply_remote(c: &Cluster, from: &str, d: &Delta) {
+    let inner = &c.inner;
+    let msg = Message::Delta {
+        ack: 0,
+        delta: d.clone(),
+    };
+    if let Handled::Effects(fx) =
+        replication::apply::on_message(&inner.store, &inner.metrics, msg, unix_now(), &|_| false)
+    {
+        for e in fx {
+            match e {
+                Effect::Applied if inner.waiters.load(Ordering::SeqCst) > 0 => {
+                    inner.applied.notify_waiters()
+                }
+                Effect::Gap(sid) => on_gap(c, from, sid),
+                _ => {}
+            }
+        }
     }
 }
 

@@ -28,9 +28,11 @@ use crate::crypto::ClusterKey;
 use crate::membership::{Discovery, SelfInfo};
 use crate::metrics::{Metrics, Role};
 use crate::ownership;
+use crate::replication;
 use crate::store::{unix_now, Session, Store};
-use crate::wire::{Delta, Hello, Message, Outgoing, SessionId, SessionState, Stamp};
+use crate::wire::{Delta, Hello, Message, Outgoing, SessionId, SessionState};
 
+mod antientropy;
 mod handle;
 mod lifecycle;
 mod net;
@@ -146,6 +148,8 @@ pub(crate) struct Inner {
     /// Open inbound connections by peer node id (join waits for every member's).
     pub inbound: Mutex<HashMap<String, usize>>,
     pub discovery: Mutex<Option<Arc<Discovery>>>,
+    /// Members to run an anti-entropy round with soon.
+    pub ae_kick: mpsc::Sender<String>,
 }
 
 /// A running cluster node. Cheap to clone.
@@ -176,6 +180,32 @@ pub struct Loaded {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("no replica of the session answered in time")]
 pub struct Unreachable;
+
+/// A write was not acknowledged because of `--min-members` (split-brain protection).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum WriteRefused {
+    /// Fewer members are live than required: nothing was written.
+    #[error("{REFUSED}: {live} live members, {min} required")]
+    NoQuorum {
+        /// Live members, this node included.
+        live: usize,
+        /// `--min-members`.
+        min: usize,
+    },
+    /// A sync write reached fewer members than required in time.
+    #[error("{REFUSED}: the write reached {holders} members, {min} required")]
+    TooFewReplicas {
+        /// Members holding it, this node included.
+        holders: usize,
+        /// `--min-members`.
+        min: usize,
+        /// The version written locally.
+        version: u64,
+    },
+}
+
+/// The start of every [`WriteRefused`] message (the HTTP layer maps it to 503).
+pub const REFUSED: &str = "write refused: too few cluster members";
 
 /// How a fetch from the replicas ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -221,6 +251,7 @@ impl Cluster {
         };
         let (ready, _) = watch::channel(false);
         let (view, _) = watch::channel(vec![node_id.clone()]);
+        let (ae_kick, ae_kicks) = antientropy::kicks();
         let inner = Arc::new(Inner {
             origin: origin_of(&node_id, incarnation),
             me: me.clone(),
@@ -242,6 +273,7 @@ impl Cluster {
             shutdown: shutdown.clone(),
             inbound: Mutex::new(HashMap::new()),
             discovery: Mutex::new(None),
+            ae_kick,
             cfg,
         });
         let cluster = Cluster { inner };
@@ -252,6 +284,7 @@ impl Cluster {
         *cluster.inner.discovery.lock() = Some(discovery.clone());
         tokio::spawn(net::follow_discovery(cluster.clone(), discovery.clone()));
         tokio::spawn(lifecycle::maintenance(cluster.clone()));
+        tokio::spawn(antientropy::run(cluster.clone(), ae_kicks));
         if cluster.inner.cfg.replication == ReplicationMode::Backup {
             tokio::spawn(lifecycle::rereplicate_on_view_change(cluster.clone()));
         }
@@ -274,6 +307,7 @@ impl Cluster {
         *self.inner.ready.borrow()
             && !self.inner.leaving.load(Ordering::Relaxed)
             && !self.inner.draining.load(Ordering::Relaxed)
+            && self.has_quorum()
     }
 
     /// Reports not ready from now on, while still serving and replicating (the first step
@@ -693,58 +727,85 @@ impl Cluster {
         data: &HashMap<String, bytes::Bytes>,
         expiry: u64,
     ) -> u64 {
+        match self.try_write_changes(sid, loaded, data, expiry).await {
+            Ok(v) => v,
+            Err(WriteRefused::TooFewReplicas { version, .. }) => version,
+            Err(WriteRefused::NoQuorum { .. }) => self.inner.store.version(sid).unwrap_or(0),
+        }
+    }
+
+    /// [`Cluster::write_changes`] that honours `--min-members`: refused before anything
+    /// is written while fewer members are live, and (sync mode) an error when fewer than
+    /// that many members acknowledged the write in time (it was applied here and may
+    /// still spread, but it is not acknowledged).
+    pub async fn try_write_changes(
+        &self,
+        sid: SessionId,
+        loaded: Option<&HashMap<String, bytes::Bytes>>,
+        data: &HashMap<String, bytes::Bytes>,
+        expiry: u64,
+    ) -> Result<u64, WriteRefused> {
         let inner = &self.inner;
-        let delta = inner.store.with_mut(sid, |s| {
-            let stamp = Stamp {
-                counter: s.version + 1,
-                origin: inner.origin,
-            };
-            let mut d = match loaded {
-                Some(loaded) => s.diff_from(sid, loaded, data, stamp),
-                None => s.diff(sid, data, stamp),
-            };
-            if let Some(d) = d.as_mut() {
-                // Every delta carries the session's expiry (about 5 bytes), not only a
-                // grown one: a replica that does not hold the session yet (a joiner
-                // before its state transfer delivers it, a missed create) must not hold
-                // an expiry-less copy, which the sweeper would expire at once, dropping
-                // the delta's attributes.
-                d.expiry = Some(expiry.max(s.expiry));
-                s.apply(d);
-            } else if expiry > s.expiry {
-                s.expiry = expiry;
+        self.check_quorum()?;
+        let written = replication::write::local_write(
+            &inner.store,
+            inner.origin,
+            sid,
+            loaded,
+            data,
+            expiry,
+            unix_now(),
+        );
+        let delta = match written {
+            replication::write::Written::Delta(d) => d,
+            replication::write::Written::Touched(expiry) => {
                 inner.touched.lock().insert(sid, expiry);
+                return Ok(inner.store.version(sid).unwrap_or(0));
             }
-            s.last_local_access = unix_now();
-            d
-        });
-        let Some(delta) = delta else {
-            return inner.store.version(sid).unwrap_or(0);
+            replication::write::Written::Unchanged => {
+                return Ok(inner.store.version(sid).unwrap_or(0))
+            }
         };
         let version = delta.stamp.counter;
-        self.replicate(delta).await;
-        version
+        let holders = self.replicate(delta).await;
+        self.check_holders(holders, version)
+    }
+
+    /// Whether enough members are live for writes (`--min-members`).
+    pub fn has_quorum(&self) -> bool {
+        let min = self.inner.cfg.min_members;
+        min <= 1 || self.inner.view.borrow().len() >= min
+    }
+
+    fn check_quorum(&self) -> Result<(), WriteRefused> {
+        if self.has_quorum() {
+            return Ok(());
+        }
+        self.inner.metrics.writes_refused.inc();
+        Err(WriteRefused::NoQuorum {
+            live: self.inner.view.borrow().len(),
+            min: self.inner.cfg.min_members,
+        })
+    }
+
+    fn check_holders(&self, holders: usize, version: u64) -> Result<u64, WriteRefused> {
+        let min = self.inner.cfg.min_members;
+        if self.inner.cfg.send_mode == SendMode::Async
+            || replication::acks::verdict(holders, min) == replication::acks::Outcome::Acknowledged
+        {
+            return Ok(version);
+        }
+        self.inner.metrics.writes_refused.inc();
+        Err(WriteRefused::TooFewReplicas {
+            holders,
+            min,
+            version,
+        })
     }
 
     /// Invalidates a session everywhere.
     pub async fn invalidate(&self, sid: SessionId) {
-        let inner = &self.inner;
-        let delta = inner.store.with_mut(sid, |s| {
-            let d = Delta {
-                sid,
-                stamp: Stamp {
-                    counter: s.version + 1,
-                    origin: inner.origin,
-                },
-                base: s.version,
-                set: vec![],
-                removed: vec![],
-                expiry: None,
-                invalidate: true,
-            };
-            s.apply(&d);
-            d
-        });
+        let delta = replication::write::local_invalidate(&self.inner.store, self.inner.origin, sid);
         self.replicate(delta).await;
     }
 
@@ -757,8 +818,10 @@ impl Cluster {
     }
 
     /// Sends a local write to its replicas (delta mode: every live peer; backup mode:
-    /// through the primary to the backups) and, in sync mode, waits for the acks.
-    pub(crate) async fn replicate(&self, delta: Delta) {
+    /// through the primary to the backups) and, in sync mode, waits for the acks. Returns
+    /// how many members hold the write as far as this node knows (itself included; in
+    /// async mode, itself and the peers it was queued for).
+    pub(crate) async fn replicate(&self, delta: Delta) -> usize {
         let inner = &self.inner;
         let sync = inner.cfg.send_mode == SendMode::Sync;
         if self.backup_mode() {
@@ -771,8 +834,7 @@ impl Cluster {
                 let owners = self.owners(delta.sid);
                 let primary = owners.first().cloned();
                 if primary.as_deref() == Some(inner.me.node_id.as_str()) {
-                    self.send_delta(delta, &owners[1..], sync).await;
-                    return;
+                    return self.send_delta(delta, &owners[1..], sync).await;
                 }
                 let link = primary.as_deref().and_then(|p| self.link_of(p));
                 let (Some(primary), Some(link)) = (primary, link) else {
@@ -781,18 +843,18 @@ impl Cluster {
                         .into_iter()
                         .filter(|o| o != &inner.me.node_id)
                         .collect();
-                    self.send_delta(delta, &targets, sync).await;
-                    return;
+                    return self.send_delta(delta, &targets, sync).await;
                 };
                 // Not the primary: forward to it; it replicates to the backups.
                 inner.metrics.forwards_sent.inc();
                 if !sync {
-                    link.send(
-                        &inner.metrics,
-                        Message::Forward { ack: 0, delta }.outgoing(),
-                    )
-                    .await;
-                    return;
+                    let queued = link
+                        .send(
+                            &inner.metrics,
+                            Message::Forward { ack: 0, delta }.outgoing(),
+                        )
+                        .await;
+                    return 1 + queued as usize;
                 }
                 let ack = self.next_id();
                 let msg = Message::Forward {
@@ -810,7 +872,8 @@ impl Cluster {
                         .metrics
                         .sync_ack_seconds
                         .observe(started.elapsed().as_secs_f64());
-                    return;
+                    // The primary acks after its backups did (or were suspected).
+                    return 2;
                 }
                 if Instant::now() >= deadline {
                     break;
@@ -828,23 +891,28 @@ impl Cluster {
                     .into_iter()
                     .filter(|o| o != &inner.me.node_id)
                     .collect();
-                self.send_delta(delta, &targets, sync).await;
+                self.send_delta(delta, &targets, sync).await
             } else {
                 inner.metrics.sync_timeouts.inc();
+                1
             }
         } else {
             let targets: Vec<String> = self.alive_peers().into_iter().map(|(n, _)| n).collect();
-            self.send_delta(delta, &targets, sync).await;
+            self.send_delta(delta, &targets, sync).await
         }
     }
 
-    /// Sends one delta to `targets`; with `sync`, waits for every ack (bounded).
-    pub(crate) async fn send_delta(&self, delta: Delta, targets: &[String], sync: bool) {
+    /// Sends one delta to `targets`; with `sync`, waits for every ack (bounded by the sync
+    /// timeout; a target suspected meanwhile stops being waited for at once). Returns how
+    /// many members hold it: this node plus the targets that acked (sync) or that it was
+    /// queued for (async).
+    pub(crate) async fn send_delta(&self, delta: Delta, targets: &[String], sync: bool) -> usize {
         let inner = &self.inner;
         let ack = if sync { self.next_id() } else { 0 };
         let out = Message::Delta { ack, delta }.outgoing();
         let started = Instant::now();
         let mut waits = Vec::new();
+        let mut queued = 0;
         for node in targets {
             let Some(link) = self.link_of(node) else {
                 continue;
@@ -856,6 +924,7 @@ impl Cluster {
             };
             if link.send(&inner.metrics, out.clone()).await {
                 inner.metrics.deltas_sent.inc();
+                queued += 1;
                 if let Some(rx) = rx {
                     waits.push((node.clone(), rx));
                 }
@@ -863,24 +932,46 @@ impl Cluster {
                 inner.pending.lock().remove(&(ack, node.clone()));
             }
         }
-        if waits.is_empty() {
-            return;
+        if !sync {
+            return 1 + queued;
         }
-        let all = futures::future::join_all(waits.iter_mut().map(|(_, rx)| rx));
-        match tokio::time::timeout(inner.cfg.sync_timeout, all).await {
-            Ok(_) => inner
-                .metrics
-                .sync_ack_seconds
-                .observe(started.elapsed().as_secs_f64()),
-            Err(_) => {
-                inner.metrics.sync_timeouts.inc();
-                tracing::warn!(peers = ?waits.iter().map(|w| &w.0).collect::<Vec<_>>(), "sync write timed out waiting for acks");
+        if waits.is_empty() {
+            return 1;
+        }
+        // A waiter whose peer is suspected is dropped (`fail_pending`): it ends at once,
+        // not acked. So a frozen or cut peer is waited for at most the member timeout.
+        let names: Vec<String> = waits.iter().map(|w| w.0.clone()).collect();
+        let mut acks: futures::stream::FuturesUnordered<_> =
+            waits.into_iter().map(|(_, rx)| rx).collect();
+        let mut acked = 0;
+        let deadline = tokio::time::sleep(inner.cfg.sync_timeout);
+        tokio::pin!(deadline);
+        use futures::StreamExt;
+        loop {
+            tokio::select! {
+                r = acks.next() => match r {
+                    Some(Ok(_)) => acked += 1,
+                    Some(Err(_)) => {}
+                    None => {
+                        inner
+                            .metrics
+                            .sync_ack_seconds
+                            .observe(started.elapsed().as_secs_f64());
+                        break;
+                    }
+                },
+                _ = &mut deadline => {
+                    inner.metrics.sync_timeouts.inc();
+                    tracing::warn!(peers = ?names, "sync write timed out waiting for acks");
+                    break;
+                }
             }
         }
         let mut p = inner.pending.lock();
-        for (node, _) in waits {
+        for node in names {
             p.remove(&(ack, node));
         }
+        1 + acked
     }
 
     /// Pushes whole sessions to one member (hand-off, re-replication); waits for its ack.

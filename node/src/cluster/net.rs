@@ -14,12 +14,10 @@ use tokio_util::sync::CancellationToken;
 use super::{handle, publish_view, Cluster, Member, MemberState};
 use crate::membership::Discovery;
 use crate::metrics::Metrics;
+use crate::replication::liveness::Liveness;
 use crate::transport::{self, HandshakeError, Reader, Writer};
-use crate::wire::{Hello, Outgoing};
+use crate::wire::{Hello, Message, Outgoing};
 
-/// Longest a writer waits for room in a full peer queue before the message is dropped
-/// (and counted): backpressure, but a stuck peer cannot stall writers forever.
-const QUEUE_WAIT: Duration = Duration::from_secs(2);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
@@ -39,26 +37,23 @@ pub struct Link {
     pub attempts: std::sync::atomic::AtomicU32,
     /// Cuts a reconnect backoff short (the peer just dialed us, so it is up).
     kick: tokio::sync::Notify,
+    /// Messages were dropped: run anti-entropy with this peer soon.
+    pub resync: AtomicBool,
 }
 
 impl Link {
-    /// Queues a message; waits (bounded) when the queue is full. False when dropped.
+    /// Queues a message; never waits. When the queue is full (the peer is slow, frozen
+    /// or cut off and not suspected yet) the message is dropped, counted, and the peer
+    /// marked for resynchronisation: anti-entropy repairs what it missed once the link
+    /// is healthy again. So one stuck peer cannot slow down writes to anyone else.
+    /// False when dropped.
     pub async fn send(&self, metrics: &Metrics, out: Outgoing) -> bool {
         self.inflight.fetch_add(1, Ordering::SeqCst);
-        let item = (out, Instant::now());
-        let ok = match self.tx.try_send(item) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(item)) => {
-                matches!(
-                    tokio::time::timeout(QUEUE_WAIT, self.tx.send(item)).await,
-                    Ok(Ok(()))
-                )
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
-        };
+        let ok = self.tx.try_send((out, Instant::now())).is_ok();
         if !ok {
             self.inflight.fetch_sub(1, Ordering::SeqCst);
             metrics.deltas_dropped.inc();
+            self.resync.store(true, Ordering::Relaxed);
         }
         ok
     }
@@ -96,6 +91,7 @@ pub(crate) fn ensure_link(c: &Cluster, addr: SocketAddr, wanted: bool) -> Option
         wanted: AtomicBool::new(wanted),
         attempts: Default::default(),
         kick: tokio::sync::Notify::new(),
+        resync: AtomicBool::new(false),
     });
     links.insert(addr, link.clone());
     tokio::spawn(run_link(c.clone(), link.clone(), rx));
@@ -126,6 +122,9 @@ fn admit(c: &Cluster, peer: &Hello, link: &Arc<Link>) {
         );
     }
     publish_view(inner);
+    // Whatever either side missed while apart (a cut, a freeze, a restart) is compared
+    // and exchanged now, not only when the session is next written.
+    c.anti_entropy_soon(&peer.node_id);
 }
 
 /// Marks the member on `link` suspect (its connection broke).
@@ -142,7 +141,8 @@ fn suspect(c: &Cluster, node: &str, link: &Arc<Link>) {
         }
     };
     if changed {
-        tracing::info!(node, "member suspected: connection lost");
+        tracing::info!(node, "member suspected: connection lost or silent");
+        inner.metrics.members_suspected.inc();
         fail_pending(c, node);
         publish_view(inner);
     }
@@ -213,6 +213,17 @@ async fn run_link(c: Cluster, link: Arc<Link>, mut rx: mpsc::Receiver<(Outgoing,
                     backoff = Duration::from_millis(50);
                     let err = run_connection(&c, &link, &peer, rd, wr, &mut rx).await;
                     suspect(&c, &peer.node_id, &link);
+                    // What was queued for it is dropped: anti-entropy brings the peer up
+                    // to date after the reconnection (a frozen peer would otherwise get
+                    // a burst of stale frames, and writers would find the queue full).
+                    let mut dropped = 0;
+                    while rx.try_recv().is_ok() {
+                        dropped += 1;
+                    }
+                    if dropped > 0 {
+                        link.inflight.fetch_sub(dropped, Ordering::SeqCst);
+                        inner.metrics.deltas_dropped.inc_by(dropped as u64);
+                    }
                     if link.cancel.is_cancelled() {
                         break;
                     }
@@ -264,8 +275,47 @@ async fn run_connection(
     rx: &mut mpsc::Receiver<(Outgoing, Instant)>,
 ) -> Option<String> {
     let inner = &c.inner;
+    // Liveness: a ping every quarter member timeout; the peer is dead when nothing was
+    // heard for the member timeout (a frozen process whose kernel still ACKs, a silent
+    // cut). The watchdog is apart from the writer, which may be stuck on a full socket.
+    let epoch = Instant::now();
+    let ms = move || epoch.elapsed().as_millis() as u64;
+    let live = parking_lot::Mutex::new(Liveness::new(
+        0,
+        inner.cfg.member_timeout.as_millis() as u64,
+        true,
+    ));
+    let watchdog = async {
+        loop {
+            let dead_at = live.lock().dead_at();
+            tokio::time::sleep_until((epoch + Duration::from_millis(dead_at)).into()).await;
+            if live.lock().is_dead(ms()) {
+                return format!(
+                    "peer silent for {} ms (frozen or cut off)",
+                    inner.cfg.member_timeout.as_millis()
+                );
+            }
+        }
+    };
     let writer = async {
-        while let Some((out, queued)) = rx.recv().await {
+        let interval = Duration::from_millis(live.lock().interval());
+        let mut pings = tokio::time::interval(interval);
+        pings.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let item = tokio::select! {
+                item = rx.recv() => item,
+                _ = pings.tick() => {
+                    if live.lock().ping_due(ms()) {
+                        let ping = Message::Ping { nonce: ms() }.outgoing();
+                        inner.metrics.bytes_sent.inc_by(ping.wire_len() as u64);
+                        if let Err(e) = wr.send(ping).await {
+                            return e.to_string();
+                        }
+                    }
+                    continue;
+                }
+            };
+            let Some((out, queued)) = item else { break };
             let mut batch = 1;
             inner
                 .metrics
@@ -298,6 +348,7 @@ async fn run_connection(
     };
     let reader = async {
         while let Some(m) = rd.next().await {
+            live.lock().heard(ms());
             match m {
                 Ok(msg) => handle::handle(c, peer, msg, None).await,
                 Err(e) => {
@@ -311,6 +362,7 @@ async fn run_connection(
     tokio::select! {
         e = writer => Some(e),
         e = reader => Some(e),
+        e = watchdog => Some(e),
         _ = link.cancel.cancelled() => None,
     }
 }
@@ -394,10 +446,17 @@ async fn inbound(c: Cluster, stream: tokio::net::TcpStream) {
             }
         }
     });
+    // The dialer pings an idle link every quarter member timeout: silence for twice the
+    // member timeout means it is frozen or cut off; close rather than hold the socket.
+    let silence = inner.cfg.member_timeout * 2;
     loop {
         let next = tokio::select! {
             n = rd.next() => n,
             _ = inner.shutdown.cancelled() => break,
+            _ = tokio::time::sleep(silence) => {
+                tracing::info!(node = %peer.node_id, "inbound connection silent; closing it");
+                break;
+            }
         };
         match next {
             Some(Ok(msg)) => handle::handle(&c, &peer, msg, Some(&tx)).await,

@@ -31,13 +31,47 @@ impl From<tower_sessions::session::Error> for AppError {
 
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
-        tracing::error!(error = %self.0, "session error");
+        let msg = self.0.to_string();
+        // Refused for split-brain protection: 503, so the proxy retries elsewhere.
+        if msg.contains(crate::cluster::REFUSED) {
+            tracing::warn!(error = %msg, "write refused");
+            return refused(msg);
+        }
+        tracing::error!(error = %msg, "session error");
         (
             StatusCode::INTERNAL_SERVER_ERROR,
-            Json(json!({"error": self.0.to_string()})),
+            Json(json!({"error": msg})),
         )
             .into_response()
     }
+}
+
+fn refused(msg: String) -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        [(axum::http::header::RETRY_AFTER, "1")],
+        Json(json!({"error": msg})),
+    )
+        .into_response()
+}
+
+/// `--min-members`: while this node sees too few members, requests that may write
+/// (anything but GET, HEAD, OPTIONS) are refused with 503 before they run.
+async fn refuse_without_quorum(
+    State(cluster): State<Cluster>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if !req.method().is_safe() && !cluster.has_quorum() {
+        cluster.metrics().writes_refused.inc();
+        let live = cluster.live_members().len();
+        let min = cluster.config().min_members;
+        return refused(format!(
+            "{}: {live} live members, {min} required",
+            crate::cluster::REFUSED
+        ));
+    }
+    next.run(req).await
 }
 
 /// Adds replicated sessions (tower-sessions over [`ReplicatedStore`], plus the
@@ -59,7 +93,13 @@ pub fn with_sessions<S: Clone + Send + Sync + 'static>(
         .with_expiry(Expiry::OnInactivity(timeout));
     let ryw =
         ReadYourWritesLayer::new(VersionCookie::new(key, &cfg.cookie_name, cfg.cookie_secure));
-    router.layer(sessions).layer(ryw)
+    router
+        .layer(sessions)
+        .layer(ryw)
+        .layer(axum::middleware::from_fn_with_state(
+            cluster.clone(),
+            refuse_without_quorum,
+        ))
 }
 
 /// The demo app's router.

@@ -1,0 +1,154 @@
+//! What an incoming message does to this node's state: a pure function from (store,
+//! message, clock) to effects. The driver (`cluster/`) and the simulation call the same
+//! function; only the flows that wait (fetches for read-your-writes, state transfer,
+//! barriers, backup-mode forwarding, leaving) are handed back to the driver.
+
+use crate::metrics::Metrics;
+use crate::store::{Applied, Store};
+use crate::wire::{Message, SessionId, SessionState};
+
+use super::antientropy;
+
+/// Sessions per `Put` sent by anti-entropy.
+pub const PUT_BATCH: usize = 256;
+
+/// Something the driver must do after a message was handled.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect {
+    /// Answer on the connection the message arrived on.
+    Reply(Message),
+    /// Send to the message's sender, on this node's own link to it.
+    Send(Message),
+    /// A remote change was applied: wake read-your-writes waiters.
+    Applied,
+    /// A delta left a hole in the session's versions: look again shortly, then fetch the
+    /// whole session from the sender.
+    Gap(SessionId),
+    /// A reply to an outstanding request of ours.
+    Resolve(u64, Message),
+    /// The anti-entropy summary was partial: run another round with the sender soon.
+    AeAgain,
+    /// Sessions repaired by anti-entropy (counted).
+    Repaired(usize),
+}
+
+/// How a message was handled.
+#[derive(Debug)]
+pub enum Handled {
+    /// Done; perform these effects in order.
+    Effects(Vec<Effect>),
+    /// A message whose handling waits or needs the driver's membership: the driver's.
+    Driver(Message),
+}
+
+/// Handles `msg` from a peer at `now` (unix seconds, this node's clock). `scope` says
+/// which sessions this node and the sender compare in anti-entropy.
+pub fn on_message(
+    store: &Store,
+    metrics: &Metrics,
+    msg: Message,
+    now: u64,
+    scope: &dyn Fn(SessionId) -> bool,
+) -> Handled {
+    let mut fx = Vec::new();
+    match msg {
+        Message::Delta { ack, delta } => {
+            metrics.deltas_received.inc();
+            let (applied, gap) = store.apply(&delta);
+            if applied == Applied::Stale {
+                metrics.deltas_stale.inc();
+            }
+            fx.push(Effect::Applied);
+            if gap {
+                metrics.delta_gaps.inc();
+                fx.push(Effect::Gap(delta.sid));
+            }
+            if ack != 0 {
+                fx.push(Effect::Reply(Message::Ack { id: ack }));
+            }
+        }
+        Message::Touch(list) => {
+            for (sid, expiry) in list {
+                store.touch(sid, expiry);
+            }
+        }
+        Message::Put { ack, sessions } => {
+            merge_all(store, &sessions);
+            fx.push(Effect::Applied);
+            if ack != 0 {
+                fx.push(Effect::Reply(Message::Ack { id: ack }));
+            }
+        }
+        Message::StateChunk { id, sessions, done } => {
+            merge_all(store, &sessions);
+            metrics
+                .state_transfer_sessions
+                .inc_by(sessions.len() as i64);
+            fx.push(Effect::Applied);
+            if done {
+                fx.push(Effect::Resolve(id, Message::Ack { id }));
+            }
+        }
+        Message::Ack { id } | Message::BarrierAck { id } => {
+            fx.push(Effect::Resolve(id, Message::Ack { id }))
+        }
+        Message::FetchResp { id, session } => {
+            fx.push(Effect::Resolve(id, Message::FetchResp { id, session }))
+        }
+        Message::Ping { nonce } => fx.push(Effect::Reply(Message::Pong { nonce })),
+        Message::Pong { .. } => {}
+        Message::AeDigest { buckets } => {
+            let (ranges, entries, more) = antientropy::summarize(store, &buckets, now, scope);
+            fx.push(Effect::Reply(Message::AeSummary {
+                ranges,
+                entries,
+                more,
+            }));
+        }
+        Message::AeSummary {
+            ranges,
+            entries,
+            more,
+        } => {
+            let plan = antientropy::plan(store, &ranges, &entries, now, scope);
+            if !plan.push.is_empty() {
+                fx.push(Effect::Repaired(plan.push.len()));
+            }
+            for batch in plan.push.chunks(PUT_BATCH) {
+                let sessions = states(store, batch);
+                if !sessions.is_empty() {
+                    fx.push(Effect::Send(Message::Put { ack: 0, sessions }));
+                }
+            }
+            if !plan.pull.is_empty() {
+                fx.push(Effect::Repaired(plan.pull.len()));
+                fx.push(Effect::Send(Message::AePull { sids: plan.pull }));
+            }
+            if more {
+                fx.push(Effect::AeAgain);
+            }
+        }
+        Message::AePull { mut sids } => {
+            // A peer cannot make this node copy more than one round's worth.
+            sids.truncate(antientropy::MAX_SESSIONS);
+            for batch in sids.chunks(PUT_BATCH) {
+                let sessions = states(store, batch);
+                if !sessions.is_empty() {
+                    fx.push(Effect::Reply(Message::Put { ack: 0, sessions }));
+                }
+            }
+        }
+        other => return Handled::Driver(other),
+    }
+    Handled::Effects(fx)
+}
+
+fn merge_all(store: &Store, sessions: &[SessionState]) {
+    for s in sessions {
+        store.merge(s);
+    }
+}
+
+fn states(store: &Store, sids: &[SessionId]) -> Vec<SessionState> {
+    sids.iter().filter_map(|s| store.state(*s)).collect()
+}

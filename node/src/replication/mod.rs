@@ -1,0 +1,18 @@
+//! The replication core: every membership and replication *decision*, with no sockets,
+//! locks held across awaits, tasks or clocks of its own. Time and messages go in,
+//! effects come out; `cluster/` is the driver that owns the sockets and timers and
+//! performs the effects, and [`sim`] drives the same code through seeded fault schedules.
+//!
+//! - [`liveness`] — per-connection failure detector (heartbeats, silence ⇒ dead).
+//! - [`apply`] — what an incoming message does: apply, merge, answer, anti-entropy.
+//! - [`antientropy`] — range digests, summaries and the push/pull plan.
+//! - [`write`] — stamping a local write into a delta.
+//! - [`acks`] — when a sync write may be acknowledged.
+//! - [`sim`] — the deterministic simulation and its checker.
+
+pub mod acks;
+pub mod antientropy;
+pub mod apply;
+pub mod liveness;
+pub mod sim;
+pub mod write;
