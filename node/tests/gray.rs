@@ -424,6 +424,23 @@ fn wps(samples: &[Sample], from: Instant, to: Instant) -> f64 {
     n as f64 / to.saturating_duration_since(from).as_secs_f64().max(1e-3)
 }
 
+/// Median over the 500 ms buckets of `[from, to)` of the acknowledged writes per
+/// second: one burst of other work on the machine moves it less than a plain average.
+fn median_wps(samples: &[Sample], from: Instant, to: Instant) -> f64 {
+    const BUCKET: Duration = Duration::from_millis(500);
+    let mut rates = vec![];
+    let mut t = from;
+    while t + BUCKET <= to {
+        rates.push(wps(samples, t, t + BUCKET));
+        t += BUCKET;
+    }
+    if rates.is_empty() {
+        return wps(samples, from, to);
+    }
+    rates.sort_by(f64::total_cmp);
+    rates[rates.len() / 2]
+}
+
 /// 99th percentile of the latency of the requests sent within `[from, to)`.
 fn p99(samples: &[Sample], from: Instant, to: Instant) -> Duration {
     let mut l: Vec<Duration> = samples
@@ -527,10 +544,12 @@ async fn sessions_held(node: &Node) -> Result<u64, String> {
 // A. A frozen peer under write load
 
 /// Three nodes; 4 writers on each of the two healthy ones. After a 3 s baseline, n3 is
-/// SIGSTOPped for 10 s, then SIGCONTed. The healthy nodes must suspect it within the
-/// member timeout, keep ≥ 80% of their baseline write rate once it is suspected, keep
-/// p99 below member timeout + 1 s over the whole freeze, and, after SIGCONT, every
-/// acknowledged write must be on all three.
+/// SIGSTOPped for 10 s, then SIGCONTed; the load goes on until 2 s after n3 is back.
+/// The healthy nodes must suspect n3 within the member timeout, keep ≥ 80% of their
+/// normal write rate once it is suspected (rates are medians of 0.5 s buckets; normal is
+/// the mean of the windows before and after the fault), keep p99 below member timeout +
+/// 1 s over the whole freeze, and, after SIGCONT, every acknowledged write must be on
+/// all three.
 ///
 /// Scaled down to the rate a debug build reaches on two shared cores (hundreds of
 /// writes/s, not the tens of thousands of a release build): the nodes' TCP buffers are
@@ -578,6 +597,9 @@ async fn frozen_peer(mode: &str) {
         Ok(resumed.elapsed())
     })
     .await;
+    let after_from = Instant::now();
+    tokio::time::sleep(Duration::from_secs(2)).await; // the after-fault measurement window
+    let after_to = Instant::now();
     let writers = load.stop().await;
 
     let samples = all_samples(&writers);
@@ -588,8 +610,12 @@ async fn frozen_peer(mode: &str) {
     let regressions: usize = writers.iter().map(|w| w.regressions).sum();
     let errors = samples.iter().filter(|s| s.status != 200).count();
     let acked_n = samples.iter().filter(|s| s.status == 200).count();
-    let baseline = wps(&samples, baseline_from, stopped);
-    let during = wps(&samples, detected_at, resumed);
+    let baseline = median_wps(&samples, baseline_from, stopped);
+    let after = median_wps(&samples, after_from, after_to);
+    // Normal: the windows before and after the fault (a steady change in what else the
+    // machine runs moves both sides and cancels out).
+    let normal = (baseline + after) / 2.0;
+    let during = median_wps(&samples, detected_at, resumed);
     let p99_fault = p99(&samples, stopped, resumed);
     let max_fault = samples
         .iter()
@@ -613,6 +639,7 @@ async fn frozen_peer(mode: &str) {
             ("converge_s", secs(converge)),
             ("during_fault_wps", format!("{during:.0}")),
             ("baseline_wps", format!("{baseline:.0}")),
+            ("after_wps", format!("{after:.0}")),
             ("p99_ms", format!("{:.0}", p99_fault.as_secs_f64() * 1e3)),
             ("max_ms", format!("{:.0}", max_fault.as_secs_f64() * 1e3)),
             ("suspected_total", metrics.join(",")),
@@ -624,9 +651,9 @@ async fn frozen_peer(mode: &str) {
         "n1 and n2 suspect the frozen n3 within the member timeout (took {detect:?})"
     );
     assert!(
-        during >= 0.8 * baseline,
-        "after detection the healthy nodes keep ≥ 80% of their write rate: {during:.0}/s \
-         against {baseline:.0}/s before the freeze"
+        during >= 0.8 * normal,
+        "after detection the healthy nodes keep ≥ 80% of their write rate (medians of 0.5 s): \
+         {during:.0}/s against {baseline:.0}/s before the freeze and {after:.0}/s after it"
     );
     assert!(
         p99_fault < MEMBER_TIMEOUT + Duration::from_secs(1),
@@ -759,8 +786,9 @@ async fn cut_during_rolling_restart(min_members: Option<u32>) {
     lab.nodes[2].as_mut().expect("n3").kill();
     let survivors = [lab.node(0), lab.node(1)];
     let lost = lost_writes(&http, &survivors, &acked).await;
-    // A client whose version cookie names its last acknowledged write is served it.
-    let mut rolled_back = 0;
+    // A client whose version cookie names its last acknowledged write is served it (or
+    // more: a write answered 503 or not at all may still have been applied).
+    let (mut rolled_back, mut applied_unacked) = (0, 0);
     for w in &writers {
         let mut client = HttpClient::sharing(&http);
         for name in ["SESSIONID", "SESSIONID_V"] {
@@ -768,9 +796,28 @@ async fn cut_during_rolling_restart(min_members: Option<u32>) {
                 client.set_cookie(name, v);
             }
         }
-        match client.get_counter(lab.node(0)).await {
-            Ok(v) if v["counter"].as_i64() == Some(w.acked) => {}
-            _ => rolled_back += 1,
+        let got = client.get_counter(lab.node(0)).await;
+        match got.as_ref().map(|v| v["counter"].as_i64()) {
+            Ok(Some(n)) if n == w.acked => {}
+            Ok(Some(n)) if n > w.acked => {
+                eprintln!(
+                    "{scenario}: session {} acknowledged at {}, n1 serves {n}; its first \
+                     answers not 200 (status, ms): {:?}",
+                    w.session(),
+                    w.acked,
+                    w.samples
+                        .iter()
+                        .filter(|s| s.status != 200)
+                        .take(3)
+                        .map(|s| (s.status, s.latency.as_millis()))
+                        .collect::<Vec<_>>()
+                );
+                applied_unacked += n - w.acked;
+            }
+            _ => {
+                eprintln!("{scenario}: session {} acknowledged at {}: n1 answers {got:?}", w.session(), w.acked);
+                rolled_back += 1;
+            }
         }
     }
 
@@ -799,6 +846,7 @@ async fn cut_during_rolling_restart(min_members: Option<u32>) {
         ("baseline_wps", format!("{baseline:.0}")),
         ("p99_ms", format!("{:.0}", p99_cut.as_secs_f64() * 1e3)),
     ];
+    fields.push(("applied_unacked", applied_unacked.to_string()));
     if min_members.is_some() {
         fields.push(("acked_while_alone", acked_isolated.to_string()));
     }
