@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! cargo build --release -p tribe-node -p tribe-bench
-//! target/release/tribe-bench [--quick] [--json] [--only throughput,lag,wire,transfer,scaling]
+//! target/release/tribe-bench [--quick] [--json] [--only throughput,lag,wire,transfer,scaling,convergence]
 //! ```
 #![forbid(unsafe_code)]
 
@@ -74,14 +74,18 @@ enum Section {
     Transfer,
     /// CPU and bytes per write at N = 2..16, delta vs backup.
     Scaling,
+    /// Anti-entropy: sessions written while a node was frozen reach it after SIGCONT;
+    /// time, bytes, and the idle cost of digest rounds.
+    Convergence,
 }
 
-const ALL: [Section; 5] = [
+const ALL: [Section; 6] = [
     Section::Throughput,
     Section::Lag,
     Section::Wire,
     Section::Transfer,
     Section::Scaling,
+    Section::Convergence,
 ];
 
 async fn run_section(s: Section, env: &Env) -> Result<Table> {
@@ -91,6 +95,7 @@ async fn run_section(s: Section, env: &Env) -> Result<Table> {
         Section::Wire => sections::wire::run(env).await,
         Section::Transfer => sections::transfer::run(env).await,
         Section::Scaling => sections::scaling::run(env).await,
+        Section::Convergence => sections::convergence::run(env).await,
     }
 }
 
@@ -139,6 +144,7 @@ async fn run(args: &Args) -> Result<(Report, bool)> {
                     Section::Wire => "wire",
                     Section::Transfer => "transfer",
                     Section::Scaling => "scaling",
+                    Section::Convergence => "convergence",
                 };
                 let mut t = Table::new(name, format!("{name}: failed"), &[]);
                 t.note(format!("error: {e:#}"));

@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 
+pub mod convergence;
 pub mod lag;
 pub mod scaling;
 pub mod throughput;
