@@ -204,7 +204,12 @@ impl Lab {
 
 /// Whether `observer` no longer lists `member` as alive (suspect, or gone).
 async fn not_alive(observer: &Node, member: &str) -> Result<bool, String> {
-    Ok(observer.member_states().await?.get(member).map(String::as_str) != Some("alive"))
+    Ok(observer
+        .member_states()
+        .await?
+        .get(member)
+        .map(String::as_str)
+        != Some("alive"))
 }
 
 /// Polls (bounded) until every `(observer, member)` pair holds [`not_alive`]; the time
@@ -473,14 +478,21 @@ async fn replica_counter(http: &reqwest::Client, node: &Node, sid: &str) -> Resu
     let status = resp.status().as_u16();
     let body = resp.text().await.map_err(|e| e.to_string())?;
     if status != 200 {
-        return Err(format!("GET /counter on {} answered {status}: {body}", node.name));
+        return Err(format!(
+            "GET /counter on {} answered {status}: {body}",
+            node.name
+        ));
     }
     Ok(parse_counter(&body)?.0)
 }
 
 /// Acknowledged writes missing on some node: per session, `acked` minus the lowest
 /// counter a node serves (unreachable nodes count as holding nothing).
-async fn lost_writes(http: &reqwest::Client, nodes: &[&Node], acked: &BTreeMap<String, i64>) -> i64 {
+async fn lost_writes(
+    http: &reqwest::Client,
+    nodes: &[&Node],
+    acked: &BTreeMap<String, i64>,
+) -> i64 {
     let mut lost = 0;
     for (sid, &a) in acked {
         let mut low = a;
@@ -505,7 +517,9 @@ async fn replicas_equal(
         }
         let first = seen[0].1;
         if first < a || seen.iter().any(|(_, c)| *c != first) {
-            return Err(format!("session {sid} acknowledged at {a}: replicas {seen:?}"));
+            return Err(format!(
+                "session {sid} acknowledged at {a}: replicas {seen:?}"
+            ));
         }
     }
     Ok(())
@@ -626,7 +640,11 @@ async fn frozen_peer(mode: &str) {
     let mut metrics = vec![];
     for n in [lab.node(0), lab.node(1)] {
         let m = n.metric("members_suspected").await.ok().flatten();
-        metrics.push(format!("{}:{}", n.name, m.map_or("none".into(), |v| v.to_string())));
+        metrics.push(format!(
+            "{}:{}",
+            n.name,
+            m.map_or("none".into(), |v| v.to_string())
+        ));
     }
     figures(
         &format!("frozen-{mode}"),
@@ -659,10 +677,19 @@ async fn frozen_peer(mode: &str) {
         p99_fault < MEMBER_TIMEOUT + Duration::from_secs(1),
         "p99 of writes during the freeze is {p99_fault:?} (max {max_fault:?})"
     );
-    assert_eq!(errors, 0, "writes on the healthy nodes failed during the freeze");
-    assert_eq!(regressions, 0, "a client was answered below a counter it had acknowledged");
+    assert_eq!(
+        errors, 0,
+        "writes on the healthy nodes failed during the freeze"
+    );
+    assert_eq!(
+        regressions, 0,
+        "a client was answered below a counter it had acknowledged"
+    );
     assert_eq!(lost, 0, "acknowledged writes missing after SIGCONT");
-    assert!(converge.is_some(), "the three replicas converged after SIGCONT");
+    assert!(
+        converge.is_some(),
+        "the three replicas converged after SIGCONT"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -678,19 +705,19 @@ async fn frozen_peer_sync_does_not_stall_writes_and_loses_nothing() {
 // ---------------------------------------------------------------------------------------
 // B and C. A silent cut during a rolling restart of the others
 
-/// Three nodes in sync mode. Writers beside n3 write to it; other sessions are written
-/// on n1/n2. n3's bridge port goes down (a silent cut: no RST, nothing), then n1 and n2
-/// are restarted one by one (SIGTERM, start again) with writes between; then the link
-/// is healed. All replicas must be equal within 2× the member timeout of the heal, and
+/// Three nodes in `mode` (`sync` or `async`). Writers beside n3 write to it; other
+/// sessions are written on n1/n2. n3's bridge port goes down (a silent cut: no RST,
+/// nothing), then n1 and n2 are restarted one by one (SIGTERM, start again) with writes
+/// between; then the link is healed. All replicas must be equal within 2× the member timeout of the heal, and
 /// after n3 is killed (-9) every write anyone acknowledged must be on n1 and n2.
 ///
 /// With `min_members = Some(2)` (`TRIBE_MIN_MEMBERS`), n3 must refuse writes with 503
 /// (and report not ready) once it sees itself alone, and accept them again after the heal.
-async fn cut_during_rolling_restart(min_members: Option<u32>) {
+async fn cut_during_rolling_restart(mode: &str, min_members: Option<u32>) {
     let _serial = serial();
     let scenario = match min_members {
-        None => "cut-restart-sync".to_string(),
-        Some(m) => format!("cut-restart-sync-min{m}"),
+        None => format!("cut-restart-{mode}"),
+        Some(m) => format!("cut-restart-{mode}-min{m}"),
     };
     let env = move |_: usize| {
         min_members
@@ -699,7 +726,7 @@ async fn cut_during_rolling_restart(min_members: Option<u32>) {
     };
     // A leaving node drains its queues for at most 3 s (the cut peer's never drains on a
     // node that does not suspect it).
-    let mut lab = Lab::new(3, &["--send-mode", "sync", "--drain-timeout", "3s"], &env);
+    let mut lab = Lab::new(3, &["--send-mode", mode, "--drain-timeout", "3s"], &env);
     lab.start_all().await;
     let http = http_client();
     let (a, b, c) = (
@@ -815,7 +842,11 @@ async fn cut_during_rolling_restart(min_members: Option<u32>) {
                 applied_unacked += n - w.acked;
             }
             _ => {
-                eprintln!("{scenario}: session {} acknowledged at {}: n1 answers {got:?}", w.session(), w.acked);
+                eprintln!(
+                    "{scenario}: session {} acknowledged at {}: n1 answers {got:?}",
+                    w.session(),
+                    w.acked
+                );
                 rolled_back += 1;
             }
         }
@@ -824,7 +855,10 @@ async fn cut_during_rolling_restart(min_members: Option<u32>) {
     let samples = all_samples(&writers);
     let acked_n = samples.iter().filter(|s| s.status == 200).count() + others.len() * 9;
     let refused = samples.iter().filter(|s| s.status == 503).count();
-    let errors = samples.iter().filter(|s| s.status != 200 && s.status != 503).count();
+    let errors = samples
+        .iter()
+        .filter(|s| s.status != 200 && s.status != 503)
+        .count();
     // Writes n3 acknowledged although it had already seen itself alone.
     let acked_isolated = samples
         .iter()
@@ -836,7 +870,10 @@ async fn cut_during_rolling_restart(min_members: Option<u32>) {
     let p99_cut = p99(&samples, cut, healed);
     let mut fields = vec![
         ("acked", acked_n.to_string()),
-        ("lost", (lost + regressions as i64 + rolled_back).to_string()),
+        (
+            "lost",
+            (lost + regressions as i64 + rolled_back).to_string(),
+        ),
         ("refused", refused.to_string()),
         ("errors", errors.to_string()),
         ("detect_s", secs(detect)),
@@ -860,9 +897,18 @@ async fn cut_during_rolling_restart(min_members: Option<u32>) {
         detect.is_some_and(|d| d <= MEMBER_TIMEOUT + Duration::from_secs(1)),
         "the cut is noticed on both sides within the member timeout (took {detect:?})"
     );
-    assert_eq!(lost, 0, "acknowledged writes missing on n1/n2 after n3 was killed");
-    assert_eq!(regressions, 0, "a client was answered below a counter it had acknowledged");
-    assert_eq!(rolled_back, 0, "clients of n3 served less than their version cookie says");
+    assert_eq!(
+        lost, 0,
+        "acknowledged writes missing on n1/n2 after n3 was killed"
+    );
+    assert_eq!(
+        regressions, 0,
+        "a client was answered below a counter it had acknowledged"
+    );
+    assert_eq!(
+        rolled_back, 0,
+        "clients of n3 served less than their version cookie says"
+    );
     let c_max = MEMBER_TIMEOUT * 2;
     assert!(
         converge.is_some_and(|d| d <= c_max),
@@ -877,21 +923,34 @@ async fn cut_during_rolling_restart(min_members: Option<u32>) {
             );
         }
         Some(_) => {
-            assert_eq!(not_ready_while_cut, Some(true), "n3 alone is not ready and answers 503");
+            assert_eq!(
+                not_ready_while_cut,
+                Some(true),
+                "n3 alone is not ready and answers 503"
+            );
             assert_eq!(acked_isolated, 0, "n3 alone acknowledged writes");
-            assert_eq!(accepts_again, Some(true), "n3 accepts writes again after the heal");
+            assert_eq!(
+                accepts_again,
+                Some(true),
+                "n3 accepts writes again after the heal"
+            );
         }
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn silent_cut_during_rolling_restart_loses_no_acknowledged_write() {
-    cut_during_rolling_restart(None).await;
+async fn silent_cut_during_rolling_restart_loses_no_acknowledged_write_sync() {
+    cut_during_rolling_restart("sync", None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_cut_during_rolling_restart_loses_no_acknowledged_write_async() {
+    cut_during_rolling_restart("async", None).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_cut_with_min_members_refuses_instead_of_acknowledging() {
-    cut_during_rolling_restart(Some(2)).await;
+    cut_during_rolling_restart("sync", Some(2)).await;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -969,7 +1028,14 @@ async fn skewed_clocks_neither_expire_early_nor_resurrect() {
     let nodes = lab.all();
     // Every node holds every session, and keeps holding it for a few seconds of its
     // timeout (a fast clock would expire the others' at once).
-    let held = converged(&http, &nodes, &acked, Instant::now(), Duration::from_secs(5)).await;
+    let held = converged(
+        &http,
+        &nodes,
+        &acked,
+        Instant::now(),
+        Duration::from_secs(5),
+    )
+    .await;
     let mut early = Vec::new();
     let hold_until = Instant::now() + Duration::from_secs(3);
     while Instant::now() < hold_until && early.is_empty() {
@@ -1019,7 +1085,15 @@ async fn skewed_clocks_neither_expire_early_nor_resurrect() {
         "skew-1h",
         &[
             ("acked", (total * 3).to_string()),
-            ("lost", if held.is_some() && served.is_ok() { "0" } else { "some" }.to_string()),
+            (
+                "lost",
+                if held.is_some() && served.is_ok() {
+                    "0"
+                } else {
+                    "some"
+                }
+                .to_string(),
+            ),
             ("expired_early", early.len().to_string()),
             ("expire_s", expire.join(",")),
             ("timeout_s", TIMEOUT.as_secs().to_string()),
@@ -1027,12 +1101,18 @@ async fn skewed_clocks_neither_expire_early_nor_resurrect() {
         ],
     );
 
-    assert!(held.is_some(), "every node holds every session at its acknowledged counter");
+    assert!(
+        held.is_some(),
+        "every node holds every session at its acknowledged counter"
+    );
     assert!(early.is_empty(), "sessions expired early: {early:?}");
     assert_eq!(served, Ok(()), "every node serves every session");
     for (g, n) in gone_after.iter().zip(&nodes) {
         let g = g.unwrap_or_else(|| {
-            panic!("{} still holds sessions {TIMEOUT:?} + 5 s after their last use", n.name)
+            panic!(
+                "{} still holds sessions {TIMEOUT:?} + 5 s after their last use",
+                n.name
+            )
         });
         // Expiry times are whole seconds: up to 1 s early by rounding.
         assert!(
@@ -1041,5 +1121,8 @@ async fn skewed_clocks_neither_expire_early_nor_resurrect() {
             n.name
         );
     }
-    assert!(resurrected.is_empty(), "expired sessions came back: {resurrected:?}");
+    assert!(
+        resurrected.is_empty(),
+        "expired sessions came back: {resurrected:?}"
+    );
 }

@@ -80,7 +80,9 @@ pub async fn run(env: &Env) -> Result<Table> {
     }
     let detect_secs = frozen.elapsed().as_secs_f64();
 
-    progress(format!("convergence: writing {sessions} sessions to n1 and n2"));
+    progress(format!(
+        "convergence: writing {sessions} sessions to n1 and n2"
+    ));
     let seed_started = Instant::now();
     let errors = seed(&[h1, h2], sessions).await?;
     for admin in [a1, a2] {
@@ -119,26 +121,74 @@ pub async fn run(env: &Env) -> Result<Table> {
     let idle_full = idle(&all).await?;
 
     for (figure, value, unit) in [
-        ("n3 suspected by n1 and n2 after SIGSTOP", json!(detect_secs), "s"),
+        (
+            "n3 suspected by n1 and n2 after SIGSTOP",
+            json!(detect_secs),
+            "s",
+        ),
         ("sessions written while n3 was frozen", json!(sessions), ""),
         ("write errors", json!(errors), ""),
-        ("writing time (until n1 and n2 hold them all)", json!(seed_secs), "s"),
-        ("n3 alive again for n1 after SIGCONT", json!(rejoin_secs), "s"),
-        ("convergence: SIGCONT → n3 holds every session", json!(converged), "s"),
-        ("sessions repaired by anti-entropy (n3's count)", json!(repaired), ""),
-        ("bytes sent by n1 + n2 until converged", json!(sent_healthy), "B"),
+        (
+            "writing time (until n1 and n2 hold them all)",
+            json!(seed_secs),
+            "s",
+        ),
+        (
+            "n3 alive again for n1 after SIGCONT",
+            json!(rejoin_secs),
+            "s",
+        ),
+        (
+            "convergence: SIGCONT → n3 holds every session",
+            json!(converged),
+            "s",
+        ),
+        (
+            "sessions repaired by anti-entropy (n3's count)",
+            json!(repaired),
+            "",
+        ),
+        (
+            "bytes sent by n1 + n2 until converged",
+            json!(sent_healthy),
+            "B",
+        ),
         ("bytes sent by n3 until converged", json!(sent_n3), "B"),
         (
             "bytes exchanged per session written",
             json!((sent_healthy + sent_n3) / sessions as f64),
             "B",
         ),
-        ("idle, no sessions: bytes sent by all three", json!(idle_empty.bytes), "B"),
-        ("idle, no sessions: anti-entropy rounds", json!(idle_empty.rounds), ""),
-        ("idle, no sessions: bytes per round", json!(idle_empty.per_round()), "B"),
-        ("idle, with the sessions: bytes sent by all three", json!(idle_full.bytes), "B"),
-        ("idle, with the sessions: anti-entropy rounds", json!(idle_full.rounds), ""),
-        ("idle, with the sessions: bytes per round", json!(idle_full.per_round()), "B"),
+        (
+            "idle, no sessions: bytes sent by all three",
+            json!(idle_empty.bytes),
+            "B",
+        ),
+        (
+            "idle, no sessions: anti-entropy rounds",
+            json!(idle_empty.rounds),
+            "",
+        ),
+        (
+            "idle, no sessions: bytes per round",
+            json!(idle_empty.per_round()),
+            "B",
+        ),
+        (
+            "idle, with the sessions: bytes sent by all three",
+            json!(idle_full.bytes),
+            "B",
+        ),
+        (
+            "idle, with the sessions: anti-entropy rounds",
+            json!(idle_full.rounds),
+            "",
+        ),
+        (
+            "idle, with the sessions: bytes per round",
+            json!(idle_full.per_round()),
+            "B",
+        ),
     ] {
         t.row(vec![json!(figure), value, json!(unit)]);
     }
