@@ -769,7 +769,7 @@ mod tests {
                 delta: one_attr_delta(),
             },
             Message::Ack { id: 9 },
-            Message::Touch(vec![(1, 2), (3, 4)]),
+            Message::Touch(vec![(1, NOW + 2), (3, NOW + 4)]),
             Message::FetchReq {
                 id: 1,
                 sid: -5,
