@@ -769,7 +769,7 @@ mod tests {
                 delta: one_attr_delta(),
             },
             Message::Ack { id: 9 },
-            Message::Touch(vec![(1, 2), (3, 4)]),
+            Message::Touch(vec![(1, NOW + 2), (3, NOW + 4)]),
             Message::FetchReq {
                 id: 1,
                 sid: -5,
@@ -864,11 +864,10 @@ mod tests {
 
     #[test]
     fn one_attribute_delta_is_small() {
-        let out = Message::Delta {
-            ack: 0,
-            delta: one_attr_delta(),
-        }
-        .outgoing();
+        let mut delta = one_attr_delta();
+        // A session 30 minutes from expiry: 1,800 s remaining travel as 2 bytes.
+        delta.expiry = Some(crate::store::unix_now() + 1_800);
+        let out = Message::Delta { ack: 0, delta }.outgoing();
         // header + body + tag; the target is <= 100 bytes.
         eprintln!("one-attribute delta: {} bytes on the wire", out.wire_len());
         assert!(

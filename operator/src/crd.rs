@@ -185,6 +185,18 @@ pub struct Replication {
     /// `async` or `sync`.
     #[serde(default)]
     pub send_mode: SendMode,
+    /// Split-brain protection (Hazelcast's split-brain protection, Infinispan's partition
+    /// handling): a node that sees fewer live members than this, itself included, is not
+    /// Ready and refuses session writes with 503, so the Ingress retries elsewhere; in
+    /// `sync` mode a write is acknowledged only once this many members hold it.
+    /// 0 (default): off.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    #[schemars(range(min = 0))]
+    pub min_members: i32,
+}
+
+fn is_zero(n: &i32) -> bool {
+    *n == 0
 }
 
 fn default_backups() -> i32 {
@@ -197,6 +209,7 @@ impl Default for Replication {
             mode: ReplicationMode::default(),
             backups: default_backups(),
             send_mode: SendMode::default(),
+            min_members: 0,
         }
     }
 }

@@ -3,6 +3,9 @@
 //! wait (fetches, state transfer, forwarded sync writes) run in their own tasks.
 
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use std::time::Duration;
 
 use super::{Cluster, ReplyTx};
@@ -57,7 +60,18 @@ fn on_gap(c: &Cluster, from: &str, sid: SessionId) {
 /// Handles one message from `peer`; `reply_tx` is the connection's reply channel (inbound
 /// connections only). The replication core decides ([`replication::apply`]); this
 /// performs its effects, and runs the flows that wait.
-pub(crate) async fn handle(c: &Cluster, peer: &Hello, msg: Message, reply_tx: Option<&ReplyTx>) {
+///
+/// Requests that wait (fetches, forwarded writes, state transfers) run in their own tasks,
+/// at most [`TASKS_PER_CONNECTION`] at once per connection (`tasks`): past that, the
+/// connection's read loop waits for one to finish, which pushes back on the peer through
+/// TCP instead of letting it spawn without bound.
+pub(crate) async fn handle(
+    c: &Cluster,
+    peer: &Hello,
+    msg: Message,
+    reply_tx: Option<&ReplyTx>,
+    tasks: &Arc<Semaphore>,
+) {
     let inner = &c.inner;
     let scope = c.ae_scope(&peer.node_id);
     let handled = replication::apply::on_message(&inner.store, &inner.metrics, msg, unix_now(), &scope);
@@ -94,7 +108,9 @@ pub(crate) async fn handle(c: &Cluster, peer: &Hello, msg: Message, reply_tx: Op
             apply_remote(c, &peer.node_id, &delta);
             let c = c.clone();
             let tx = reply_tx.cloned();
+            let permit = permit(tasks).await;
             tokio::spawn(async move {
+                let _permit = permit;
                 let owners = c.owners(delta.sid);
                 let me = c.inner.me.node_id.clone();
                 let targets: Vec<String> = owners
@@ -118,7 +134,9 @@ pub(crate) async fn handle(c: &Cluster, peer: &Hello, msg: Message, reply_tx: Op
         } => {
             let c = c.clone();
             let tx = reply_tx.cloned();
+            let permit = permit(tasks).await;
             tokio::spawn(async move {
+                let _permit = permit;
                 if min_version > 0
                     && wait_ms > 0
                     && c.inner.store.seen_through(sid).unwrap_or(0) < min_version
@@ -134,7 +152,11 @@ pub(crate) async fn handle(c: &Cluster, peer: &Hello, msg: Message, reply_tx: Op
             let c = c.clone();
             let tx = reply_tx.cloned();
             let requester = peer.node_id.clone();
-            tokio::spawn(async move { serve_state(c, requester, id, only_owned, tx).await });
+            let permit = permit(tasks).await;
+            tokio::spawn(async move {
+                let _permit = permit;
+                serve_state(c, requester, id, only_owned, tx).await
+            });
         }
         Message::Barrier { id } => {
             // Answer on our own link to the asker, behind everything already queued there.
@@ -168,6 +190,18 @@ pub(crate) async fn handle(c: &Cluster, peer: &Hello, msg: Message, reply_tx: Op
             tracing::debug!(node = %peer.node_id, ty = other.type_byte(), "message not handled");
         }
     }
+}
+
+/// Most request tasks one connection may have running at once.
+pub(crate) const TASKS_PER_CONNECTION: usize = 64;
+
+/// The per-connection task limit.
+pub(crate) fn task_limit() -> Arc<Semaphore> {
+    Arc::new(Semaphore::new(TASKS_PER_CONNECTION))
+}
+
+async fn permit(tasks: &Arc<Semaphore>) -> Option<OwnedSemaphorePermit> {
+    tasks.clone().acquire_owned().await.ok()
 }
 
 /// Applies a forwarded delta (backup mode) through the core, performing its effects.

@@ -848,13 +848,22 @@ impl Cluster {
                 // Not the primary: forward to it; it replicates to the backups.
                 inner.metrics.forwards_sent.inc();
                 if !sync {
-                    let queued = link
-                        .send(
-                            &inner.metrics,
-                            Message::Forward { ack: 0, delta }.outgoing(),
-                        )
-                        .await;
-                    return 1 + queued as usize;
+                    let forward = Message::Forward {
+                        ack: 0,
+                        delta: delta.clone(),
+                    };
+                    if link.send(&inner.metrics, forward.outgoing()).await {
+                        return 2;
+                    }
+                    // The primary's queue is full (it is stuck and not suspected yet):
+                    // the backups get the write straight from here, so it does not live
+                    // only on this non-owner.
+                    let backups: Vec<String> = owners[1..]
+                        .iter()
+                        .filter(|o| **o != inner.me.node_id)
+                        .cloned()
+                        .collect();
+                    return self.send_delta(delta, &backups, false).await;
                 }
                 let ack = self.next_id();
                 let msg = Message::Forward {

@@ -347,10 +347,11 @@ async fn run_connection(
         "queue closed".to_string()
     };
     let reader = async {
+        let tasks = handle::task_limit();
         while let Some(m) = rd.next().await {
             live.lock().heard(ms());
             match m {
-                Ok(msg) => handle::handle(c, peer, msg, None).await,
+                Ok(msg) => handle::handle(c, peer, msg, None, &tasks).await,
                 Err(e) => {
                     inner.metrics.reject(e.reason());
                     return e.to_string();
@@ -449,6 +450,7 @@ async fn inbound(c: Cluster, stream: tokio::net::TcpStream) {
     // The dialer pings an idle link every quarter member timeout: silence for twice the
     // member timeout means it is frozen or cut off; close rather than hold the socket.
     let silence = inner.cfg.member_timeout * 2;
+    let tasks = handle::task_limit();
     loop {
         let next = tokio::select! {
             n = rd.next() => n,
@@ -459,7 +461,7 @@ async fn inbound(c: Cluster, stream: tokio::net::TcpStream) {
             }
         };
         match next {
-            Some(Ok(msg)) => handle::handle(&c, &peer, msg, Some(&tx)).await,
+            Some(Ok(msg)) => handle::handle(&c, &peer, msg, Some(&tx), &tasks).await,
             Some(Err(e)) => {
                 inner.metrics.reject(e.reason());
                 tracing::warn!(node = %peer.node_id, error = %e, "bad frame; closing the connection");

@@ -1,1 +1,877 @@
-pub fn placeholder() {}
+//! Deterministic simulation of the replication core under faults.
+//!
+//! A seeded schedule drives N replicas — each a real [`Store`] handled by the real
+//! [`apply::on_message`], [`Liveness`], [`antientropy`], [`write::local_write`] and
+//! [`acks::SyncWrite`], with messages encoded and decoded by the real wire codec on each
+//! node's own (skewed) clock — through message delay, reordering, duplication, silent
+//! cuts (partitions), frozen processes, crashes with restarts (memory lost, new origin),
+//! and clock skew. No sockets, no tasks, no wall clock: one seed, one run, replayable.
+//!
+//! The model of the driver: one logical connection per pair of nodes, FIFO, on which a
+//! message may be delayed, and — for the idempotent messages (deltas, puts) — rarely
+//! duplicated or overtaken by a later one. A silent cut drops everything on a pair
+//! without telling either side; a crash breaks the crashed node's connections at once
+//! (the peers get a reset); a frozen node processes nothing and its peers hear nothing.
+//! A node declares a peer dead from [`Liveness`] alone, closes that connection (its
+//! queued messages are dropped) and dials again every 500 ms; a successful dial admits
+//! both ways and starts anti-entropy on both sides, as `cluster/net.rs` does. A restarted
+//! node joins by anti-entropy with every member (the driver's state transfer is a bulk
+//! copy of the same sessions).
+//!
+//! The checker:
+//! - **sync acks are honest**: when a sync write is acknowledged, at least `min_members`
+//!   replicas (and every peer its writer still considered live) hold it — read from the
+//!   stores at that instant;
+//! - **no acknowledged write is lost**: after the faults stop and the cluster quiesces,
+//!   every replica holds every acknowledged write, except a write whose every holder
+//!   crashed before it spread (tracked exactly: at each crash, a write no live store
+//!   holds and no message in flight to a live node carries is lost, and counted — in
+//!   sync mode that needs every one of its `min_members`+ holders to crash);
+//! - **replicas converge**: every replica holds byte-identical sessions (equal
+//!   fingerprints), and none expired although clocks disagree by hours.
+//!
+//! `cargo test` runs a fixed set of seeds; `tribe-sim --seeds N` (the `node/examples`
+//! runner) runs many more and prints the seed of any failure.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use bytes::Bytes;
+use rand::rngs::SmallRng;
+use rand::{RngExt, SeedableRng};
+
+use super::acks::{Outcome, SyncWrite};
+use super::apply::{self, Effect, Handled};
+use super::liveness::Liveness;
+use super::{antientropy, write};
+use crate::metrics::Metrics;
+use crate::store::Store;
+use crate::wire::{Message, SessionId};
+
+/// What to simulate.
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    /// Replicas.
+    pub nodes: usize,
+    /// Sync (acknowledge after acks) or async (acknowledge at once).
+    pub sync: bool,
+    /// `--min-members` (0: off).
+    pub min_members: usize,
+    /// Simulated milliseconds with faults and writes.
+    pub fault_ms: u64,
+    /// Simulated milliseconds of quiet after the faults (no faults, no writes).
+    pub quiesce_ms: u64,
+    /// Sessions written to.
+    pub sessions: usize,
+    /// Member timeout (ms).
+    pub member_timeout_ms: u64,
+    /// Anti-entropy interval (ms).
+    pub ae_interval_ms: u64,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        SimConfig {
+            nodes: 3,
+            sync: false,
+            min_members: 0,
+            fault_ms: 20_000,
+            quiesce_ms: 15_000,
+            sessions: 12,
+            member_timeout_ms: 3_000,
+            ae_interval_ms: 5_000,
+        }
+    }
+}
+
+/// What a run did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Report {
+    /// Writes attempted.
+    pub writes: usize,
+    /// Writes acknowledged to the client.
+    pub acked: usize,
+    /// Sync writes refused (fewer than `min_members` holders) or refused for no quorum.
+    pub refused: usize,
+    /// Acknowledged writes lost because every node holding them crashed first.
+    pub lost_to_crashes: usize,
+    /// Faults injected.
+    pub faults: usize,
+    /// Messages delivered.
+    pub messages: usize,
+}
+
+/// Tick of the simulation (ms).
+const TICK: u64 = 5;
+/// Redial period of a node whose peer is down (ms).
+const REDIAL: u64 = 500;
+/// Seconds sessions live (far beyond a run: nothing may expire).
+const SESSION_SECS: u64 = 1_800;
+/// The simulated epoch (unix seconds).
+const EPOCH: u64 = 1_790_000_000;
+
+#[derive(Debug, Clone)]
+struct AckedWrite {
+    sid: SessionId,
+    attr: String,
+    value: Bytes,
+    lost: bool,
+}
+
+struct Pending {
+    wait: SyncWrite,
+    write: usize,
+}
+
+struct Node {
+    name: String,
+    origin: u32,
+    store: Store,
+    metrics: Metrics,
+    /// Clock skew of this incarnation (seconds).
+    skew: i64,
+    /// Per peer: liveness when connected; None when down (redialling).
+    links: BTreeMap<usize, Option<Liveness>>,
+    next_dial: u64,
+    next_ae: u64,
+    ae_due: BTreeSet<usize>,
+    pending: HashMap<u64, Pending>,
+    next_id: u64,
+    frozen_until: u64,
+}
+
+struct InFlight {
+    at: u64,
+    from: usize,
+    to: usize,
+    ty: u8,
+    body: Bytes,
+    /// Decoded copy, for the checker's "is the write still in flight" question.
+    msg: Message,
+}
+
+/// The simulated cluster.
+struct Sim {
+    cfg: SimConfig,
+    rng: SmallRng,
+    now: u64,
+    nodes: Vec<Option<Node>>,
+    restart_at: Vec<Option<u64>>,
+    cut: BTreeSet<(usize, usize)>,
+    /// Messages in flight by (delivery time, sequence).
+    net: BTreeMap<(u64, u64), InFlight>,
+    seq: u64,
+    /// Latest delivery time queued per (from, to): connections are FIFO.
+    last_at: HashMap<(usize, usize), u64>,
+    writes: Vec<AckedWrite>,
+    report: Report,
+    incarnations: u32,
+    trace: Vec<String>,
+}
+
+fn pair(a: usize, b: usize) -> (usize, usize) {
+    (a.min(b), a.max(b))
+}
+
+impl Node {
+    fn new(name: String, origin: u32, skew: i64, peers: impl Iterator<Item = usize>) -> Node {
+        let mut reg = prometheus_client::registry::Registry::default();
+        Node {
+            name,
+            origin,
+            store: Store::new(),
+            metrics: Metrics::new(&mut reg),
+            skew,
+            links: peers.map(|p| (p, None)).collect(),
+            next_dial: 0,
+            next_ae: 0,
+            ae_due: BTreeSet::new(),
+            pending: HashMap::new(),
+            next_id: 1,
+            frozen_until: 0,
+        }
+    }
+
+    fn secs(&self, now_ms: u64) -> u64 {
+        (EPOCH as i64 + (now_ms / 1000) as i64 + self.skew) as u64
+    }
+
+    fn live_peers(&self) -> Vec<usize> {
+        self.links
+            .iter()
+            .filter(|(_, l)| l.is_some())
+            .map(|(p, _)| *p)
+            .collect()
+    }
+}
+
+impl Sim {
+    fn new(seed: u64, cfg: SimConfig) -> Sim {
+        let mut sim = Sim {
+            rng: SmallRng::seed_from_u64(seed),
+            now: 0,
+            nodes: Vec::new(),
+            restart_at: vec![None; cfg.nodes],
+            cut: BTreeSet::new(),
+            net: BTreeMap::new(),
+            seq: 0,
+            last_at: HashMap::new(),
+            writes: Vec::new(),
+            report: Report::default(),
+            incarnations: 0,
+            trace: Vec::new(),
+            cfg,
+        };
+        for i in 0..sim.cfg.nodes {
+            let n = sim.fresh_node(i);
+            sim.nodes.push(Some(n));
+        }
+        // Start fully connected, as after a join.
+        for a in 0..sim.cfg.nodes {
+            for b in 0..sim.cfg.nodes {
+                if a != b {
+                    let l = Liveness::new(0, sim.cfg.member_timeout_ms, true);
+                    sim.nodes[a].as_mut().unwrap().links.insert(b, Some(l));
+                }
+            }
+        }
+        sim
+    }
+
+    fn fresh_node(&mut self, i: usize) -> Node {
+        self.incarnations += 1;
+        let origin = self.rng.random::<u32>() ^ self.incarnations;
+        // Clocks: most agree, some are an hour or more off (as under faketime).
+        let skew = match self.rng.random_range(0..6) {
+            0 => 3_600,
+            1 => -3_600,
+            2 => self.rng.random_range(-30..30),
+            _ => 0,
+        };
+        let peers: Vec<usize> = (0..self.cfg.nodes).filter(|p| *p != i).collect();
+        Node::new(format!("n{i}"), origin, skew, peers.into_iter())
+    }
+
+    fn log(&mut self, s: String) {
+        if self.trace.len() < 400 {
+            self.trace.push(format!("{:>6} ms  {s}", self.now));
+        }
+    }
+
+    fn up(&self, i: usize) -> bool {
+        self.nodes[i].is_some()
+    }
+
+    fn running(&self, i: usize) -> bool {
+        self.nodes[i]
+            .as_ref()
+            .is_some_and(|n| n.frozen_until <= self.now)
+    }
+
+    // ------------------------------------------------------------------ network
+
+    fn send(&mut self, from: usize, to: usize, msg: Message, faults: bool) {
+        let Some(n) = self.nodes[from].as_ref() else {
+            return;
+        };
+        if n.links.get(&to).is_none_or(|l| l.is_none()) {
+            return; // not connected: the driver has no link to queue on
+        }
+        let ty = msg.type_byte();
+        let body = msg.encode_body_at(n.secs(self.now));
+        let base = self.now + self.rng.random_range(1..=8);
+        // FIFO per pair: never before the last message queued on it ...
+        let last = self.last_at.get(&(from, to)).copied().unwrap_or(0);
+        let mut at = base.max(last);
+        let idempotent = matches!(ty, 3 | 11);
+        // ... except that an idempotent message may rarely overtake (several paths in the
+        // real driver: a forward and a direct delta, a put and a delta).
+        if faults && idempotent && self.rng.random_ratio(1, 50) {
+            at = base;
+        }
+        if faults && self.rng.random_ratio(1, 100) {
+            at += self.rng.random_range(50..400);
+        }
+        let dup = faults && idempotent && self.rng.random_ratio(1, 100);
+        let last = self.last_at.entry((from, to)).or_default();
+        *last = (*last).max(at);
+        if dup {
+            let again = at + self.rng.random_range(0..50);
+            self.queue(InFlight {
+                at: again,
+                from,
+                to,
+                ty,
+                body: body.clone(),
+                msg: msg.clone(),
+            });
+        }
+        self.queue(InFlight {
+            at,
+            from,
+            to,
+            ty,
+            body,
+            msg,
+        });
+    }
+
+    fn queue(&mut self, m: InFlight) {
+        self.seq += 1;
+        self.net.insert((m.at, self.seq), m);
+    }
+
+    /// `a` closes its connection to `b`: messages queued on it either way are dropped.
+    fn disconnect(&mut self, a: usize, b: usize) {
+        self.net
+            .retain(|_, m| !((m.from == a && m.to == b) || (m.from == b && m.to == a)));
+        for (x, y) in [(a, b), (b, a)] {
+            if let Some(n) = self.nodes[x].as_mut() {
+                if let Some(l) = n.links.get_mut(&y) {
+                    if l.take().is_some() {
+                        let ids: Vec<u64> = n.pending.keys().copied().collect();
+                        for id in ids {
+                            n.pending.get_mut(&id).unwrap().wait.peer_down(&format!("n{y}"));
+                        }
+                    }
+                }
+            }
+        }
+        self.settle_pending();
+    }
+
+    fn deliver_due(&mut self) {
+        let mut held = Vec::new();
+        while let Some(entry) = self.net.first_entry() {
+            if entry.key().0 > self.now {
+                break;
+            }
+            let m = entry.remove();
+            let (from, to) = (m.from, m.to);
+            if self.cut.contains(&pair(from, to)) || !self.up(to) {
+                continue;
+            }
+            if !self.running(to) {
+                // Frozen: stays in the socket buffers.
+                held.push(m);
+                continue;
+            }
+            self.receive(m);
+        }
+        for mut m in held {
+            m.at = self.now + TICK;
+            self.queue(m);
+        }
+    }
+
+    fn receive(&mut self, m: InFlight) {
+        self.report.messages += 1;
+        let (from, to) = (m.from, m.to);
+        let now = self.now;
+        let node = self.nodes[to].as_mut().unwrap();
+        let Some(Some(live)) = node.links.get_mut(&from) else {
+            // A frame on a connection this node already closed.
+            return;
+        };
+        live.heard(now);
+        let msg = Message::decode_body_at(m.ty, &m.body, node.secs(now))
+            .expect("the codec decodes what it encoded");
+        let handled = apply::on_message(
+            &node.store,
+            &node.metrics,
+            msg,
+            node.secs(now),
+            &|_| true,
+        );
+        let Handled::Effects(effects) = handled else {
+            return;
+        };
+        for e in effects {
+            match e {
+                Effect::Reply(msg) | Effect::Send(msg) => self.send(to, from, msg, true),
+                Effect::Resolve(id, _) => {
+                    let peer = format!("n{from}");
+                    let write = self.nodes[to].as_ref().unwrap().pending.get(&id).map(|p| p.write);
+                    if let Some(w) = write {
+                        // An ack is honest: the acker holds the write as it arrives.
+                        let acker = self.nodes[from].as_ref().map(|n| Self::holds(&n.store, &self.writes[w]));
+                        assert_eq!(acker, Some(true), "n{from} acked write {w} it does not hold");
+                        let p = self.nodes[to].as_mut().unwrap().pending.get_mut(&id).unwrap();
+                        p.wait.ack(&peer);
+                    }
+                    self.settle_pending();
+                }
+                Effect::AeAgain => {
+                    self.nodes[to].as_mut().unwrap().ae_due.insert(from);
+                }
+                Effect::Applied | Effect::Gap(_) | Effect::Repaired(_) => {}
+            }
+        }
+    }
+
+    // ------------------------------------------------------------------ writes
+
+    fn client_write(&mut self) {
+        let live: Vec<usize> = (0..self.cfg.nodes).filter(|i| self.running(*i)).collect();
+        if live.is_empty() {
+            return;
+        }
+        let at = live[self.rng.random_range(0..live.len())];
+        let sid = self.rng.random_range(0..self.cfg.sessions) as SessionId + 1;
+        let n_write = self.writes.len();
+        let attr = format!("w{n_write}");
+        let value = Bytes::from(format!("{n_write}"));
+        self.report.writes += 1;
+        let node = self.nodes[at].as_mut().unwrap();
+        let members = node.live_peers().len() + 1;
+        if self.cfg.min_members > 1 && members < self.cfg.min_members {
+            self.report.refused += 1;
+            return;
+        }
+        let now_s = node.secs(self.now);
+        let mut data: HashMap<String, Bytes> = node
+            .store
+            .with(sid, |s| {
+                s.live_attrs()
+                    .map(|(k, v)| (k.to_string(), v.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        data.insert(attr.clone(), value.clone());
+        let written = write::local_write(
+            &node.store,
+            node.origin,
+            sid,
+            None,
+            &data,
+            now_s + SESSION_SECS,
+            now_s,
+        );
+        let write::Written::Delta(delta) = written else {
+            panic!("a new attribute is a delta");
+        };
+        self.writes.push(AckedWrite {
+            sid,
+            attr,
+            value,
+            lost: false,
+        });
+        let peers = node.live_peers();
+        let id = node.next_id;
+        node.next_id += 1;
+        let ack = if self.cfg.sync { id } else { 0 };
+        if self.cfg.sync {
+            node.pending.insert(
+                id,
+                Pending {
+                    wait: SyncWrite::new(peers.iter().map(|p| format!("n{p}"))),
+                    write: n_write,
+                },
+            );
+        } else {
+            self.report.acked += 1;
+        }
+        for p in peers {
+            self.send(
+                at,
+                p,
+                Message::Delta {
+                    ack,
+                    delta: delta.clone(),
+                },
+                true,
+            );
+        }
+        self.settle_pending();
+    }
+
+    /// Acknowledges (or refuses) sync writes whose waits ended; checks each ack.
+    fn settle_pending(&mut self) {
+        for i in 0..self.nodes.len() {
+            let Some(node) = self.nodes[i].as_mut() else {
+                continue;
+            };
+            let done: Vec<(u64, Outcome)> = node
+                .pending
+                .iter()
+                .map(|(id, p)| (*id, p.wait.outcome(self.cfg.min_members)))
+                .filter(|(_, o)| *o != Outcome::Pending)
+                .collect();
+            for (id, outcome) in done {
+                let p = self.nodes[i].as_mut().unwrap().pending.remove(&id).unwrap();
+                match outcome {
+                    Outcome::Acknowledged => {
+                        self.report.acked += 1;
+                        // Each ack was checked against the acker's store when it
+                        // arrived; enough of them arrived.
+                        assert!(
+                            p.wait.holders() >= self.cfg.min_members.max(1),
+                            "sync write {} acknowledged with {} holders < {}",
+                            p.write,
+                            p.wait.holders(),
+                            self.cfg.min_members
+                        );
+                    }
+                    _ => {
+                        self.report.refused += 1;
+                        // Not acknowledged: the checker does not hold the cluster to it.
+                        self.writes[p.write].lost = true;
+                    }
+                }
+            }
+        }
+    }
+
+    fn holds(store: &Store, w: &AckedWrite) -> bool {
+        store
+            .with(w.sid, |s| s.get(&w.attr) == Some(&w.value))
+            .unwrap_or(false)
+    }
+
+    fn in_flight(&self, w: &AckedWrite) -> bool {
+        self.net.values().any(|m| {
+            self.up(m.to)
+                && !self.cut.contains(&pair(m.from, m.to))
+                && match &m.msg {
+                    Message::Delta { delta, .. } => {
+                        delta.sid == w.sid && delta.set.iter().any(|(k, v)| *k == w.attr && *v == w.value)
+                    }
+                    Message::Put { sessions, .. } => sessions.iter().any(|s| {
+                        s.sid == w.sid
+                            && s.attrs
+                                .iter()
+                                .any(|a| a.name == w.attr && a.value.as_ref() == Some(&w.value))
+                    }),
+                    _ => false,
+                }
+        })
+    }
+
+    // ------------------------------------------------------------------ faults
+
+    fn crash(&mut self, i: usize) {
+        self.log(format!("crash n{i}"));
+        self.report.faults += 1;
+        for p in 0..self.cfg.nodes {
+            if p != i {
+                self.disconnect(i, p);
+            }
+        }
+        // Its own unacknowledged sync writes are never acknowledged.
+        let node = self.nodes[i].take().unwrap();
+        for p in node.pending.values() {
+            self.report.refused += 1;
+            self.writes[p.write].lost = true;
+        }
+        self.net.retain(|_, m| m.to != i && m.from != i);
+        // A write no live node holds and none is about to receive is gone with it.
+        for w in 0..self.writes.len() {
+            if self.writes[w].lost {
+                continue;
+            }
+            let held = self
+                .nodes
+                .iter()
+                .flatten()
+                .any(|n| Self::holds(&n.store, &self.writes[w]));
+            if !held && !self.in_flight(&self.writes[w]) {
+                self.writes[w].lost = true;
+                self.report.lost_to_crashes += 1;
+            }
+        }
+        self.restart_at[i] = Some(self.now + self.rng.random_range(200..4_000));
+    }
+
+    fn restart(&mut self, i: usize) {
+        let n = self.fresh_node(i);
+        self.log(format!("restart n{i} skew {}s", n.skew));
+        self.nodes[i] = Some(n);
+        self.restart_at[i] = None;
+    }
+
+    fn inject_fault(&mut self) {
+        let n = self.cfg.nodes;
+        let i = self.rng.random_range(0..n);
+        match self.rng.random_range(0..10) {
+            0 | 1 => {
+                // Silent cut of one pair, or of one node from everyone.
+                if self.rng.random_bool(0.5) {
+                    let j = (i + 1 + self.rng.random_range(0..n - 1)) % n;
+                    self.log(format!("cut n{i}-n{j}"));
+                    self.cut.insert(pair(i, j));
+                } else {
+                    self.log(format!("isolate n{i}"));
+                    for j in 0..n {
+                        if j != i {
+                            self.cut.insert(pair(i, j));
+                        }
+                    }
+                }
+            }
+            2 | 3 => {
+                if !self.cut.is_empty() {
+                    self.log("heal".into());
+                    self.cut.clear();
+                }
+            }
+            4 => {
+                // At most one node down at a time, and only when the rest are healthy:
+                // more is a whole-cluster outage, which an in-memory store cannot survive.
+                if self.nodes.iter().all(|n| n.is_some()) {
+                    self.crash(i);
+                }
+            }
+            5 => {
+                if let Some(node) = self.nodes[i].as_mut() {
+                    let d = self.rng.random_range(500..8_000);
+                    node.frozen_until = self.now + d;
+                    self.log(format!("freeze n{i} for {d} ms"));
+                }
+            }
+            6 => {
+                if let Some(node) = self.nodes[i].as_mut() {
+                    // A small jump (NTP step); large skews come with restarts.
+                    let j = self.rng.random_range(-5..=5);
+                    node.skew += j;
+                    self.log(format!("clock n{i} {j:+}s"));
+                }
+            }
+            _ => return,
+        }
+        self.report.faults += 1;
+    }
+
+    // ------------------------------------------------------------------ time
+
+    fn tick_node(&mut self, i: usize) {
+        if !self.running(i) {
+            return;
+        }
+        let now = self.now;
+        let timeout = self.cfg.member_timeout_ms;
+        let ae_interval = self.cfg.ae_interval_ms;
+        // Liveness.
+        let mut dead = Vec::new();
+        let mut pings = Vec::new();
+        {
+            let node = self.nodes[i].as_mut().unwrap();
+            for (p, l) in node.links.iter_mut() {
+                if let Some(l) = l {
+                    if l.is_dead(now) {
+                        dead.push(*p);
+                    } else if l.ping_due(now) {
+                        pings.push(*p);
+                    }
+                }
+            }
+        }
+        for p in dead {
+            self.log(format!("n{i} suspects n{p}"));
+            self.disconnect(i, p);
+        }
+        for p in pings {
+            self.send(i, p, Message::Ping { nonce: now }, false);
+        }
+        // Redial peers that are down.
+        let node = self.nodes[i].as_mut().unwrap();
+        if now >= node.next_dial {
+            node.next_dial = now + REDIAL;
+            let down: Vec<usize> = node
+                .links
+                .iter()
+                .filter(|(_, l)| l.is_none())
+                .map(|(p, _)| *p)
+                .collect();
+            for p in down {
+                if self.up(p) && !self.cut.contains(&pair(i, p)) && self.running(p) {
+                    // Handshake done: admitted both ways, anti-entropy on both sides.
+                    for (a, b) in [(i, p), (p, i)] {
+                        let n = self.nodes[a].as_mut().unwrap();
+                        if n.links.get(&b).is_some_and(|l| l.is_none()) {
+                            n.links.insert(b, Some(Liveness::new(now, timeout, true)));
+                        }
+                        n.ae_due.insert(b);
+                    }
+                    self.log(format!("n{i} connected to n{p}"));
+                }
+            }
+        }
+        // Anti-entropy: kicked rounds, and every member each interval.
+        let node = self.nodes[i].as_mut().unwrap();
+        if now >= node.next_ae {
+            node.next_ae = now + ae_interval;
+            let peers = node.live_peers();
+            node.ae_due.extend(peers);
+        }
+        let due: Vec<usize> = std::mem::take(&mut node.ae_due).into_iter().collect();
+        for p in due {
+            let node = self.nodes[i].as_ref().unwrap();
+            if node.links.get(&p).is_none_or(|l| l.is_none()) {
+                continue;
+            }
+            let buckets = antientropy::digest(&node.store, node.secs(now), &|_| true);
+            self.send(i, p, Message::AeDigest { buckets }, false);
+        }
+    }
+
+    fn step(&mut self, faults: bool) {
+        self.now += TICK;
+        for i in 0..self.cfg.nodes {
+            if self.restart_at[i].is_some_and(|t| t <= self.now) {
+                self.restart(i);
+            }
+        }
+        if faults {
+            if self.rng.random_ratio(1, 150) {
+                self.inject_fault();
+            }
+            if self.rng.random_ratio(1, 3) {
+                self.client_write();
+            }
+        }
+        self.deliver_due();
+        for i in 0..self.cfg.nodes {
+            self.tick_node(i);
+        }
+    }
+
+    fn quiesce(&mut self) {
+        self.log("faults stop: heal, restart, thaw".into());
+        self.cut.clear();
+        for i in 0..self.cfg.nodes {
+            if self.nodes[i].is_none() {
+                self.restart(i);
+            }
+            if let Some(n) = self.nodes[i].as_mut() {
+                n.frozen_until = 0;
+            }
+        }
+        let end = self.now + self.cfg.quiesce_ms;
+        while self.now < end {
+            self.step(false);
+        }
+    }
+
+    fn check(&self) -> Result<(), String> {
+        let nodes: Vec<&Node> = self.nodes.iter().flatten().collect();
+        for w in self.writes.iter().filter(|w| !w.lost) {
+            for n in &nodes {
+                if !Self::holds(&n.store, w) {
+                    return Err(format!(
+                        "acknowledged write {}={:?} of session {} missing on {}",
+                        w.attr, w.value, w.sid, n.name
+                    ));
+                }
+            }
+        }
+        let first = nodes[0];
+        for n in &nodes[1..] {
+            let a = antientropy::digest(&first.store, first.secs(self.now), &|_| true);
+            let b = antientropy::digest(&n.store, n.secs(self.now), &|_| true);
+            if a != b {
+                let mut diff = Vec::new();
+                first.store.for_each(|sid, s| {
+                    if n.store.with(sid, |o| o.fingerprint()) != Some(s.fingerprint()) {
+                        diff.push(sid);
+                    }
+                });
+                return Err(format!(
+                    "replicas {} and {} differ (sessions {diff:?})",
+                    first.name, n.name
+                ));
+            }
+        }
+        for n in &nodes {
+            let now = n.secs(self.now);
+            let mut dead = 0;
+            n.store.for_each(|_, s| dead += s.is_dead(now) as usize);
+            if dead > 0 {
+                return Err(format!("{} holds {dead} expired sessions (clock skew)", n.name));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Runs one seeded schedule. `Err` carries the checker's finding and the schedule's
+/// trace (faults, suspicions, connections), to replay with the same seed.
+pub fn run(seed: u64, cfg: &SimConfig) -> Result<Report, String> {
+    let mut sim = Sim::new(seed, cfg.clone());
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        while sim.now < sim.cfg.fault_ms {
+            sim.step(true);
+        }
+        sim.quiesce();
+        sim.check()
+    }));
+    let verdict = match result {
+        Ok(r) => r,
+        Err(p) => Err(p
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "panic".into())),
+    };
+    verdict
+        .map(|()| sim.report.clone())
+        .map_err(|e| format!("seed {seed}: {e}\n{}", sim.trace.join("\n")))
+}
+
+/// The configurations every seed is run under.
+pub fn scenarios() -> Vec<(&'static str, SimConfig)> {
+    vec![
+        ("async-3", SimConfig::default()),
+        (
+            "sync-3",
+            SimConfig {
+                sync: true,
+                ..SimConfig::default()
+            },
+        ),
+        (
+            "sync-min2-3",
+            SimConfig {
+                sync: true,
+                min_members: 2,
+                ..SimConfig::default()
+            },
+        ),
+        (
+            "async-5",
+            SimConfig {
+                nodes: 5,
+                ..SimConfig::default()
+            },
+        ),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Seeds run by `cargo test` (each scenario); `tribe-sim` runs thousands more.
+    const SEEDS: u64 = 16;
+
+    #[test]
+    fn seeded_fault_schedules_lose_no_acknowledged_write_and_converge() {
+        for (name, cfg) in scenarios() {
+            let mut total = Report::default();
+            for seed in 0..SEEDS {
+                let r = run(seed, &cfg).unwrap_or_else(|e| panic!("{name}: {e}"));
+                total.writes += r.writes;
+                total.acked += r.acked;
+                total.faults += r.faults;
+                total.lost_to_crashes += r.lost_to_crashes;
+            }
+            assert!(total.acked > 10_000, "{name}: the schedules write: {total:?}");
+            assert!(total.faults > 100, "{name}: the schedules inject faults: {total:?}");
+            println!("sim {name}: {SEEDS} seeds, {total:?}");
+        }
+    }
+
+    #[test]
+    fn a_seed_replays_exactly() {
+        let cfg = SimConfig::default();
+        assert_eq!(run(7, &cfg), run(7, &cfg));
+    }
+}

@@ -135,6 +135,12 @@ pub fn node_settings(sc: &SessionCluster) -> Vec<NodeSetting> {
             format!("{KEY_DIR}/{KEY_FILE_NAME}"),
         ),
     ]);
+    if spec.replication.min_members > 0 {
+        settings.push(NodeSetting::literal(
+            "TRIBE_MIN_MEMBERS",
+            spec.replication.min_members.to_string(),
+        ));
+    }
     settings
 }
 
