@@ -250,6 +250,8 @@ struct Sample {
     latency: Duration,
     /// HTTP status; 0 for a transport error or a client timeout.
     status: u16,
+    /// The counter of a 200 answer (else 0).
+    counter: i64,
 }
 
 impl Sample {
@@ -290,24 +292,25 @@ impl Writer {
             .request(reqwest::Method::POST, self.target, "/counter", None)
             .await;
         let latency = sent.elapsed();
-        let status = match r {
+        let (status, counter) = match r {
             Ok((200, body)) => match parse_counter(&body) {
                 Ok((n, _)) => {
                     if n <= self.acked {
                         self.regressions += 1;
                     }
                     self.acked = self.acked.max(n);
-                    200
+                    (200, n)
                 }
-                Err(_) => 0,
+                Err(_) => (0, 0),
             },
-            Ok((s, _)) => s,
-            Err(_) => 0,
+            Ok((s, _)) => (s, 0),
+            Err(_) => (0, 0),
         };
         self.samples.push(Sample {
             sent,
             latency,
             status,
+            counter,
         });
         status
     }
@@ -1011,6 +1014,105 @@ async fn silent_cut_during_rolling_restart_loses_no_acknowledged_write_async() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_cut_with_min_members_refuses_instead_of_acknowledging() {
     cut_during_rolling_restart("sync", Some(2)).await;
+}
+
+/// Three nodes in sync mode; writers beside n3 write to it. n3 is cut off and, 2 s after
+/// it suspects both peers, killed (-9) while still cut: what it acknowledged alone dies
+/// with it. Whatever was acknowledged before the cut must be on n1 and n2.
+///
+/// With `min_members = Some(2)` n3 acknowledges nothing alone (it refuses with 503), so
+/// every acknowledged write must be on n1 and n2.
+async fn cut_node_killed_before_heal(min_members: Option<u32>) {
+    let _serial = serial();
+    let scenario = match min_members {
+        None => "cut-kill-sync".to_string(),
+        Some(m) => format!("cut-kill-sync-min{m}"),
+    };
+    let env = move |_: usize| {
+        min_members
+            .map(|m| vec![("TRIBE_MIN_MEMBERS".to_string(), m.to_string())])
+            .unwrap_or_default()
+    };
+    let mut lab = Lab::new(3, &["--send-mode", "sync"], &env);
+    lab.start_all().await;
+    let http = http_client();
+    let load = Load::start(&http, &[lab.node(2).addrs.http], 4);
+    load.wait_acked(20).await;
+
+    let cut = Instant::now();
+    lab.set_link(2, false);
+    let alone = detected(
+        &[(lab.node(2), "n1"), (lab.node(2), "n2")],
+        cut,
+        Duration::from_secs(10),
+    )
+    .await;
+    let alone_at = cut + alone.unwrap_or(Duration::from_secs(10));
+    tokio::time::sleep(Duration::from_secs(2)).await; // n3 alone, taking writes
+    lab.nodes[2].as_mut().expect("n3").kill();
+    let writers = load.stop().await;
+    lab.set_link(2, true);
+
+    let survivors = [lab.node(0), lab.node(1)];
+    let acked = acked_of(&writers);
+    let lost = lost_writes(&http, &survivors, &acked).await;
+    // Per session, the last write answered before the cut: on n1 and n2 in any case.
+    let before_cut: BTreeMap<String, i64> = writers
+        .iter()
+        .map(|w| {
+            let last = w
+                .samples
+                .iter()
+                .filter(|s| s.status == 200 && s.done() < cut)
+                .map(|s| s.counter)
+                .max()
+                .unwrap_or(0);
+            (w.session(), last)
+        })
+        .collect();
+    let lost_before_cut = lost_writes(&http, &survivors, &before_cut).await;
+    let samples = all_samples(&writers);
+    let acked_n = samples.iter().filter(|s| s.status == 200).count();
+    let refused = samples.iter().filter(|s| s.status == 503).count();
+    let acked_alone = samples
+        .iter()
+        .filter(|s| s.status == 200 && s.sent >= alone_at + Duration::from_millis(500))
+        .count();
+    figures(
+        &scenario,
+        &[
+            ("acked", acked_n.to_string()),
+            ("lost", lost.to_string()),
+            ("acked_alone", acked_alone.to_string()),
+            ("lost_acked_before_cut", lost_before_cut.to_string()),
+            ("refused", refused.to_string()),
+            ("detect_s", secs(alone)),
+        ],
+    );
+
+    assert!(
+        alone.is_some_and(|d| d <= MEMBER_TIMEOUT + Duration::from_secs(1)),
+        "n3 suspects both peers within the member timeout (took {alone:?})"
+    );
+    assert_eq!(
+        lost_before_cut, 0,
+        "sync writes acknowledged before the cut are on n1 and n2"
+    );
+    if min_members.is_some() {
+        assert_eq!(acked_alone, 0, "n3 alone acknowledged writes");
+        assert_eq!(lost, 0, "acknowledged writes died with the cut node");
+        assert!(refused > 0, "n3 alone refused its clients' writes");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cut_node_killed_before_heal_loses_only_what_it_acknowledged_alone() {
+    cut_node_killed_before_heal(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cut_node_killed_before_heal_with_min_members_loses_nothing() {
+    cut_node_killed_before_heal(Some(2)).await;
 }
 
 // ---------------------------------------------------------------------------------------
