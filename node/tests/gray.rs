@@ -1,7 +1,8 @@
 //! Gray failures against real `tribe-node` processes (issue 10, item 7): a frozen peer
-//! (SIGSTOP) under write load, a node cut off silently (its bridge port down) while the
-//! others restart one by one, the same with `--min-members 2`, and clocks an hour off
-//! (libfaketime).
+//! (SIGSTOP) under write load, async and sync; a node cut off silently (its bridge port
+//! down) while the others restart one by one, async, sync, and sync with
+//! `--min-members 2`; a cut node killed before the heal, with and without
+//! `--min-members 2`; and clocks an hour ahead and behind (libfaketime).
 //!
 //! Three nodes, each in its own network namespace, replicate over a bridge the test
 //! creates (static peers). The test reaches each node's app and admin ports over a
