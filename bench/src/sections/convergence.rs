@@ -95,16 +95,22 @@ pub async fn run(env: &Env) -> Result<Table> {
     }
     let seed_secs = seed_started.elapsed().as_secs_f64();
     let sent0 = metric(&[a1, a2], "tribe_bytes_sent_total").await?;
+    let rounds0 = metric(&[a1, a2], "tribe_anti_entropy_rounds_total").await?;
+    let n3_rounds0 = metric(&[a3], "tribe_anti_entropy_rounds_total").await?;
 
     progress("convergence: resuming n3");
     let resumed = Instant::now();
     kill(n3_pid, Signal::SIGCONT).context("SIGCONT n3")?;
     let mut rejoin_secs = None;
+    let mut half_secs = None;
     let converged = loop {
         if rejoin_secs.is_none() && alive(a1, "n3").await.unwrap_or(false) {
             rejoin_secs = Some(resumed.elapsed().as_secs_f64());
         }
         let have = held(a3).await.unwrap_or(0);
+        if half_secs.is_none() && have >= sessions / 2 {
+            half_secs = Some(resumed.elapsed().as_secs_f64());
+        }
         if have >= sessions {
             break resumed.elapsed().as_secs_f64();
         }
@@ -116,6 +122,9 @@ pub async fn run(env: &Env) -> Result<Table> {
     let sent_healthy = metric(&[a1, a2], "tribe_bytes_sent_total").await? - sent0;
     let sent_n3 = metric(&[a3], "tribe_bytes_sent_total").await? - n3_sent0;
     let repaired = metric(&[a3], "tribe_anti_entropy_sessions_repaired_total").await?;
+    let rounds = metric(&[a1, a2], "tribe_anti_entropy_rounds_total").await? - rounds0
+        + metric(&[a3], "tribe_anti_entropy_rounds_total").await?
+        - n3_rounds0;
 
     progress("convergence: idle traffic with the sessions");
     let idle_full = idle(&all).await?;
@@ -138,10 +147,16 @@ pub async fn run(env: &Env) -> Result<Table> {
             json!(rejoin_secs),
             "s",
         ),
+        ("SIGCONT → n3 holds half of them", json!(half_secs), "s"),
         (
             "convergence: SIGCONT → n3 holds every session",
             json!(converged),
             "s",
+        ),
+        (
+            "anti-entropy rounds started until converged (all three)",
+            json!(rounds),
+            "",
         ),
         (
             "sessions repaired by anti-entropy (n3's count)",
