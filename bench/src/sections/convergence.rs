@@ -62,7 +62,9 @@ pub async fn run(env: &Env) -> Result<Table> {
 
     progress("convergence: idle traffic without sessions");
     let idle_empty = idle(&all).await?;
+    // n3's counters before its freeze (a frozen node answers nothing).
     let n3_sent0 = metric(&[a3], "tribe_bytes_sent_total").await?;
+    let n3_rounds0 = metric(&[a3], "tribe_anti_entropy_rounds_total").await?;
 
     progress("convergence: freezing n3");
     kill(n3_pid, Signal::SIGSTOP).context("SIGSTOP n3")?;
@@ -96,7 +98,6 @@ pub async fn run(env: &Env) -> Result<Table> {
     let seed_secs = seed_started.elapsed().as_secs_f64();
     let sent0 = metric(&[a1, a2], "tribe_bytes_sent_total").await?;
     let rounds0 = metric(&[a1, a2], "tribe_anti_entropy_rounds_total").await?;
-    let n3_rounds0 = metric(&[a3], "tribe_anti_entropy_rounds_total").await?;
 
     progress("convergence: resuming n3");
     let resumed = Instant::now();
@@ -249,7 +250,10 @@ async fn idle(admins: &[SocketAddr]) -> Result<Idle> {
 async fn metric(admins: &[SocketAddr], name: &str) -> Result<f64> {
     let mut sum = 0.0;
     for a in admins {
-        sum += crate::metrics::sum(&http::get_text(*a, "/metrics").await?, name);
+        let text = http::get_text(*a, "/metrics")
+            .await
+            .with_context(|| format!("GET http://{a}/metrics"))?;
+        sum += crate::metrics::sum(&text, name);
     }
     Ok(sum)
 }
