@@ -26,7 +26,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use support::*;
@@ -43,10 +43,12 @@ const DETECT_SLACK: Duration = Duration::from_secs(2);
 /// instead of hanging).
 const BOUND: Duration = Duration::from_secs(20);
 
-/// One test at a time: they measure throughput and time.
-fn serial() -> MutexGuard<'static, ()> {
-    static SERIAL: Mutex<()> = Mutex::new(());
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+/// One test at a time: they measure throughput and time. (An async mutex: each test
+/// has its own runtime and holds the guard across awaits; a test that panics releases
+/// it.)
+async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+    static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    SERIAL.lock().await
 }
 
 /// Prints the figure line README's Reliability table is built from.
@@ -337,13 +339,16 @@ fn http_client() -> reqwest::Client {
         .unwrap()
 }
 
+/// A writer's session and the counter acknowledged so far (none before its first ack).
+type Progress = Arc<Mutex<Option<(String, i64)>>>;
+
 /// Writers running in the background until [`Load::stop`].
 struct Load {
     stop: Arc<AtomicBool>,
     acked: Arc<AtomicUsize>,
     refused: Arc<AtomicUsize>,
     /// Each writer's session and acknowledged counter so far.
-    progress: Vec<Arc<Mutex<Option<(String, i64)>>>>,
+    progress: Vec<Progress>,
     tasks: Vec<tokio::task::JoinHandle<Writer>>,
 }
 
@@ -631,7 +636,7 @@ async fn sessions_held(node: &Node) -> Result<u64, String> {
 /// within the first second, as they do at production rates. A writer that waits for a
 /// full queue then shows in the latencies and the rate.
 async fn frozen_peer(mode: &str) {
-    let _serial = serial();
+    let _serial = serial().await;
     // Info logs only: debug logging of every write would be most of the work measured.
     let env = |_: usize| -> Vec<(String, String)> {
         vec![
@@ -783,7 +788,7 @@ async fn frozen_peer_sync_does_not_stall_writes_and_loses_nothing() {
 /// With `min_members = Some(2)` (`TRIBE_MIN_MEMBERS`), n3 must refuse writes with 503
 /// (and report not ready) once it sees itself alone, and accept them again after the heal.
 async fn cut_during_rolling_restart(mode: &str, min_members: Option<u32>) {
-    let _serial = serial();
+    let _serial = serial().await;
     let scenario = match min_members {
         None => format!("cut-restart-{mode}"),
         Some(m) => format!("cut-restart-{mode}-min{m}"),
@@ -1029,7 +1034,7 @@ async fn silent_cut_with_min_members_refuses_instead_of_acknowledging() {
 /// With `min_members = Some(2)` n3 acknowledges nothing alone (it refuses with 503), so
 /// every acknowledged write must be on n1 and n2.
 async fn cut_node_killed_before_heal(min_members: Option<u32>) {
-    let _serial = serial();
+    let _serial = serial().await;
     let scenario = match min_members {
         None => "cut-kill-sync".to_string(),
         Some(m) => format!("cut-kill-sync-min{m}"),
@@ -1154,7 +1159,7 @@ fn log_clock_offset(node: &Node, started: std::time::SystemTime) -> Option<f64> 
 /// clock), and must stay gone (no replica resurrects them).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn skewed_clocks_neither_expire_early_nor_resurrect() {
-    let _serial = serial();
+    let _serial = serial().await;
     const TIMEOUT: Duration = Duration::from_secs(10);
     let lib = libfaketime().display().to_string();
     let skew = ["+0", "-1h", "+1h"];
