@@ -476,6 +476,18 @@ fn median_wps(samples: &[Sample], from: Instant, to: Instant) -> f64 {
     rates[rates.len() / 2]
 }
 
+/// Acknowledged writes per second in each 500 ms of `[from, to)` (for the log).
+fn rate_series(samples: &[Sample], from: Instant, to: Instant) -> Vec<u32> {
+    let step = Duration::from_millis(500);
+    let mut out = vec![];
+    let mut t = from;
+    while t + step <= to {
+        out.push(wps(samples, t, t + step).round() as u32);
+        t += step;
+    }
+    out
+}
+
 /// 99th percentile of the latency of the requests sent within `[from, to)`.
 fn p99(samples: &[Sample], from: Instant, to: Instant) -> Duration {
     let mut l: Vec<Duration> = samples
@@ -699,6 +711,14 @@ async fn frozen_peer(mode: &str) {
     // issue's 12,443 writes/s down to 4/s) fails it whatever the machine does.
     let normal = baseline.min(after);
     let during = median_wps(&samples, detected_at, resumed);
+    eprintln!(
+        "frozen-{mode}: writes/s per 0.5 s (freeze at {:.1} s, detected at {:.1} s, SIGCONT \
+         at {:.1} s): {:?}",
+        (stopped - baseline_from).as_secs_f64(),
+        (detected_at - baseline_from).as_secs_f64(),
+        (resumed - baseline_from).as_secs_f64(),
+        rate_series(&samples, baseline_from, after_to)
+    );
     let p99_fault = p99(&samples, stopped, resumed);
     let max_fault = samples
         .iter()
