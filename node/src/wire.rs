@@ -859,7 +859,10 @@ mod tests {
         let t = Message::Touch(vec![(1, NOW + 60), (2, NOW - 5)]);
         let back = Message::decode_body_at(6, &t.encode_body_at(NOW), NOW - 3_600).unwrap();
         // An expired one stays expired on the receiver's clock.
-        assert_eq!(back, Message::Touch(vec![(1, NOW - 3_600 + 60), (2, NOW - 3_600)]));
+        assert_eq!(
+            back,
+            Message::Touch(vec![(1, NOW - 3_600 + 60), (2, NOW - 3_600)])
+        );
     }
 
     #[test]

@@ -48,7 +48,8 @@ impl Cluster {
         let Some(link) = self.link_of(peer) else {
             return;
         };
-        link.resync.store(false, std::sync::atomic::Ordering::Relaxed);
+        link.resync
+            .store(false, std::sync::atomic::Ordering::Relaxed);
         let this = self.clone();
         let scope = self.ae_scope(peer);
         let digest = tokio::task::spawn_blocking(move || {
@@ -57,8 +58,11 @@ impl Cluster {
         .await;
         let Ok(buckets) = digest else { return };
         self.inner.metrics.anti_entropy_rounds.inc();
-        link.send(&self.inner.metrics, Message::AeDigest { buckets }.outgoing())
-            .await;
+        link.send(
+            &self.inner.metrics,
+            Message::AeDigest { buckets }.outgoing(),
+        )
+        .await;
     }
 }
 
@@ -66,7 +70,12 @@ impl Cluster {
 /// once it has joined (before, its state transfer is bringing it up to date).
 pub(crate) async fn run(c: Cluster, mut kicks: mpsc::Receiver<String>) {
     let inner = c.inner.clone();
-    let mut tick = tokio::time::interval(inner.cfg.anti_entropy_interval.max(Duration::from_millis(100)));
+    let mut tick = tokio::time::interval(
+        inner
+            .cfg
+            .anti_entropy_interval
+            .max(Duration::from_millis(100)),
+    );
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut ready = inner.ready.subscribe();
     loop {

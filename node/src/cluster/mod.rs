@@ -805,7 +805,12 @@ impl Cluster {
 
     /// Invalidates a session everywhere.
     pub async fn invalidate(&self, sid: SessionId) {
-        let delta = replication::write::local_invalidate(&self.inner.store, self.inner.origin, sid);
+        let delta = replication::write::local_invalidate(
+            &self.inner.store,
+            self.inner.origin,
+            sid,
+            unix_now(),
+        );
         self.replicate(delta).await;
     }
 

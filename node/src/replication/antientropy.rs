@@ -34,6 +34,16 @@ pub const RANGES: usize = 1024;
 pub const MAX_ENTRIES: usize = 4096;
 /// Most sessions pulled or pushed by one round.
 pub const MAX_SESSIONS: usize = 4096;
+/// Sessions changed less than this long ago (seconds) are left out of digests: their
+/// deltas may still be in flight, and under load comparing them would only find
+/// differences that are about to vanish. A delta that never arrives is repaired once
+/// the session is quiet (or, while it is still written, by the gap fetch).
+pub const SETTLE_SECS: u64 = 2;
+
+/// Whether anti-entropy compares this copy at `now`.
+fn compared(s: &crate::store::Session, now: u64) -> bool {
+    !s.is_dead(now) && s.changed_at + SETTLE_SECS <= now
+}
 
 /// The range a session id falls in.
 pub fn range_of(sid: SessionId) -> u16 {
@@ -51,7 +61,7 @@ fn mix(sid: SessionId, fp: u64) -> u64 {
 pub fn digest(store: &Store, now: u64, scope: &dyn Fn(SessionId) -> bool) -> Vec<u64> {
     let mut d = vec![0u64; RANGES];
     store.for_each(|sid, s| {
-        if !s.is_dead(now) && scope(sid) {
+        if compared(s, now) && scope(sid) {
             d[range_of(sid) as usize] ^= mix(sid, s.fingerprint());
         }
     });
@@ -78,7 +88,7 @@ pub fn summarize(
     let mut per_range: std::collections::BTreeMap<u16, Vec<(SessionId, u64)>> =
         differ.iter().map(|r| (*r, Vec::new())).collect();
     store.for_each(|sid, s| {
-        if s.is_dead(now) || !scope(sid) {
+        if !compared(s, now) || !scope(sid) {
             return;
         }
         let r = range_of(sid);
@@ -136,7 +146,9 @@ pub fn plan(
         .collect();
     let mut p = Plan::default();
     for (&sid, &fp) in &theirs {
-        match store.with(sid, |s| (s.fingerprint(), s.is_dead(now), s.deleted.is_some())) {
+        match store.with(sid, |s| {
+            (s.fingerprint(), s.is_dead(now), s.deleted.is_some())
+        }) {
             None => p.pull.push(sid),
             // An invalidation they have not seen: send the tombstone.
             Some((_, _, true)) => p.push.push(sid),
@@ -151,7 +163,7 @@ pub fn plan(
         }
     }
     store.for_each(|sid, s| {
-        if !s.is_dead(now)
+        if compared(s, now)
             && listed.contains(&range_of(sid))
             && !theirs.contains_key(&sid)
             && scope(sid)
@@ -175,15 +187,18 @@ mod tests {
     const NOW: u64 = 1_000;
 
     fn write(store: &Store, sid: SessionId, counter: u64, origin: u32, v: &str) {
-        store.apply(&Delta {
-            sid,
-            stamp: Stamp { counter, origin },
-            base: counter - 1,
-            set: vec![("a".into(), Bytes::copy_from_slice(v.as_bytes()))],
-            removed: vec![],
-            expiry: Some(NOW + 600),
-            invalidate: false,
-        });
+        store.apply_at(
+            &Delta {
+                sid,
+                stamp: Stamp { counter, origin },
+                base: counter - 1,
+                set: vec![("a".into(), Bytes::copy_from_slice(v.as_bytes()))],
+                removed: vec![],
+                expiry: Some(NOW + 600),
+                invalidate: false,
+            },
+            NOW - 10,
+        );
     }
 
     fn all(_: SessionId) -> bool {
@@ -195,10 +210,10 @@ mod tests {
         let (ranges, entries, more) = summarize(b, &digest(a, NOW, &all), NOW, &all);
         let p = plan(a, &ranges, &entries, NOW, &all);
         for sid in &p.push {
-            b.merge(&a.state(*sid).unwrap());
+            b.merge_at(&a.state(*sid).unwrap(), NOW - 10);
         }
         for sid in &p.pull {
-            a.merge(&b.state(*sid).unwrap());
+            a.merge_at(&b.state(*sid).unwrap(), NOW - 10);
         }
         (p, more)
     }
@@ -267,20 +282,46 @@ mod tests {
         let (a, b) = (Store::new(), Store::new());
         write(&a, 1, 1, 1, "x");
         write(&b, 1, 1, 1, "x");
-        a.apply(&Delta {
-            sid: 1,
-            stamp: Stamp {
-                counter: 2,
-                origin: 1,
+        a.apply_at(
+            &Delta {
+                sid: 1,
+                stamp: Stamp {
+                    counter: 2,
+                    origin: 1,
+                },
+                base: 1,
+                set: vec![],
+                removed: vec![],
+                expiry: None,
+                invalidate: true,
             },
-            base: 1,
-            set: vec![],
-            removed: vec![],
-            expiry: None,
-            invalidate: true,
-        });
+            NOW - 10,
+        );
         round(&a, &b);
         assert!(b.with(1, |s| s.deleted.is_some()).unwrap());
+    }
+
+    #[test]
+    fn sessions_still_changing_are_left_for_a_later_round() {
+        let (a, b) = (Store::new(), Store::new());
+        write(&b, 1, 1, 2, "settled");
+        b.apply_at(
+            &Delta {
+                sid: 2,
+                stamp: Stamp {
+                    counter: 1,
+                    origin: 2,
+                },
+                base: 0,
+                set: vec![("a".into(), Bytes::from_static(b"just now"))],
+                removed: vec![],
+                expiry: Some(NOW + 600),
+                invalidate: false,
+            },
+            NOW,
+        );
+        let (p, _) = round(&a, &b);
+        assert_eq!(p.pull, vec![1], "only the settled session: {p:?}");
     }
 
     #[test]

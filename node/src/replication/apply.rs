@@ -54,7 +54,7 @@ pub fn on_message(
     match msg {
         Message::Delta { ack, delta } => {
             metrics.deltas_received.inc();
-            let (applied, gap) = store.apply(&delta);
+            let (applied, gap) = store.apply_at(&delta, now);
             if applied == Applied::Stale {
                 metrics.deltas_stale.inc();
             }
@@ -73,14 +73,14 @@ pub fn on_message(
             }
         }
         Message::Put { ack, sessions } => {
-            merge_all(store, &sessions);
+            merge_all(store, &sessions, now);
             fx.push(Effect::Applied);
             if ack != 0 {
                 fx.push(Effect::Reply(Message::Ack { id: ack }));
             }
         }
         Message::StateChunk { id, sessions, done } => {
-            merge_all(store, &sessions);
+            merge_all(store, &sessions, now);
             metrics
                 .state_transfer_sessions
                 .inc_by(sessions.len() as i64);
@@ -143,9 +143,9 @@ pub fn on_message(
     Handled::Effects(fx)
 }
 
-fn merge_all(store: &Store, sessions: &[SessionState]) {
+fn merge_all(store: &Store, sessions: &[SessionState], now: u64) {
     for s in sessions {
-        store.merge(s);
+        store.merge_at(s, now);
     }
 }
 

@@ -330,7 +330,11 @@ impl Sim {
                     if l.take().is_some() {
                         let ids: Vec<u64> = n.pending.keys().copied().collect();
                         for id in ids {
-                            n.pending.get_mut(&id).unwrap().wait.peer_down(&format!("n{y}"));
+                            n.pending
+                                .get_mut(&id)
+                                .unwrap()
+                                .wait
+                                .peer_down(&format!("n{y}"));
                         }
                     }
                 }
@@ -375,13 +379,7 @@ impl Sim {
         live.heard(now);
         let msg = Message::decode_body_at(m.ty, &m.body, node.secs(now))
             .expect("the codec decodes what it encoded");
-        let handled = apply::on_message(
-            &node.store,
-            &node.metrics,
-            msg,
-            node.secs(now),
-            &|_| true,
-        );
+        let handled = apply::on_message(&node.store, &node.metrics, msg, node.secs(now), &|_| true);
         let Handled::Effects(effects) = handled else {
             return;
         };
@@ -390,12 +388,28 @@ impl Sim {
                 Effect::Reply(msg) | Effect::Send(msg) => self.send(to, from, msg, true),
                 Effect::Resolve(id, _) => {
                     let peer = format!("n{from}");
-                    let write = self.nodes[to].as_ref().unwrap().pending.get(&id).map(|p| p.write);
+                    let write = self.nodes[to]
+                        .as_ref()
+                        .unwrap()
+                        .pending
+                        .get(&id)
+                        .map(|p| p.write);
                     if let Some(w) = write {
                         // An ack is honest: the acker holds the write as it arrives.
-                        let acker = self.nodes[from].as_ref().map(|n| Self::holds(&n.store, &self.writes[w]));
-                        assert_eq!(acker, Some(true), "n{from} acked write {w} it does not hold");
-                        let p = self.nodes[to].as_mut().unwrap().pending.get_mut(&id).unwrap();
+                        let acker = self.nodes[from]
+                            .as_ref()
+                            .map(|n| Self::holds(&n.store, &self.writes[w]));
+                        assert_eq!(
+                            acker,
+                            Some(true),
+                            "n{from} acked write {w} it does not hold"
+                        );
+                        let p = self.nodes[to]
+                            .as_mut()
+                            .unwrap()
+                            .pending
+                            .get_mut(&id)
+                            .unwrap();
                         p.wait.ack(&peer);
                     }
                     self.settle_pending();
@@ -533,7 +547,8 @@ impl Sim {
                 && !self.cut.contains(&pair(m.from, m.to))
                 && match &m.msg {
                     Message::Delta { delta, .. } => {
-                        delta.sid == w.sid && delta.set.iter().any(|(k, v)| *k == w.attr && *v == w.value)
+                        delta.sid == w.sid
+                            && delta.set.iter().any(|(k, v)| *k == w.attr && *v == w.value)
                     }
                     Message::Put { sessions, .. } => sessions.iter().any(|s| {
                         s.sid == w.sid
@@ -785,7 +800,10 @@ impl Sim {
             let mut dead = 0;
             n.store.for_each(|_, s| dead += s.is_dead(now) as usize);
             if dead > 0 {
-                return Err(format!("{} holds {dead} expired sessions (clock skew)", n.name));
+                return Err(format!(
+                    "{} holds {dead} expired sessions (clock skew)",
+                    n.name
+                ));
             }
         }
         Ok(())
@@ -863,8 +881,14 @@ mod tests {
                 total.faults += r.faults;
                 total.lost_to_crashes += r.lost_to_crashes;
             }
-            assert!(total.acked > 10_000, "{name}: the schedules write: {total:?}");
-            assert!(total.faults > 100, "{name}: the schedules inject faults: {total:?}");
+            assert!(
+                total.acked > 10_000,
+                "{name}: the schedules write: {total:?}"
+            );
+            assert!(
+                total.faults > 100,
+                "{name}: the schedules inject faults: {total:?}"
+            );
             println!("sim {name}: {SEEDS} seeds, {total:?}");
         }
     }
