@@ -93,7 +93,7 @@ pub(crate) async fn handle(
                     }
                     Effect::Gap(sid) => on_gap(c, &peer.node_id, sid),
                     Effect::Resolve(id, m) => c.resolve(id, &peer.node_id, m),
-                    Effect::AeAgain => c.anti_entropy_soon(&peer.node_id),
+                    Effect::AeAgain { full } => c.anti_entropy_soon(&peer.node_id, full),
                     Effect::Repaired(n) => {
                         inner.metrics.anti_entropy_repaired.inc_by(n as u64);
                     }

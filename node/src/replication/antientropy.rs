@@ -34,15 +34,18 @@ pub const RANGES: usize = 1024;
 pub const MAX_ENTRIES: usize = 4096;
 /// Most sessions pulled or pushed by one round.
 pub const MAX_SESSIONS: usize = 4096;
-/// Sessions changed less than this long ago (seconds) are left out of digests: their
+/// Periodic rounds leave out sessions changed less than this long ago (seconds): their
 /// deltas may still be in flight, and under load comparing them would only find
-/// differences that are about to vanish. A delta that never arrives is repaired once
-/// the session is quiet (or, while it is still written, by the gap fetch).
-pub const SETTLE_SECS: u64 = 2;
+/// differences that are about to vanish. Rounds after a (re)connection, and every
+/// [`FULL_EVERY`]th periodic round, compare every session (`settle` 0), so a session
+/// that is written without pause is still repaired.
+pub const SETTLE_SECS: u8 = 2;
+/// Every this many periodic rounds with a member, one is full.
+pub const FULL_EVERY: u64 = 6;
 
 /// Whether anti-entropy compares this copy at `now`.
-fn compared(s: &crate::store::Session, now: u64) -> bool {
-    !s.is_dead(now) && s.changed_at + SETTLE_SECS <= now
+fn compared(s: &crate::store::Session, now: u64, settle: u8) -> bool {
+    !s.is_dead(now) && s.changed_at + settle as u64 <= now
 }
 
 /// The range a session id falls in.
@@ -57,11 +60,12 @@ fn mix(sid: SessionId, fp: u64) -> u64 {
     xxhash_rust::xxh3::xxh3_64(&b)
 }
 
-/// One hash per range over the live sessions for which `scope` holds.
-pub fn digest(store: &Store, now: u64, scope: &dyn Fn(SessionId) -> bool) -> Vec<u64> {
+/// One hash per range over the live sessions for which `scope` holds, leaving out those
+/// changed less than `settle` seconds before `now`.
+pub fn digest(store: &Store, now: u64, settle: u8, scope: &dyn Fn(SessionId) -> bool) -> Vec<u64> {
     let mut d = vec![0u64; RANGES];
     store.for_each(|sid, s| {
-        if compared(s, now) && scope(sid) {
+        if compared(s, now, settle) && scope(sid) {
             d[range_of(sid) as usize] ^= mix(sid, s.fingerprint());
         }
     });
@@ -74,9 +78,10 @@ pub fn summarize(
     store: &Store,
     theirs: &[u64],
     now: u64,
+    settle: u8,
     scope: &dyn Fn(SessionId) -> bool,
 ) -> (Vec<u16>, Vec<(SessionId, u64)>, bool) {
-    let mine = digest(store, now, scope);
+    let mine = digest(store, now, settle, scope);
     let differ: Vec<u16> = (0..RANGES)
         .filter(|&r| theirs.get(r) != Some(&mine[r]))
         .map(|r| r as u16)
@@ -88,7 +93,7 @@ pub fn summarize(
     let mut per_range: std::collections::BTreeMap<u16, Vec<(SessionId, u64)>> =
         differ.iter().map(|r| (*r, Vec::new())).collect();
     store.for_each(|sid, s| {
-        if !compared(s, now) || !scope(sid) {
+        if !compared(s, now, settle) || !scope(sid) {
             return;
         }
         let r = range_of(sid);
@@ -136,6 +141,7 @@ pub fn plan(
     ranges: &[u16],
     entries: &[(SessionId, u64)],
     now: u64,
+    settle: u8,
     scope: &dyn Fn(SessionId) -> bool,
 ) -> Plan {
     let listed: HashSet<u16> = ranges.iter().copied().collect();
@@ -163,7 +169,7 @@ pub fn plan(
         }
     }
     store.for_each(|sid, s| {
-        if compared(s, now)
+        if compared(s, now, settle)
             && listed.contains(&range_of(sid))
             && !theirs.contains_key(&sid)
             && scope(sid)
@@ -207,8 +213,14 @@ mod tests {
 
     /// One full round between `a` (initiator) and `b`, merging what the plan moves.
     fn round(a: &Store, b: &Store) -> (Plan, bool) {
-        let (ranges, entries, more) = summarize(b, &digest(a, NOW, &all), NOW, &all);
-        let p = plan(a, &ranges, &entries, NOW, &all);
+        let (ranges, entries, more) = summarize(
+            b,
+            &digest(a, NOW, SETTLE_SECS, &all),
+            NOW,
+            SETTLE_SECS,
+            &all,
+        );
+        let p = plan(a, &ranges, &entries, NOW, SETTLE_SECS, &all);
         for sid in &p.push {
             b.merge_at(&a.state(*sid).unwrap(), NOW - 10);
         }
@@ -225,7 +237,7 @@ mod tests {
             write(&a, sid, 1, 1, "x");
             write(&b, sid, 1, 1, "x");
         }
-        let (ranges, entries, more) = summarize(&b, &digest(&a, NOW, &all), NOW, &all);
+        let (ranges, entries, more) = summarize(&b, &digest(&a, NOW, 0, &all), NOW, 0, &all);
         assert!(ranges.is_empty() && entries.is_empty() && !more);
     }
 
@@ -330,7 +342,7 @@ mod tests {
         for sid in 0..50_000 {
             write(&b, sid, 1, 2, "b");
         }
-        let (ranges, entries, more) = summarize(&b, &[1, 2, 3], NOW, &all);
+        let (ranges, entries, more) = summarize(&b, &[1, 2, 3], NOW, 0, &all);
         assert!(more && !ranges.is_empty());
         assert!(entries.len() <= MAX_ENTRIES + 200);
     }

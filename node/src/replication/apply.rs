@@ -26,8 +26,9 @@ pub enum Effect {
     Gap(SessionId),
     /// A reply to an outstanding request of ours.
     Resolve(u64, Message),
-    /// The anti-entropy summary was partial: run another round with the sender soon.
-    AeAgain,
+    /// The anti-entropy summary was partial: run another round with the sender soon
+    /// (full when this one was).
+    AeAgain { full: bool },
     /// Sessions repaired by anti-entropy (counted).
     Repaired(usize),
 }
@@ -97,20 +98,23 @@ pub fn on_message(
         }
         Message::Ping { nonce } => fx.push(Effect::Reply(Message::Pong { nonce })),
         Message::Pong { .. } => {}
-        Message::AeDigest { buckets } => {
-            let (ranges, entries, more) = antientropy::summarize(store, &buckets, now, scope);
+        Message::AeDigest { buckets, settle } => {
+            let (ranges, entries, more) =
+                antientropy::summarize(store, &buckets, now, settle, scope);
             fx.push(Effect::Reply(Message::AeSummary {
                 ranges,
                 entries,
                 more,
+                settle,
             }));
         }
         Message::AeSummary {
             ranges,
             entries,
             more,
+            settle,
         } => {
-            let plan = antientropy::plan(store, &ranges, &entries, now, scope);
+            let plan = antientropy::plan(store, &ranges, &entries, now, settle, scope);
             if !plan.push.is_empty() {
                 fx.push(Effect::Repaired(plan.push.len()));
             }
@@ -125,7 +129,7 @@ pub fn on_message(
                 fx.push(Effect::Send(Message::AePull { sids: plan.pull }));
             }
             if more {
-                fx.push(Effect::AeAgain);
+                fx.push(Effect::AeAgain { full: settle == 0 });
             }
         }
         Message::AePull { mut sids } => {

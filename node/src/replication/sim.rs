@@ -133,10 +133,16 @@ struct Node {
     links: BTreeMap<usize, Option<Liveness>>,
     next_dial: u64,
     next_ae: u64,
-    ae_due: BTreeSet<usize>,
+    /// Anti-entropy rounds due: peer → full.
+    ae_due: BTreeMap<usize, bool>,
+    ae_rounds: u64,
     pending: HashMap<u64, Pending>,
     next_id: u64,
     frozen_until: u64,
+    /// Has received a state transfer (a restarted node takes no client writes before).
+    joined: bool,
+    /// The state transfer in flight: from whom, and when its last chunk arrives.
+    joining: Option<(usize, u64)>,
 }
 
 struct InFlight {
@@ -184,10 +190,13 @@ impl Node {
             links: peers.map(|p| (p, None)).collect(),
             next_dial: 0,
             next_ae: 0,
-            ae_due: BTreeSet::new(),
+            ae_due: BTreeMap::new(),
+            ae_rounds: 0,
             pending: HashMap::new(),
             next_id: 1,
             frozen_until: 0,
+            joined: true,
+            joining: None,
         }
     }
 
@@ -326,6 +335,13 @@ impl Sim {
             .retain(|_, m| !((m.from == a && m.to == b) || (m.from == b && m.to == a)));
         for (x, y) in [(a, b), (b, a)] {
             if let Some(n) = self.nodes[x].as_mut() {
+                // A state transfer cut short: join again from another peer.
+                if n.joining
+                    .is_some_and(|(from, done)| from == y && done >= self.now)
+                {
+                    n.joined = false;
+                    n.joining = None;
+                }
                 if let Some(l) = n.links.get_mut(&y) {
                     if l.take().is_some() {
                         let ids: Vec<u64> = n.pending.keys().copied().collect();
@@ -414,10 +430,17 @@ impl Sim {
                     }
                     self.settle_pending();
                 }
-                Effect::AeAgain => {
-                    self.nodes[to].as_mut().unwrap().ae_due.insert(from);
+                Effect::AeAgain { full } => {
+                    *self.nodes[to]
+                        .as_mut()
+                        .unwrap()
+                        .ae_due
+                        .entry(from)
+                        .or_default() |= full;
                 }
-                Effect::Applied | Effect::Gap(_) | Effect::Repaired(_) => {}
+                // The driver fetches the whole session from the delta's sender.
+                Effect::Gap(sid) => self.send(to, from, Message::AePull { sids: vec![sid] }, true),
+                Effect::Applied | Effect::Repaired(_) => {}
             }
         }
     }
@@ -425,7 +448,14 @@ impl Sim {
     // ------------------------------------------------------------------ writes
 
     fn client_write(&mut self) {
-        let live: Vec<usize> = (0..self.cfg.nodes).filter(|i| self.running(*i)).collect();
+        let live: Vec<usize> = (0..self.cfg.nodes)
+            .filter(|i| {
+                self.running(*i)
+                    && self.nodes[*i].as_ref().is_some_and(|n| {
+                        n.joined && n.joining.is_none_or(|(_, done)| done < self.now)
+                    })
+            })
+            .collect();
         if live.is_empty() {
             return;
         }
@@ -597,7 +627,8 @@ impl Sim {
     }
 
     fn restart(&mut self, i: usize) {
-        let n = self.fresh_node(i);
+        let mut n = self.fresh_node(i);
+        n.joined = false;
         self.log(format!("restart n{i} skew {}s", n.skew));
         self.nodes[i] = Some(n);
         self.restart_at[i] = None;
@@ -704,9 +735,10 @@ impl Sim {
                         if n.links.get(&b).is_some_and(|l| l.is_none()) {
                             n.links.insert(b, Some(Liveness::new(now, timeout, true)));
                         }
-                        n.ae_due.insert(b);
+                        n.ae_due.insert(b, true);
                     }
                     self.log(format!("n{i} connected to n{p}"));
+                    self.state_transfer(i, p);
                 }
             }
         }
@@ -714,18 +746,51 @@ impl Sim {
         let node = self.nodes[i].as_mut().unwrap();
         if now >= node.next_ae {
             node.next_ae = now + ae_interval;
-            let peers = node.live_peers();
-            node.ae_due.extend(peers);
+            node.ae_rounds += 1;
+            let full = node.ae_rounds % antientropy::FULL_EVERY == 0;
+            for p in node.live_peers() {
+                *node.ae_due.entry(p).or_default() |= full;
+            }
         }
-        let due: Vec<usize> = std::mem::take(&mut node.ae_due).into_iter().collect();
-        for p in due {
+        let due: Vec<(usize, bool)> = std::mem::take(&mut node.ae_due).into_iter().collect();
+        for (p, full) in due {
             let node = self.nodes[i].as_ref().unwrap();
             if node.links.get(&p).is_none_or(|l| l.is_none()) {
                 continue;
             }
-            let buckets = antientropy::digest(&node.store, node.secs(now), &|_| true);
-            self.send(i, p, Message::AeDigest { buckets }, false);
+            let settle = if full { 0 } else { antientropy::SETTLE_SECS };
+            let buckets = antientropy::digest(&node.store, node.secs(now), settle, &|_| true);
+            self.send(i, p, Message::AeDigest { buckets, settle }, false);
         }
+    }
+
+    /// A node that has not joined gets every session of a joined peer it connects to
+    /// (the driver's state transfer), then takes writes.
+    fn state_transfer(&mut self, a: usize, b: usize) {
+        let (Some(na), Some(nb)) = (self.nodes[a].as_ref(), self.nodes[b].as_ref()) else {
+            return;
+        };
+        let (from, to) = match (na.joined, nb.joined) {
+            (true, false) => (a, b),
+            (false, true) => (b, a),
+            _ => return,
+        };
+        let src = self.nodes[from].as_ref().unwrap();
+        let mut all = Vec::new();
+        src.store.for_each(|sid, _| all.push(sid));
+        all.sort_unstable();
+        let chunks: Vec<Vec<_>> = all
+            .chunks(apply::PUT_BATCH)
+            .map(|c| c.iter().filter_map(|s| src.store.state(*s)).collect())
+            .collect();
+        for sessions in chunks {
+            self.send(from, to, Message::Put { ack: 0, sessions }, false);
+        }
+        let done = self.last_at.get(&(from, to)).copied().unwrap_or(self.now);
+        let n = self.nodes[to].as_mut().unwrap();
+        n.joined = true;
+        n.joining = Some((from, done));
+        self.log(format!("n{to} joins from n{from}"));
     }
 
     fn step(&mut self, faults: bool) {
@@ -780,8 +845,8 @@ impl Sim {
         }
         let first = nodes[0];
         for n in &nodes[1..] {
-            let a = antientropy::digest(&first.store, first.secs(self.now), &|_| true);
-            let b = antientropy::digest(&n.store, n.secs(self.now), &|_| true);
+            let a = antientropy::digest(&first.store, first.secs(self.now), 0, &|_| true);
+            let b = antientropy::digest(&n.store, n.secs(self.now), 0, &|_| true);
             if a != b {
                 let mut diff = Vec::new();
                 first.store.for_each(|sid, s| {
