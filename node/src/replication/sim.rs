@@ -14,9 +14,10 @@
 //! (the peers get a reset); a frozen node processes nothing and its peers hear nothing.
 //! A node declares a peer dead from [`Liveness`] alone, closes that connection (its
 //! queued messages are dropped) and dials again every 500 ms; a successful dial admits
-//! both ways and starts anti-entropy on both sides, as `cluster/net.rs` does. A restarted
-//! node joins by anti-entropy with every member (the driver's state transfer is a bulk
-//! copy of the same sessions).
+//! both ways and starts a full anti-entropy round on both sides, as `cluster/net.rs` does.
+//! A restarted node takes a state transfer (every session, in `Put` chunks) from the first
+//! joined member it reaches and takes client writes only once it arrived; a delta that
+//! leaves a gap makes the receiver pull the whole session from its sender.
 //!
 //! The checker:
 //! - **sync acks are honest**: when a sync write is acknowledged, at least `min_members`
