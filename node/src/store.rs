@@ -49,6 +49,9 @@ pub struct Session {
     /// Last local access or replicated update (unix seconds): non-owned copies in backup
     /// mode are evicted only after a while without either.
     pub last_local_access: u64,
+    /// When a write (local or replicated) last changed this copy (unix seconds, this
+    /// node's clock): anti-entropy leaves sessions alone while deltas may be in flight.
+    pub changed_at: u64,
     /// Every write counter up to this one has been seen (counters are dense: a write at
     /// version `v` is stamped `v + 1`, so a hole means a missed delta).
     contiguous: u64,
@@ -381,17 +384,34 @@ impl Store {
 
     /// Applies a delta; `gap` is true when the writer had seen a version we have not.
     pub fn apply(&self, d: &Delta) -> (Applied, bool) {
+        self.apply_at(d, unix_now())
+    }
+
+    /// [`Store::apply`] at `now` (unix seconds, this node's clock).
+    pub fn apply_at(&self, d: &Delta, now: u64) -> (Applied, bool) {
         let mut e = self.sessions.entry(d.sid).or_default();
-        e.last_local_access = unix_now();
+        e.last_local_access = now;
         let applied = e.apply(d);
+        if applied == Applied::Changed {
+            e.changed_at = now;
+        }
         (applied, e.has_gap())
     }
 
     /// Merges a whole copy.
     pub fn merge(&self, s: &SessionState) -> Applied {
+        self.merge_at(s, unix_now())
+    }
+
+    /// [`Store::merge`] at `now` (unix seconds, this node's clock).
+    pub fn merge_at(&self, s: &SessionState, now: u64) -> Applied {
         let mut e = self.sessions.entry(s.sid).or_default();
-        e.last_local_access = unix_now();
-        e.merge(s)
+        e.last_local_access = now;
+        let applied = e.merge(s);
+        if applied == Applied::Changed {
+            e.changed_at = now;
+        }
+        applied
     }
 
     /// A whole copy of one session.

@@ -183,8 +183,9 @@ pub enum Message {
     /// Answers a ping.
     Pong { nonce: u64 },
     /// Anti-entropy, initiator → responder: one hash per range of session ids
-    /// ([`crate::replication::antientropy`]).
-    AeDigest { buckets: Vec<u64> },
+    /// ([`crate::replication::antientropy`]); `settle`: sessions changed less than this
+    /// many seconds ago are left out (0: a full round).
+    AeDigest { buckets: Vec<u64>, settle: u8 },
     /// Anti-entropy, responder → initiator: `(session, fingerprint)` of every session the
     /// responder holds in the ranges whose hashes differed and that are listed in
     /// `ranges` (whole ranges only, within a budget; `more` when some were left out).
@@ -192,6 +193,7 @@ pub enum Message {
         ranges: Vec<u16>,
         entries: Vec<(SessionId, u64)>,
         more: bool,
+        settle: u8,
     },
     /// Anti-entropy: asks for whole copies of these sessions (answered with a `Put`).
     AePull { sids: Vec<SessionId> },
@@ -401,12 +403,13 @@ impl Message {
             Message::Put { ack, sessions } => put(&(ack, StateRef::all(sessions, now)), &mut b),
             Message::Leaving => {}
             Message::Ping { nonce } | Message::Pong { nonce } => put(nonce, &mut b),
-            Message::AeDigest { buckets } => put(buckets, &mut b),
+            Message::AeDigest { buckets, settle } => put(&(buckets, settle), &mut b),
             Message::AeSummary {
                 ranges,
                 entries,
                 more,
-            } => put(&(ranges, entries, more), &mut b),
+                settle,
+            } => put(&(ranges, entries, more, settle), &mut b),
             Message::AePull { sids } => put(sids, &mut b),
         }
         b.freeze()
@@ -507,15 +510,17 @@ impl Message {
             14 => Message::Leaving,
             15 => Message::Ping { nonce: get(body)? },
             16 => Message::Pong { nonce: get(body)? },
-            17 => Message::AeDigest {
-                buckets: get(body)?,
-            },
+            17 => {
+                let (buckets, settle) = get(body)?;
+                Message::AeDigest { buckets, settle }
+            }
             18 => {
-                let (ranges, entries, more) = get(body)?;
+                let (ranges, entries, more, settle) = get(body)?;
                 Message::AeSummary {
                     ranges,
                     entries,
                     more,
+                    settle,
                 }
             }
             19 => Message::AePull { sids: get(body)? },
@@ -804,11 +809,13 @@ mod tests {
             Message::Pong { nonce: 7 },
             Message::AeDigest {
                 buckets: vec![1, 2, 3],
+                settle: 2,
             },
             Message::AeSummary {
                 ranges: vec![4, 9],
                 entries: vec![(42, 0xfeed), (-1, 3)],
                 more: true,
+                settle: 0,
             },
             Message::AePull { sids: vec![42, -1] },
         ]
@@ -859,7 +866,10 @@ mod tests {
         let t = Message::Touch(vec![(1, NOW + 60), (2, NOW - 5)]);
         let back = Message::decode_body_at(6, &t.encode_body_at(NOW), NOW - 3_600).unwrap();
         // An expired one stays expired on the receiver's clock.
-        assert_eq!(back, Message::Touch(vec![(1, NOW - 3_600 + 60), (2, NOW - 3_600)]));
+        assert_eq!(
+            back,
+            Message::Touch(vec![(1, NOW - 3_600 + 60), (2, NOW - 3_600)])
+        );
     }
 
     #[test]

@@ -1,12 +1,13 @@
-//! Drives anti-entropy ([`crate::replication::antientropy`]): a round with a member right
-//! after every (re)connection, again at once while a round left differences for later,
-//! and with every member each `--anti-entropy-interval`.
+//! Drives anti-entropy ([`crate::replication::antientropy`]): a full round with a member
+//! right after every (re)connection, again at once while a round left differences for
+//! later, and with every member each `--anti-entropy-interval` (leaving out sessions
+//! still being written, except every `FULL_EVERY`th round).
 //!
 //! A round costs the initiator one digest (one pass over its sessions, off the async
 //! workers) and one message of `RANGES` hashes; the responder's summary and the
 //! exchanges that follow are handled by the core like any other message.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -38,49 +39,68 @@ impl Cluster {
         })
     }
 
-    /// Asks for an anti-entropy round with `peer` soon.
-    pub(crate) fn anti_entropy_soon(&self, peer: &str) {
-        let _ = self.inner.ae_kick.try_send(peer.to_string());
+    /// Asks for an anti-entropy round with `peer` soon; `full`: compare every session,
+    /// also those changed in the last seconds.
+    pub(crate) fn anti_entropy_soon(&self, peer: &str, full: bool) {
+        let _ = self.inner.ae_kick.try_send((peer.to_string(), full));
     }
 
     /// Starts one anti-entropy round with `peer`: sends it this node's digest.
-    async fn anti_entropy_round(&self, peer: &str) {
+    async fn anti_entropy_round(&self, peer: &str, full: bool) {
         let Some(link) = self.link_of(peer) else {
             return;
         };
-        link.resync.store(false, std::sync::atomic::Ordering::Relaxed);
+        link.resync
+            .store(false, std::sync::atomic::Ordering::Relaxed);
         let this = self.clone();
         let scope = self.ae_scope(peer);
+        let settle = if full { 0 } else { antientropy::SETTLE_SECS };
         let digest = tokio::task::spawn_blocking(move || {
-            antientropy::digest(&this.inner.store, unix_now(), &scope)
+            antientropy::digest(&this.inner.store, unix_now(), settle, &scope)
         })
         .await;
         let Ok(buckets) = digest else { return };
         self.inner.metrics.anti_entropy_rounds.inc();
-        link.send(&self.inner.metrics, Message::AeDigest { buckets }.outgoing())
-            .await;
+        link.send(
+            &self.inner.metrics,
+            Message::AeDigest { buckets, settle }.outgoing(),
+        )
+        .await;
     }
 }
 
 /// Runs rounds on kicks and on the interval until shutdown. A node only initiates rounds
 /// once it has joined (before, its state transfer is bringing it up to date).
-pub(crate) async fn run(c: Cluster, mut kicks: mpsc::Receiver<String>) {
+pub(crate) async fn run(c: Cluster, mut kicks: mpsc::Receiver<Kick>) {
     let inner = c.inner.clone();
-    let mut tick = tokio::time::interval(inner.cfg.anti_entropy_interval.max(Duration::from_millis(100)));
+    let mut tick = tokio::time::interval(
+        inner
+            .cfg
+            .anti_entropy_interval
+            .max(Duration::from_millis(100)),
+    );
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut ready = inner.ready.subscribe();
+    let mut periodic: u64 = 0;
     loop {
-        let mut due: BTreeSet<String> = BTreeSet::new();
+        // Peer → whether the round is full.
+        let mut due: BTreeMap<String, bool> = BTreeMap::new();
         tokio::select! {
             _ = tick.tick() => {
-                due.extend(c.alive_peers().into_iter().map(|(n, _)| n));
+                periodic += 1;
+                let full = periodic % antientropy::FULL_EVERY == 0;
+                // A link that dropped messages (its queue overflowed) gets a full round.
+                due.extend(c.alive_peers().into_iter().map(|(n, link)| {
+                    let dropped = link.resync.load(std::sync::atomic::Ordering::Relaxed);
+                    (n, full || dropped)
+                }));
             }
             k = kicks.recv() => match k {
-                Some(peer) => {
+                Some((peer, full)) => {
                     tokio::time::sleep(FOLLOW_UP).await;
-                    due.insert(peer);
-                    while let Ok(p) = kicks.try_recv() {
-                        due.insert(p);
+                    *due.entry(peer).or_default() |= full;
+                    while let Ok((p, f)) = kicks.try_recv() {
+                        *due.entry(p).or_default() |= f;
                     }
                 }
                 None => return,
@@ -90,13 +110,16 @@ pub(crate) async fn run(c: Cluster, mut kicks: mpsc::Receiver<String>) {
         if !*ready.borrow_and_update() || inner.leaving.load(std::sync::atomic::Ordering::SeqCst) {
             continue;
         }
-        for peer in due {
-            c.anti_entropy_round(&peer).await;
+        for (peer, full) in due {
+            c.anti_entropy_round(&peer, full).await;
         }
     }
 }
 
+/// A request for a round: the member, and whether it is full.
+pub(crate) type Kick = (String, bool);
+
 /// A channel for kicks.
-pub(crate) fn kicks() -> (mpsc::Sender<String>, mpsc::Receiver<String>) {
+pub(crate) fn kicks() -> (mpsc::Sender<Kick>, mpsc::Receiver<Kick>) {
     mpsc::channel(KICKS)
 }

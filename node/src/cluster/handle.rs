@@ -5,8 +5,8 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use std::time::Duration;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::{Cluster, ReplyTx};
 use crate::replication::{
@@ -74,7 +74,8 @@ pub(crate) async fn handle(
 ) {
     let inner = &c.inner;
     let scope = c.ae_scope(&peer.node_id);
-    let handled = replication::apply::on_message(&inner.store, &inner.metrics, msg, unix_now(), &scope);
+    let handled =
+        replication::apply::on_message(&inner.store, &inner.metrics, msg, unix_now(), &scope);
     let msg = match handled {
         Handled::Effects(effects) => {
             for e in effects {
@@ -92,7 +93,7 @@ pub(crate) async fn handle(
                     }
                     Effect::Gap(sid) => on_gap(c, &peer.node_id, sid),
                     Effect::Resolve(id, m) => c.resolve(id, &peer.node_id, m),
-                    Effect::AeAgain => c.anti_entropy_soon(&peer.node_id),
+                    Effect::AeAgain { full } => c.anti_entropy_soon(&peer.node_id, full),
                     Effect::Repaired(n) => {
                         inner.metrics.anti_entropy_repaired.inc_by(n as u64);
                     }

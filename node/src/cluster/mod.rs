@@ -149,7 +149,7 @@ pub(crate) struct Inner {
     pub inbound: Mutex<HashMap<String, usize>>,
     pub discovery: Mutex<Option<Arc<Discovery>>>,
     /// Members to run an anti-entropy round with soon.
-    pub ae_kick: mpsc::Sender<String>,
+    pub ae_kick: mpsc::Sender<antientropy::Kick>,
 }
 
 /// A running cluster node. Cheap to clone.
@@ -805,7 +805,12 @@ impl Cluster {
 
     /// Invalidates a session everywhere.
     pub async fn invalidate(&self, sid: SessionId) {
-        let delta = replication::write::local_invalidate(&self.inner.store, self.inner.origin, sid);
+        let delta = replication::write::local_invalidate(
+            &self.inner.store,
+            self.inner.origin,
+            sid,
+            unix_now(),
+        );
         self.replicate(delta).await;
     }
 

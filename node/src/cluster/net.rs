@@ -124,7 +124,7 @@ fn admit(c: &Cluster, peer: &Hello, link: &Arc<Link>) {
     publish_view(inner);
     // Whatever either side missed while apart (a cut, a freeze, a restart) is compared
     // and exchanged now, not only when the session is next written.
-    c.anti_entropy_soon(&peer.node_id);
+    c.anti_entropy_soon(&peer.node_id, true);
 }
 
 /// Marks the member on `link` suspect (its connection broke).

@@ -87,6 +87,10 @@ mod tests {
         assert_eq!(w.outcome(2), Outcome::Acknowledged);
         assert_eq!(w.outcome(3), Outcome::TooFewReplicas);
         w.ack("c");
-        assert_eq!(w.holders(), 2, "an ack after the suspicion is not counted twice");
+        assert_eq!(
+            w.holders(),
+            2,
+            "an ack after the suspicion is not counted twice"
+        );
     }
 }

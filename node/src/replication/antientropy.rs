@@ -34,6 +34,19 @@ pub const RANGES: usize = 1024;
 pub const MAX_ENTRIES: usize = 4096;
 /// Most sessions pulled or pushed by one round.
 pub const MAX_SESSIONS: usize = 4096;
+/// Periodic rounds leave out sessions changed less than this long ago (seconds): their
+/// deltas may still be in flight, and under load comparing them would only find
+/// differences that are about to vanish. Rounds after a (re)connection, and every
+/// [`FULL_EVERY`]th periodic round, compare every session (`settle` 0), so a session
+/// that is written without pause is still repaired.
+pub const SETTLE_SECS: u8 = 2;
+/// Every this many periodic rounds with a member, one is full.
+pub const FULL_EVERY: u64 = 6;
+
+/// Whether anti-entropy compares this copy at `now`.
+fn compared(s: &crate::store::Session, now: u64, settle: u8) -> bool {
+    !s.is_dead(now) && s.changed_at + settle as u64 <= now
+}
 
 /// The range a session id falls in.
 pub fn range_of(sid: SessionId) -> u16 {
@@ -47,11 +60,12 @@ fn mix(sid: SessionId, fp: u64) -> u64 {
     xxhash_rust::xxh3::xxh3_64(&b)
 }
 
-/// One hash per range over the live sessions for which `scope` holds.
-pub fn digest(store: &Store, now: u64, scope: &dyn Fn(SessionId) -> bool) -> Vec<u64> {
+/// One hash per range over the live sessions for which `scope` holds, leaving out those
+/// changed less than `settle` seconds before `now`.
+pub fn digest(store: &Store, now: u64, settle: u8, scope: &dyn Fn(SessionId) -> bool) -> Vec<u64> {
     let mut d = vec![0u64; RANGES];
     store.for_each(|sid, s| {
-        if !s.is_dead(now) && scope(sid) {
+        if compared(s, now, settle) && scope(sid) {
             d[range_of(sid) as usize] ^= mix(sid, s.fingerprint());
         }
     });
@@ -64,9 +78,10 @@ pub fn summarize(
     store: &Store,
     theirs: &[u64],
     now: u64,
+    settle: u8,
     scope: &dyn Fn(SessionId) -> bool,
 ) -> (Vec<u16>, Vec<(SessionId, u64)>, bool) {
-    let mine = digest(store, now, scope);
+    let mine = digest(store, now, settle, scope);
     let differ: Vec<u16> = (0..RANGES)
         .filter(|&r| theirs.get(r) != Some(&mine[r]))
         .map(|r| r as u16)
@@ -78,7 +93,7 @@ pub fn summarize(
     let mut per_range: std::collections::BTreeMap<u16, Vec<(SessionId, u64)>> =
         differ.iter().map(|r| (*r, Vec::new())).collect();
     store.for_each(|sid, s| {
-        if s.is_dead(now) || !scope(sid) {
+        if !compared(s, now, settle) || !scope(sid) {
             return;
         }
         let r = range_of(sid);
@@ -126,6 +141,7 @@ pub fn plan(
     ranges: &[u16],
     entries: &[(SessionId, u64)],
     now: u64,
+    settle: u8,
     scope: &dyn Fn(SessionId) -> bool,
 ) -> Plan {
     let listed: HashSet<u16> = ranges.iter().copied().collect();
@@ -136,7 +152,9 @@ pub fn plan(
         .collect();
     let mut p = Plan::default();
     for (&sid, &fp) in &theirs {
-        match store.with(sid, |s| (s.fingerprint(), s.is_dead(now), s.deleted.is_some())) {
+        match store.with(sid, |s| {
+            (s.fingerprint(), s.is_dead(now), s.deleted.is_some())
+        }) {
             None => p.pull.push(sid),
             // An invalidation they have not seen: send the tombstone.
             Some((_, _, true)) => p.push.push(sid),
@@ -151,7 +169,7 @@ pub fn plan(
         }
     }
     store.for_each(|sid, s| {
-        if !s.is_dead(now)
+        if compared(s, now, settle)
             && listed.contains(&range_of(sid))
             && !theirs.contains_key(&sid)
             && scope(sid)
@@ -175,15 +193,18 @@ mod tests {
     const NOW: u64 = 1_000;
 
     fn write(store: &Store, sid: SessionId, counter: u64, origin: u32, v: &str) {
-        store.apply(&Delta {
-            sid,
-            stamp: Stamp { counter, origin },
-            base: counter - 1,
-            set: vec![("a".into(), Bytes::copy_from_slice(v.as_bytes()))],
-            removed: vec![],
-            expiry: Some(NOW + 600),
-            invalidate: false,
-        });
+        store.apply_at(
+            &Delta {
+                sid,
+                stamp: Stamp { counter, origin },
+                base: counter - 1,
+                set: vec![("a".into(), Bytes::copy_from_slice(v.as_bytes()))],
+                removed: vec![],
+                expiry: Some(NOW + 600),
+                invalidate: false,
+            },
+            NOW - 10,
+        );
     }
 
     fn all(_: SessionId) -> bool {
@@ -192,13 +213,19 @@ mod tests {
 
     /// One full round between `a` (initiator) and `b`, merging what the plan moves.
     fn round(a: &Store, b: &Store) -> (Plan, bool) {
-        let (ranges, entries, more) = summarize(b, &digest(a, NOW, &all), NOW, &all);
-        let p = plan(a, &ranges, &entries, NOW, &all);
+        let (ranges, entries, more) = summarize(
+            b,
+            &digest(a, NOW, SETTLE_SECS, &all),
+            NOW,
+            SETTLE_SECS,
+            &all,
+        );
+        let p = plan(a, &ranges, &entries, NOW, SETTLE_SECS, &all);
         for sid in &p.push {
-            b.merge(&a.state(*sid).unwrap());
+            b.merge_at(&a.state(*sid).unwrap(), NOW - 10);
         }
         for sid in &p.pull {
-            a.merge(&b.state(*sid).unwrap());
+            a.merge_at(&b.state(*sid).unwrap(), NOW - 10);
         }
         (p, more)
     }
@@ -210,7 +237,7 @@ mod tests {
             write(&a, sid, 1, 1, "x");
             write(&b, sid, 1, 1, "x");
         }
-        let (ranges, entries, more) = summarize(&b, &digest(&a, NOW, &all), NOW, &all);
+        let (ranges, entries, more) = summarize(&b, &digest(&a, NOW, 0, &all), NOW, 0, &all);
         assert!(ranges.is_empty() && entries.is_empty() && !more);
     }
 
@@ -267,20 +294,46 @@ mod tests {
         let (a, b) = (Store::new(), Store::new());
         write(&a, 1, 1, 1, "x");
         write(&b, 1, 1, 1, "x");
-        a.apply(&Delta {
-            sid: 1,
-            stamp: Stamp {
-                counter: 2,
-                origin: 1,
+        a.apply_at(
+            &Delta {
+                sid: 1,
+                stamp: Stamp {
+                    counter: 2,
+                    origin: 1,
+                },
+                base: 1,
+                set: vec![],
+                removed: vec![],
+                expiry: None,
+                invalidate: true,
             },
-            base: 1,
-            set: vec![],
-            removed: vec![],
-            expiry: None,
-            invalidate: true,
-        });
+            NOW - 10,
+        );
         round(&a, &b);
         assert!(b.with(1, |s| s.deleted.is_some()).unwrap());
+    }
+
+    #[test]
+    fn sessions_still_changing_are_left_for_a_later_round() {
+        let (a, b) = (Store::new(), Store::new());
+        write(&b, 1, 1, 2, "settled");
+        b.apply_at(
+            &Delta {
+                sid: 2,
+                stamp: Stamp {
+                    counter: 1,
+                    origin: 2,
+                },
+                base: 0,
+                set: vec![("a".into(), Bytes::from_static(b"just now"))],
+                removed: vec![],
+                expiry: Some(NOW + 600),
+                invalidate: false,
+            },
+            NOW,
+        );
+        let (p, _) = round(&a, &b);
+        assert_eq!(p.pull, vec![1], "only the settled session: {p:?}");
     }
 
     #[test]
@@ -289,7 +342,7 @@ mod tests {
         for sid in 0..50_000 {
             write(&b, sid, 1, 2, "b");
         }
-        let (ranges, entries, more) = summarize(&b, &[1, 2, 3], NOW, &all);
+        let (ranges, entries, more) = summarize(&b, &[1, 2, 3], NOW, 0, &all);
         assert!(more && !ranges.is_empty());
         assert!(entries.len() <= MAX_ENTRIES + 200);
     }

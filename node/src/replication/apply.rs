@@ -26,8 +26,9 @@ pub enum Effect {
     Gap(SessionId),
     /// A reply to an outstanding request of ours.
     Resolve(u64, Message),
-    /// The anti-entropy summary was partial: run another round with the sender soon.
-    AeAgain,
+    /// The anti-entropy summary was partial: run another round with the sender soon
+    /// (full when this one was).
+    AeAgain { full: bool },
     /// Sessions repaired by anti-entropy (counted).
     Repaired(usize),
 }
@@ -54,7 +55,7 @@ pub fn on_message(
     match msg {
         Message::Delta { ack, delta } => {
             metrics.deltas_received.inc();
-            let (applied, gap) = store.apply(&delta);
+            let (applied, gap) = store.apply_at(&delta, now);
             if applied == Applied::Stale {
                 metrics.deltas_stale.inc();
             }
@@ -73,14 +74,14 @@ pub fn on_message(
             }
         }
         Message::Put { ack, sessions } => {
-            merge_all(store, &sessions);
+            merge_all(store, &sessions, now);
             fx.push(Effect::Applied);
             if ack != 0 {
                 fx.push(Effect::Reply(Message::Ack { id: ack }));
             }
         }
         Message::StateChunk { id, sessions, done } => {
-            merge_all(store, &sessions);
+            merge_all(store, &sessions, now);
             metrics
                 .state_transfer_sessions
                 .inc_by(sessions.len() as i64);
@@ -97,20 +98,23 @@ pub fn on_message(
         }
         Message::Ping { nonce } => fx.push(Effect::Reply(Message::Pong { nonce })),
         Message::Pong { .. } => {}
-        Message::AeDigest { buckets } => {
-            let (ranges, entries, more) = antientropy::summarize(store, &buckets, now, scope);
+        Message::AeDigest { buckets, settle } => {
+            let (ranges, entries, more) =
+                antientropy::summarize(store, &buckets, now, settle, scope);
             fx.push(Effect::Reply(Message::AeSummary {
                 ranges,
                 entries,
                 more,
+                settle,
             }));
         }
         Message::AeSummary {
             ranges,
             entries,
             more,
+            settle,
         } => {
-            let plan = antientropy::plan(store, &ranges, &entries, now, scope);
+            let plan = antientropy::plan(store, &ranges, &entries, now, settle, scope);
             if !plan.push.is_empty() {
                 fx.push(Effect::Repaired(plan.push.len()));
             }
@@ -125,7 +129,7 @@ pub fn on_message(
                 fx.push(Effect::Send(Message::AePull { sids: plan.pull }));
             }
             if more {
-                fx.push(Effect::AeAgain);
+                fx.push(Effect::AeAgain { full: settle == 0 });
             }
         }
         Message::AePull { mut sids } => {
@@ -143,9 +147,9 @@ pub fn on_message(
     Handled::Effects(fx)
 }
 
-fn merge_all(store: &Store, sessions: &[SessionState]) {
+fn merge_all(store: &Store, sessions: &[SessionState], now: u64) {
     for s in sessions {
-        store.merge(s);
+        store.merge_at(s, now);
     }
 }
 

@@ -14,9 +14,10 @@
 //! (the peers get a reset); a frozen node processes nothing and its peers hear nothing.
 //! A node declares a peer dead from [`Liveness`] alone, closes that connection (its
 //! queued messages are dropped) and dials again every 500 ms; a successful dial admits
-//! both ways and starts anti-entropy on both sides, as `cluster/net.rs` does. A restarted
-//! node joins by anti-entropy with every member (the driver's state transfer is a bulk
-//! copy of the same sessions).
+//! both ways and starts a full anti-entropy round on both sides, as `cluster/net.rs` does.
+//! A restarted node takes a state transfer (every session, in `Put` chunks) from the first
+//! joined member it reaches and takes client writes only once it arrived; a delta that
+//! leaves a gap makes the receiver pull the whole session from its sender.
 //!
 //! The checker:
 //! - **sync acks are honest**: when a sync write is acknowledged, at least `min_members`
@@ -133,10 +134,16 @@ struct Node {
     links: BTreeMap<usize, Option<Liveness>>,
     next_dial: u64,
     next_ae: u64,
-    ae_due: BTreeSet<usize>,
+    /// Anti-entropy rounds due: peer → full.
+    ae_due: BTreeMap<usize, bool>,
+    ae_rounds: u64,
     pending: HashMap<u64, Pending>,
     next_id: u64,
     frozen_until: u64,
+    /// Has received a state transfer (a restarted node takes no client writes before).
+    joined: bool,
+    /// The state transfer in flight: from whom, and when its last chunk arrives.
+    joining: Option<(usize, u64)>,
 }
 
 struct InFlight {
@@ -184,10 +191,13 @@ impl Node {
             links: peers.map(|p| (p, None)).collect(),
             next_dial: 0,
             next_ae: 0,
-            ae_due: BTreeSet::new(),
+            ae_due: BTreeMap::new(),
+            ae_rounds: 0,
             pending: HashMap::new(),
             next_id: 1,
             frozen_until: 0,
+            joined: true,
+            joining: None,
         }
     }
 
@@ -326,11 +336,22 @@ impl Sim {
             .retain(|_, m| !((m.from == a && m.to == b) || (m.from == b && m.to == a)));
         for (x, y) in [(a, b), (b, a)] {
             if let Some(n) = self.nodes[x].as_mut() {
+                // A state transfer cut short: join again from another peer.
+                if n.joining
+                    .is_some_and(|(from, done)| from == y && done >= self.now)
+                {
+                    n.joined = false;
+                    n.joining = None;
+                }
                 if let Some(l) = n.links.get_mut(&y) {
                     if l.take().is_some() {
                         let ids: Vec<u64> = n.pending.keys().copied().collect();
                         for id in ids {
-                            n.pending.get_mut(&id).unwrap().wait.peer_down(&format!("n{y}"));
+                            n.pending
+                                .get_mut(&id)
+                                .unwrap()
+                                .wait
+                                .peer_down(&format!("n{y}"));
                         }
                     }
                 }
@@ -375,13 +396,7 @@ impl Sim {
         live.heard(now);
         let msg = Message::decode_body_at(m.ty, &m.body, node.secs(now))
             .expect("the codec decodes what it encoded");
-        let handled = apply::on_message(
-            &node.store,
-            &node.metrics,
-            msg,
-            node.secs(now),
-            &|_| true,
-        );
+        let handled = apply::on_message(&node.store, &node.metrics, msg, node.secs(now), &|_| true);
         let Handled::Effects(effects) = handled else {
             return;
         };
@@ -390,20 +405,43 @@ impl Sim {
                 Effect::Reply(msg) | Effect::Send(msg) => self.send(to, from, msg, true),
                 Effect::Resolve(id, _) => {
                     let peer = format!("n{from}");
-                    let write = self.nodes[to].as_ref().unwrap().pending.get(&id).map(|p| p.write);
+                    let write = self.nodes[to]
+                        .as_ref()
+                        .unwrap()
+                        .pending
+                        .get(&id)
+                        .map(|p| p.write);
                     if let Some(w) = write {
                         // An ack is honest: the acker holds the write as it arrives.
-                        let acker = self.nodes[from].as_ref().map(|n| Self::holds(&n.store, &self.writes[w]));
-                        assert_eq!(acker, Some(true), "n{from} acked write {w} it does not hold");
-                        let p = self.nodes[to].as_mut().unwrap().pending.get_mut(&id).unwrap();
+                        let acker = self.nodes[from]
+                            .as_ref()
+                            .map(|n| Self::holds(&n.store, &self.writes[w]));
+                        assert_eq!(
+                            acker,
+                            Some(true),
+                            "n{from} acked write {w} it does not hold"
+                        );
+                        let p = self.nodes[to]
+                            .as_mut()
+                            .unwrap()
+                            .pending
+                            .get_mut(&id)
+                            .unwrap();
                         p.wait.ack(&peer);
                     }
                     self.settle_pending();
                 }
-                Effect::AeAgain => {
-                    self.nodes[to].as_mut().unwrap().ae_due.insert(from);
+                Effect::AeAgain { full } => {
+                    *self.nodes[to]
+                        .as_mut()
+                        .unwrap()
+                        .ae_due
+                        .entry(from)
+                        .or_default() |= full;
                 }
-                Effect::Applied | Effect::Gap(_) | Effect::Repaired(_) => {}
+                // The driver fetches the whole session from the delta's sender.
+                Effect::Gap(sid) => self.send(to, from, Message::AePull { sids: vec![sid] }, true),
+                Effect::Applied | Effect::Repaired(_) => {}
             }
         }
     }
@@ -411,7 +449,14 @@ impl Sim {
     // ------------------------------------------------------------------ writes
 
     fn client_write(&mut self) {
-        let live: Vec<usize> = (0..self.cfg.nodes).filter(|i| self.running(*i)).collect();
+        let live: Vec<usize> = (0..self.cfg.nodes)
+            .filter(|i| {
+                self.running(*i)
+                    && self.nodes[*i].as_ref().is_some_and(|n| {
+                        n.joined && n.joining.is_none_or(|(_, done)| done < self.now)
+                    })
+            })
+            .collect();
         if live.is_empty() {
             return;
         }
@@ -533,7 +578,8 @@ impl Sim {
                 && !self.cut.contains(&pair(m.from, m.to))
                 && match &m.msg {
                     Message::Delta { delta, .. } => {
-                        delta.sid == w.sid && delta.set.iter().any(|(k, v)| *k == w.attr && *v == w.value)
+                        delta.sid == w.sid
+                            && delta.set.iter().any(|(k, v)| *k == w.attr && *v == w.value)
                     }
                     Message::Put { sessions, .. } => sessions.iter().any(|s| {
                         s.sid == w.sid
@@ -582,7 +628,8 @@ impl Sim {
     }
 
     fn restart(&mut self, i: usize) {
-        let n = self.fresh_node(i);
+        let mut n = self.fresh_node(i);
+        n.joined = false;
         self.log(format!("restart n{i} skew {}s", n.skew));
         self.nodes[i] = Some(n);
         self.restart_at[i] = None;
@@ -689,9 +736,10 @@ impl Sim {
                         if n.links.get(&b).is_some_and(|l| l.is_none()) {
                             n.links.insert(b, Some(Liveness::new(now, timeout, true)));
                         }
-                        n.ae_due.insert(b);
+                        n.ae_due.insert(b, true);
                     }
                     self.log(format!("n{i} connected to n{p}"));
+                    self.state_transfer(i, p);
                 }
             }
         }
@@ -699,18 +747,51 @@ impl Sim {
         let node = self.nodes[i].as_mut().unwrap();
         if now >= node.next_ae {
             node.next_ae = now + ae_interval;
-            let peers = node.live_peers();
-            node.ae_due.extend(peers);
+            node.ae_rounds += 1;
+            let full = node.ae_rounds % antientropy::FULL_EVERY == 0;
+            for p in node.live_peers() {
+                *node.ae_due.entry(p).or_default() |= full;
+            }
         }
-        let due: Vec<usize> = std::mem::take(&mut node.ae_due).into_iter().collect();
-        for p in due {
+        let due: Vec<(usize, bool)> = std::mem::take(&mut node.ae_due).into_iter().collect();
+        for (p, full) in due {
             let node = self.nodes[i].as_ref().unwrap();
             if node.links.get(&p).is_none_or(|l| l.is_none()) {
                 continue;
             }
-            let buckets = antientropy::digest(&node.store, node.secs(now), &|_| true);
-            self.send(i, p, Message::AeDigest { buckets }, false);
+            let settle = if full { 0 } else { antientropy::SETTLE_SECS };
+            let buckets = antientropy::digest(&node.store, node.secs(now), settle, &|_| true);
+            self.send(i, p, Message::AeDigest { buckets, settle }, false);
         }
+    }
+
+    /// A node that has not joined gets every session of a joined peer it connects to
+    /// (the driver's state transfer), then takes writes.
+    fn state_transfer(&mut self, a: usize, b: usize) {
+        let (Some(na), Some(nb)) = (self.nodes[a].as_ref(), self.nodes[b].as_ref()) else {
+            return;
+        };
+        let (from, to) = match (na.joined, nb.joined) {
+            (true, false) => (a, b),
+            (false, true) => (b, a),
+            _ => return,
+        };
+        let src = self.nodes[from].as_ref().unwrap();
+        let mut all = Vec::new();
+        src.store.for_each(|sid, _| all.push(sid));
+        all.sort_unstable();
+        let chunks: Vec<Vec<_>> = all
+            .chunks(apply::PUT_BATCH)
+            .map(|c| c.iter().filter_map(|s| src.store.state(*s)).collect())
+            .collect();
+        for sessions in chunks {
+            self.send(from, to, Message::Put { ack: 0, sessions }, false);
+        }
+        let done = self.last_at.get(&(from, to)).copied().unwrap_or(self.now);
+        let n = self.nodes[to].as_mut().unwrap();
+        n.joined = true;
+        n.joining = Some((from, done));
+        self.log(format!("n{to} joins from n{from}"));
     }
 
     fn step(&mut self, faults: bool) {
@@ -765,8 +846,8 @@ impl Sim {
         }
         let first = nodes[0];
         for n in &nodes[1..] {
-            let a = antientropy::digest(&first.store, first.secs(self.now), &|_| true);
-            let b = antientropy::digest(&n.store, n.secs(self.now), &|_| true);
+            let a = antientropy::digest(&first.store, first.secs(self.now), 0, &|_| true);
+            let b = antientropy::digest(&n.store, n.secs(self.now), 0, &|_| true);
             if a != b {
                 let mut diff = Vec::new();
                 first.store.for_each(|sid, s| {
@@ -785,7 +866,10 @@ impl Sim {
             let mut dead = 0;
             n.store.for_each(|_, s| dead += s.is_dead(now) as usize);
             if dead > 0 {
-                return Err(format!("{} holds {dead} expired sessions (clock skew)", n.name));
+                return Err(format!(
+                    "{} holds {dead} expired sessions (clock skew)",
+                    n.name
+                ));
             }
         }
         Ok(())
@@ -863,8 +947,14 @@ mod tests {
                 total.faults += r.faults;
                 total.lost_to_crashes += r.lost_to_crashes;
             }
-            assert!(total.acked > 10_000, "{name}: the schedules write: {total:?}");
-            assert!(total.faults > 100, "{name}: the schedules inject faults: {total:?}");
+            assert!(
+                total.acked > 10_000,
+                "{name}: the schedules write: {total:?}"
+            );
+            assert!(
+                total.faults > 100,
+                "{name}: the schedules inject faults: {total:?}"
+            );
             println!("sim {name}: {SEEDS} seeds, {total:?}");
         }
     }

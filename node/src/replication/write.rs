@@ -49,6 +49,7 @@ pub fn local_write(
                 // an expiry-less copy, which the sweeper would expire at once.
                 d.expiry = Some(expiry.max(s.expiry));
                 s.apply(&d);
+                s.changed_at = now;
                 Written::Delta(d)
             }
             None if expiry > s.expiry => {
@@ -61,7 +62,7 @@ pub fn local_write(
 }
 
 /// Stamps an invalidation of `sid` and applies it locally.
-pub fn local_invalidate(store: &Store, origin: u32, sid: SessionId) -> Delta {
+pub fn local_invalidate(store: &Store, origin: u32, sid: SessionId, now: u64) -> Delta {
     store.with_mut(sid, |s| {
         let d = Delta {
             sid,
@@ -76,6 +77,7 @@ pub fn local_invalidate(store: &Store, origin: u32, sid: SessionId) -> Delta {
             invalidate: true,
         };
         s.apply(&d);
+        s.changed_at = now;
         d
     })
 }
