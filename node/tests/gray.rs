@@ -473,7 +473,8 @@ fn median_wps(samples: &[Sample], from: Instant, to: Instant) -> f64 {
         return wps(samples, from, to);
     }
     rates.sort_by(f64::total_cmp);
-    rates[rates.len() / 2]
+    let n = rates.len();
+    (rates[(n - 1) / 2] + rates[n / 2]) / 2.0
 }
 
 /// Acknowledged writes per second in each 500 ms of `[from, to)` (for the log).
@@ -726,14 +727,15 @@ async fn frozen_peer(mode: &str) {
         .map(|s| s.latency)
         .max()
         .unwrap_or_default();
+    // Per healthy node: suspicions, deltas dropped (n3's full queue), anti-entropy rounds.
     let mut metrics = vec![];
     for n in [lab.node(0), lab.node(1)] {
-        let m = n.metric("members_suspected").await.ok().flatten();
-        metrics.push(format!(
-            "{}:{}",
-            n.name,
-            m.map_or("none".into(), |v| v.to_string())
-        ));
+        let mut v = vec![];
+        for name in ["members_suspected", "deltas_dropped", "anti_entropy_rounds"] {
+            let m = n.metric(name).await.ok().flatten();
+            v.push(m.map_or("none".into(), |v| v.to_string()));
+        }
+        metrics.push(format!("{}:{}", n.name, v.join("/")));
     }
     figures(
         &format!("frozen-{mode}"),
@@ -750,7 +752,7 @@ async fn frozen_peer(mode: &str) {
             ("after_wps", format!("{after:.0}")),
             ("p99_ms", format!("{:.0}", p99_fault.as_secs_f64() * 1e3)),
             ("max_ms", format!("{:.0}", max_fault.as_secs_f64() * 1e3)),
-            ("suspected_total", metrics.join(",")),
+            ("suspected/dropped/ae_rounds", metrics.join(",")),
         ],
     );
 
