@@ -477,6 +477,22 @@ fn median_wps(samples: &[Sample], from: Instant, to: Instant) -> f64 {
     (rates[(n - 1) / 2] + rates[n / 2]) / 2.0
 }
 
+/// utime + stime of the processes, in seconds (`/proc/<pid>/stat`, 100 ticks a second).
+fn cpu_seconds(pids: &[u32]) -> f64 {
+    let ticks: u64 = pids
+        .iter()
+        .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/stat")).ok())
+        .filter_map(|stat| {
+            // Fields count from the last ')' (the command may hold spaces): utime and
+            // stime are the 14th and 15th.
+            let rest = stat.get(stat.rfind(')')? + 1..)?.to_string();
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+        })
+        .sum();
+    ticks as f64 / 100.0
+}
+
 /// Acknowledged writes per second in each 500 ms of `[from, to)` (for the log).
 fn rate_series(samples: &[Sample], from: Instant, to: Instant) -> Vec<u32> {
     let step = Duration::from_millis(500);
@@ -664,9 +680,18 @@ async fn frozen_peer(mode: &str) {
     let load = Load::start(&http, &[a, b], 4);
     load.wait_acked(200).await;
 
+    let healthy: Vec<u32> = [lab.node(0), lab.node(1)]
+        .iter()
+        .filter_map(|n| n.pid())
+        .collect();
     let baseline_from = Instant::now();
+    let me = [std::process::id()];
+    let cpu_base0 = cpu_seconds(&healthy);
+    let client_base0 = cpu_seconds(&me);
     tokio::time::sleep(Duration::from_secs(3)).await; // the baseline measurement window
     let stopped = Instant::now();
+    let cpu_base1 = cpu_seconds(&healthy);
+    let client_base1 = cpu_seconds(&me);
     lab.node(2).signal("STOP");
     let detect = detected(
         &[(lab.node(0), "n3"), (lab.node(1), "n3")],
@@ -674,10 +699,14 @@ async fn frozen_peer(mode: &str) {
         Duration::from_secs(10),
     )
     .await;
+    let cpu_during0 = cpu_seconds(&healthy);
+    let client_during0 = cpu_seconds(&me);
     // Undetected: the rate over the whole freeze.
     let detected_at = stopped + detect.unwrap_or_default();
     tokio::time::sleep_until((stopped + Duration::from_secs(10)).into()).await; // the freeze
     let resumed = Instant::now();
+    let cpu_during1 = cpu_seconds(&healthy);
+    let client_during1 = cpu_seconds(&me);
     lab.node(2).signal("CONT");
     let before_resume = load.snapshot();
     // The load goes on while n3 rejoins and catches up on what it missed.
@@ -712,6 +741,18 @@ async fn frozen_peer(mode: &str) {
     // issue's 12,443 writes/s down to 4/s) fails it whatever the machine does.
     let normal = baseline.min(after);
     let during = median_wps(&samples, detected_at, resumed);
+    // CPU of n1 + n2 per acknowledged write, before the freeze and once n3 is suspected.
+    let cpu_per_write = |cpu: f64, from: Instant, to: Instant| {
+        let n = samples
+            .iter()
+            .filter(|s| s.status == 200 && s.done() >= from && s.done() < to)
+            .count();
+        1e3 * cpu / n.max(1) as f64
+    };
+    let cpu_base = cpu_per_write(cpu_base1 - cpu_base0, baseline_from, stopped);
+    let cpu_during = cpu_per_write(cpu_during1 - cpu_during0, detected_at, resumed);
+    let client_base = cpu_per_write(client_base1 - client_base0, baseline_from, stopped);
+    let client_during = cpu_per_write(client_during1 - client_during0, detected_at, resumed);
     eprintln!(
         "frozen-{mode}: writes/s per 0.5 s (freeze at {:.1} s, detected at {:.1} s, SIGCONT \
          at {:.1} s): {:?}",
@@ -752,6 +793,16 @@ async fn frozen_peer(mode: &str) {
             ("after_wps", format!("{after:.0}")),
             ("p99_ms", format!("{:.0}", p99_fault.as_secs_f64() * 1e3)),
             ("max_ms", format!("{:.0}", max_fault.as_secs_f64() * 1e3)),
+            ("cpu_ms_per_write_baseline", format!("{cpu_base:.3}")),
+            ("cpu_ms_per_write_during", format!("{cpu_during:.3}")),
+            (
+                "client_cpu_ms_per_write_baseline",
+                format!("{client_base:.3}"),
+            ),
+            (
+                "client_cpu_ms_per_write_during",
+                format!("{client_during:.3}"),
+            ),
             ("suspected/dropped/ae_rounds", metrics.join(",")),
         ],
     );
