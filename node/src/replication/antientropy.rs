@@ -31,9 +31,9 @@ use crate::wire::SessionId;
 /// Ranges of the session id space in a digest.
 pub const RANGES: usize = 1024;
 /// Most `(session, fingerprint)` pairs in one summary (a budget per round).
-pub const MAX_ENTRIES: usize = 4096;
+pub const MAX_ENTRIES: usize = 16_384;
 /// Most sessions pulled or pushed by one round.
-pub const MAX_SESSIONS: usize = 4096;
+pub const MAX_SESSIONS: usize = 16_384;
 /// Periodic rounds leave out sessions changed less than this long ago (seconds): their
 /// deltas may still be in flight, and under load comparing them would only find
 /// differences that are about to vanish. Rounds after a (re)connection, and every
