@@ -24,7 +24,6 @@ use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ReplicationMode, SendMode};
-use crate::crypto::ClusterKey;
 use crate::membership::{Discovery, SelfInfo};
 use crate::metrics::{Metrics, Role};
 use crate::ownership;
@@ -119,7 +118,7 @@ pub(crate) struct Inner {
     pub cfg: Config,
     pub me: SelfInfo,
     pub origin: u32,
-    pub key: ClusterKey,
+    pub key: crate::keyring::Keys,
     pub store: Store,
     pub metrics: Arc<Metrics>,
     /// Members by node id.
@@ -204,7 +203,7 @@ impl Cluster {
         cfg: Config,
         listener: TcpListener,
         advertise: SocketAddr,
-        key: ClusterKey,
+        key: crate::keyring::Keys,
         metrics: Arc<Metrics>,
         shutdown: CancellationToken,
     ) -> Result<Cluster, ClusterError> {
@@ -247,7 +246,13 @@ impl Cluster {
         let cluster = Cluster { inner };
         tokio::spawn(net::accept_loop(cluster.clone(), listener));
         let discovery = Arc::new(
-            crate::membership::start(&cluster.inner.cfg, me, key, shutdown.clone()).await?,
+            crate::membership::start(
+                &cluster.inner.cfg,
+                me,
+                key.current().primary().key.clone(),
+                shutdown.clone(),
+            )
+            .await?,
         );
         *cluster.inner.discovery.lock() = Some(discovery.clone());
         tokio::spawn(net::follow_discovery(cluster.clone(), discovery.clone()));
@@ -274,6 +279,7 @@ impl Cluster {
         *self.inner.ready.borrow()
             && !self.inner.leaving.load(Ordering::Relaxed)
             && !self.inner.draining.load(Ordering::Relaxed)
+            && !self.isolated_by_key()
     }
 
     /// Reports not ready from now on, while still serving and replicating (the first step
