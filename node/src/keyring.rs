@@ -346,6 +346,11 @@ impl crate::cluster::Cluster {
         self.live_members().len() <= 1 && !self.inner.key.refusing_peers().is_empty()
     }
 
+    /// The node's keys (reloaded from the key file).
+    pub fn keys(&self) -> &Keys {
+        &self.inner.key
+    }
+
     /// The key ids this node holds (primary first) and the peers refusing its keys.
     pub fn key_status(&self) -> (Vec<String>, Vec<SocketAddr>) {
         (

@@ -87,6 +87,9 @@ pub fn loaded(sid: SessionId) -> Option<HashMap<String, Bytes>> {
 #[derive(Clone, Debug)]
 pub struct VersionCookie {
     key: ClusterKey,
+    /// When set, cookies are signed with the current primary key and accepted under any
+    /// key of the set (key rotation), instead of `key`.
+    rotation: Option<crate::keyring::Keys>,
     session_cookie: String,
     name: String,
     secure: bool,
@@ -97,14 +100,42 @@ impl VersionCookie {
     pub fn new(key: &ClusterKey, session_cookie: &str, secure: bool) -> Self {
         Self {
             key: key.derive(b"tribe-ryw-cookie", &[]),
+            rotation: None,
             session_cookie: session_cookie.to_string(),
             name: format!("{session_cookie}_V"),
             secure,
         }
     }
 
+    /// Signs with the primary of `keys` and accepts any key of it, following reloads.
+    pub fn with_rotation(mut self, keys: crate::keyring::Keys) -> Self {
+        self.rotation = Some(keys);
+        self
+    }
+
+    fn signing_keys(&self) -> Vec<ClusterKey> {
+        match &self.rotation {
+            None => vec![self.key.clone()],
+            Some(keys) => {
+                let set = keys.current();
+                let mut out = vec![set.primary().key.derive(b"tribe-ryw-cookie", &[])];
+                out.extend(
+                    set.entries()
+                        .iter()
+                        .filter(|e| e.id != set.primary().id)
+                        .map(|e| e.key.derive(b"tribe-ryw-cookie", &[])),
+                );
+                out
+            }
+        }
+    }
+
     fn tag(&self, sid: SessionId, version: u64) -> String {
-        let t = self.key.tag(&[&sid.to_le_bytes(), &version.to_be_bytes()]);
+        let key = match &self.rotation {
+            None => self.key.clone(),
+            Some(_) => self.signing_keys().swap_remove(0),
+        };
+        let t = key.tag(&[&sid.to_le_bytes(), &version.to_be_bytes()]);
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&t[..TAG_BYTES])
     }
 
@@ -117,11 +148,18 @@ impl VersionCookie {
     pub fn verify(&self, sid: SessionId, value: &str) -> Option<u64> {
         let (v, tag) = value.split_once('.')?;
         let version: u64 = v.parse().ok()?;
-        let expected = self.key.tag(&[&sid.to_le_bytes(), &version.to_be_bytes()]);
         let got = base64::engine::general_purpose::URL_SAFE_NO_PAD
             .decode(tag)
             .ok()?;
-        (got.len() == TAG_BYTES && constant_time_eq(&got, &expected[..TAG_BYTES]))
+        if got.len() != TAG_BYTES {
+            return None;
+        }
+        self.signing_keys()
+            .iter()
+            .any(|k| {
+                let expected = k.tag(&[&sid.to_le_bytes(), &version.to_be_bytes()]);
+                constant_time_eq(&got, &expected[..TAG_BYTES])
+            })
             .then_some(version)
     }
 }

@@ -112,6 +112,11 @@ pub struct ClusterView {
     pub rereplication_backlog: u64,
     /// Other members (alive and suspect).
     pub members: Vec<MemberView>,
+    /// Ids of the cluster keys this node holds, primary first.
+    pub keys: Vec<String>,
+    /// Discovered peers that refused this node's keys lately (a node with no live member
+    /// and such peers is not ready: see `Cluster::isolated_by_key`).
+    pub refusing_peers: Vec<String>,
 }
 
 pub(crate) struct Inner {
@@ -944,6 +949,8 @@ impl Cluster {
             backup,
             rereplication_backlog: inner.metrics.rereplication_backlog.get().max(0) as u64,
             members,
+            keys: self.key_status().0,
+            refusing_peers: self.key_status().1.iter().map(|a| a.to_string()).collect(),
         }
     }
 
