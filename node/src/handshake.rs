@@ -406,7 +406,10 @@ mod tests {
         let both = KeySet::parse(
             KeySet::render(
                 "new",
-                &[("old", "0123456789abcdef-old"), ("new", "0123456789abcdef-new")],
+                &[
+                    ("old", "0123456789abcdef-old"),
+                    ("new", "0123456789abcdef-new"),
+                ],
             )
             .as_bytes(),
         )
@@ -458,6 +461,9 @@ mod tests {
             assert!(ini.finish(&bytes).is_err(), "round {round}: message 2");
         }
         let huge = vec![0u8; HANDSHAKE_MAX_FRAME + 1];
-        assert_eq!(respond(&k, "tribe", &huge, &me).unwrap_err(), Refusal::Malformed);
+        assert_eq!(
+            respond(&k, "tribe", &huge, &me).unwrap_err(),
+            Refusal::Malformed
+        );
     }
 }

@@ -216,9 +216,11 @@ impl KeySet {
     pub fn same_as(&self, other: &KeySet) -> bool {
         self.primary().id == other.primary().id
             && self.keys.len() == other.keys.len()
-            && self.keys.iter().zip(&other.keys).all(|(a, b)| {
-                a.id == b.id && a.key.fingerprint() == b.key.fingerprint()
-            })
+            && self
+                .keys
+                .iter()
+                .zip(&other.keys)
+                .all(|(a, b)| a.id == b.id && a.key.fingerprint() == b.key.fingerprint())
     }
 }
 
@@ -383,7 +385,10 @@ mod tests {
     fn multi_key_files_name_a_primary() {
         let text = KeySet::render(
             "k2",
-            &[("k1", "0123456789abcdef-one"), ("k2", "0123456789abcdef-two")],
+            &[
+                ("k1", "0123456789abcdef-one"),
+                ("k2", "0123456789abcdef-two"),
+            ],
         );
         let s = KeySet::parse(text.as_bytes()).unwrap();
         assert_eq!(s.ids(), vec!["k2", "k1"]);
@@ -444,7 +449,10 @@ mod tests {
             &v2,
             KeySet::render(
                 "b",
-                &[("a", "0123456789abcdef-first"), ("b", "0123456789abcdef-second")],
+                &[
+                    ("a", "0123456789abcdef-first"),
+                    ("b", "0123456789abcdef-second"),
+                ],
             ),
         )
         .unwrap();
@@ -468,10 +476,13 @@ mod tests {
         assert_eq!(keys.current().ids(), vec![DEFAULT_KEY_ID]);
         std::os::unix::fs::symlink(&v2, &tmp).unwrap();
         std::fs::rename(&tmp, &link).unwrap();
-        tokio::time::timeout(Duration::from_secs(5), rx.wait_for(|s| s.primary().id == "b"))
-            .await
-            .expect("the watcher saw the new file")
-            .unwrap();
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            rx.wait_for(|s| s.primary().id == "b"),
+        )
+        .await
+        .expect("the watcher saw the new file")
+        .unwrap();
         assert_eq!(keys.current().ids(), vec!["b", "a"]);
         stop.cancel();
         task.await.unwrap();

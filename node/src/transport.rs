@@ -127,7 +127,12 @@ async fn read_handshake(stream: &mut TcpStream, ty: u8) -> Result<Vec<u8>, Hands
     Ok(body)
 }
 
-fn split(stream: TcpStream, keys: SessionKeys, max_frame: usize, buffer: usize) -> (Reader, Writer) {
+fn split(
+    stream: TcpStream,
+    keys: SessionKeys,
+    max_frame: usize,
+    buffer: usize,
+) -> (Reader, Writer) {
     let (r, w) = stream.into_split();
     (
         FramedRead::with_capacity(r, FrameDecoder::new(keys.recv, max_frame), buffer),

@@ -461,12 +461,25 @@ impl FrameDecoder {
 /// The header of a cleartext handshake frame of type `ty` with a body of `len` bytes.
 pub fn handshake_header(ty: u8, len: usize) -> [u8; HEADER_LEN] {
     let l = (len as u32).to_be_bytes();
-    [MAGIC[0], MAGIC[1], PROTOCOL_VERSION, ty, l[0], l[1], l[2], l[3]]
+    [
+        MAGIC[0],
+        MAGIC[1],
+        PROTOCOL_VERSION,
+        ty,
+        l[0],
+        l[1],
+        l[2],
+        l[3],
+    ]
 }
 
 /// Checks a cleartext handshake frame's header: magic, version, the expected type `ty`,
 /// and a body of at most `max` bytes. Returns the body length.
-pub fn check_handshake_header(h: &[u8; HEADER_LEN], ty: u8, max: usize) -> Result<usize, WireError> {
+pub fn check_handshake_header(
+    h: &[u8; HEADER_LEN],
+    ty: u8,
+    max: usize,
+) -> Result<usize, WireError> {
     if h[0..2] != MAGIC {
         return Err(WireError::BadMagic([h[0], h[1]]));
     }
@@ -748,7 +761,10 @@ mod tests {
         let (mut enc, mut dec) = pair(1024);
         let frame = encode_frame(&Message::Barrier { id: 1 }, &mut enc);
         assert!(dec.decode(&mut frame.clone()).unwrap().is_some());
-        assert!(matches!(dec.decode(&mut frame.clone()), Err(WireError::BadTag)));
+        assert!(matches!(
+            dec.decode(&mut frame.clone()),
+            Err(WireError::BadTag)
+        ));
         // A tampered header (the type byte is authenticated too).
         let (mut enc, mut dec) = pair(1024);
         let mut t = encode_frame(&Message::Ack { id: 5 }, &mut enc);

@@ -19,7 +19,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tribe_node::handshake::{FrameCipher, Initiator, INIT_TYPE};
 use tribe_node::keyring::{KeySet, Keys};
-use tribe_node::wire::{encode_frame, handshake_header, Delta, FrameEncoder, Hello, Message, Stamp};
+use tribe_node::wire::{
+    encode_frame, handshake_header, Delta, FrameEncoder, Hello, Message, Stamp,
+};
 
 const KEY: &[u8] = b"0123456789abcdef-test-cluster-key";
 

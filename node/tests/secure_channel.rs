@@ -88,7 +88,10 @@ async fn failures(node: &Node, reason: &str) -> f64 {
 
 async fn wait_failures(node: &Node, reason: &str, at_least: f64) {
     eventually(
-        &format!("{}: handshake_failures{{{reason}}} >= {at_least}", node.name),
+        &format!(
+            "{}: handshake_failures{{{reason}}} >= {at_least}",
+            node.name
+        ),
         Duration::from_secs(10),
         || async {
             let n = failures(node, reason).await;
@@ -223,7 +226,10 @@ async fn the_channel_is_sealed_and_refuses_replays_and_strangers() {
         "proxy captured {} connection(s): {c2s} bytes n2→n1, {s2c} bytes n1→n2",
         recorded.len()
     );
-    assert!(c2s > 21 * 40, "the writes went through the proxy ({c2s} bytes)");
+    assert!(
+        c2s > 21 * 40,
+        "the writes went through the proxy ({c2s} bytes)"
+    );
     for (up, down) in &recorded {
         for bytes in [up, down] {
             assert!(
@@ -267,7 +273,11 @@ async fn the_channel_is_sealed_and_refuses_replays_and_strangers() {
             failures(&n1, reason).await
         );
         assert_eq!(
-            n1.alive_members().await.unwrap().into_iter().collect::<Vec<_>>(),
+            n1.alive_members()
+                .await
+                .unwrap()
+                .into_iter()
+                .collect::<Vec<_>>(),
             vec!["n2".to_string()],
             "{what}: n1's members"
         );
@@ -284,31 +294,39 @@ async fn the_channel_is_sealed_and_refuses_replays_and_strangers() {
     );
     let before = failures(&n1, "unknown_key").await;
     wait_failures(&n1, "unknown_key", before + 1.0).await;
-    eventually("n3 to report peers refusing its key", READY_TIMEOUT, || async {
-        let v = n3.cluster().await?;
-        match v["refusing_peers"].as_array() {
-            Some(a) if !a.is_empty() => Ok(()),
-            _ => Err(format!("{v}")),
-        }
-    })
-    .await;
-    always("n3 stays outside the cluster and not ready", Duration::from_secs(3), || async {
-        for n in [&n1, &n2] {
-            let alive = n.alive_members().await?;
-            if alive.contains("n3") {
-                return Err(format!("{} lists n3: {alive:?}", n.name));
+    eventually(
+        "n3 to report peers refusing its key",
+        READY_TIMEOUT,
+        || async {
+            let v = n3.cluster().await?;
+            match v["refusing_peers"].as_array() {
+                Some(a) if !a.is_empty() => Ok(()),
+                _ => Err(format!("{v}")),
             }
-        }
-        let (status, _) = n3.get("/readyz", true).await?;
-        if status == 200 {
-            return Err("n3 reports ready with no peer it can authenticate".into());
-        }
-        let alive = n3.alive_members().await?;
-        if !alive.is_empty() {
-            return Err(format!("n3 lists {alive:?}"));
-        }
-        Ok(())
-    })
+        },
+    )
+    .await;
+    always(
+        "n3 stays outside the cluster and not ready",
+        Duration::from_secs(3),
+        || async {
+            for n in [&n1, &n2] {
+                let alive = n.alive_members().await?;
+                if alive.contains("n3") {
+                    return Err(format!("{} lists n3: {alive:?}", n.name));
+                }
+            }
+            let (status, _) = n3.get("/readyz", true).await?;
+            if status == 200 {
+                return Err("n3 reports ready with no peer it can authenticate".into());
+            }
+            let alive = n3.alive_members().await?;
+            if !alive.is_empty() {
+                return Err(format!("n3 lists {alive:?}"));
+            }
+            Ok(())
+        },
+    )
     .await;
     eprintln!(
         "another key: n1 handshake_failures{{unknown_key}} = {}, n3 /readyz = 503",
@@ -379,8 +397,39 @@ async fn unauthenticated_connections_are_capped() {
     );
     put_attr(&n1, Some(&sid), json!(6)).await;
     wait_attr(&n2, &sid, &json!(6)).await;
+
+    // Amplification: random session ids with no version cookie are answered by n1 alone
+    // (delta mode: every node holds every session), without asking n2.
+    let fetches = n1
+        .metric("tribe_remote_fetches")
+        .await
+        .unwrap()
+        .unwrap_or(0.0);
+    let http = reqwest::Client::new();
+    for i in 0..50u32 {
+        let fake = tower_sessions::session::Id(0x5eed_0000_0000 + i128::from(i)).to_string();
+        let resp = http
+            .get(format!("http://{}/counter", a1.http))
+            .header("cookie", format!("SESSIONID={fake}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+    }
     assert_eq!(
-        n1.alive_members().await.unwrap().into_iter().collect::<Vec<_>>(),
+        n1.metric("tribe_remote_fetches")
+            .await
+            .unwrap()
+            .unwrap_or(0.0),
+        fetches,
+        "unknown session ids made n1 ask its peers"
+    );
+    assert_eq!(
+        n1.alive_members()
+            .await
+            .unwrap()
+            .into_iter()
+            .collect::<Vec<_>>(),
         vec!["n2".to_string()]
     );
 }
@@ -395,7 +444,11 @@ async fn wait_keys(nodes: &[&Node], ids: &[&str]) {
                 let v = n.cluster().await?;
                 let got: Vec<String> = v["keys"]
                     .as_array()
-                    .map(|a| a.iter().filter_map(|x| x.as_str().map(String::from)).collect())
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|x| x.as_str().map(String::from))
+                            .collect()
+                    })
                     .unwrap_or_default();
                 if got == ids {
                     Ok(())
@@ -496,7 +549,10 @@ async fn key_rotation_under_writes_loses_nothing() {
         }
         // A restarted node handshakes anew with the file's keys.
         nodes[2].sigterm();
-        assert!(nodes[2].wait_exit(Duration::from_secs(30)).await, "n3 exits");
+        assert!(
+            nodes[2].wait_exit(Duration::from_secs(30)).await,
+            "n3 exits"
+        );
         nodes[2] = spawn("n3", all[2], &args(2));
         nodes[2].wait_ready(READY_TIMEOUT).await;
         let refs: Vec<&Node> = nodes.iter().collect();
@@ -519,7 +575,10 @@ async fn key_rotation_under_writes_loses_nothing() {
         Duration::from_secs(2),
     )
     .await;
-    assert!(refused.is_err(), "a dialer with the dropped key was admitted");
+    assert!(
+        refused.is_err(),
+        "a dialer with the dropped key was admitted"
+    );
 
     stop.store(true, Ordering::Relaxed);
     let mut total = 0;

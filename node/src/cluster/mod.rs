@@ -441,6 +441,12 @@ impl Cluster {
             .store
             .with(sid, |s| (s.seen_through(), s.is_dead(now)));
         let owner = !self.backup_mode() || self.owners(sid).iter().any(|o| o == &inner.me.node_id);
+        // Delta mode: every ready node holds every session, so an id this node has never
+        // seen, from a client with no valid version cookie, is no session: answered
+        // here, not by asking every peer (a random `SESSIONID` must not fan out).
+        if local.is_none() && min_version == 0 && !self.backup_mode() {
+            return Ok(None);
+        }
         match local {
             Some((_, true)) => return Ok(None),
             // An owner (every node in delta mode) with a fresh-enough copy serves it.
@@ -957,6 +963,21 @@ impl Cluster {
     /// (primary, backup, cached, live) session counts; in delta mode every live session
     /// counts as primary.
     pub fn role_counts(&self) -> (usize, usize, usize, usize) {
+        // Delta mode: every live session is primary; the store keeps that count. Backup
+        // mode: a scan, at most once a second however often `/`, `/cluster` or
+        // `/metrics` ask (no request makes the node scan every session).
+        if !self.backup_mode() {
+            let live = self.inner.store.live();
+            return (live, 0, 0, live);
+        }
+        let [p, b, c, live] = self.inner.store.cached(Duration::from_secs(1), || {
+            let (p, b, c, live) = self.scan_role_counts();
+            [p, b, c, live]
+        });
+        (p, b, c, live)
+    }
+
+    fn scan_role_counts(&self) -> (usize, usize, usize, usize) {
         let inner = &self.inner;
         let now = unix_now();
         let view = self.live_members();

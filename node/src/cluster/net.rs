@@ -318,7 +318,9 @@ async fn run_connection(
 /// Accepts peer connections until shutdown. At most `--max-handshakes` connections are
 /// in their (deadline-bounded) handshake at once; more are closed at once and counted.
 pub(crate) async fn accept_loop(c: Cluster, listener: TcpListener) {
-    let handshakes = Arc::new(tokio::sync::Semaphore::new(c.inner.cfg.max_handshakes.max(1)));
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(
+        c.inner.cfg.max_handshakes.max(1),
+    ));
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -352,16 +354,16 @@ async fn inbound(
     let accepted = transport::accept(stream, c.hello(), &inner.key, inner.cfg.max_frame).await;
     drop(handshake_permit);
     let (peer, mut rd, mut wr) = match accepted {
-            Ok(x) => x,
-            Err(e) => {
-                inner.metrics.handshake_failed(e.reason());
-                if let HandshakeError::Wire(w) = &e {
-                    inner.metrics.reject(w.reason());
-                }
-                tracing::warn!(error = %e, "inbound handshake refused");
-                return;
+        Ok(x) => x,
+        Err(e) => {
+            inner.metrics.handshake_failed(e.reason());
+            if let HandshakeError::Wire(w) = &e {
+                inner.metrics.reject(w.reason());
             }
-        };
+            tracing::warn!(error = %e, "inbound handshake refused");
+            return;
+        }
+    };
     if inner
         .left
         .lock()
