@@ -126,6 +126,9 @@ pub enum Refusal {
     /// A handshake message that does not parse.
     #[error("malformed handshake message")]
     Malformed,
+    /// The acceptor said it does not hold our key (an empty message 2).
+    #[error("the peer refused our cluster key")]
+    RefusedByPeer,
 }
 
 impl Refusal {
@@ -136,13 +139,17 @@ impl Refusal {
             Refusal::UnknownKey(_) => "unknown_key",
             Refusal::BadHandshake => "bad_handshake",
             Refusal::Malformed => "malformed",
+            Refusal::RefusedByPeer => "refused_by_peer",
         }
     }
 
     /// Whether this says the peer holds other keys (as opposed to a cluster mismatch or
     /// garbage): such a peer makes this node "isolated by key".
     pub fn is_key_mismatch(&self) -> bool {
-        matches!(self, Refusal::UnknownKey(_) | Refusal::BadHandshake)
+        matches!(
+            self,
+            Refusal::UnknownKey(_) | Refusal::BadHandshake | Refusal::RefusedByPeer
+        )
     }
 }
 
@@ -234,6 +241,9 @@ impl Initiator {
 
     /// Reads message 2; on success the acceptor is authenticated and fresh.
     pub fn finish(mut self, msg2: &[u8]) -> Result<(Hello, SessionKeys), Refusal> {
+        if msg2.is_empty() {
+            return Err(Refusal::RefusedByPeer);
+        }
         if msg2.len() > HANDSHAKE_MAX_FRAME {
             return Err(Refusal::Malformed);
         }

@@ -79,14 +79,10 @@ impl HandshakeError {
         }
     }
 
-    /// Whether, seen from the dialer, the peer answered TCP but did not accept our keys:
-    /// it closed after our first message, or its answer did not authenticate.
+    /// Whether, seen from the dialer, the peer answered TCP but does not share our keys:
+    /// it said so (an empty message 2), or its answer did not authenticate.
     pub fn is_key_refusal(&self) -> bool {
-        match self {
-            HandshakeError::Closed => true,
-            HandshakeError::Refused(r) => r.is_key_mismatch(),
-            _ => false,
-        }
+        matches!(self, HandshakeError::Refused(r) if r.is_key_mismatch())
     }
 }
 
@@ -189,7 +185,21 @@ pub async fn accept(
     let set = keys.current();
     let exchange = async {
         let m1 = read_handshake(&mut stream, INIT_TYPE).await?;
-        let (m2, session, _key_id) = handshake::respond(&set, &me.cluster, &m1, &me)?;
+        let (m2, session, _key_id) = match handshake::respond(&set, &me.cluster, &m1, &me) {
+            Ok(x) => x,
+            Err(e) => {
+                if e.is_key_mismatch() {
+                    // Tell the dialer (an empty message 2) so that a node holding another
+                    // key knows it is cut off, rather than guessing from a closed socket.
+                    let _ = tokio::time::timeout(
+                        Duration::from_millis(200),
+                        write_handshake(&mut stream, RESPONSE_TYPE, &[]),
+                    )
+                    .await;
+                }
+                return Err(e.into());
+            }
+        };
         write_handshake(&mut stream, RESPONSE_TYPE, &m2).await?;
         // Not admitted yet: only a handshake-sized sealed hello is read.
         let (mut rd, wr) = split(stream, session, HANDSHAKE_MAX_FRAME, 512);

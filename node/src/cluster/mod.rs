@@ -442,9 +442,16 @@ impl Cluster {
             .with(sid, |s| (s.seen_through(), s.is_dead(now)));
         let owner = !self.backup_mode() || self.owners(sid).iter().any(|o| o == &inner.me.node_id);
         // Delta mode: every ready node holds every session, so an id this node has never
-        // seen, from a client with no valid version cookie, is no session: answered
-        // here, not by asking every peer (a random `SESSIONID` must not fan out).
+        // seen, from a client with no valid version cookie, is answered here, not by
+        // asking every peer (a random `SESSIONID` must not fan out): after a bounded
+        // wait for the creating write, which may still be in flight.
         if local.is_none() && min_version == 0 && !self.backup_mode() {
+            if self
+                .wait_for_version(sid, 0, inner.cfg.consistency_wait)
+                .await
+            {
+                return Ok(self.local_copy(sid, 0, unix_now()));
+            }
             return Ok(None);
         }
         match local {
