@@ -83,6 +83,9 @@ pub fn loaded(sid: SessionId) -> Option<HashMap<String, Bytes>> {
     .flatten()
 }
 
+/// A key set and the cookie keys derived from it.
+type DerivedKeys = (std::sync::Arc<crate::keyring::KeySet>, Vec<ClusterKey>);
+
 /// Signs and checks version cookies.
 #[derive(Clone, Debug)]
 pub struct VersionCookie {
@@ -90,6 +93,9 @@ pub struct VersionCookie {
     /// When set, cookies are signed with the current primary key and accepted under any
     /// key of the set (key rotation), instead of `key`.
     rotation: Option<crate::keyring::Keys>,
+    /// The cookie keys derived from the key set last seen (primary first): derived once
+    /// per key-file change, not per request.
+    derived: std::sync::Arc<parking_lot::Mutex<Option<DerivedKeys>>>,
     session_cookie: String,
     name: String,
     secure: bool,
@@ -101,6 +107,7 @@ impl VersionCookie {
         Self {
             key: key.derive(b"tribe-ryw-cookie", &[]),
             rotation: None,
+            derived: Default::default(),
             session_cookie: session_cookie.to_string(),
             name: format!("{session_cookie}_V"),
             secure,
@@ -113,11 +120,16 @@ impl VersionCookie {
         self
     }
 
+    /// The keys cookies are checked with, the signing key first.
     fn signing_keys(&self) -> Vec<ClusterKey> {
-        match &self.rotation {
-            None => vec![self.key.clone()],
-            Some(keys) => {
-                let set = keys.current();
+        let Some(keys) = &self.rotation else {
+            return vec![self.key.clone()];
+        };
+        let set = keys.current();
+        let mut cache = self.derived.lock();
+        match &*cache {
+            Some((seen, derived)) if std::sync::Arc::ptr_eq(seen, &set) => derived.clone(),
+            _ => {
                 let mut out = vec![set.primary().key.derive(b"tribe-ryw-cookie", &[])];
                 out.extend(
                     set.entries()
@@ -125,6 +137,7 @@ impl VersionCookie {
                         .filter(|e| e.id != set.primary().id)
                         .map(|e| e.key.derive(b"tribe-ryw-cookie", &[])),
                 );
+                *cache = Some((set, out.clone()));
                 out
             }
         }

@@ -301,8 +301,8 @@ pub fn condition(
             format!(
                 "pods {} cannot authenticate with any peer: their cluster key differs from the \
                  running pods' (was the Secret {secret_name} deleted or replaced?). They stay \
-                 not ready; restore the old key, or restart the old pods once the Secret's new \
-                 key is the one to keep",
+                 not ready until all pods hold the same key: running pods re-read the Secret \
+                 (within a minute or two of a change); to keep the old key, put it back",
                 isolated.join(", ")
             ),
         )
