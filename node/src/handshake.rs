@@ -25,8 +25,7 @@
 //! per-direction counter as nonce (never sent: TCP keeps order, so a replayed, dropped,
 //! reordered or reflected frame fails to open).
 
-use chacha20poly1305::aead::{AeadInPlace, KeyInit};
-use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce, Tag};
+use ring::aead::{Aad, LessSafeKey, Nonce, Tag, UnboundKey, CHACHA20_POLY1305};
 use serde::{Deserialize, Serialize};
 
 use crate::crypto::{ClusterKey, FINGERPRINT_LEN};
@@ -45,9 +44,11 @@ pub const INIT_TYPE: u8 = 1;
 pub const RESPONSE_TYPE: u8 = 2;
 const PROLOGUE_LABEL: &[u8] = b"tribe-replication v2";
 
-/// Seals or opens the frames of one direction of one connection.
+/// Seals or opens the frames of one direction of one connection (ChaCha20-Poly1305 from
+/// `ring`, whose assembly is several times faster than a portable implementation on the
+/// small frames replication sends).
 pub struct FrameCipher {
-    aead: ChaCha20Poly1305,
+    aead: LessSafeKey,
     counter: u64,
 }
 
@@ -63,37 +64,42 @@ impl FrameCipher {
     /// A cipher with a 32-byte key, counter at 0.
     pub fn new(key: &[u8; 32]) -> Self {
         FrameCipher {
-            aead: ChaCha20Poly1305::new(Key::from_slice(key)),
+            aead: LessSafeKey::new(
+                UnboundKey::new(&CHACHA20_POLY1305, key).expect("a 32-byte ChaCha20 key"),
+            ),
             counter: 0,
         }
     }
 
     fn nonce(&self) -> Nonce {
         // As in Noise's ChaChaPoly: 32 bits of zeros, then the counter (little endian).
+        // Each counter value is used once per key: the counter only grows.
         let mut n = [0u8; 12];
         n[4..].copy_from_slice(&self.counter.to_le_bytes());
-        *Nonce::from_slice(&n)
+        Nonce::assume_unique_for_key(n)
     }
 
     /// Encrypts `buf` in place, authenticating `aad` too; returns the tag.
     pub fn seal(&mut self, aad: &[u8], buf: &mut [u8]) -> [u8; AEAD_TAG_LEN] {
         let tag = self
             .aead
-            .encrypt_in_place_detached(&self.nonce(), aad, buf)
+            .seal_in_place_separate_tag(self.nonce(), Aad::from(aad), buf)
             // Only fails past 2^38 bytes in one frame; frames are bounded far below.
             .expect("frame size within the AEAD's limit");
         self.counter += 1;
-        tag.into()
+        let mut out = [0u8; AEAD_TAG_LEN];
+        out.copy_from_slice(tag.as_ref());
+        out
     }
 
     /// Decrypts `buf` in place; false (and `buf` unspecified) when it does not open.
     pub fn open(&mut self, aad: &[u8], buf: &mut [u8], tag: &[u8]) -> bool {
-        if tag.len() != AEAD_TAG_LEN {
+        let Ok(tag) = Tag::try_from(tag) else {
             return false;
-        }
+        };
         let ok = self
             .aead
-            .decrypt_in_place_detached(&self.nonce(), aad, buf, Tag::from_slice(tag))
+            .open_in_place_separate_tag(self.nonce(), Aad::from(aad), tag, buf, 0..)
             .is_ok();
         if ok {
             self.counter += 1;

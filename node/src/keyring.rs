@@ -348,6 +348,28 @@ impl crate::cluster::Cluster {
         self.live_members().len() <= 1 && !self.inner.key.refusing_peers().is_empty()
     }
 
+    /// Returns once this node is not [isolated by key](Self::isolated_by_key), or at
+    /// shutdown; logs once while it waits.
+    pub(crate) async fn wait_while_isolated(&self) {
+        let mut warned = false;
+        while self.isolated_by_key() {
+            if !warned {
+                tracing::warn!(
+                    peers = ?self.inner.key.refusing_peers(),
+                    "every peer found refuses this node's cluster key: not joining (not ready) until one accepts it"
+                );
+                warned = true;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+                _ = self.inner.shutdown.cancelled() => return,
+            }
+        }
+        if warned {
+            tracing::info!("a peer accepts this node's key now: joining");
+        }
+    }
+
     /// The node's keys (reloaded from the key file).
     pub fn keys(&self) -> &Keys {
         &self.inner.key

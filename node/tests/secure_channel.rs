@@ -287,10 +287,14 @@ async fn the_channel_is_sealed_and_refuses_replays_and_strangers() {
     let other_file = dir.path().join("other.key");
     std::fs::write(&other_file, OTHER_KEY).unwrap();
     let a3 = Addrs::loopback();
-    let n3 = spawn(
+    let mut n3 = spawn(
         "n3",
         a3,
-        &node_args(&[a1.replication, a2.replication], &other_file, &[]),
+        &node_args(
+            &[a1.replication, a2.replication],
+            &other_file,
+            &["--key-poll-interval", "200ms"],
+        ),
     );
     let before = failures(&n1, "unknown_key").await;
     wait_failures(&n1, "unknown_key", before + 1.0).await;
@@ -335,6 +339,18 @@ async fn the_channel_is_sealed_and_refuses_replays_and_strangers() {
     // Replication between n1 and n2 is unaffected.
     put_attr(&n2, Some(&sid), json!("after")).await;
     wait_attr(&n1, &sid, &json!("after")).await;
+
+    // n3 gets the cluster's key (a recreated Secret reaching every pod): it joins, with
+    // the state transfer it had put off, so it serves the session written before.
+    write_key_file(&other_file, KEY);
+    n3.wait_ready(READY_TIMEOUT).await;
+    wait_converged(&[&n1, &n2, &n3], READY_TIMEOUT).await;
+    assert_eq!(
+        n3.cluster().await.unwrap()["sessions"].as_u64(),
+        Some(1),
+        "n3 transferred the state when it joined"
+    );
+    assert_eq!(get_attr(&n3, &sid).await.unwrap(), json!("after"));
     n1.check_running().unwrap();
     n2.check_running().unwrap();
 }
