@@ -315,8 +315,11 @@ pub struct Store {
     /// Sessions held and not invalidated, kept up to date on every insert, change and
     /// removal, so that counting them never scans the table (`GET /`, `/cluster`).
     live: std::sync::atomic::AtomicIsize,
-    /// The last role counts computed by a scan, and when (see [`Store::cached`]).
-    role_cache: parking_lot::Mutex<Option<(std::time::Instant, [usize; 4])>>,
+    /// Bumped whenever a session is added to or removed from the table.
+    generation: std::sync::atomic::AtomicU64,
+    /// The last role counts computed by a scan, when, and for which key (see
+    /// [`Store::cached`]).
+    role_cache: parking_lot::Mutex<Option<(std::time::Instant, u64, [usize; 4])>>,
 }
 
 impl Store {
@@ -336,21 +339,25 @@ impl Store {
         self.live.load(std::sync::atomic::Ordering::Relaxed).max(0) as usize
     }
 
-    /// Counts computed by `scan`, reused for `ttl`: a scan of every session runs at most
-    /// once per `ttl` however often the counts are asked for.
+    /// Counts computed by `scan`, reused while neither the table's set of sessions nor
+    /// `key` (what else they depend on, e.g. the member view) changed, for at most `ttl`
+    /// (expiry changes them too): however often the counts are asked for, a scan runs
+    /// only after a change, and at least `ttl` apart when nothing changes.
     pub fn cached(
         &self,
         ttl: std::time::Duration,
+        key: u64,
         scan: impl FnOnce() -> [usize; 4],
     ) -> [usize; 4] {
+        let key = key ^ self.generation.load(std::sync::atomic::Ordering::Relaxed);
         let mut cache = self.role_cache.lock();
-        if let Some((at, counts)) = *cache {
-            if at.elapsed() < ttl {
+        if let Some((at, k, counts)) = *cache {
+            if k == key && at.elapsed() < ttl {
                 return counts;
             }
         }
         let counts = scan();
-        *cache = Some((std::time::Instant::now(), counts));
+        *cache = Some((std::time::Instant::now(), key, counts));
         counts
     }
 
@@ -371,6 +378,8 @@ impl Store {
         self.sessions.entry(sid).or_insert_with(|| {
             // A new, empty session is live until invalidated.
             self.live.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.generation
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             Session::default()
         })
     }
@@ -461,6 +470,8 @@ impl Store {
         });
         self.live
             .fetch_sub(expired as isize, std::sync::atomic::Ordering::Relaxed);
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         expired
     }
 
@@ -468,6 +479,8 @@ impl Store {
     pub fn remove(&self, sid: SessionId) {
         if let Some((_, s)) = self.sessions.remove(&sid) {
             self.adjust_live(s.deleted.is_none(), false);
+            self.generation
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
     }
 

@@ -44,14 +44,33 @@ fn a_requested_rotation_adds_a_key_and_waits_for_the_nodes() {
         "apiVersion: tribe.rs/v1alpha1\nkind: SessionCluster\nmetadata:\n  name: shop\n  namespace: {ns}\nspec:\n  replicas: 2\n"
     );
     plane
-        .k_stdin(&["apply", "--server-side", "--field-manager=tribe-test", "-f", "-"], &manifest)
+        .k_stdin(
+            &[
+                "apply",
+                "--server-side",
+                "--field-manager=tribe-test",
+                "-f",
+                "-",
+            ],
+            &manifest,
+        )
         .unwrap();
     let (original, _) = wait_for("the key Secret", Duration::from_secs(60), || {
         key_file(&plane, ns)
     });
-    assert!(!original.starts_with("tribe-keys"), "a new cluster gets one key");
+    assert!(
+        !original.starts_with("tribe-keys"),
+        "a new cluster gets one key"
+    );
 
-    plane.k(&["-n", ns, "annotate", "sessioncluster", "shop", "tribe.rs/rotate-key=r1"]);
+    plane.k(&[
+        "-n",
+        ns,
+        "annotate",
+        "sessioncluster",
+        "shop",
+        "tribe.rs/rotate-key=r1",
+    ]);
     let (rotated, ann) = wait_for("the new key in the Secret", Duration::from_secs(60), || {
         let (text, ann) = key_file(&plane, ns)?;
         if text.starts_with("tribe-keys v1") {
@@ -61,13 +80,19 @@ fn a_requested_rotation_adds_a_key_and_waits_for_the_nodes() {
         }
     });
     let lines: Vec<&str> = rotated.lines().collect();
-    assert_eq!(lines[1], "primary default", "the old key stays primary: {rotated}");
+    assert_eq!(
+        lines[1], "primary default",
+        "the old key stays primary: {rotated}"
+    );
     assert_eq!(
         lines[2],
         format!("key default {}", original.trim()),
         "the old key is kept"
     );
-    assert!(lines[3].starts_with("key k1 ") && lines[3].len() > 20, "{rotated}");
+    assert!(
+        lines[3].starts_with("key k1 ") && lines[3].len() > 20,
+        "{rotated}"
+    );
     assert_eq!(ann["tribe.rs/rotation-phase"], "added");
     assert_eq!(ann["tribe.rs/rotation-request"], "r1");
     assert_eq!(ann["tribe.rs/rotation-new-key"], "k1");
@@ -76,7 +101,10 @@ fn a_requested_rotation_adds_a_key_and_waits_for_the_nodes() {
     for _ in 0..12 {
         std::thread::sleep(Duration::from_millis(500));
         let (text, ann) = key_file(&plane, ns).unwrap();
-        assert_eq!(text, rotated, "the operator promoted a key no node confirmed");
+        assert_eq!(
+            text, rotated,
+            "the operator promoted a key no node confirmed"
+        );
         assert_eq!(ann["tribe.rs/rotation-phase"], "added");
     }
 }

@@ -971,13 +971,14 @@ impl Cluster {
     /// counts as primary.
     pub fn role_counts(&self) -> (usize, usize, usize, usize) {
         // Delta mode: every live session is primary; the store keeps that count. Backup
-        // mode: a scan, at most once a second however often `/`, `/cluster` or
-        // `/metrics` ask (no request makes the node scan every session).
+        // mode: a scan, but only after sessions were added or removed or the view
+        // changed, or a second passed (not one per request to `/`, `/cluster`, `/metrics`).
         if !self.backup_mode() {
             let live = self.inner.store.live();
             return (live, 0, 0, live);
         }
-        let [p, b, c, live] = self.inner.store.cached(Duration::from_secs(1), || {
+        let view = xxhash_rust::xxh3::xxh3_64(self.live_members().join(",").as_bytes());
+        let [p, b, c, live] = self.inner.store.cached(Duration::from_secs(1), view, || {
             let (p, b, c, live) = self.scan_role_counts();
             [p, b, c, live]
         });
