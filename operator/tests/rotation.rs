@@ -9,23 +9,31 @@ mod support;
 
 use std::time::Duration;
 
-use serde_json::Value;
+use std::collections::BTreeMap;
 use support::*;
 
 const OPERATOR_NS: &str = "tribe-system";
 
-fn key_file(plane: &ControlPlane, ns: &str) -> Result<(String, Value), String> {
-    let s = plane.get_json(&["-n", ns, "secret", "shop-key"])?;
-    let text = plane.try_k(&[
+/// The Secret's key file and annotations, from one read (two reads could straddle a write).
+fn key_file(plane: &ControlPlane, ns: &str) -> Result<(String, BTreeMap<String, String>), String> {
+    let out = plane.try_k(&[
         "-n",
         ns,
         "get",
         "secret",
         "shop-key",
         "-o",
-        "go-template={{index .data \"cluster.key\" | base64decode}}",
+        "go-template={{range $k, $v := .metadata.annotations}}{{$k}}={{$v}}\n{{end}}---\n{{index .data \"cluster.key\" | base64decode}}",
     ])?;
-    Ok((text, s["metadata"]["annotations"].clone()))
+    let (ann, text) = out
+        .split_once("---\n")
+        .ok_or(format!("unexpected output {out:?}"))?;
+    let ann = ann
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    Ok((text.to_string(), ann))
 }
 
 #[test]
@@ -93,7 +101,7 @@ fn a_requested_rotation_adds_a_key_and_waits_for_the_nodes() {
         lines[3].starts_with("key k1 ") && lines[3].len() > 20,
         "{rotated}"
     );
-    assert_eq!(ann["tribe.rs/rotation-phase"], "added");
+    assert_eq!(ann["tribe.rs/rotation-phase"], "added", "{ann:?}");
     assert_eq!(ann["tribe.rs/rotation-request"], "r1");
     assert_eq!(ann["tribe.rs/rotation-new-key"], "k1");
 
