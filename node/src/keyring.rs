@@ -102,6 +102,19 @@ impl KeySet {
         }
     }
 
+    /// A set of `entries` dialing with the one whose id is `primary` (`None` when there
+    /// is no such entry, or ids repeat): for embedders that do not use a key file.
+    pub fn from_entries(entries: Vec<KeyEntry>, primary: &str) -> Option<Self> {
+        let idx = entries.iter().position(|e| e.id == primary)?;
+        let mut ids: Vec<&str> = entries.iter().map(|e| e.id.as_str()).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        (ids.len() == entries.len()).then_some(KeySet {
+            keys: entries,
+            primary: idx,
+        })
+    }
+
     /// The `--insecure` key set (a well-known key: no confidentiality, no authentication).
     pub fn insecure() -> Self {
         Self::single(ClusterKey::insecure())
@@ -289,6 +302,12 @@ impl Keys {
         let mut v: Vec<_> = r.keys().copied().collect();
         v.sort();
         v
+    }
+}
+
+impl From<ClusterKey> for Keys {
+    fn from(key: ClusterKey) -> Self {
+        Keys::new(KeySet::single(key))
     }
 }
 

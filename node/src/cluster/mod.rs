@@ -251,13 +251,7 @@ impl Cluster {
         let cluster = Cluster { inner };
         tokio::spawn(net::accept_loop(cluster.clone(), listener));
         let discovery = Arc::new(
-            crate::membership::start(
-                &cluster.inner.cfg,
-                me,
-                key.current().primary().key.clone(),
-                shutdown.clone(),
-            )
-            .await?,
+            crate::membership::start(&cluster.inner.cfg, me, key, shutdown.clone()).await?,
         );
         *cluster.inner.discovery.lock() = Some(discovery.clone());
         tokio::spawn(net::follow_discovery(cluster.clone(), discovery.clone()));
