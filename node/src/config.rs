@@ -119,9 +119,17 @@ pub struct Config {
     /// File holding the cluster key.
     #[arg(long, env = "TRIBE_CLUSTER_KEY_FILE")]
     pub cluster_key_file: Option<PathBuf>,
-    /// Run without a cluster key (frames are checked with a well-known key: anyone can forge them).
+    /// Run without a cluster key, for labs only: the replication channel uses a well-known
+    /// key, so anyone who can reach the port can read and forge sessions (warns at start).
     #[arg(long, env = "TRIBE_INSECURE")]
     pub insecure: bool,
+    /// How often the key file is re-read (key rotation without a restart).
+    #[arg(long, env = "TRIBE_KEY_POLL_INTERVAL", default_value = "2s", value_parser = parse_duration)]
+    pub key_poll_interval: Duration,
+    /// Most replication connections that may be in their handshake at once; more are
+    /// closed at accept (each must authenticate within 3 s).
+    #[arg(long, env = "TRIBE_MAX_HANDSHAKES", default_value_t = 64)]
+    pub max_handshakes: usize,
     /// Largest replication frame accepted.
     #[arg(long, env = "TRIBE_MAX_FRAME", default_value_t = 16 * 1024 * 1024)]
     pub max_frame: usize,

@@ -1,15 +1,17 @@
-//! The cluster key and the MACs built from it.
+//! The cluster key and what is derived from it.
 //!
-//! Every replication frame and every multicast heartbeat carries an HMAC-SHA256 tag.
-//! Replication connections derive a per-connection key from the cluster key and both
-//! sides' nonces, and mix an implicit per-direction sequence number into each tag, so a
-//! recorded frame can be neither replayed nor reordered.
+//! Multicast heartbeats and version cookies carry an HMAC-SHA256 tag made with it. The
+//! replication channel uses it only as the pre-shared key of its Noise handshake
+//! ([`ClusterKey::psk`], see [`crate::handshake`]), which yields fresh per-connection
+//! encryption keys.
 
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 
-/// Length of every authentication tag on the wire.
+/// Length of every HMAC tag (multicast heartbeats, version cookies).
 pub const TAG_LEN: usize = 32;
+/// Length of a key fingerprint (the key's public name in the handshake).
+pub const FINGERPRINT_LEN: usize = 8;
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -68,6 +70,22 @@ impl ClusterKey {
             mac.update(p);
         }
         mac.verify_slice(tag).is_ok()
+    }
+
+    /// The 32-byte pre-shared key of the replication handshake (derived, so the raw
+    /// secret is never used directly by two constructions).
+    pub fn psk(&self) -> [u8; 32] {
+        self.tag(&[b"tribe-noise-psk-v1"])
+    }
+
+    /// A public name for this key: sent in the clear by a dialer so that the acceptor can
+    /// pick the matching key during a rotation. Reveals nothing usable about the secret
+    /// (a truncated HMAC output).
+    pub fn fingerprint(&self) -> [u8; FINGERPRINT_LEN] {
+        let t = self.tag(&[b"tribe-key-fingerprint-v1"]);
+        let mut fp = [0u8; FINGERPRINT_LEN];
+        fp.copy_from_slice(&t[..FINGERPRINT_LEN]);
+        fp
     }
 
     /// A key derived for one purpose (e.g. one connection, or cookie signing).

@@ -4,11 +4,13 @@
 //! # Layout
 //! - [`config`] — every flag and env var.
 //! - [`crypto`] — the cluster key and HMAC tags.
+//! - [`keyring`] — the key file (one or several keys), reloaded on change (rotation).
+//! - [`handshake`] — the Noise handshake and the per-connection frame ciphers.
 //! - [`wire`] — frames and messages (magic, version, type, length, tag; postcard bodies).
 //! - [`store`] — the versioned session table (last-writer-wins per attribute).
 //! - [`ownership`] — rendezvous hashing for backup mode.
 //! - [`membership`] — multicast, DNS and static discovery of peers.
-//! - [`transport`] — TCP dial/accept with the authenticated handshake.
+//! - [`transport`] — TCP dial/accept with the authenticated handshake, pre-auth limits.
 //! - [`replication`] — the replication core: liveness, message handling, anti-entropy,
 //!   write stamping and sync acks as pure decisions, plus the deterministic simulation.
 //! - [`cluster`] — the driver: sockets, links, timers and the flows that wait, performing
@@ -25,7 +27,9 @@
 pub mod cluster;
 pub mod config;
 pub mod crypto;
+pub mod handshake;
 pub mod http;
+pub mod keyring;
 pub mod membership;
 pub mod metrics;
 pub mod ownership;
@@ -68,22 +72,14 @@ pub enum Error {
     Io(#[from] std::io::Error),
 }
 
-/// Loads the cluster key per the config (`--cluster-key-file` or `--insecure`).
-pub fn load_key(cfg: &Config) -> Result<ClusterKey, Error> {
+/// Loads the cluster keys per the config (`--cluster-key-file` or `--insecure`); see
+/// [`keyring`] for the file format.
+pub fn load_key(cfg: &Config) -> Result<keyring::KeySet, Error> {
     match (&cfg.cluster_key_file, cfg.insecure) {
         (Some(path), _) => {
-            let raw = std::fs::read(path)
-                .map_err(|e| Error::KeyFile(path.display().to_string(), e.to_string()))?;
-            let trimmed = raw.trim_ascii();
-            if trimmed.len() < 16 {
-                return Err(Error::KeyFile(
-                    path.display().to_string(),
-                    "key must be at least 16 bytes".into(),
-                ));
-            }
-            Ok(ClusterKey::new(trimmed))
+            keyring::load(path).map_err(|e| Error::KeyFile(path.display().to_string(), e))
         }
-        (None, true) => Ok(ClusterKey::insecure()),
+        (None, true) => Ok(keyring::KeySet::insecure()),
         (None, false) => Err(Error::NoKey),
     }
 }
@@ -131,18 +127,40 @@ pub struct Listeners {
 pub async fn run(
     cfg: Config,
     listeners: Listeners,
-    key: ClusterKey,
+    keys: keyring::KeySet,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), Error> {
     let advertise = advertise_addr(&cfg, listeners.replication.local_addr()?)?;
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = Arc::new(metrics::Metrics::new(&mut registry));
     let cancel = CancellationToken::new();
+    let insecure = keys.is_insecure();
+    if insecure {
+        for line in [
+            "**************************************************************************",
+            "RUNNING WITH --insecure: the replication channel uses a WELL-KNOWN key.",
+            "Anyone who can reach the replication port can join, read every session",
+            "and forge writes. For labs only; never in production.",
+            "**************************************************************************",
+        ] {
+            tracing::warn!("{line}");
+        }
+    }
+    let keys = keyring::Keys::new(keys);
+    if let Some(path) = &cfg.cluster_key_file {
+        tokio::spawn(keyring::watch_file(
+            path.clone(),
+            keys.clone(),
+            cfg.key_poll_interval,
+            cancel.clone(),
+        ));
+    }
+    let key = keys.current().primary().key.clone();
     let cluster = Cluster::start(
         cfg.clone(),
         listeners.replication,
         advertise,
-        key.clone(),
+        keys.clone(),
         metrics,
         cancel.clone(),
     )
@@ -157,9 +175,9 @@ pub async fn run(
         send_mode = ?cfg.send_mode,
         "node started"
     );
-    if key.is_insecure() {
+    if insecure {
         tracing::warn!(
-            "running with --insecure: anyone who can reach the replication port can forge frames"
+            "running with --insecure: anyone who can reach the replication port can read and forge sessions"
         );
     }
     if let Some(d) = cluster.inner.discovery.lock().as_ref() {

@@ -44,6 +44,9 @@ pub struct Metrics {
     pub frames_rejected: Family<Reason, Counter>,
     /// Handshakes refused (other cluster, bad key).
     pub handshakes_rejected: Counter,
+    /// Handshakes that failed, by reason (`bad_handshake`, `unknown_key`, `timeout`,
+    /// `too_many_handshakes`, ...); each is also in `handshakes_rejected`.
+    pub handshake_failures: Family<Reason, Counter>,
     /// Bytes written to peers.
     pub bytes_sent: Counter,
     /// Bytes read from peers.
@@ -98,6 +101,7 @@ impl Metrics {
             delta_gaps: Counter::default(),
             frames_rejected: Family::default(),
             handshakes_rejected: Counter::default(),
+            handshake_failures: Family::default(),
             bytes_sent: Counter::default(),
             bytes_received: Counter::default(),
             replication_lag: Histogram::new(exponential_buckets(0.000_01, 2.0, 20)),
@@ -164,6 +168,11 @@ impl Metrics {
             "handshakes_rejected",
             "Handshakes refused",
             m.handshakes_rejected.clone(),
+        );
+        r.register(
+            "handshake_failures",
+            "Replication handshakes that failed, by reason",
+            m.handshake_failures.clone(),
         );
         r.register("bytes_sent", "Bytes written to peers", m.bytes_sent.clone());
         r.register(
@@ -259,7 +268,17 @@ impl Metrics {
         m
     }
 
-    /// Counts a refused frame.
+    /// Counts a failed handshake by reason (and in `handshakes_rejected`).
+    pub fn handshake_failed(&self, reason: &str) {
+        self.handshakes_rejected.inc();
+        self.handshake_failures
+            .get_or_create(&Reason {
+                reason: reason.to_string(),
+            })
+            .inc();
+    }
+
+    /// Counts a refused frame by reason.
     pub fn reject(&self, reason: &str) {
         self.frames_rejected
             .get_or_create(&Reason {

@@ -83,10 +83,19 @@ pub fn loaded(sid: SessionId) -> Option<HashMap<String, Bytes>> {
     .flatten()
 }
 
+/// A key set and the cookie keys derived from it.
+type DerivedKeys = (std::sync::Arc<crate::keyring::KeySet>, Vec<ClusterKey>);
+
 /// Signs and checks version cookies.
 #[derive(Clone, Debug)]
 pub struct VersionCookie {
     key: ClusterKey,
+    /// When set, cookies are signed with the current primary key and accepted under any
+    /// key of the set (key rotation), instead of `key`.
+    rotation: Option<crate::keyring::Keys>,
+    /// The cookie keys derived from the key set last seen (primary first): derived once
+    /// per key-file change, not per request.
+    derived: std::sync::Arc<parking_lot::Mutex<Option<DerivedKeys>>>,
     session_cookie: String,
     name: String,
     secure: bool,
@@ -97,14 +106,49 @@ impl VersionCookie {
     pub fn new(key: &ClusterKey, session_cookie: &str, secure: bool) -> Self {
         Self {
             key: key.derive(b"tribe-ryw-cookie", &[]),
+            rotation: None,
+            derived: Default::default(),
             session_cookie: session_cookie.to_string(),
             name: format!("{session_cookie}_V"),
             secure,
         }
     }
 
+    /// Signs with the primary of `keys` and accepts any key of it, following reloads.
+    pub fn with_rotation(mut self, keys: crate::keyring::Keys) -> Self {
+        self.rotation = Some(keys);
+        self
+    }
+
+    /// The keys cookies are checked with, the signing key first.
+    fn signing_keys(&self) -> Vec<ClusterKey> {
+        let Some(keys) = &self.rotation else {
+            return vec![self.key.clone()];
+        };
+        let set = keys.current();
+        let mut cache = self.derived.lock();
+        match &*cache {
+            Some((seen, derived)) if std::sync::Arc::ptr_eq(seen, &set) => derived.clone(),
+            _ => {
+                let mut out = vec![set.primary().key.derive(b"tribe-ryw-cookie", &[])];
+                out.extend(
+                    set.entries()
+                        .iter()
+                        .filter(|e| e.id != set.primary().id)
+                        .map(|e| e.key.derive(b"tribe-ryw-cookie", &[])),
+                );
+                *cache = Some((set, out.clone()));
+                out
+            }
+        }
+    }
+
     fn tag(&self, sid: SessionId, version: u64) -> String {
-        let t = self.key.tag(&[&sid.to_le_bytes(), &version.to_be_bytes()]);
+        let key = match &self.rotation {
+            None => self.key.clone(),
+            Some(_) => self.signing_keys().swap_remove(0),
+        };
+        let t = key.tag(&[&sid.to_le_bytes(), &version.to_be_bytes()]);
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&t[..TAG_BYTES])
     }
 
@@ -117,11 +161,18 @@ impl VersionCookie {
     pub fn verify(&self, sid: SessionId, value: &str) -> Option<u64> {
         let (v, tag) = value.split_once('.')?;
         let version: u64 = v.parse().ok()?;
-        let expected = self.key.tag(&[&sid.to_le_bytes(), &version.to_be_bytes()]);
         let got = base64::engine::general_purpose::URL_SAFE_NO_PAD
             .decode(tag)
             .ok()?;
-        (got.len() == TAG_BYTES && constant_time_eq(&got, &expected[..TAG_BYTES]))
+        if got.len() != TAG_BYTES {
+            return None;
+        }
+        self.signing_keys()
+            .iter()
+            .any(|k| {
+                let expected = k.tag(&[&sid.to_le_bytes(), &version.to_be_bytes()]);
+                constant_time_eq(&got, &expected[..TAG_BYTES])
+            })
             .then_some(version)
     }
 }

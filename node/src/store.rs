@@ -338,6 +338,14 @@ impl Session {
 #[derive(Debug, Default)]
 pub struct Store {
     sessions: DashMap<SessionId, Session>,
+    /// Sessions held and not invalidated, kept up to date on every insert, change and
+    /// removal, so that counting them never scans the table (`GET /`, `/cluster`).
+    live: std::sync::atomic::AtomicIsize,
+    /// Bumped whenever a session is added to or removed from the table.
+    generation: std::sync::atomic::AtomicU64,
+    /// The last role counts computed by a scan, when, and for which key (see
+    /// [`Store::cached`]).
+    role_cache: parking_lot::Mutex<Option<(std::time::Instant, u64, [usize; 4])>>,
 }
 
 impl Store {
@@ -349,6 +357,57 @@ impl Store {
     /// Number of sessions held (live ones and recent tombstones).
     pub fn len(&self) -> usize {
         self.sessions.len()
+    }
+
+    /// Number of sessions held that are not invalidated, without a scan (an expired one
+    /// counts until the next sweep, within a second or so).
+    pub fn live(&self) -> usize {
+        self.live.load(std::sync::atomic::Ordering::Relaxed).max(0) as usize
+    }
+
+    /// Counts computed by `scan`, reused while neither the table's set of sessions nor
+    /// `key` (what else they depend on, e.g. the member view) changed, for at most `ttl`
+    /// (expiry changes them too): however often the counts are asked for, a scan runs
+    /// only after a change, and at least `ttl` apart when nothing changes.
+    pub fn cached(
+        &self,
+        ttl: std::time::Duration,
+        key: u64,
+        scan: impl FnOnce() -> [usize; 4],
+    ) -> [usize; 4] {
+        let key = key ^ self.generation.load(std::sync::atomic::Ordering::Relaxed);
+        let mut cache = self.role_cache.lock();
+        if let Some((at, k, counts)) = *cache {
+            if k == key && at.elapsed() < ttl {
+                return counts;
+            }
+        }
+        let counts = scan();
+        *cache = Some((std::time::Instant::now(), key, counts));
+        counts
+    }
+
+    fn adjust_live(&self, was_live: bool, is_live: bool) {
+        use std::sync::atomic::Ordering::Relaxed;
+        match (was_live, is_live) {
+            (true, false) => {
+                self.live.fetch_sub(1, Relaxed);
+            }
+            (false, true) => {
+                self.live.fetch_add(1, Relaxed);
+            }
+            _ => {}
+        }
+    }
+
+    fn entry(&self, sid: SessionId) -> dashmap::mapref::one::RefMut<'_, SessionId, Session> {
+        self.sessions.entry(sid).or_insert_with(|| {
+            // A new, empty session is live until invalidated.
+            self.live.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.generation
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Session::default()
+        })
     }
 
     /// Whether no session is held.
@@ -363,8 +422,11 @@ impl Store {
 
     /// Runs `f` on the session, creating an empty one if absent.
     pub fn with_mut<R>(&self, sid: SessionId, f: impl FnOnce(&mut Session) -> R) -> R {
-        let mut e = self.sessions.entry(sid).or_default();
-        f(&mut e)
+        let mut e = self.entry(sid);
+        let was = e.deleted.is_none();
+        let r = f(&mut e);
+        self.adjust_live(was, e.deleted.is_none());
+        r
     }
 
     /// Version of the session, if held.
@@ -389,9 +451,11 @@ impl Store {
 
     /// [`Store::apply`] at `now` (unix seconds, this node's clock).
     pub fn apply_at(&self, d: &Delta, now: u64) -> (Applied, bool) {
-        let mut e = self.sessions.entry(d.sid).or_default();
+        let mut e = self.entry(d.sid);
         e.last_local_access = now;
+        let was = e.deleted.is_none();
         let applied = e.apply(d);
+        self.adjust_live(was, e.deleted.is_none());
         if applied == Applied::Changed {
             e.changed_at = now;
         }
@@ -405,9 +469,11 @@ impl Store {
 
     /// [`Store::merge`] at `now` (unix seconds, this node's clock).
     pub fn merge_at(&self, s: &SessionState, now: u64) -> Applied {
-        let mut e = self.sessions.entry(s.sid).or_default();
+        let mut e = self.entry(s.sid);
         e.last_local_access = now;
+        let was = e.deleted.is_none();
         let applied = e.merge(s);
+        self.adjust_live(was, e.deleted.is_none());
         if applied == Applied::Changed {
             e.changed_at = now;
         }
@@ -444,12 +510,20 @@ impl Store {
             }
             true
         });
+        self.live
+            .fetch_sub(expired as isize, std::sync::atomic::Ordering::Relaxed);
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         expired
     }
 
     /// Removes one session outright (eviction of a non-owned copy).
     pub fn remove(&self, sid: SessionId) {
-        self.sessions.remove(&sid);
+        if let Some((_, s)) = self.sessions.remove(&sid) {
+            self.adjust_live(s.deleted.is_none(), false);
+            self.generation
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 
     /// Runs `f` on every session held (shard by shard, under each shard's read lock:
@@ -737,5 +811,37 @@ mod tests {
         store.apply(&d2);
         assert_eq!(store.sweep(102), 1);
         assert!(!store.contains(1) && store.contains(2));
+    }
+
+    #[test]
+    fn the_live_count_follows_every_change() {
+        let store = Store::new();
+        let live_by_scan = |store: &Store| {
+            store
+                .ids()
+                .into_iter()
+                .filter(|&sid| store.with(sid, |s| s.deleted.is_none()).unwrap())
+                .count()
+        };
+        store.apply(&delta(1, 1, 0, &[("a", "1")], &[]));
+        let mut d2 = delta(1, 1, 0, &[("a", "1")], &[]);
+        d2.sid = 2;
+        store.apply(&d2);
+        store.with_mut(3, |s| s.expiry = 1);
+        assert_eq!((store.live(), live_by_scan(&store)), (3, 3));
+        // Invalidated: no longer live (a tombstone stays held).
+        let mut inv = delta(2, 1, 1, &[], &[]);
+        inv.invalidate = true;
+        store.apply(&inv);
+        assert_eq!((store.live(), live_by_scan(&store)), (2, 2));
+        // A duplicate of the invalidation changes nothing.
+        store.apply(&inv);
+        assert_eq!(store.live(), 2);
+        // Removal and expiry.
+        store.remove(2);
+        store.remove(2);
+        assert_eq!(store.live(), 1);
+        assert_eq!(store.sweep(10), 1);
+        assert_eq!((store.live(), live_by_scan(&store)), (0, 0));
     }
 }

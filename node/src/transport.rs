@@ -1,28 +1,38 @@
 //! TCP connections between peers: dialing, the authenticated handshake, and framed
 //! halves ready for the cluster's read and write loops.
 //!
-//! Handshake: the dialer sends `Hello` (fresh nonce) tagged with the cluster key; the
-//! acceptor checks the tag and the cluster name and answers `HelloAck` (its nonce); both
-//! then switch to a connection key `HMAC(cluster key, "tribe-conn" | nonce_d | nonce_a)`.
+//! The handshake is Noise `NNpsk0` with the cluster key as pre-shared key (see
+//! [`crate::handshake`]): both sides contribute fresh randomness, and each connection gets
+//! its own frame keys. The acceptor admits the dialer only once the dialer's first sealed
+//! frame (its [`Hello`]) opens, so a replayed or reflected handshake never becomes a
+//! member. Before that point only handshake-sized frames are read
+//! ([`HANDSHAKE_MAX_FRAME`]) and the whole exchange must finish within
+//! [`HANDSHAKE_TIMEOUT`].
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio_util::codec::{FramedRead, FramedWrite};
 
-use crate::crypto::ClusterKey;
-use crate::wire::{FrameDecoder, FrameEncoder, Hello, Message, Side, WireError};
+use crate::handshake::{
+    self, Initiator, Refusal, SessionKeys, HANDSHAKE_MAX_FRAME, INIT_TYPE, RESPONSE_TYPE,
+};
+use crate::keyring::Keys;
+use crate::wire::{self, FrameDecoder, FrameEncoder, Hello, Message, WireError, HEADER_LEN};
 
 /// Read half of a peer connection.
 pub type Reader = FramedRead<OwnedReadHalf, FrameDecoder>;
 /// Write half of a peer connection.
 pub type Writer = FramedWrite<OwnedWriteHalf, FrameEncoder>;
 
-/// How long a handshake may take.
+/// How long a handshake may take, from TCP accept (or connect) to admission.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
+/// Read buffer of an admitted connection.
+const READ_BUFFER: usize = 64 * 1024;
 
 /// Why a connection could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -36,15 +46,18 @@ pub enum HandshakeError {
     /// The peer closed the connection.
     #[error("peer closed the connection during the handshake")]
     Closed,
-    /// A bad frame (wrong key, garbage...).
+    /// A bad frame (garbage, oversized, a sealed frame that does not open...).
     #[error(transparent)]
     Wire(#[from] WireError),
     /// The peer belongs to another cluster.
     #[error("peer is in cluster {0:?}")]
     OtherCluster(String),
-    /// The first frame was not a hello.
+    /// The first frame was not the expected handshake message.
     #[error("unexpected first message")]
     Unexpected,
+    /// The handshake itself was refused (key, cluster, garbage).
+    #[error(transparent)]
+    Refused(#[from] Refusal),
 }
 
 impl HandshakeError {
@@ -52,20 +65,32 @@ impl HandshakeError {
     pub fn is_connect(&self) -> bool {
         matches!(self, HandshakeError::Connect(_) | HandshakeError::Timeout)
     }
-}
 
-fn connection_key(
-    key: &ClusterKey,
-    dialer_nonce: &[u8; 16],
-    acceptor_nonce: &[u8; 16],
-) -> ClusterKey {
-    key.derive(b"tribe-conn", &[dialer_nonce, acceptor_nonce])
+    /// A short label for `tribe_handshake_failures_total{reason}`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            HandshakeError::Connect(_) => "connect",
+            HandshakeError::Timeout => "timeout",
+            HandshakeError::Closed => "closed",
+            HandshakeError::Wire(w) => w.reason(),
+            HandshakeError::OtherCluster(_) => "other_cluster",
+            HandshakeError::Unexpected => "unexpected",
+            HandshakeError::Refused(r) => r.reason(),
+        }
+    }
+
+    /// Whether, seen from the dialer, the peer answered TCP but does not share our keys:
+    /// it said so (an empty message 2), or its answer did not authenticate.
+    pub fn is_key_refusal(&self) -> bool {
+        matches!(self, HandshakeError::Refused(r) if r.is_key_mismatch())
+    }
 }
 
 /// Kernel-level liveness under the application heartbeats: unacknowledged data for this
 /// long fails the socket (`TCP_USER_TIMEOUT`), and idle connections are probed.
 const TCP_USER_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// No Nagle delay, TCP keepalive and `TCP_USER_TIMEOUT` on a peer connection.
 fn tune(stream: &TcpStream) {
     let sock = socket2::SockRef::from(stream);
     let _ = sock.set_tcp_nodelay(true);
@@ -78,89 +103,139 @@ fn tune(stream: &TcpStream) {
     let _ = sock.set_tcp_user_timeout(Some(TCP_USER_TIMEOUT));
 }
 
-fn split(stream: TcpStream, key: &ClusterKey, side: Side, max_frame: usize) -> (Reader, Writer) {
-    tune(&stream);
-    let (r, w) = stream.into_split();
-    (
-        FramedRead::with_capacity(
-            r,
-            FrameDecoder::new(key.clone(), side, max_frame),
-            64 * 1024,
-        ),
-        FramedWrite::new(w, FrameEncoder::new(key.clone(), side)),
-    )
-}
-
-/// A fresh random nonce.
+/// A fresh random nonce (the hello's `nonce` field; freshness comes from the handshake).
 pub fn nonce() -> [u8; 16] {
     rand::random()
+}
+
+/// Writes one cleartext handshake frame.
+async fn write_handshake(stream: &mut TcpStream, ty: u8, body: &[u8]) -> Result<(), WireError> {
+    let mut frame = Vec::with_capacity(HEADER_LEN + body.len());
+    frame.extend_from_slice(&wire::handshake_header(ty, body.len()));
+    frame.extend_from_slice(body);
+    stream.write_all(&frame).await?;
+    Ok(())
+}
+
+/// Reads one cleartext handshake frame of type `ty`: the header is checked before the
+/// body is read, and no body over [`HANDSHAKE_MAX_FRAME`] is ever buffered.
+async fn read_handshake(stream: &mut TcpStream, ty: u8) -> Result<Vec<u8>, HandshakeError> {
+    let mut h = [0u8; HEADER_LEN];
+    if let Err(e) = stream.read_exact(&mut h).await {
+        return Err(if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            HandshakeError::Closed
+        } else {
+            HandshakeError::Wire(e.into())
+        });
+    }
+    let len = wire::check_handshake_header(&h, ty, HANDSHAKE_MAX_FRAME)?;
+    let mut body = vec![0u8; len];
+    stream.read_exact(&mut body).await.map_err(|e| {
+        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            HandshakeError::Wire(WireError::Io(e))
+        } else {
+            HandshakeError::Wire(e.into())
+        }
+    })?;
+    Ok(body)
+}
+
+fn split(
+    stream: TcpStream,
+    keys: SessionKeys,
+    max_frame: usize,
+    buffer: usize,
+) -> (Reader, Writer) {
+    let (r, w) = stream.into_split();
+    (
+        FramedRead::with_capacity(r, FrameDecoder::new(keys.recv, max_frame), buffer),
+        FramedWrite::new(w, FrameEncoder::new(keys.send)),
+    )
 }
 
 /// Dials `addr`, handshakes, and returns the peer's hello and the framed halves.
 pub async fn dial(
     addr: SocketAddr,
     mut me: Hello,
-    key: &ClusterKey,
+    keys: &Keys,
     max_frame: usize,
     connect_timeout: Duration,
 ) -> Result<(Hello, Reader, Writer), HandshakeError> {
-    let stream = tokio::time::timeout(connect_timeout, TcpStream::connect(addr))
+    let mut stream = tokio::time::timeout(connect_timeout, TcpStream::connect(addr))
         .await
         .map_err(|_| HandshakeError::Timeout)?
         .map_err(HandshakeError::Connect)?;
-    let (mut rd, mut wr) = split(stream, key, Side::Dialer, max_frame);
+    tune(&stream);
     me.nonce = nonce();
-    let cluster = me.cluster.clone();
-    let my_nonce = me.nonce;
+    let set = keys.current();
     let exchange = async {
+        let (initiator, m1) = Initiator::start(&set, &me.cluster);
+        write_handshake(&mut stream, INIT_TYPE, &m1).await?;
+        let m2 = read_handshake(&mut stream, RESPONSE_TYPE).await?;
+        let (peer, session) = initiator.finish(&m2)?;
+        let (rd, mut wr) = split(stream, session, max_frame, READ_BUFFER);
+        // Key confirmation: our hello, sealed, is what admits us on the other side.
         wr.send(Message::Hello(me).outgoing()).await?;
-        match rd.next().await {
-            Some(Ok(Message::HelloAck(peer))) => Ok(peer),
-            Some(Ok(_)) => Err(HandshakeError::Unexpected),
-            Some(Err(e)) => Err(e.into()),
-            None => Err(HandshakeError::Closed),
-        }
+        Ok::<_, HandshakeError>((peer, rd, wr))
     };
-    let peer = tokio::time::timeout(HANDSHAKE_TIMEOUT, exchange)
+    let res = tokio::time::timeout(HANDSHAKE_TIMEOUT, exchange)
         .await
-        .map_err(|_| HandshakeError::Timeout)??;
-    if peer.cluster != cluster {
-        return Err(HandshakeError::OtherCluster(peer.cluster));
+        .map_err(|_| HandshakeError::Timeout)
+        .and_then(|r| r);
+    match &res {
+        Ok(_) => keys.record_success(addr),
+        Err(e) if e.is_key_refusal() => keys.record_refusal(addr),
+        Err(_) => {}
     }
-    let k = connection_key(key, &my_nonce, &peer.nonce);
-    rd.decoder_mut().rekey(k.clone());
-    wr.encoder_mut().rekey(k);
-    Ok((peer, rd, wr))
+    res
 }
 
 /// Handshakes an accepted connection; returns the peer's hello and the framed halves.
 pub async fn accept(
-    stream: TcpStream,
+    mut stream: TcpStream,
     mut me: Hello,
-    key: &ClusterKey,
+    keys: &Keys,
     max_frame: usize,
 ) -> Result<(Hello, Reader, Writer), HandshakeError> {
-    let (mut rd, mut wr) = split(stream, key, Side::Acceptor, max_frame);
-    let peer = tokio::time::timeout(HANDSHAKE_TIMEOUT, rd.next())
-        .await
-        .map_err(|_| HandshakeError::Timeout)?;
-    let peer = match peer {
-        Some(Ok(Message::Hello(h))) => h,
-        Some(Ok(_)) => return Err(HandshakeError::Unexpected),
-        Some(Err(e)) => return Err(e.into()),
-        None => return Err(HandshakeError::Closed),
-    };
-    if peer.cluster != me.cluster {
-        return Err(HandshakeError::OtherCluster(peer.cluster));
-    }
+    tune(&stream);
     me.nonce = nonce();
-    let k = connection_key(key, &peer.nonce, &me.nonce);
-    tokio::time::timeout(HANDSHAKE_TIMEOUT, wr.send(Message::HelloAck(me).outgoing()))
+    let set = keys.current();
+    let exchange = async {
+        let m1 = read_handshake(&mut stream, INIT_TYPE).await?;
+        let (m2, session, _key_id) = match handshake::respond(&set, &me.cluster, &m1, &me) {
+            Ok(x) => x,
+            Err(e) => {
+                if e.is_key_mismatch() {
+                    // Tell the dialer (an empty message 2) so that a node holding another
+                    // key knows it is cut off, rather than guessing from a closed socket.
+                    let _ = tokio::time::timeout(
+                        Duration::from_millis(200),
+                        write_handshake(&mut stream, RESPONSE_TYPE, &[]),
+                    )
+                    .await;
+                }
+                return Err(e.into());
+            }
+        };
+        write_handshake(&mut stream, RESPONSE_TYPE, &m2).await?;
+        // Not admitted yet: only a handshake-sized sealed hello is read.
+        let (mut rd, wr) = split(stream, session, HANDSHAKE_MAX_FRAME, 512);
+        let peer = match rd.next().await {
+            Some(Ok(Message::Hello(h))) => h,
+            Some(Ok(_)) => return Err(HandshakeError::Unexpected),
+            Some(Err(e)) => return Err(e.into()),
+            None => return Err(HandshakeError::Closed),
+        };
+        if peer.cluster != me.cluster {
+            return Err(HandshakeError::OtherCluster(peer.cluster));
+        }
+        rd.decoder_mut().set_max_frame(max_frame);
+        rd.read_buffer_mut().reserve(READ_BUFFER);
+        Ok((peer, rd, wr))
+    };
+    tokio::time::timeout(HANDSHAKE_TIMEOUT, exchange)
         .await
-        .map_err(|_| HandshakeError::Timeout)??;
-    rd.decoder_mut().rekey(k.clone());
-    wr.encoder_mut().rekey(k);
-    Ok((peer, rd, wr))
+        .map_err(|_| HandshakeError::Timeout)?
 }
 
 /// The failure detector's check: can a TCP connection to `addr` be opened?

@@ -1,13 +1,17 @@
-//! The replication wire protocol: framed, authenticated messages over TCP.
+//! The replication wire protocol: framed, encrypted and authenticated messages over TCP.
 //!
 //! ```text
-//! frame = magic "TB" (2) | version (1) | type (1) | body length (u32 BE) | body | tag (32)
+//! frame = magic "TB" (2) | version (1) | type (1) | body length (u32 BE) | sealed body | tag (16)
 //! ```
-//! Bodies are postcard (a compact, varint-based serde format). The tag is an HMAC-SHA256
-//! over a direction byte, an implicit per-direction sequence number, the header and the
-//! body, keyed with a per-connection key derived from the cluster key and both sides'
-//! handshake nonces (see [`crate::crypto`]). Sequence numbers are never sent: TCP delivers
-//! in order, so a replayed, dropped or reordered frame fails its tag.
+//! Bodies are postcard (a compact, varint-based serde format), sealed with
+//! ChaCha20-Poly1305 under the connection's key for this direction, with the 8-byte header
+//! as associated data and an implicit per-direction counter as nonce (see
+//! [`crate::handshake`]). Counters are never sent: TCP delivers in order, so a replayed,
+//! dropped, reordered or reflected frame fails to open.
+//!
+//! The two handshake messages that come before the keys exist use the same header with a
+//! cleartext body and no tag ([`handshake_header`], [`check_handshake_header`]); they are
+//! limited to [`crate::handshake::HANDSHAKE_MAX_FRAME`] bytes.
 //!
 //! Decoding tells "need more bytes" (`Ok(None)`) from "bad bytes" (`Err`): the header is
 //! checked (magic, version, type, length limit) before anything is buffered, so a length
@@ -19,12 +23,12 @@ use bytes::{BufMut, Bytes, BytesMut};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use tokio_util::codec::{Decoder, Encoder};
 
-use crate::crypto::{ClusterKey, TAG_LEN};
+use crate::handshake::{FrameCipher, AEAD_TAG_LEN};
 
 /// First two bytes of every frame.
 pub const MAGIC: [u8; 2] = *b"TB";
 /// Protocol version carried in every frame.
-pub const PROTOCOL_VERSION: u8 = 1;
+pub const PROTOCOL_VERSION: u8 = 2;
 /// Header bytes before the body.
 pub const HEADER_LEN: usize = 8;
 /// Default largest body accepted.
@@ -48,8 +52,8 @@ pub enum WireError {
     /// The length prefix exceeds the limit.
     #[error("frame of {0} bytes exceeds the limit of {1}")]
     TooLarge(usize, usize),
-    /// The tag does not match: wrong key, tampering, replay or reordering.
-    #[error("authentication failed")]
+    /// The frame does not open: wrong key, tampering, replay, reordering or reflection.
+    #[error("authentication failed (frame did not decrypt)")]
     BadTag,
     /// The body does not decode as its type.
     #[error("malformed body: {0}")]
@@ -549,47 +553,20 @@ pub struct Outgoing {
 impl Outgoing {
     /// Bytes this message takes on the wire.
     pub fn wire_len(&self) -> usize {
-        HEADER_LEN + self.body.len() + TAG_LEN
+        HEADER_LEN + self.body.len() + AEAD_TAG_LEN
     }
 }
 
-/// Which end of a connection a codec sits on; each direction has its own sequence.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Side {
-    /// The end that dialed.
-    Dialer,
-    /// The end that accepted.
-    Acceptor,
-}
-
-impl Side {
-    fn send_dir(self) -> u8 {
-        match self {
-            Side::Dialer => 0,
-            Side::Acceptor => 1,
-        }
-    }
-    fn recv_dir(self) -> u8 {
-        1 - self.send_dir()
-    }
-}
-
-/// Frame encoder for one direction of one connection.
+/// Frame encoder for one direction of one connection: seals every frame.
 #[derive(Debug)]
 pub struct FrameEncoder {
-    key: ClusterKey,
-    side: Side,
-    seq: u64,
+    cipher: FrameCipher,
 }
 
 impl FrameEncoder {
-    /// An encoder tagging with `key` (the cluster key for the hello, then the connection key).
-    pub fn new(key: ClusterKey, side: Side) -> Self {
-        Self { key, side, seq: 0 }
-    }
-    /// Switches to the connection key after the handshake.
-    pub fn rekey(&mut self, key: ClusterKey) {
-        self.key = key;
+    /// An encoder sealing with the connection's send cipher.
+    pub fn new(cipher: FrameCipher) -> Self {
+        Self { cipher }
     }
 }
 
@@ -605,43 +582,81 @@ impl Encoder<Outgoing> for FrameEncoder {
         dst.put_u8(item.ty);
         dst.put_u32(len);
         dst.put_slice(&item.body);
-        let tag = self.key.tag(&[
-            &[self.side.send_dir()],
-            &self.seq.to_be_bytes(),
-            &dst[start..],
-        ]);
+        let (header, body) = dst[start..].split_at_mut(HEADER_LEN);
+        let tag = self.cipher.seal(header, body);
         dst.put_slice(&tag);
-        self.seq += 1;
         Ok(())
     }
 }
 
-/// Frame decoder for one direction of one connection.
+impl FrameEncoder {
+    /// Gives the cipher back (tests and tools that frame by hand).
+    pub fn into_cipher(self) -> FrameCipher {
+        self.cipher
+    }
+}
+
+/// Frame decoder for one direction of one connection: opens every frame.
 #[derive(Debug)]
 pub struct FrameDecoder {
-    key: ClusterKey,
-    side: Side,
-    seq: u64,
+    cipher: FrameCipher,
     max_frame: usize,
     /// The clock relative expiries are made absolute with (tests pin it).
     clock: fn() -> u64,
 }
 
 impl FrameDecoder {
-    /// A decoder checking tags with `key` and refusing bodies over `max_frame` bytes.
-    pub fn new(key: ClusterKey, side: Side, max_frame: usize) -> Self {
+    /// A decoder opening with the connection's receive cipher and refusing bodies over
+    /// `max_frame` bytes.
+    pub fn new(cipher: FrameCipher, max_frame: usize) -> Self {
         Self {
-            key,
-            side,
-            seq: 0,
+            cipher,
             max_frame,
             clock: crate::store::unix_now,
         }
     }
-    /// Switches to the connection key after the handshake.
-    pub fn rekey(&mut self, key: ClusterKey) {
-        self.key = key;
+    /// Changes the body limit (raised once the peer is authenticated).
+    pub fn set_max_frame(&mut self, max_frame: usize) {
+        self.max_frame = max_frame;
     }
+}
+
+/// The header of a cleartext handshake frame of type `ty` with a body of `len` bytes.
+pub fn handshake_header(ty: u8, len: usize) -> [u8; HEADER_LEN] {
+    let l = (len as u32).to_be_bytes();
+    [
+        MAGIC[0],
+        MAGIC[1],
+        PROTOCOL_VERSION,
+        ty,
+        l[0],
+        l[1],
+        l[2],
+        l[3],
+    ]
+}
+
+/// Checks a cleartext handshake frame's header: magic, version, the expected type `ty`,
+/// and a body of at most `max` bytes. Returns the body length.
+pub fn check_handshake_header(
+    h: &[u8; HEADER_LEN],
+    ty: u8,
+    max: usize,
+) -> Result<usize, WireError> {
+    if h[0..2] != MAGIC {
+        return Err(WireError::BadMagic([h[0], h[1]]));
+    }
+    if h[2] != PROTOCOL_VERSION {
+        return Err(WireError::BadVersion(h[2]));
+    }
+    if h[3] != ty {
+        return Err(WireError::UnknownType(h[3]));
+    }
+    let len = u32::from_be_bytes([h[4], h[5], h[6], h[7]]) as usize;
+    if len > max {
+        return Err(WireError::TooLarge(len, max));
+    }
+    Ok(len)
 }
 
 /// Checks a header: magic, version, type, length limit. Returns (type, body length).
@@ -674,32 +689,24 @@ impl Decoder for FrameDecoder {
             return Ok(None);
         }
         let (ty, len) = check_header(&src[..HEADER_LEN], self.max_frame)?;
-        let total = HEADER_LEN + len + TAG_LEN;
+        let total = HEADER_LEN + len + AEAD_TAG_LEN;
         if src.len() < total {
             src.reserve(total - src.len());
             return Ok(None);
         }
-        let frame = src.split_to(total);
-        let (signed, tag) = frame.split_at(HEADER_LEN + len);
-        if !self.key.verify(
-            &[&[self.side.recv_dir()], &self.seq.to_be_bytes(), signed],
-            tag,
-        ) {
+        let mut frame = src.split_to(total);
+        let (sealed, tag) = frame.split_at_mut(HEADER_LEN + len);
+        let (header, body) = sealed.split_at_mut(HEADER_LEN);
+        if !self.cipher.open(header, body, tag) {
             return Err(WireError::BadTag);
         }
-        self.seq += 1;
-        let msg = Message::decode_body_at(ty, &signed[HEADER_LEN..], (self.clock)())?;
+        let msg = Message::decode_body_at(ty, body, (self.clock)())?;
         Ok(Some(msg))
     }
 }
 
-/// Helper for tests and tools: frames one message as `side` with `key` at sequence `seq`.
-pub fn encode_frame(msg: &Message, key: &ClusterKey, side: Side, seq: u64) -> BytesMut {
-    let mut enc = FrameEncoder {
-        key: key.clone(),
-        side,
-        seq,
-    };
+/// Helper for tests and tools: frames and seals one message with `enc`.
+pub fn encode_frame(msg: &Message, enc: &mut FrameEncoder) -> BytesMut {
     let mut out = BytesMut::new();
     enc.encode(msg.outgoing(), &mut out).expect("encode");
     out
@@ -709,8 +716,12 @@ pub fn encode_frame(msg: &Message, key: &ClusterKey, side: Side, seq: u64) -> By
 mod tests {
     use super::*;
 
-    fn key() -> ClusterKey {
-        ClusterKey::new(b"secret")
+    /// Both ends of one direction of a connection (same key, counters at 0).
+    fn pair(max_frame: usize) -> (FrameEncoder, FrameDecoder) {
+        (
+            FrameEncoder::new(FrameCipher::new(&[7; 32])),
+            FrameDecoder::new(FrameCipher::new(&[7; 32]), max_frame),
+        )
     }
 
     fn one_attr_delta() -> Delta {
@@ -825,9 +836,7 @@ mod tests {
 
     #[test]
     fn every_message_round_trips_through_a_frame() {
-        let k = key();
-        let mut enc = FrameEncoder::new(k.clone(), Side::Dialer);
-        let mut dec = FrameDecoder::new(k, Side::Acceptor, DEFAULT_MAX_FRAME);
+        let (mut enc, mut dec) = pair(DEFAULT_MAX_FRAME);
         dec.clock = || NOW;
         let mut buf = BytesMut::new();
         let msgs = all_messages();
@@ -878,67 +887,94 @@ mod tests {
         // A session 30 minutes from expiry: 1,800 s remaining travel as 2 bytes.
         delta.expiry = Some(crate::store::unix_now() + 1_800);
         let out = Message::Delta { ack: 0, delta }.outgoing();
-        // header + body + tag; the issue's target is <= 100 bytes.
+        // header + sealed body + AEAD tag; the issue's target is <= 100 bytes.
         eprintln!("one-attribute delta: {} bytes on the wire", out.wire_len());
         assert!(
             out.wire_len() <= 100,
             "one-attribute delta takes {} bytes",
             out.wire_len()
         );
+        // And it is what the encoder actually writes.
+        let (mut enc, _) = pair(DEFAULT_MAX_FRAME);
+        let mut buf = BytesMut::new();
+        enc.encode(out.clone(), &mut buf).unwrap();
+        assert_eq!(buf.len(), out.wire_len());
+    }
+
+    #[test]
+    fn sealed_frames_hide_the_body() {
+        let marker = b"MARKER-0123456789";
+        let msg = Message::Delta {
+            ack: 0,
+            delta: Delta {
+                set: vec![("secret".into(), Bytes::from_static(marker))],
+                ..one_attr_delta()
+            },
+        };
+        let (mut enc, mut dec) = pair(DEFAULT_MAX_FRAME);
+        let mut frame = encode_frame(&msg, &mut enc);
+        assert!(!frame.windows(marker.len()).any(|w| w == marker));
+        assert_eq!(dec.decode(&mut frame).unwrap(), Some(msg));
     }
 
     #[test]
     fn partial_frames_need_more_bytes() {
-        let k = key();
-        let frame = encode_frame(&Message::Leaving, &k, Side::Dialer, 0);
-        let mut dec = FrameDecoder::new(k, Side::Acceptor, DEFAULT_MAX_FRAME);
+        let (mut enc, mut dec) = pair(DEFAULT_MAX_FRAME);
+        let frame = encode_frame(&Message::Leaving, &mut enc);
         for cut in 0..frame.len() {
             let mut part = BytesMut::from(&frame[..cut]);
             assert!(dec.decode(&mut part).unwrap().is_none(), "cut at {cut}");
         }
+        let mut whole = frame.clone();
+        assert_eq!(dec.decode(&mut whole).unwrap(), Some(Message::Leaving));
     }
 
     #[test]
     fn bad_frames_are_refused() {
-        let k = key();
-        let mut dec = FrameDecoder::new(k.clone(), Side::Acceptor, 1024);
+        let (_, mut dec) = pair(1024);
         // A 4 GiB length prefix is refused from the header alone.
-        let mut huge = BytesMut::from(&[b'T', b'B', 1, 3, 0xff, 0xff, 0xff, 0xff][..]);
+        let mut huge = BytesMut::from(&[b'T', b'B', 2, 3, 0xff, 0xff, 0xff, 0xff][..]);
         assert!(matches!(
             dec.decode(&mut huge),
             Err(WireError::TooLarge(..))
         ));
         let mut junk = BytesMut::from(&b"GET / HTTP/1.1\r\n"[..]);
         assert!(matches!(dec.decode(&mut junk), Err(WireError::BadMagic(_))));
-        let mut ver = BytesMut::from(&[b'T', b'B', 9, 3, 0, 0, 0, 0][..]);
+        let mut ver = BytesMut::from(&[b'T', b'B', 1, 3, 0, 0, 0, 0][..]);
         assert!(matches!(
             dec.decode(&mut ver),
-            Err(WireError::BadVersion(9))
+            Err(WireError::BadVersion(1))
         ));
-        let mut ty = BytesMut::from(&[b'T', b'B', 1, 99, 0, 0, 0, 0][..]);
+        let mut ty = BytesMut::from(&[b'T', b'B', 2, 99, 0, 0, 0, 0][..]);
         assert!(matches!(
             dec.decode(&mut ty),
             Err(WireError::UnknownType(99))
         ));
         // Wrong key.
-        let mut wrong = encode_frame(
-            &Message::Leaving,
-            &ClusterKey::new(b"other"),
-            Side::Dialer,
-            0,
-        );
+        let mut other = FrameEncoder::new(FrameCipher::new(&[8; 32]));
+        let mut wrong = encode_frame(&Message::Leaving, &mut other);
+        let (_, mut dec) = pair(1024);
         assert!(matches!(dec.decode(&mut wrong), Err(WireError::BadTag)));
-        // Replay / reorder: a frame for sequence 1 arriving as sequence 0.
-        let mut dec = FrameDecoder::new(k.clone(), Side::Acceptor, 1024);
-        let mut replay = encode_frame(&Message::Leaving, &k, Side::Dialer, 1);
-        assert!(matches!(dec.decode(&mut replay), Err(WireError::BadTag)));
-        // Reflection: our own direction's frame sent back to us.
-        let mut dec = FrameDecoder::new(k.clone(), Side::Acceptor, 1024);
-        let mut reflected = encode_frame(&Message::Leaving, &k, Side::Acceptor, 0);
-        assert!(matches!(dec.decode(&mut reflected), Err(WireError::BadTag)));
-        // Well-tagged garbage body.
-        let mut dec = FrameDecoder::new(k.clone(), Side::Acceptor, 1024);
-        let mut enc = FrameEncoder::new(k, Side::Dialer);
+        // Replay / reorder: the second frame arriving first.
+        let (mut enc, mut dec) = pair(1024);
+        let _first = encode_frame(&Message::Leaving, &mut enc);
+        let mut second = encode_frame(&Message::Leaving, &mut enc);
+        assert!(matches!(dec.decode(&mut second), Err(WireError::BadTag)));
+        // A replayed frame: accepted once, refused the second time.
+        let (mut enc, mut dec) = pair(1024);
+        let frame = encode_frame(&Message::Barrier { id: 1 }, &mut enc);
+        assert!(dec.decode(&mut frame.clone()).unwrap().is_some());
+        assert!(matches!(
+            dec.decode(&mut frame.clone()),
+            Err(WireError::BadTag)
+        ));
+        // A tampered header (the type byte is authenticated too).
+        let (mut enc, mut dec) = pair(1024);
+        let mut t = encode_frame(&Message::Ack { id: 5 }, &mut enc);
+        t[3] = Message::Barrier { id: 0 }.type_byte();
+        assert!(matches!(dec.decode(&mut t), Err(WireError::BadTag)));
+        // Well-sealed garbage body.
+        let (mut enc, mut dec) = pair(1024);
         let mut bad = BytesMut::new();
         enc.encode(
             Outgoing {
@@ -949,5 +985,26 @@ mod tests {
         )
         .unwrap();
         assert!(matches!(dec.decode(&mut bad), Err(WireError::BadBody(_))));
+    }
+
+    #[test]
+    fn handshake_headers_are_checked() {
+        let h = handshake_header(1, 100);
+        assert_eq!(check_handshake_header(&h, 1, 4096).unwrap(), 100);
+        assert!(matches!(
+            check_handshake_header(&h, 2, 4096),
+            Err(WireError::UnknownType(1))
+        ));
+        let big = handshake_header(1, 16 * 1024 * 1024);
+        assert!(matches!(
+            check_handshake_header(&big, 1, 4096),
+            Err(WireError::TooLarge(..))
+        ));
+        let mut v1 = h;
+        v1[2] = 1;
+        assert!(matches!(
+            check_handshake_header(&v1, 1, 4096),
+            Err(WireError::BadVersion(1))
+        ));
     }
 }

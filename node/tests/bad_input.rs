@@ -2,9 +2,10 @@
 //! and the refusal to start without a cluster key.
 //!
 //! Each bad input goes over a fresh raw TCP connection to a node started with
-//! `--cluster-key-file`: the node must close that connection, count the frame in
-//! `tribe_frames_rejected_total{reason=…}` (and, before a handshake completed, in
-//! `tribe_handshakes_rejected_total`), and keep serving and replicating.
+//! `--cluster-key-file`: the node must close that connection, count it (before a
+//! handshake completed in `tribe_handshake_failures_total{reason=…}` and
+//! `tribe_handshakes_rejected_total`; after it in `tribe_frames_rejected_total{reason=…}`),
+//! and keep serving and replicating.
 
 mod support;
 
@@ -16,8 +17,11 @@ use serde_json::{json, Value};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tribe_node::crypto::ClusterKey;
-use tribe_node::wire::{encode_frame, Delta, Hello, Message, Side, Stamp};
+use tribe_node::handshake::{FrameCipher, Initiator, INIT_TYPE};
+use tribe_node::keyring::{KeySet, Keys};
+use tribe_node::wire::{
+    encode_frame, handshake_header, Delta, FrameEncoder, Hello, Message, Stamp,
+};
 
 const KEY: &[u8] = b"0123456789abcdef-test-cluster-key";
 
@@ -29,6 +33,24 @@ async fn rejected(node: &Node, reason: &str) -> f64 {
         .find_map(|l| l.strip_prefix(&series))
         .map(|v| v.trim().parse().unwrap())
         .unwrap_or(0.0)
+}
+
+/// `tribe_handshake_failures_total{reason="<reason>"}` of a node (0 when absent).
+async fn handshake_failures(node: &Node, reason: &str) -> f64 {
+    let (_, text) = node.get("/metrics", true).await.unwrap();
+    let series = format!("tribe_handshake_failures_total{{reason=\"{reason}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&series))
+        .map(|v| v.trim().parse().unwrap())
+        .unwrap_or(0.0)
+}
+
+/// A handshake message 1 made with `secret`, framed.
+fn init_frame(secret: &[u8]) -> Vec<u8> {
+    let (_, body) = Initiator::start(&KeySet::parse(secret).unwrap(), "tribe");
+    let mut f = handshake_header(INIT_TYPE, body.len()).to_vec();
+    f.extend_from_slice(&body);
+    f
 }
 
 async fn handshakes_rejected(node: &Node) -> f64 {
@@ -202,15 +224,9 @@ async fn bad_input_on_the_replication_port_is_refused_and_counted() {
     check_alive("start", value).await;
 
     let repl = n1.addrs.replication;
-    let wrong = ClusterKey::new(b"not-the-cluster-key-at-all");
-    let mut big = Vec::from(&b"TB\x01\x03\xff\xff\xff\xff"[..]);
+    let mut big = Vec::from(&b"TB\x02\x01\xff\xff\xff\xff"[..]);
     big.extend_from_slice(&[0u8; 64]);
-    let good_hello = encode_frame(
-        &Message::Hello(hello("127.0.0.1:9".parse().unwrap())),
-        &ClusterKey::new(KEY),
-        Side::Dialer,
-        0,
-    );
+    let good_init = init_frame(KEY);
     let cases: Vec<(&str, Vec<u8>, bool, &str)> = vec![
         (
             "random bytes",
@@ -219,27 +235,21 @@ async fn bad_input_on_the_replication_port_is_refused_and_counted() {
             "bad_magic",
         ),
         (
-            "a hello signed with the wrong key",
-            encode_frame(
-                &Message::Hello(hello("127.0.0.1:9".parse().unwrap())),
-                &wrong,
-                Side::Dialer,
-                0,
-            )
-            .to_vec(),
+            "a handshake made with the wrong key",
+            init_frame(b"not-the-cluster-key-at-all"),
             false,
-            "bad_tag",
+            "unknown_key",
         ),
         ("a 4 GiB length prefix", big, false, "too_large"),
         (
             "a truncated frame, then close",
-            good_hello[..good_hello.len() / 2].to_vec(),
+            good_init[..good_init.len() / 2].to_vec(),
             true,
             "io",
         ),
     ];
     for (what, bytes, close, reason) in cases {
-        let before = rejected(n1, reason).await;
+        let before = handshake_failures(n1, reason).await;
         let hs_before = handshakes_rejected(n1).await;
         let mut s = TcpStream::connect(repl).await.unwrap();
         // The node may close while we are still writing: that is fine.
@@ -252,13 +262,13 @@ async fn bad_input_on_the_replication_port_is_refused_and_counted() {
             &format!("{what} to be counted as {reason}"),
             Duration::from_secs(5),
             || async {
-                let now = rejected(n1, reason).await;
+                let now = handshake_failures(n1, reason).await;
                 let hs = handshakes_rejected(n1).await;
                 if now >= before + 1.0 && hs >= hs_before + 1.0 {
                     Ok(())
                 } else {
                     Err(format!(
-                        "frames_rejected{{{reason}}} {before} → {now}, handshakes_rejected {hs_before} → {hs}"
+                        "handshake_failures{{{reason}}} {before} → {now}, handshakes_rejected {hs_before} → {hs}"
                     ))
                 }
             },
@@ -268,8 +278,8 @@ async fn bad_input_on_the_replication_port_is_refused_and_counted() {
         check_alive(what, value).await;
     }
 
-    // After a genuine handshake (we hold the key): a delta tagged with the cluster key
-    // instead of the connection key is refused and not applied; so is garbage.
+    // After a genuine handshake (we hold the key): a delta sealed with a key other than
+    // this connection's is refused and not applied; so is garbage.
     let unreachable: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let forged = Delta {
         sid: sid_of(&sid),
@@ -283,17 +293,16 @@ async fn bad_input_on_the_replication_port_is_refused_and_counted() {
         expiry: None,
         invalidate: false,
     };
+    let mut other_connection = FrameEncoder::new(FrameCipher::new(&[9; 32]));
     let after_handshake: Vec<(&str, Vec<u8>, &str)> = vec![
         (
-            "a delta tagged with the cluster key after the handshake",
+            "a delta sealed with another connection's key after the handshake",
             encode_frame(
                 &Message::Delta {
                     ack: 0,
                     delta: forged,
                 },
-                &ClusterKey::new(KEY),
-                Side::Dialer,
-                1,
+                &mut other_connection,
             )
             .to_vec(),
             "bad_tag",
@@ -310,7 +319,7 @@ async fn bad_input_on_the_replication_port_is_refused_and_counted() {
         let (peer, mut rd, mut wr) = tribe_node::transport::dial(
             repl,
             hello(unreachable),
-            &ClusterKey::new(KEY),
+            &Keys::new(KeySet::parse(KEY).unwrap()),
             1 << 20,
             Duration::from_secs(2),
         )

@@ -421,6 +421,35 @@ async fn reconcile_inner(sc: &SessionCluster, ctx: &Context) -> Result<Action> {
         Vec::new()
     };
 
+    // Key rotation on request, and whether every pod authenticates with its peers.
+    let (key_nodes, probed) = if outcome.is_ok() {
+        crate::rotation::probe(&ctx.client, &ctx.prober, sc, &ns).await
+    } else {
+        (Vec::new(), 0)
+    };
+    let (rotating, rotation_note) = if outcome.is_ok() {
+        crate::rotation::step(&ctx.client, sc, &ns, &key_nodes, probed)
+            .await
+            .unwrap_or_else(|e| {
+                warn!(error = %e, "key rotation step failed; retrying");
+                (Some(format!("last step failed: {e}")), None)
+            })
+    } else {
+        (None, None)
+    };
+    if let Some(note) = rotation_note {
+        publish(
+            ctx,
+            sc,
+            EventType::Normal,
+            "KeyRotation",
+            "Rotate",
+            note,
+            None,
+        )
+        .await;
+    }
+
     let now = jiff::Timestamp::now()
         .round(jiff::Unit::Second)
         .unwrap_or_else(|_| jiff::Timestamp::now());
@@ -430,7 +459,26 @@ async fn reconcile_inner(sc: &SessionCluster, ctx: &Context) -> Result<Action> {
         failure,
         now: now.to_string(),
     };
-    let new_status = status::compute(sc, &obs);
+    let mut new_status = status::compute(sc, &obs);
+    if let Some(mut c) = crate::rotation::condition(
+        &key_nodes,
+        rotating.as_deref(),
+        &resources::secret_name(sc),
+        sc.metadata.generation,
+    ) {
+        c.last_transition_time = sc
+            .status
+            .as_ref()
+            .and_then(|s| {
+                s.conditions
+                    .iter()
+                    .find(|o| o.type_ == c.type_ && o.status == c.status)
+            })
+            .map(|o| o.last_transition_time.clone())
+            .filter(|t| !t.is_empty())
+            .unwrap_or_else(|| now.to_string());
+        new_status.conditions.push(c);
+    }
     if sc.status.as_ref() != Some(&new_status) {
         let api: Api<SessionCluster> = Api::namespaced(ctx.client.clone(), &ns);
         let patch = serde_json::json!({
@@ -463,11 +511,13 @@ async fn reconcile_inner(sc: &SessionCluster, ctx: &Context) -> Result<Action> {
             // do: look again soon while the members seen differ from the ready pods.
             let settled = new_status.members == new_status.ready_replicas
                 && new_status.ready_replicas == new_status.replicas;
-            Ok(Action::requeue(if all_ready && settled {
-                REQUEUE_READY
-            } else {
-                REQUEUE_PENDING
-            }))
+            Ok(Action::requeue(
+                if all_ready && settled && rotating.is_none() {
+                    REQUEUE_READY
+                } else {
+                    REQUEUE_PENDING
+                },
+            ))
         }
         Err(e) => {
             let reason = if matches!(e, Error::InvalidSpec(_)) {

@@ -20,6 +20,7 @@ pub mod local;
 pub mod metrics;
 pub mod probe;
 pub mod resources;
+pub mod rotation;
 pub mod status;
 
 #[cfg(test)]

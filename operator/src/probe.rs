@@ -99,18 +99,23 @@ impl Prober {
 
     /// `GET http://<addr>/cluster`; `None` on timeout, error or a body of another shape.
     pub async fn report(&self, addr: &str) -> Option<NodeReport> {
-        let uri: http::Uri = format!("http://{addr}/cluster").parse().ok()?;
+        parse_report(&self.fetch(addr, "/cluster").await?)
+    }
+
+    /// `GET http://<addr><path>`: the body of a 2xx answer (at most 1 MiB), `None` on
+    /// timeout, error or another status.
+    pub async fn fetch(&self, addr: &str, path: &str) -> Option<Bytes> {
+        let uri: http::Uri = format!("http://{addr}{path}").parse().ok()?;
         let fetch = async {
             let resp = self.client.get(uri).await.ok()?;
             if !resp.status().is_success() {
                 return None;
             }
-            let body = Limited::new(resp.into_body(), MAX_BODY)
+            Limited::new(resp.into_body(), MAX_BODY)
                 .collect()
                 .await
-                .ok()?
-                .to_bytes();
-            parse_report(&body)
+                .ok()
+                .map(|b| b.to_bytes())
         };
         match tokio::time::timeout(self.timeout, fetch).await {
             Ok(r) => r,

@@ -5,26 +5,27 @@
 //! - even: the rest is a raw byte stream from a peer, fed to `FrameDecoder` in chunks
 //!   whose sizes come from the input too (so "need more bytes" and "bad bytes" paths are
 //!   both exercised), then end of stream;
-//! - odd: the rest is a type byte and a body, framed and *correctly tagged* with the
-//!   cluster key, so the fuzzer reaches the body decoders behind the HMAC check. A body
+//! - odd: the rest is a type byte and a body, framed and *correctly sealed* with the
+//!   connection key, so the fuzzer reaches the body decoders behind the AEAD check. A body
 //!   that decodes must re-encode to a frame that decodes to the same message.
 #![no_main]
 
 use bytes::{Bytes, BytesMut};
 use libfuzzer_sys::fuzz_target;
 use tokio_util::codec::{Decoder, Encoder};
-use tribe_node::crypto::{ClusterKey, TAG_LEN};
-use tribe_node::wire::{FrameDecoder, FrameEncoder, Outgoing, Side, HEADER_LEN};
+use tribe_node::handshake::{FrameCipher, AEAD_TAG_LEN as TAG_LEN};
+use tribe_node::wire::{FrameDecoder, FrameEncoder, Outgoing, HEADER_LEN};
 
 /// A small limit, so oversized length prefixes are easy to reach.
 const MAX_FRAME: usize = 64 * 1024;
 
-fn key() -> ClusterKey {
-    ClusterKey::new(b"fuzzing-cluster-key")
+/// One direction's cipher (both ends start from the same key and counter).
+fn key() -> FrameCipher {
+    FrameCipher::new(&[0x5a; 32])
 }
 
 fn stream(data: &[u8]) {
-    let mut dec = FrameDecoder::new(key(), Side::Acceptor, MAX_FRAME);
+    let mut dec = FrameDecoder::new(key(), MAX_FRAME);
     let mut buf = BytesMut::new();
     let mut i = 0;
     while i < data.len() {
@@ -56,7 +57,7 @@ fn tagged_body(data: &[u8]) {
     };
     let ty = ty % 16; // mostly valid types, some not
     let mut frame = BytesMut::new();
-    let mut enc = FrameEncoder::new(key(), Side::Dialer);
+    let mut enc = FrameEncoder::new(key());
     enc.encode(
         Outgoing {
             ty,
@@ -65,15 +66,15 @@ fn tagged_body(data: &[u8]) {
         &mut frame,
     )
     .expect("encoding to memory");
-    let mut dec = FrameDecoder::new(key(), Side::Acceptor, MAX_FRAME);
+    let mut dec = FrameDecoder::new(key(), MAX_FRAME);
     let Ok(Some(msg)) = dec.decode(&mut frame) else {
         return;
     };
     // Whatever decodes re-encodes to something that decodes to the same message.
     let mut again = BytesMut::new();
-    let mut enc = FrameEncoder::new(key(), Side::Dialer);
+    let mut enc = FrameEncoder::new(key());
     enc.encode(msg.outgoing(), &mut again).expect("re-encoding");
-    let mut dec = FrameDecoder::new(key(), Side::Acceptor, usize::MAX);
+    let mut dec = FrameDecoder::new(key(), usize::MAX);
     let back = dec
         .decode(&mut again)
         .expect("a re-encoded message decodes")

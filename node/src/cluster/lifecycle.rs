@@ -71,6 +71,9 @@ pub(crate) async fn join(c: Cluster, discovery: Arc<Discovery>) {
         _ = inner.shutdown.cancelled() => return,
     }
     settle(&c, &discovery).await;
+    // Peers that answer but refuse our key: wait (not ready) instead of joining as a
+    // second, empty cluster; transfer the state once we can authenticate.
+    c.wait_while_isolated().await;
     let started = Instant::now();
     inner.metrics.state_transfer_sessions.set(0);
     let mut peers = c.alive_peers();

@@ -24,7 +24,6 @@ use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ReplicationMode, SendMode};
-use crate::crypto::ClusterKey;
 use crate::membership::{Discovery, SelfInfo};
 use crate::metrics::{Metrics, Role};
 use crate::ownership;
@@ -115,13 +114,18 @@ pub struct ClusterView {
     pub rereplication_backlog: u64,
     /// Other members (alive and suspect).
     pub members: Vec<MemberView>,
+    /// Ids of the cluster keys this node holds, primary first.
+    pub keys: Vec<String>,
+    /// Discovered peers that refused this node's keys lately (a node with no live member
+    /// and such peers is not ready: see `Cluster::isolated_by_key`).
+    pub refusing_peers: Vec<String>,
 }
 
 pub(crate) struct Inner {
     pub cfg: Config,
     pub me: SelfInfo,
     pub origin: u32,
-    pub key: ClusterKey,
+    pub key: crate::keyring::Keys,
     pub store: Store,
     pub metrics: Arc<Metrics>,
     /// Members by node id.
@@ -234,7 +238,7 @@ impl Cluster {
         cfg: Config,
         listener: TcpListener,
         advertise: SocketAddr,
-        key: ClusterKey,
+        key: crate::keyring::Keys,
         metrics: Arc<Metrics>,
         shutdown: CancellationToken,
     ) -> Result<Cluster, ClusterError> {
@@ -308,6 +312,7 @@ impl Cluster {
             && !self.inner.leaving.load(Ordering::Relaxed)
             && !self.inner.draining.load(Ordering::Relaxed)
             && self.has_quorum()
+            && !self.isolated_by_key()
     }
 
     /// Reports not ready from now on, while still serving and replicating (the first step
@@ -464,6 +469,19 @@ impl Cluster {
             .store
             .with(sid, |s| (s.seen_through(), s.is_dead(now)));
         let owner = !self.backup_mode() || self.owners(sid).iter().any(|o| o == &inner.me.node_id);
+        // Delta mode: every ready node holds every session, so an id this node has never
+        // seen, from a client with no valid version cookie, is answered here, not by
+        // asking every peer (a random `SESSIONID` must not fan out): after a bounded
+        // wait for the creating write, which may still be in flight.
+        if local.is_none() && min_version == 0 && !self.backup_mode() {
+            if self
+                .wait_for_version(sid, 0, inner.cfg.consistency_wait)
+                .await
+            {
+                return Ok(self.local_copy(sid, 0, unix_now()));
+            }
+            return Ok(None);
+        }
         match local {
             Some((_, true)) => return Ok(None),
             // An owner (every node in delta mode) with a fresh-enough copy serves it.
@@ -1043,12 +1061,30 @@ impl Cluster {
             backup,
             rereplication_backlog: inner.metrics.rereplication_backlog.get().max(0) as u64,
             members,
+            keys: self.key_status().0,
+            refusing_peers: self.key_status().1.iter().map(|a| a.to_string()).collect(),
         }
     }
 
     /// (primary, backup, cached, live) session counts; in delta mode every live session
     /// counts as primary.
     pub fn role_counts(&self) -> (usize, usize, usize, usize) {
+        // Delta mode: every live session is primary; the store keeps that count. Backup
+        // mode: a scan, but only after sessions were added or removed or the view
+        // changed, or a second passed (not one per request to `/`, `/cluster`, `/metrics`).
+        if !self.backup_mode() {
+            let live = self.inner.store.live();
+            return (live, 0, 0, live);
+        }
+        let view = xxhash_rust::xxh3::xxh3_64(self.live_members().join(",").as_bytes());
+        let [p, b, c, live] = self.inner.store.cached(Duration::from_secs(1), view, || {
+            let (p, b, c, live) = self.scan_role_counts();
+            [p, b, c, live]
+        });
+        (p, b, c, live)
+    }
+
+    fn scan_role_counts(&self) -> (usize, usize, usize, usize) {
         let inner = &self.inner;
         let now = unix_now();
         let view = self.live_members();

@@ -242,7 +242,7 @@ async fn run_link(c: Cluster, link: Arc<Link>, mut rx: mpsc::Receiver<(Outgoing,
                 }
             }
             Err(e) => {
-                inner.metrics.handshakes_rejected.inc();
+                inner.metrics.handshake_failed(e.reason());
                 if let HandshakeError::Wire(w) = &e {
                     inner.metrics.reject(w.reason());
                 }
@@ -368,17 +368,27 @@ async fn run_connection(
     }
 }
 
-/// Accepts peer connections until shutdown.
+/// Accepts peer connections until shutdown. At most `--max-handshakes` connections are
+/// in their (deadline-bounded) handshake at once; more are closed at once and counted.
 pub(crate) async fn accept_loop(c: Cluster, listener: TcpListener) {
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(
+        c.inner.cfg.max_handshakes.max(1),
+    ));
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
             _ = c.inner.shutdown.cancelled() => return,
         };
         match accepted {
-            Ok((stream, _)) => {
-                tokio::spawn(inbound(c.clone(), stream));
-            }
+            Ok((stream, _)) => match handshakes.clone().try_acquire_owned() {
+                Ok(permit) => {
+                    tokio::spawn(inbound(c.clone(), stream, permit));
+                }
+                Err(_) => {
+                    c.inner.metrics.handshake_failed("too_many_handshakes");
+                    drop(stream);
+                }
+            },
             Err(e) => {
                 // Transient (e.g. EMFILE): warn and go on.
                 tracing::warn!(error = %e, "accept failed");
@@ -388,20 +398,25 @@ pub(crate) async fn accept_loop(c: Cluster, listener: TcpListener) {
     }
 }
 
-async fn inbound(c: Cluster, stream: tokio::net::TcpStream) {
+async fn inbound(
+    c: Cluster,
+    stream: tokio::net::TcpStream,
+    handshake_permit: tokio::sync::OwnedSemaphorePermit,
+) {
     let inner = c.inner.clone();
-    let (peer, mut rd, mut wr) =
-        match transport::accept(stream, c.hello(), &inner.key, inner.cfg.max_frame).await {
-            Ok(x) => x,
-            Err(e) => {
-                inner.metrics.handshakes_rejected.inc();
-                if let HandshakeError::Wire(w) = &e {
-                    inner.metrics.reject(w.reason());
-                }
-                tracing::warn!(error = %e, "inbound handshake refused");
-                return;
+    let accepted = transport::accept(stream, c.hello(), &inner.key, inner.cfg.max_frame).await;
+    drop(handshake_permit);
+    let (peer, mut rd, mut wr) = match accepted {
+        Ok(x) => x,
+        Err(e) => {
+            inner.metrics.handshake_failed(e.reason());
+            if let HandshakeError::Wire(w) = &e {
+                inner.metrics.reject(w.reason());
             }
-        };
+            tracing::warn!(error = %e, "inbound handshake refused");
+            return;
+        }
+    };
     if inner
         .left
         .lock()

@@ -91,8 +91,10 @@ pub fn with_sessions<S: Clone + Send + Sync + 'static>(
         .with_secure(cfg.cookie_secure)
         .with_path("/")
         .with_expiry(Expiry::OnInactivity(timeout));
-    let ryw =
-        ReadYourWritesLayer::new(VersionCookie::new(key, &cfg.cookie_name, cfg.cookie_secure));
+    let ryw = ReadYourWritesLayer::new(
+        VersionCookie::new(key, &cfg.cookie_name, cfg.cookie_secure)
+            .with_rotation(cluster.keys().clone()),
+    );
     router
         .layer(sessions)
         .layer(ryw)

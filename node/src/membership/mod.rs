@@ -203,12 +203,17 @@ pub fn enabled_sources(config: &Config) -> Sources {
 ///
 /// In `auto` mode a multicast setup failure is only a warning when DNS or a peer list
 /// can still find peers (e.g. a pod network without multicast); otherwise it is fatal.
+/// `key`: the cluster key, or the node's reloaded key set (heartbeats are then tagged
+/// with the current primary and accepted under any key of the set, so a key rotation
+/// needs no restart).
 pub async fn start(
     config: &Config,
     me: SelfInfo,
-    key: ClusterKey,
+    key: impl Into<crate::keyring::Keys>,
     shutdown: CancellationToken,
 ) -> Result<Discovery, MembershipError> {
+    let keys: crate::keyring::Keys = key.into();
+    let key: ClusterKey = keys.current().primary().key.clone();
     let mut enabled = enabled_sources(config);
     let (merger, candidates) = Merger::new(me.clone());
     let stats = Arc::new(Stats::default());
@@ -313,7 +318,7 @@ pub async fn start(
                 socket,
                 group,
                 me,
-                key,
+                keys,
                 timing: multicast::Timing {
                     interval: config.heartbeat_interval,
                     member_timeout: config.member_timeout,

@@ -445,7 +445,7 @@ pub(crate) struct Task {
     pub socket: UdpSocket,
     pub group: SocketAddrV4,
     pub me: SelfInfo,
-    pub key: ClusterKey,
+    pub keys: crate::keyring::Keys,
     pub timing: Timing,
     pub merger: Arc<Merger>,
     pub stats: Arc<Stats>,
@@ -464,21 +464,25 @@ impl Task {
             addr: self.me.advertise,
             leaving: false,
         };
-        let (alive, leaving) = match (
-            encode(&hb, &self.key),
+        // Both heartbeats, tagged with the current primary key; re-encoded when the key
+        // file changes.
+        let encode_both = |key: &ClusterKey| match (
+            encode(&hb, key),
             encode(
                 &Heartbeat {
                     leaving: true,
-                    ..hb
+                    ..hb.clone()
                 },
-                &self.key,
+                key,
             ),
         ) {
-            (Ok(a), Ok(l)) => (a, l),
-            _ => {
-                tracing::error!("cannot encode a heartbeat; multicast discovery stopped");
-                return;
-            }
+            (Ok(a), Ok(l)) => Some((a, l)),
+            _ => None,
+        };
+        let mut key_set = self.keys.current();
+        let Some((mut alive, mut leaving)) = encode_both(&key_set.primary().key) else {
+            tracing::error!("cannot encode a heartbeat; multicast discovery stopped");
+            return;
         };
         let mut table = MemberTable::new(&self.me, self.timing.member_timeout);
         let mut ticker = tokio::time::interval(self.timing.interval);
@@ -494,6 +498,13 @@ impl Task {
             tokio::select! {
                 _ = self.shutdown.cancelled() => break,
                 _ = ticker.tick(), if heartbeating => {
+                    let now = self.keys.current();
+                    if !Arc::ptr_eq(&now, &key_set) {
+                        if let Some((a, l)) = encode_both(&now.primary().key) {
+                            (alive, leaving) = (a, l);
+                        }
+                        key_set = now;
+                    }
                     self.send(&alive, &mut send_failing).await;
                 }
                 _ = tokio::time::sleep_until(first_round_at), if !*self.first_round.borrow() => {
@@ -536,7 +547,21 @@ impl Task {
     }
 
     fn receive(&self, datagram: &[u8], from: SocketAddr, table: &mut MemberTable) {
-        match decode(datagram, &self.key, &self.me.cluster) {
+        let set = self.keys.current();
+        let mut res = decode(datagram, &set.primary().key, &self.me.cluster);
+        if res == Err(Reject::Tag) {
+            // During a key rotation: any key of the file.
+            if let Some(ok) = set
+                .entries()
+                .iter()
+                .filter(|e| e.id != set.primary().id)
+                .map(|e| decode(datagram, &e.key, &self.me.cluster))
+                .find(Result::is_ok)
+            {
+                res = ok;
+            }
+        }
+        match res {
             Ok(hb) => match table.observe(&hb, Instant::now()) {
                 Observed::Own => {}
                 observed => {
@@ -882,7 +907,7 @@ mod tests {
             node: &str,
             inc: u64,
             port: u16,
-            key: &ClusterKey,
+            key: impl Into<crate::keyring::Keys>,
             stop: &CancellationToken,
         ) -> super::super::Discovery {
             let config = Config::parse_from([
@@ -906,14 +931,33 @@ mod tests {
                 incarnation: inc,
                 advertise: SocketAddr::from(([127, 0, 0, 1], port)),
             };
-            super::super::start(&config, me, key.clone(), stop.child_token())
+            super::super::start(&config, me, key, stop.child_token())
                 .await
                 .unwrap()
         }
-        let d1 = start("tribe", "n1", 1, 4001, &key, &stop).await;
-        let d2 = start("tribe", "n2", 1, 4002, &key, &stop).await;
-        let other_cluster = start("other", "x1", 1, 4003, &key, &stop).await;
-        let other_key = start("tribe", "x2", 1, 4004, &ClusterKey::new(b"k2"), &stop).await;
+        let d1 = start("tribe", "n1", 1, 4001, key.clone(), &stop).await;
+        let d2 = start("tribe", "n2", 1, 4002, key.clone(), &stop).await;
+        let other_cluster = start("other", "x1", 1, 4003, key.clone(), &stop).await;
+        let other_key = start("tribe", "x2", 1, 4004, ClusterKey::new(b"k2"), &stop).await;
+        // Mid-rotation: sends with a key nobody else has yet, still accepts k1.
+        let entry = |id: &str, k: &ClusterKey| crate::keyring::KeyEntry {
+            id: id.into(),
+            key: k.clone(),
+        };
+        let rotating = crate::keyring::KeySet::from_entries(
+            vec![entry("old", &key), entry("new", &ClusterKey::new(b"k3"))],
+            "new",
+        )
+        .unwrap();
+        let rotating = start(
+            "tribe",
+            "x3",
+            1,
+            4005,
+            crate::keyring::Keys::new(rotating),
+            &stop,
+        )
+        .await;
 
         let t0 = Instant::now();
         tokio::time::timeout(wait, d1.initial_round())
@@ -959,6 +1003,12 @@ mod tests {
             other_cluster.candidates.borrow().is_empty()
                 && other_key.candidates.borrow().is_empty()
         );
+        // The rotating node hears the k1 nodes (old key still accepted).
+        let mut c3 = rotating.candidates.clone();
+        tokio::time::timeout(wait, c3.wait_for(|c| c.contains_key(&addr(4001))))
+            .await
+            .expect("a node mid-rotation hears a node on the old key")
+            .unwrap();
         assert!(
             d1.stats.heartbeats_sent.load(Relaxed) >= 2
                 && d1.stats.heartbeats_received.load(Relaxed) >= 1
@@ -980,7 +1030,7 @@ mod tests {
         assert!(t_leave.elapsed() < Duration::from_secs(1));
 
         // n2 restarts at the same address: a new incarnation is a member again.
-        let d2b = start("tribe", "n2", 2, 4002, &key, &stop).await;
+        let d2b = start("tribe", "n2", 2, 4002, key.clone(), &stop).await;
         tokio::time::timeout(
             wait,
             c1.wait_for(|c| c.get(&addr(4002)).is_some_and(|m| m.incarnation == Some(2))),
