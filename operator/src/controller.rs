@@ -328,6 +328,102 @@ async fn remove_ingress(ctx: &Context, sc: &SessionCluster, ns: &str) -> Result<
     }
 }
 
+/// Applies (`spec.monitoring.podMonitor: true`) or deletes (`false`, if ours) the
+/// cluster's PodMonitor. Without `spec.monitoring` nothing is asked of the API server.
+/// When the Prometheus Operator's CRDs are not installed (API discovery finds no
+/// `monitoring.coreos.com/v1` PodMonitor) the request is skipped with a warning Event:
+/// the rest of the cluster is unaffected.
+async fn reconcile_pod_monitor(ctx: &Context, sc: &SessionCluster, ns: &str) -> Result<()> {
+    use kube::api::{DynamicObject, GroupVersionKind};
+    let Some(monitoring) = &sc.spec.monitoring else {
+        return Ok(());
+    };
+    let (group, version, kind) = resources::POD_MONITOR_GVK;
+    let gvk = GroupVersionKind::gvk(group, version, kind);
+    let ar = match kube::discovery::oneshot::pinned_kind(&ctx.client, &gvk).await {
+        Ok((ar, _caps)) => ar,
+        Err(e) => {
+            if monitoring.pod_monitor {
+                warn!(error = %e, "spec.monitoring.podMonitor is set but the API server serves no monitoring.coreos.com/v1 PodMonitor; skipped");
+                publish(
+                    ctx,
+                    sc,
+                    EventType::Warning,
+                    "MonitoringUnavailable",
+                    "Apply",
+                    "spec.monitoring.podMonitor is set, but the Prometheus Operator's PodMonitor CRD (monitoring.coreos.com/v1) is not installed: no PodMonitor created".into(),
+                    None,
+                )
+                .await;
+            }
+            return Ok(());
+        }
+    };
+    let api: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), ns, &ar);
+    let name = sc.name_any();
+    let apply_err = |source| Error::Apply {
+        kind: kind.into(),
+        name: name.clone(),
+        source,
+    };
+    if monitoring.pod_monitor {
+        let before = api.get_opt(&name).await.map_err(apply_err)?;
+        let obj = resources::pod_monitor(sc);
+        let applied = api
+            .patch(
+                &name,
+                &PatchParams::apply(MANAGER).force(),
+                &Patch::Apply(&obj),
+            )
+            .await
+            .map_err(apply_err)?;
+        if before.is_none() {
+            info!(%name, "created PodMonitor");
+            let note = format!("Created PodMonitor {name}");
+            let related = Some(applied.object_ref(&ar));
+            publish(
+                ctx,
+                sc,
+                EventType::Normal,
+                "Created",
+                "Apply",
+                note,
+                related,
+            )
+            .await;
+        }
+        return Ok(());
+    }
+    let Some(existing) = api.get_opt(&name).await.map_err(apply_err)? else {
+        return Ok(());
+    };
+    let ours = existing
+        .owner_references()
+        .iter()
+        .any(|o| Some(&o.uid) == sc.uid().as_ref() && o.controller == Some(true));
+    if ours {
+        match api.delete(&name, &DeleteParams::default()).await {
+            Ok(_) => {
+                let note = format!("Deleted PodMonitor {name} (monitoring.podMonitor is false)");
+                let related = Some(existing.object_ref(&ar));
+                publish(
+                    ctx,
+                    sc,
+                    EventType::Normal,
+                    "Deleted",
+                    "Delete",
+                    note,
+                    related,
+                )
+                .await;
+            }
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => return Err(apply_err(e)),
+        }
+    }
+    Ok(())
+}
+
 /// Applies every child; returns the Deployment as the API server has it.
 async fn apply_children(ctx: &Context, sc: &SessionCluster, ns: &str) -> Result<Deployment> {
     ensure_secret(ctx, sc, ns).await?;
@@ -342,6 +438,7 @@ async fn apply_children(ctx: &Context, sc: &SessionCluster, ns: &str) -> Result<
         }
         None => remove_ingress(ctx, sc, ns).await?,
     }
+    reconcile_pod_monitor(ctx, sc, ns).await?;
     Ok(deployment)
 }
 
@@ -376,6 +473,7 @@ async fn reconcile_inner(sc: &SessionCluster, ctx: &Context) -> Result<Action> {
     }
     if sc.metadata.deletion_timestamp.is_some() {
         // Children go with it through their owner references.
+        ctx.metrics.forget_cluster(&ns, &name);
         return Ok(Action::await_change());
     }
     debug!(cluster = %format!("{ns}/{name}"), "reconciling");
@@ -431,6 +529,8 @@ async fn reconcile_inner(sc: &SessionCluster, ctx: &Context) -> Result<Action> {
         now: now.to_string(),
     };
     let new_status = status::compute(sc, &obs);
+    ctx.metrics
+        .observe_cluster(&ns, &name, sc.spec.replicas, &new_status);
     if sc.status.as_ref() != Some(&new_status) {
         let api: Api<SessionCluster> = Api::namespaced(ctx.client.clone(), &ns);
         let patch = serde_json::json!({

@@ -20,6 +20,15 @@ pub struct ErrorLabels {
     pub error: String,
 }
 
+/// Label set of the per-SessionCluster gauges.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClusterLabels {
+    /// Namespace of the SessionCluster.
+    pub namespace: String,
+    /// Its name (the `sessioncluster` label of the nodes' series, too).
+    pub sessioncluster: String,
+}
+
 /// The operator's metrics.
 #[derive(Clone)]
 pub struct Metrics {
@@ -31,6 +40,14 @@ pub struct Metrics {
     pub reconcile_duration: Histogram,
     /// 1 while this process holds the leader Lease.
     pub leader: Gauge,
+    /// `spec.replicas` of each SessionCluster, as last reconciled.
+    pub cluster_replicas: Family<ClusterLabels, Gauge>,
+    /// Ready node pods of each SessionCluster.
+    pub cluster_ready_replicas: Family<ClusterLabels, Gauge>,
+    /// Cluster members the nodes report (the smallest view; absent when unknown).
+    pub cluster_members: Family<ClusterLabels, Gauge>,
+    /// Sessions the nodes report (absent when unknown).
+    pub cluster_sessions: Family<ClusterLabels, Gauge>,
     registry: Arc<Registry>,
 }
 
@@ -41,6 +58,10 @@ impl Default for Metrics {
         let reconcile_duration =
             Histogram::new([0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]);
         let leader = Gauge::default();
+        let cluster_replicas = Family::<ClusterLabels, Gauge>::default();
+        let cluster_ready_replicas = Family::<ClusterLabels, Gauge>::default();
+        let cluster_members = Family::<ClusterLabels, Gauge>::default();
+        let cluster_sessions = Family::<ClusterLabels, Gauge>::default();
         let mut registry = Registry::with_prefix("tribe_operator");
         registry.register("reconciles", "Reconciles started", reconciles.clone());
         registry.register(
@@ -58,11 +79,35 @@ impl Default for Metrics {
             "1 while this process holds the leader Lease",
             leader.clone(),
         );
+        registry.register(
+            "cluster_replicas",
+            "spec.replicas of each SessionCluster",
+            cluster_replicas.clone(),
+        );
+        registry.register(
+            "cluster_ready_replicas",
+            "Ready node pods of each SessionCluster",
+            cluster_ready_replicas.clone(),
+        );
+        registry.register(
+            "cluster_members",
+            "Cluster members as the nodes of each SessionCluster report them",
+            cluster_members.clone(),
+        );
+        registry.register(
+            "cluster_sessions",
+            "Sessions as the nodes of each SessionCluster report them",
+            cluster_sessions.clone(),
+        );
         Self {
             reconciles,
             failures,
             reconcile_duration,
             leader,
+            cluster_replicas,
+            cluster_ready_replicas,
+            cluster_members,
+            cluster_sessions,
             registry: Arc::new(registry),
         }
     }
@@ -97,6 +142,58 @@ impl Metrics {
                 error: error.metric_label().to_string(),
             })
             .inc();
+    }
+
+    /// Records what one reconcile observed of a SessionCluster (`replicas` from its
+    /// spec, the rest from the status just computed). Unknown members or sessions
+    /// remove the series rather than report a stale value.
+    pub fn observe_cluster(
+        &self,
+        namespace: &str,
+        name: &str,
+        replicas: i32,
+        status: &crate::crd::SessionClusterStatus,
+    ) {
+        let labels = ClusterLabels {
+            namespace: namespace.to_string(),
+            sessioncluster: name.to_string(),
+        };
+        self.cluster_replicas
+            .get_or_create(&labels)
+            .set(i64::from(replicas));
+        self.cluster_ready_replicas
+            .get_or_create(&labels)
+            .set(i64::from(status.ready_replicas.unwrap_or(0)));
+        match status.members {
+            Some(m) => {
+                self.cluster_members
+                    .get_or_create(&labels)
+                    .set(i64::from(m));
+            }
+            None => {
+                self.cluster_members.remove(&labels);
+            }
+        }
+        match status.sessions {
+            Some(n) => {
+                self.cluster_sessions.get_or_create(&labels).set(n);
+            }
+            None => {
+                self.cluster_sessions.remove(&labels);
+            }
+        }
+    }
+
+    /// Forgets a SessionCluster that no longer exists.
+    pub fn forget_cluster(&self, namespace: &str, name: &str) {
+        let labels = ClusterLabels {
+            namespace: namespace.to_string(),
+            sessioncluster: name.to_string(),
+        };
+        self.cluster_replicas.remove(&labels);
+        self.cluster_ready_replicas.remove(&labels);
+        self.cluster_members.remove(&labels);
+        self.cluster_sessions.remove(&labels);
     }
 
     /// The metrics in Prometheus text format.
