@@ -74,6 +74,16 @@ pub struct Metrics {
     pub state_transfer_sessions: Gauge,
     /// Sessions expired by the sweeper.
     pub sessions_expired: Counter,
+    /// Session loads by the app (a request that reads its session: reads).
+    pub session_loads: Counter,
+    /// Session saves by the app (a request that changed its session: writes).
+    pub session_saves: Counter,
+    /// 1 while the node is ready (joined, state transferred, not shutting down).
+    pub ready: Gauge,
+    /// Resident memory of the node process, bytes (refreshed at each scrape).
+    pub resident_memory_bytes: Gauge,
+    /// The memory limit of the node's cgroup, bytes; 0 when unlimited or unknown.
+    pub memory_limit_bytes: Gauge,
 }
 
 impl Metrics {
@@ -105,6 +115,11 @@ impl Metrics {
             state_transfer_seconds: Gauge::default(),
             state_transfer_sessions: Gauge::default(),
             sessions_expired: Counter::default(),
+            session_loads: Counter::default(),
+            session_saves: Counter::default(),
+            ready: Gauge::default(),
+            resident_memory_bytes: Gauge::default(),
+            memory_limit_bytes: Gauge::default(),
         };
         let r = registry.sub_registry_with_prefix("tribe");
         r.register("sessions", "Sessions held, by role", m.sessions.clone());
@@ -223,6 +238,31 @@ impl Metrics {
             "sessions_expired",
             "Sessions expired",
             m.sessions_expired.clone(),
+        );
+        r.register(
+            "session_loads",
+            "Session loads by the app (reads)",
+            m.session_loads.clone(),
+        );
+        r.register(
+            "session_saves",
+            "Session saves by the app (writes)",
+            m.session_saves.clone(),
+        );
+        r.register(
+            "ready",
+            "1 while the node is ready (joined, state transferred, not leaving)",
+            m.ready.clone(),
+        );
+        r.register(
+            "resident_memory_bytes",
+            "Resident memory of the node process",
+            m.resident_memory_bytes.clone(),
+        );
+        r.register(
+            "memory_limit_bytes",
+            "Memory limit of the node's cgroup (0: unlimited or unknown)",
+            m.memory_limit_bytes.clone(),
         );
         m
     }
