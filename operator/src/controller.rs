@@ -442,11 +442,16 @@ async fn apply_children(ctx: &Context, sc: &SessionCluster, ns: &str) -> Result<
     Ok(deployment)
 }
 
-/// Admin addresses (`podIP:9090`) of the cluster's ready pods.
+/// Admin addresses (`podIP:9090`) of the cluster's ready pods; records every running pod
+/// as a scrape target on the way.
 async fn ready_pod_addrs(ctx: &Context, sc: &SessionCluster, ns: &str) -> Result<Vec<String>> {
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
     let selector = resources::selector_string(&resources::selector_labels(sc));
     let list = pods.list(&ListParams::default().labels(&selector)).await?;
+    // The same listing feeds the scrape targets (`/sd/nodes`): every running pod, ready or not.
+    ctx.metrics
+        .targets
+        .set(ns, &sc.name_any(), crate::sd::node_targets(&list.items));
     Ok(list
         .items
         .iter()

@@ -1,5 +1,6 @@
 //! Operator metrics (prometheus-client) and the admin HTTP server:
-//! `/healthz` (alive), `/readyz` (API reachable at start-up), `/metrics`.
+//! `/healthz` (alive), `/readyz` (API reachable at start-up), `/metrics`, and
+//! `/sd/nodes` (Prometheus HTTP service discovery of the nodes, [`crate::sd`]).
 
 use axum::{extract::State, http::StatusCode, response::IntoResponse, routing::get, Router};
 use prometheus_client::encoding::{text::encode, EncodeLabelSet};
@@ -48,6 +49,8 @@ pub struct Metrics {
     pub cluster_members: Family<ClusterLabels, Gauge>,
     /// Sessions the nodes report (absent when unknown).
     pub cluster_sessions: Family<ClusterLabels, Gauge>,
+    /// The node pods to scrape, served as `/sd/nodes` (Prometheus HTTP service discovery).
+    pub targets: crate::sd::Targets,
     registry: Arc<Registry>,
 }
 
@@ -108,6 +111,7 @@ impl Default for Metrics {
             cluster_ready_replicas,
             cluster_members,
             cluster_sessions,
+            targets: crate::sd::Targets::default(),
             registry: Arc::new(registry),
         }
     }
@@ -194,6 +198,7 @@ impl Metrics {
         self.cluster_ready_replicas.remove(&labels);
         self.cluster_members.remove(&labels);
         self.cluster_sessions.remove(&labels);
+        self.targets.remove(namespace, name);
     }
 
     /// The metrics in Prometheus text format.
@@ -236,12 +241,17 @@ async fn metrics(State(s): State<AdminState>) -> impl IntoResponse {
     )
 }
 
+async fn sd_nodes(State(s): State<AdminState>) -> impl IntoResponse {
+    axum::Json(s.metrics.targets.document())
+}
+
 /// The admin router.
 pub fn router(state: AdminState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/sd/nodes", get(sd_nodes))
         .with_state(state)
 }
 

@@ -350,15 +350,24 @@ fn monitoring_and_scheduling_values_render() {
     let dep = find(&docs, "Deployment", "tribe-operator");
     let tmpl = &dep["spec"]["template"];
     for (key, v) in svc["spec"]["selector"].as_object().unwrap() {
-        assert_eq!(&tmpl["metadata"]["labels"][key], v, "the Service selects the pods");
+        assert_eq!(
+            &tmpl["metadata"]["labels"][key], v,
+            "the Service selects the pods"
+        );
     }
     assert_eq!(svc["spec"]["ports"][0]["targetPort"], "admin");
     assert_eq!(
         tmpl["metadata"]["labels"]["app.kubernetes.io/version"],
         env!("CARGO_PKG_VERSION")
     );
-    assert_eq!(tmpl["metadata"]["annotations"]["prometheus.io/scrape"], "true");
-    assert_eq!(tmpl["metadata"]["annotations"]["prometheus.io/port"], "8080");
+    assert_eq!(
+        tmpl["metadata"]["annotations"]["prometheus.io/scrape"],
+        "true"
+    );
+    assert_eq!(
+        tmpl["metadata"]["annotations"]["prometheus.io/port"],
+        "8080"
+    );
     assert!(tmpl["spec"].get("priorityClassName").is_none());
     assert!(tmpl["spec"].get("topologySpreadConstraints").is_none());
     let test_pod = docs
@@ -366,7 +375,9 @@ fn monitoring_and_scheduling_values_render() {
         .find(|d| d["kind"] == "Pod")
         .expect("a helm test pod");
     assert_eq!(test_pod["metadata"]["annotations"]["helm.sh/hook"], "test");
-    let args = test_pod["spec"]["containers"][0]["args"].as_array().unwrap();
+    let args = test_pod["spec"]["containers"][0]["args"]
+        .as_array()
+        .unwrap();
     assert_eq!(args[0], "check");
     assert_eq!(
         args[1],
@@ -400,8 +411,7 @@ fn monitoring_and_scheduling_values_render() {
     let tsc = &pod["topologySpreadConstraints"][0];
     assert_eq!(tsc["topologyKey"], "topology.kubernetes.io/zone");
     assert_eq!(
-        tsc["labelSelector"]["matchLabels"]["app.kubernetes.io/name"],
-        "tribe-operator",
+        tsc["labelSelector"]["matchLabels"]["app.kubernetes.io/name"], "tribe-operator",
         "the selector labels are filled in"
     );
     // PodMonitors are within the role (spec.monitoring.podMonitor), nothing else of the group.
@@ -413,7 +423,10 @@ fn monitoring_and_scheduling_values_render() {
         .filter(|r| r["apiGroups"][0] == "monitoring.coreos.com")
         .collect();
     assert_eq!(monitoring.len(), 1);
-    assert_eq!(monitoring[0]["resources"], serde_json::json!(["podmonitors"]));
+    assert_eq!(
+        monitoring[0]["resources"],
+        serde_json::json!(["podmonitors"])
+    );
 
     // A ServiceMonitor without the Service it selects is refused.
     let chart = chart_dir();
