@@ -636,7 +636,15 @@ fn prometheus_scrapes_every_node_and_kubectl_tribe_reaches_them() {
         "values are never listed:\n{list}"
     );
     let one = tribe(&kc, &["sessions", NAME, "--node", &pods[0].0]).unwrap();
-    assert!(one.contains(&id) && !one.contains(&pods[1].0), "{one}");
+    let row = one
+        .lines()
+        .find(|l| l.starts_with(id.as_str()))
+        .unwrap_or_else(|| panic!("{one}"));
+    assert_eq!(
+        row.split_whitespace().last(),
+        Some(pods[0].0.as_str()),
+        "HELD BY only the pod asked: {one}"
+    );
     let with_values = tribe(&kc, &["sessions", NAME, "--show-values"]).unwrap();
     assert!(
         with_values.contains("card = \"4111-very-secret\""),
