@@ -182,12 +182,23 @@ async fn sessions(
         }
         None => t.pod_names(),
     };
+    // Without the key there is nothing to ask any node: say so at once.
+    t.token().await?;
     let mut per_pod = vec![];
     let mut warnings = String::new();
+    let mut last_err = None;
     for pod in &pods {
         match list_pod(t, pod, limit).await {
             Ok(list) => per_pod.push((pod.clone(), list)),
-            Err(e) => warnings.push_str(&format!("warning: {e}\n")),
+            Err(e) => {
+                warnings.push_str(&format!("warning: {e}\n"));
+                last_err = Some(e);
+            }
+        }
+    }
+    if per_pod.is_empty() {
+        if let Some(e) = last_err {
+            return Err(e);
         }
     }
     let mut rows = merge_sessions(&per_pod);
@@ -208,6 +219,7 @@ async fn sessions(
 
 async fn inspect(t: &Target, id: &str, show_values: bool) -> Result<String, Error> {
     check_session_id(id)?;
+    t.token().await?;
     let mut out = String::new();
     let mut found: Option<SessionDetail> = None;
     let mut rows = vec![];
@@ -263,6 +275,7 @@ async fn inspect(t: &Target, id: &str, show_values: bool) -> Result<String, Erro
 
 async fn expire(t: &Target, id: &str) -> Result<String, Error> {
     check_session_id(id)?;
+    t.token().await?;
     let mut last = None;
     for pod in t.pod_names() {
         match t

@@ -1,15 +1,34 @@
 //! Talking to the nodes of a SessionCluster through the API server's pod proxy
 //! (`/api/v1/namespaces/NS/pods/POD:PORT/proxy/PATH`): the user's kubeconfig and RBAC
-//! decide, and no port is opened or forwarded.
+//! decide, and no port is opened or forwarded. The nodes' session endpoints also want the
+//! admin token derived from the cluster key, which is read from the Secret `<name>-key`
+//! (so reading sessions takes the right to read that Secret).
 
 use http_body_util::BodyExt;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{Api, ListParams};
 use kube::client::Body;
 use kube::{Client, ResourceExt};
 use serde::de::DeserializeOwned;
 use tribe_operator::crd::SessionCluster;
-use tribe_operator::resources::{selector_labels, selector_string, ADMIN_PORT};
+use tribe_operator::resources::{
+    secret_name, selector_labels, selector_string, ADMIN_PORT, KEY_FILE_NAME,
+};
+
+/// The header the nodes' session endpoints check.
+pub const TOKEN_HEADER: &str = "x-tribe-admin-token";
+/// What the token authenticates (as the node's `http::sessions::TOKEN_LABEL`).
+pub const TOKEN_LABEL: &[u8] = b"tribe-admin-sessions-v1";
+
+/// The admin token for a cluster key file's content: hex HMAC-SHA256 of [`TOKEN_LABEL`]
+/// under the key (surrounding whitespace ignored, as the node reads the file).
+pub fn admin_token(key_file: &[u8]) -> String {
+    use hmac::{Hmac, KeyInit, Mac};
+    let mut mac = <Hmac<sha2::Sha256> as KeyInit>::new_from_slice(key_file.trim_ascii())
+        .expect("HMAC takes any key length");
+    mac.update(TOKEN_LABEL);
+    hex::encode(mac.finalize().into_bytes())
+}
 
 /// Everything that can go wrong.
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +93,8 @@ pub struct Target {
     pub cluster: SessionCluster,
     /// Its pods that have an IP (running), by name.
     pub pods: Vec<Pod>,
+    /// The admin token, once read from the key Secret.
+    token: tokio::sync::OnceCell<String>,
 }
 
 impl Target {
@@ -102,7 +123,35 @@ impl Target {
             namespace: namespace.into(),
             cluster,
             pods,
+            token: tokio::sync::OnceCell::new(),
         })
+    }
+
+    /// The admin token, from the cluster key in the Secret `<name>-key`.
+    pub async fn token(&self) -> Result<&str, Error> {
+        let t = self
+            .token
+            .get_or_try_init(|| async {
+                let name = secret_name(&self.cluster);
+                let api: Api<Secret> = Api::namespaced(self.client.clone(), &self.namespace);
+                let secret = api.get(&name).await.map_err(|e| match e {
+                    kube::Error::Api(s) if s.code == 403 || s.code == 404 => Error::Usage(format!(
+                        "cannot read the cluster key Secret {}/{name} ({}): the session commands need `get` on it",
+                        self.namespace, s.message
+                    )),
+                    other => Error::Kube(other),
+                })?;
+                let key = secret
+                    .data
+                    .as_ref()
+                    .and_then(|d| d.get(KEY_FILE_NAME))
+                    .ok_or_else(|| {
+                        Error::Usage(format!("Secret {name} has no {KEY_FILE_NAME}"))
+                    })?;
+                Ok::<_, Error>(admin_token(&key.0))
+            })
+            .await?;
+        Ok(t.as_str())
     }
 
     /// Names of the pods.
@@ -119,10 +168,15 @@ impl Target {
         path: &str,
     ) -> Result<Vec<u8>, Error> {
         let uri = proxy_path(&self.namespace, pod, path);
-        let req = http::Request::builder()
+        let mut req = http::Request::builder()
             .method(method.clone())
             .uri(uri)
-            .header(http::header::ACCEPT, "application/json")
+            .header(http::header::ACCEPT, "application/json");
+        // Session paths carry the admin token.
+        if path.starts_with("/sessions") {
+            req = req.header(TOKEN_HEADER, self.token().await?);
+        }
+        let req = req
             .body(Body::empty())
             .map_err(|e| Error::Usage(format!("bad request path {path:?}: {e}")))?;
         let resp = self.client.send(req).await?;
@@ -207,6 +261,14 @@ mod tests {
             proxy_path("web", "shop-1", "cluster"),
             "/api/v1/namespaces/web/pods/shop-1:9090/proxy/cluster"
         );
+    }
+
+    #[test]
+    fn admin_token_is_the_hmac_of_the_label_under_the_trimmed_key() {
+        let t = admin_token(b"  0123456789abcdef0123456789abcdef\n");
+        assert_eq!(t.len(), 64);
+        assert_eq!(t, admin_token(b"0123456789abcdef0123456789abcdef"));
+        assert_ne!(t, admin_token(b"another key of sixteen bytes"));
     }
 
     #[test]

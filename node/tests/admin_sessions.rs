@@ -13,10 +13,22 @@ use reqwest::Method;
 use serde_json::Value;
 use support::*;
 
+/// The admin token of the test nodes (they run `--insecure`: the well-known key).
+fn token() -> String {
+    tribe_node::http::sessions::admin_token(&tribe_node::ClusterKey::insecure())
+}
+
 async fn admin(node: &Node, method: Method, path: &str) -> (u16, Value) {
+    admin_with(node, method, path, Some(&token())).await
+}
+
+async fn admin_with(node: &Node, method: Method, path: &str, token: Option<&str>) -> (u16, Value) {
     let url = format!("http://{}{path}", node.addrs.admin);
-    let resp = reqwest::Client::new()
-        .request(method, url)
+    let mut req = reqwest::Client::new().request(method, url);
+    if let Some(t) = token {
+        req = req.header("x-tribe-admin-token", t);
+    }
+    let resp = req
         .timeout(Duration::from_secs(3))
         .send()
         .await
@@ -121,6 +133,26 @@ async fn sessions_can_be_listed_inspected_and_expired() {
     assert_eq!(s, 200);
     assert_eq!(d["values"]["card"], "4111-secret");
     assert_eq!(d["values"]["counter"], 1);
+
+    // Without the token, or with another key's: 401 and nothing listed.
+    let other = tribe_node::http::sessions::admin_token(&tribe_node::ClusterKey::new(
+        b"another key, 16+ bytes",
+    ));
+    for t in [None, Some("zz"), Some(other.as_str())] {
+        let (s, d) = admin_with(a, Method::GET, "/sessions", t).await;
+        assert_eq!(s, 401, "{t:?}: {d}");
+        assert!(!d.to_string().contains(&secret_id), "{d}");
+        let (s, _) = admin_with(
+            a,
+            Method::GET,
+            &format!("/sessions/{secret_id}?values=true"),
+            t,
+        )
+        .await;
+        assert_eq!(s, 401);
+        let (s, _) = admin_with(a, Method::DELETE, &format!("/sessions/{secret_id}"), t).await;
+        assert_eq!(s, 401);
+    }
 
     // Bad and unknown ids.
     let (s, d) = admin(a, Method::GET, "/sessions/not-an-id").await;

@@ -12,8 +12,9 @@
 //!   alert rules, and wait until its query API returns `tribe_*` series for every pod and
 //!   the operator's gauges; every dashboard query runs. Then `kubectl-tribe` status,
 //!   sessions, inspect and expire through the pod proxy, with the admin's kubeconfig and
-//!   with a ServiceAccount holding only the documented RBAC (no `delete` on pods/proxy:
-//!   `expire` is refused).
+//!   with a ServiceAccount holding only the documented RBAC (without `get` on the key
+//!   Secret the session commands say so; without `delete` on pods/proxy `expire` is
+//!   refused); a node's admin port answers nothing about sessions without the token.
 //!
 //! Skipped (printed) without a control plane or without root, like the other suites.
 
@@ -670,23 +671,42 @@ fn prometheus_scrapes_every_node_and_kubectl_tribe_reaches_them() {
     );
 
     // A ServiceAccount with the documented read-only RBAC: reads work, expire is refused.
-    let role = format!(
-        "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata: {{name: tribe-viewer, namespace: {NS}}}\nrules:\n\
-         - {{apiGroups: [tribe.rs], resources: [sessionclusters], verbs: [get]}}\n\
-         - {{apiGroups: [\"\"], resources: [pods], verbs: [list]}}\n\
-         - {{apiGroups: [\"\"], resources: [pods/proxy], verbs: [get]}}\n\
-         ---\napiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {{name: tribe-viewer, namespace: {NS}}}\n\
-         roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: tribe-viewer}}\n\
-         subjects: [{{kind: ServiceAccount, name: viewer, namespace: {NS}}}]\n"
-    );
+    // First without the key Secret: the session commands say what is missing.
+    let role = |with_secret: bool| {
+        let secret = if with_secret {
+            format!("- {{apiGroups: [\"\"], resources: [secrets], resourceNames: [{NAME}-key], verbs: [get]}}\n")
+        } else {
+            String::new()
+        };
+        format!(
+            "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata: {{name: tribe-viewer, namespace: {NS}}}\nrules:\n\
+             - {{apiGroups: [tribe.rs], resources: [sessionclusters], verbs: [get]}}\n\
+             - {{apiGroups: [\"\"], resources: [pods], verbs: [list]}}\n\
+             - {{apiGroups: [\"\"], resources: [pods/proxy], verbs: [get]}}\n{secret}\
+             ---\napiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {{name: tribe-viewer, namespace: {NS}}}\n\
+             roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: tribe-viewer}}\n\
+             subjects: [{{kind: ServiceAccount, name: viewer, namespace: {NS}}}]\n"
+        )
+    };
     plane.k(&["-n", NS, "create", "serviceaccount", "viewer"]);
     plane
-        .k_stdin(&["apply", "-f", "-"], &role)
+        .k_stdin(&["apply", "-f", "-"], &role(false))
         .unwrap_or_else(|e| panic!("{e}"));
     let viewer = dir.join("viewer.kubeconfig");
     service_account_kubeconfig(&plane, NS, "viewer", &viewer);
-    let seen = wait_for(
+    let status = wait_for(
         "the viewer's RBAC in effect",
+        Duration::from_secs(30),
+        || tribe(&viewer, &["status", NAME]),
+    );
+    assert!(status.contains(&pods[0].0), "{status}");
+    let err = tribe(&viewer, &["sessions", NAME]).expect_err("sessions need the key Secret");
+    assert!(err.contains("cannot read the cluster key Secret"), "{err}");
+    plane
+        .k_stdin(&["apply", "-f", "-"], &role(true))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let seen = wait_for(
+        "the viewer may read the key",
         Duration::from_secs(30),
         || tribe(&viewer, &["sessions", NAME]),
     );
@@ -694,6 +714,11 @@ fn prometheus_scrapes_every_node_and_kubectl_tribe_reaches_them() {
     let err =
         tribe(&viewer, &["expire", NAME, &id]).expect_err("expire needs delete on pods/proxy");
     assert!(err.contains("403"), "{err}");
+    // Straight to a node's admin port, without the token: nothing.
+    let admin: SocketAddr = format!("{}:9090", pods[0].1).parse().unwrap();
+    let r = http(admin, "GET", "/sessions", &[], "", Duration::from_secs(5)).unwrap();
+    assert_eq!(r.status, 401, "{}", r.body);
+    assert!(!r.body.contains(&id));
 
     // Expire with the admin's rights: gone from every node, and the browser starts afresh.
     let out = tribe(&kc, &["expire", NAME, &id]).unwrap_or_else(|e| panic!("{e}"));

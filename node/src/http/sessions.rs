@@ -9,6 +9,12 @@
 //! - `DELETE /sessions/{id}` — invalidates the session on every node (replicated like
 //!   any invalidation); 404 when this node holds no live copy.
 //!
+//! A session id is a credential (whoever sends it as the cookie *is* that session), so
+//! every one of these requests must carry [`TOKEN_HEADER`]: the hex HMAC-SHA256 of
+//! [`TOKEN_LABEL`] under the cluster key ([`admin_token`]). Reaching the admin port is not
+//! enough (probes and Prometheus reach it); holding the cluster key (the Secret
+//! `<name>-key`) is. Without it: 401, nothing listed.
+//!
 //! Ids are the cookie's form (tower-sessions `Id`: 22 characters of URL-safe base64).
 //! A page costs one pass over this node's session ids (as `/metrics` does) and keeps only
 //! `limit` of them: the reply is bounded whatever the store's size.
@@ -17,7 +23,7 @@ use std::collections::{BTreeMap, BinaryHeap};
 use std::str::FromStr;
 
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -28,6 +34,16 @@ use crate::cluster::Cluster;
 use crate::config::ReplicationMode;
 use crate::store::{unix_now, Session};
 use crate::wire::SessionId;
+
+/// The header that carries the admin token.
+pub const TOKEN_HEADER: &str = "x-tribe-admin-token";
+/// What the admin token authenticates.
+pub const TOKEN_LABEL: &[u8] = b"tribe-admin-sessions-v1";
+
+/// The admin token of a cluster key: hex HMAC-SHA256 of [`TOKEN_LABEL`].
+pub fn admin_token(key: &crate::crypto::ClusterKey) -> String {
+    hex::encode(key.tag(&[TOKEN_LABEL]))
+}
 
 /// Page size when `limit` is not given.
 pub const DEFAULT_LIMIT: usize = 100;
@@ -109,6 +125,27 @@ fn error(status: StatusCode, msg: impl Into<String>) -> Response {
     (status, Json(serde_json::json!({ "error": msg.into() }))).into_response()
 }
 
+/// `Err(401)` unless the request carries this cluster's admin token (checked in
+/// constant time).
+fn authorize(cluster: &Cluster, headers: &HeaderMap) -> Result<(), Response> {
+    let ok = headers
+        .get(TOKEN_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| hex::decode(v.trim()).ok())
+        .is_some_and(|tag| cluster.inner.key.verify(&[TOKEN_LABEL], &tag));
+    if ok {
+        Ok(())
+    } else {
+        Err(error(
+            StatusCode::UNAUTHORIZED,
+            format!(
+                "the session endpoints need the {TOKEN_HEADER} header: the hex HMAC-SHA256 of \"{}\" under the cluster key (kubectl tribe computes it from the Secret <name>-key)",
+                String::from_utf8_lossy(TOKEN_LABEL)
+            ),
+        ))
+    }
+}
+
 fn parse_id(s: &str) -> Result<SessionId, Response> {
     Id::from_str(s)
         .map(|id| id.0)
@@ -168,7 +205,14 @@ fn meta(cluster: &Cluster, sid: SessionId, s: &Session, live: &[String]) -> Sess
     }
 }
 
-async fn list(State(cluster): State<Cluster>, Query(q): Query<PageQuery>) -> Response {
+async fn list(
+    State(cluster): State<Cluster>,
+    headers: HeaderMap,
+    Query(q): Query<PageQuery>,
+) -> Response {
+    if let Err(r) = authorize(&cluster, &headers) {
+        return r;
+    }
     let limit = q.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT);
     let after = match q.after.as_deref().map(parse_id).transpose() {
         Ok(a) => a,
@@ -206,9 +250,13 @@ async fn list(State(cluster): State<Cluster>, Query(q): Query<PageQuery>) -> Res
 
 async fn inspect(
     State(cluster): State<Cluster>,
+    headers: HeaderMap,
     Path(id): Path<String>,
     Query(q): Query<DetailQuery>,
 ) -> Response {
+    if let Err(r) = authorize(&cluster, &headers) {
+        return r;
+    }
     let sid = match parse_id(&id) {
         Ok(s) => s,
         Err(r) => return r,
@@ -246,7 +294,14 @@ async fn inspect(
     }
 }
 
-async fn expire(State(cluster): State<Cluster>, Path(id): Path<String>) -> Response {
+async fn expire(
+    State(cluster): State<Cluster>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    if let Err(r) = authorize(&cluster, &headers) {
+        return r;
+    }
     let sid = match parse_id(&id) {
         Ok(s) => s,
         Err(r) => return r,
