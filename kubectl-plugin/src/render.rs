@@ -245,7 +245,7 @@ mod tests {
         assert_eq!(age(100, 0), "-");
         assert_eq!(age(100, 90), "10s");
         assert_eq!(age(1000, 100), "15m");
-        assert_eq!(age(100_000, 0 + 1), "27h");
+        assert_eq!(age(100_000, 1), "27h");
         assert_eq!(age(1_000_000, 1), "11d");
         assert_eq!(age(5, 10), "0s", "clock skew is not negative");
     }

@@ -41,10 +41,13 @@ pub fn node_targets(pods: &[Pod]) -> Vec<NodeTarget> {
     t
 }
 
+/// Node targets by (namespace, SessionCluster name).
+type ByCluster = BTreeMap<(String, String), Vec<NodeTarget>>;
+
 /// The targets of every SessionCluster, by (namespace, name). Cheap to clone.
 #[derive(Clone, Debug, Default)]
 pub struct Targets {
-    inner: Arc<Mutex<BTreeMap<(String, String), Vec<NodeTarget>>>>,
+    inner: Arc<Mutex<ByCluster>>,
 }
 
 impl Targets {

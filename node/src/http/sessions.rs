@@ -121,13 +121,23 @@ pub fn router(cluster: Cluster) -> Router {
         .with_state(cluster)
 }
 
-fn error(status: StatusCode, msg: impl Into<String>) -> Response {
-    (status, Json(serde_json::json!({ "error": msg.into() }))).into_response()
+/// A refusal: a status and a message, answered as `{"error": "..."}`.
+#[derive(Debug)]
+struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(serde_json::json!({ "error": self.1 }))).into_response()
+    }
+}
+
+fn error(status: StatusCode, msg: impl Into<String>) -> ApiError {
+    ApiError(status, msg.into())
 }
 
 /// `Err(401)` unless the request carries this cluster's admin token (checked in
 /// constant time).
-fn authorize(cluster: &Cluster, headers: &HeaderMap) -> Result<(), Response> {
+fn authorize(cluster: &Cluster, headers: &HeaderMap) -> Result<(), ApiError> {
     let ok = headers
         .get(TOKEN_HEADER)
         .and_then(|v| v.to_str().ok())
@@ -146,7 +156,7 @@ fn authorize(cluster: &Cluster, headers: &HeaderMap) -> Result<(), Response> {
     }
 }
 
-fn parse_id(s: &str) -> Result<SessionId, Response> {
+fn parse_id(s: &str) -> Result<SessionId, ApiError> {
     Id::from_str(s)
         .map(|id| id.0)
         .map_err(|_| error(StatusCode::BAD_REQUEST, format!("not a session id: {s:?}")))
@@ -211,12 +221,12 @@ async fn list(
     Query(q): Query<PageQuery>,
 ) -> Response {
     if let Err(r) = authorize(&cluster, &headers) {
-        return r;
+        return r.into_response();
     }
     let limit = q.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT);
     let after = match q.after.as_deref().map(parse_id).transpose() {
         Ok(a) => a,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let store = &cluster.inner.store;
     let now = unix_now();
@@ -255,11 +265,11 @@ async fn inspect(
     Query(q): Query<DetailQuery>,
 ) -> Response {
     if let Err(r) = authorize(&cluster, &headers) {
-        return r;
+        return r.into_response();
     }
     let sid = match parse_id(&id) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let live = cluster.live_members();
     let now = unix_now();
@@ -290,7 +300,8 @@ async fn inspect(
         None => error(
             StatusCode::NOT_FOUND,
             format!("no session {id} on this node"),
-        ),
+        )
+        .into_response(),
     }
 }
 
@@ -300,11 +311,11 @@ async fn expire(
     Path(id): Path<String>,
 ) -> Response {
     if let Err(r) = authorize(&cluster, &headers) {
-        return r;
+        return r.into_response();
     }
     let sid = match parse_id(&id) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let now = unix_now();
     let held = cluster
@@ -316,7 +327,8 @@ async fn expire(
         return error(
             StatusCode::NOT_FOUND,
             format!("no session {id} on this node"),
-        );
+        )
+        .into_response();
     }
     cluster.invalidate(sid).await;
     tracing::info!(session = %id, "session expired through the admin API");
