@@ -61,7 +61,8 @@ enum Cmd {
     Inspect {
         /// The SessionCluster.
         name: String,
-        /// The session id (the SESSIONID cookie's value).
+        /// The session id (the SESSIONID cookie's value; may start with `-`).
+        #[arg(allow_hyphen_values = true)]
         id: String,
         /// Also print the attribute values.
         #[arg(long)]
@@ -71,7 +72,8 @@ enum Cmd {
     Expire {
         /// The SessionCluster.
         name: String,
-        /// The session id (the SESSIONID cookie's value).
+        /// The session id (the SESSIONID cookie's value; may start with `-`).
+        #[arg(allow_hyphen_values = true)]
         id: String,
     },
 }
@@ -337,6 +339,18 @@ async fn main() -> ExitCode {
 mod tests {
     use super::*;
     use clap::CommandFactory;
+
+    /// Ids are URL-safe base64: one in 64 starts with `-`, and must still be an id.
+    #[test]
+    fn ids_may_start_with_a_dash() {
+        let c = Cli::parse_from(["kubectl-tribe", "inspect", "shop", "-tSMxS8S1meEOWVVlEW00Q"]);
+        match c.command {
+            Cmd::Inspect { id, .. } => assert_eq!(id, "-tSMxS8S1meEOWVVlEW00Q"),
+            other => panic!("{other:?}"),
+        }
+        let c = Cli::parse_from(["kubectl-tribe", "expire", "shop", "-x_y"]);
+        assert!(matches!(c.command, Cmd::Expire { id, .. } if id == "-x_y"));
+    }
 
     #[test]
     fn cli_is_consistent() {

@@ -29,6 +29,8 @@ use tracing::{debug, info, warn};
 
 /// Upper bound for one reconcile (API calls plus node polling).
 pub const RECONCILE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How often the series and scrape targets of deleted SessionClusters are dropped.
+const PRUNE_INTERVAL: Duration = Duration::from_secs(15);
 /// Requeue interval of a healthy cluster (refreshes members and sessions).
 const REQUEUE_READY: Duration = Duration::from_secs(30);
 /// Requeue interval while a cluster is not ready yet.
@@ -51,6 +53,8 @@ pub struct Context {
     /// Consecutive failures per SessionCluster (`ns/name`), for backoff. A std mutex:
     /// held for a map lookup only, never across an await.
     failures: Mutex<HashMap<String, u32>>,
+    /// SessionClusters (`ns/name`) already warned that no PodMonitor kind is served.
+    monitoring_warned: Mutex<std::collections::HashSet<String>>,
 }
 
 impl Context {
@@ -66,6 +70,7 @@ impl Context {
             metrics,
             prober: Prober::default(),
             failures: Mutex::default(),
+            monitoring_warned: Mutex::default(),
         }
     }
 
@@ -340,10 +345,24 @@ async fn reconcile_pod_monitor(ctx: &Context, sc: &SessionCluster, ns: &str) -> 
     };
     let (group, version, kind) = resources::POD_MONITOR_GVK;
     let gvk = GroupVersionKind::gvk(group, version, kind);
+    let key = format!("{ns}/{}", sc.name_any());
     let ar = match kube::discovery::oneshot::pinned_kind(&ctx.client, &gvk).await {
-        Ok((ar, _caps)) => ar,
+        Ok((ar, _caps)) => {
+            ctx.monitoring_warned
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&key);
+            ar
+        }
         Err(e) => {
-            if monitoring.pod_monitor {
+            let first = ctx
+                .monitoring_warned
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(key);
+            if monitoring.pod_monitor && !first {
+                debug!(error = %e, "no PodMonitor kind served (warned before)");
+            } else if monitoring.pod_monitor {
                 warn!(error = %e, "spec.monitoring.podMonitor is set but the API server serves no monitoring.coreos.com/v1 PodMonitor; skipped");
                 publish(
                     ctx,
@@ -613,28 +632,50 @@ pub async fn run(
     }
     let owned =
         watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={MANAGER}"));
-    Controller::new(
+    let controller = Controller::new(
         api::<SessionCluster>(&client, &namespace),
         watcher::Config::default(),
-    )
-    .owns(api::<Deployment>(&client, &namespace), owned.clone())
-    .owns(api::<Service>(&client, &namespace), owned.clone())
-    .owns(api::<Ingress>(&client, &namespace), owned.clone())
-    .owns(api::<Secret>(&client, &namespace), owned.clone())
-    .owns(
-        api::<PodDisruptionBudget>(&client, &namespace),
-        owned.clone(),
-    )
-    .owns(api::<NetworkPolicy>(&client, &namespace), owned)
-    .graceful_shutdown_on(shutdown)
-    .run(reconcile, error_policy, ctx)
-    .for_each(|res| async move {
-        match res {
-            Ok((obj, _)) => debug!(object = %obj.name, "reconciled"),
-            Err(e) => debug!(error = %e, "reconcile error"),
+    );
+    // A deleted SessionCluster is never reconciled again: drop its series and scrape
+    // targets once a listing no longer has it (names only: one cheap list per interval).
+    let lister = api::<SessionCluster>(&client, &namespace);
+    let metrics = ctx.metrics.clone();
+    let pruner = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(PRUNE_INTERVAL).await;
+            match lister.list_metadata(&ListParams::default()).await {
+                Ok(list) => {
+                    let existing = list
+                        .items
+                        .iter()
+                        .map(|m| (m.namespace().unwrap_or_default(), m.name_any()))
+                        .collect();
+                    metrics.retain_clusters(&existing);
+                }
+                Err(e) => debug!(error = %e, "cannot list SessionClusters to prune metrics"),
+            }
         }
-    })
-    .await;
+    });
+    controller
+        .owns(api::<Deployment>(&client, &namespace), owned.clone())
+        .owns(api::<Service>(&client, &namespace), owned.clone())
+        .owns(api::<Ingress>(&client, &namespace), owned.clone())
+        .owns(api::<Secret>(&client, &namespace), owned.clone())
+        .owns(
+            api::<PodDisruptionBudget>(&client, &namespace),
+            owned.clone(),
+        )
+        .owns(api::<NetworkPolicy>(&client, &namespace), owned)
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|res| async move {
+            match res {
+                Ok((obj, _)) => debug!(object = %obj.name, "reconciled"),
+                Err(e) => debug!(error = %e, "reconcile error"),
+            }
+        })
+        .await;
+    pruner.abort();
 }
 
 #[cfg(test)]

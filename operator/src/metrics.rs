@@ -51,6 +51,8 @@ pub struct Metrics {
     pub cluster_sessions: Family<ClusterLabels, Gauge>,
     /// The node pods to scrape, served as `/sd/nodes` (Prometheus HTTP service discovery).
     pub targets: crate::sd::Targets,
+    /// The SessionClusters that have per-cluster series, by (namespace, name).
+    clusters: Arc<std::sync::Mutex<std::collections::BTreeSet<(String, String)>>>,
     registry: Arc<Registry>,
 }
 
@@ -112,6 +114,7 @@ impl Default for Metrics {
             cluster_members,
             cluster_sessions,
             targets: crate::sd::Targets::default(),
+            clusters: Arc::default(),
             registry: Arc::new(registry),
         }
     }
@@ -162,6 +165,10 @@ impl Metrics {
             namespace: namespace.to_string(),
             sessioncluster: name.to_string(),
         };
+        self.clusters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert((namespace.to_string(), name.to_string()));
         self.cluster_replicas
             .get_or_create(&labels)
             .set(i64::from(replicas));
@@ -199,6 +206,26 @@ impl Metrics {
         self.cluster_members.remove(&labels);
         self.cluster_sessions.remove(&labels);
         self.targets.remove(namespace, name);
+        self.clusters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&(namespace.to_string(), name.to_string()));
+    }
+
+    /// Forgets every SessionCluster not in `existing` (by namespace and name): a deleted
+    /// one is never reconciled again, so its series and scrape targets go here.
+    pub fn retain_clusters(&self, existing: &std::collections::BTreeSet<(String, String)>) {
+        let gone: Vec<(String, String)> = self
+            .clusters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|k| !existing.contains(*k))
+            .cloned()
+            .collect();
+        for (ns, name) in gone {
+            self.forget_cluster(&ns, &name);
+        }
     }
 
     /// The metrics in Prometheus text format.
@@ -291,6 +318,25 @@ mod tests {
             text.contains("tribe_operator_reconcile_duration_seconds_count 1"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn deleted_clusters_are_forgotten() {
+        use crate::crd::SessionClusterStatus;
+        let m = Metrics::default();
+        let st = SessionClusterStatus {
+            members: Some(2),
+            ..SessionClusterStatus::default()
+        };
+        m.observe_cluster("web", "shop", 2, &st);
+        m.observe_cluster("web", "cart", 3, &st);
+        m.targets.set("web", "cart", vec![]);
+        let keep = std::collections::BTreeSet::from([("web".to_string(), "shop".to_string())]);
+        m.retain_clusters(&keep);
+        let text = m.render();
+        assert!(text.contains(r#"sessioncluster="shop""#), "{text}");
+        assert!(!text.contains(r#"sessioncluster="cart""#), "{text}");
+        assert_eq!(m.targets.document(), serde_json::json!([]));
     }
 
     #[tokio::test]

@@ -740,5 +740,33 @@ fn prometheus_scrapes_every_node_and_kubectl_tribe_reaches_them() {
         "other sessions stay: {still}"
     );
     log("kubectl tribe status/sessions/inspect/expire done");
+
+    // Deleting the SessionCluster drops its scrape targets and its operator series.
+    let op_admin: SocketAddr = format!("{op_ip}:8080").parse().unwrap();
+    let sd: Value = serde_json::from_str(&get_ok(op_admin, "/sd/nodes").unwrap()).unwrap();
+    assert_eq!(sd.as_array().unwrap().len(), 2, "{sd}");
+    plane.k(&[
+        "-n",
+        NS,
+        "delete",
+        "sessioncluster",
+        NAME,
+        "--wait=true",
+        "--timeout=60s",
+    ]);
+    wait_for(
+        "the deleted cluster's targets and series gone",
+        WAIT,
+        || {
+            let sd = get_ok(op_admin, "/sd/nodes")?;
+            let metrics = get_ok(op_admin, "/metrics")?;
+            if sd.trim() == "[]" && !metrics.contains("sessioncluster=\"shop\"") {
+                Ok(())
+            } else {
+                Err(format!("sd: {sd}"))
+            }
+        },
+    );
+    log("deleted cluster forgotten by the operator");
     let _ = std::fs::remove_dir_all(&dir);
 }
