@@ -85,6 +85,16 @@ pub struct Metrics {
     pub anti_entropy_repaired: Counter,
     /// Session writes refused (503) because fewer than `--min-members` members were live.
     pub writes_refused: Counter,
+    /// Session loads by the app (a request that reads its session: reads).
+    pub session_loads: Counter,
+    /// Session saves by the app (a request that changed its session: writes).
+    pub session_saves: Counter,
+    /// 1 while the node is ready (joined, state transferred, not shutting down).
+    pub ready: Gauge,
+    /// Resident memory of the node process, bytes (refreshed at each scrape).
+    pub resident_memory_bytes: Gauge,
+    /// The memory limit of the node's cgroup, bytes; 0 when unlimited or unknown.
+    pub memory_limit_bytes: Gauge,
 }
 
 impl Metrics {
@@ -121,6 +131,11 @@ impl Metrics {
             anti_entropy_rounds: Counter::default(),
             anti_entropy_repaired: Counter::default(),
             writes_refused: Counter::default(),
+            session_loads: Counter::default(),
+            session_saves: Counter::default(),
+            ready: Gauge::default(),
+            resident_memory_bytes: Gauge::default(),
+            memory_limit_bytes: Gauge::default(),
         };
         let r = registry.sub_registry_with_prefix("tribe");
         r.register("sessions", "Sessions held, by role", m.sessions.clone());
@@ -264,6 +279,31 @@ impl Metrics {
             "writes_refused",
             "Session writes refused because fewer than --min-members members were live",
             m.writes_refused.clone(),
+        );
+        r.register(
+            "session_loads",
+            "Session loads by the app (reads)",
+            m.session_loads.clone(),
+        );
+        r.register(
+            "session_saves",
+            "Session saves by the app (writes)",
+            m.session_saves.clone(),
+        );
+        r.register(
+            "ready",
+            "1 while the node is ready (joined, state transferred, not leaving)",
+            m.ready.clone(),
+        );
+        r.register(
+            "resident_memory_bytes",
+            "Resident memory of the node process",
+            m.resident_memory_bytes.clone(),
+        );
+        r.register(
+            "memory_limit_bytes",
+            "Memory limit of the node's cgroup (0: unlimited or unknown)",
+            m.memory_limit_bytes.clone(),
         );
         m
     }

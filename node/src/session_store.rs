@@ -61,6 +61,7 @@ impl SessionStore for ReplicatedStore {
     }
 
     async fn save(&self, record: &Record) -> Result<()> {
+        self.cluster.metrics().session_saves.inc();
         let data = encode(record)?;
         // Diff against what this request loaded (not the replica, which a concurrent
         // write from another node may have changed since): only the request's changes
@@ -85,6 +86,7 @@ impl SessionStore for ReplicatedStore {
     }
 
     async fn load(&self, id: &Id) -> Result<Option<Record>> {
+        self.cluster.metrics().session_loads.inc();
         let min = ryw::min_version(id.0);
         // A replica that did not answer is an error (the request fails, the client keeps
         // its cookie and may retry), never "no session" (which would drop the cookie).

@@ -29,6 +29,8 @@ use tracing::{debug, info, warn};
 
 /// Upper bound for one reconcile (API calls plus node polling).
 pub const RECONCILE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How often the series and scrape targets of deleted SessionClusters are dropped.
+const PRUNE_INTERVAL: Duration = Duration::from_secs(15);
 /// Requeue interval of a healthy cluster (refreshes members and sessions).
 const REQUEUE_READY: Duration = Duration::from_secs(30);
 /// Requeue interval while a cluster is not ready yet.
@@ -51,6 +53,8 @@ pub struct Context {
     /// Consecutive failures per SessionCluster (`ns/name`), for backoff. A std mutex:
     /// held for a map lookup only, never across an await.
     failures: Mutex<HashMap<String, u32>>,
+    /// SessionClusters (`ns/name`) already warned that no PodMonitor kind is served.
+    monitoring_warned: Mutex<std::collections::HashSet<String>>,
 }
 
 impl Context {
@@ -66,6 +70,7 @@ impl Context {
             metrics,
             prober: Prober::default(),
             failures: Mutex::default(),
+            monitoring_warned: Mutex::default(),
         }
     }
 
@@ -328,6 +333,116 @@ async fn remove_ingress(ctx: &Context, sc: &SessionCluster, ns: &str) -> Result<
     }
 }
 
+/// Applies (`spec.monitoring.podMonitor: true`) or deletes (`false`, if ours) the
+/// cluster's PodMonitor. Without `spec.monitoring` nothing is asked of the API server.
+/// When the Prometheus Operator's CRDs are not installed (API discovery finds no
+/// `monitoring.coreos.com/v1` PodMonitor) the request is skipped with a warning Event:
+/// the rest of the cluster is unaffected.
+async fn reconcile_pod_monitor(ctx: &Context, sc: &SessionCluster, ns: &str) -> Result<()> {
+    use kube::api::{DynamicObject, GroupVersionKind};
+    let Some(monitoring) = &sc.spec.monitoring else {
+        return Ok(());
+    };
+    let (group, version, kind) = resources::POD_MONITOR_GVK;
+    let gvk = GroupVersionKind::gvk(group, version, kind);
+    let key = format!("{ns}/{}", sc.name_any());
+    let ar = match kube::discovery::oneshot::pinned_kind(&ctx.client, &gvk).await {
+        Ok((ar, _caps)) => {
+            ctx.monitoring_warned
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&key);
+            ar
+        }
+        Err(e) => {
+            let first = ctx
+                .monitoring_warned
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(key);
+            if monitoring.pod_monitor && !first {
+                debug!(error = %e, "no PodMonitor kind served (warned before)");
+            } else if monitoring.pod_monitor {
+                warn!(error = %e, "spec.monitoring.podMonitor is set but the API server serves no monitoring.coreos.com/v1 PodMonitor; skipped");
+                publish(
+                    ctx,
+                    sc,
+                    EventType::Warning,
+                    "MonitoringUnavailable",
+                    "Apply",
+                    "spec.monitoring.podMonitor is set, but the Prometheus Operator's PodMonitor CRD (monitoring.coreos.com/v1) is not installed: no PodMonitor created".into(),
+                    None,
+                )
+                .await;
+            }
+            return Ok(());
+        }
+    };
+    let api: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), ns, &ar);
+    let name = sc.name_any();
+    let apply_err = |source| Error::Apply {
+        kind: kind.into(),
+        name: name.clone(),
+        source,
+    };
+    if monitoring.pod_monitor {
+        let before = api.get_opt(&name).await.map_err(apply_err)?;
+        let obj = resources::pod_monitor(sc);
+        let applied = api
+            .patch(
+                &name,
+                &PatchParams::apply(MANAGER).force(),
+                &Patch::Apply(&obj),
+            )
+            .await
+            .map_err(apply_err)?;
+        if before.is_none() {
+            info!(%name, "created PodMonitor");
+            let note = format!("Created PodMonitor {name}");
+            let related = Some(applied.object_ref(&ar));
+            publish(
+                ctx,
+                sc,
+                EventType::Normal,
+                "Created",
+                "Apply",
+                note,
+                related,
+            )
+            .await;
+        }
+        return Ok(());
+    }
+    let Some(existing) = api.get_opt(&name).await.map_err(apply_err)? else {
+        return Ok(());
+    };
+    let ours = existing
+        .owner_references()
+        .iter()
+        .any(|o| Some(&o.uid) == sc.uid().as_ref() && o.controller == Some(true));
+    if ours {
+        match api.delete(&name, &DeleteParams::default()).await {
+            Ok(_) => {
+                let note = format!("Deleted PodMonitor {name} (monitoring.podMonitor is false)");
+                let related = Some(existing.object_ref(&ar));
+                publish(
+                    ctx,
+                    sc,
+                    EventType::Normal,
+                    "Deleted",
+                    "Delete",
+                    note,
+                    related,
+                )
+                .await;
+            }
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => return Err(apply_err(e)),
+        }
+    }
+    Ok(())
+}
+
 /// Applies every child; returns the Deployment as the API server has it.
 async fn apply_children(ctx: &Context, sc: &SessionCluster, ns: &str) -> Result<Deployment> {
     ensure_secret(ctx, sc, ns).await?;
@@ -342,14 +457,20 @@ async fn apply_children(ctx: &Context, sc: &SessionCluster, ns: &str) -> Result<
         }
         None => remove_ingress(ctx, sc, ns).await?,
     }
+    reconcile_pod_monitor(ctx, sc, ns).await?;
     Ok(deployment)
 }
 
-/// Admin addresses (`podIP:9090`) of the cluster's ready pods.
+/// Admin addresses (`podIP:9090`) of the cluster's ready pods; records every running pod
+/// as a scrape target on the way.
 async fn ready_pod_addrs(ctx: &Context, sc: &SessionCluster, ns: &str) -> Result<Vec<String>> {
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
     let selector = resources::selector_string(&resources::selector_labels(sc));
     let list = pods.list(&ListParams::default().labels(&selector)).await?;
+    // The same listing feeds the scrape targets (`/sd/nodes`): every running pod, ready or not.
+    ctx.metrics
+        .targets
+        .set(ns, &sc.name_any(), crate::sd::node_targets(&list.items));
     Ok(list
         .items
         .iter()
@@ -376,6 +497,7 @@ async fn reconcile_inner(sc: &SessionCluster, ctx: &Context) -> Result<Action> {
     }
     if sc.metadata.deletion_timestamp.is_some() {
         // Children go with it through their owner references.
+        ctx.metrics.forget_cluster(&ns, &name);
         return Ok(Action::await_change());
     }
     debug!(cluster = %format!("{ns}/{name}"), "reconciling");
@@ -479,6 +601,8 @@ async fn reconcile_inner(sc: &SessionCluster, ctx: &Context) -> Result<Action> {
             .unwrap_or_else(|| now.to_string());
         new_status.conditions.push(c);
     }
+    ctx.metrics
+        .observe_cluster(&ns, &name, sc.spec.replicas, &new_status);
     if sc.status.as_ref() != Some(&new_status) {
         let api: Api<SessionCluster> = Api::namespaced(ctx.client.clone(), &ns);
         let patch = serde_json::json!({
@@ -558,28 +682,50 @@ pub async fn run(
     }
     let owned =
         watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={MANAGER}"));
-    Controller::new(
+    let controller = Controller::new(
         api::<SessionCluster>(&client, &namespace),
         watcher::Config::default(),
-    )
-    .owns(api::<Deployment>(&client, &namespace), owned.clone())
-    .owns(api::<Service>(&client, &namespace), owned.clone())
-    .owns(api::<Ingress>(&client, &namespace), owned.clone())
-    .owns(api::<Secret>(&client, &namespace), owned.clone())
-    .owns(
-        api::<PodDisruptionBudget>(&client, &namespace),
-        owned.clone(),
-    )
-    .owns(api::<NetworkPolicy>(&client, &namespace), owned)
-    .graceful_shutdown_on(shutdown)
-    .run(reconcile, error_policy, ctx)
-    .for_each(|res| async move {
-        match res {
-            Ok((obj, _)) => debug!(object = %obj.name, "reconciled"),
-            Err(e) => debug!(error = %e, "reconcile error"),
+    );
+    // A deleted SessionCluster is never reconciled again: drop its series and scrape
+    // targets once a listing no longer has it (names only: one cheap list per interval).
+    let lister = api::<SessionCluster>(&client, &namespace);
+    let metrics = ctx.metrics.clone();
+    let pruner = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(PRUNE_INTERVAL).await;
+            match lister.list_metadata(&ListParams::default()).await {
+                Ok(list) => {
+                    let existing = list
+                        .items
+                        .iter()
+                        .map(|m| (m.namespace().unwrap_or_default(), m.name_any()))
+                        .collect();
+                    metrics.retain_clusters(&existing);
+                }
+                Err(e) => debug!(error = %e, "cannot list SessionClusters to prune metrics"),
+            }
         }
-    })
-    .await;
+    });
+    controller
+        .owns(api::<Deployment>(&client, &namespace), owned.clone())
+        .owns(api::<Service>(&client, &namespace), owned.clone())
+        .owns(api::<Ingress>(&client, &namespace), owned.clone())
+        .owns(api::<Secret>(&client, &namespace), owned.clone())
+        .owns(
+            api::<PodDisruptionBudget>(&client, &namespace),
+            owned.clone(),
+        )
+        .owns(api::<NetworkPolicy>(&client, &namespace), owned)
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|res| async move {
+            match res {
+                Ok((obj, _)) => debug!(object = %obj.name, "reconciled"),
+                Err(e) => debug!(error = %e, "reconcile error"),
+            }
+        })
+        .await;
+    pruner.abort();
 }
 
 #[cfg(test)]

@@ -10,9 +10,12 @@
 //! - [`lease`]: leader election on a `coordination.k8s.io` Lease.
 //! - [`metrics`]: Prometheus metrics and the admin HTTP server (`/healthz`, `/readyz`, `/metrics`).
 //! - [`local`]: `tribe-operator local FILE`, a SessionCluster as local node processes.
+//! - [`sd`]: Prometheus HTTP service discovery of the nodes (`/sd/nodes`).
+//! - [`check`]: `tribe-operator check URL...` (the chart's `helm test`).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod check;
 pub mod controller;
 pub mod crd;
 pub mod lease;
@@ -21,6 +24,7 @@ pub mod metrics;
 pub mod probe;
 pub mod resources;
 pub mod rotation;
+pub mod sd;
 pub mod status;
 
 #[cfg(test)]

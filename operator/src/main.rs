@@ -41,6 +41,12 @@ enum Command {
     /// Ctrl-C stops every node (SIGTERM, then SIGKILL after --grace); a second Ctrl-C kills
     /// them at once.
     Local(local::LocalArgs),
+    /// GET each URL; exit 0 only when every one answers 200 (the chart's `helm test`).
+    Check {
+        /// Plain http:// URLs.
+        #[arg(required = true)]
+        urls: Vec<String>,
+    },
 }
 
 #[derive(Args, Debug, Clone)]
@@ -262,6 +268,23 @@ async fn main() -> std::process::ExitCode {
         }
         // Sets up its own logging: the live table may own the terminal.
         Command::Local(args) => local::main(args).await,
+        Command::Check { urls } => {
+            let mut failed = false;
+            for url in &urls {
+                match tribe_operator::check::check_url(url).await {
+                    Ok(()) => println!("ok: {url}"),
+                    Err(e) => {
+                        eprintln!("FAILED: {e}");
+                        failed = true;
+                    }
+                }
+            }
+            return if failed {
+                std::process::ExitCode::FAILURE
+            } else {
+                std::process::ExitCode::SUCCESS
+            };
+        }
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

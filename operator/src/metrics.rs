@@ -1,5 +1,6 @@
 //! Operator metrics (prometheus-client) and the admin HTTP server:
-//! `/healthz` (alive), `/readyz` (API reachable at start-up), `/metrics`.
+//! `/healthz` (alive), `/readyz` (API reachable at start-up), `/metrics`, and
+//! `/sd/nodes` (Prometheus HTTP service discovery of the nodes, [`crate::sd`]).
 
 use axum::{extract::State, http::StatusCode, response::IntoResponse, routing::get, Router};
 use prometheus_client::encoding::{text::encode, EncodeLabelSet};
@@ -20,6 +21,15 @@ pub struct ErrorLabels {
     pub error: String,
 }
 
+/// Label set of the per-SessionCluster gauges.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClusterLabels {
+    /// Namespace of the SessionCluster.
+    pub namespace: String,
+    /// Its name (the `sessioncluster` label of the nodes' series, too).
+    pub sessioncluster: String,
+}
+
 /// The operator's metrics.
 #[derive(Clone)]
 pub struct Metrics {
@@ -31,6 +41,18 @@ pub struct Metrics {
     pub reconcile_duration: Histogram,
     /// 1 while this process holds the leader Lease.
     pub leader: Gauge,
+    /// `spec.replicas` of each SessionCluster, as last reconciled.
+    pub cluster_replicas: Family<ClusterLabels, Gauge>,
+    /// Ready node pods of each SessionCluster.
+    pub cluster_ready_replicas: Family<ClusterLabels, Gauge>,
+    /// Cluster members the nodes report (the smallest view; absent when unknown).
+    pub cluster_members: Family<ClusterLabels, Gauge>,
+    /// Sessions the nodes report (absent when unknown).
+    pub cluster_sessions: Family<ClusterLabels, Gauge>,
+    /// The node pods to scrape, served as `/sd/nodes` (Prometheus HTTP service discovery).
+    pub targets: crate::sd::Targets,
+    /// The SessionClusters that have per-cluster series, by (namespace, name).
+    clusters: Arc<std::sync::Mutex<std::collections::BTreeSet<(String, String)>>>,
     registry: Arc<Registry>,
 }
 
@@ -41,6 +63,10 @@ impl Default for Metrics {
         let reconcile_duration =
             Histogram::new([0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]);
         let leader = Gauge::default();
+        let cluster_replicas = Family::<ClusterLabels, Gauge>::default();
+        let cluster_ready_replicas = Family::<ClusterLabels, Gauge>::default();
+        let cluster_members = Family::<ClusterLabels, Gauge>::default();
+        let cluster_sessions = Family::<ClusterLabels, Gauge>::default();
         let mut registry = Registry::with_prefix("tribe_operator");
         registry.register("reconciles", "Reconciles started", reconciles.clone());
         registry.register(
@@ -58,11 +84,37 @@ impl Default for Metrics {
             "1 while this process holds the leader Lease",
             leader.clone(),
         );
+        registry.register(
+            "cluster_replicas",
+            "spec.replicas of each SessionCluster",
+            cluster_replicas.clone(),
+        );
+        registry.register(
+            "cluster_ready_replicas",
+            "Ready node pods of each SessionCluster",
+            cluster_ready_replicas.clone(),
+        );
+        registry.register(
+            "cluster_members",
+            "Cluster members as the nodes of each SessionCluster report them",
+            cluster_members.clone(),
+        );
+        registry.register(
+            "cluster_sessions",
+            "Sessions as the nodes of each SessionCluster report them",
+            cluster_sessions.clone(),
+        );
         Self {
             reconciles,
             failures,
             reconcile_duration,
             leader,
+            cluster_replicas,
+            cluster_ready_replicas,
+            cluster_members,
+            cluster_sessions,
+            targets: crate::sd::Targets::default(),
+            clusters: Arc::default(),
             registry: Arc::new(registry),
         }
     }
@@ -97,6 +149,83 @@ impl Metrics {
                 error: error.metric_label().to_string(),
             })
             .inc();
+    }
+
+    /// Records what one reconcile observed of a SessionCluster (`replicas` from its
+    /// spec, the rest from the status just computed). Unknown members or sessions
+    /// remove the series rather than report a stale value.
+    pub fn observe_cluster(
+        &self,
+        namespace: &str,
+        name: &str,
+        replicas: i32,
+        status: &crate::crd::SessionClusterStatus,
+    ) {
+        let labels = ClusterLabels {
+            namespace: namespace.to_string(),
+            sessioncluster: name.to_string(),
+        };
+        self.clusters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert((namespace.to_string(), name.to_string()));
+        self.cluster_replicas
+            .get_or_create(&labels)
+            .set(i64::from(replicas));
+        self.cluster_ready_replicas
+            .get_or_create(&labels)
+            .set(i64::from(status.ready_replicas.unwrap_or(0)));
+        match status.members {
+            Some(m) => {
+                self.cluster_members
+                    .get_or_create(&labels)
+                    .set(i64::from(m));
+            }
+            None => {
+                self.cluster_members.remove(&labels);
+            }
+        }
+        match status.sessions {
+            Some(n) => {
+                self.cluster_sessions.get_or_create(&labels).set(n);
+            }
+            None => {
+                self.cluster_sessions.remove(&labels);
+            }
+        }
+    }
+
+    /// Forgets a SessionCluster that no longer exists.
+    pub fn forget_cluster(&self, namespace: &str, name: &str) {
+        let labels = ClusterLabels {
+            namespace: namespace.to_string(),
+            sessioncluster: name.to_string(),
+        };
+        self.cluster_replicas.remove(&labels);
+        self.cluster_ready_replicas.remove(&labels);
+        self.cluster_members.remove(&labels);
+        self.cluster_sessions.remove(&labels);
+        self.targets.remove(namespace, name);
+        self.clusters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&(namespace.to_string(), name.to_string()));
+    }
+
+    /// Forgets every SessionCluster not in `existing` (by namespace and name): a deleted
+    /// one is never reconciled again, so its series and scrape targets go here.
+    pub fn retain_clusters(&self, existing: &std::collections::BTreeSet<(String, String)>) {
+        let gone: Vec<(String, String)> = self
+            .clusters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|k| !existing.contains(*k))
+            .cloned()
+            .collect();
+        for (ns, name) in gone {
+            self.forget_cluster(&ns, &name);
+        }
     }
 
     /// The metrics in Prometheus text format.
@@ -139,12 +268,17 @@ async fn metrics(State(s): State<AdminState>) -> impl IntoResponse {
     )
 }
 
+async fn sd_nodes(State(s): State<AdminState>) -> impl IntoResponse {
+    axum::Json(s.metrics.targets.document())
+}
+
 /// The admin router.
 pub fn router(state: AdminState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/sd/nodes", get(sd_nodes))
         .with_state(state)
 }
 
@@ -184,6 +318,25 @@ mod tests {
             text.contains("tribe_operator_reconcile_duration_seconds_count 1"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn deleted_clusters_are_forgotten() {
+        use crate::crd::SessionClusterStatus;
+        let m = Metrics::default();
+        let st = SessionClusterStatus {
+            members: Some(2),
+            ..SessionClusterStatus::default()
+        };
+        m.observe_cluster("web", "shop", 2, &st);
+        m.observe_cluster("web", "cart", 3, &st);
+        m.targets.set("web", "cart", vec![]);
+        let keep = std::collections::BTreeSet::from([("web".to_string(), "shop".to_string())]);
+        m.retain_clusters(&keep);
+        let text = m.render();
+        assert!(text.contains(r#"sessioncluster="shop""#), "{text}");
+        assert!(!text.contains(r#"sessioncluster="cart""#), "{text}");
+        assert_eq!(m.targets.document(), serde_json::json!([]));
     }
 
     #[tokio::test]

@@ -30,6 +30,19 @@ const VALUE_SETS: &[(&str, &[&str])] = &[
             "replicaCount=2",
         ],
     ),
+    (
+        "monitoring+scheduling",
+        &[
+            "metrics.serviceMonitor.enabled=true",
+            "metrics.serviceMonitor.labels.release=prom",
+            "metrics.prometheusRule.enabled=true",
+            "metrics.dashboard.enabled=true",
+            "priorityClassName=system-cluster-critical",
+            "topologySpreadConstraints[0].maxSkew=1",
+            "topologySpreadConstraints[0].topologyKey=topology.kubernetes.io/zone",
+            "topologySpreadConstraints[0].whenUnsatisfiable=ScheduleAnyway",
+        ],
+    ),
 ];
 
 fn helm(args: &[&str]) -> Result<String, String> {
@@ -158,7 +171,16 @@ fn rendered_objects_are_valid_kubernetes_objects() {
         let docs = yaml_docs(&rendered);
         let builtin: Vec<&Value> = docs
             .iter()
-            .filter(|d| d["apiVersion"] != "tribe.rs/v1alpha1")
+            // Custom resources have no schema in kubernetes-validate: the SessionCluster is
+            // checked against the CRD by the API server (cluster.rs), the Prometheus
+            // Operator's objects below.
+            .filter(|d| {
+                d["apiVersion"] != "tribe.rs/v1alpha1"
+                    && !d["apiVersion"]
+                        .as_str()
+                        .unwrap_or("")
+                        .starts_with("monitoring.coreos.com/")
+            })
             .collect();
         assert!(
             builtin.len() >= 6,
@@ -310,6 +332,124 @@ fn namespaced_render_has_only_roles_and_the_example() {
     let ex = find(&docs, "SessionCluster", "example");
     assert_eq!(ex["spec"]["replicas"], 3);
     assert_eq!(ex["spec"]["ingress"]["enabled"], true);
+}
+
+/// Day two: the operator's metrics Service (default), the ServiceMonitor, the
+/// PrometheusRule built from alerts/tribe-rules.yaml, the dashboard ConfigMap for the
+/// Grafana sidecar, version labels, scheduling values and the helm test pod.
+#[test]
+fn monitoring_and_scheduling_values_render() {
+    let docs = yaml_docs(&template(&[]));
+    let k = kinds(&docs);
+    assert!(
+        !k.iter()
+            .any(|x| x == "ServiceMonitor" || x == "PrometheusRule" || x == "ConfigMap"),
+        "monitoring objects are opt-in: {k:?}"
+    );
+    let svc = find(&docs, "Service", "-metrics");
+    let dep = find(&docs, "Deployment", "tribe-operator");
+    let tmpl = &dep["spec"]["template"];
+    for (key, v) in svc["spec"]["selector"].as_object().unwrap() {
+        assert_eq!(
+            &tmpl["metadata"]["labels"][key], v,
+            "the Service selects the pods"
+        );
+    }
+    assert_eq!(svc["spec"]["ports"][0]["targetPort"], "admin");
+    assert_eq!(
+        tmpl["metadata"]["labels"]["app.kubernetes.io/version"],
+        env!("CARGO_PKG_VERSION")
+    );
+    assert_eq!(
+        tmpl["metadata"]["annotations"]["prometheus.io/scrape"],
+        "true"
+    );
+    assert_eq!(
+        tmpl["metadata"]["annotations"]["prometheus.io/port"],
+        "8080"
+    );
+    assert!(tmpl["spec"].get("priorityClassName").is_none());
+    assert!(tmpl["spec"].get("topologySpreadConstraints").is_none());
+    let test_pod = docs
+        .iter()
+        .find(|d| d["kind"] == "Pod")
+        .expect("a helm test pod");
+    assert_eq!(test_pod["metadata"]["annotations"]["helm.sh/hook"], "test");
+    let args = test_pod["spec"]["containers"][0]["args"]
+        .as_array()
+        .unwrap();
+    assert_eq!(args[0], "check");
+    assert_eq!(
+        args[1],
+        "http://tribe-tribe-operator-metrics.tribe-system.svc:8080/readyz"
+    );
+    assert_eq!(
+        test_pod["spec"]["containers"][0]["image"],
+        dep["spec"]["template"]["spec"]["containers"][0]["image"]
+    );
+
+    let docs = yaml_docs(&template(VALUE_SETS[2].1));
+    let sm = find(&docs, "ServiceMonitor", "tribe-operator");
+    assert_eq!(sm["metadata"]["labels"]["release"], "prom");
+    assert_eq!(sm["spec"]["endpoints"][0]["port"], "admin");
+    assert_eq!(
+        sm["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"],
+        "metrics"
+    );
+    let rule = find(&docs, "PrometheusRule", "tribe-operator");
+    let file = std::fs::read_to_string(chart_dir().join("alerts/tribe-rules.yaml")).unwrap();
+    let file: Value = serde_saphyr::from_str(&file).unwrap();
+    assert_eq!(rule["spec"], file, "the PrometheusRule is the rule file");
+    let cm = find(&docs, "ConfigMap", "-dashboard");
+    assert_eq!(cm["metadata"]["labels"]["grafana_dashboard"], "1");
+    let dashboard: Value = serde_json::from_str(cm["data"]["tribe.json"].as_str().unwrap())
+        .expect("the ConfigMap holds the dashboard JSON");
+    let file = std::fs::read_to_string(chart_dir().join("dashboards/tribe.json")).unwrap();
+    assert_eq!(dashboard, serde_json::from_str::<Value>(&file).unwrap());
+    let pod = &find(&docs, "Deployment", "tribe-operator")["spec"]["template"]["spec"];
+    assert_eq!(pod["priorityClassName"], "system-cluster-critical");
+    let tsc = &pod["topologySpreadConstraints"][0];
+    assert_eq!(tsc["topologyKey"], "topology.kubernetes.io/zone");
+    assert_eq!(
+        tsc["labelSelector"]["matchLabels"]["app.kubernetes.io/name"], "tribe-operator",
+        "the selector labels are filled in"
+    );
+    // PodMonitors are within the role (spec.monitoring.podMonitor), nothing else of the group.
+    let role = find(&docs, "ClusterRole", "tribe-operator");
+    let monitoring: Vec<&Value> = role["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["apiGroups"][0] == "monitoring.coreos.com")
+        .collect();
+    assert_eq!(monitoring.len(), 1);
+    assert_eq!(
+        monitoring[0]["resources"],
+        serde_json::json!(["podmonitors"])
+    );
+
+    // A ServiceMonitor without the Service it selects is refused.
+    let chart = chart_dir();
+    let err = helm(&[
+        "template",
+        "t",
+        chart.to_str().unwrap(),
+        "--set",
+        "metrics.serviceMonitor.enabled=true",
+        "--set",
+        "metrics.service.enabled=false",
+    ])
+    .expect_err("a ServiceMonitor needs the metrics Service");
+    assert!(err.contains("metrics.service.enabled"), "{err}");
+}
+
+/// Chart.yaml says where the project lives.
+#[test]
+fn chart_has_home_and_sources() {
+    let text = std::fs::read_to_string(chart_dir().join("Chart.yaml")).unwrap();
+    let chart: Value = serde_saphyr::from_str(&text).unwrap();
+    assert!(chart["home"].as_str().unwrap().starts_with("https://"));
+    assert!(!chart["sources"].as_array().unwrap().is_empty());
 }
 
 #[test]

@@ -173,7 +173,22 @@ fn subresources_and_printer_columns() {
         .iter()
         .map(|c| c["name"].as_str().unwrap().to_string())
         .collect();
-    assert_eq!(cols, ["Replicas", "Ready", "Sessions", "Age"]);
+    assert_eq!(cols, ["Replicas", "Ready", "Members", "Sessions", "Age"]);
+}
+
+/// Integer bounds are integers in the YAML the chart and `kubectl apply` use (`0`, not
+/// `0.0`): some validators and diff tools treat `0.0` as a number that is not an integer.
+#[test]
+fn integer_bounds_are_integers_in_the_yaml() {
+    let yaml = tribe_operator::crd::crd_yaml();
+    for line in yaml.lines() {
+        let t = line.trim();
+        if t.starts_with("minimum:") || t.starts_with("maximum:") {
+            let v = t.split_once(':').unwrap().1.trim();
+            assert!(v.parse::<i64>().is_ok(), "not an integer bound: {line}");
+        }
+    }
+    assert!(yaml.contains("minimum: 0"), "{yaml}");
 }
 
 #[test]

@@ -1,4 +1,5 @@
-//! Admin endpoints: `/healthz`, `/readyz`, `/metrics`, `/cluster`.
+//! Admin endpoints: `/healthz`, `/readyz`, `/metrics`, `/cluster`, and the session
+//! endpoints of [`super::sessions`] (`/sessions`, `/sessions/{id}`).
 
 use std::sync::Arc;
 
@@ -24,7 +25,11 @@ pub fn router(cluster: Cluster, registry: Arc<Registry>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/cluster", get(cluster_view))
-        .with_state(AdminState { cluster, registry })
+        .with_state(AdminState {
+            cluster: cluster.clone(),
+            registry,
+        })
+        .merge(super::sessions::router(cluster))
 }
 
 async fn readyz(State(s): State<AdminState>) -> impl IntoResponse {
@@ -37,6 +42,13 @@ async fn readyz(State(s): State<AdminState>) -> impl IntoResponse {
 
 async fn metrics(State(s): State<AdminState>) -> impl IntoResponse {
     s.cluster.refresh_gauges();
+    let m = s.cluster.metrics();
+    m.ready.set(i64::from(s.cluster.is_ready()));
+    let clamp = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    m.resident_memory_bytes
+        .set(super::process::resident_bytes().map_or(0, clamp));
+    m.memory_limit_bytes
+        .set(super::process::memory_limit_bytes().map_or(0, clamp));
     let mut body = String::new();
     match prometheus_client::encoding::text::encode(&mut body, &s.registry) {
         Ok(()) => (

@@ -2,3 +2,5 @@
 
 pub mod admin;
 pub mod app;
+pub mod process;
+pub mod sessions;

@@ -405,3 +405,110 @@ fn long_notes_are_cut_at_a_char_boundary() {
     assert!(s.ends_with('…'));
     assert_eq!(truncate("short".into(), 1000), "short");
 }
+
+/// `spec.monitoring.podMonitor` while the API server serves no monitoring.coreos.com:
+/// one discovery request, a Warning Event, and the cluster is reconciled as usual.
+#[tokio::test]
+async fn pod_monitor_without_the_prometheus_operator_is_skipped_with_a_warning() {
+    let mut sc = cluster("shop", NS);
+    sc.spec.monitoring = Some(crate::crd::MonitoringSpec { pod_monitor: true });
+    let (res, seen, _) = run_once(sc, fresh_server(3)).await;
+    res.unwrap();
+    assert!(
+        find(&seen, Method::GET, "/apis/monitoring.coreos.com/v1").is_some(),
+        "{:#?}",
+        lines(&seen)
+    );
+    assert!(!seen.iter().any(|s| s.path.contains("podmonitors")));
+    assert!(events(&seen).contains(&("Warning".into(), "MonitoringUnavailable".into())));
+    assert!(find(
+        &seen,
+        Method::PATCH,
+        "/apis/apps/v1/namespaces/web/deployments/shop"
+    )
+    .is_some());
+}
+
+/// Without `spec.monitoring` nothing about monitoring is asked of the API server.
+#[tokio::test]
+async fn no_monitoring_spec_no_discovery() {
+    let (res, seen, ctx) = run_once(cluster("shop", NS), fresh_server(3)).await;
+    res.unwrap();
+    assert!(!seen
+        .iter()
+        .any(|s| s.path.contains("monitoring.coreos.com")));
+    // The per-cluster gauges are set from the reconcile.
+    let text = ctx.metrics.render();
+    assert!(
+        text.contains(
+            r#"tribe_operator_cluster_replicas{namespace="web",sessioncluster="shop"} 3"#
+        ),
+        "{text}"
+    );
+}
+
+/// With the PodMonitor kind served, the PodMonitor is applied with the operator's field
+/// manager; with `podMonitor: false` ours is deleted.
+#[tokio::test]
+async fn pod_monitor_is_applied_and_removed_when_the_kind_exists() {
+    fn with_monitoring(
+        mut inner: impl FnMut(&Seen) -> Reply + Send + 'static,
+        existing_uid: Option<&'static str>,
+    ) -> impl FnMut(&Seen) -> Reply + Send + 'static {
+        move |s: &Seen| {
+            if s.method == Method::GET && s.path == "/apis/monitoring.coreos.com/v1" {
+                return Some((
+                    200,
+                    json!({
+                        "kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "monitoring.coreos.com/v1",
+                        "resources": [{"name": "podmonitors", "singularName": "podmonitor", "namespaced": true,
+                                       "kind": "PodMonitor", "verbs": ["get", "list", "watch", "create", "patch", "delete"]}]
+                    }),
+                ));
+            }
+            if s.method == Method::GET && s.path.ends_with("/podmonitors/shop") {
+                if let Some(uid) = existing_uid {
+                    return Some((
+                        200,
+                        json!({"apiVersion": "monitoring.coreos.com/v1", "kind": "PodMonitor",
+                        "metadata": {"name": "shop", "namespace": "web", "resourceVersion": "1",
+                                     "ownerReferences": [{"apiVersion": "tribe.rs/v1alpha1", "kind": "SessionCluster",
+                                                          "name": "shop", "uid": uid, "controller": true}]},
+                        "spec": {}}),
+                    ));
+                }
+            }
+            inner(s)
+        }
+    }
+    let path = "/apis/monitoring.coreos.com/v1/namespaces/web/podmonitors/shop";
+    let mut sc = cluster("shop", NS);
+    sc.spec.monitoring = Some(crate::crd::MonitoringSpec { pod_monitor: true });
+    let (res, seen, _) = run_once(sc.clone(), with_monitoring(fresh_server(3), None)).await;
+    res.unwrap();
+    let p = find(&seen, Method::PATCH, path).unwrap_or_else(|| panic!("{:#?}", lines(&seen)));
+    assert!(
+        p.query.contains("fieldManager=tribe-operator"),
+        "{}",
+        p.query
+    );
+    assert_eq!(p.body["kind"], "PodMonitor");
+    assert_eq!(p.body["spec"]["podMetricsEndpoints"][0]["port"], "admin");
+
+    sc.spec.monitoring = Some(crate::crd::MonitoringSpec { pod_monitor: false });
+    let (res, seen, _) = run_once(
+        sc.clone(),
+        with_monitoring(fresh_server(3), Some("uid-shop")),
+    )
+    .await;
+    res.unwrap();
+    assert!(
+        find(&seen, Method::DELETE, path).is_some(),
+        "{:#?}",
+        lines(&seen)
+    );
+    // Someone else's PodMonitor of that name is left alone.
+    let (res, seen, _) = run_once(sc, with_monitoring(fresh_server(3), Some("someone-else"))).await;
+    res.unwrap();
+    assert!(find(&seen, Method::DELETE, path).is_none());
+}

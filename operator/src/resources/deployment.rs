@@ -129,6 +129,11 @@ pub fn node_settings(sc: &SessionCluster) -> Vec<NodeSetting> {
         NodeSetting::literal("TRIBE_SEND_MODE", spec.replication.send_mode.as_str()),
         NodeSetting::literal("TRIBE_SESSION_TIMEOUT", spec.session.timeout.clone()),
         NodeSetting::literal("TRIBE_COOKIE_NAME", spec.session.cookie_name.clone()),
+    ]);
+    if spec.session.cookie_secure {
+        settings.push(NodeSetting::literal("TRIBE_COOKIE_SECURE", "true"));
+    }
+    settings.extend([
         NodeSetting::literal("TRIBE_SHUTDOWN_DELAY", SHUTDOWN_DELAY),
         NodeSetting::literal(
             "TRIBE_CLUSTER_KEY_FILE",
@@ -206,6 +211,7 @@ pub fn deployment(sc: &SessionCluster) -> Deployment {
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
                     labels: Some(labels(sc)),
+                    annotations: Some(scrape_annotations()),
                     ..ObjectMeta::default()
                 }),
                 spec: Some(PodSpec {
@@ -311,7 +317,10 @@ mod tests {
         let pod = spec.template.spec.unwrap();
         assert!(pod.termination_grace_period_seconds.unwrap() >= 30);
         let c = &pod.containers[0];
-        assert_eq!(c.image.as_deref(), Some("tribe-node:0.1.0"));
+        assert_eq!(
+            c.image.as_deref(),
+            Some(concat!("tribe-node:", env!("CARGO_PKG_VERSION")))
+        );
         let ports: Vec<_> = c
             .ports
             .as_ref()

@@ -3,6 +3,7 @@
 
 mod deployment;
 mod ingress;
+mod monitor;
 mod network_policy;
 mod pdb;
 mod secret;
@@ -10,10 +11,14 @@ mod service;
 
 pub use deployment::{deployment, node_env, node_settings, NodeSetting, SettingValue};
 pub use ingress::ingress;
+pub use monitor::{
+    pod_monitor, pod_monitor_resource, scrape_annotations, CLUSTER_LABEL, METRICS_PATH,
+    MONITORING_GROUP, POD_MONITOR_GVK,
+};
 pub use network_policy::network_policy;
 pub use pdb::pdb;
 pub use secret::{random_key, secret};
-pub use service::{headless_service, service};
+pub use service::{headless_service, service, METRICS_PORT_NAME};
 
 use crate::crd::SessionCluster;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};

@@ -5,23 +5,34 @@ use crate::crd::SessionCluster;
 use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
+/// Name of the app Service's port for the nodes' `/metrics` (the admin port).
+pub const METRICS_PORT_NAME: &str = "metrics";
+
 fn service_port(name: &str, port: i32) -> ServicePort {
+    named_port(name, port, name)
+}
+
+fn named_port(name: &str, port: i32, target: &str) -> ServicePort {
     ServicePort {
         name: Some(name.into()),
         port,
-        target_port: Some(IntOrString::String(name.into())),
+        target_port: Some(IntOrString::String(target.into())),
         protocol: Some("TCP".into()),
         ..ServicePort::default()
     }
 }
 
-/// The app Service (`<name>`, port 8080 → the nodes' `http` port).
+/// The app Service (`<name>`, port 8080 → the nodes' `http` port, and `metrics` 9090 →
+/// their admin port, for a ServiceMonitor or any scraper that selects Services).
 pub fn service(sc: &SessionCluster) -> Service {
     Service {
         metadata: child_meta(sc, sc.name_any()),
         spec: Some(ServiceSpec {
             selector: Some(selector_labels(sc)),
-            ports: Some(vec![service_port("http", HTTP_PORT)]),
+            ports: Some(vec![
+                service_port("http", HTTP_PORT),
+                named_port(METRICS_PORT_NAME, ADMIN_PORT, "admin"),
+            ]),
             ..ServiceSpec::default()
         }),
         status: None,
@@ -63,12 +74,18 @@ mod tests {
         );
         let spec = s.spec.unwrap();
         assert_eq!(spec.selector.unwrap(), selector_labels(&sc));
-        let p = &spec.ports.unwrap()[0];
+        let p = &spec.ports.as_ref().unwrap()[0];
         assert_eq!(
             (p.port, p.target_port.clone()),
             (8080, Some(IntOrString::String("http".into())))
         );
         assert_eq!(spec.cluster_ip, None);
+        let m = &spec.ports.as_ref().unwrap()[1];
+        assert_eq!(m.name.as_deref(), Some("metrics"));
+        assert_eq!(
+            (m.port, m.target_port.clone()),
+            (9090, Some(IntOrString::String("admin".into())))
+        );
     }
 
     #[test]

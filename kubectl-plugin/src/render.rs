@@ -1,0 +1,294 @@
+//! What the nodes answer, and the tables printed from it. Pure: no I/O.
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+
+/// A member in a node's `/cluster` view.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default)]
+pub struct MemberView {
+    /// Node id.
+    pub node: String,
+    /// `alive` or `suspect`.
+    pub state: String,
+}
+
+/// A node's `/cluster` document (the fields shown).
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default)]
+pub struct ClusterView {
+    /// Node id.
+    pub node: String,
+    /// `delta` or `backup`.
+    pub replication: String,
+    /// `async` or `sync`.
+    pub send_mode: String,
+    /// Joined and state transferred.
+    pub ready: bool,
+    /// Live sessions held.
+    pub sessions: u64,
+    /// Backup mode: sessions it is primary for.
+    pub primary: u64,
+    /// Backup mode: sessions it is a backup for.
+    pub backup: u64,
+    /// Backup mode: sessions not yet on all their owners.
+    pub rereplication_backlog: u64,
+    /// The other members.
+    pub members: Vec<MemberView>,
+}
+
+/// One session's metadata as a node lists it.
+#[derive(Debug, Clone, Deserialize, Default, PartialEq)]
+#[serde(default)]
+pub struct SessionMeta {
+    /// The cookie's id.
+    pub id: String,
+    /// Version.
+    pub version: u64,
+    /// Live attributes.
+    pub attributes: u64,
+    /// Bytes of names and values.
+    pub size: u64,
+    /// Unix seconds.
+    pub last_access: u64,
+    /// Unix seconds.
+    pub expires: u64,
+    /// This node's role for it.
+    pub role: String,
+    /// Primary first, then backups (backup mode); every member (delta mode).
+    pub owners: Vec<String>,
+}
+
+/// A page of a node's `/sessions`.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default)]
+pub struct SessionPage {
+    /// Live sessions the node holds.
+    pub total: u64,
+    /// This page.
+    pub sessions: Vec<SessionMeta>,
+    /// Cursor of the next page.
+    pub next: Option<String>,
+}
+
+/// A node's `/sessions/{id}`.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default)]
+pub struct SessionDetail {
+    /// The node that answered.
+    pub node: String,
+    /// The metadata.
+    #[serde(flatten)]
+    pub meta: SessionMeta,
+    /// Attribute names.
+    pub attribute_names: Vec<String>,
+    /// Values, when asked for.
+    pub values: Option<BTreeMap<String, serde_json::Value>>,
+}
+
+/// Formats rows as columns separated by three spaces (like `kubectl get`).
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            if i < widths.len() {
+                widths[i] = widths[i].max(c.chars().count());
+            }
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut s = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                s.push_str(c);
+            } else {
+                s.push_str(c);
+                let pad = widths[i] - c.chars().count() + 3;
+                s.extend(std::iter::repeat_n(' ', pad));
+            }
+        }
+        s.trim_end().to_string() + "\n"
+    };
+    let mut out = line(header.to_vec());
+    for r in rows {
+        out.push_str(&line(r.iter().map(String::as_str).collect()));
+    }
+    out
+}
+
+/// `12s`, `5m`, `3h`, `2d` since `then` (unix seconds); `-` when unknown.
+pub fn age(now: u64, then: u64) -> String {
+    if then == 0 {
+        return "-".into();
+    }
+    let d = now.saturating_sub(then);
+    match d {
+        0..=119 => format!("{d}s"),
+        120..=7199 => format!("{}m", d / 60),
+        7200..=172_799 => format!("{}h", d / 3600),
+        _ => format!("{}d", d / 86_400),
+    }
+}
+
+/// The `status` table: one row per pod, as that node sees the cluster.
+pub fn status_rows(views: &[(String, Result<ClusterView, String>)]) -> Vec<Vec<String>> {
+    views
+        .iter()
+        .map(|(pod, v)| match v {
+            Ok(v) => {
+                let alive: Vec<&str> = v
+                    .members
+                    .iter()
+                    .filter(|m| m.state == "alive")
+                    .map(|m| m.node.as_str())
+                    .collect();
+                let suspect = v.members.len() - alive.len();
+                vec![
+                    pod.clone(),
+                    v.node.clone(),
+                    v.ready.to_string(),
+                    (alive.len() + 1).to_string(),
+                    suspect.to_string(),
+                    v.sessions.to_string(),
+                    v.primary.to_string(),
+                    v.backup.to_string(),
+                    v.rereplication_backlog.to_string(),
+                ]
+            }
+            Err(e) => {
+                let mut row = vec![pod.clone(), "-".into(), "unreachable".into()];
+                row.extend(std::iter::repeat_n("-".to_string(), 5));
+                row.push(e.clone());
+                row
+            }
+        })
+        .collect()
+}
+
+/// Header of [`status_rows`].
+pub const STATUS_HEADER: [&str; 9] = [
+    "POD", "NODE", "READY", "MEMBERS", "SUSPECT", "SESSIONS", "PRIMARY", "BACKUP", "BACKLOG",
+];
+
+/// A session and the pods that returned it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SessionRow {
+    /// The metadata (from the first pod that listed it).
+    pub meta: SessionMeta,
+    /// Pods whose node holds a copy.
+    pub held_by: Vec<String>,
+}
+
+/// Merges the per-pod listings into one row per session id, by id.
+pub fn merge_sessions(per_pod: &[(String, Vec<SessionMeta>)]) -> Vec<SessionRow> {
+    let mut by_id: BTreeMap<String, SessionRow> = BTreeMap::new();
+    for (pod, list) in per_pod {
+        for s in list {
+            let row = by_id.entry(s.id.clone()).or_insert_with(|| SessionRow {
+                meta: s.clone(),
+                held_by: vec![],
+            });
+            // The newest copy's figures.
+            if s.version > row.meta.version {
+                row.meta = s.clone();
+            }
+            row.held_by.push(pod.clone());
+        }
+    }
+    by_id.into_values().collect()
+}
+
+/// The `sessions` table rows (no attribute values, ever).
+pub fn session_rows(rows: &[SessionRow], now: u64) -> Vec<Vec<String>> {
+    rows.iter()
+        .map(|r| {
+            vec![
+                r.meta.id.clone(),
+                r.meta.size.to_string(),
+                r.meta.attributes.to_string(),
+                age(now, r.meta.last_access),
+                r.meta.owners.join(","),
+                r.held_by.join(","),
+            ]
+        })
+        .collect()
+}
+
+/// Header of [`session_rows`].
+pub const SESSIONS_HEADER: [&str; 6] = ["ID", "SIZE", "ATTRS", "LAST ACCESS", "OWNERS", "HELD BY"];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(id: &str, version: u64) -> SessionMeta {
+        SessionMeta {
+            id: id.into(),
+            version,
+            attributes: 2,
+            size: 40,
+            last_access: 1000,
+            expires: 2800,
+            role: "replica".into(),
+            owners: vec!["a".into(), "b".into()],
+        }
+    }
+
+    #[test]
+    fn tables_align() {
+        let t = table(&["A", "LONGER"], &[vec!["xyz".into(), "1".into()]]);
+        assert_eq!(t, "A     LONGER\nxyz   1\n");
+    }
+
+    #[test]
+    fn ages() {
+        assert_eq!(age(100, 0), "-");
+        assert_eq!(age(100, 90), "10s");
+        assert_eq!(age(1000, 100), "15m");
+        assert_eq!(age(100_000, 1), "27h");
+        assert_eq!(age(1_000_000, 1), "11d");
+        assert_eq!(age(5, 10), "0s", "clock skew is not negative");
+    }
+
+    #[test]
+    fn sessions_merge_by_id_and_keep_the_newest() {
+        let rows = merge_sessions(&[
+            ("p1".into(), vec![meta("B", 1), meta("A", 3)]),
+            ("p2".into(), vec![meta("A", 4)]),
+        ]);
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0].meta.id, "A");
+        assert_eq!(rows[0].meta.version, 4);
+        assert_eq!(rows[0].held_by, ["p1", "p2"]);
+        assert_eq!(rows[1].held_by, ["p1"]);
+        let printed = session_rows(&rows, 1010);
+        assert_eq!(printed[0], ["A", "40", "2", "10s", "a,b", "p1,p2"]);
+    }
+
+    #[test]
+    fn status_counts_this_node_as_a_member() {
+        let v = ClusterView {
+            node: "n1".into(),
+            ready: true,
+            sessions: 7,
+            members: vec![
+                MemberView {
+                    node: "n2".into(),
+                    state: "alive".into(),
+                },
+                MemberView {
+                    node: "n3".into(),
+                    state: "suspect".into(),
+                },
+            ],
+            ..ClusterView::default()
+        };
+        let rows = status_rows(&[
+            ("pod-1".into(), Ok(v)),
+            ("pod-2".into(), Err("refused".into())),
+        ]);
+        assert_eq!(rows[0][..6], ["pod-1", "n1", "true", "2", "1", "7"]);
+        assert_eq!(rows[1][2], "unreachable");
+        assert_eq!(rows[1].last().unwrap(), "refused");
+    }
+}
