@@ -140,6 +140,14 @@ pub struct Config {
     /// leaves: load balancers (Service endpoints, an ingress) stop sending first.
     #[arg(long, env = "TRIBE_SHUTDOWN_DELAY", default_value = "0s", value_parser = parse_duration)]
     pub shutdown_delay: Duration,
+    /// Serve the Redis protocol (RESP2/RESP3) on this address, keys stored as replicated
+    /// sessions: the session store for apps in any language (e.g. `127.0.0.1:6379`;
+    /// default: off). Keep it on loopback, next to the app.
+    #[arg(long, env = "TRIBE_RESP_ADDR")]
+    pub resp_addr: Option<SocketAddr>,
+    /// File holding the password Redis clients must give (`AUTH`); default: none.
+    #[arg(long, env = "TRIBE_RESP_PASSWORD_FILE")]
+    pub resp_password_file: Option<PathBuf>,
 }
 
 /// Parses `500ms`, `3s`, `30m`, `1h` (humantime syntax).
