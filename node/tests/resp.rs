@@ -1,0 +1,408 @@
+//! Sessions for any language: stock apps whose frameworks keep sessions in Redis —
+//! express-session + connect-redis (node-redis), Flask-Session (redis-py), PHP's
+//! `session.save_handler = redis` (phpredis) — each unchanged but for the store
+//! address, three instances behind a real nginx round-robin.
+//!
+//! Each test runs the same flows twice: against one real `redis-server` (so the flows
+//! prove compatibility, not only Tribe's view of RESP), then against three Tribe nodes in
+//! sync mode, each app instance talking RESP to its own node, with a node and its app
+//! killed (`kill -9`, a pod dying) in the middle: every answer must be exactly what the
+//! browser's own history says (nothing lost, nothing stale).
+//!
+//! The apps live in `examples/apps/`; `scripts/install-test-deps` installs their
+//! packages (npm, PyPI, Debian).
+
+mod support;
+
+use std::fs::File;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use reqwest::Method;
+use serde_json::{json, Value};
+use support::nginx::Nginx;
+use support::*;
+
+/// The three stock apps.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Express,
+    Flask,
+    Php,
+}
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn apps_dir() -> PathBuf {
+    repo().join("examples/apps")
+}
+
+/// Panics with a clear message when an app's runtime or packages are missing.
+fn require(kind: Kind) {
+    let missing = |what: &str| -> ! { panic!("{what} not found: run scripts/install-test-deps") };
+    if !Path::new("/usr/bin/redis-server").exists()
+        && Command::new("redis-server")
+            .arg("--version")
+            .output()
+            .is_err()
+    {
+        missing("redis-server");
+    }
+    match kind {
+        Kind::Express => {
+            if !apps_dir()
+                .join("express/node_modules/connect-redis")
+                .is_dir()
+            {
+                missing("examples/apps/express/node_modules");
+            }
+        }
+        Kind::Flask => {
+            if !repo().join(".tools/apps-venv/bin/python").exists() {
+                missing(".tools/apps-venv (Flask-Session)");
+            }
+        }
+        Kind::Php => {
+            let out = Command::new("php").arg("-m").output();
+            let has = out.map(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .any(|l| l == "redis")
+            });
+            if !has.unwrap_or(false) {
+                missing("php with the redis extension (php-cli, php-redis)");
+            }
+        }
+    }
+}
+
+/// One app instance; killed on drop, its log printed when the test panics.
+struct App {
+    name: String,
+    addr: SocketAddr,
+    child: Option<Child>,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl App {
+    fn spawn(kind: Kind, name: &str, store: SocketAddr) -> App {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("app.log");
+        let file = File::create(&log).unwrap();
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let url = format!("redis://{store}");
+        let mut cmd = match kind {
+            Kind::Express => {
+                let mut c = Command::new("node");
+                c.arg("app.js").current_dir(apps_dir().join("express"));
+                c
+            }
+            Kind::Flask => {
+                let mut c = Command::new(repo().join(".tools/apps-venv/bin/python"));
+                c.arg("app.py").current_dir(apps_dir().join("flask"));
+                c
+            }
+            Kind::Php => {
+                let mut c = Command::new("php");
+                c.args(["-d", "session.save_handler=redis"])
+                    .arg("-d")
+                    .arg(format!("session.save_path=tcp://{store}"))
+                    .arg("-S")
+                    .arg(addr.to_string())
+                    .arg(apps_dir().join("php/index.php"));
+                c
+            }
+        };
+        let child = cmd
+            .env("PORT", addr.port().to_string())
+            .env("REDIS_URL", url)
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start the {kind:?} app: {e}"));
+        App {
+            name: name.to_string(),
+            addr,
+            child: Some(child),
+            log,
+            _dir: dir,
+        }
+    }
+
+    async fn wait_up(&mut self) {
+        let http = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(Ok(Some(st))) = self.child.as_mut().map(|c| c.try_wait()) {
+                panic!("app {} exited ({st}); log:\n{}", self.name, self.log());
+            }
+            let ok = http
+                .get(format!("http://{}/healthz", self.addr))
+                .timeout(Duration::from_secs(1))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success());
+            if ok {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "app {} not up; log:\n{}",
+                self.name,
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            eprintln!(
+                "===== log of app {} =====\n{}===== end =====",
+                self.name,
+                self.log()
+            );
+        }
+    }
+}
+
+/// A real `redis-server` on a free loopback port, no persistence; killed on drop.
+struct RedisServer {
+    addr: SocketAddr,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl RedisServer {
+    async fn start() -> RedisServer {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let child = Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+            .arg("--dir")
+            .arg(dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("cannot start redis-server: run scripts/install-test-deps");
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        eventually(
+            "redis-server listening",
+            Duration::from_secs(10),
+            || async move {
+                tokio::net::TcpStream::connect(addr)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            },
+        )
+        .await;
+        RedisServer {
+            addr,
+            child,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What a browser's own history says its session holds.
+#[derive(Debug, Clone)]
+struct Model {
+    user: String,
+    count: i64,
+    cart: Vec<String>,
+}
+
+impl Model {
+    fn json(&self) -> Value {
+        json!({"user": self.user, "count": self.count, "cart": self.cart})
+    }
+}
+
+async fn call(b: &mut HttpClient, front: SocketAddr, method: Method, path: &str) -> Value {
+    let (status, body) = b
+        .request(method, front, path, None)
+        .await
+        .unwrap_or_else(|e| panic!("{path}: {e}"));
+    assert_eq!(status, 200, "{path} answered {status}: {body}");
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: bad JSON {body:?}: {e}"))
+}
+
+/// Signs `n` browsers in (concurrently) through `front`.
+async fn sign_in(front: SocketAddr, n: usize, tag: &str) -> Vec<(HttpClient, Model)> {
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..n {
+        let user = format!("{tag}-u{i}");
+        set.spawn(async move {
+            let mut b = HttpClient::new();
+            let got = call(&mut b, front, Method::POST, &format!("/login?user={user}")).await;
+            let m = Model {
+                user,
+                count: 0,
+                cart: vec![],
+            };
+            assert_eq!(got, m.json(), "sign-in");
+            (i, b, m)
+        });
+    }
+    let mut out: Vec<_> = set.join_all().await;
+    out.sort_by_key(|(i, _, _)| *i);
+    out.into_iter().map(|(_, b, m)| (b, m)).collect()
+}
+
+/// `steps` counter and cart requests per browser (browsers concurrently, each one's
+/// requests in order), then `GET /me`; every answer must equal the browser's model.
+async fn flows(
+    front: SocketAddr,
+    browsers: Vec<(HttpClient, Model)>,
+    steps: usize,
+    phase: &str,
+) -> Vec<(HttpClient, Model)> {
+    let mut set = tokio::task::JoinSet::new();
+    for (i, (mut b, mut m)) in browsers.into_iter().enumerate() {
+        let phase = phase.to_string();
+        set.spawn(async move {
+            for s in 0..steps {
+                let got = if s % 3 == 2 {
+                    let item = format!("{phase}-{s}");
+                    m.cart.push(item.clone());
+                    call(&mut b, front, Method::POST, &format!("/cart?item={item}")).await
+                } else {
+                    m.count += 1;
+                    call(&mut b, front, Method::POST, "/count").await
+                };
+                assert_eq!(
+                    got,
+                    m.json(),
+                    "browser {i}, {phase} step {s}: stale or lost"
+                );
+            }
+            let got = call(&mut b, front, Method::GET, "/me").await;
+            assert_eq!(got, m.json(), "browser {i}, {phase}: /me");
+            (i, b, m)
+        });
+    }
+    let mut out: Vec<_> = set.join_all().await;
+    out.sort_by_key(|(i, _, _)| *i);
+    out.into_iter().map(|(_, b, m)| (b, m)).collect()
+}
+
+/// Signs out every browser and checks the session is gone on the next request (which
+/// lands on another instance).
+async fn sign_out(front: SocketAddr, browsers: Vec<(HttpClient, Model)>) {
+    for (mut b, _) in browsers {
+        call(&mut b, front, Method::POST, "/logout").await;
+        for _ in 0..3 {
+            let got = call(&mut b, front, Method::GET, "/me").await;
+            assert_eq!(
+                got,
+                json!({"user": null, "count": 0, "cart": []}),
+                "signed out"
+            );
+        }
+    }
+}
+
+const BROWSERS: usize = 4;
+const STEPS: usize = 9;
+
+async fn on_redis_server(kind: Kind) {
+    let redis = RedisServer::start().await;
+    let mut apps: Vec<App> = (0..3)
+        .map(|i| App::spawn(kind, &format!("redis-app{i}"), redis.addr))
+        .collect();
+    for a in &mut apps {
+        a.wait_up().await;
+    }
+    let nginx = Nginx::round_robin(&apps.iter().map(|a| a.addr).collect::<Vec<_>>());
+    let browsers = sign_in(nginx.addr, BROWSERS, "redis").await;
+    let browsers = flows(nginx.addr, browsers, STEPS, "a").await;
+    let browsers = flows(nginx.addr, browsers, STEPS, "b").await;
+    sign_out(nginx.addr, browsers).await;
+}
+
+async fn on_tribe(kind: Kind) {
+    let all: Vec<Addrs> = (0..3).map(|_| Addrs::loopback()).collect();
+    let resp: Vec<SocketAddr> = (0..3)
+        .map(|_| SocketAddr::from(([127, 0, 0, 1], free_port())))
+        .collect();
+    let mut nodes: Vec<Node> = (0..3)
+        .map(|i| {
+            let r = resp[i].to_string();
+            spawn_static(i, &all, &["--send-mode", "sync", "--resp-addr", &r])
+        })
+        .collect();
+    wait_formed(&mut nodes).await;
+    let mut apps: Vec<App> = (0..3)
+        .map(|i| App::spawn(kind, &format!("tribe-app{i}"), resp[i]))
+        .collect();
+    for a in &mut apps {
+        a.wait_up().await;
+    }
+    let upstreams: Vec<SocketAddr> = apps.iter().map(|a| a.addr).collect();
+    let nginx = Nginx::failover(&upstreams);
+    let browsers = sign_in(nginx.addr, BROWSERS, "tribe").await;
+    let browsers = flows(nginx.addr, browsers, STEPS, "a").await;
+    // A pod dies: its node and its app, kill -9; the ingress drops the endpoint.
+    nodes[2].kill();
+    apps[2].kill();
+    nginx.set_upstreams(&upstreams[..2]).await;
+    let browsers = flows(nginx.addr, browsers, STEPS, "b").await;
+    sign_out(nginx.addr, browsers).await;
+    for n in &mut nodes[..2] {
+        n.check_running().unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn express_connect_redis_on_redis_and_on_tribe() {
+    require(Kind::Express);
+    on_redis_server(Kind::Express).await;
+    on_tribe(Kind::Express).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flask_session_on_redis_and_on_tribe() {
+    require(Kind::Flask);
+    on_redis_server(Kind::Flask).await;
+    on_tribe(Kind::Flask).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn php_redis_sessions_on_redis_and_on_tribe() {
+    require(Kind::Php);
+    on_redis_server(Kind::Php).await;
+    on_tribe(Kind::Php).await;
+}
