@@ -148,6 +148,28 @@ pub struct Config {
     /// File holding the password Redis clients must give (`AUTH`); default: none.
     #[arg(long, env = "TRIBE_RESP_PASSWORD_FILE")]
     pub resp_password_file: Option<PathBuf>,
+    /// Serve an HTTP front proxy for the app on this address (async mode: read-your-writes
+    /// behind round-robin for any framework). Requires `--proxy-upstream`.
+    #[arg(long, env = "TRIBE_PROXY_ADDR", requires = "proxy_upstream")]
+    pub proxy_addr: Option<SocketAddr>,
+    /// The app the proxy forwards to (`host:port`, plain HTTP).
+    #[arg(long, env = "TRIBE_PROXY_UPSTREAM")]
+    pub proxy_upstream: Option<String>,
+    /// The app's session adapter: which cookie names the session and which store key
+    /// holds it.
+    #[arg(
+        long,
+        env = "TRIBE_PROXY_ADAPTER",
+        value_enum,
+        default_value = "connect-redis"
+    )]
+    pub proxy_adapter: crate::resp::proxy::Adapter,
+    /// The app's session cookie name (default: the adapter's).
+    #[arg(long, env = "TRIBE_PROXY_COOKIE")]
+    pub proxy_cookie: Option<String>,
+    /// The store key prefix of the app's sessions (default: the adapter's).
+    #[arg(long, env = "TRIBE_PROXY_KEY_PREFIX")]
+    pub proxy_key_prefix: Option<String>,
 }
 
 /// Parses `500ms`, `3s`, `30m`, `1h` (humantime syntax).

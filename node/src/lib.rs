@@ -186,6 +186,7 @@ pub async fn run(
         Some(addr) => Some(spawn_resp(&cfg, *addr, cluster.clone(), stop_http.clone()).await?),
         None => None,
     };
+    let proxy_task = resp::proxy::spawn(&cfg, cluster.clone(), &key, stop_http.clone()).await?;
     shutdown.await;
     tracing::info!("shutting down: not ready, draining, handing over, leaving");
     // Not ready first (load balancers stop sending), then hand-off and goodbye while
@@ -195,6 +196,9 @@ pub async fn run(
     cluster.leave().await;
     stop_http.cancel();
     let _ = tokio::time::timeout(cfg.drain_timeout, app_task).await;
+    if let Some(t) = proxy_task {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), t).await;
+    }
     if let Some(t) = resp_task {
         let _ = tokio::time::timeout(std::time::Duration::from_secs(2), t).await;
     }

@@ -94,10 +94,18 @@ struct App {
 
 impl App {
     fn spawn(kind: Kind, name: &str, store: SocketAddr) -> App {
+        Self::spawn_at(
+            kind,
+            name,
+            store,
+            SocketAddr::from(([127, 0, 0, 1], free_port())),
+        )
+    }
+
+    fn spawn_at(kind: Kind, name: &str, store: SocketAddr, addr: SocketAddr) -> App {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("app.log");
         let file = File::create(&log).unwrap();
-        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let url = format!("redis://{store}");
         let mut cmd = match kind {
             Kind::Express => {
@@ -405,4 +413,76 @@ async fn php_redis_sessions_on_redis_and_on_tribe() {
     require(Kind::Php);
     on_redis_server(Kind::Php).await;
     on_tribe(Kind::Php).await;
+}
+
+/// Async mode: writes return before the replicas have them, and nginx sends the next
+/// request elsewhere. With the sidecar's proxy in front of each app (version cookie,
+/// hold until the local node has the session at that version) the browser still reads
+/// its own writes on every request.
+async fn async_behind_proxy(kind: Kind, adapter: &str) {
+    let all: Vec<Addrs> = (0..3).map(|_| Addrs::loopback()).collect();
+    let at = || SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let resp: Vec<SocketAddr> = (0..3).map(|_| at()).collect();
+    let proxy: Vec<SocketAddr> = (0..3).map(|_| at()).collect();
+    let app: Vec<SocketAddr> = (0..3).map(|_| at()).collect();
+    let mut nodes: Vec<Node> = (0..3)
+        .map(|i| {
+            let (r, p, a) = (
+                resp[i].to_string(),
+                proxy[i].to_string(),
+                app[i].to_string(),
+            );
+            spawn_static(
+                i,
+                &all,
+                &[
+                    "--send-mode",
+                    "async",
+                    "--resp-addr",
+                    &r,
+                    "--proxy-addr",
+                    &p,
+                    "--proxy-upstream",
+                    &a,
+                    "--proxy-adapter",
+                    adapter,
+                    "--consistency-wait",
+                    "2s",
+                ],
+            )
+        })
+        .collect();
+    wait_formed(&mut nodes).await;
+    let mut apps: Vec<App> = (0..3)
+        .map(|i| App::spawn_at(kind, &format!("async-app{i}"), resp[i], app[i]))
+        .collect();
+    for a in &mut apps {
+        a.wait_up().await;
+    }
+    let nginx = Nginx::round_robin(&proxy);
+    let browsers = sign_in(nginx.addr, BROWSERS, "async").await;
+    for (b, _) in &browsers {
+        assert!(
+            b.cookie(&format!("{}_V", adapter_cookie(adapter)))
+                .is_some(),
+            "the proxy set the version cookie"
+        );
+    }
+    let browsers = flows(nginx.addr, browsers, STEPS, "a").await;
+    let browsers = flows(nginx.addr, browsers, STEPS, "b").await;
+    sign_out(nginx.addr, browsers).await;
+}
+
+fn adapter_cookie(adapter: &str) -> &'static str {
+    match adapter {
+        "connect-redis" => "connect.sid",
+        "flask-session" => "session",
+        _ => "PHPSESSID",
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn express_async_mode_reads_its_writes_through_the_proxy() {
+    require(Kind::Express);
+    async_behind_proxy(Kind::Express, "connect-redis").await;
 }

@@ -147,12 +147,13 @@ fn parse_len(digits: &[u8], what: &str) -> Result<i64, CodecError> {
         .ok_or_else(|| protocol(format!("invalid {what}")))
 }
 
+/// A parsed multibulk request: the (offset, length) of each argument in the buffer, and
+/// the bytes it took.
+pub type Parsed = (Vec<(usize, usize)>, usize);
+
 /// Parses one multibulk request at the start of `buf`: `Ok(Some((args, consumed)))`,
 /// `Ok(None)` when incomplete. Pure; does not consume.
-pub fn parse_multibulk(
-    buf: &[u8],
-    limits: &Limits,
-) -> Result<Option<(Vec<(usize, usize)>, usize)>, CodecError> {
+pub fn parse_multibulk(buf: &[u8], limits: &Limits) -> Result<Option<Parsed>, CodecError> {
     debug_assert_eq!(buf.first(), Some(&b'*'));
     let Some(end) = line_end(buf, 1, limits.max_line, "mbulk count string")? else {
         return Ok(None);

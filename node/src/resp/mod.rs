@@ -25,6 +25,7 @@
 pub mod codec;
 pub mod commands;
 pub mod keyspace;
+pub mod proxy;
 pub mod server;
 
 pub use server::{serve, Keys, Options};
