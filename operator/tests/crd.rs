@@ -180,7 +180,13 @@ fn subresources_and_printer_columns() {
 fn examples_parse_as_session_clusters() {
     use tribe_operator::crd::SessionCluster;
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
-    for name in ["minimal.yaml", "full.yaml"] {
+    for name in [
+        "minimal.yaml",
+        "full.yaml",
+        "sidecar-express.yaml",
+        "sidecar-async-proxy.yaml",
+        "sidecar-php.yaml",
+    ] {
         let path = dir.join(name);
         let Ok(text) = std::fs::read_to_string(&path) else {
             continue;
