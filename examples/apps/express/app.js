@@ -6,6 +6,7 @@
 //   POST /cart?item=NAME    add an item to the cart
 //   GET  /me                the session: {user, count, cart}
 //   POST /logout            destroy the session
+//   POST|GET /counter       {counter} (the benchmark's request)
 const express = require("express");
 const session = require("express-session");
 const { RedisStore } = require("connect-redis");
@@ -19,7 +20,7 @@ app.use(
   session({
     store: new RedisStore({ client: redis }), // prefix "sess:"
     secret: process.env.SESSION_SECRET || "example-secret",
-    name: "connect.sid",
+    name: process.env.SESSION_COOKIE || "connect.sid",
     resave: false,
     saveUninitialized: false,
     cookie: { maxAge: 30 * 60 * 1000 },
@@ -49,6 +50,12 @@ app.get("/me", (req, res) => res.json(view(req.session)));
 app.post("/logout", (req, res, next) => {
   req.session.destroy((err) => (err ? next(err) : res.json(view({}))));
 });
+// The benchmark's counter (tribe-bench `sidecar` section).
+app.post("/counter", (req, res) => {
+  req.session.counter = (req.session.counter || 0) + 1;
+  res.json({ counter: req.session.counter });
+});
+app.get("/counter", (req, res) => res.json({ counter: req.session.counter || 0 }));
 app.get("/healthz", (req, res) => res.send("ok"));
 
 redis.connect().then(() => {
