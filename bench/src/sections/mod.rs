@@ -7,6 +7,7 @@ use anyhow::{bail, Result};
 
 pub mod lag;
 pub mod scaling;
+pub mod sidecar;
 pub mod throughput;
 pub mod transfer;
 pub mod wire;
