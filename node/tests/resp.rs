@@ -486,3 +486,188 @@ async fn express_async_mode_reads_its_writes_through_the_proxy() {
     require(Kind::Express);
     async_behind_proxy(Kind::Express, "connect-redis").await;
 }
+
+/// Writes `send`, reads exactly `expect.len()` bytes (bounded) and compares.
+async fn exchange(s: &mut tokio::net::TcpStream, send: &[u8], expect: &[u8]) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    s.write_all(send).await.unwrap();
+    let mut got = vec![0u8; expect.len()];
+    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut got))
+        .await
+        .unwrap_or_else(|_| panic!("no answer to {:?}", String::from_utf8_lossy(send)))
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&got),
+        String::from_utf8_lossy(expect),
+        "answer to {:?}",
+        String::from_utf8_lossy(send)
+    );
+}
+
+/// Writes `send`, returns the answer's first line (an integer or a status).
+async fn ask(s: &mut tokio::net::TcpStream, send: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    s.write_all(send).await.unwrap();
+    let mut line = Vec::new();
+    while !line.ends_with(b"\r\n") {
+        let mut byte = [0u8; 1];
+        tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut byte))
+            .await
+            .expect("an answer")
+            .unwrap();
+        line.push(byte[0]);
+    }
+    String::from_utf8_lossy(&line).into_owned()
+}
+
+/// The connection is closed by the server (EOF within the bound).
+async fn closed(s: &mut tokio::net::TcpStream) {
+    use tokio::io::AsyncReadExt;
+    let mut rest = Vec::new();
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest))
+        .await
+        .expect("the server closes the connection")
+        .unwrap();
+    assert_eq!(
+        n,
+        0,
+        "nothing after the error: {:?}",
+        String::from_utf8_lossy(&rest)
+    );
+}
+
+fn cmd(args: &[&str]) -> Vec<u8> {
+    let mut out = format!("*{}\r\n", args.len()).into_bytes();
+    for a in args {
+        out.extend(format!("${}\r\n{a}\r\n", a.len()).into_bytes());
+    }
+    out
+}
+
+/// The RESP endpoint on the wire, on two sync nodes: pipelining, replication of strings,
+/// TTLs and hash fields (different fields written on different nodes merge), RESP3
+/// `HELLO`, Redis-style errors, and bad input answered with a protocol error and a
+/// closed connection (the node keeps serving).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resp_on_the_wire_across_two_nodes() {
+    let all: Vec<Addrs> = (0..2).map(|_| Addrs::loopback()).collect();
+    let resp: Vec<SocketAddr> = (0..2)
+        .map(|_| SocketAddr::from(([127, 0, 0, 1], free_port())))
+        .collect();
+    let mut nodes: Vec<Node> = (0..2)
+        .map(|i| {
+            let r = resp[i].to_string();
+            spawn_static(i, &all, &["--send-mode", "sync", "--resp-addr", &r])
+        })
+        .collect();
+    wait_formed(&mut nodes).await;
+    let connect = |a: SocketAddr| async move { tokio::net::TcpStream::connect(a).await.unwrap() };
+    let (mut a, mut b) = (connect(resp[0]).await, connect(resp[1]).await);
+
+    // Pipelined: three requests in one write, three answers in order.
+    let mut p = cmd(&["PING"]);
+    p.extend(cmd(&["SET", "sess:1", "hello", "EX", "100"]));
+    p.extend(cmd(&["GET", "sess:1"]));
+    exchange(&mut a, &p, b"+PONG\r\n+OK\r\n$5\r\nhello\r\n").await;
+    // Sync mode: acknowledged means the other node has it.
+    exchange(&mut b, &cmd(&["GET", "sess:1"]), b"$5\r\nhello\r\n").await;
+    // TTLs are kept to the second, rounded up: 100 s from now reads as 100 or 101.
+    let ttl = ask(&mut b, &cmd(&["TTL", "sess:1"])).await;
+    assert!(ttl == ":100\r\n" || ttl == ":101\r\n", "TTL {ttl:?}");
+    exchange(&mut b, &cmd(&["SET", "sess:1", "x", "NX"]), b"$-1\r\n").await;
+    // A shorter TTL, set on the other node.
+    exchange(&mut b, &cmd(&["EXPIRE", "sess:1", "50"]), b":1\r\n").await;
+    let ttl = ask(&mut a, &cmd(&["TTL", "sess:1"])).await;
+    assert!(ttl == ":50\r\n" || ttl == ":51\r\n", "TTL {ttl:?}");
+    exchange(&mut a, &cmd(&["PERSIST", "sess:1"]), b":1\r\n").await;
+    exchange(&mut b, &cmd(&["TTL", "sess:1"]), b":-1\r\n").await;
+    // Hash fields from both nodes merge.
+    exchange(&mut a, &cmd(&["HSET", "h", "a", "1"]), b":1\r\n").await;
+    exchange(&mut b, &cmd(&["HSET", "h", "b", "2"]), b":1\r\n").await;
+    let all_fields = b"*4\r\n$1\r\na\r\n$1\r\n1\r\n$1\r\nb\r\n$1\r\n2\r\n";
+    exchange(&mut a, &cmd(&["HGETALL", "h"]), all_fields).await;
+    exchange(&mut b, &cmd(&["HGETALL", "h"]), all_fields).await;
+    exchange(
+        &mut a,
+        &cmd(&["GET", "h"]),
+        b"-WRONGTYPE Operation against a key holding the wrong kind of value\r\n",
+    )
+    .await;
+    // RENAME (session id rotation), DEL, EXISTS, SCAN with MATCH.
+    exchange(&mut a, &cmd(&["RENAME", "sess:1", "sess:2"]), b"+OK\r\n").await;
+    exchange(&mut b, &cmd(&["EXISTS", "sess:1", "sess:2"]), b":1\r\n").await;
+    exchange(
+        &mut b,
+        &cmd(&["SCAN", "0", "MATCH", "sess:*", "COUNT", "100"]),
+        b"*2\r\n$1\r\n0\r\n*1\r\n$6\r\nsess:2\r\n",
+    )
+    .await;
+    exchange(&mut b, &cmd(&["DEL", "sess:2", "h", "nope"]), b":2\r\n").await;
+    exchange(&mut a, &cmd(&["DBSIZE"]), b":0\r\n").await;
+    // The same key can be written again at once after a DEL.
+    exchange(&mut a, &cmd(&["SET", "h", "again"]), b"+OK\r\n").await;
+    exchange(&mut b, &cmd(&["GET", "h"]), b"$5\r\nagain\r\n").await;
+    // RESP3: nulls and maps change shape.
+    let mut c = connect(resp[0]).await;
+    use tokio::io::AsyncReadExt;
+    {
+        use tokio::io::AsyncWriteExt;
+        c.write_all(&cmd(&["HELLO", "3"])).await.unwrap();
+        let mut head = [0u8; 4];
+        c.read_exact(&mut head).await.unwrap();
+        assert_eq!(&head, b"%7\r\n");
+        let mut rest = vec![0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(5), c.read(&mut rest))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(String::from_utf8_lossy(&rest[..n]).contains("proto\r\n:3\r\n"));
+    }
+    exchange(&mut c, &cmd(&["GET", "missing"]), b"_\r\n").await;
+    exchange(
+        &mut c,
+        &cmd(&["HELLO", "4"]),
+        b"-NOPROTO unsupported protocol version\r\n",
+    )
+    .await;
+    // Errors keep the connection; bad input closes it.
+    exchange(
+        &mut a,
+        &cmd(&["FLUSHALL"]),
+        b"-ERR unknown command 'FLUSHALL', with args beginning with: \r\n",
+    )
+    .await;
+    exchange(
+        &mut a,
+        &cmd(&["SELECT", "1"]),
+        b"-ERR DB index is out of range\r\n",
+    )
+    .await;
+    exchange(
+        &mut a,
+        &cmd(&["GET"]),
+        b"-ERR wrong number of arguments for 'get' command\r\n",
+    )
+    .await;
+    exchange(
+        &mut a,
+        b"*1\r\n$x\r\n",
+        b"-ERR Protocol error: invalid bulk length\r\n",
+    )
+    .await;
+    closed(&mut a).await;
+    let mut d = connect(resp[0]).await;
+    exchange(
+        &mut d,
+        b"*1\r\n$999999999999\r\n",
+        b"-ERR Protocol error: request larger than 16777216 bytes\r\n",
+    )
+    .await;
+    closed(&mut d).await;
+    // Still serving.
+    let mut e = connect(resp[0]).await;
+    exchange(&mut e, b"PING\r\n", b"+PONG\r\n").await;
+    for n in &mut nodes {
+        n.check_running().unwrap();
+    }
+}

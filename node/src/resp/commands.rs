@@ -682,7 +682,7 @@ pub fn apply(op: &KeyOp, entry: Option<Entry>, now_ms: u64) -> (Reply, Write) {
                     if *ms {
                         left as i64
                     } else {
-                        left.div_ceil(1000) as i64
+                        ((left + 500) / 1000) as i64
                     }
                 }
             };
@@ -922,6 +922,10 @@ mod tests {
         assert_eq!(apply(&op("TTL k"), s("v", None), now).0, Reply::Int(-1));
         assert_eq!(
             apply(&op("TTL k"), s("v", Some(12_001)), now).0,
+            Reply::Int(2)
+        );
+        assert_eq!(
+            apply(&op("TTL k"), s("v", Some(12_500)), now).0,
             Reply::Int(3)
         );
         assert_eq!(

@@ -9,7 +9,7 @@
 //! | `resp:key`     | the key's name (so `SCAN`/`KEYS` can list it)          |
 //! | `resp:str`     | a string value                                         |
 //! | `f:<field>`    | one hash field (`x:<hex>` when the name is not UTF-8)  |
-//! | `resp:pexp`    | the expiry, unix milliseconds, when the key has a TTL  |
+//! | `resp:pexp`    | an expiry below the session's, unix ms (see below)     |
 //!
 //! Each hash field is its own attribute, so concurrent `HSET`s of different fields on
 //! different nodes merge (last writer wins per field), as attributes of a
@@ -18,9 +18,15 @@
 //! attributes (rather than invalidating the session, whose tombstone would keep the same
 //! key from being written again for minutes).
 //!
-//! The session's own expiry (whole seconds, and only ever extended, as replicas merge
-//! it by maximum) is set to cover the key's: the replicas drop the session once both
-//! have passed. A key without a TTL gets [`PERSISTENT_SECS`].
+//! A key's TTL is its session's expiry (whole seconds; the key lives until the second
+//! its TTL ends in has passed). Extending it — `EXPIRE`, `GETEX`, a `SET … EX` — needs
+//! no attribute write: the new expiry travels in the session's batched touches (or with
+//! the write's delta), so the `EXPIRE` a session store sends on every request costs no
+//! synchronous replication. Replicas merge the session expiry by maximum, so it can
+//! only grow; a *shorter* TTL than the session's (or one beyond [`PERSISTENT_AFTER`]) is
+//! kept in `resp:pexp` instead, which then wins. A key without a TTL has a session
+//! expiry [`PERSISTENT_SECS`] ahead (anything beyond [`PERSISTENT_AFTER`] reads as "no
+//! TTL").
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -36,6 +42,8 @@ pub const STR: &str = "resp:str";
 pub const PEXP: &str = "resp:pexp";
 /// How long a key without a TTL is kept: ten years.
 pub const PERSISTENT_SECS: u64 = 10 * 365 * 24 * 3600;
+/// A session expiry further ahead than this (five years) means "no TTL".
+pub const PERSISTENT_AFTER: u64 = 5 * 365 * 24 * 3600;
 
 /// The session that holds `key`.
 pub fn session_id(key: &[u8]) -> SessionId {
@@ -93,6 +101,7 @@ fn attr_field(name: &str) -> Option<Bytes> {
 /// nodes) reads as the string.
 pub fn decode<'a>(
     attrs: impl IntoIterator<Item = (&'a str, &'a Bytes)>,
+    session_expiry: u64,
     now_ms: u64,
 ) -> Option<(Bytes, Entry)> {
     let mut key = None;
@@ -116,9 +125,13 @@ pub fn decode<'a>(
         }
     }
     let key = key?;
-    if pexp.is_some_and(|e| e <= now_ms) {
+    if pexp.is_some_and(|e| e <= now_ms) || session_expiry.saturating_mul(1000) <= now_ms {
         return None;
     }
+    let pexp = pexp.or_else(|| {
+        (session_expiry.saturating_sub(now_ms / 1000) <= PERSISTENT_AFTER)
+            .then(|| session_expiry * 1000)
+    });
     let value = match string {
         Some(s) => Value::Str(s),
         None if !fields.is_empty() => Value::Hash(fields),
@@ -160,16 +173,33 @@ pub fn live_key<'a>(
     key.filter(|_| has_value)
 }
 
-/// The attributes that hold `entry` under `key` (empty for a deleted key).
-pub fn encode(key: &[u8], entry: Option<&Entry>) -> HashMap<String, Bytes> {
+/// The attributes that hold `entry` under `key` (empty for a deleted key) and the
+/// session expiry to write, given the session's current expiry (unix seconds).
+pub fn encode(
+    key: &[u8],
+    entry: Option<&Entry>,
+    session_expiry: u64,
+    now_ms: u64,
+) -> (HashMap<String, Bytes>, u64) {
     let mut out = HashMap::new();
     let Some(entry) = entry else {
-        return out;
+        // Deleted: keep the session's expiry; it is dropped when that passes.
+        return (out, 0);
     };
     out.insert(KEY.to_string(), Bytes::copy_from_slice(key));
-    if let Some(e) = entry.expires_at {
-        out.insert(PEXP.to_string(), Bytes::from(e.to_string()));
-    }
+    let now = now_ms / 1000;
+    let expiry = match entry.expires_at {
+        None => now + PERSISTENT_SECS,
+        Some(ms) => {
+            let secs = ms.div_ceil(1000);
+            if secs < session_expiry || secs.saturating_sub(now) > PERSISTENT_AFTER {
+                out.insert(PEXP.to_string(), Bytes::from(ms.to_string()));
+                session_expiry.max(secs)
+            } else {
+                secs
+            }
+        }
+    };
     match &entry.value {
         Value::Str(s) => {
             out.insert(STR.to_string(), s.clone());
@@ -180,15 +210,7 @@ pub fn encode(key: &[u8], entry: Option<&Entry>) -> HashMap<String, Bytes> {
             }
         }
     }
-    out
-}
-
-/// The session expiry (unix seconds) that covers `entry` written at `now_ms`.
-pub fn session_expiry(entry: Option<&Entry>, now_ms: u64) -> u64 {
-    match entry.and_then(|e| e.expires_at) {
-        Some(ms) => ms.div_ceil(1000) + 1,
-        None => now_ms / 1000 + PERSISTENT_SECS,
-    }
+    (out, expiry)
 }
 
 /// Redis glob matching (`*`, `?`, `[abc]`, `[^a-z]`, `\x`), as `KEYS` and `SCAN MATCH`
@@ -297,21 +319,25 @@ mod tests {
 
     #[test]
     fn strings_and_hashes_round_trip() {
+        let now = 1_000_000;
         let s = Entry {
             value: Value::Str(Bytes::from_static(b"{\"cookie\":1}")),
-            expires_at: Some(5_000),
+            expires_at: Some(now + 5_000),
         };
-        let enc = encode(b"sess:abc", Some(&s));
-        assert_eq!(
-            decode(attrs(&enc), 4_999),
-            Some((Bytes::from_static(b"sess:abc"), s.clone()))
+        let (enc, exp) = encode(b"sess:abc", Some(&s), 0, now);
+        assert_eq!(exp, 1_005, "the TTL is the session expiry");
+        assert!(
+            !enc.contains_key(PEXP),
+            "no attribute for a TTL the session covers"
         );
-        assert_eq!(decode(attrs(&enc), 5_000), None, "expired at its pexp");
+        let back = decode(attrs(&enc), exp, now).unwrap();
+        assert_eq!(back.0, Bytes::from_static(b"sess:abc"));
+        assert_eq!(back.1.expires_at, Some(1_005_000));
+        assert_eq!(decode(attrs(&enc), exp, 1_005_000), None, "expired");
         assert_eq!(
-            live_key(attrs(&enc), 1),
+            live_key(attrs(&enc), now),
             Some(Bytes::from_static(b"sess:abc"))
         );
-        assert_eq!(live_key(attrs(&enc), 5_000), None);
 
         let mut h = BTreeMap::new();
         h.insert(
@@ -323,28 +349,41 @@ mod tests {
             Bytes::from_static(b"bin"),
         );
         let e = Entry::persistent(Value::Hash(h));
-        let enc = encode(b"spring:session:sessions:1", Some(&e));
+        let (enc, exp) = encode(b"spring:session:sessions:1", Some(&e), 0, now);
         assert!(enc.contains_key("f:lastAccessedTime") && enc.contains_key("x:ff00"));
-        assert_eq!(decode(attrs(&enc), u64::MAX).unwrap().1, e);
-        assert!(encode(b"k", None).is_empty());
+        assert!(exp > 1_000 + PERSISTENT_AFTER);
+        assert_eq!(decode(attrs(&enc), exp, now).unwrap().1, e);
+        assert_eq!(encode(b"k", None, 5, now), (HashMap::new(), 0));
+    }
+
+    #[test]
+    fn a_shorter_ttl_than_the_session_is_an_attribute() {
+        let now = 1_000_000;
+        let e = Entry {
+            value: Value::Str(Bytes::from_static(b"v")),
+            expires_at: Some(now + 1_500),
+        };
+        // The session already lives until 2,000 s (an earlier, longer TTL).
+        let (enc, exp) = encode(b"k", Some(&e), 2_000, now);
+        assert_eq!(exp, 2_000);
+        assert_eq!(enc[PEXP], Bytes::from("1001500"));
+        assert_eq!(
+            decode(attrs(&enc), exp, now).unwrap().1.expires_at,
+            Some(1_001_500)
+        );
+        assert_eq!(decode(attrs(&enc), exp, 1_001_500), None);
+        assert_eq!(live_key(attrs(&enc), 1_001_500), None);
+        // A persistent key's session (10 years) and then a TTL: the attribute again.
+        let (enc, _) = encode(b"k", Some(&e), now / 1000 + PERSISTENT_SECS, now);
+        assert!(enc.contains_key(PEXP));
     }
 
     #[test]
     fn a_key_without_value_does_not_exist() {
         let mut enc = HashMap::new();
         enc.insert(KEY.to_string(), Bytes::from_static(b"k"));
-        assert_eq!(decode(attrs(&enc), 0), None);
+        assert_eq!(decode(attrs(&enc), u64::MAX / 2000, 0), None);
         assert_eq!(live_key(attrs(&enc), 0), None);
-    }
-
-    #[test]
-    fn session_expiry_covers_the_key() {
-        let e = Entry {
-            value: Value::Str(Bytes::new()),
-            expires_at: Some(10_001),
-        };
-        assert_eq!(session_expiry(Some(&e), 0), 12);
-        assert!(session_expiry(None, 1_000_000) > 1_000 + 9 * 365 * 24 * 3600);
     }
 
     #[test]

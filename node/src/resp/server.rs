@@ -78,6 +78,8 @@ pub struct Loaded {
     pub entry: Option<Entry>,
     /// The session's attributes at load time.
     pub raw: HashMap<String, Bytes>,
+    /// The session's expiry at load time (unix seconds; 0: no session).
+    pub expiry: u64,
 }
 
 fn unreachable_reply() -> Reply {
@@ -118,21 +120,18 @@ impl Keys {
             .live_attrs()
             .map(|(k, v)| (k.to_string(), v.clone()))
             .collect();
-        let entry = keyspace::decode(raw.iter().map(|(k, v)| (k.as_str(), v)), now_ms())
+        let expiry = l.session.expiry;
+        let entry = keyspace::decode(raw.iter().map(|(k, v)| (k.as_str(), v)), expiry, now_ms())
             .filter(|(name, _)| name.as_ref() == key)
             .map(|(_, e)| e);
-        Ok(Loaded { entry, raw })
+        Ok(Loaded { entry, raw, expiry })
     }
 
     /// Writes `entry` (`None`: delete) over what `loaded` read; returns the session's
     /// new version. In sync mode returns once the replicas acknowledged.
     pub async fn store(&self, key: &[u8], loaded: &Loaded, entry: Option<&Entry>) -> u64 {
         let sid = keyspace::session_id(key);
-        let data = keyspace::encode(key, entry);
-        let expiry = match entry {
-            Some(_) => keyspace::session_expiry(entry, now_ms()),
-            None => 0, // keep the session's expiry: it ends with the key's last TTL
-        };
+        let (data, expiry) = keyspace::encode(key, entry, loaded.expiry, now_ms());
         self.cluster
             .write_changes(sid, Some(&loaded.raw), &data, expiry)
             .await
