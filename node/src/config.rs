@@ -141,9 +141,9 @@ pub struct Config {
     #[arg(long, env = "TRIBE_SHUTDOWN_DELAY", default_value = "0s", value_parser = parse_duration)]
     pub shutdown_delay: Duration,
     /// Serve the Redis protocol (RESP2/RESP3) on this address, keys stored as replicated
-    /// sessions: the session store for apps in any language (e.g. `127.0.0.1:6379`;
-    /// default: off). Keep it on loopback, next to the app.
-    #[arg(long, env = "TRIBE_RESP_ADDR")]
+    /// sessions: the session store for apps in any language. Default: off; the flag
+    /// alone means `127.0.0.1:6379`. Keep it on loopback, next to the app.
+    #[arg(long, env = "TRIBE_RESP_ADDR", num_args = 0..=1, default_missing_value = "127.0.0.1:6379")]
     pub resp_addr: Option<SocketAddr>,
     /// File holding the password Redis clients must give (`AUTH`); default: none.
     #[arg(long, env = "TRIBE_RESP_PASSWORD_FILE")]
@@ -192,5 +192,20 @@ impl Config {
                 .filter(|s| !s.is_empty())
                 .unwrap_or_else(|| "tribe-node".to_string())
         })
+    }
+}
+
+#[cfg(test)]
+mod resp_flag_tests {
+    use super::*;
+
+    #[test]
+    fn resp_is_off_by_default_and_loopback_6379_when_asked() {
+        assert_eq!(Config::default_for_test().resp_addr, None);
+        let c = Config::parse_from(["tribe-node", "--resp-addr"]);
+        assert_eq!(c.resp_addr, Some("127.0.0.1:6379".parse().unwrap()));
+        let c = Config::parse_from(["tribe-node", "--resp-addr", "127.0.0.1:7000"]);
+        assert_eq!(c.resp_addr, Some("127.0.0.1:7000".parse().unwrap()));
+        assert!(Config::try_parse_from(["tribe-node", "--proxy-addr", "127.0.0.1:1"]).is_err());
     }
 }
