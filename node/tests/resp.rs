@@ -6,8 +6,9 @@
 //! Each test runs the same flows twice: against one real `redis-server` (so the flows
 //! prove compatibility, not only Tribe's view of RESP), then against three Tribe nodes in
 //! sync mode, each app instance talking RESP to its own node, with a node and its app
-//! killed (`kill -9`, a pod dying) in the middle: every answer must be exactly what the
-//! browser's own history says (nothing lost, nothing stale).
+//! killed (`kill -9`, a pod dying), a scale-up to five and a scale-down to two in the
+//! middle: every answer must be exactly what the browser's own history says (nothing
+//! lost, nothing stale).
 //!
 //! The apps live in `examples/apps/`; `scripts/install-test-deps` installs their
 //! packages (npm, PyPI, Debian).
@@ -361,36 +362,82 @@ async fn on_redis_server(kind: Kind) {
     sign_out(nginx.addr, browsers).await;
 }
 
+/// Three nodes in sync mode, an app instance on each, nginx round-robin over the apps:
+/// flows, then a pod killed (`kill -9` of its node and app), flows, a scale-up to five,
+/// flows, a scale-down to two (graceful: the front door drops the pods, then SIGTERM),
+/// flows and sign-out. Every answer must match the browser's history.
 async fn on_tribe(kind: Kind) {
-    let all: Vec<Addrs> = (0..3).map(|_| Addrs::loopback()).collect();
-    let resp: Vec<SocketAddr> = (0..3)
+    const SLOTS: usize = 6;
+    let all: Vec<Addrs> = (0..SLOTS).map(|_| Addrs::loopback()).collect();
+    let resp: Vec<SocketAddr> = (0..SLOTS)
         .map(|_| SocketAddr::from(([127, 0, 0, 1], free_port())))
         .collect();
-    let mut nodes: Vec<Node> = (0..3)
-        .map(|i| {
-            let r = resp[i].to_string();
-            spawn_static(i, &all, &["--send-mode", "sync", "--resp-addr", &r])
-        })
-        .collect();
-    wait_formed(&mut nodes).await;
-    let mut apps: Vec<App> = (0..3)
-        .map(|i| App::spawn(kind, &format!("tribe-app{i}"), resp[i]))
-        .collect();
-    for a in &mut apps {
+    let spawn = |i: usize| {
+        let r = resp[i].to_string();
+        spawn_static(i, &all, &["--send-mode", "sync", "--resp-addr", &r])
+    };
+    let mut nodes: Vec<Option<Node>> = (0..SLOTS).map(|_| None).collect();
+    let mut apps: Vec<Option<App>> = (0..SLOTS).map(|_| None).collect();
+    for i in 0..3 {
+        nodes[i] = Some(spawn(i));
+    }
+    for n in nodes.iter_mut().flatten() {
+        n.wait_ready(READY_TIMEOUT).await;
+    }
+    let start = |i: usize| App::spawn(kind, &format!("tribe-app{i}"), resp[i]);
+    for i in 0..3 {
+        apps[i] = Some(start(i));
+    }
+    for a in apps.iter_mut().flatten() {
         a.wait_up().await;
     }
-    let upstreams: Vec<SocketAddr> = apps.iter().map(|a| a.addr).collect();
-    let nginx = Nginx::failover(&upstreams);
+    let live = |apps: &[Option<App>]| -> Vec<SocketAddr> {
+        apps.iter().flatten().map(|a| a.addr).collect()
+    };
+    let nginx = Nginx::failover(&live(&apps));
     let browsers = sign_in(nginx.addr, BROWSERS, "tribe").await;
     let browsers = flows(nginx.addr, browsers, STEPS, "a").await;
+
     // A pod dies: its node and its app, kill -9; the ingress drops the endpoint.
-    nodes[2].kill();
-    apps[2].kill();
-    nginx.set_upstreams(&upstreams[..2]).await;
+    nodes[2].as_mut().unwrap().kill();
+    apps[2] = None;
+    nginx.set_upstreams(&live(&apps)).await;
     let browsers = flows(nginx.addr, browsers, STEPS, "b").await;
+
+    // Scale up to five: three new pods join (state transfer), then get traffic.
+    for i in 3..6 {
+        nodes[i] = Some(spawn(i));
+    }
+    for i in 3..6 {
+        nodes[i].as_mut().unwrap().wait_ready(READY_TIMEOUT).await;
+        apps[i] = Some(start(i));
+    }
+    for i in 3..6 {
+        apps[i].as_mut().unwrap().wait_up().await;
+    }
+    nginx.set_upstreams(&live(&apps)).await;
+    let browsers = flows(nginx.addr, browsers, STEPS, "c").await;
+
+    // Scale down to two: the front door stops sending to three pods, then they stop.
+    for i in [0, 1, 3] {
+        apps[i] = None;
+    }
+    nginx.set_upstreams(&live(&apps)).await;
+    for i in [0, 1, 3] {
+        nodes[i].as_ref().unwrap().sigterm();
+    }
+    for i in [0, 1, 3] {
+        let n = nodes[i].as_mut().unwrap();
+        assert!(
+            n.wait_exit(Duration::from_secs(30)).await,
+            "{} left cleanly",
+            n.name
+        );
+    }
+    let browsers = flows(nginx.addr, browsers, STEPS, "d").await;
     sign_out(nginx.addr, browsers).await;
-    for n in &mut nodes[..2] {
-        n.check_running().unwrap();
+    for i in [4, 5] {
+        nodes[i].as_mut().unwrap().check_running().unwrap();
     }
 }
 
