@@ -192,10 +192,15 @@ pub async fn run(env: &Env) -> Result<Table> {
             ]);
         }
         if let Some(c) = &cluster {
-            let rollbacks = c.metric_sum("tribe_rollbacks_total").await.unwrap_or(0.0);
-            if rollbacks > 0.0 {
-                t.note(format!("{case}: tribe_rollbacks_total = {rollbacks}"));
+            let mut sums = Vec::new();
+            for m in [
+                "tribe_rollbacks_total",
+                "tribe_consistency_waits_total",
+                "tribe_consistency_fetches_total",
+            ] {
+                sums.push(format!("{m} = {}", c.metric_sum(m).await.unwrap_or(0.0)));
             }
+            t.note(format!("{case}: {}", sums.join(", ")));
         }
         drop(nginx);
         drop(keep);

@@ -182,9 +182,18 @@ pub async fn serve(
         cluster,
         mapping,
         upstream,
-        client: Client::builder(TokioExecutor::new()).build(connector),
+        // Idle connections to the app are dropped after 1 s: app servers close idle
+        // keep-alive connections after a few seconds (Node 5 s, gunicorn 2 s), and a
+        // request sent on one the app is closing at that moment fails.
+        client: Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(POOL_IDLE)
+            .build(connector),
     });
     let app = axum::Router::new().fallback(handle).with_state(proxy);
+    use axum::serve::ListenerExt;
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { stop.cancelled().await })
         .await
@@ -283,6 +292,9 @@ async fn handle(State(p): State<Arc<Proxy>>, mut req: Request) -> Response {
     };
     Response::from_parts(parts, Body::from(whole))
 }
+
+/// How long an idle connection to the app is kept for reuse.
+const POOL_IDLE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Largest response body the proxy holds to read the session version after it.
 const BUFFER_LIMIT: usize = 1024 * 1024;
