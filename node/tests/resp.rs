@@ -378,15 +378,15 @@ async fn on_tribe(kind: Kind) {
     };
     let mut nodes: Vec<Option<Node>> = (0..SLOTS).map(|_| None).collect();
     let mut apps: Vec<Option<App>> = (0..SLOTS).map(|_| None).collect();
-    for i in 0..3 {
-        nodes[i] = Some(spawn(i));
+    for (i, slot) in nodes.iter_mut().enumerate().take(3) {
+        *slot = Some(spawn(i));
     }
     for n in nodes.iter_mut().flatten() {
         n.wait_ready(READY_TIMEOUT).await;
     }
     let start = |i: usize| App::spawn(kind, &format!("tribe-app{i}"), resp[i]);
-    for i in 0..3 {
-        apps[i] = Some(start(i));
+    for (i, slot) in apps.iter_mut().enumerate().take(3) {
+        *slot = Some(start(i));
     }
     for a in apps.iter_mut().flatten() {
         a.wait_up().await;
@@ -405,15 +405,15 @@ async fn on_tribe(kind: Kind) {
     let browsers = flows(nginx.addr, browsers, STEPS, "b").await;
 
     // Scale up to five: three new pods join (state transfer), then get traffic.
-    for i in 3..6 {
-        nodes[i] = Some(spawn(i));
+    for (i, slot) in nodes.iter_mut().enumerate().skip(3) {
+        *slot = Some(spawn(i));
     }
-    for i in 3..6 {
-        nodes[i].as_mut().unwrap().wait_ready(READY_TIMEOUT).await;
-        apps[i] = Some(start(i));
+    for (i, (node, app)) in nodes.iter_mut().zip(apps.iter_mut()).enumerate().skip(3) {
+        node.as_mut().unwrap().wait_ready(READY_TIMEOUT).await;
+        *app = Some(start(i));
     }
-    for i in 3..6 {
-        apps[i].as_mut().unwrap().wait_up().await;
+    for app in apps.iter_mut().skip(3) {
+        app.as_mut().unwrap().wait_up().await;
     }
     nginx.set_upstreams(&live(&apps)).await;
     let browsers = flows(nginx.addr, browsers, STEPS, "c").await;
