@@ -366,7 +366,7 @@ async fn on_redis_server(kind: Kind) {
 /// flows, then a pod killed (`kill -9` of its node and app), flows, a scale-up to five,
 /// flows, a scale-down to two (graceful: the front door drops the pods, then SIGTERM),
 /// flows and sign-out. Every answer must match the browser's history.
-async fn on_tribe(kind: Kind) {
+async fn on_tribe(kind: Kind, extra: &[&str]) {
     const SLOTS: usize = 6;
     let all: Vec<Addrs> = (0..SLOTS).map(|_| Addrs::loopback()).collect();
     let resp: Vec<SocketAddr> = (0..SLOTS)
@@ -374,7 +374,9 @@ async fn on_tribe(kind: Kind) {
         .collect();
     let spawn = |i: usize| {
         let r = resp[i].to_string();
-        spawn_static(i, &all, &["--send-mode", "sync", "--resp-addr", &r])
+        let mut args = vec!["--send-mode", "sync", "--resp-addr", &r];
+        args.extend_from_slice(extra);
+        spawn_static(i, &all, &args)
     };
     let mut nodes: Vec<Option<Node>> = (0..SLOTS).map(|_| None).collect();
     let mut apps: Vec<Option<App>> = (0..SLOTS).map(|_| None).collect();
@@ -445,21 +447,21 @@ async fn on_tribe(kind: Kind) {
 async fn express_connect_redis_on_redis_and_on_tribe() {
     require(Kind::Express);
     on_redis_server(Kind::Express).await;
-    on_tribe(Kind::Express).await;
+    on_tribe(Kind::Express, &[]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flask_session_on_redis_and_on_tribe() {
     require(Kind::Flask);
     on_redis_server(Kind::Flask).await;
-    on_tribe(Kind::Flask).await;
+    on_tribe(Kind::Flask, &[]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn php_redis_sessions_on_redis_and_on_tribe() {
     require(Kind::Php);
     on_redis_server(Kind::Php).await;
-    on_tribe(Kind::Php).await;
+    on_tribe(Kind::Php, &[]).await;
 }
 
 /// Async mode: writes return before the replicas have them, and nginx sends the next
@@ -526,6 +528,18 @@ fn adapter_cookie(adapter: &str) -> &'static str {
         "flask-session" => "session",
         _ => "PHPSESSID",
     }
+}
+
+/// Backup mode (a primary and one backup per key): an app whose node holds no copy of
+/// its session reads it from the owners and writes through the primary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn express_on_tribe_in_backup_mode() {
+    require(Kind::Express);
+    on_tribe(
+        Kind::Express,
+        &["--replication", "backup", "--backups", "1"],
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
