@@ -9,6 +9,8 @@
 //! - [`keyspace`] — how a key lives in a session (pure).
 //! - [`commands`] — parsing and the pure semantics of each command.
 //! - [`server`] — the listener, connections, and execution against the cluster.
+//! - [`proxy`] — the HTTP front proxy that gives an app read-your-writes behind
+//!   round-robin in async mode (version cookie; cookie → store key per adapter).
 //!
 //! # Consistency
 //! A write is a session write: in `sync` send mode the command returns once the
