@@ -64,6 +64,9 @@ pub enum Error {
     /// A listener failed.
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
+    /// The RESP password file could not be read.
+    #[error("--resp-password-file {0}: {1}")]
+    RespPasswordFile(String, String),
 }
 
 /// Loads the cluster key per the config (`--cluster-key-file` or `--insecure`).
@@ -217,7 +220,7 @@ async fn spawn_resp(
     let password = match &cfg.resp_password_file {
         Some(path) => {
             let raw = std::fs::read(path)
-                .map_err(|e| Error::KeyFile(path.display().to_string(), e.to_string()))?;
+                .map_err(|e| Error::RespPasswordFile(path.display().to_string(), e.to_string()))?;
             Some(bytes::Bytes::copy_from_slice(raw.trim_ascii()))
         }
         None => None,

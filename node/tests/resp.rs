@@ -753,3 +753,50 @@ async fn resp_on_the_wire_across_two_nodes() {
         n.check_running().unwrap();
     }
 }
+
+/// `--resp-password-file`: nothing but `AUTH`/`HELLO … AUTH` before authenticating; a wrong
+/// password is refused; the right one opens the connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resp_password_is_required_when_configured() {
+    let dir = tempfile::tempdir().unwrap();
+    let pw = dir.path().join("resp-password");
+    std::fs::write(&pw, "s3cret\n").unwrap();
+    let resp = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let (r, p) = (resp.to_string(), pw.display().to_string());
+    let mut node = Node::spawn(
+        "n1",
+        Addrs::loopback(),
+        None,
+        &[
+            "--membership",
+            "static",
+            "--resp-addr",
+            &r,
+            "--resp-password-file",
+            &p,
+        ],
+    );
+    node.wait_ready(READY_TIMEOUT).await;
+    let mut c = tokio::net::TcpStream::connect(resp).await.unwrap();
+    exchange(
+        &mut c,
+        &cmd(&["GET", "k"]),
+        b"-NOAUTH Authentication required.\r\n",
+    )
+    .await;
+    exchange(
+        &mut c,
+        &cmd(&["AUTH", "nope"]),
+        b"-WRONGPASS invalid username-password pair or user is disabled.\r\n",
+    )
+    .await;
+    exchange(&mut c, &cmd(&["AUTH", "default", "s3cret"]), b"+OK\r\n").await;
+    exchange(&mut c, &cmd(&["GET", "k"]), b"$-1\r\n").await;
+    let mut d = tokio::net::TcpStream::connect(resp).await.unwrap();
+    exchange(
+        &mut d,
+        &cmd(&["HELLO", "2", "AUTH", "default", "s3cret"]),
+        b"*14\r\n",
+    )
+    .await;
+}
