@@ -77,6 +77,11 @@ enum Section {
     /// Anti-entropy: sessions written while a node was frozen reach it after SIGCONT;
     /// time, bytes, and the idle cost of digest rounds.
     Convergence,
+    /// An Express app (express-session + connect-redis) behind nginx with its sessions in
+    /// one redis-server vs the Tribe sidecar (RESP): needs node and
+    /// examples/apps/express/node_modules (scripts/install-test-deps). Not in the
+    /// default run; ask for it with `--only sidecar`.
+    Sidecar,
 }
 
 const ALL: [Section; 6] = [
@@ -96,6 +101,7 @@ async fn run_section(s: Section, env: &Env) -> Result<Table> {
         Section::Transfer => sections::transfer::run(env).await,
         Section::Scaling => sections::scaling::run(env).await,
         Section::Convergence => sections::convergence::run(env).await,
+        Section::Sidecar => sections::sidecar::run(env).await,
     }
 }
 
@@ -120,10 +126,13 @@ async fn run(args: &Args) -> Result<(Report, bool)> {
         mode: if args.quick { "quick" } else { "full" },
         node_threads: args.node_threads,
     };
-    let chosen: Vec<Section> = ALL
+    let mut chosen: Vec<Section> = ALL
         .into_iter()
         .filter(|s| args.only.is_empty() || args.only.contains(s))
         .collect();
+    if args.only.contains(&Section::Sidecar) {
+        chosen.push(Section::Sidecar);
+    }
     let mut tables = Vec::new();
     let mut failed = false;
     for s in chosen {
@@ -145,6 +154,7 @@ async fn run(args: &Args) -> Result<(Report, bool)> {
                     Section::Transfer => "transfer",
                     Section::Scaling => "scaling",
                     Section::Convergence => "convergence",
+                    Section::Sidecar => "sidecar",
                 };
                 let mut t = Table::new(name, format!("{name}: failed"), &[]);
                 t.note(format!("error: {e:#}"));

@@ -37,7 +37,7 @@ pub fn free_port() -> Result<u16> {
     }
 }
 
-fn loopback(port: u16) -> SocketAddr {
+pub fn loopback(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
 }
 
@@ -198,6 +198,8 @@ pub struct Cluster {
     /// Slots `0..ports.len()`; `None` until started.
     pub nodes: Vec<Option<Node>>,
     dir: tempfile::TempDir,
+    /// Extra arguments per slot.
+    each: Vec<Vec<String>>,
 }
 
 impl Cluster {
@@ -206,6 +208,17 @@ impl Cluster {
     /// is ready and sees the others alive. A node that fails to start (e.g. a probed free
     /// port was taken meanwhile) makes all start again on new ports (3 attempts).
     pub async fn start(bin: &Path, start: usize, slots: usize, args: &[&str]) -> Result<Cluster> {
+        Self::start_each(bin, start, slots, args, |_| Vec::new()).await
+    }
+
+    /// [`Cluster::start`] where node `i` also gets `each(i)` (e.g. its own `--resp-addr`).
+    pub async fn start_each(
+        bin: &Path,
+        start: usize,
+        slots: usize,
+        args: &[&str],
+        each: impl Fn(usize) -> Vec<String>,
+    ) -> Result<Cluster> {
         let mut last_err = None;
         for _ in 0..3 {
             let mut cluster = Cluster {
@@ -216,6 +229,7 @@ impl Cluster {
                     .collect::<Result<_>>()?,
                 nodes: (0..slots).map(|_| None).collect(),
                 dir: tempfile::Builder::new().prefix("tribe-bench.").tempdir()?,
+                each: (0..slots).map(&each).collect(),
             };
             std::fs::write(cluster.dir.path().join("cluster.key"), random_key()?)?;
             let started = async {
@@ -262,6 +276,7 @@ impl Cluster {
             .args(["--replication-addr", &loopback(repl).to_string()])
             .args(["--advertise-addr", &loopback(repl).to_string()])
             .args(&self.args)
+            .args(self.each.get(i).into_iter().flatten())
             .env(
                 "TRIBE_WORKER_THREADS",
                 NODE_THREADS.get().unwrap_or(&1).to_string(),

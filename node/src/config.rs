@@ -159,6 +159,36 @@ pub struct Config {
     /// leaves: load balancers (Service endpoints, an ingress) stop sending first.
     #[arg(long, env = "TRIBE_SHUTDOWN_DELAY", default_value = "0s", value_parser = parse_duration)]
     pub shutdown_delay: Duration,
+    /// Serve the Redis protocol (RESP2/RESP3) on this address, keys stored as replicated
+    /// sessions: the session store for apps in any language. Default: off; the flag
+    /// alone means `127.0.0.1:6379`. Keep it on loopback, next to the app.
+    #[arg(long, env = "TRIBE_RESP_ADDR", num_args = 0..=1, default_missing_value = "127.0.0.1:6379")]
+    pub resp_addr: Option<SocketAddr>,
+    /// File holding the password Redis clients must give (`AUTH`); default: none.
+    #[arg(long, env = "TRIBE_RESP_PASSWORD_FILE")]
+    pub resp_password_file: Option<PathBuf>,
+    /// Serve an HTTP front proxy for the app on this address (async mode: read-your-writes
+    /// behind round-robin for any framework). Requires `--proxy-upstream`.
+    #[arg(long, env = "TRIBE_PROXY_ADDR", requires = "proxy_upstream")]
+    pub proxy_addr: Option<SocketAddr>,
+    /// The app the proxy forwards to (`host:port`, plain HTTP).
+    #[arg(long, env = "TRIBE_PROXY_UPSTREAM")]
+    pub proxy_upstream: Option<String>,
+    /// The app's session adapter: which cookie names the session and which store key
+    /// holds it.
+    #[arg(
+        long,
+        env = "TRIBE_PROXY_ADAPTER",
+        value_enum,
+        default_value = "connect-redis"
+    )]
+    pub proxy_adapter: crate::resp::proxy::Adapter,
+    /// The app's session cookie name (default: the adapter's).
+    #[arg(long, env = "TRIBE_PROXY_COOKIE")]
+    pub proxy_cookie: Option<String>,
+    /// The store key prefix of the app's sessions (default: the adapter's).
+    #[arg(long, env = "TRIBE_PROXY_KEY_PREFIX")]
+    pub proxy_key_prefix: Option<String>,
 }
 
 /// Parses `500ms`, `3s`, `30m`, `1h` (humantime syntax).
@@ -181,5 +211,20 @@ impl Config {
                 .filter(|s| !s.is_empty())
                 .unwrap_or_else(|| "tribe-node".to_string())
         })
+    }
+}
+
+#[cfg(test)]
+mod resp_flag_tests {
+    use super::*;
+
+    #[test]
+    fn resp_is_off_by_default_and_loopback_6379_when_asked() {
+        assert_eq!(Config::default_for_test().resp_addr, None);
+        let c = Config::parse_from(["tribe-node", "--resp-addr"]);
+        assert_eq!(c.resp_addr, Some("127.0.0.1:6379".parse().unwrap()));
+        let c = Config::parse_from(["tribe-node", "--resp-addr", "127.0.0.1:7000"]);
+        assert_eq!(c.resp_addr, Some("127.0.0.1:7000".parse().unwrap()));
+        assert!(Config::try_parse_from(["tribe-node", "--proxy-addr", "127.0.0.1:1"]).is_err());
     }
 }

@@ -19,6 +19,7 @@
 //! - [`ryw`] — read-your-writes: the signed version cookie and its layer.
 //! - [`http`] — the demo app and the admin endpoints.
 //! - [`metrics`] — Prometheus metrics.
+//! - [`resp`] — the Redis-protocol endpoint (`--resp-addr`): sessions for any language.
 //!
 //! [`run`] takes already-bound listeners and a shutdown future; `main.rs` only parses
 //! flags, binds sockets and calls it.
@@ -34,6 +35,7 @@ pub mod membership;
 pub mod metrics;
 pub mod ownership;
 pub mod replication;
+pub mod resp;
 pub mod ryw;
 pub mod session_store;
 pub mod store;
@@ -70,6 +72,9 @@ pub enum Error {
     /// A listener failed.
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
+    /// The RESP password file could not be read.
+    #[error("--resp-password-file {0}: {1}")]
+    RespPasswordFile(String, String),
 }
 
 /// Loads the cluster keys per the config (`--cluster-key-file` or `--insecure`); see
@@ -202,6 +207,11 @@ pub async fn run(
                 .await
         })
     };
+    let resp_task = match &cfg.resp_addr {
+        Some(addr) => Some(spawn_resp(&cfg, *addr, cluster.clone(), stop_http.clone()).await?),
+        None => None,
+    };
+    let proxy_task = resp::proxy::spawn(&cfg, cluster.clone(), &key, stop_http.clone()).await?;
     shutdown.await;
     tracing::info!("shutting down: not ready, draining, handing over, leaving");
     // Not ready first (load balancers stop sending), then hand-off and goodbye while
@@ -211,7 +221,37 @@ pub async fn run(
     cluster.leave().await;
     stop_http.cancel();
     let _ = tokio::time::timeout(cfg.drain_timeout, app_task).await;
+    if let Some(t) = proxy_task {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), t).await;
+    }
+    if let Some(t) = resp_task {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), t).await;
+    }
     cancel.cancel();
     let _ = tokio::time::timeout(std::time::Duration::from_secs(2), admin_task).await;
     Ok(())
+}
+
+/// Binds `--resp-addr` and serves the Redis protocol until `stop`.
+async fn spawn_resp(
+    cfg: &Config,
+    addr: SocketAddr,
+    cluster: Cluster,
+    stop: CancellationToken,
+) -> Result<tokio::task::JoinHandle<()>, Error> {
+    let password = match &cfg.resp_password_file {
+        Some(path) => {
+            let raw = std::fs::read(path)
+                .map_err(|e| Error::RespPasswordFile(path.display().to_string(), e.to_string()))?;
+            Some(bytes::Bytes::copy_from_slice(raw.trim_ascii()))
+        }
+        None => None,
+    };
+    let listener = TcpListener::bind(addr).await?;
+    tracing::info!(resp = %listener.local_addr()?, auth = password.is_some(), "serving the Redis protocol");
+    let opts = resp::Options {
+        password,
+        ..resp::Options::default()
+    };
+    Ok(tokio::spawn(resp::serve(listener, cluster, opts, stop)))
 }

@@ -603,9 +603,16 @@ pub struct FrameDecoder {
     max_frame: usize,
     /// The clock relative expiries are made absolute with (tests pin it).
     clock: fn() -> u64,
+    /// Bytes of the frames decoded since [`FrameDecoder::take_bytes`].
+    bytes: u64,
 }
 
 impl FrameDecoder {
+    /// Bytes of the frames decoded since the last call (for `tribe_bytes_received`).
+    pub fn take_bytes(&mut self) -> u64 {
+        std::mem::take(&mut self.bytes)
+    }
+
     /// A decoder opening with the connection's receive cipher and refusing bodies over
     /// `max_frame` bytes.
     pub fn new(cipher: FrameCipher, max_frame: usize) -> Self {
@@ -613,6 +620,7 @@ impl FrameDecoder {
             cipher,
             max_frame,
             clock: crate::store::unix_now,
+            bytes: 0,
         }
     }
     /// Changes the body limit (raised once the peer is authenticated).
@@ -695,6 +703,7 @@ impl Decoder for FrameDecoder {
             return Ok(None);
         }
         let mut frame = src.split_to(total);
+        self.bytes += total as u64;
         let (sealed, tag) = frame.split_at_mut(HEADER_LEN + len);
         let (header, body) = sealed.split_at_mut(HEADER_LEN);
         if !self.cipher.open(header, body, tag) {

@@ -78,6 +78,10 @@ pub struct SessionClusterSpec {
     #[schemars(schema_with = "resources_schema")]
     pub resources: Option<ResourceRequirements>,
 
+    /// The user's app: when set, each pod runs it with tribe-node as a sidecar that
+    /// stores its sessions over the Redis protocol on `127.0.0.1:6379`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app: Option<AppSpec>,
     /// Prometheus Operator integration.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub monitoring: Option<MonitoringSpec>,
@@ -101,6 +105,7 @@ impl Default for SessionClusterSpec {
             session: SessionSettings::default(),
             ingress: None,
             resources: None,
+            app: None,
             monitoring: None,
         }
     }
@@ -298,6 +303,87 @@ impl SessionClusterSpec {
 pub struct IngressTls {
     /// Secret holding the certificate and key.
     pub secret_name: String,
+}
+
+/// Ports of a pod the app must not use: replication, admin, RESP, and the node's own
+/// demo app moved to loopback.
+pub const APP_RESERVED_PORTS: [i32; 4] = [4000, 9090, 6379, 18080];
+
+/// The CEL rule on `spec.app.port` (the proxy takes 8080 when enabled).
+pub const APP_PORT_RULE: &str =
+    "!(self.port in [4000, 9090, 6379, 18080]) && (!has(self.proxy) || self.port != 8080)";
+
+/// The user's app container, run next to a tribe-node sidecar (sessions over RESP).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[x_kube(validation = kube::core::Rule::new(APP_PORT_RULE).message("app.port must not be 4000, 9090, 6379 or 18080 (the sidecar's), nor 8080 with the proxy"))]
+#[serde(rename_all = "camelCase")]
+pub struct AppSpec {
+    /// The app image.
+    #[schemars(length(min = 1))]
+    pub image: String,
+    /// The app's HTTP port.
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+    /// Entrypoint override.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<Vec<String>>,
+    /// Arguments.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub args: Option<Vec<String>>,
+    /// Extra environment (`REDIS_URL=redis://127.0.0.1:6379` is always set).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub env: std::collections::BTreeMap<String, String>,
+    /// Path of the app's readiness check (HTTP GET on its port).
+    #[serde(default = "default_readiness_path")]
+    pub readiness_path: String,
+    /// Route traffic through the sidecar's read-your-writes proxy (for async mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<AppProxy>,
+    /// Compute resources of the app container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "resources_schema")]
+    pub resources: Option<ResourceRequirements>,
+}
+
+fn default_readiness_path() -> String {
+    "/".into()
+}
+
+/// The sidecar's read-your-writes proxy: which cookie and store key hold a session.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AppProxy {
+    /// The app's session adapter.
+    pub adapter: SessionAdapter,
+    /// Session cookie name (default: the adapter's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cookie_name: Option<String>,
+    /// Store key prefix (default: the adapter's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_prefix: Option<String>,
+}
+
+/// Session adapters the proxy knows (cookie -> store key).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum SessionAdapter {
+    /// express-session + connect-redis: `connect.sid` -> `sess:<id>`.
+    ConnectRedis,
+    /// Flask-Session: `session` -> `session:<id>`.
+    FlaskSession,
+    /// PHP redis sessions: `PHPSESSID` -> `PHPREDIS_SESSION:<id>`.
+    PhpRedis,
+}
+
+impl SessionAdapter {
+    /// The value of `TRIBE_PROXY_ADAPTER`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionAdapter::ConnectRedis => "connect-redis",
+            SessionAdapter::FlaskSession => "flask-session",
+            SessionAdapter::PhpRedis => "php-redis",
+        }
+    }
 }
 
 /// Observed state of a SessionCluster (never what was merely requested).

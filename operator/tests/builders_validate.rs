@@ -60,6 +60,26 @@ fn full_cluster() -> SessionCluster {
     sc
 }
 
+/// `full_cluster` with the user's app and the sidecar's proxy (`spec.app`).
+fn sidecar_cluster() -> SessionCluster {
+    let mut sc = full_cluster();
+    sc.spec.app = Some(tribe_operator::crd::AppSpec {
+        image: "shop:1".into(),
+        port: 3000,
+        command: Some(vec!["node".into()]),
+        args: Some(vec!["app.js".into()]),
+        env: BTreeMap::from([("SESSION_SECRET".to_string(), "s".to_string())]),
+        readiness_path: "/healthz".into(),
+        proxy: Some(tribe_operator::crd::AppProxy {
+            adapter: tribe_operator::crd::SessionAdapter::ConnectRedis,
+            cookie_name: None,
+            key_prefix: None,
+        }),
+        resources: sc.spec.resources.clone(),
+    });
+    sc
+}
+
 #[test]
 fn builder_output_passes_kubernetes_validate() {
     let Some(validator) = validator() else {
@@ -75,6 +95,7 @@ fn builder_output_passes_kubernetes_validate() {
         serde_json::to_value(resources::secret(&sc, &resources::random_key())).unwrap(),
         serde_json::to_value(resources::pdb(&sc)).unwrap(),
         serde_json::to_value(resources::network_policy(&sc)).unwrap(),
+        serde_json::to_value(resources::deployment(&sidecar_cluster())).unwrap(),
     ];
     let dir = std::env::temp_dir().join(format!("tribe-builders-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

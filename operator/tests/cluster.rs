@@ -232,7 +232,13 @@ fn api_server_accepts_the_crd_and_the_examples_and_rejects_the_invalid_one() {
     let ns = ns.as_str();
     plane.create_namespace(ns);
     let examples = repo_root().join("examples");
-    for file in ["minimal.yaml", "full.yaml"] {
+    for file in [
+        "minimal.yaml",
+        "full.yaml",
+        "sidecar-express.yaml",
+        "sidecar-async-proxy.yaml",
+        "sidecar-php.yaml",
+    ] {
         let path = examples.join(file);
         plane
             .try_k(&[

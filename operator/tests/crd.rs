@@ -195,7 +195,13 @@ fn integer_bounds_are_integers_in_the_yaml() {
 fn examples_parse_as_session_clusters() {
     use tribe_operator::crd::SessionCluster;
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
-    for name in ["minimal.yaml", "full.yaml"] {
+    for name in [
+        "minimal.yaml",
+        "full.yaml",
+        "sidecar-express.yaml",
+        "sidecar-async-proxy.yaml",
+        "sidecar-php.yaml",
+    ] {
         let path = dir.join(name);
         let Ok(text) = std::fs::read_to_string(&path) else {
             continue;

@@ -8,6 +8,7 @@ use anyhow::{bail, Result};
 pub mod convergence;
 pub mod lag;
 pub mod scaling;
+pub mod sidecar;
 pub mod throughput;
 pub mod transfer;
 pub mod wire;

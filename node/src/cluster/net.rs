@@ -350,6 +350,10 @@ async fn run_connection(
         let tasks = handle::task_limit();
         while let Some(m) = rd.next().await {
             live.lock().heard(ms());
+            inner
+                .metrics
+                .bytes_received
+                .inc_by(rd.decoder_mut().take_bytes());
             match m {
                 Ok(msg) => handle::handle(c, peer, msg, None, &tasks).await,
                 Err(e) => {
@@ -475,6 +479,10 @@ async fn inbound(
                 break;
             }
         };
+        inner
+            .metrics
+            .bytes_received
+            .inc_by(rd.decoder_mut().take_bytes());
         match next {
             Some(Ok(msg)) => handle::handle(&c, &peer, msg, Some(&tx), &tasks).await,
             Some(Err(e)) => {

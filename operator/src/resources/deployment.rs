@@ -6,9 +6,9 @@ use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
 };
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
-    ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile,
-    SecretVolumeSource, SecurityContext, Volume, VolumeMount,
+    Capabilities, Container, EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector,
+    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile, SecretVolumeSource,
+    SecurityContext, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -45,15 +45,6 @@ fn env_field(name: &str, path: &str) -> EnvVar {
             }),
             ..EnvVarSource::default()
         }),
-    }
-}
-
-fn port(name: &str, port: i32) -> ContainerPort {
-    ContainerPort {
-        name: Some(name.into()),
-        container_port: port,
-        protocol: Some("TCP".into()),
-        ..ContainerPort::default()
     }
 }
 
@@ -168,12 +159,8 @@ pub fn deployment(sc: &SessionCluster) -> Deployment {
     let container = Container {
         name: "node".into(),
         image: Some(sc.spec.image.clone()),
-        env: Some(node_env(sc)),
-        ports: Some(vec![
-            port("http", HTTP_PORT),
-            port("admin", ADMIN_PORT),
-            port("replication", REPLICATION_PORT),
-        ]),
+        env: Some([node_env(sc), sidecar_env(sc)].concat()),
+        ports: Some(node_ports(sc)),
         readiness_probe: Some(http_probe("/readyz", 2, 3, None)),
         liveness_probe: Some(http_probe("/healthz", 10, 3, Some(10))),
         resources: sc.spec.resources.clone(),
@@ -215,7 +202,9 @@ pub fn deployment(sc: &SessionCluster) -> Deployment {
                     ..ObjectMeta::default()
                 }),
                 spec: Some(PodSpec {
-                    containers: vec![container],
+                    containers: std::iter::once(container)
+                        .chain(app_container(sc))
+                        .collect(),
                     termination_grace_period_seconds: Some(TERMINATION_GRACE_SECONDS),
                     // The key file is group-readable by fsGroup, which every container
                     // process gets as a supplementary group: any non-root UID can read it.

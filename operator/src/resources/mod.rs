@@ -8,6 +8,7 @@ mod network_policy;
 mod pdb;
 mod secret;
 mod service;
+mod sidecar;
 
 pub use deployment::{deployment, node_env, node_settings, NodeSetting, SettingValue};
 pub use ingress::ingress;
@@ -19,6 +20,7 @@ pub use network_policy::network_policy;
 pub use pdb::pdb;
 pub use secret::{random_key, secret};
 pub use service::{headless_service, service, METRICS_PORT_NAME};
+pub use sidecar::{app_container, exposed_http_port, node_ports, sidecar_env};
 
 use crate::crd::SessionCluster;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};

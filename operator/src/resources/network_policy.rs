@@ -42,7 +42,10 @@ pub fn network_policy(sc: &SessionCluster) -> NetworkPolicy {
                 },
                 NetworkPolicyIngressRule {
                     from: None,
-                    ports: Some(vec![np_port("TCP", HTTP_PORT), np_port("TCP", ADMIN_PORT)]),
+                    ports: Some(vec![
+                        np_port("TCP", exposed_http_port(sc)),
+                        np_port("TCP", ADMIN_PORT),
+                    ]),
                 },
             ]),
             egress: None,

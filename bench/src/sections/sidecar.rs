@@ -1,0 +1,235 @@
+//! Sessions for any language, side by side: a stock Express app (express-session +
+//! connect-redis, `examples/apps/express`), three instances behind nginx round-robin,
+//! with its sessions in
+//! (a) one `redis-server` (the usual central store),
+//! (b) the Tribe sidecar: one node per app instance, RESP on loopback, sync mode,
+//! (c) the Tribe sidecar in async mode with its read-your-writes proxy in front of each
+//!     app instance.
+//!
+//! The same closed-loop client as the throughput section (`POST /counter`, then
+//! `GET /counter`, one session per connection); "out of sequence" counts stale or lost
+//! answers. CPU is everything serving the requests except nginx and the client: the app
+//! processes plus redis-server or the nodes.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use serde_json::json;
+
+use super::{progress, wait_for, Env};
+use crate::load::{self, Client, Op};
+use crate::procs::{cpu_seconds, free_port, loopback, Cluster, Nginx};
+use crate::report::{col, Fmt, Table};
+
+/// Connections (users) the client keeps busy.
+pub const CONNECTIONS: usize = 32;
+/// App instances (and nodes).
+const INSTANCES: usize = 3;
+
+fn express_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/apps/express")
+}
+
+/// A child process killed on drop.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn listening(what: &str, addr: SocketAddr) -> Result<()> {
+    wait_for(what, Duration::from_secs(20), || async move {
+        Ok(tokio::net::TcpStream::connect(addr).await.ok().map(|_| ()))
+    })
+    .await
+}
+
+async fn redis_server() -> Result<(Proc, SocketAddr)> {
+    let addr = loopback(free_port()?);
+    let child = Command::new("redis-server")
+        .args(["--bind", "127.0.0.1", "--port", &addr.port().to_string()])
+        .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("cannot start redis-server (apt-get install redis-server)")?;
+    let p = Proc(child);
+    listening("redis-server", addr).await?;
+    Ok((p, addr))
+}
+
+async fn express(store: SocketAddr) -> Result<(Proc, SocketAddr)> {
+    express_at(store, loopback(free_port()?)).await
+}
+
+/// Runs the section.
+pub async fn run(env: &Env) -> Result<Table> {
+    let (warm, measure) = if env.quick {
+        (Duration::from_millis(500), Duration::from_millis(2000))
+    } else {
+        (Duration::from_secs(2), Duration::from_secs(8))
+    };
+    let mut t = Table::new(
+        "sidecar",
+        "Express + connect-redis behind nginx round-robin: sessions in redis-server vs the Tribe sidecar",
+        &[
+            col("store", "session store", Fmt::Text),
+            col("op", "request", Fmt::Text),
+            col("requests_per_s", "req/s", Fmt::Int),
+            col("p50_ms", "p50 ms", Fmt::Fixed(2)),
+            col("p99_ms", "p99 ms", Fmt::Fixed(2)),
+            col("out_of_sequence", "stale or lost", Fmt::Int),
+            col("errors", "errors", Fmt::Int),
+            col("cpu_ms_per_req", "app+store CPU-ms per request", Fmt::Fixed(3)),
+            col("nginx_cpu_ms_per_req", "nginx CPU-ms per request", Fmt::Fixed(3)),
+        ],
+    );
+    t.note(format!(
+        "{INSTANCES} Express instances (express-session + connect-redis + node-redis), {CONNECTIONS} \
+         connections, one session each, sequential requests; {:.1} s per phase after a {:.1} s \
+         warm-up of writes. CPU = utime+stime over the phase.",
+        measure.as_secs_f64(),
+        warm.as_secs_f64()
+    ));
+    for case in ["redis-server", "tribe sync", "tribe async + proxy"] {
+        progress(format!("sidecar: {case}"));
+        let mut keep: Vec<Proc> = Vec::new();
+        let mut store_pids: Vec<u32> = Vec::new();
+        let front: Vec<SocketAddr>;
+        let mut cluster: Option<Cluster> = None;
+        match case {
+            "redis-server" => {
+                let (p, addr) = redis_server().await?;
+                store_pids.push(p.0.id());
+                keep.push(p);
+                let mut apps = Vec::new();
+                for _ in 0..INSTANCES {
+                    let (a, addr) = express(addr).await?;
+                    store_pids.push(a.0.id());
+                    keep.push(a);
+                    apps.push(addr);
+                }
+                front = apps;
+            }
+            _ => {
+                let sync = case == "tribe sync";
+                let resp: Vec<SocketAddr> = (0..INSTANCES)
+                    .map(|_| free_port().map(loopback))
+                    .collect::<Result<_>>()?;
+                let app_addrs: Vec<SocketAddr> = (0..INSTANCES)
+                    .map(|_| free_port().map(loopback))
+                    .collect::<Result<_>>()?;
+                let proxies: Vec<SocketAddr> = (0..INSTANCES)
+                    .map(|_| free_port().map(loopback))
+                    .collect::<Result<_>>()?;
+                let c = Cluster::start_each(
+                    &env.node_bin,
+                    INSTANCES,
+                    INSTANCES,
+                    &["--send-mode", if sync { "sync" } else { "async" }],
+                    |i| {
+                        let mut a = vec!["--resp-addr".to_string(), resp[i].to_string()];
+                        if !sync {
+                            a.extend([
+                                "--proxy-addr".to_string(),
+                                proxies[i].to_string(),
+                                "--proxy-upstream".to_string(),
+                                app_addrs[i].to_string(),
+                                "--proxy-cookie".to_string(),
+                                crate::http::SESSION_COOKIE.to_string(),
+                            ]);
+                        }
+                        a
+                    },
+                )
+                .await?;
+                store_pids.extend(c.pids());
+                for i in 0..INSTANCES {
+                    let (a, _) = express_at(resp[i], app_addrs[i]).await?;
+                    store_pids.push(a.0.id());
+                    keep.push(a);
+                }
+                front = if sync { app_addrs } else { proxies };
+                cluster = Some(c);
+            }
+        }
+        let nginx = Nginx::round_robin(&env.nginx, &front).await?;
+        let mut clients: Vec<Client> = (0..CONNECTIONS).map(|_| Client::new(nginx.addr)).collect();
+        let w = load::run(&mut clients, Op::Write, warm).await;
+        if w.errors > 0 {
+            t.note(format!(
+                "{case}: {} errors in the warm-up, e.g. {}",
+                w.errors,
+                w.first_error.unwrap_or_default()
+            ));
+        }
+        for (op, name) in [(Op::Write, "POST /counter"), (Op::Read, "GET /counter")] {
+            let nginx_pids = nginx.pids();
+            let (s0, x0) = (cpu_seconds(&store_pids), cpu_seconds(&nginx_pids));
+            let p = load::run(&mut clients, op, measure).await;
+            let (s1, x1) = (cpu_seconds(&store_pids), cpu_seconds(&nginx_pids));
+            if let Some(e) = &p.first_error {
+                t.note(format!("{case} {name}: first error: {e}"));
+            }
+            let per = |cpu: f64| cpu / p.requests.max(1) as f64 * 1000.0;
+            t.row(vec![
+                json!(case),
+                json!(name),
+                json!(p.rate()),
+                json!(p.ms(0.5)),
+                json!(p.ms(0.99)),
+                json!(p.out_of_sequence),
+                json!(p.errors),
+                json!(per(s1 - s0)),
+                json!(per(x1 - x0)),
+            ]);
+        }
+        if let Some(c) = &cluster {
+            let mut sums = Vec::new();
+            for m in [
+                "tribe_rollbacks_total",
+                "tribe_consistency_waits_total",
+                "tribe_consistency_fetches_total",
+            ] {
+                sums.push(format!("{m} = {}", c.metric_sum(m).await.unwrap_or(0.0)));
+            }
+            t.note(format!("{case}: {}", sums.join(", ")));
+        }
+        drop(nginx);
+        drop(keep);
+        drop(cluster);
+    }
+    Ok(t)
+}
+
+async fn express_at(store: SocketAddr, addr: SocketAddr) -> Result<(Proc, SocketAddr)> {
+    let dir = express_dir();
+    if !dir.join("node_modules/connect-redis").is_dir() {
+        bail!(
+            "{}/node_modules missing: run scripts/install-test-deps",
+            dir.display()
+        );
+    }
+    let child = Command::new("node")
+        .arg("app.js")
+        .current_dir(&dir)
+        .env("PORT", addr.port().to_string())
+        .env("REDIS_URL", format!("redis://{store}"))
+        .env("SESSION_COOKIE", crate::http::SESSION_COOKIE)
+        .env("NODE_ENV", "production")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("cannot start node (the Express app)")?;
+    let p = Proc(child);
+    listening("the Express app", addr).await?;
+    Ok((p, addr))
+}

@@ -1,0 +1,240 @@
+//! `spec.app`: the user's app container with tribe-node as its sidecar.
+//!
+//! The app reaches its sessions over the Redis protocol on `127.0.0.1:6379` (the node's
+//! `--resp-addr`, loopback only). The pod's named `http` port — what the app Service and
+//! the Ingress target — is the app's own port, or, with `spec.app.proxy`, the node's
+//! read-your-writes proxy on 8080 in front of it. The node's demo app moves to loopback.
+//! The pod is ready when both containers are: the node on `/readyz`, the app on its
+//! `readinessPath`.
+
+use super::*;
+use crate::crd::{AppSpec, SessionCluster};
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, ContainerPort, EnvVar, HTTPGetAction, Probe, SecurityContext,
+};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+/// Where the sidecar serves RESP (loopback: only the pod's containers reach it).
+pub const RESP_ADDR: &str = "127.0.0.1:6379";
+/// Where the node's built-in demo app listens when the pod runs the user's app.
+pub const NODE_DEMO_ADDR: &str = "127.0.0.1:18080";
+
+fn env(name: &str, value: impl Into<String>) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: Some(value.into()),
+        value_from: None,
+    }
+}
+
+fn port(name: &str, port: i32) -> ContainerPort {
+    ContainerPort {
+        name: Some(name.into()),
+        container_port: port,
+        protocol: Some("TCP".into()),
+        ..ContainerPort::default()
+    }
+}
+
+/// The port clients reach in a pod (the `http` port): the proxy's, the app's, or the
+/// node's demo app's when there is no `spec.app`.
+pub fn exposed_http_port(sc: &SessionCluster) -> i32 {
+    match &sc.spec.app {
+        Some(app) if app.proxy.is_none() => app.port,
+        _ => HTTP_PORT,
+    }
+}
+
+/// The node container's extra environment for `spec.app` (none without it).
+pub fn sidecar_env(sc: &SessionCluster) -> Vec<EnvVar> {
+    let Some(app) = &sc.spec.app else {
+        return Vec::new();
+    };
+    let mut out = vec![
+        env("TRIBE_RESP_ADDR", RESP_ADDR),
+        env("TRIBE_HTTP_ADDR", NODE_DEMO_ADDR),
+    ];
+    if let Some(p) = &app.proxy {
+        out.push(env("TRIBE_PROXY_ADDR", format!("0.0.0.0:{HTTP_PORT}")));
+        out.push(env(
+            "TRIBE_PROXY_UPSTREAM",
+            format!("127.0.0.1:{}", app.port),
+        ));
+        out.push(env("TRIBE_PROXY_ADAPTER", p.adapter.as_str()));
+        if let Some(c) = &p.cookie_name {
+            out.push(env("TRIBE_PROXY_COOKIE", c.clone()));
+        }
+        if let Some(k) = &p.key_prefix {
+            out.push(env("TRIBE_PROXY_KEY_PREFIX", k.clone()));
+        }
+    }
+    out
+}
+
+/// The node container's ports: `http` (demo app or proxy) unless the app serves it.
+pub fn node_ports(sc: &SessionCluster) -> Vec<ContainerPort> {
+    let mut ports = Vec::new();
+    if sc.spec.app.as_ref().is_none_or(|a| a.proxy.is_some()) {
+        ports.push(port("http", HTTP_PORT));
+    }
+    ports.push(port("admin", ADMIN_PORT));
+    ports.push(port("replication", REPLICATION_PORT));
+    ports
+}
+
+/// The app container, if `spec.app` is set.
+pub fn app_container(sc: &SessionCluster) -> Option<Container> {
+    let app: &AppSpec = sc.spec.app.as_ref()?;
+    let port_name = if app.proxy.is_some() { "app" } else { "http" };
+    let mut env_vars = vec![env("REDIS_URL", format!("redis://{RESP_ADDR}"))];
+    env_vars.extend(
+        app.env
+            .iter()
+            .filter(|(k, _)| k.as_str() != "REDIS_URL")
+            .map(|(k, v)| env(k, v.clone())),
+    );
+    if let Some(url) = app.env.get("REDIS_URL") {
+        env_vars[0] = env("REDIS_URL", url.clone());
+    }
+    Some(Container {
+        name: "app".into(),
+        image: Some(app.image.clone()),
+        command: app.command.clone(),
+        args: app.args.clone(),
+        env: Some(env_vars),
+        ports: Some(vec![port(port_name, app.port)]),
+        readiness_probe: Some(Probe {
+            http_get: Some(HTTPGetAction {
+                path: Some(app.readiness_path.clone()),
+                port: IntOrString::Int(app.port),
+                ..HTTPGetAction::default()
+            }),
+            period_seconds: Some(2),
+            failure_threshold: Some(3),
+            timeout_seconds: Some(1),
+            ..Probe::default()
+        }),
+        resources: app.resources.clone(),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                add: None,
+            }),
+            ..SecurityContext::default()
+        }),
+        ..Container::default()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::{AppProxy, SessionAdapter};
+    use crate::fixtures::cluster;
+
+    fn with_app(proxy: bool) -> SessionCluster {
+        let mut sc = cluster("shop", "web");
+        sc.spec.app = Some(AppSpec {
+            image: "shop:1".into(),
+            port: 3000,
+            command: None,
+            args: Some(vec!["app.js".into()]),
+            env: [("SESSION_SECRET".to_string(), "s".to_string())].into(),
+            readiness_path: "/healthz".into(),
+            proxy: proxy.then(|| AppProxy {
+                adapter: SessionAdapter::ConnectRedis,
+                cookie_name: None,
+                key_prefix: Some("myapp:".into()),
+            }),
+            resources: None,
+        });
+        sc
+    }
+
+    fn envs(v: &[EnvVar]) -> BTreeMap<String, String> {
+        v.iter()
+            .map(|e| (e.name.clone(), e.value.clone().unwrap_or_default()))
+            .collect()
+    }
+
+    fn http_ports(d: &k8s_openapi::api::apps::v1::Deployment) -> Vec<(String, i32)> {
+        d.spec
+            .template
+            .spec
+            .as_ref()
+            .unwrap()
+            .containers
+            .iter()
+            .flat_map(|c| {
+                c.ports
+                    .clone()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|p| p.name.as_deref() == Some("http"))
+                    .map(move |p| (c.name.clone(), p.container_port))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn without_app_nothing_changes() {
+        let sc = cluster("shop", "web");
+        assert!(app_container(&sc).is_none());
+        assert!(sidecar_env(&sc).is_empty());
+        assert_eq!(exposed_http_port(&sc), HTTP_PORT);
+        let d = deployment(&sc);
+        assert_eq!(d.spec.template.spec.as_ref().unwrap().containers.len(), 1);
+        assert_eq!(http_ports(&d), vec![("node".to_string(), HTTP_PORT)]);
+    }
+
+    #[test]
+    fn app_serves_http_and_reaches_resp_on_loopback() {
+        let sc = with_app(false);
+        let d = deployment(&sc);
+        let pod = d.spec.template.spec.clone().unwrap();
+        assert_eq!(pod.containers.len(), 2);
+        let (node, app) = (&pod.containers[0], &pod.containers[1]);
+        // The Service's named port `http` is the app's, on exactly one container.
+        assert_eq!(http_ports(&d), vec![("app".to_string(), 3000)]);
+        assert_eq!(exposed_http_port(&sc), 3000);
+        let ne = envs(node.env.as_ref().unwrap());
+        assert_eq!(ne["TRIBE_RESP_ADDR"], "127.0.0.1:6379");
+        assert_eq!(ne["TRIBE_HTTP_ADDR"], NODE_DEMO_ADDR);
+        assert!(!ne.contains_key("TRIBE_PROXY_ADDR"));
+        let ae = envs(app.env.as_ref().unwrap());
+        assert_eq!(ae["REDIS_URL"], "redis://127.0.0.1:6379");
+        assert_eq!(ae["SESSION_SECRET"], "s");
+        // Both containers gate readiness.
+        let probe = app
+            .readiness_probe
+            .as_ref()
+            .unwrap()
+            .http_get
+            .as_ref()
+            .unwrap();
+        assert_eq!(
+            (probe.path.as_deref(), &probe.port),
+            (Some("/healthz"), &IntOrString::Int(3000))
+        );
+        assert!(node.readiness_probe.is_some());
+        assert_eq!(app.args.as_deref(), Some(&["app.js".to_string()][..]));
+    }
+
+    #[test]
+    fn with_proxy_the_node_serves_http_in_front_of_the_app() {
+        let sc = with_app(true);
+        let d = deployment(&sc);
+        assert_eq!(http_ports(&d), vec![("node".to_string(), HTTP_PORT)]);
+        assert_eq!(exposed_http_port(&sc), HTTP_PORT);
+        let pod = d.spec.template.spec.clone().unwrap();
+        let ne = envs(pod.containers[0].env.as_ref().unwrap());
+        assert_eq!(ne["TRIBE_PROXY_ADDR"], "0.0.0.0:8080");
+        assert_eq!(ne["TRIBE_PROXY_UPSTREAM"], "127.0.0.1:3000");
+        assert_eq!(ne["TRIBE_PROXY_ADAPTER"], "connect-redis");
+        assert_eq!(ne["TRIBE_PROXY_KEY_PREFIX"], "myapp:");
+        assert!(!ne.contains_key("TRIBE_PROXY_COOKIE"));
+        let app_ports = pod.containers[1].ports.clone().unwrap();
+        assert_eq!(app_ports[0].name.as_deref(), Some("app"));
+    }
+}
