@@ -154,6 +154,9 @@ pub(crate) struct Inner {
     pub discovery: Mutex<Option<Arc<Discovery>>>,
     /// Members to run an anti-entropy round with soon.
     pub ae_kick: mpsc::Sender<antientropy::Kick>,
+    /// Fetches from peers in flight at once (a client's cookies can make a node ask its
+    /// peers; this bounds how much of that runs at the same time).
+    pub fetches: tokio::sync::Semaphore,
 }
 
 /// A running cluster node. Cheap to clone.
@@ -221,6 +224,9 @@ pub(crate) enum Fetched {
     Incomplete,
 }
 
+/// Fetches (each asking one to N - 1 peers) one node runs at once.
+const MAX_FETCHES: usize = 256;
+
 /// Backup mode: how long past its consistency wait a fetch waits for the primary's
 /// answer before asking the other owners as well.
 const HEDGE_AFTER: Duration = Duration::from_millis(25);
@@ -278,6 +284,7 @@ impl Cluster {
             inbound: Mutex::new(HashMap::new()),
             discovery: Mutex::new(None),
             ae_kick,
+            fetches: tokio::sync::Semaphore::new(MAX_FETCHES),
             cfg,
         });
         let cluster = Cluster { inner };
@@ -579,6 +586,10 @@ impl Cluster {
     /// plus a network allowance.
     pub(crate) async fn fetch(&self, sid: SessionId, min_version: u64) -> Fetched {
         let inner = &self.inner;
+        // Bounded: past MAX_FETCHES at once, requests queue here instead of fanning out.
+        let Ok(_permit) = inner.fetches.acquire().await else {
+            return Fetched::Incomplete;
+        };
         let mut targets: Vec<(String, Arc<Link>)> = if self.backup_mode() {
             self.owners(sid)
                 .into_iter()
