@@ -959,6 +959,25 @@ mod tests {
         }
     }
 
+    /// Schedules that once failed, kept as regression tests: (scenario, seed, what).
+    const REGRESSIONS: &[(&str, u64, &str)] = &[(
+        "sync-min2-3",
+        1,
+        "a sync write acked by n2, which then crashed before n0's last peer was suspected: \
+         acks must be judged as they arrive, not by who holds the write at the end",
+    )];
+
+    #[test]
+    fn seeds_that_once_failed_pass() {
+        let all = scenarios();
+        for (name, seed, what) in REGRESSIONS {
+            let cfg = &all.iter().find(|(n, _)| n == name).expect("scenario").1;
+            if let Err(e) = run(*seed, cfg) {
+                panic!("{name} seed {seed} ({what}): {e}");
+            }
+        }
+    }
+
     #[test]
     fn a_seed_replays_exactly() {
         let cfg = SimConfig::default();
