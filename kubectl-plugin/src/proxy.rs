@@ -26,8 +26,8 @@ pub const TOKEN_LABEL: &[u8] = b"tribe-admin-sessions-v1";
 pub fn admin_token(key_file: &[u8]) -> String {
     use hmac::{Hmac, KeyInit, Mac};
     let secret = primary_secret(key_file);
-    let mut mac = <Hmac<sha2::Sha256> as KeyInit>::new_from_slice(secret)
-        .expect("HMAC takes any key length");
+    let mut mac =
+        <Hmac<sha2::Sha256> as KeyInit>::new_from_slice(secret).expect("HMAC takes any key length");
     mac.update(TOKEN_LABEL);
     hex::encode(mac.finalize().into_bytes())
 }

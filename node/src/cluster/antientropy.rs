@@ -88,7 +88,7 @@ pub(crate) async fn run(c: Cluster, mut kicks: mpsc::Receiver<Kick>) {
         tokio::select! {
             _ = tick.tick() => {
                 periodic += 1;
-                let full = periodic % antientropy::FULL_EVERY == 0;
+                let full = periodic.is_multiple_of(antientropy::FULL_EVERY);
                 // A link that dropped messages (its queue overflowed) gets a full round.
                 due.extend(c.alive_peers().into_iter().map(|(n, link)| {
                     let dropped = link.resync.load(std::sync::atomic::Ordering::Relaxed);

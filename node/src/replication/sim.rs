@@ -748,7 +748,7 @@ impl Sim {
         if now >= node.next_ae {
             node.next_ae = now + ae_interval;
             node.ae_rounds += 1;
-            let full = node.ae_rounds % antientropy::FULL_EVERY == 0;
+            let full = node.ae_rounds.is_multiple_of(antientropy::FULL_EVERY);
             for p in node.live_peers() {
                 *node.ae_due.entry(p).or_default() |= full;
             }
