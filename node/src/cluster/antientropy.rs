@@ -88,7 +88,8 @@ pub(crate) async fn run(c: Cluster, mut kicks: mpsc::Receiver<Kick>) {
         tokio::select! {
             _ = tick.tick() => {
                 periodic += 1;
-                let full = periodic.is_multiple_of(antientropy::FULL_EVERY);
+                #[allow(clippy::manual_is_multiple_of)] // u64::is_multiple_of is newer than the MSRV (1.85)
+                let full = periodic % antientropy::FULL_EVERY == 0;
                 // A link that dropped messages (its queue overflowed) gets a full round.
                 due.extend(c.alive_peers().into_iter().map(|(n, link)| {
                     let dropped = link.resync.load(std::sync::atomic::Ordering::Relaxed);

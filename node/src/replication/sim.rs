@@ -748,7 +748,9 @@ impl Sim {
         if now >= node.next_ae {
             node.next_ae = now + ae_interval;
             node.ae_rounds += 1;
-            let full = node.ae_rounds.is_multiple_of(antientropy::FULL_EVERY);
+            #[allow(clippy::manual_is_multiple_of)]
+            // u64::is_multiple_of is newer than the MSRV (1.85)
+            let full = node.ae_rounds % antientropy::FULL_EVERY == 0;
             for p in node.live_peers() {
                 *node.ae_due.entry(p).or_default() |= full;
             }
