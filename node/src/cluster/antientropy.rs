@@ -7,7 +7,6 @@
 //! workers) and one message of `RANGES` hashes; the responder's summary and the
 //! exchanges that follow are handled by the core like any other message.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -81,27 +80,22 @@ pub(crate) async fn run(c: Cluster, mut kicks: mpsc::Receiver<Kick>) {
     );
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut ready = inner.ready.subscribe();
-    let mut periodic: u64 = 0;
+    let mut schedule = antientropy::Schedule::default();
     loop {
-        // Peer → whether the round is full.
-        let mut due: BTreeMap<String, bool> = BTreeMap::new();
         tokio::select! {
             _ = tick.tick() => {
-                periodic += 1;
-                #[allow(clippy::manual_is_multiple_of)] // u64::is_multiple_of is newer than the MSRV (1.85)
-                let full = periodic % antientropy::FULL_EVERY == 0;
                 // A link that dropped messages (its queue overflowed) gets a full round.
-                due.extend(c.alive_peers().into_iter().map(|(n, link)| {
+                schedule.period(c.alive_peers().into_iter().map(|(n, link)| {
                     let dropped = link.resync.load(std::sync::atomic::Ordering::Relaxed);
-                    (n, full || dropped)
+                    (n, dropped)
                 }));
             }
             k = kicks.recv() => match k {
                 Some((peer, full)) => {
                     tokio::time::sleep(FOLLOW_UP).await;
-                    *due.entry(peer).or_default() |= full;
+                    schedule.kick(peer, full);
                     while let Ok((p, f)) = kicks.try_recv() {
-                        *due.entry(p).or_default() |= f;
+                        schedule.kick(p, f);
                     }
                 }
                 None => return,
@@ -111,7 +105,7 @@ pub(crate) async fn run(c: Cluster, mut kicks: mpsc::Receiver<Kick>) {
         if !*ready.borrow_and_update() || inner.leaving.load(std::sync::atomic::Ordering::SeqCst) {
             continue;
         }
-        for (peer, full) in due {
+        for (peer, full) in schedule.take() {
             c.anti_entropy_round(&peer, full).await;
         }
     }

@@ -48,6 +48,48 @@ fn compared(s: &crate::store::Session, now: u64, settle: u8) -> bool {
     !s.is_dead(now) && s.changed_at + settle as u64 <= now
 }
 
+/// Which rounds are due with whom: the anti-entropy schedule of one node, shared by the
+/// driver and the simulation. A round is *full* (compares every session, also those
+/// still being written) after a (re)connection, after a queue overflow, while a full
+/// round left differences for later, and every [`FULL_EVERY`]th period.
+#[derive(Debug, Clone)]
+pub struct Schedule<P: Ord> {
+    periods: u64,
+    due: std::collections::BTreeMap<P, bool>,
+}
+
+impl<P: Ord> Default for Schedule<P> {
+    fn default() -> Self {
+        Schedule {
+            periods: 0,
+            due: Default::default(),
+        }
+    }
+}
+
+impl<P: Ord> Schedule<P> {
+    /// An `--anti-entropy-interval` passed: a round with every live peer; `dropped` says
+    /// whether messages to that peer were dropped since (its round is then full).
+    pub fn period(&mut self, peers: impl IntoIterator<Item = (P, bool)>) {
+        self.periods += 1;
+        #[allow(clippy::manual_is_multiple_of)] // u64::is_multiple_of is newer than the MSRV
+        let full = self.periods % FULL_EVERY == 0;
+        for (p, dropped) in peers {
+            self.kick(p, full || dropped);
+        }
+    }
+
+    /// A round with `peer` is wanted (a (re)connection, a partial round).
+    pub fn kick(&mut self, peer: P, full: bool) {
+        *self.due.entry(peer).or_default() |= full;
+    }
+
+    /// The rounds to start now: (peer, full).
+    pub fn take(&mut self) -> Vec<(P, bool)> {
+        std::mem::take(&mut self.due).into_iter().collect()
+    }
+}
+
 /// The range a session id falls in.
 pub fn range_of(sid: SessionId) -> u16 {
     (xxhash_rust::xxh3::xxh3_64(&sid.to_le_bytes()) >> 54) as u16
@@ -334,6 +376,22 @@ mod tests {
         );
         let (p, _) = round(&a, &b);
         assert_eq!(p.pull, vec![1], "only the settled session: {p:?}");
+    }
+
+    #[test]
+    fn every_sixth_period_and_every_kick_for_a_reconnection_are_full() {
+        let mut s = Schedule::default();
+        for i in 1..=FULL_EVERY {
+            s.period([("a", false), ("b", i == 2)]);
+            let due = s.take();
+            let full = i == FULL_EVERY;
+            assert_eq!(due, vec![("a", full), ("b", full || i == 2)], "period {i}");
+        }
+        s.kick("a", false);
+        s.kick("a", true);
+        s.kick("b", false);
+        assert_eq!(s.take(), vec![("a", true), ("b", false)]);
+        assert!(s.take().is_empty());
     }
 
     #[test]

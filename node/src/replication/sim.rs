@@ -134,9 +134,8 @@ struct Node {
     links: BTreeMap<usize, Option<Liveness>>,
     next_dial: u64,
     next_ae: u64,
-    /// Anti-entropy rounds due: peer → full.
-    ae_due: BTreeMap<usize, bool>,
-    ae_rounds: u64,
+    /// Anti-entropy rounds due.
+    ae: antientropy::Schedule<usize>,
     pending: HashMap<u64, Pending>,
     next_id: u64,
     frozen_until: u64,
@@ -191,8 +190,7 @@ impl Node {
             links: peers.map(|p| (p, None)).collect(),
             next_dial: 0,
             next_ae: 0,
-            ae_due: BTreeMap::new(),
-            ae_rounds: 0,
+            ae: antientropy::Schedule::default(),
             pending: HashMap::new(),
             next_id: 1,
             frozen_until: 0,
@@ -432,12 +430,7 @@ impl Sim {
                     self.settle_pending();
                 }
                 Effect::AeAgain { full } => {
-                    *self.nodes[to]
-                        .as_mut()
-                        .unwrap()
-                        .ae_due
-                        .entry(from)
-                        .or_default() |= full;
+                    self.nodes[to].as_mut().unwrap().ae.kick(from, full);
                 }
                 // The driver fetches the whole session from the delta's sender.
                 Effect::Gap(sid) => self.send(to, from, Message::AePull { sids: vec![sid] }, true),
@@ -736,7 +729,7 @@ impl Sim {
                         if n.links.get(&b).is_some_and(|l| l.is_none()) {
                             n.links.insert(b, Some(Liveness::new(now, timeout, true)));
                         }
-                        n.ae_due.insert(b, true);
+                        n.ae.kick(b, true);
                     }
                     self.log(format!("n{i} connected to n{p}"));
                     self.state_transfer(i, p);
@@ -747,15 +740,10 @@ impl Sim {
         let node = self.nodes[i].as_mut().unwrap();
         if now >= node.next_ae {
             node.next_ae = now + ae_interval;
-            node.ae_rounds += 1;
-            #[allow(clippy::manual_is_multiple_of)]
-            // u64::is_multiple_of is newer than the MSRV (1.85)
-            let full = node.ae_rounds % antientropy::FULL_EVERY == 0;
-            for p in node.live_peers() {
-                *node.ae_due.entry(p).or_default() |= full;
-            }
+            let peers = node.live_peers();
+            node.ae.period(peers.into_iter().map(|p| (p, false)));
         }
-        let due: Vec<(usize, bool)> = std::mem::take(&mut node.ae_due).into_iter().collect();
+        let due = node.ae.take();
         for (p, full) in due {
             let node = self.nodes[i].as_ref().unwrap();
             if node.links.get(&p).is_none_or(|l| l.is_none()) {
