@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use super::Cluster;
 use crate::membership::Discovery;
 use crate::ownership;
+use crate::replication::rereplicate;
 use crate::store::unix_now;
 use crate::wire::{Message, SessionId, SessionState};
 
@@ -179,16 +180,6 @@ async fn drain_links(c: &Cluster, deadline: tokio::time::Instant) {
     }
 }
 
-/// Sessions this node must copy when the live view changes from `old` to `new`, by
-/// target member.
-///
-/// Leaving: this node hands every session it owns to the owners it gains without it.
-/// Otherwise, for each session whose owner *set* changed, every holder that is an owner
-/// under `new` copies it to all the other new owners (or, when no old owner survives,
-/// whoever holds a copy does). Copying to owners that kept theirs costs a little, but it
-/// heals copies that an intermediate view's sender never delivered: two members dying
-/// a few milliseconds apart produce two view changes, and the first one's sender may be
-/// the second to die. Merges are idempotent, so a copy that arrives twice changes nothing.
 fn plan_moves(
     c: &Cluster,
     old: &[String],
@@ -196,38 +187,15 @@ fn plan_moves(
     leaving: bool,
 ) -> HashMap<String, Vec<SessionId>> {
     let inner = &c.inner;
-    let me = inner.me.node_id.as_str();
-    let k = inner.cfg.backups;
-    let now = unix_now();
-    let mut plan: HashMap<String, Vec<SessionId>> = HashMap::new();
-    for sid in inner.store.ids() {
-        if inner.store.with(sid, |s| s.is_dead(now)).unwrap_or(true) {
-            continue;
-        }
-        let old_o = ownership::owners(sid, old, k);
-        let new_o = ownership::owners(sid, new, k);
-        let targets: Vec<&str> = if leaving {
-            if !old_o.contains(&me) {
-                continue;
-            }
-            new_o
-                .iter()
-                .copied()
-                .filter(|t| *t != me && !old_o.contains(t))
-                .collect()
-        } else {
-            let same = old_o.len() == new_o.len() && old_o.iter().all(|o| new_o.contains(o));
-            let survivor = old_o.iter().any(|o| new_o.contains(o));
-            if same || (survivor && !new_o.contains(&me)) {
-                continue;
-            }
-            new_o.iter().copied().filter(|t| *t != me).collect()
-        };
-        for t in targets {
-            plan.entry(t.to_string()).or_default().push(sid);
-        }
-    }
-    plan
+    rereplicate::plan_moves(
+        &inner.store,
+        &inner.me.node_id,
+        inner.cfg.backups,
+        old,
+        new,
+        leaving,
+        unix_now(),
+    )
 }
 
 /// Pushes `plan`; returns what could not be delivered (to retry), by target member.
@@ -267,30 +235,13 @@ async fn push_plan(
     failed
 }
 
-/// The failed pushes still worth retrying under `view`: the target is still a live
-/// owner, and the session is still held here.
 fn still_needed(
     c: &Cluster,
     failed: HashMap<String, Vec<SessionId>>,
     view: &[String],
 ) -> HashMap<String, Vec<SessionId>> {
     let inner = &c.inner;
-    let now = unix_now();
-    failed
-        .into_iter()
-        .filter(|(node, _)| view.contains(node))
-        .map(|(node, sids)| {
-            let keep: Vec<SessionId> = sids
-                .into_iter()
-                .filter(|sid| {
-                    ownership::is_owner(*sid, view, inner.cfg.backups, &node)
-                        && inner.store.with(*sid, |s| !s.is_dead(now)).unwrap_or(false)
-                })
-                .collect();
-            (node, keep)
-        })
-        .filter(|(_, sids)| !sids.is_empty())
-        .collect()
+    rereplicate::still_needed(&inner.store, inner.cfg.backups, failed, view, unix_now())
 }
 
 /// Backup mode: after every view change, copy sessions to their new owners; retry

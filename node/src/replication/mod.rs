@@ -8,11 +8,13 @@
 //! - [`antientropy`] — range digests, summaries and the push/pull plan.
 //! - [`write`] — stamping a local write into a delta.
 //! - [`acks`] — when a sync write may be acknowledged.
+//! - [`rereplicate`] — backup mode: what to copy to whom when the view changes or on leave.
 //! - [`sim`] — the deterministic simulation and its checker.
 
 pub mod acks;
 pub mod antientropy;
 pub mod apply;
 pub mod liveness;
+pub mod rereplicate;
 pub mod sim;
 pub mod write;
