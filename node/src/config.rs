@@ -1,4 +1,4 @@
-//! Node configuration: every flag has an environment variable (`../shared/DESIGN.md`).
+//! Node configuration: every flag has an environment variable (`TRIBE_*`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
