@@ -49,8 +49,12 @@ impl Cluster {
         let Some(link) = self.link_of(peer) else {
             return;
         };
-        link.resync
-            .store(false, std::sync::atomic::Ordering::Relaxed);
+        // Only a full round answers a queue overflow (a settled one skips the sessions
+        // being written, which are the ones the dropped deltas were about).
+        if full {
+            link.resync
+                .store(false, std::sync::atomic::Ordering::Relaxed);
+        }
         let this = self.clone();
         let scope = self.ae_scope(peer);
         let settle = if full { 0 } else { antientropy::SETTLE_SECS };
