@@ -14,7 +14,7 @@ use crate::replication::{
     apply::{Effect, Handled},
 };
 use crate::store::unix_now;
-use crate::wire::{Delta, Hello, Message, SessionId, SessionState};
+use crate::wire::{Hello, Message, SessionId, SessionState};
 
 /// Size of one state-transfer chunk.
 pub(crate) const CHUNK_BYTES: usize = 256 * 1024;
@@ -73,32 +73,19 @@ pub(crate) async fn handle(
     tasks: &Arc<Semaphore>,
 ) {
     let inner = &c.inner;
-    let scope = c.ae_scope(&peer.node_id);
+    // Only anti-entropy reads the scope; building it (backup mode: a copy of the view) for
+    // every delta would be work on the hot path.
+    let scope: Box<dyn Fn(SessionId) -> bool + Send + Sync> =
+        if matches!(msg, Message::AeDigest { .. } | Message::AeSummary { .. }) {
+            c.ae_scope(&peer.node_id)
+        } else {
+            Box::new(|_| true)
+        };
     let handled =
         replication::apply::on_message(&inner.store, &inner.metrics, msg, unix_now(), &scope);
     let msg = match handled {
         Handled::Effects(effects) => {
-            for e in effects {
-                match e {
-                    Effect::Reply(m) => reply(reply_tx, m).await,
-                    Effect::Send(m) => {
-                        if let Some(link) = c.link_of(&peer.node_id) {
-                            link.send(&inner.metrics, m.outgoing()).await;
-                        }
-                    }
-                    Effect::Applied => {
-                        if inner.waiters.load(Ordering::SeqCst) > 0 {
-                            inner.applied.notify_waiters();
-                        }
-                    }
-                    Effect::Gap(sid) => on_gap(c, &peer.node_id, sid),
-                    Effect::Resolve(id, m) => c.resolve(id, &peer.node_id, m),
-                    Effect::AeAgain { full } => c.anti_entropy_soon(&peer.node_id, full),
-                    Effect::Repaired(n) => {
-                        inner.metrics.anti_entropy_repaired.inc_by(n as u64);
-                    }
-                }
-            }
+            perform(c, &peer.node_id, reply_tx, effects).await;
             return;
         }
         Handled::Driver(msg) => msg,
@@ -106,7 +93,9 @@ pub(crate) async fn handle(
     match msg {
         Message::Forward { ack, delta } => {
             // We are (or were) the session's primary: apply and replicate to the backups.
-            apply_remote(c, &peer.node_id, &delta);
+            let fx =
+                replication::apply::apply_delta(&inner.store, &inner.metrics, &delta, unix_now());
+            perform(c, &peer.node_id, reply_tx, fx).await;
             let c = c.clone();
             let tx = reply_tx.cloned();
             let permit = permit(tasks).await;
@@ -205,23 +194,27 @@ async fn permit(tasks: &Arc<Semaphore>) -> Option<OwnedSemaphorePermit> {
     tasks.clone().acquire_owned().await.ok()
 }
 
-/// Applies a forwarded delta (backup mode) through the core, performing its effects.
-fn apply_remote(c: &Cluster, from: &str, d: &Delta) {
+/// Performs the core's effects for a message from `peer`.
+async fn perform(c: &Cluster, peer: &str, reply_tx: Option<&ReplyTx>, effects: Vec<Effect>) {
     let inner = &c.inner;
-    let msg = Message::Delta {
-        ack: 0,
-        delta: d.clone(),
-    };
-    if let Handled::Effects(fx) =
-        replication::apply::on_message(&inner.store, &inner.metrics, msg, unix_now(), &|_| false)
-    {
-        for e in fx {
-            match e {
-                Effect::Applied if inner.waiters.load(Ordering::SeqCst) > 0 => {
-                    inner.applied.notify_waiters()
+    for e in effects {
+        match e {
+            Effect::Reply(m) => reply(reply_tx, m).await,
+            Effect::Send(m) => {
+                if let Some(link) = c.link_of(peer) {
+                    link.send(&inner.metrics, m.outgoing()).await;
                 }
-                Effect::Gap(sid) => on_gap(c, from, sid),
-                _ => {}
+            }
+            Effect::Applied => {
+                if inner.waiters.load(Ordering::SeqCst) > 0 {
+                    inner.applied.notify_waiters();
+                }
+            }
+            Effect::Gap(sid) => on_gap(c, peer, sid),
+            Effect::Resolve(id, m) => c.resolve(id, peer, m),
+            Effect::AeAgain { full } => c.anti_entropy_soon(peer, full),
+            Effect::Repaired(n) => {
+                inner.metrics.anti_entropy_repaired.inc_by(n as u64);
             }
         }
     }

@@ -5,7 +5,7 @@
 
 use crate::metrics::Metrics;
 use crate::store::{Applied, Store};
-use crate::wire::{Message, SessionId, SessionState};
+use crate::wire::{Delta, Message, SessionId, SessionState};
 
 use super::antientropy;
 
@@ -54,16 +54,7 @@ pub fn on_message(
     let mut fx = Vec::new();
     match msg {
         Message::Delta { ack, delta } => {
-            metrics.deltas_received.inc();
-            let (applied, gap) = store.apply_at(&delta, now);
-            if applied == Applied::Stale {
-                metrics.deltas_stale.inc();
-            }
-            fx.push(Effect::Applied);
-            if gap {
-                metrics.delta_gaps.inc();
-                fx.push(Effect::Gap(delta.sid));
-            }
+            fx = apply_delta(store, metrics, &delta, now);
             if ack != 0 {
                 fx.push(Effect::Reply(Message::Ack { id: ack }));
             }
@@ -145,6 +136,22 @@ pub fn on_message(
         other => return Handled::Driver(other),
     }
     Handled::Effects(fx)
+}
+
+/// Applies a remote delta (also a forwarded one, backup mode): the waiters to wake and,
+/// when it left a hole, the gap to repair.
+pub fn apply_delta(store: &Store, metrics: &Metrics, delta: &Delta, now: u64) -> Vec<Effect> {
+    metrics.deltas_received.inc();
+    let (applied, gap) = store.apply_at(delta, now);
+    if applied == Applied::Stale {
+        metrics.deltas_stale.inc();
+    }
+    let mut fx = vec![Effect::Applied];
+    if gap {
+        metrics.delta_gaps.inc();
+        fx.push(Effect::Gap(delta.sid));
+    }
+    fx
 }
 
 fn merge_all(store: &Store, sessions: &[SessionState], now: u64) {
