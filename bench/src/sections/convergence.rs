@@ -3,24 +3,21 @@
 //! how many bytes the members exchanged meanwhile. Then what the cluster sends while
 //! idle, with every replica equal (the cost of the periodic digest rounds).
 
-use std::cell::Cell;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
-use hyper::{Method, StatusCode};
+use hyper::Method;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::json;
 
-use super::{progress, wait_for, Env};
-use crate::http::{self, Conn};
+use super::{held, progress, seed, wait_for, Env, SEED_CONNECTIONS};
+use crate::http;
 use crate::procs::Cluster;
 use crate::report::{col, Check, Fmt, Table};
 
-/// Connections the seeding client uses (half to each healthy node).
-const SEED_CONNECTIONS: usize = 32;
 /// How long the idle traffic is measured: more than one default anti-entropy interval
 /// (5 s), so every member starts at least one round in it.
 const IDLE_WINDOW: Duration = Duration::from_secs(6);
@@ -91,7 +88,7 @@ pub async fn run(env: &Env) -> Result<Table> {
         "convergence: writing {sessions} sessions to n1 and n2"
     ));
     let seed_started = Instant::now();
-    let errors = seed(&[h1, h2], sessions).await?;
+    let errors = seed(&[h1, h2], sessions, Method::POST, "/counter", Bytes::new()).await?;
     for admin in [a1, a2] {
         wait_for(
             "n1 and n2 to hold every new session",
@@ -282,53 +279,4 @@ async fn alive(admin: SocketAddr, member: &str) -> Result<bool> {
         ms.iter()
             .any(|m| m["node"] == member && m["state"] == "alive")
     }))
-}
-
-/// Sessions a node holds (`/cluster`).
-async fn held(admin: SocketAddr) -> Result<usize> {
-    let view = http::get_json(admin, "/cluster").await?;
-    Ok(view["sessions"]
-        .as_u64()
-        .context("no sessions in /cluster")? as usize)
-}
-
-/// Creates `sessions` sessions, one `POST /counter` without a cookie each, spread over
-/// `targets` on [`SEED_CONNECTIONS`] connections. Returns the number of failed requests
-/// (failing if more than 1% fail).
-async fn seed(targets: &[SocketAddr], sessions: usize) -> Result<usize> {
-    let left = Cell::new(sessions);
-    let errors = Cell::new(0usize);
-    let workers = (0..SEED_CONNECTIONS).map(|i| {
-        let (left, errors) = (&left, &errors);
-        let addr = targets[i % targets.len()];
-        async move {
-            let mut conn = None;
-            while left.get() > 0 {
-                left.set(left.get() - 1);
-                let ok = async {
-                    if conn.is_none() {
-                        conn = Some(Conn::connect(addr).await?);
-                    }
-                    let c = conn.as_mut().expect("connected");
-                    let a = c.send(Method::POST, "/counter", None, Bytes::new()).await?;
-                    anyhow::ensure!(a.status == StatusCode::OK, "POST: {}", a.status);
-                    anyhow::Ok(())
-                }
-                .await;
-                if ok.is_err() {
-                    conn = None;
-                    errors.set(errors.get() + 1);
-                    left.set(left.get() + 1);
-                    if errors.get() > sessions / 100 + 10 {
-                        return ok;
-                    }
-                }
-            }
-            Ok(())
-        }
-    });
-    for r in futures::future::join_all(workers).await {
-        r.context("writing the sessions failed")?;
-    }
-    Ok(errors.get())
 }

@@ -2,23 +2,20 @@
 //! of one 1 KB attribute; how long until it has them all, and how much memory a node
 //! holding them uses.
 
-use std::cell::Cell;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use bytes::Bytes;
-use hyper::{Method, StatusCode};
+use hyper::Method;
 use serde_json::json;
 
-use super::{progress, wait_for, Env};
-use crate::http::{self, Conn};
+use super::{held, progress, seed, wait_for, Env, SEED_CONNECTIONS};
+use crate::http;
 use crate::procs::Cluster;
 use crate::report::{col, Check, Fmt, Table};
 
 /// Size of the one attribute each session holds (a JSON string, quotes included).
 const VALUE_BYTES: usize = 1024;
-/// Connections the seeding client uses.
-const SEED_CONNECTIONS: usize = 32;
 
 /// Runs the section.
 pub async fn run(env: &Env) -> Result<Table> {
@@ -42,7 +39,15 @@ pub async fn run(env: &Env) -> Result<Table> {
     let idle_rss = cluster.node(0).rss()?;
 
     let seed_started = Instant::now();
-    let errors = seed(cluster.node(0).http, sessions).await?;
+    let body = Bytes::from(format!("\"{}\"", "x".repeat(VALUE_BYTES - 2)));
+    let errors = seed(
+        &[cluster.node(0).http],
+        sessions,
+        Method::PUT,
+        "/attrs/data",
+        body,
+    )
+    .await?;
     let (n1, n2) = (cluster.node(0).admin, cluster.node(1).admin);
     for admin in [n1, n2] {
         wait_for(
@@ -143,55 +148,4 @@ pub async fn run(env: &Env) -> Result<Table> {
         bail!("the joiner holds {received} of {sessions} sessions");
     }
     Ok(t)
-}
-
-/// Sessions a node holds (`/cluster`).
-async fn held(admin: std::net::SocketAddr) -> Result<usize> {
-    let view = http::get_json(admin, "/cluster").await?;
-    Ok(view["sessions"]
-        .as_u64()
-        .context("no sessions in /cluster")? as usize)
-}
-
-/// Creates `sessions` sessions on `addr`, one `PUT /attrs/data` each without a cookie,
-/// over [`SEED_CONNECTIONS`] connections. Returns the number of failed requests (failing
-/// if more than 1% fail).
-async fn seed(addr: std::net::SocketAddr, sessions: usize) -> Result<usize> {
-    let body = Bytes::from(format!("\"{}\"", "x".repeat(VALUE_BYTES - 2)));
-    let left = Cell::new(sessions);
-    let errors = Cell::new(0usize);
-    let workers = (0..SEED_CONNECTIONS).map(|_| {
-        let (body, left, errors) = (body.clone(), &left, &errors);
-        async move {
-            let mut conn = None;
-            while left.get() > 0 {
-                left.set(left.get() - 1);
-                let ok = async {
-                    if conn.is_none() {
-                        conn = Some(Conn::connect(addr).await?);
-                    }
-                    let c = conn.as_mut().expect("connected");
-                    let a = c
-                        .send(Method::PUT, "/attrs/data", None, body.clone())
-                        .await?;
-                    anyhow::ensure!(a.status == StatusCode::OK, "PUT: {}", a.status);
-                    anyhow::Ok(())
-                }
-                .await;
-                if ok.is_err() {
-                    conn = None;
-                    errors.set(errors.get() + 1);
-                    left.set(left.get() + 1);
-                    if errors.get() > sessions / 100 + 10 {
-                        return ok;
-                    }
-                }
-            }
-            Ok(())
-        }
-    });
-    for r in futures::future::join_all(workers).await {
-        r.context("seeding failed")?;
-    }
-    Ok(errors.get())
 }
