@@ -70,7 +70,7 @@ impl SessionStore for ReplicatedStore {
         // `--min-members`: a write the cluster may not acknowledge is an error (503).
         let version = self
             .cluster
-            .try_write_changes(
+            .write_changes(
                 record.id.0,
                 loaded.as_ref(),
                 &data,

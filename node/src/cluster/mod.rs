@@ -741,7 +741,7 @@ impl Cluster {
         sid: SessionId,
         data: &HashMap<String, bytes::Bytes>,
         expiry: u64,
-    ) -> u64 {
+    ) -> Result<u64, WriteRefused> {
         self.write_changes(sid, None, data, expiry).await
     }
 
@@ -749,25 +749,11 @@ impl Cluster {
     /// the request changed since is written, so a concurrent write from another node that
     /// arrived after the load is not undone ([`Session::diff_from`]). `None`: diff against
     /// the local replica (a new session).
+    ///
+    /// `--min-members`: refused before anything is written while fewer members are live,
+    /// and (sync mode) an error when fewer than that many members acknowledged the write
+    /// in time (it was applied here and may still spread, but it is not acknowledged).
     pub async fn write_changes(
-        &self,
-        sid: SessionId,
-        loaded: Option<&HashMap<String, bytes::Bytes>>,
-        data: &HashMap<String, bytes::Bytes>,
-        expiry: u64,
-    ) -> u64 {
-        match self.try_write_changes(sid, loaded, data, expiry).await {
-            Ok(v) => v,
-            Err(WriteRefused::TooFewReplicas { version, .. }) => version,
-            Err(WriteRefused::NoQuorum { .. }) => self.inner.store.version(sid).unwrap_or(0),
-        }
-    }
-
-    /// [`Cluster::write_changes`] that honours `--min-members`: refused before anything
-    /// is written while fewer members are live, and (sync mode) an error when fewer than
-    /// that many members acknowledged the write in time (it was applied here and may
-    /// still spread, but it is not acknowledged).
-    pub async fn try_write_changes(
         &self,
         sid: SessionId,
         loaded: Option<&HashMap<String, bytes::Bytes>>,

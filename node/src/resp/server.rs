@@ -140,7 +140,7 @@ impl Keys {
         let sid = keyspace::session_id(key);
         let (data, expiry) = keyspace::encode(key, entry, loaded.expiry, now_ms());
         self.cluster
-            .try_write_changes(sid, Some(&loaded.raw), &data, expiry)
+            .write_changes(sid, Some(&loaded.raw), &data, expiry)
             .await
             .map_err(|e| Reply::err(format!("CLUSTERDOWN {e}")))
     }
