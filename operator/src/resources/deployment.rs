@@ -48,6 +48,19 @@ fn env_field(name: &str, path: &str) -> EnvVar {
     }
 }
 
+/// The security context of every container the operator adds: no privilege escalation,
+/// every capability dropped.
+pub(super) fn container_security_context() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            add: None,
+        }),
+        ..SecurityContext::default()
+    }
+}
+
 fn http_probe(path: &str, period: i32, failures: i32, initial_delay: Option<i32>) -> Probe {
     Probe {
         http_get: Some(HTTPGetAction {
@@ -170,14 +183,7 @@ pub fn deployment(sc: &SessionCluster) -> Deployment {
             read_only: Some(true),
             ..VolumeMount::default()
         }]),
-        security_context: Some(SecurityContext {
-            allow_privilege_escalation: Some(false),
-            capabilities: Some(Capabilities {
-                drop: Some(vec!["ALL".into()]),
-                add: None,
-            }),
-            ..SecurityContext::default()
-        }),
+        security_context: Some(container_security_context()),
         ..Container::default()
     };
     Deployment {

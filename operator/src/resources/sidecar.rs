@@ -9,9 +9,7 @@
 
 use super::*;
 use crate::crd::{AppSpec, SessionCluster};
-use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EnvVar, HTTPGetAction, Probe, SecurityContext,
-};
+use k8s_openapi::api::core::v1::{Container, ContainerPort, EnvVar, HTTPGetAction, Probe};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 /// Where the sidecar serves RESP (loopback: only the pod's containers reach it).
@@ -115,14 +113,7 @@ pub fn app_container(sc: &SessionCluster) -> Option<Container> {
             ..Probe::default()
         }),
         resources: app.resources.clone(),
-        security_context: Some(SecurityContext {
-            allow_privilege_escalation: Some(false),
-            capabilities: Some(Capabilities {
-                drop: Some(vec!["ALL".into()]),
-                add: None,
-            }),
-            ..SecurityContext::default()
-        }),
+        security_context: Some(super::deployment::container_security_context()),
         ..Container::default()
     })
 }
