@@ -1,4 +1,4 @@
-//! Test fixtures shared by `cluster.rs`, `e2e.rs` and `chart.rs`: the real tools (helm, kubectl,
+//! Test fixtures shared by `cluster.rs`, `e2e.rs`, `shop.rs` and `chart.rs`: the real tools (helm, kubectl,
 //! kubernetes-validate), a real control plane from `../shared/k8s` (or the one named by
 //! `TRIBE_TEST_KUBECONFIG`), the podrunner, operator processes, and bounded waits.
 //!
@@ -224,6 +224,74 @@ pub fn http(
         headers,
         body: body.to_string(),
     })
+}
+
+/// The podrunner's ingress stand-in, published on the root namespace's loopback.
+pub const INGRESS: &str = "127.0.0.1:18080";
+
+/// A browser through the ingress stand-in: one Host, one cookie jar (e.g. the session
+/// cookie and the node's read-your-writes version cookie).
+pub struct Browser {
+    /// The Host header (the Ingress rule's host).
+    pub host: String,
+    /// Cookie name → value.
+    pub jar: std::collections::BTreeMap<String, String>,
+}
+
+impl Browser {
+    /// A browser with an empty jar.
+    pub fn new(host: &str) -> Self {
+        Browser {
+            host: host.to_string(),
+            jar: Default::default(),
+        }
+    }
+
+    /// One request with the jar's cookies; keeps the cookies the answer sets.
+    pub fn request(&mut self, method: &str, path: &str) -> Result<HttpResponse, String> {
+        self.send(method, path, None)
+    }
+
+    /// One request, with a form body (`application/x-www-form-urlencoded`) if given.
+    pub fn send(
+        &mut self,
+        method: &str,
+        path: &str,
+        form: Option<&str>,
+    ) -> Result<HttpResponse, String> {
+        let cookie: Vec<String> = self.jar.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let cookie = cookie.join("; ");
+        let mut headers = vec![("Host", self.host.as_str())];
+        if !cookie.is_empty() {
+            headers.push(("Cookie", cookie.as_str()));
+        }
+        if form.is_some() {
+            headers.push(("Content-Type", "application/x-www-form-urlencoded"));
+        }
+        let r = http(
+            INGRESS.parse().unwrap(),
+            method,
+            path,
+            &headers,
+            form.unwrap_or(""),
+            // Longer than the ingress may take (3 upstream tries, 5 s connect timeout
+            // each): the answer is the ingress's, not a client-side give-up.
+            Duration::from_secs(30),
+        )?;
+        for (_, value) in r.headers.iter().filter(|(n, _)| n == "set-cookie") {
+            let pair = value.split(';').next().unwrap_or("");
+            let expired = value.to_ascii_lowercase().contains("max-age=0");
+            if let Some((k, v)) = pair.split_once('=') {
+                let (k, v) = (k.trim().to_string(), v.trim().to_string());
+                if expired || v.is_empty() {
+                    self.jar.remove(&k);
+                } else {
+                    self.jar.insert(k, v);
+                }
+            }
+        }
+        Ok(r)
+    }
 }
 
 /// A real Kubernetes control plane: started by `../shared/k8s/up` in a scratch directory
