@@ -1,8 +1,9 @@
 //! The SessionCluster controller: `reconcile` server-side applies every child, then
 //! writes status from what it observes; `error_policy` backs off and counts failures.
 
-use crate::crd::{SessionCluster, SessionClusterSpec, DURATION_PATTERN};
+use crate::crd::{Condition, SessionCluster, SessionClusterSpec, DURATION_PATTERN};
 use crate::metrics::Metrics;
+use crate::ownership::{self, Conflict, Ownership};
 use crate::probe::Prober;
 use crate::resources::{self, ADMIN_PORT, MANAGER};
 use crate::status::{self, Failure, Observation};
@@ -121,6 +122,15 @@ pub fn validate(spec: &SessionClusterSpec) -> Result<(), String> {
     if spec.session.cookie_name.is_empty() {
         return Err("session.cookieName must not be empty".into());
     }
+    if let Some(t) = &spec.template {
+        resources::check_template(t)?;
+        if spec.resources.is_some() && t.resources.is_some() {
+            return Err(
+                "set the node's resources in spec.resources or in spec.template.resources, not both"
+                    .into(),
+            );
+        }
+    }
     Ok(())
 }
 
@@ -192,9 +202,40 @@ async fn publish(
     }
 }
 
+/// Reports a child whose name is held by an object the operator does not own: a
+/// Warning Event naming it, and the conflict for the `ChildrenOwned` condition.
+async fn report_conflict(
+    ctx: &Context,
+    sc: &SessionCluster,
+    conflicts: &mut Vec<Conflict>,
+    kind: String,
+    name: String,
+    related: ObjectReference,
+) {
+    let conflict = Conflict { kind, name };
+    warn!(child = %conflict, "exists and is not ours: left untouched");
+    publish(
+        ctx,
+        sc,
+        EventType::Warning,
+        ownership::CONFLICT_REASON,
+        "Apply",
+        conflict.note(),
+        Some(related),
+    )
+    .await;
+    conflicts.push(conflict);
+}
+
 /// Server-side applies `obj` (field manager [`MANAGER`], forced) and publishes a
-/// Created/Updated Event when that changed the object.
-async fn apply<K>(ctx: &Context, sc: &SessionCluster, obj: &K) -> Result<K>
+/// Created/Updated Event when that changed the object. An object of that name the
+/// SessionCluster does not own is left untouched: reported in `conflicts`, `None`.
+async fn apply<K>(
+    ctx: &Context,
+    sc: &SessionCluster,
+    obj: &K,
+    conflicts: &mut Vec<Conflict>,
+) -> Result<Option<K>>
 where
     K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
         + Clone
@@ -214,6 +255,14 @@ where
         source,
     };
     let before = api.get_opt(&name).await.map_err(apply_err)?;
+    let uid = sc.uid().unwrap_or_default();
+    if let (Ownership::Foreign, Some(existing)) =
+        (ownership::ownership(before.as_ref().map(|b| b.meta()), &uid), &before)
+    {
+        let related = existing.object_ref(&());
+        report_conflict(ctx, sc, conflicts, kind, name, related).await;
+        return Ok(None);
+    }
     let params = PatchParams::apply(MANAGER).force();
     let applied = api
         .patch(&name, &params, &Patch::Apply(obj))
@@ -224,14 +273,14 @@ where
         Some(before) if changed_by_us(before, &applied) => ("Updated", "updated"),
         Some(_) => {
             debug!(%kind, %name, "unchanged");
-            return Ok(applied);
+            return Ok(Some(applied));
         }
     };
     info!(%kind, %name, "{verb}");
     let note = format!("{reason} {kind} {name}");
     let related = Some(applied.object_ref(&()));
     publish(ctx, sc, EventType::Normal, reason, "Apply", note, related).await;
-    Ok(applied)
+    Ok(Some(applied))
 }
 
 /// Whether our apply changed `before` into `after`: anything but the resourceVersion,
@@ -256,7 +305,14 @@ fn changed_by_us<K: Resource + Serialize>(before: &K, after: &K) -> bool {
 }
 
 /// Creates the cluster key Secret if it does not exist; never touches an existing one.
-async fn ensure_secret(ctx: &Context, sc: &SessionCluster, ns: &str) -> Result<()> {
+/// Returns whether the Secret is the SessionCluster's (false: someone else's object has
+/// its name, reported in `conflicts`).
+async fn ensure_secret(
+    ctx: &Context,
+    sc: &SessionCluster,
+    ns: &str,
+    conflicts: &mut Vec<Conflict>,
+) -> Result<bool> {
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
     let name = resources::secret_name(sc);
     let apply_err = |source| Error::Apply {
@@ -264,8 +320,14 @@ async fn ensure_secret(ctx: &Context, sc: &SessionCluster, ns: &str) -> Result<(
         name: name.clone(),
         source,
     };
-    if api.get_opt(&name).await.map_err(apply_err)?.is_some() {
-        return Ok(());
+    if let Some(existing) = api.get_opt(&name).await.map_err(apply_err)? {
+        let uid = sc.uid().unwrap_or_default();
+        if ownership::ownership(Some(&existing.metadata), &uid) == Ownership::Foreign {
+            let related = existing.object_ref(&());
+            report_conflict(ctx, sc, conflicts, "Secret".into(), name.clone(), related).await;
+            return Ok(false);
+        }
+        return Ok(true);
     }
     let secret = resources::secret(sc, &resources::random_key());
     match api
@@ -291,10 +353,11 @@ async fn ensure_secret(ctx: &Context, sc: &SessionCluster, ns: &str) -> Result<(
                 Some(created.object_ref(&())),
             )
             .await;
-            Ok(())
+            Ok(true)
         }
-        // Someone (another operator instance) created it meanwhile: keep theirs.
-        Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+        // Created meanwhile (by another operator instance, or by someone else: the
+        // next reconcile tells which).
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
         Err(e) => Err(apply_err(e)),
     }
 }
@@ -338,7 +401,12 @@ async fn remove_ingress(ctx: &Context, sc: &SessionCluster, ns: &str) -> Result<
 /// When the Prometheus Operator's CRDs are not installed (API discovery finds no
 /// `monitoring.coreos.com/v1` PodMonitor) the request is skipped with a warning Event:
 /// the rest of the cluster is unaffected.
-async fn reconcile_pod_monitor(ctx: &Context, sc: &SessionCluster, ns: &str) -> Result<()> {
+async fn reconcile_pod_monitor(
+    ctx: &Context,
+    sc: &SessionCluster,
+    ns: &str,
+    conflicts: &mut Vec<Conflict>,
+) -> Result<()> {
     use kube::api::{DynamicObject, GroupVersionKind};
     let Some(monitoring) = &sc.spec.monitoring else {
         return Ok(());
@@ -387,6 +455,14 @@ async fn reconcile_pod_monitor(ctx: &Context, sc: &SessionCluster, ns: &str) -> 
     };
     if monitoring.pod_monitor {
         let before = api.get_opt(&name).await.map_err(apply_err)?;
+        let uid = sc.uid().unwrap_or_default();
+        if let (Ownership::Foreign, Some(existing)) =
+            (ownership::ownership(before.as_ref().map(|b| &b.metadata), &uid), &before)
+        {
+            let related = existing.object_ref(&ar);
+            report_conflict(ctx, sc, conflicts, kind.into(), name.clone(), related).await;
+            return Ok(());
+        }
         let obj = resources::pod_monitor(sc);
         let applied = api
             .patch(
@@ -443,22 +519,47 @@ async fn reconcile_pod_monitor(ctx: &Context, sc: &SessionCluster, ns: &str) -> 
     Ok(())
 }
 
-/// Applies every child; returns the Deployment as the API server has it.
-async fn apply_children(ctx: &Context, sc: &SessionCluster, ns: &str) -> Result<Deployment> {
-    ensure_secret(ctx, sc, ns).await?;
-    apply(ctx, sc, &resources::headless_service(sc)).await?;
-    apply(ctx, sc, &resources::service(sc)).await?;
-    let deployment = apply(ctx, sc, &resources::deployment(sc)).await?;
-    apply(ctx, sc, &resources::pdb(sc)).await?;
-    apply(ctx, sc, &resources::network_policy(sc)).await?;
+/// What applying the children found.
+struct Applied {
+    /// The Deployment as the API server has it (`None`: not ours, or not applied).
+    deployment: Option<Deployment>,
+    /// Children whose names are held by objects the SessionCluster does not own.
+    conflicts: Vec<Conflict>,
+}
+
+impl Applied {
+    /// Whether the cluster key Secret is someone else's.
+    fn foreign_secret(&self) -> bool {
+        self.conflicts.iter().any(|c| c.kind == "Secret")
+    }
+}
+
+/// Applies every child the SessionCluster owns; a name held by someone else's object
+/// is reported and skipped, the other children are applied as usual. The Deployment
+/// waits while its key Secret is someone else's (its pods would mount it).
+async fn apply_children(ctx: &Context, sc: &SessionCluster, ns: &str) -> Result<Applied> {
+    let mut conflicts = Vec::new();
+    let key_is_ours = ensure_secret(ctx, sc, ns, &mut conflicts).await?;
+    apply(ctx, sc, &resources::headless_service(sc), &mut conflicts).await?;
+    apply(ctx, sc, &resources::service(sc), &mut conflicts).await?;
+    let deployment = if key_is_ours {
+        apply(ctx, sc, &resources::deployment(sc), &mut conflicts).await?
+    } else {
+        None
+    };
+    apply(ctx, sc, &resources::pdb(sc), &mut conflicts).await?;
+    apply(ctx, sc, &resources::network_policy(sc), &mut conflicts).await?;
     match resources::ingress(sc) {
         Some(ing) => {
-            apply(ctx, sc, &ing).await?;
+            apply(ctx, sc, &ing, &mut conflicts).await?;
         }
         None => remove_ingress(ctx, sc, ns).await?,
     }
-    reconcile_pod_monitor(ctx, sc, ns).await?;
-    Ok(deployment)
+    reconcile_pod_monitor(ctx, sc, ns, &mut conflicts).await?;
+    Ok(Applied {
+        deployment,
+        conflicts,
+    })
 }
 
 /// Admin addresses (`podIP:9090`) of the cluster's ready pods; records every running pod
@@ -507,7 +608,7 @@ async fn reconcile_inner(sc: &SessionCluster, ctx: &Context) -> Result<Action> {
         Ok(()) => apply_children(ctx, sc, &ns).await,
     };
     let (deployment, failure) = match &outcome {
-        Ok(d) => (Some(d.clone()), None),
+        Ok(a) => (a.deployment.clone(), None),
         Err(e) => {
             let reason = match e {
                 Error::InvalidSpec(_) => "InvalidSpec",
@@ -543,13 +644,15 @@ async fn reconcile_inner(sc: &SessionCluster, ctx: &Context) -> Result<Action> {
         Vec::new()
     };
 
-    // Key rotation on request, and whether every pod authenticates with its peers.
-    let (key_nodes, probed) = if outcome.is_ok() {
+    // Key rotation on request, and whether every pod authenticates with its peers
+    // (never on a key Secret that is someone else's).
+    let key_is_ours = outcome.as_ref().is_ok_and(|a| !a.foreign_secret());
+    let (key_nodes, probed) = if key_is_ours {
         crate::rotation::probe(&ctx.client, &ctx.prober, sc, &ns).await
     } else {
         (Vec::new(), 0)
     };
-    let (rotating, rotation_note) = if outcome.is_ok() {
+    let (rotating, rotation_note) = if key_is_ours {
         crate::rotation::step(&ctx.client, sc, &ns, &key_nodes, probed)
             .await
             .unwrap_or_else(|e| {
@@ -582,12 +685,7 @@ async fn reconcile_inner(sc: &SessionCluster, ctx: &Context) -> Result<Action> {
         now: now.to_string(),
     };
     let mut new_status = status::compute(sc, &obs);
-    if let Some(mut c) = crate::rotation::condition(
-        &key_nodes,
-        rotating.as_deref(),
-        &resources::secret_name(sc),
-        sc.metadata.generation,
-    ) {
+    let carry_time = |mut c: Condition| {
         c.last_transition_time = sc
             .status
             .as_ref()
@@ -599,7 +697,19 @@ async fn reconcile_inner(sc: &SessionCluster, ctx: &Context) -> Result<Action> {
             .map(|o| o.last_transition_time.clone())
             .filter(|t| !t.is_empty())
             .unwrap_or_else(|| now.to_string());
-        new_status.conditions.push(c);
+        c
+    };
+    if let Some(c) = crate::rotation::condition(
+        &key_nodes,
+        rotating.as_deref(),
+        &resources::secret_name(sc),
+        sc.metadata.generation,
+    ) {
+        new_status.conditions.push(carry_time(c));
+    }
+    if let Ok(applied) = &outcome {
+        let c = ownership::condition(&applied.conflicts, sc.metadata.generation);
+        new_status.conditions.push(carry_time(c));
     }
     ctx.metrics
         .observe_cluster(&ns, &name, sc.spec.replicas, &new_status);

@@ -12,6 +12,9 @@ use kube::{CustomResource, CustomResourceExt, KubeSchema};
 use schemars::{json_schema, Schema, SchemaGenerator};
 use serde::{Deserialize, Serialize};
 
+mod template;
+pub use template::*;
+
 /// The default node image: `tribe-node:<version>`, the release's own version (the
 /// chart's `appVersion`, checked by `operator/tests/chart.rs`).
 pub const DEFAULT_IMAGE: &str = concat!("tribe-node:", env!("CARGO_PKG_VERSION"));
@@ -21,6 +24,10 @@ pub const DURATION_PATTERN: &str = "^[0-9]+(ms|s|m|h)$";
 
 /// The CEL rule tying `replication.backups` to `replicas`.
 pub const BACKUPS_RULE: &str = "self.replication.backups < self.replicas || (self.replicas <= 1 && self.replication.backups <= 1)";
+
+/// The CEL rule that `spec.resources` and `spec.template.resources` are not both set.
+pub const RESOURCES_RULE: &str =
+    "!has(self.resources) || !has(self.template) || !has(self.template.resources)";
 
 /// Desired state of a replicated session cluster.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -44,7 +51,10 @@ pub const BACKUPS_RULE: &str = "self.replication.backups < self.replicas || (sel
     printcolumn = r#"{"name":"Sessions","type":"integer","jsonPath":".status.sessions"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
-#[x_kube(validation = kube::core::Rule::new(BACKUPS_RULE).message("replication.backups must be less than replicas"))]
+#[x_kube(
+    validation = kube::core::Rule::new(BACKUPS_RULE).message("replication.backups must be less than replicas"),
+    validation = kube::core::Rule::new(RESOURCES_RULE).message("set the node's resources in spec.resources or in spec.template.resources, not both")
+)]
 #[serde(rename_all = "camelCase")]
 pub struct SessionClusterSpec {
     /// Number of nodes.
@@ -85,6 +95,10 @@ pub struct SessionClusterSpec {
     /// Prometheus Operator integration.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub monitoring: Option<MonitoringSpec>,
+    /// What the node pods get besides the operator's own settings: labels, env,
+    /// volumes, scheduling, a tighter security context.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<PodTemplate>,
 }
 
 fn default_replicas() -> i32 {
@@ -107,6 +121,7 @@ impl Default for SessionClusterSpec {
             resources: None,
             app: None,
             monitoring: None,
+            template: None,
         }
     }
 }
@@ -238,9 +253,10 @@ pub struct SessionSettings {
     #[serde(default = "default_cookie")]
     #[schemars(regex(pattern = "^[!#$%&'*+.^_`|~0-9A-Za-z-]+$"))]
     pub cookie_name: String,
-    /// Mark the cookies `Secure` (the app is served over HTTPS).
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub cookie_secure: bool,
+    /// Mark the cookies `Secure` (the app is served over HTTPS). Default: true when the
+    /// Ingress is enabled with TLS, false otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cookie_secure: Option<bool>,
 }
 
 fn default_timeout() -> String {
@@ -256,7 +272,7 @@ impl Default for SessionSettings {
         Self {
             timeout: default_timeout(),
             cookie_name: default_cookie(),
-            cookie_secure: false,
+            cookie_secure: None,
         }
     }
 }
@@ -291,6 +307,16 @@ pub struct MonitoringSpec {
 }
 
 impl SessionClusterSpec {
+    /// Whether the cookies are marked `Secure`: `session.cookieSecure` when set, else
+    /// whether the Ingress is enabled and terminates TLS.
+    pub fn cookie_secure(&self) -> bool {
+        self.session.cookie_secure.unwrap_or_else(|| {
+            self.ingress
+                .as_ref()
+                .is_some_and(|i| i.enabled && i.tls.is_some())
+        })
+    }
+
     /// Whether a PodMonitor is asked for.
     pub fn wants_pod_monitor(&self) -> bool {
         self.monitoring.as_ref().is_some_and(|m| m.pod_monitor)

@@ -154,7 +154,8 @@ pub fn fresh_server(ready: i32) -> impl FnMut(&Seen) -> Reply + Send + 'static {
     }
 }
 
-/// A minimal stored object for a GET of `path` (`.../<plural>/<name>`), resourceVersion "1".
+/// A minimal stored object for a GET of `path` (`.../<plural>/<name>`), resourceVersion "1",
+/// owned by the SessionCluster `shop` (uid `uid-shop`).
 pub fn existing(path: &str) -> Value {
     let mut parts = path.rsplit('/');
     let name = parts.next().unwrap_or_default();
@@ -169,7 +170,9 @@ pub fn existing(path: &str) -> Value {
         other => panic!("no fixture for {other}"),
     };
     let mut v = json!({"apiVersion": api_version, "kind": kind,
-                       "metadata": {"name": name, "namespace": "web", "resourceVersion": "1"}});
+                       "metadata": {"name": name, "namespace": "web", "resourceVersion": "1",
+                         "ownerReferences": [{"apiVersion": "tribe.rs/v1alpha1", "kind": "SessionCluster",
+                           "name": "shop", "uid": "uid-shop", "controller": true}]}});
     if kind == "Deployment" {
         v["spec"] = json!({"selector": {}, "template": {}});
     }

@@ -21,6 +21,7 @@ pub mod crd;
 pub mod lease;
 pub mod local;
 pub mod metrics;
+pub mod ownership;
 pub mod probe;
 pub mod resources;
 pub mod rotation;

@@ -166,7 +166,9 @@ async fn existing_secret_is_never_rewritten() {
             return Some((
                 200,
                 json!({"apiVersion": "v1", "kind": "Secret",
-                "metadata": {"name": "shop-key", "namespace": "web", "resourceVersion": "5"},
+                "metadata": {"name": "shop-key", "namespace": "web", "resourceVersion": "5",
+                  "ownerReferences": [{"apiVersion": "tribe.rs/v1alpha1", "kind": "SessionCluster",
+                     "name": "shop", "uid": "uid-shop", "controller": true}]},
                 "data": {"cluster.key": "b2xk"}}),
             ));
         }
@@ -181,6 +183,79 @@ async fn existing_secret_is_never_rewritten() {
         "{:#?}",
         lines(&seen)
     );
+}
+
+/// A responder where `path` holds `kind`'s object of someone else (no ownerReference).
+fn with_foreign(path: &'static str, kind: &'static str) -> impl FnMut(&Seen) -> Reply + Send {
+    let mut inner = fresh_server(3);
+    move |s: &Seen| {
+        if s.method == Method::GET && s.path.ends_with(path) {
+            let name = path.rsplit('/').next().unwrap();
+            return Some((
+                200,
+                json!({"apiVersion": "v1", "kind": kind,
+                "metadata": {"name": name, "namespace": "web", "resourceVersion": "5"}}),
+            ));
+        }
+        inner(s)
+    }
+}
+
+#[tokio::test]
+async fn a_service_of_someone_else_is_left_alone_and_reported() {
+    let (res, seen, _) =
+        run_once(cluster("shop", NS), with_foreign("/services/shop", "Service")).await;
+    res.unwrap();
+    let touched: Vec<_> = seen
+        .iter()
+        .filter(|s| s.path.ends_with("/services/shop") && s.method != Method::GET)
+        .map(Seen::line)
+        .collect();
+    assert!(touched.is_empty(), "{touched:?}");
+    // The other children are applied as usual.
+    for path in [
+        "/api/v1/namespaces/web/services/shop-members",
+        "/apis/apps/v1/namespaces/web/deployments/shop",
+        "/apis/policy/v1/namespaces/web/poddisruptionbudgets/shop",
+    ] {
+        assert!(find(&seen, Method::PATCH, path).is_some(), "{path} applied");
+    }
+    let c = condition(status_patch(&seen), "ChildrenOwned");
+    assert_eq!(c["status"], "False");
+    assert_eq!(c["reason"], "Conflict");
+    assert!(c["message"].as_str().unwrap().contains("Service/shop"), "{c}");
+    assert!(events(&seen).contains(&("Warning".into(), "Conflict".into())));
+}
+
+#[tokio::test]
+async fn a_key_secret_of_someone_else_holds_the_deployment_back() {
+    let (res, seen, _) = run_once(
+        cluster("shop", NS),
+        with_foreign("/secrets/shop-key", "Secret"),
+    )
+    .await;
+    res.unwrap();
+    assert!(
+        !seen
+            .iter()
+            .any(|s| (s.path.contains("/secrets") || s.path.contains("/deployments/"))
+                && s.method != Method::GET),
+        "{:#?}",
+        lines(&seen)
+    );
+    assert!(find(&seen, Method::PATCH, "/api/v1/namespaces/web/services/shop").is_some());
+    let c = condition(status_patch(&seen), "ChildrenOwned");
+    assert_eq!(c["status"], "False");
+    assert!(c["message"].as_str().unwrap().contains("Secret/shop-key"), "{c}");
+}
+
+#[tokio::test]
+async fn a_fresh_cluster_owns_every_child() {
+    let (res, seen, _) = run_once(cluster("shop", NS), fresh_server(3)).await;
+    res.unwrap();
+    let c = condition(status_patch(&seen), "ChildrenOwned");
+    assert_eq!(c["status"], "True");
+    assert!(!events(&seen).iter().any(|(_, r)| r == "Conflict"));
 }
 
 #[tokio::test]

@@ -1,23 +1,17 @@
 //! The Deployment of node pods.
 
 use super::*;
-use crate::crd::{Membership, SessionCluster};
+use super::template::{container_security_context, pod_template, KEY_VOLUME};
+use crate::crd::{Membership, PodTemplate, SessionCluster};
 use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
 };
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector,
-    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile, SecretVolumeSource,
-    SecurityContext, Volume, VolumeMount,
+    Container, EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector, Probe, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-/// Group that may read the mounted cluster key (the node image's 65532).
-pub const NODE_GROUP: i64 = 65532;
-
-/// Seconds a node gets between SIGTERM and SIGKILL to hand its sessions over.
-pub const TERMINATION_GRACE_SECONDS: i64 = 60;
 /// How long a terminating node keeps serving while reporting not ready, before it hands
 /// its sessions over and leaves: the time the endpoints and the ingress take to stop
 /// sending to a pod that is being deleted (without it, requests already routed to the
@@ -45,19 +39,6 @@ fn env_field(name: &str, path: &str) -> EnvVar {
             }),
             ..EnvVarSource::default()
         }),
-    }
-}
-
-/// The security context of every container the operator adds: no privilege escalation,
-/// every capability dropped.
-pub(super) fn container_security_context() -> SecurityContext {
-    SecurityContext {
-        allow_privilege_escalation: Some(false),
-        capabilities: Some(Capabilities {
-            drop: Some(vec!["ALL".into()]),
-            add: None,
-        }),
-        ..SecurityContext::default()
     }
 }
 
@@ -134,7 +115,7 @@ pub fn node_settings(sc: &SessionCluster) -> Vec<NodeSetting> {
         NodeSetting::literal("TRIBE_SESSION_TIMEOUT", spec.session.timeout.clone()),
         NodeSetting::literal("TRIBE_COOKIE_NAME", spec.session.cookie_name.clone()),
     ]);
-    if spec.session.cookie_secure {
+    if spec.cookie_secure() {
         settings.push(NodeSetting::literal("TRIBE_COOKIE_SECURE", "true"));
     }
     settings.extend([
@@ -166,32 +147,35 @@ pub fn node_env(sc: &SessionCluster) -> Vec<EnvVar> {
         .collect()
 }
 
-/// The Deployment running the cluster's nodes.
-pub fn deployment(sc: &SessionCluster) -> Deployment {
-    let selector = selector_labels(sc);
-    let container = Container {
+/// The node container (before [`pod_template`] merges `spec.template` into it).
+pub(super) fn node_container(sc: &SessionCluster, t: &PodTemplate) -> Container {
+    Container {
         name: "node".into(),
         image: Some(sc.spec.image.clone()),
         env: Some([node_env(sc), sidecar_env(sc)].concat()),
         ports: Some(node_ports(sc)),
         readiness_probe: Some(http_probe("/readyz", 2, 3, None)),
         liveness_probe: Some(http_probe("/healthz", 10, 3, Some(10))),
-        resources: sc.spec.resources.clone(),
+        resources: sc.spec.resources.clone().or_else(|| t.resources.clone()),
         volume_mounts: Some(vec![VolumeMount {
-            name: "cluster-key".into(),
+            name: KEY_VOLUME.into(),
             mount_path: KEY_DIR.into(),
             read_only: Some(true),
             ..VolumeMount::default()
         }]),
         security_context: Some(container_security_context()),
         ..Container::default()
-    };
+    }
+}
+
+/// The Deployment running the cluster's nodes.
+pub fn deployment(sc: &SessionCluster) -> Deployment {
     Deployment {
         metadata: child_meta(sc, sc.name_any()),
         spec: DeploymentSpec {
             replicas: Some(sc.spec.replicas),
             selector: LabelSelector {
-                match_labels: Some(selector),
+                match_labels: Some(selector_labels(sc)),
                 match_expressions: None,
             },
             strategy: Some(DeploymentStrategy {
@@ -201,40 +185,7 @@ pub fn deployment(sc: &SessionCluster) -> Deployment {
                     max_surge: Some(IntOrString::Int(1)),
                 }),
             }),
-            template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some(labels(sc)),
-                    annotations: Some(scrape_annotations()),
-                    ..ObjectMeta::default()
-                }),
-                spec: Some(PodSpec {
-                    containers: std::iter::once(container)
-                        .chain(app_container(sc))
-                        .collect(),
-                    termination_grace_period_seconds: Some(TERMINATION_GRACE_SECONDS),
-                    // The key file is group-readable by fsGroup, which every container
-                    // process gets as a supplementary group: any non-root UID can read it.
-                    security_context: Some(PodSecurityContext {
-                        fs_group: Some(NODE_GROUP),
-                        run_as_non_root: None,
-                        seccomp_profile: Some(SeccompProfile {
-                            type_: "RuntimeDefault".into(),
-                            localhost_profile: None,
-                        }),
-                        ..PodSecurityContext::default()
-                    }),
-                    volumes: Some(vec![Volume {
-                        name: "cluster-key".into(),
-                        secret: Some(SecretVolumeSource {
-                            secret_name: Some(secret_name(sc)),
-                            default_mode: Some(0o440),
-                            ..SecretVolumeSource::default()
-                        }),
-                        ..Volume::default()
-                    }]),
-                    ..PodSpec::default()
-                }),
-            },
+            template: pod_template(sc),
             ..DeploymentSpec::default()
         },
         status: None,

@@ -9,6 +9,7 @@ mod pdb;
 mod secret;
 mod service;
 mod sidecar;
+mod template;
 
 pub use deployment::{deployment, node_env, node_settings, NodeSetting, SettingValue};
 pub use ingress::ingress;
@@ -21,6 +22,11 @@ pub use pdb::pdb;
 pub use secret::{random_key, secret};
 pub use service::{headless_service, service, METRICS_PORT_NAME};
 pub use sidecar::{app_container, exposed_http_port, node_ports, sidecar_env};
+pub use template::{
+    check_template, container_security_context, default_spread, merge_env,
+    merged_security_context, pod_template, KEY_VOLUME, NODE_GROUP, SPREAD_KEYS,
+    TERMINATION_GRACE_SECONDS, TMP_DIR, TMP_VOLUME,
+};
 
 use crate::crd::SessionCluster;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};

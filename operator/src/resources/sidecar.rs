@@ -113,7 +113,7 @@ pub fn app_container(sc: &SessionCluster) -> Option<Container> {
             ..Probe::default()
         }),
         resources: app.resources.clone(),
-        security_context: Some(super::deployment::container_security_context()),
+        security_context: Some(super::template::container_security_context()),
         ..Container::default()
     })
 }
