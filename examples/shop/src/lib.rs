@@ -25,35 +25,34 @@ pub mod session;
 
 pub use routes::router;
 
-/// The shop's own settings, from the environment (in Kubernetes: the SessionCluster's
-/// `spec.template.env` / `envFrom`, e.g. a ConfigMap).
+/// The shop's own settings: its name from the environment (in Kubernetes: the
+/// SessionCluster's `spec.template.env` / `envFrom`, e.g. a ConfigMap).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Shop {
     /// Shown in the header and the title: `SHOP_NAME`.
     pub name: String,
-    /// The node answering, shown in the footer and `/api/cart`: `TRIBE_NODE_ID` (the pod
-    /// name under the operator), else `HOSTNAME`.
+    /// The node answering (its id: the pod name under the operator), shown in the
+    /// footer and `/api/cart`.
     pub served_by: String,
 }
 
-/// The name when `SHOP_NAME` is unset.
+/// The name when `SHOP_NAME` is unset or blank.
 pub const DEFAULT_NAME: &str = "Tribe Coffee";
 
 impl Shop {
-    /// The settings from these variables (see the fields).
-    pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Shop {
-        let set = |k: &str| var(k).filter(|v| !v.trim().is_empty());
+    /// The shop on node `served_by`, named `name` (blank or unset: [`DEFAULT_NAME`]).
+    pub fn new(name: Option<String>, served_by: &str) -> Shop {
         Shop {
-            name: set("SHOP_NAME").unwrap_or_else(|| DEFAULT_NAME.into()),
-            served_by: set("TRIBE_NODE_ID")
-                .or_else(|| set("HOSTNAME"))
-                .unwrap_or_else(|| "this node".into()),
+            name: name
+                .filter(|n| !n.trim().is_empty())
+                .unwrap_or_else(|| DEFAULT_NAME.into()),
+            served_by: served_by.to_string(),
         }
     }
 
-    /// The settings from the process environment.
-    pub fn from_env() -> Shop {
-        Shop::from_vars(|k| std::env::var(k).ok())
+    /// The shop on node `served_by`, named by `SHOP_NAME`.
+    pub fn from_env(served_by: &str) -> Shop {
+        Shop::new(std::env::var("SHOP_NAME").ok(), served_by)
     }
 }
 
@@ -62,16 +61,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn settings_from_variables() {
-        let shop = Shop::from_vars(|k| match k {
-            "SHOP_NAME" => Some("Beans & Co".into()),
-            "TRIBE_NODE_ID" => Some("shop-7d9f-abcde".into()),
-            "HOSTNAME" => Some("ignored".into()),
-            _ => None,
-        });
-        assert_eq!(shop.name, "Beans & Co");
-        assert_eq!(shop.served_by, "shop-7d9f-abcde");
-        let shop = Shop::from_vars(|k| (k == "SHOP_NAME").then(|| " ".into()));
-        assert_eq!(shop.name, DEFAULT_NAME, "blank is unset");
+    fn the_name_defaults_when_unset_or_blank() {
+        assert_eq!(Shop::new(Some("Beans & Co".into()), "n1").name, "Beans & Co");
+        assert_eq!(Shop::new(Some("  ".into()), "n1").name, DEFAULT_NAME);
+        assert_eq!(Shop::new(None, "n1").served_by, "n1");
     }
 }

@@ -57,8 +57,13 @@ fn is_executable(p: &Path) -> bool {
 
 /// A fresh, empty scratch directory for one test.
 pub fn scratch_dir(tag: &str) -> PathBuf {
+    scratch_dir_in(&std::env::temp_dir(), tag)
+}
+
+/// A fresh, empty directory `<parent>/tribe-<tag>-<pid>-<n>`.
+pub fn scratch_dir_in(parent: &Path, tag: &str) -> PathBuf {
     static N: AtomicU32 = AtomicU32::new(0);
-    let dir = std::env::temp_dir().join(format!(
+    let dir = parent.join(format!(
         "tribe-{tag}-{}-{}",
         std::process::id(),
         N.fetch_add(1, Ordering::Relaxed)
@@ -382,7 +387,10 @@ impl ControlPlane {
             return None;
         };
         let kubectl = require_tool("kubectl");
-        let dir = scratch_dir(&format!("k8s-{test}"));
+        // Not under /tmp: the podrunner bind-mounts each pod's volumes from this directory
+        // after the pod's own /tmp mount (node pods get an emptyDir there), which would
+        // hide the sources.
+        let dir = scratch_dir_in(Path::new(env!("CARGO_TARGET_TMPDIR")), &format!("k8s-{test}"));
         eprintln!("[{test}] starting a control plane in {}", dir.display());
         let started = Instant::now();
         let plane = ControlPlane {
