@@ -390,7 +390,10 @@ impl ControlPlane {
         // Not under /tmp: the podrunner bind-mounts each pod's volumes from this directory
         // after the pod's own /tmp mount (node pods get an emptyDir there), which would
         // hide the sources.
-        let dir = scratch_dir_in(Path::new(env!("CARGO_TARGET_TMPDIR")), &format!("k8s-{test}"));
+        let dir = scratch_dir_in(
+            Path::new(env!("CARGO_TARGET_TMPDIR")),
+            &format!("k8s-{test}"),
+        );
         eprintln!("[{test}] starting a control plane in {}", dir.display());
         let started = Instant::now();
         let plane = ControlPlane {
