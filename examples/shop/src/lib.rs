@@ -62,7 +62,10 @@ mod tests {
 
     #[test]
     fn the_name_defaults_when_unset_or_blank() {
-        assert_eq!(Shop::new(Some("Beans & Co".into()), "n1").name, "Beans & Co");
+        assert_eq!(
+            Shop::new(Some("Beans & Co".into()), "n1").name,
+            "Beans & Co"
+        );
         assert_eq!(Shop::new(Some("  ".into()), "n1").name, DEFAULT_NAME);
         assert_eq!(Shop::new(None, "n1").served_by, "n1");
     }
