@@ -389,25 +389,9 @@ impl Scenario {
                 }
             },
         );
-        // Endpoints follow readiness with a lag (EndpointSlice, then an nginx reload).
-        let mut seen: Vec<String> = vec![];
-        wait_for(
-            &format!("the ingress to answer from exactly {pods:?}"),
-            CHANGE,
-            || {
-                // Round-robin: the last 4n answers come from every backend nginx has.
-                for _ in 0..n {
-                    seen.push(Browser::new(&self.host).get_counter_node()?);
-                }
-                let window = seen.len().saturating_sub(4 * n);
-                let recent: BTreeSet<String> = seen[window..].iter().cloned().collect();
-                if seen.len() >= 4 * n && recent == pods {
-                    Ok(())
-                } else {
-                    Err(format!("recent answers from {recent:?}"))
-                }
-            },
-        );
+        wait_ingress_answers_from(&pods, CHANGE, || {
+            Browser::new(&self.host).get_counter_node()
+        });
         pods
     }
 

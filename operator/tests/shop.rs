@@ -64,13 +64,7 @@ fn e2e_shop_sign_in_and_cart_survive_scaling_and_pod_loss_under_restricted() {
     let app = ShopApp::from_example();
     let ns = plane.ns("e2e-shop");
     plane.create_namespace(&ns);
-    plane.k(&[
-        "label",
-        "namespace",
-        &ns,
-        "pod-security.kubernetes.io/enforce=restricted",
-        "pod-security.kubernetes.io/enforce-version=latest",
-    ]);
+    plane.enforce_restricted(&ns);
     plane.k(&["-n", &ns, "apply", "-f", app.file.to_str().unwrap()]);
     let cluster = Cluster {
         plane: &plane,
@@ -278,26 +272,9 @@ impl Cluster<'_> {
                 }
             },
         );
-        // Endpoints follow readiness with a lag (EndpointSlice, then an nginx reload).
-        let mut seen: Vec<String> = vec![];
-        wait_for(
-            &format!("the ingress to answer from exactly {pods:?}"),
-            CHANGE,
-            || {
-                for _ in 0..n {
-                    seen.push(api_cart(&mut Browser::new(&self.app.host))?.served_by);
-                }
-                let recent: BTreeSet<String> = seen[seen.len().saturating_sub(4 * n)..]
-                    .iter()
-                    .cloned()
-                    .collect();
-                if seen.len() >= 4 * n && recent == pods {
-                    Ok(())
-                } else {
-                    Err(format!("recent answers from {recent:?}"))
-                }
-            },
-        );
+        wait_ingress_answers_from(&pods, CHANGE, || {
+            Ok(api_cart(&mut Browser::new(&self.app.host))?.served_by)
+        });
         pods
     }
 

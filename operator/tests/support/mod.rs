@@ -299,6 +299,36 @@ impl Browser {
     }
 }
 
+/// Waits until the ingress answers from exactly `pods` (endpoints follow readiness with a
+/// lag: EndpointSlice, then an nginx reload). `answer` sends one request and names the pod
+/// that answered; nginx goes round-robin, so the last `4 n` answers come from every
+/// backend it has.
+pub fn wait_ingress_answers_from(
+    pods: &std::collections::BTreeSet<String>,
+    timeout: Duration,
+    mut answer: impl FnMut() -> Result<String, String>,
+) {
+    let n = pods.len();
+    let mut seen: Vec<String> = vec![];
+    wait_for(
+        &format!("the ingress to answer from exactly {pods:?}"),
+        timeout,
+        || {
+            for _ in 0..n {
+                seen.push(answer()?);
+            }
+            let window = seen.len().saturating_sub(4 * n);
+            let recent: std::collections::BTreeSet<String> =
+                seen[window..].iter().cloned().collect();
+            if seen.len() >= 4 * n && &recent == pods {
+                Ok(())
+            } else {
+                Err(format!("recent answers from {recent:?}"))
+            }
+        },
+    );
+}
+
 /// A real Kubernetes control plane: started by `../shared/k8s/up` in a scratch directory
 /// (stopped by `down` on drop), or an existing one named by `TRIBE_TEST_KUBECONFIG`.
 pub struct ControlPlane {
@@ -450,6 +480,17 @@ impl ControlPlane {
         a.extend_from_slice(&["-o", "json"]);
         let out = self.try_k(&a)?;
         serde_json::from_str(&out).map_err(|e| format!("kubectl output is not JSON: {e}: {out}"))
+    }
+
+    /// Labels namespace `ns` to enforce Pod Security "restricted" (latest).
+    pub fn enforce_restricted(&self, ns: &str) {
+        self.k(&[
+            "label",
+            "namespace",
+            ns,
+            "pod-security.kubernetes.io/enforce=restricted",
+            "pod-security.kubernetes.io/enforce-version=latest",
+        ]);
     }
 
     /// Creates a namespace (and waits until it is usable).
