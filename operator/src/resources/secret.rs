@@ -5,12 +5,10 @@ use super::*;
 use crate::crd::SessionCluster;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::ByteString;
-use rand::RngCore;
 
 /// 32 random bytes from the OS-seeded CSPRNG, hex encoded (64 characters).
 pub fn random_key() -> String {
-    let mut bytes = [0u8; 32];
-    rand::rng().fill_bytes(&mut bytes);
+    let bytes: [u8; 32] = rand::random();
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
