@@ -88,13 +88,7 @@ fn restricted_namespace_admits_the_node_pods_and_refuses_a_plain_one() {
     let Some((plane, opns, ns)) = setup("restricted", "restricted") else {
         return;
     };
-    plane.k(&[
-        "label",
-        "namespace",
-        &ns,
-        "pod-security.kubernetes.io/enforce=restricted",
-        "pod-security.kubernetes.io/enforce-version=latest",
-    ]);
+    plane.enforce_restricted(&ns);
 
     // PodSecurity admission is on and enforcing here: a plain pod is refused.
     let plain = format!(

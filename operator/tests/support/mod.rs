@@ -1,4 +1,4 @@
-//! Test fixtures shared by `cluster.rs`, `e2e.rs` and `chart.rs`: the real tools (helm, kubectl,
+//! Test fixtures shared by `cluster.rs`, `e2e.rs`, `shop.rs` and `chart.rs`: the real tools (helm, kubectl,
 //! kubernetes-validate), a real control plane from `../shared/k8s` (or the one named by
 //! `TRIBE_TEST_KUBECONFIG`), the podrunner, operator processes, and bounded waits.
 //!
@@ -57,8 +57,13 @@ fn is_executable(p: &Path) -> bool {
 
 /// A fresh, empty scratch directory for one test.
 pub fn scratch_dir(tag: &str) -> PathBuf {
+    scratch_dir_in(&std::env::temp_dir(), tag)
+}
+
+/// A fresh, empty directory `<parent>/tribe-<tag>-<pid>-<n>`.
+pub fn scratch_dir_in(parent: &Path, tag: &str) -> PathBuf {
     static N: AtomicU32 = AtomicU32::new(0);
-    let dir = std::env::temp_dir().join(format!(
+    let dir = parent.join(format!(
         "tribe-{tag}-{}-{}",
         std::process::id(),
         N.fetch_add(1, Ordering::Relaxed)
@@ -226,6 +231,104 @@ pub fn http(
     })
 }
 
+/// The podrunner's ingress stand-in, published on the root namespace's loopback.
+pub const INGRESS: &str = "127.0.0.1:18080";
+
+/// A browser through the ingress stand-in: one Host, one cookie jar (e.g. the session
+/// cookie and the node's read-your-writes version cookie).
+pub struct Browser {
+    /// The Host header (the Ingress rule's host).
+    pub host: String,
+    /// Cookie name → value.
+    pub jar: std::collections::BTreeMap<String, String>,
+}
+
+impl Browser {
+    /// A browser with an empty jar.
+    pub fn new(host: &str) -> Self {
+        Browser {
+            host: host.to_string(),
+            jar: Default::default(),
+        }
+    }
+
+    /// One request with the jar's cookies; keeps the cookies the answer sets.
+    pub fn request(&mut self, method: &str, path: &str) -> Result<HttpResponse, String> {
+        self.send(method, path, None)
+    }
+
+    /// One request, with a form body (`application/x-www-form-urlencoded`) if given.
+    pub fn send(
+        &mut self,
+        method: &str,
+        path: &str,
+        form: Option<&str>,
+    ) -> Result<HttpResponse, String> {
+        let cookie: Vec<String> = self.jar.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let cookie = cookie.join("; ");
+        let mut headers = vec![("Host", self.host.as_str())];
+        if !cookie.is_empty() {
+            headers.push(("Cookie", cookie.as_str()));
+        }
+        if form.is_some() {
+            headers.push(("Content-Type", "application/x-www-form-urlencoded"));
+        }
+        let r = http(
+            INGRESS.parse().unwrap(),
+            method,
+            path,
+            &headers,
+            form.unwrap_or(""),
+            // Longer than the ingress may take (3 upstream tries, 5 s connect timeout
+            // each): the answer is the ingress's, not a client-side give-up.
+            Duration::from_secs(30),
+        )?;
+        for (_, value) in r.headers.iter().filter(|(n, _)| n == "set-cookie") {
+            let pair = value.split(';').next().unwrap_or("");
+            let expired = value.to_ascii_lowercase().contains("max-age=0");
+            if let Some((k, v)) = pair.split_once('=') {
+                let (k, v) = (k.trim().to_string(), v.trim().to_string());
+                if expired || v.is_empty() {
+                    self.jar.remove(&k);
+                } else {
+                    self.jar.insert(k, v);
+                }
+            }
+        }
+        Ok(r)
+    }
+}
+
+/// Waits until the ingress answers from exactly `pods` (endpoints follow readiness with a
+/// lag: EndpointSlice, then an nginx reload). `answer` sends one request and names the pod
+/// that answered; nginx goes round-robin, so the last `4 n` answers come from every
+/// backend it has.
+pub fn wait_ingress_answers_from(
+    pods: &std::collections::BTreeSet<String>,
+    timeout: Duration,
+    mut answer: impl FnMut() -> Result<String, String>,
+) {
+    let n = pods.len();
+    let mut seen: Vec<String> = vec![];
+    wait_for(
+        &format!("the ingress to answer from exactly {pods:?}"),
+        timeout,
+        || {
+            for _ in 0..n {
+                seen.push(answer()?);
+            }
+            let window = seen.len().saturating_sub(4 * n);
+            let recent: std::collections::BTreeSet<String> =
+                seen[window..].iter().cloned().collect();
+            if seen.len() >= 4 * n && &recent == pods {
+                Ok(())
+            } else {
+                Err(format!("recent answers from {recent:?}"))
+            }
+        },
+    );
+}
+
 /// A real Kubernetes control plane: started by `../shared/k8s/up` in a scratch directory
 /// (stopped by `down` on drop), or an existing one named by `TRIBE_TEST_KUBECONFIG`.
 pub struct ControlPlane {
@@ -314,7 +417,13 @@ impl ControlPlane {
             return None;
         };
         let kubectl = require_tool("kubectl");
-        let dir = scratch_dir(&format!("k8s-{test}"));
+        // Not under /tmp: the podrunner bind-mounts each pod's volumes from this directory
+        // after the pod's own /tmp mount (node pods get an emptyDir there), which would
+        // hide the sources.
+        let dir = scratch_dir_in(
+            Path::new(env!("CARGO_TARGET_TMPDIR")),
+            &format!("k8s-{test}"),
+        );
         eprintln!("[{test}] starting a control plane in {}", dir.display());
         let started = Instant::now();
         let plane = ControlPlane {
@@ -371,6 +480,17 @@ impl ControlPlane {
         a.extend_from_slice(&["-o", "json"]);
         let out = self.try_k(&a)?;
         serde_json::from_str(&out).map_err(|e| format!("kubectl output is not JSON: {e}: {out}"))
+    }
+
+    /// Labels namespace `ns` to enforce Pod Security "restricted" (latest).
+    pub fn enforce_restricted(&self, ns: &str) {
+        self.k(&[
+            "label",
+            "namespace",
+            ns,
+            "pod-security.kubernetes.io/enforce=restricted",
+            "pod-security.kubernetes.io/enforce-version=latest",
+        ]);
     }
 
     /// Creates a namespace (and waits until it is usable).
