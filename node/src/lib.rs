@@ -231,6 +231,8 @@ pub async fn run(
         let _ = tokio::time::timeout(std::time::Duration::from_secs(2), t).await;
     }
     cancel.cancel();
+    // The flusher's last flush: a graceful stop persists every change.
+    let _ = tokio::time::timeout(cfg.drain_timeout, cluster.persistence_stopped()).await;
     let _ = tokio::time::timeout(std::time::Duration::from_secs(2), admin_task).await;
     Ok(())
 }

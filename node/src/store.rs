@@ -557,6 +557,12 @@ impl Store {
         self.sessions.get(&sid).map(|s| f(&s))
     }
 
+    /// Runs `f` on the session if it is in memory (`None` when swapped out or not held):
+    /// for scans that must not read every swapped-out session back.
+    pub fn peek<R>(&self, sid: SessionId, f: impl FnOnce(&Session) -> R) -> Option<R> {
+        self.sessions.get(&sid).map(|s| f(&s))
+    }
+
     /// Runs `f` on the session, creating an empty one if absent.
     pub fn with_mut<R>(&self, sid: SessionId, f: impl FnOnce(&mut Session) -> R) -> R {
         let mut e = self.entry(sid);

@@ -21,8 +21,17 @@
 
 pub mod dirty;
 pub mod embedded;
+pub mod flusher;
 pub mod record;
+#[cfg(test)]
+mod tests;
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::{Config, Durability};
+use crate::metrics::PersistMetrics;
+use crate::store::Store;
 use crate::wire::SessionId;
 
 /// One persisted session: its id, its expiry (unix seconds, so a backend can delete
@@ -118,4 +127,146 @@ pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
     fn disk_bytes(&self) -> Option<u64> {
         None
     }
+}
+
+/// Persistence of a running node: where, and how.
+#[derive(Debug, Clone)]
+pub struct Persistence {
+    /// The backend.
+    pub backend: Arc<dyn Backend>,
+    /// `sync`: writers wait for their flush.
+    pub sync: bool,
+    /// Longest a change waits to be written.
+    pub flush_interval: Duration,
+    /// Sessions kept in memory (0: no limit).
+    pub max_active: usize,
+}
+
+/// Persistence could not start: the data directory cannot be used (not an unreadable
+/// data set, which is set aside: a directory that cannot be written to, say).
+#[derive(Debug, thiserror::Error)]
+#[error("--data-dir {dir}: {error}")]
+pub struct StartError {
+    dir: String,
+    error: BackendError,
+}
+
+/// The session store of a node: memory only without `--data-dir`; else the sessions
+/// persisted under it, loaded (expired ones dropped and deleted), and the persistence the
+/// flusher then runs. Unreadable persisted data (corrupted or truncated files, a record
+/// that does not decode, a panic in the engine) is logged, renamed aside with a timestamp
+/// and replaced by an empty data set: the node starts empty and its peers fill it, rather
+/// than failing at every start.
+pub fn start(
+    cfg: &Config,
+    metrics: &PersistMetrics,
+) -> Result<(Arc<Store>, Option<Persistence>), StartError> {
+    let Some(root) = &cfg.data_dir else {
+        return Ok((Arc::new(Store::new()), None));
+    };
+    let dir = root.join(embedded::DIR);
+    let fail = |error| StartError {
+        dir: root.display().to_string(),
+        error,
+    };
+    let started = std::time::Instant::now();
+    let budget = cfg.max_active_sessions;
+    let opened = guarded(|| {
+        let backend: Arc<dyn Backend> = Arc::new(embedded::Embedded::open(&dir)?);
+        let store = load(&backend, budget, crate::store::unix_now())?;
+        Ok((backend, store))
+    });
+    let (backend, store) = match opened {
+        Ok(ok) => ok,
+        Err(e) => {
+            let aside = set_aside(&dir).map_err(|io| {
+                fail(BackendError::Io(format!(
+                    "{e}; and it cannot be set aside: {io}"
+                )))
+            })?;
+            metrics.set_aside.inc();
+            tracing::error!(
+                error = %e,
+                moved_to = %aside.display(),
+                "persisted sessions are unreadable: set aside; starting empty, peers will fill this node"
+            );
+            let backend: Arc<dyn Backend> =
+                Arc::new(guarded(|| embedded::Embedded::open(&dir)).map_err(fail)?);
+            let store = Store::persisted(backend.clone());
+            (backend, store)
+        }
+    };
+    let secs = started.elapsed().as_secs_f64();
+    metrics.load_seconds.set(secs);
+    metrics.loaded.set(store.len() as i64);
+    metrics.sessions_on_disk.set(store.len() as i64);
+    tracing::info!(
+        dir = %dir.display(),
+        engine = backend.name(),
+        sessions = store.len(),
+        swapped_out = store.swapped(),
+        seconds = secs,
+        "loaded persisted sessions"
+    );
+    Ok((
+        Arc::new(store),
+        Some(Persistence {
+            backend,
+            sync: cfg.durability == Durability::Sync,
+            flush_interval: cfg.flush_interval,
+            max_active: budget,
+        }),
+    ))
+}
+
+/// Runs `f`, turning a panic (an engine tripping over bad files) into a corruption error.
+fn guarded<T>(f: impl FnOnce() -> Result<T, BackendError>) -> Result<T, BackendError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|p| {
+        let what = p
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "panic".into());
+        Err(BackendError::Corrupt(format!("the engine failed reading it: {what}")))
+    })
+}
+
+/// A store holding every unexpired session of `backend` (the first `budget` in memory,
+/// the rest swapped out; 0: all in memory). Expired records are deleted.
+pub fn load(backend: &Arc<dyn Backend>, budget: usize, now: u64) -> Result<Store, BackendError> {
+    let store = Store::persisted(backend.clone());
+    let mut expired = Vec::new();
+    let mut n = 0usize;
+    backend.load_all(&mut |r| {
+        if r.expiry <= now {
+            expired.push(r.sid);
+            return Ok(());
+        }
+        let s = record::decode(&r)?;
+        store.restore(&s, budget == 0 || n < budget, now);
+        n += 1;
+        Ok(())
+    })?;
+    if !expired.is_empty() {
+        tracing::info!(expired = expired.len(), "deleting expired persisted sessions");
+        backend.write_batch(&Batch {
+            puts: vec![],
+            deletes: expired,
+        })?;
+    }
+    Ok(store)
+}
+
+/// Renames `dir` to `<dir>.corrupt-<UTC time>` (kept for inspection, never deleted).
+pub fn set_aside(dir: &std::path::Path) -> std::io::Result<std::path::PathBuf> {
+    let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now())
+        .to_string()
+        .replace(':', "");
+    let name = format!(
+        "{}.corrupt-{stamp}",
+        dir.file_name().map_or("data".into(), |n| n.to_string_lossy())
+    );
+    let to = dir.with_file_name(name);
+    std::fs::rename(dir, &to)?;
+    Ok(to)
 }
