@@ -21,6 +21,7 @@
 
 pub mod dirty;
 pub mod embedded;
+pub mod postgres;
 pub mod record;
 
 use crate::wire::SessionId;
@@ -54,7 +55,10 @@ impl Batch {
 
     /// Bytes of the records put (keys and values), what the `persisted_bytes` metric counts.
     pub fn bytes(&self) -> u64 {
-        self.puts.iter().map(|r| r.bytes.len() as u64 + 16).sum::<u64>()
+        self.puts
+            .iter()
+            .map(|r| r.bytes.len() as u64 + 16)
+            .sum::<u64>()
             + self.deletes.len() as u64 * 16
     }
 }
