@@ -56,11 +56,10 @@ fn batches_loads_expiry_and_which_rows_a_node_loads() {
     );
     assert_eq!(n1.load_one(1).unwrap(), Some(rec(1, 160, 3)));
     assert_eq!(n1.load_one(3).unwrap(), None);
-    assert_eq!(
-        n1.load_one(5).unwrap(),
-        None,
-        "another node's row is not its own"
-    );
+    // Its own row first; a session it never wrote: the cluster's newest row.
+    assert_eq!(n2.load_one(1).unwrap(), Some(rec(1, 170, 4)));
+    assert_eq!(n1.load_one(5).unwrap(), Some(rec(5, 500, 4)));
+    assert_eq!(other.load_one(5).unwrap(), None, "never another cluster's");
 
     // A node with no rows of its own (a new pod name after a full restart) loads every
     // node's rows of its cluster, never another cluster's.

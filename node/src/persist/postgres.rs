@@ -28,6 +28,10 @@
 //! one node's copy. Rows of nodes that are gone stay until their sessions expire. Any
 //! node deletes the expired rows of its cluster.
 //!
+//! Reading one session back (a swapped-out session accessed) takes the node's own row,
+//! else the newest row of its cluster: a session loaded from the union and swapped out
+//! before this node first wrote it is still found.
+//!
 //! # Threads and connection
 //!
 //! The [`Backend`] methods block; a session read back on access runs inline. Blocking a
@@ -404,7 +408,8 @@ impl Conn {
         let row = client
             .query_opt(
                 "SELECT sid, expiry, state FROM tribe_sessions
-                 WHERE cluster = $1 AND node = $2 AND sid = $3",
+                 WHERE cluster = $1 AND sid = $3
+                 ORDER BY node = $2 DESC, updated_at DESC LIMIT 1",
                 &[&cluster, &node, &sid_bytes(sid)],
             )
             .await
