@@ -204,7 +204,12 @@ pub struct Config {
     pub data_dir: Option<PathBuf>,
     /// With `--data-dir`: `write-behind` (answer at once, persist within
     /// `--flush-interval`) or `sync` (answer once the write is on the local disk).
-    #[arg(long, env = "TRIBE_DURABILITY", value_enum, default_value = "write-behind")]
+    #[arg(
+        long,
+        env = "TRIBE_DURABILITY",
+        value_enum,
+        default_value = "write-behind"
+    )]
     pub durability: Durability,
     /// With `--data-dir`: the longest a change waits before it is written (write-behind).
     #[arg(long, env = "TRIBE_FLUSH_INTERVAL", default_value = "1s", value_parser = parse_duration)]
@@ -213,6 +218,16 @@ pub struct Config {
     /// on disk only and are read back on access. 0: no limit.
     #[arg(long, env = "TRIBE_MAX_ACTIVE_SESSIONS", default_value_t = 0)]
     pub max_active_sessions: usize,
+    /// Persist sessions in this PostgreSQL database instead of `--data-dir`
+    /// (`postgres://user:password@host/db?sslmode=require`; the table `tribe_sessions` is
+    /// created if missing). Durability and the memory budget work as with `--data-dir`.
+    #[arg(
+        long,
+        env = "TRIBE_POSTGRES_URL",
+        conflicts_with = "data_dir",
+        hide_env_values = true
+    )]
+    pub postgres_url: Option<String>,
 }
 
 /// Parses `500ms`, `3s`, `30m`, `1h` (humantime syntax).

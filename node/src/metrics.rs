@@ -145,29 +145,57 @@ impl PersistMetrics {
 
     fn register(&self, r: &mut Registry) {
         let r = r.sub_registry_with_prefix("persist");
-        r.register("bytes", "Bytes of session records written to disk", self.bytes.clone());
-        r.register("writes", "Session records written or deleted on disk", self.writes.clone());
-        r.register("flush_seconds", "Duration of one durable flush", self.flush_seconds.clone());
+        r.register(
+            "bytes",
+            "Bytes of session records written to disk",
+            self.bytes.clone(),
+        );
+        r.register(
+            "writes",
+            "Session records written or deleted on disk",
+            self.writes.clone(),
+        );
+        r.register(
+            "flush_seconds",
+            "Duration of one durable flush",
+            self.flush_seconds.clone(),
+        );
         r.register("errors", "Flushes that failed", self.errors.clone());
         r.register(
             "sessions_on_disk",
             "Sessions whose latest state is on disk",
             self.sessions_on_disk.clone(),
         );
-        r.register("sessions_resident", "Sessions in memory", self.sessions_resident.clone());
+        r.register(
+            "sessions_resident",
+            "Sessions in memory",
+            self.sessions_resident.clone(),
+        );
         r.register(
             "sessions_swapped",
             "Sessions swapped out to disk (read back on access)",
             self.sessions_swapped.clone(),
         );
-        r.register("loaded_sessions", "Sessions loaded from disk at start", self.loaded.clone());
-        r.register("load_seconds", "Duration of the load from disk at start", self.load_seconds.clone());
+        r.register(
+            "loaded_sessions",
+            "Sessions loaded from disk at start",
+            self.loaded.clone(),
+        );
+        r.register(
+            "load_seconds",
+            "Duration of the load from disk at start",
+            self.load_seconds.clone(),
+        );
         r.register(
             "set_aside",
             "Times unreadable persisted data was set aside at start",
             self.set_aside.clone(),
         );
-        r.register("disk_bytes", "Bytes the persisted sessions take on disk", self.disk_bytes.clone());
+        r.register(
+            "disk_bytes",
+            "Bytes the persisted sessions take on disk",
+            self.disk_bytes.clone(),
+        );
     }
 }
 

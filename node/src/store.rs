@@ -522,7 +522,10 @@ impl Store {
     /// there or does not decode).
     fn read_back(&self, sid: SessionId) -> Option<SessionState> {
         let disk = self.disk.as_ref()?;
-        match disk.load_one(sid).and_then(|r| r.map(|r| record::decode(&r)).transpose()) {
+        match disk
+            .load_one(sid)
+            .and_then(|r| r.map(|r| record::decode(&r)).transpose())
+        {
             Ok(Some(s)) => Some(s),
             Ok(None) => {
                 tracing::error!(sid = %format!("{sid:x}"), "a swapped-out session is missing from disk");

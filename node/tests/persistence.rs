@@ -40,7 +40,11 @@ impl Slot {
                 data: tempfile::tempdir().unwrap(),
                 extra: FAST
                     .iter()
-                    .chain(if extra.contains(&"--flush-interval") { &[] } else { FLUSH })
+                    .chain(if extra.contains(&"--flush-interval") {
+                        &[]
+                    } else {
+                        FLUSH
+                    })
                     .chain(extra)
                     .map(|s| s.to_string())
                     .collect(),
@@ -49,7 +53,10 @@ impl Slot {
     }
 
     fn start(&self) -> Node {
-        let mut extra = vec!["--data-dir".to_string(), self.data.path().display().to_string()];
+        let mut extra = vec![
+            "--data-dir".to_string(),
+            self.data.path().display().to_string(),
+        ];
         extra.extend(self.extra.iter().cloned());
         let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
         spawn_static(self.i, &self.all, &extra)
@@ -126,7 +133,9 @@ async fn write_sessions(nodes: &[Node], count: usize, writes: i64) -> Vec<String
     let http = client();
     let mut ids = Vec::new();
     for i in 0..count {
-        let (sid, _) = post_counter(&http, &nodes[i % nodes.len()], None).await.unwrap();
+        let (sid, _) = post_counter(&http, &nodes[i % nodes.len()], None)
+            .await
+            .unwrap();
         for w in 2..=writes {
             let (_, c) = post_counter(&http, &nodes[i % nodes.len()], Some(&sid))
                 .await
@@ -142,12 +151,16 @@ async fn write_sessions(nodes: &[Node], count: usize, writes: i64) -> Vec<String
 /// `ids.len()` sessions.
 async fn assert_every_session(nodes: &[Node], ids: &[String], counter: i64) {
     for node in nodes {
-        eventually(&format!("{} to hold every session", node.name), CONVERGE, || async {
-            match held(node).await? as usize {
-                n if n == ids.len() => Ok(()),
-                n => Err(format!("{n} sessions")),
-            }
-        })
+        eventually(
+            &format!("{} to hold every session", node.name),
+            CONVERGE,
+            || async {
+                match held(node).await? as usize {
+                    n if n == ids.len() => Ok(()),
+                    n => Err(format!("{n} sessions")),
+                }
+            },
+        )
         .await;
         for sid in ids {
             wait_replica_counter(node, sid, counter, CONVERGE).await;
@@ -313,9 +326,20 @@ async fn damaged_files_are_set_aside(damage: fn(&Path)) {
         .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
         .filter(|n| n.starts_with("sessions.corrupt-"))
         .collect();
-    assert_eq!(metric(n1, "tribe_persist_set_aside").await, 1.0, "the damage is detected");
-    assert_eq!(aside.len(), 1, "the damaged files are kept aside: {aside:?}");
-    assert!(log_says(n1, "persisted sessions are unreadable"), "a clear error is logged");
+    assert_eq!(
+        metric(n1, "tribe_persist_set_aside").await,
+        1.0,
+        "the damage is detected"
+    );
+    assert_eq!(
+        aside.len(),
+        1,
+        "the damaged files are kept aside: {aside:?}"
+    );
+    assert!(
+        log_says(n1, "persisted sessions are unreadable"),
+        "a clear error is logged"
+    );
     // Restarting again loads the refilled data set, with nothing set aside.
     wait_persisted(&nodes[0], ids.len()).await;
     nodes[0].sigterm();
@@ -346,7 +370,10 @@ async fn bounded(node: &Node) -> Result<(), String> {
     if resident <= 100.0 && resident + swapped == 1000.0 {
         Ok(())
     } else {
-        Err(format!("{}: {resident} resident, {swapped} swapped", node.name))
+        Err(format!(
+            "{}: {resident} resident, {swapped} swapped",
+            node.name
+        ))
     }
 }
 
@@ -403,5 +430,52 @@ async fn idle_sessions_beyond_the_budget_live_on_disk_and_stay_readable() {
     }
     for sid in ids.iter().step_by(97) {
         wait_replica_counter(&nodes[0], sid, 2, CONVERGE).await;
+    }
+}
+
+/// `--postgres-url` (a real PostgreSQL server): a 3-node cluster persists in one table;
+/// every node is SIGKILLed; three nodes with *new* ids start (Deployment pods after a
+/// full restart: no rows of their own), each loads the union of the cluster's rows, and
+/// every session is there with its counter continuing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_restarted_under_new_names_finds_every_session_in_postgres() {
+    let pg = support::postgres::Postgres::start();
+    let all: Vec<Addrs> = (0..3).map(|_| Addrs::loopback()).collect();
+    let spawn = |i: usize, name: String| {
+        let mut extra: Vec<&str> = vec!["--postgres-url", &pg.url];
+        extra.extend(FAST);
+        extra.extend(FLUSH);
+        let args = static_args(i, &all, &extra);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Node::spawn(&name, all[i], None, &args)
+    };
+    let mut nodes: Vec<Node> = (0..3).map(|i| spawn(i, format!("old-{i}"))).collect();
+    wait_formed(&mut nodes).await;
+    let ids = write_sessions(&nodes, 30, 3).await;
+    for node in &nodes {
+        wait_persisted(node, ids.len()).await;
+    }
+    for node in &mut nodes {
+        node.kill();
+    }
+    drop(nodes);
+    let rows = pg.psql("SELECT count(*) FROM tribe_sessions");
+    assert_eq!(rows.trim(), "90", "one row per node and session");
+
+    let mut nodes: Vec<Node> = (0..3).map(|i| spawn(i, format!("new-{i}"))).collect();
+    wait_formed(&mut nodes).await;
+    for node in &nodes {
+        assert_eq!(
+            metric(node, "tribe_persist_loaded_sessions").await as usize,
+            ids.len(),
+            "{} loaded (and merged) every node's rows",
+            node.name
+        );
+    }
+    assert_every_session(&nodes, &ids, 3).await;
+    let http = client();
+    for (i, sid) in ids.iter().enumerate() {
+        let (_, c) = post_counter(&http, &nodes[i % 3], Some(sid)).await.unwrap();
+        assert_eq!(c, 4, "the counter of {sid} continues");
     }
 }

@@ -256,9 +256,10 @@ where
     };
     let before = api.get_opt(&name).await.map_err(apply_err)?;
     let uid = sc.uid().unwrap_or_default();
-    if let (Ownership::Foreign, Some(existing)) =
-        (ownership::ownership(before.as_ref().map(|b| b.meta()), &uid), &before)
-    {
+    if let (Ownership::Foreign, Some(existing)) = (
+        ownership::ownership(before.as_ref().map(|b| b.meta()), &uid),
+        &before,
+    ) {
         let related = existing.object_ref(&());
         report_conflict(ctx, sc, conflicts, kind, name, related).await;
         return Ok(None);
@@ -456,9 +457,10 @@ async fn reconcile_pod_monitor(
     if monitoring.pod_monitor {
         let before = api.get_opt(&name).await.map_err(apply_err)?;
         let uid = sc.uid().unwrap_or_default();
-        if let (Ownership::Foreign, Some(existing)) =
-            (ownership::ownership(before.as_ref().map(|b| &b.metadata), &uid), &before)
-        {
+        if let (Ownership::Foreign, Some(existing)) = (
+            ownership::ownership(before.as_ref().map(|b| &b.metadata), &uid),
+            &before,
+        ) {
             let related = existing.object_ref(&ar);
             report_conflict(ctx, sc, conflicts, kind.into(), name.clone(), related).await;
             return Ok(());

@@ -94,7 +94,8 @@ fn restricted_namespace_admits_the_node_pods_and_refuses_a_plain_one() {
     let plain = format!(
         "apiVersion: v1\nkind: Pod\nmetadata:\n  name: plain\n  namespace: {ns}\nspec:\n  containers:\n  - name: c\n    image: busybox\n"
     );
-    let refused = apply(&plane, &plain).expect_err("a plain pod is refused in a restricted namespace");
+    let refused =
+        apply(&plane, &plain).expect_err("a plain pod is refused in a restricted namespace");
     assert!(refused.contains("PodSecurity"), "{refused}");
 
     // The chart's operator pod is admitted (server-side dry run of its pod template).
@@ -126,10 +127,19 @@ fn restricted_namespace_admits_the_node_pods_and_refuses_a_plain_one() {
     // A template that loosens the security context is refused by the CRD itself.
     for (loosen, says) in [
         ("privileged: true", "may not set privileged"),
-        ("allowPrivilegeEscalation: true", "may not allow privilege escalation"),
-        ("capabilities: {add: [NET_ADMIN]}", "may not add capabilities"),
+        (
+            "allowPrivilegeEscalation: true",
+            "may not allow privilege escalation",
+        ),
+        (
+            "capabilities: {add: [NET_ADMIN]}",
+            "may not add capabilities",
+        ),
         ("runAsNonRoot: false", "may not run as root"),
-        ("readOnlyRootFilesystem: false", "may not make the root filesystem writable"),
+        (
+            "readOnlyRootFilesystem: false",
+            "may not make the root filesystem writable",
+        ),
     ] {
         let spec = format!("  template:\n    securityContext:\n      {loosen}\n");
         let err = apply(&plane, &session_cluster("loose", &ns, &spec))
@@ -141,7 +151,11 @@ fn restricted_namespace_admits_the_node_pods_and_refuses_a_plain_one() {
     apply(&plane, &session_cluster("shop", &ns, RESTRICTED_SPEC)).unwrap();
     let selector = "app.kubernetes.io/instance=shop,app.kubernetes.io/name=tribe-node";
     let pods = wait_for("2 node pods created by the ReplicaSet", LONG, || {
-        let failed = items(&plane, &ns, &["events", "--field-selector", "reason=FailedCreate"])?;
+        let failed = items(
+            &plane,
+            &ns,
+            &["events", "--field-selector", "reason=FailedCreate"],
+        )?;
         if let Some(e) = failed.first() {
             panic!("the ReplicaSet could not create a pod: {}", e["message"]);
         }
@@ -154,7 +168,10 @@ fn restricted_namespace_admits_the_node_pods_and_refuses_a_plain_one() {
     });
     let pod = &pods[0]["spec"];
     assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
-    assert_eq!(pod["securityContext"]["seccompProfile"]["type"], "RuntimeDefault");
+    assert_eq!(
+        pod["securityContext"]["seccompProfile"]["type"],
+        "RuntimeDefault"
+    );
     let containers = pod["containers"].as_array().unwrap();
     assert_eq!(containers.len(), 2, "the node and the app");
     for c in containers {
@@ -162,7 +179,11 @@ fn restricted_namespace_admits_the_node_pods_and_refuses_a_plain_one() {
         assert_eq!(sc["runAsUser"], 10001, "{}", c["name"]);
         assert_eq!(sc["readOnlyRootFilesystem"], true, "{}", c["name"]);
         assert!(
-            c["env"].as_array().unwrap().iter().any(|e| e["name"] == "SHOP_MODE"),
+            c["env"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["name"] == "SHOP_MODE"),
             "{} has the template's env",
             c["name"]
         );
@@ -221,8 +242,7 @@ fn a_service_of_someone_else_is_left_alone_until_it_is_gone() {
     // Untouched: same resourceVersion, no owner, its own selector and ports.
     let now = plane.get_json(&["-n", &ns, "service", "shop"]).unwrap();
     assert_eq!(
-        now["metadata"]["resourceVersion"],
-        before["metadata"]["resourceVersion"],
+        now["metadata"]["resourceVersion"], before["metadata"]["resourceVersion"],
         "the operator wrote to someone else's Service"
     );
     assert!(now["metadata"]["ownerReferences"].is_null());
@@ -230,7 +250,10 @@ fn a_service_of_someone_else_is_left_alone_until_it_is_gone() {
 
     // Gone: the operator creates its own and the condition clears.
     plane.k(&["-n", &ns, "delete", "service", "shop", "--wait=true"]);
-    let sc_uid = plane.get_json(&["-n", &ns, "sessioncluster", "shop"]).unwrap()["metadata"]["uid"].clone();
+    let sc_uid = plane
+        .get_json(&["-n", &ns, "sessioncluster", "shop"])
+        .unwrap()["metadata"]["uid"]
+        .clone();
     let ours = wait_for("the operator's own Service shop", LONG, || {
         let svc = plane.get_json(&["-n", &ns, "service", "shop"])?;
         let owned = svc["metadata"]["ownerReferences"]

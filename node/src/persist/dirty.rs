@@ -107,7 +107,8 @@ impl Dirty {
         for (sid, m) in &snap.marks {
             self.marks.remove_if(sid, |_, cur| cur == m);
         }
-        self.progress.send_modify(|p| p.through = p.through.max(snap.through));
+        self.progress
+            .send_modify(|p| p.through = p.through.max(snap.through));
     }
 
     /// A flush failed: its marks stay, waiters are told.

@@ -62,7 +62,9 @@ fn record_of(k: &[u8], v: &[u8]) -> Result<Record, BackendError> {
         .map_err(|_| BackendError::Corrupt(format!("a key of {} bytes", k.len())))?;
     let sid = SessionId::from_be_bytes(sid);
     if v.len() < 8 {
-        return Err(BackendError::Corrupt(format!("session {sid:x}: value too short")));
+        return Err(BackendError::Corrupt(format!(
+            "session {sid:x}: value too short"
+        )));
     }
     let (e, bytes) = v.split_at(8);
     Ok(Record {

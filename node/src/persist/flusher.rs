@@ -103,7 +103,12 @@ pub async fn run(
         if expire {
             last_expire = Instant::now();
         }
-        let (s, b, m, budget) = (store.clone(), p.backend.clone(), metrics.clone(), p.max_active);
+        let (s, b, m, budget) = (
+            store.clone(),
+            p.backend.clone(),
+            metrics.clone(),
+            p.max_active,
+        );
         let done = tokio::task::spawn_blocking(move || {
             if let Err(e) = flush(&s, &*b, &m) {
                 tracing::error!(error = %e, "persisting sessions failed; retrying");

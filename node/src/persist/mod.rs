@@ -22,6 +22,7 @@
 pub mod dirty;
 pub mod embedded;
 pub mod flusher;
+pub mod postgres;
 pub mod record;
 #[cfg(test)]
 mod tests;
@@ -32,7 +33,7 @@ use std::time::Duration;
 use crate::config::{Config, Durability};
 use crate::metrics::PersistMetrics;
 use crate::store::Store;
-use crate::wire::SessionId;
+use crate::wire::{SessionId, SessionState};
 
 /// One persisted session: its id, its expiry (unix seconds, so a backend can delete
 /// expired rows without decoding them) and its encoded state ([`record::encode`]).
@@ -63,7 +64,10 @@ impl Batch {
 
     /// Bytes of the records put (keys and values), what the `persisted_bytes` metric counts.
     pub fn bytes(&self) -> u64 {
-        self.puts.iter().map(|r| r.bytes.len() as u64 + 16).sum::<u64>()
+        self.puts
+            .iter()
+            .map(|r| r.bytes.len() as u64 + 16)
+            .sum::<u64>()
             + self.deletes.len() as u64 * 16
     }
 }
@@ -86,6 +90,10 @@ pub enum BackendError {
 ///
 /// - **Keys**: one record per [`SessionId`]; a put replaces the previous record of the
 ///   same session whole. `bytes` are opaque and returned byte for byte.
+/// - **Several copies**: a backend shared by several nodes (a database) may hold one
+///   record of a session per node; [`Backend::load_all`] then yields the records of one
+///   session one after another, and the loader merges them (per attribute, as replicas
+///   merge).
 /// - **Atomic, durable batches**: [`Backend::write_batch`] applies all its puts and
 ///   deletes or none, and when it returns `Ok` they survive a crash of the process *and*
 ///   of the machine (fsync or a committed database transaction). One call per flush: the
@@ -145,9 +153,10 @@ pub struct Persistence {
 /// Persistence could not start: the data directory cannot be used (not an unreadable
 /// data set, which is set aside: a directory that cannot be written to, say).
 #[derive(Debug, thiserror::Error)]
-#[error("--data-dir {dir}: {error}")]
+#[error("{place}: {error}")]
 pub struct StartError {
-    dir: String,
+    /// `--data-dir DIR` or `--postgres-url URL` (without its password).
+    place: String,
     error: BackendError,
 }
 
@@ -161,16 +170,50 @@ pub fn start(
     cfg: &Config,
     metrics: &PersistMetrics,
 ) -> Result<(Arc<Store>, Option<Persistence>), StartError> {
-    let Some(root) = &cfg.data_dir else {
-        return Ok((Arc::new(Store::new()), None));
-    };
-    let dir = root.join(embedded::DIR);
-    let fail = |error| StartError {
-        dir: root.display().to_string(),
-        error,
-    };
     let started = std::time::Instant::now();
     let budget = cfg.max_active_sessions;
+    let (backend, store, place) = if let Some(url) = &cfg.postgres_url {
+        from_database(cfg, url, budget)?
+    } else if let Some(root) = &cfg.data_dir {
+        from_directory(root, budget, metrics)?
+    } else {
+        return Ok((Arc::new(Store::new()), None));
+    };
+    let secs = started.elapsed().as_secs_f64();
+    metrics.load_seconds.set(secs);
+    metrics.loaded.set(store.len() as i64);
+    metrics.sessions_on_disk.set(store.len() as i64);
+    tracing::info!(
+        from = %place,
+        engine = backend.name(),
+        sessions = store.len(),
+        swapped_out = store.swapped(),
+        seconds = secs,
+        "loaded persisted sessions"
+    );
+    Ok((
+        Arc::new(store),
+        Some(Persistence {
+            backend,
+            sync: cfg.durability == Durability::Sync,
+            flush_interval: cfg.flush_interval,
+            max_active: budget,
+        }),
+    ))
+}
+
+/// The embedded engine under `root`; unreadable data is set aside (see [`start`]).
+fn from_directory(
+    root: &std::path::Path,
+    budget: usize,
+    metrics: &PersistMetrics,
+) -> Result<(Arc<dyn Backend>, Store, String), StartError> {
+    let dir = root.join(embedded::DIR);
+    let place = format!("--data-dir {}", root.display());
+    let fail = |error| StartError {
+        place: place.clone(),
+        error,
+    };
     let opened = guarded(|| {
         let backend: Arc<dyn Backend> = Arc::new(embedded::Embedded::open(&dir)?);
         let store = load(&backend, budget, crate::store::unix_now())?;
@@ -196,27 +239,36 @@ pub fn start(
             (backend, store)
         }
     };
-    let secs = started.elapsed().as_secs_f64();
-    metrics.load_seconds.set(secs);
-    metrics.loaded.set(store.len() as i64);
-    metrics.sessions_on_disk.set(store.len() as i64);
-    tracing::info!(
-        dir = %dir.display(),
-        engine = backend.name(),
-        sessions = store.len(),
-        swapped_out = store.swapped(),
-        seconds = secs,
-        "loaded persisted sessions"
-    );
-    Ok((
-        Arc::new(store),
-        Some(Persistence {
-            backend,
-            sync: cfg.durability == Durability::Sync,
-            flush_interval: cfg.flush_interval,
-            max_active: budget,
-        }),
-    ))
+    Ok((backend, store, place))
+}
+
+/// The PostgreSQL backend. A database that cannot be reached is an error (the node exits
+/// and is restarted); unreadable rows are logged and the node starts empty, its peers
+/// fill it, and its rows are rewritten as it persists again.
+fn from_database(
+    cfg: &Config,
+    url: &str,
+    budget: usize,
+) -> Result<(Arc<dyn Backend>, Store, String), StartError> {
+    let pg = postgres::Postgres::connect(url, &cfg.cluster, &cfg.node_id());
+    let place = "--postgres-url".to_string(); // the error names the database
+    let fail = |error| StartError {
+        place: place.clone(),
+        error,
+    };
+    let backend: Arc<dyn Backend> = Arc::new(pg.map_err(fail)?);
+    let store = match load(&backend, budget, crate::store::unix_now()) {
+        Ok(store) => store,
+        Err(e @ BackendError::Corrupt(_)) => {
+            tracing::error!(
+                error = %e,
+                "persisted sessions are unreadable: starting empty, peers will fill this node"
+            );
+            Store::persisted(backend.clone())
+        }
+        Err(e) => return Err(fail(e)),
+    };
+    Ok((backend, store, place))
 }
 
 /// Runs `f`, turning a panic (an engine tripping over bad files) into a corruption error.
@@ -227,7 +279,9 @@ fn guarded<T>(f: impl FnOnce() -> Result<T, BackendError>) -> Result<T, BackendE
             .cloned()
             .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
             .unwrap_or_else(|| "panic".into());
-        Err(BackendError::Corrupt(format!("the engine failed reading it: {what}")))
+        Err(BackendError::Corrupt(format!(
+            "the engine failed reading it: {what}"
+        )))
     })
 }
 
@@ -237,18 +291,44 @@ pub fn load(backend: &Arc<dyn Backend>, budget: usize, now: u64) -> Result<Store
     let store = Store::persisted(backend.clone());
     let mut expired = Vec::new();
     let mut n = 0usize;
+    let mut restore = |s: &SessionState| {
+        store.restore(s, budget == 0 || n < budget, now);
+        n += 1;
+    };
+    // A shared database may hold a session once per node (see `Backend::load_all`):
+    // consecutive records of one session are merged before it is restored.
+    let mut pending: Option<crate::store::Session> = None;
+    let mut pending_sid = 0;
     backend.load_all(&mut |r| {
         if r.expiry <= now {
             expired.push(r.sid);
             return Ok(());
         }
         let s = record::decode(&r)?;
-        store.restore(&s, budget == 0 || n < budget, now);
-        n += 1;
+        match pending.as_mut() {
+            Some(p) if pending_sid == s.sid => {
+                p.merge(&s);
+            }
+            _ => {
+                if let Some(p) = pending.take() {
+                    restore(&p.to_state(pending_sid));
+                }
+                let mut p = crate::store::Session::default();
+                p.merge(&s);
+                pending = Some(p);
+                pending_sid = s.sid;
+            }
+        }
         Ok(())
     })?;
+    if let Some(p) = pending {
+        restore(&p.to_state(pending_sid));
+    }
     if !expired.is_empty() {
-        tracing::info!(expired = expired.len(), "deleting expired persisted sessions");
+        tracing::info!(
+            expired = expired.len(),
+            "deleting expired persisted sessions"
+        );
         backend.write_batch(&Batch {
             puts: vec![],
             deletes: expired,
@@ -264,7 +344,8 @@ pub fn set_aside(dir: &std::path::Path) -> std::io::Result<std::path::PathBuf> {
         .replace(':', "");
     let name = format!(
         "{}.corrupt-{stamp}",
-        dir.file_name().map_or("data".into(), |n| n.to_string_lossy())
+        dir.file_name()
+            .map_or("data".into(), |n| n.to_string_lossy())
     );
     let to = dir.with_file_name(name);
     std::fs::rename(dir, &to)?;

@@ -80,10 +80,16 @@ mod tests {
         for i in 0..r.bytes.len() {
             let mut bad = r.clone();
             bad.bytes[i] ^= 0x40;
-            assert!(matches!(decode(&bad), Err(BackendError::Corrupt(_))), "byte {i}");
+            assert!(
+                matches!(decode(&bad), Err(BackendError::Corrupt(_))),
+                "byte {i}"
+            );
             let mut short = r.clone();
             short.bytes.truncate(i);
-            assert!(matches!(decode(&short), Err(BackendError::Corrupt(_))), "len {i}");
+            assert!(
+                matches!(decode(&short), Err(BackendError::Corrupt(_))),
+                "len {i}"
+            );
         }
         let mut moved = r.clone();
         moved.sid = 1;

@@ -50,7 +50,9 @@ fn a_restarted_store_holds_what_was_flushed_with_its_stamps() {
         assert_eq!(store.dirty().unwrap().len(), 51);
         flusher::flush(&store, &*b, &metrics()).unwrap();
         assert!(store.dirty().unwrap().is_empty());
-        fingerprints = (0..50).map(|s| store.with(s, |s| s.fingerprint()).unwrap()).collect();
+        fingerprints = (0..50)
+            .map(|s| store.with(s, |s| s.fingerprint()).unwrap())
+            .collect();
         // Invalidated after the flush and flushed: gone from disk too.
         store.remove(7);
         flusher::flush(&store, &*b, &metrics()).unwrap();
@@ -65,7 +67,11 @@ fn a_restarted_store_holds_what_was_flushed_with_its_stamps() {
             "same stamps, same fingerprint"
         );
     }
-    assert_eq!(b.load_one(99).unwrap(), None, "the expired record was deleted at load");
+    assert_eq!(
+        b.load_one(99).unwrap(),
+        None,
+        "the expired record was deleted at load"
+    );
 }
 
 #[test]
@@ -86,17 +92,25 @@ fn swapped_out_sessions_are_read_back_and_still_in_the_digest() {
     assert_eq!(store.swap_out(10), 0);
     flusher::flush(&store, &*b, &metrics()).unwrap();
     assert_eq!(store.swap_out(10), 90);
-    assert_eq!((store.resident(), store.swapped(), store.len(), store.live()), (10, 90, 100, 100));
+    assert_eq!(
+        (store.resident(), store.swapped(), store.len(), store.live()),
+        (10, 90, 100, 100)
+    );
     // The digest is unchanged: a replica holding the same sessions sees no difference.
     assert_eq!(antientropy::digest(&store, now, 0, &all), digest);
     assert_eq!(digest, antientropy::digest(&twin, now, 0, &all));
     // A state for a peer is read from disk without bringing the session back.
-    let out: Vec<SessionId> = (0..100).filter(|s| store.peek(*s, |_| ()).is_none()).collect();
+    let out: Vec<SessionId> = (0..100)
+        .filter(|s| store.peek(*s, |_| ()).is_none())
+        .collect();
     let sid = out[0];
     assert_eq!(store.state(sid), twin.state(sid));
     assert_eq!(store.resident(), 10);
     // An access reads it back; a replicated write to another one applies on top.
-    assert_eq!(store.with(sid, |s| s.get("a").cloned()), Some(Some(Bytes::from_static(b"v"))));
+    assert_eq!(
+        store.with(sid, |s| s.get("a").cloned()),
+        Some(Some(Bytes::from_static(b"v")))
+    );
     write(&store, out[1], 2, "w", far);
     assert_eq!(store.with(out[1], |s| s.version), Some(2));
     assert_eq!((store.resident(), store.swapped()), (12, 88));

@@ -968,6 +968,7 @@ pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
 // Cookie access and nginx (read-your-writes tests)
 
 pub mod nginx;
+pub mod postgres;
 
 impl HttpClient {
     /// The value of cookie `name`, if the client holds it.

@@ -1,0 +1,139 @@
+//! The PostgreSQL backend against a real server (Debian's `postgresql`): the backend
+//! contract (atomic batches, load all / one, expiry), which rows a node loads (its own, or
+//! its whole cluster's when it has none), clusters kept apart, a database that goes away
+//! and comes back, and unreadable rows reported as corrupt instead of panicking.
+
+mod support;
+
+use support::postgres::Postgres as Server;
+use tribe_node::persist::postgres::Postgres;
+use tribe_node::persist::{Backend, BackendError, Batch, Record};
+
+fn rec(sid: i128, expiry: u64, tag: u8) -> Record {
+    Record {
+        sid,
+        expiry,
+        bytes: vec![tag; 48],
+    }
+}
+
+fn all(b: &dyn Backend) -> Vec<Record> {
+    let mut v = Vec::new();
+    b.load_all(&mut |r| {
+        v.push(r);
+        Ok(())
+    })
+    .unwrap();
+    v.sort_by_key(|r| (r.sid, r.bytes[0]));
+    v
+}
+
+fn put(b: &dyn Backend, puts: Vec<Record>, deletes: Vec<i128>) {
+    b.write_batch(&Batch { puts, deletes }).unwrap();
+}
+
+#[test]
+fn batches_loads_expiry_and_which_rows_a_node_loads() {
+    let pg = Server::start();
+    let n1 = Postgres::connect(&pg.url, "shop", "shop-0").unwrap();
+    let n2 = Postgres::connect(&pg.url, "shop", "shop-1").unwrap();
+    let other = Postgres::connect(&pg.url, "blog", "shop-0").unwrap();
+
+    put(
+        &n1,
+        vec![rec(1, 100, 1), rec(-7, 200, 1), rec(3, 300, 1)],
+        vec![],
+    );
+    // The last put of a session in one batch wins; deletes of absent sessions are fine.
+    put(&n1, vec![rec(1, 150, 2), rec(1, 160, 3)], vec![3, 99]);
+    put(&n2, vec![rec(1, 170, 4), rec(5, 500, 4)], vec![]);
+    put(&other, vec![rec(8, 800, 9)], vec![]);
+
+    assert_eq!(
+        all(&n1),
+        vec![rec(-7, 200, 1), rec(1, 160, 3)],
+        "only its own rows"
+    );
+    assert_eq!(n1.load_one(1).unwrap(), Some(rec(1, 160, 3)));
+    assert_eq!(n1.load_one(3).unwrap(), None);
+    // Its own row first; a session it never wrote: the cluster's newest row.
+    assert_eq!(n2.load_one(1).unwrap(), Some(rec(1, 170, 4)));
+    assert_eq!(n1.load_one(5).unwrap(), Some(rec(5, 500, 4)));
+    assert_eq!(other.load_one(5).unwrap(), None, "never another cluster's");
+
+    // A node with no rows of its own (a new pod name after a full restart) loads every
+    // node's rows of its cluster, never another cluster's.
+    let fresh = Postgres::connect(&pg.url, "shop", "shop-7f9c").unwrap();
+    assert_eq!(
+        all(&fresh),
+        vec![
+            rec(-7, 200, 1),
+            rec(1, 160, 3),
+            rec(1, 170, 4),
+            rec(5, 500, 4)
+        ]
+    );
+    assert_eq!(all(&other), vec![rec(8, 800, 9)]);
+
+    // Expiry covers every node of the cluster, and only that cluster.
+    assert_eq!(n2.delete_expired(200).unwrap(), 3);
+    assert_eq!(all(&fresh), vec![rec(5, 500, 4)]);
+    assert_eq!(all(&other), vec![rec(8, 800, 9)]);
+    assert!(n1.disk_bytes().is_some_and(|b| b > 0));
+}
+
+#[test]
+fn a_database_that_goes_away_is_an_error_then_the_node_reconnects() {
+    let mut pg = Server::start();
+    let b = Postgres::connect(&pg.url, "c", "n").unwrap();
+    put(&b, vec![rec(1, u64::MAX / 4, 1)], vec![]);
+    pg.stop();
+    let e = b
+        .write_batch(&Batch {
+            puts: vec![rec(2, 10_000_000_000, 2)],
+            deletes: vec![],
+        })
+        .unwrap_err();
+    assert!(matches!(e, BackendError::Io(_)), "{e}");
+    assert!(b.load_one(1).is_err());
+    pg.restart();
+    put(&b, vec![rec(2, 10_000_000_000, 2)], vec![]);
+    assert_eq!(
+        all(&b).len(),
+        2,
+        "the write before the outage is still there"
+    );
+}
+
+#[test]
+fn an_unreachable_database_fails_at_start_without_the_password() {
+    let pg = Server::start();
+    let port = pg
+        .url
+        .split(':')
+        .nth(2)
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    drop(pg);
+    let url =
+        format!("postgres://app:s3cret@127.0.0.1:{port}/shop?sslmode=disable&connect_timeout=2");
+    let e = Postgres::connect(&url, "c", "n").unwrap_err();
+    let msg = e.to_string();
+    assert!(msg.contains("connect"), "{msg}");
+    assert!(msg.contains("127.0.0.1"), "{msg}");
+    assert!(!msg.contains("s3cret"), "{msg}");
+}
+
+#[test]
+fn unreadable_rows_are_reported_as_corrupt() {
+    let pg = Server::start();
+    let b = Postgres::connect(&pg.url, "c", "n").unwrap();
+    put(&b, vec![rec(1, 100, 1)], vec![]);
+    pg.psql("INSERT INTO tribe_sessions (cluster, node, sid, expiry, state) VALUES ('c', 'n', '\\x0102', 5, '\\x00')");
+    let e = b.load_all(&mut |_| Ok(())).unwrap_err();
+    assert!(matches!(e, BackendError::Corrupt(_)), "{e}");
+    assert!(e.to_string().contains("2 bytes"), "{e}");
+}

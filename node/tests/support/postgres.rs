@@ -1,0 +1,182 @@
+//! A real PostgreSQL server (Debian's `postgresql` package) for the database backend's
+//! tests: a fresh cluster in a temp directory, listening on a free 127.0.0.1 port and a
+//! private socket directory, stopped and removed on drop.
+//!
+//! As root (CI), the server runs as the `postgres` user the package creates, since
+//! `initdb` refuses root.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::free_port;
+
+/// A running PostgreSQL server.
+pub struct Postgres {
+    /// `postgres://postgres@127.0.0.1:PORT/postgres?sslmode=disable`
+    pub url: String,
+    port: u16,
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+}
+
+/// The directory of Debian's PostgreSQL binaries (the newest installed major version).
+fn bin_dir() -> PathBuf {
+    let mut majors: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .expect("PostgreSQL is not installed: run scripts/install-test-deps")
+        .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+        .filter(|p| p.join("postgres").is_file())
+        .collect();
+    majors.sort();
+    majors
+        .pop()
+        .expect("no /usr/lib/postgresql/*/bin/postgres: run scripts/install-test-deps")
+}
+
+fn as_root() -> bool {
+    super::run("id", &["-u"]).trim() == "0"
+}
+
+/// `program args`, as the `postgres` user when we are root.
+fn command(program: PathBuf, root: bool) -> Command {
+    if root {
+        // setpriv execs (runuser would fork and keep the server from our signals).
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=postgres", "--regid=postgres", "--init-groups"])
+            .arg(program)
+            .env("HOME", "/tmp");
+        c
+    } else {
+        Command::new(program)
+    }
+}
+
+impl Postgres {
+    /// initdb, start, and wait (bounded) until the server accepts connections.
+    pub fn start() -> Postgres {
+        let bin = bin_dir();
+        let root = as_root();
+        let dir = tempfile::Builder::new()
+            .prefix("tribe-pg-")
+            .tempdir()
+            .unwrap();
+        let data = dir.path().join("data");
+        let sock = dir.path().join("sock");
+        std::fs::create_dir(&sock).unwrap();
+        if root {
+            super::run(
+                "chown",
+                &["-R", "postgres:postgres", dir.path().to_str().unwrap()],
+            );
+        }
+        let out = command(bin.join("initdb"), root)
+            .args([
+                "-D",
+                data.to_str().unwrap(),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+            ])
+            .stdin(Stdio::null())
+            .output()
+            .expect("run initdb");
+        assert!(
+            out.status.success(),
+            "initdb failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let port = free_port();
+        let mut pg = Postgres {
+            url: format!("postgres://postgres@127.0.0.1:{port}/postgres?sslmode=disable"),
+            port,
+            child: None,
+            dir,
+        };
+        pg.restart();
+        pg
+    }
+
+    /// Starts the server (again, on the same data and port) and waits (bounded) until it
+    /// accepts connections.
+    pub fn restart(&mut self) {
+        self.stop();
+        let bin = bin_dir();
+        let (data, sock) = (self.dir.path().join("data"), self.dir.path().join("sock"));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("server.log"))
+            .unwrap();
+        let port = self.port.to_string();
+        self.child = Some(
+            command(bin.join("postgres"), as_root())
+                .args(["-D", data.to_str().unwrap(), "-p", &port])
+                .args([
+                    "-k",
+                    sock.to_str().unwrap(),
+                    "-c",
+                    "listen_addresses=127.0.0.1",
+                ])
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn()
+                .expect("start postgres"),
+        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let ready = Command::new(bin.join("pg_isready"))
+                .args(["-h", "127.0.0.1", "-p", &port, "-q"])
+                .status()
+                .is_ok_and(|s| s.success());
+            if ready {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "postgres did not start in 30 s: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The server's log.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+
+    /// Runs SQL with psql; returns its unaligned output.
+    pub fn psql(&self, sql: &str) -> String {
+        super::run("psql", &["-X", "-q", "-A", "-t", &self.url, "-c", sql])
+    }
+
+    /// Stops the server (fast shutdown) and waits for it.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-INT", &c.id().to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while Instant::now() < deadline {
+                if c.try_wait().ok().flatten().is_some() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("---- postgres log ----\n{}", self.log());
+        }
+        self.stop();
+    }
+}
