@@ -502,7 +502,10 @@ fn tidy_schema(v: &mut serde_json::Value) {
                 && !map.contains_key("properties")
                 && !map.contains_key("additionalProperties");
             if free_form {
-                map.insert("x-kubernetes-preserve-unknown-fields".into(), Value::Bool(true));
+                map.insert(
+                    "x-kubernetes-preserve-unknown-fields".into(),
+                    Value::Bool(true),
+                );
             }
             for key in ["minimum", "maximum"] {
                 if let Some(f) = map.get(key).and_then(Value::as_f64) {
