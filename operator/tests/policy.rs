@@ -142,6 +142,12 @@ fn restricted_namespace_admits_the_node_pods_and_refuses_a_plain_one() {
         assert!(err.contains(says), "{loosen}: {err}");
     }
 
+    let both = "  resources: {requests: {cpu: 100m}}\n  template:\n    resources: {requests: {cpu: 100m}}\n";
+    let err = plane
+        .apply(&session_cluster("both", &ns, both))
+        .expect_err("resources in two places are refused");
+    assert!(err.contains("not both"), "{err}");
+
     let _op = Operator::start("op-restricted", &plane.kubeconfig, &opns, &[]);
     plane
         .apply(&session_cluster("shop", &ns, RESTRICTED_SPEC))
