@@ -370,10 +370,8 @@ async fn remove_ingress(ctx: &Context, sc: &SessionCluster, ns: &str) -> Result<
     let Some(existing) = api.get_opt(&name).await? else {
         return Ok(());
     };
-    let ours = existing
-        .owner_references()
-        .iter()
-        .any(|o| Some(&o.uid) == sc.uid().as_ref() && o.controller == Some(true));
+    let uid = sc.uid().unwrap_or_default();
+    let ours = ownership::ownership(Some(existing.meta()), &uid) == Ownership::Ours;
     if !ours {
         return Ok(());
     }
@@ -494,10 +492,8 @@ async fn reconcile_pod_monitor(
     let Some(existing) = api.get_opt(&name).await.map_err(apply_err)? else {
         return Ok(());
     };
-    let ours = existing
-        .owner_references()
-        .iter()
-        .any(|o| Some(&o.uid) == sc.uid().as_ref() && o.controller == Some(true));
+    let uid = sc.uid().unwrap_or_default();
+    let ours = ownership::ownership(Some(existing.meta()), &uid) == Ownership::Ours;
     if ours {
         match api.delete(&name, &DeleteParams::default()).await {
             Ok(_) => {

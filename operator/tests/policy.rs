@@ -29,19 +29,6 @@ fn setup(test: &str, app_ns: &str) -> Option<(ControlPlane, String, String)> {
     Some((plane, opns, ns))
 }
 
-fn apply(plane: &ControlPlane, yaml: &str) -> Result<String, String> {
-    plane.k_stdin(
-        &[
-            "apply",
-            "--server-side",
-            "--field-manager=tribe-test",
-            "-f",
-            "-",
-        ],
-        yaml,
-    )
-}
-
 fn session_cluster(name: &str, ns: &str, spec: &str) -> String {
     format!("apiVersion: tribe.rs/v1alpha1\nkind: SessionCluster\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n{spec}")
 }
@@ -94,8 +81,9 @@ fn restricted_namespace_admits_the_node_pods_and_refuses_a_plain_one() {
     let plain = format!(
         "apiVersion: v1\nkind: Pod\nmetadata:\n  name: plain\n  namespace: {ns}\nspec:\n  containers:\n  - name: c\n    image: busybox\n"
     );
-    let refused =
-        apply(&plane, &plain).expect_err("a plain pod is refused in a restricted namespace");
+    let refused = plane
+        .apply(&plain)
+        .expect_err("a plain pod is refused in a restricted namespace");
     assert!(refused.contains("PodSecurity"), "{refused}");
 
     // The chart's operator pod is admitted (server-side dry run of its pod template).
@@ -142,13 +130,22 @@ fn restricted_namespace_admits_the_node_pods_and_refuses_a_plain_one() {
         ),
     ] {
         let spec = format!("  template:\n    securityContext:\n      {loosen}\n");
-        let err = apply(&plane, &session_cluster("loose", &ns, &spec))
+        let err = plane
+            .apply(&session_cluster("loose", &ns, &spec))
             .expect_err(&format!("{loosen} is refused"));
         assert!(err.contains(says), "{loosen}: {err}");
     }
 
+    let both = "  resources: {requests: {cpu: 100m}}\n  template:\n    resources: {requests: {cpu: 100m}}\n";
+    let err = plane
+        .apply(&session_cluster("both", &ns, both))
+        .expect_err("resources in two places are refused");
+    assert!(err.contains("not both"), "{err}");
+
     let _op = Operator::start("op-restricted", &plane.kubeconfig, &opns, &[]);
-    apply(&plane, &session_cluster("shop", &ns, RESTRICTED_SPEC)).unwrap();
+    plane
+        .apply(&session_cluster("shop", &ns, RESTRICTED_SPEC))
+        .unwrap();
     let selector = "app.kubernetes.io/instance=shop,app.kubernetes.io/name=tribe-node";
     let pods = wait_for("2 node pods created by the ReplicaSet", LONG, || {
         let failed = items(
@@ -200,11 +197,13 @@ fn a_service_of_someone_else_is_left_alone_until_it_is_gone() {
     let theirs = format!(
         "apiVersion: v1\nkind: Service\nmetadata:\n  name: shop\n  namespace: {ns}\n  labels:\n    owner: someone-else\nspec:\n  selector:\n    app: legacy\n  ports:\n  - name: web\n    port: 80\n    targetPort: 8000\n"
     );
-    apply(&plane, &theirs).unwrap();
+    plane.apply(&theirs).unwrap();
     let before = plane.get_json(&["-n", &ns, "service", "shop"]).unwrap();
 
     let _op = Operator::start("op-foreign", &plane.kubeconfig, &opns, &[]);
-    apply(&plane, &session_cluster("shop", &ns, "  replicas: 1\n")).unwrap();
+    plane
+        .apply(&session_cluster("shop", &ns, "  replicas: 1\n"))
+        .unwrap();
     let cond = wait_for("ChildrenOwned=False", LONG, || {
         let sc = plane.get_json(&["-n", &ns, "sessioncluster", "shop"])?;
         match condition(&sc, "ChildrenOwned") {

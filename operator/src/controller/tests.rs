@@ -596,3 +596,27 @@ async fn pod_monitor_is_applied_and_removed_when_the_kind_exists() {
     res.unwrap();
     assert!(find(&seen, Method::DELETE, path).is_none());
 }
+
+#[test]
+fn validation_checks_the_template() {
+    use crate::crd::PodTemplate;
+    use k8s_openapi::api::core::v1::{ResourceRequirements, Volume};
+    let mut spec = SessionClusterSpec {
+        template: Some(PodTemplate {
+            volumes: Some(vec![Volume {
+                name: "cluster-key".into(),
+                ..Volume::default()
+            }]),
+            ..PodTemplate::default()
+        }),
+        ..SessionClusterSpec::default()
+    };
+    assert!(validate(&spec).unwrap_err().contains("cluster-key"));
+    spec.template = Some(PodTemplate {
+        resources: Some(ResourceRequirements::default()),
+        ..PodTemplate::default()
+    });
+    assert!(validate(&spec).is_ok());
+    spec.resources = Some(ResourceRequirements::default());
+    assert!(validate(&spec).unwrap_err().contains("not both"));
+}
