@@ -256,9 +256,10 @@ where
     };
     let before = api.get_opt(&name).await.map_err(apply_err)?;
     let uid = sc.uid().unwrap_or_default();
-    if let (Ownership::Foreign, Some(existing)) =
-        (ownership::ownership(before.as_ref().map(|b| b.meta()), &uid), &before)
-    {
+    if let (Ownership::Foreign, Some(existing)) = (
+        ownership::ownership(before.as_ref().map(|b| b.meta()), &uid),
+        &before,
+    ) {
         let related = existing.object_ref(&());
         report_conflict(ctx, sc, conflicts, kind, name, related).await;
         return Ok(None);
@@ -369,10 +370,8 @@ async fn remove_ingress(ctx: &Context, sc: &SessionCluster, ns: &str) -> Result<
     let Some(existing) = api.get_opt(&name).await? else {
         return Ok(());
     };
-    let ours = existing
-        .owner_references()
-        .iter()
-        .any(|o| Some(&o.uid) == sc.uid().as_ref() && o.controller == Some(true));
+    let uid = sc.uid().unwrap_or_default();
+    let ours = ownership::ownership(Some(existing.meta()), &uid) == Ownership::Ours;
     if !ours {
         return Ok(());
     }
@@ -456,9 +455,10 @@ async fn reconcile_pod_monitor(
     if monitoring.pod_monitor {
         let before = api.get_opt(&name).await.map_err(apply_err)?;
         let uid = sc.uid().unwrap_or_default();
-        if let (Ownership::Foreign, Some(existing)) =
-            (ownership::ownership(before.as_ref().map(|b| &b.metadata), &uid), &before)
-        {
+        if let (Ownership::Foreign, Some(existing)) = (
+            ownership::ownership(before.as_ref().map(|b| &b.metadata), &uid),
+            &before,
+        ) {
             let related = existing.object_ref(&ar);
             report_conflict(ctx, sc, conflicts, kind.into(), name.clone(), related).await;
             return Ok(());
@@ -492,10 +492,8 @@ async fn reconcile_pod_monitor(
     let Some(existing) = api.get_opt(&name).await.map_err(apply_err)? else {
         return Ok(());
     };
-    let ours = existing
-        .owner_references()
-        .iter()
-        .any(|o| Some(&o.uid) == sc.uid().as_ref() && o.controller == Some(true));
+    let uid = sc.uid().unwrap_or_default();
+    let ours = ownership::ownership(Some(existing.meta()), &uid) == Ownership::Ours;
     if ours {
         match api.delete(&name, &DeleteParams::default()).await {
             Ok(_) => {

@@ -485,8 +485,9 @@ fn resources_schema(_: &mut SchemaGenerator) -> Schema {
 
 /// Rewrites what kube's structural-schema pass leaves in a shape API servers and
 /// validators like less: int-or-string nodes get the canonical typed
-/// `anyOf: [{type: integer}, {type: string}]`, and integral `minimum`/`maximum` floats
-/// become integers.
+/// `anyOf: [{type: integer}, {type: string}]`, integral `minimum`/`maximum` floats
+/// become integers, and free-form objects of the core/v1 types (an object without
+/// properties, e.g. `managedFields[].fieldsV1`) keep their fields instead of pruning them.
 fn tidy_schema(v: &mut serde_json::Value) {
     use serde_json::{json, Value};
     match v {
@@ -495,6 +496,15 @@ fn tidy_schema(v: &mut serde_json::Value) {
                 map.insert(
                     "anyOf".into(),
                     json!([{ "type": "integer" }, { "type": "string" }]),
+                );
+            }
+            let free_form = map.get("type") == Some(&Value::String("object".into()))
+                && !map.contains_key("properties")
+                && !map.contains_key("additionalProperties");
+            if free_form {
+                map.insert(
+                    "x-kubernetes-preserve-unknown-fields".into(),
+                    Value::Bool(true),
                 );
             }
             for key in ["minimum", "maximum"] {

@@ -79,7 +79,11 @@ impl Conflict {
 /// empty for the caller to fill.
 pub fn condition(conflicts: &[Conflict], generation: Option<i64>) -> Condition {
     let (status, reason, message) = if conflicts.is_empty() {
-        ("True", "AllOwned", "every child is owned by this SessionCluster".to_string())
+        (
+            "True",
+            "AllOwned",
+            "every child is owned by this SessionCluster".to_string(),
+        )
     } else {
         let names: Vec<String> = conflicts.iter().map(Conflict::to_string).collect();
         (
@@ -163,7 +167,10 @@ mod tests {
             ],
             Some(3),
         );
-        assert_eq!((c.status.as_str(), c.reason.as_str()), ("False", "Conflict"));
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", "Conflict")
+        );
         assert!(c.message.contains("Service/shop"), "{}", c.message);
         assert!(c.message.contains("Secret/shop-key"), "{}", c.message);
     }

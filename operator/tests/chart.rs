@@ -240,7 +240,10 @@ fn default_render_has_cluster_rbac_and_a_hardened_operator() {
         format!("tribe-operator:{}", env!("CARGO_PKG_VERSION"))
     );
     assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
-    assert_eq!(pod["securityContext"]["seccompProfile"]["type"], "RuntimeDefault");
+    assert_eq!(
+        pod["securityContext"]["seccompProfile"]["type"],
+        "RuntimeDefault"
+    );
     assert_ne!(pod["securityContext"]["runAsUser"], 0);
     assert_eq!(c["securityContext"]["allowPrivilegeEscalation"], false);
     assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);

@@ -40,16 +40,7 @@ fn session_cluster(name: &str, ns: &str, spec: &str) -> String {
 
 fn apply(plane: &ControlPlane, yaml: &str) {
     plane
-        .k_stdin(
-            &[
-                "apply",
-                "--server-side",
-                "--field-manager=tribe-test",
-                "-f",
-                "-",
-            ],
-            yaml,
-        )
+        .apply(yaml)
         .unwrap_or_else(|e| panic!("apply failed: {e}\n{yaml}"));
 }
 

@@ -29,19 +29,6 @@ fn setup(test: &str, app_ns: &str) -> Option<(ControlPlane, String, String)> {
     Some((plane, opns, ns))
 }
 
-fn apply(plane: &ControlPlane, yaml: &str) -> Result<String, String> {
-    plane.k_stdin(
-        &[
-            "apply",
-            "--server-side",
-            "--field-manager=tribe-test",
-            "-f",
-            "-",
-        ],
-        yaml,
-    )
-}
-
 fn session_cluster(name: &str, ns: &str, spec: &str) -> String {
     format!("apiVersion: tribe.rs/v1alpha1\nkind: SessionCluster\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n{spec}")
 }
@@ -94,7 +81,9 @@ fn restricted_namespace_admits_the_node_pods_and_refuses_a_plain_one() {
     let plain = format!(
         "apiVersion: v1\nkind: Pod\nmetadata:\n  name: plain\n  namespace: {ns}\nspec:\n  containers:\n  - name: c\n    image: busybox\n"
     );
-    let refused = apply(&plane, &plain).expect_err("a plain pod is refused in a restricted namespace");
+    let refused = plane
+        .apply(&plain)
+        .expect_err("a plain pod is refused in a restricted namespace");
     assert!(refused.contains("PodSecurity"), "{refused}");
 
     // The chart's operator pod is admitted (server-side dry run of its pod template).
@@ -126,22 +115,38 @@ fn restricted_namespace_admits_the_node_pods_and_refuses_a_plain_one() {
     // A template that loosens the security context is refused by the CRD itself.
     for (loosen, says) in [
         ("privileged: true", "may not set privileged"),
-        ("allowPrivilegeEscalation: true", "may not allow privilege escalation"),
-        ("capabilities: {add: [NET_ADMIN]}", "may not add capabilities"),
+        (
+            "allowPrivilegeEscalation: true",
+            "may not allow privilege escalation",
+        ),
+        (
+            "capabilities: {add: [NET_ADMIN]}",
+            "may not add capabilities",
+        ),
         ("runAsNonRoot: false", "may not run as root"),
-        ("readOnlyRootFilesystem: false", "may not make the root filesystem writable"),
+        (
+            "readOnlyRootFilesystem: false",
+            "may not make the root filesystem writable",
+        ),
     ] {
         let spec = format!("  template:\n    securityContext:\n      {loosen}\n");
-        let err = apply(&plane, &session_cluster("loose", &ns, &spec))
+        let err = plane
+            .apply(&session_cluster("loose", &ns, &spec))
             .expect_err(&format!("{loosen} is refused"));
         assert!(err.contains(says), "{loosen}: {err}");
     }
 
     let _op = Operator::start("op-restricted", &plane.kubeconfig, &opns, &[]);
-    apply(&plane, &session_cluster("shop", &ns, RESTRICTED_SPEC)).unwrap();
+    plane
+        .apply(&session_cluster("shop", &ns, RESTRICTED_SPEC))
+        .unwrap();
     let selector = "app.kubernetes.io/instance=shop,app.kubernetes.io/name=tribe-node";
     let pods = wait_for("2 node pods created by the ReplicaSet", LONG, || {
-        let failed = items(&plane, &ns, &["events", "--field-selector", "reason=FailedCreate"])?;
+        let failed = items(
+            &plane,
+            &ns,
+            &["events", "--field-selector", "reason=FailedCreate"],
+        )?;
         if let Some(e) = failed.first() {
             panic!("the ReplicaSet could not create a pod: {}", e["message"]);
         }
@@ -154,7 +159,10 @@ fn restricted_namespace_admits_the_node_pods_and_refuses_a_plain_one() {
     });
     let pod = &pods[0]["spec"];
     assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
-    assert_eq!(pod["securityContext"]["seccompProfile"]["type"], "RuntimeDefault");
+    assert_eq!(
+        pod["securityContext"]["seccompProfile"]["type"],
+        "RuntimeDefault"
+    );
     let containers = pod["containers"].as_array().unwrap();
     assert_eq!(containers.len(), 2, "the node and the app");
     for c in containers {
@@ -162,7 +170,11 @@ fn restricted_namespace_admits_the_node_pods_and_refuses_a_plain_one() {
         assert_eq!(sc["runAsUser"], 10001, "{}", c["name"]);
         assert_eq!(sc["readOnlyRootFilesystem"], true, "{}", c["name"]);
         assert!(
-            c["env"].as_array().unwrap().iter().any(|e| e["name"] == "SHOP_MODE"),
+            c["env"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["name"] == "SHOP_MODE"),
             "{} has the template's env",
             c["name"]
         );
@@ -179,11 +191,13 @@ fn a_service_of_someone_else_is_left_alone_until_it_is_gone() {
     let theirs = format!(
         "apiVersion: v1\nkind: Service\nmetadata:\n  name: shop\n  namespace: {ns}\n  labels:\n    owner: someone-else\nspec:\n  selector:\n    app: legacy\n  ports:\n  - name: web\n    port: 80\n    targetPort: 8000\n"
     );
-    apply(&plane, &theirs).unwrap();
+    plane.apply(&theirs).unwrap();
     let before = plane.get_json(&["-n", &ns, "service", "shop"]).unwrap();
 
     let _op = Operator::start("op-foreign", &plane.kubeconfig, &opns, &[]);
-    apply(&plane, &session_cluster("shop", &ns, "  replicas: 1\n")).unwrap();
+    plane
+        .apply(&session_cluster("shop", &ns, "  replicas: 1\n"))
+        .unwrap();
     let cond = wait_for("ChildrenOwned=False", LONG, || {
         let sc = plane.get_json(&["-n", &ns, "sessioncluster", "shop"])?;
         match condition(&sc, "ChildrenOwned") {
@@ -221,8 +235,7 @@ fn a_service_of_someone_else_is_left_alone_until_it_is_gone() {
     // Untouched: same resourceVersion, no owner, its own selector and ports.
     let now = plane.get_json(&["-n", &ns, "service", "shop"]).unwrap();
     assert_eq!(
-        now["metadata"]["resourceVersion"],
-        before["metadata"]["resourceVersion"],
+        now["metadata"]["resourceVersion"], before["metadata"]["resourceVersion"],
         "the operator wrote to someone else's Service"
     );
     assert!(now["metadata"]["ownerReferences"].is_null());
@@ -230,7 +243,10 @@ fn a_service_of_someone_else_is_left_alone_until_it_is_gone() {
 
     // Gone: the operator creates its own and the condition clears.
     plane.k(&["-n", &ns, "delete", "service", "shop", "--wait=true"]);
-    let sc_uid = plane.get_json(&["-n", &ns, "sessioncluster", "shop"]).unwrap()["metadata"]["uid"].clone();
+    let sc_uid = plane
+        .get_json(&["-n", &ns, "sessioncluster", "shop"])
+        .unwrap()["metadata"]["uid"]
+        .clone();
     let ours = wait_for("the operator's own Service shop", LONG, || {
         let svc = plane.get_json(&["-n", &ns, "service", "shop"])?;
         let owned = svc["metadata"]["ownerReferences"]

@@ -203,8 +203,11 @@ fn with_foreign(path: &'static str, kind: &'static str) -> impl FnMut(&Seen) -> 
 
 #[tokio::test]
 async fn a_service_of_someone_else_is_left_alone_and_reported() {
-    let (res, seen, _) =
-        run_once(cluster("shop", NS), with_foreign("/services/shop", "Service")).await;
+    let (res, seen, _) = run_once(
+        cluster("shop", NS),
+        with_foreign("/services/shop", "Service"),
+    )
+    .await;
     res.unwrap();
     let touched: Vec<_> = seen
         .iter()
@@ -223,7 +226,10 @@ async fn a_service_of_someone_else_is_left_alone_and_reported() {
     let c = condition(status_patch(&seen), "ChildrenOwned");
     assert_eq!(c["status"], "False");
     assert_eq!(c["reason"], "Conflict");
-    assert!(c["message"].as_str().unwrap().contains("Service/shop"), "{c}");
+    assert!(
+        c["message"].as_str().unwrap().contains("Service/shop"),
+        "{c}"
+    );
     assert!(events(&seen).contains(&("Warning".into(), "Conflict".into())));
 }
 
@@ -236,17 +242,20 @@ async fn a_key_secret_of_someone_else_holds_the_deployment_back() {
     .await;
     res.unwrap();
     assert!(
-        !seen
-            .iter()
-            .any(|s| (s.path.contains("/secrets") || s.path.contains("/deployments/"))
-                && s.method != Method::GET),
+        !seen.iter().any(
+            |s| (s.path.contains("/secrets") || s.path.contains("/deployments/"))
+                && s.method != Method::GET
+        ),
         "{:#?}",
         lines(&seen)
     );
     assert!(find(&seen, Method::PATCH, "/api/v1/namespaces/web/services/shop").is_some());
     let c = condition(status_patch(&seen), "ChildrenOwned");
     assert_eq!(c["status"], "False");
-    assert!(c["message"].as_str().unwrap().contains("Secret/shop-key"), "{c}");
+    assert!(
+        c["message"].as_str().unwrap().contains("Secret/shop-key"),
+        "{c}"
+    );
 }
 
 #[tokio::test]

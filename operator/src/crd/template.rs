@@ -7,8 +7,8 @@
 //! running as root, a writable root filesystem and unconfined profiles.
 
 use k8s_openapi::api::core::v1::{
-    Affinity, EnvFromSource, EnvVar, LocalObjectReference, ResourceRequirements,
-    SecurityContext, Toleration, TopologySpreadConstraint, Volume, VolumeMount,
+    Affinity, EnvFromSource, EnvVar, LocalObjectReference, ResourceRequirements, SecurityContext,
+    Toleration, TopologySpreadConstraint, Volume, VolumeMount,
 };
 use kube::KubeSchema;
 use serde::{Deserialize, Serialize};

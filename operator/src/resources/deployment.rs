@@ -1,7 +1,7 @@
 //! The Deployment of node pods.
 
-use super::*;
 use super::template::{container_security_context, pod_template, KEY_VOLUME};
+use super::*;
 use crate::crd::{Membership, PodTemplate, SessionCluster};
 use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,

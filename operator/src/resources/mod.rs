@@ -23,9 +23,9 @@ pub use secret::{random_key, secret};
 pub use service::{headless_service, service, METRICS_PORT_NAME};
 pub use sidecar::{app_container, exposed_http_port, node_ports, sidecar_env};
 pub use template::{
-    check_template, container_security_context, default_spread, merge_env,
-    merged_security_context, pod_template, KEY_VOLUME, NODE_GROUP, SPREAD_KEYS,
-    TERMINATION_GRACE_SECONDS, TMP_DIR, TMP_VOLUME,
+    check_template, container_security_context, default_spread, merge_env, merged_security_context,
+    pod_template, KEY_VOLUME, NODE_GROUP, SPREAD_KEYS, TERMINATION_GRACE_SECONDS, TMP_DIR,
+    TMP_VOLUME,
 };
 
 use crate::crd::SessionCluster;

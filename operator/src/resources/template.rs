@@ -13,8 +13,8 @@ use super::*;
 use crate::crd::{PodTemplate, SessionCluster};
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, EmptyDirVolumeSource, EnvVar, PodSecurityContext, PodSpec,
-    PodTemplateSpec, SeccompProfile, SecretVolumeSource, SecurityContext,
-    TopologySpreadConstraint, Volume, VolumeMount,
+    PodTemplateSpec, SeccompProfile, SecretVolumeSource, SecurityContext, TopologySpreadConstraint,
+    Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
@@ -118,7 +118,10 @@ pub fn merge_env(ours: Vec<EnvVar>, extra: &[EnvVar]) -> Vec<EnvVar> {
 /// Adds the template's env, envFrom, volume mounts and security context to a container
 /// the operator built, plus the `/tmp` scratch mount unless the template mounts there.
 fn apply_to_container(c: &mut Container, t: &PodTemplate) {
-    let env = merge_env(c.env.take().unwrap_or_default(), t.env.as_deref().unwrap_or_default());
+    let env = merge_env(
+        c.env.take().unwrap_or_default(),
+        t.env.as_deref().unwrap_or_default(),
+    );
     c.env = (!env.is_empty()).then_some(env);
     if let Some(from) = &t.env_from {
         c.env_from = Some(from.clone());
@@ -280,7 +283,10 @@ mod tests {
         let pod = pod(&sc);
         let psc = pod.security_context.as_ref().unwrap();
         assert_eq!(psc.run_as_non_root, Some(true));
-        assert_eq!(psc.seccomp_profile.as_ref().unwrap().type_, "RuntimeDefault");
+        assert_eq!(
+            psc.seccomp_profile.as_ref().unwrap().type_,
+            "RuntimeDefault"
+        );
         assert_eq!(pod.containers.len(), 2);
         for c in &pod.containers {
             let sc = c.security_context.as_ref().unwrap();
@@ -364,7 +370,10 @@ mod tests {
             metadata: Some(TemplateMetadata {
                 labels: [
                     ("team".to_string(), "web".to_string()),
-                    ("app.kubernetes.io/instance".to_string(), "hijack".to_string()),
+                    (
+                        "app.kubernetes.io/instance".to_string(),
+                        "hijack".to_string(),
+                    ),
                 ]
                 .into(),
                 annotations: [("owner".to_string(), "web-team".to_string())].into(),

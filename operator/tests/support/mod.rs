@@ -57,13 +57,13 @@ fn is_executable(p: &Path) -> bool {
 
 /// A fresh, empty scratch directory for one test.
 pub fn scratch_dir(tag: &str) -> PathBuf {
-    scratch_dir_in(&std::env::temp_dir(), tag)
+    fresh_dir(&std::env::temp_dir(), tag)
 }
 
-/// A fresh, empty directory `<parent>/tribe-<tag>-<pid>-<n>`.
-pub fn scratch_dir_in(parent: &Path, tag: &str) -> PathBuf {
+/// A fresh, empty directory `tribe-<tag>-<pid>-<n>` in `base`.
+fn fresh_dir(base: &Path, tag: &str) -> PathBuf {
     static N: AtomicU32 = AtomicU32::new(0);
-    let dir = parent.join(format!(
+    let dir = base.join(format!(
         "tribe-{tag}-{}-{}",
         std::process::id(),
         N.fetch_add(1, Ordering::Relaxed)
@@ -71,6 +71,12 @@ pub fn scratch_dir_in(parent: &Path, tag: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("create scratch dir");
     dir
+}
+
+/// A fresh, empty directory for a control plane, under the build's own scratch space
+/// (`CARGO_TARGET_TMPDIR`) rather than the system temp directory.
+pub fn plane_dir(tag: &str) -> PathBuf {
+    fresh_dir(Path::new(env!("CARGO_TARGET_TMPDIR")), tag)
 }
 
 /// Prints a banner that cannot be missed in `cargo test` output, for a test that skips.
@@ -417,13 +423,10 @@ impl ControlPlane {
             return None;
         };
         let kubectl = require_tool("kubectl");
-        // Not under /tmp: the podrunner bind-mounts each pod's volumes from this directory
-        // after the pod's own /tmp mount (node pods get an emptyDir there), which would
-        // hide the sources.
-        let dir = scratch_dir_in(
-            Path::new(env!("CARGO_TARGET_TMPDIR")),
-            &format!("k8s-{test}"),
-        );
+        // Not under /tmp: node pods mount an emptyDir on /tmp (their root filesystem is
+        // read-only), which in the podrunner's mount namespace would hide the pod
+        // directories (and the volumes) it keeps in this directory.
+        let dir = plane_dir(&format!("k8s-{test}"));
         eprintln!("[{test}] starting a control plane in {}", dir.display());
         let started = Instant::now();
         let plane = ControlPlane {
@@ -471,6 +474,21 @@ impl ControlPlane {
     /// Runs kubectl with `yaml` on stdin (e.g. `apply -f -`).
     pub fn k_stdin(&self, args: &[&str], yaml: &str) -> Result<String, String> {
         run_with_stdin(self.kubectl().args(args), yaml)
+    }
+
+    /// Server-side applies `yaml` (field manager `tribe-test`); `Err` with kubectl's
+    /// output when the API server refuses it.
+    pub fn apply(&self, yaml: &str) -> Result<String, String> {
+        self.k_stdin(
+            &[
+                "apply",
+                "--server-side",
+                "--field-manager=tribe-test",
+                "-f",
+                "-",
+            ],
+            yaml,
+        )
     }
 
     /// `kubectl get ... -o json`, parsed; `Err` when the get fails (e.g. not found).
