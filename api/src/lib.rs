@@ -4,7 +4,7 @@
 //! - [`ClusterView`] — the JSON document a node serves on its admin port at `GET /cluster`;
 //! - [`ReplicationMode`], [`SendMode`], [`MembershipMode`], [`SessionAdapter`] — the mode values, with their
 //!   spelling on the command line, in environment variables and in JSON;
-//! - [`env`] — the names of the `TRIBE_*` environment variables a node reads;
+//! - [`env`](mod@env) — the names of the `TRIBE_*` environment variables a node reads;
 //! - [`ports`] — the default ports.
 //!
 //! Dependency-light on purpose (serde only; JSON Schema behind the `schemars` feature):
