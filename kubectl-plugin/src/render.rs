@@ -3,39 +3,7 @@
 use serde::Deserialize;
 use std::collections::BTreeMap;
 
-/// A member in a node's `/cluster` view.
-#[derive(Debug, Clone, Deserialize, Default)]
-#[serde(default)]
-pub struct MemberView {
-    /// Node id.
-    pub node: String,
-    /// `alive` or `suspect`.
-    pub state: String,
-}
-
-/// A node's `/cluster` document (the fields shown).
-#[derive(Debug, Clone, Deserialize, Default)]
-#[serde(default)]
-pub struct ClusterView {
-    /// Node id.
-    pub node: String,
-    /// `delta` or `backup`.
-    pub replication: String,
-    /// `async` or `sync`.
-    pub send_mode: String,
-    /// Joined and state transferred.
-    pub ready: bool,
-    /// Live sessions held.
-    pub sessions: u64,
-    /// Backup mode: sessions it is primary for.
-    pub primary: u64,
-    /// Backup mode: sessions it is a backup for.
-    pub backup: u64,
-    /// Backup mode: sessions not yet on all their owners.
-    pub rereplication_backlog: u64,
-    /// The other members.
-    pub members: Vec<MemberView>,
-}
+pub use tribe_api::{ClusterView, MemberState};
 
 /// One session's metadata as a node lists it.
 #[derive(Debug, Clone, Deserialize, Default, PartialEq)]
@@ -139,7 +107,7 @@ pub fn status_rows(views: &[(String, Result<ClusterView, String>)]) -> Vec<Vec<S
                 let alive: Vec<&str> = v
                     .members
                     .iter()
-                    .filter(|m| m.state == "alive")
+                    .filter(|m| m.state == MemberState::Alive)
                     .map(|m| m.node.as_str())
                     .collect();
                 let suspect = v.members.len() - alive.len();
@@ -220,6 +188,7 @@ pub const SESSIONS_HEADER: [&str; 6] = ["ID", "SIZE", "ATTRS", "LAST ACCESS", "O
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tribe_api::MemberView;
 
     fn meta(id: &str, version: u64) -> SessionMeta {
         SessionMeta {
@@ -274,11 +243,15 @@ mod tests {
             members: vec![
                 MemberView {
                     node: "n2".into(),
-                    state: "alive".into(),
+                    addr: "10.0.0.2:4000".into(),
+                    state: MemberState::Alive,
+                    incarnation: 1,
                 },
                 MemberView {
                     node: "n3".into(),
-                    state: "suspect".into(),
+                    addr: "10.0.0.3:4000".into(),
+                    state: MemberState::Suspect,
+                    incarnation: 1,
                 },
             ],
             ..ClusterView::default()

@@ -1,66 +1,105 @@
 //! Tribe node: replicated HTTP sessions for axum/tower-sessions apps, the way Tomcat's
 //! DeltaManager/BackupManager cluster replicates sessions for Java web apps.
 //!
-//! # Layout
-//! - [`config`] — every flag and env var.
-//! - [`crypto`] — the cluster key and HMAC tags.
-//! - [`keyring`] — the key file (one or several keys), reloaded on change (rotation).
-//! - [`handshake`] — the Noise handshake and the per-connection frame ciphers.
-//! - [`wire`] — frames and messages (magic, version, type, length, tag; postcard bodies).
-//! - [`store`] — the versioned session table (last-writer-wins per attribute).
-//! - [`ownership`] — rendezvous hashing for backup mode.
-//! - [`persist`] — the durable copy under the session table: backends, the flusher,
-//!   start from disk, swap-out.
-//! - [`membership`] — multicast, DNS and static discovery of peers.
-//! - [`transport`] — TCP dial/accept with the authenticated handshake, pre-auth limits.
-//! - [`replication`] — the replication core: liveness, message handling, anti-entropy,
-//!   write stamping and sync acks as pure decisions, plus the deterministic simulation.
-//! - [`cluster`] — the driver: sockets, links, timers and the flows that wait, performing
-//!   the core's effects.
-//! - [`session_store`] — [`session_store::ReplicatedStore`], a `tower_sessions::SessionStore`.
-//! - [`ryw`] — read-your-writes: the signed version cookie and its layer.
-//! - [`http`] — the demo app and the admin endpoints.
-//! - [`metrics`] — Prometheus metrics.
-//! - [`resp`] — the Redis-protocol endpoint (`--resp-addr`): sessions for any language.
+//! # Running your own app
+//! A node is a library: build a [`Config`] (usually [`Config::from_env`], so the
+//! `TRIBE_*` variables the operator sets work for any app), [`Node::bind`] it, and hand
+//! [`Node::serve`] your `axum::Router`. The node puts the session layer
+//! ([`tower_sessions`] over a [`ReplicatedStore`]), read-your-writes and split-brain
+//! protection on it, and runs it with the node's readiness, shutdown delay, drain,
+//! session hand-off and ordered shutdown. Handlers take a [`tower_sessions::Session`]:
 //!
-//! [`run`] takes already-bound listeners and a shutdown future; `main.rs` only parses
-//! flags, binds sockets and calls it.
+//! ```no_run
+//! use tribe_node::axum::{routing::get, Router};
+//! use tribe_node::tower_sessions::Session;
+//!
+//! async fn visits(session: Session) -> String {
+//!     let n: u64 = session.get("visits").await.ok().flatten().unwrap_or(0) + 1;
+//!     let _ = session.insert("visits", n).await;
+//!     format!("visit {n}\n")
+//! }
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let node = tribe_node::Node::bind(tribe_node::Config::from_env()?).await?;
+//! node.serve(Router::new().route("/", get(visits))).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! `node/examples/own_app.rs` is a complete app. Use the re-exported [`axum`] and
+//! [`tower_sessions`] so your app links the same versions as the node.
+//!
+//! # What the app may assume
+//! - Session data is replicated to the other nodes (all of them in `delta` mode; a
+//!   primary and `backups` others in `backup` mode) and survives a node leaving.
+//! - A client reads its own writes on any node (the version cookie; bounded by
+//!   `consistency_wait`).
+//! - While `min_members` is not met, requests that may write (not GET/HEAD/OPTIONS) are
+//!   answered 503 before they reach the app.
+//!
+//! # Layout
+//! - [`config`] — every setting: flag, env var, default, help, parser (one table).
+//! - [`node`] — [`Node`]: listeners, key, cluster, metrics, serving and shutdown.
+//! - [`Cluster`] — the running cluster's handle (members, readiness, the view).
+//! - [`ReplicatedStore`] — the `tower_sessions::SessionStore` over the cluster.
+//! - [`ClusterKey`] — the cluster key.
+//!
+//! The other modules are internals (hidden from these docs; the tests use them): the key
+//! file and rotation, the Noise handshake, the wire format, the session table,
+//! ownership, persistence (backends, the flusher, start from disk, swap-out), membership discovery, transport, the replication core and its
+//! simulation, read-your-writes, the admin and demo HTTP routers, metrics and the Redis
+//! protocol endpoint.
 #![forbid(unsafe_code)]
 
-pub mod cluster;
 pub mod config;
+pub mod node;
+
+#[doc(hidden)]
+pub mod cluster;
+#[doc(hidden)]
 pub mod crypto;
+#[doc(hidden)]
 pub mod handshake;
+#[doc(hidden)]
 pub mod http;
+#[doc(hidden)]
 pub mod keyring;
+#[doc(hidden)]
 pub mod membership;
+#[doc(hidden)]
 pub mod metrics;
+#[doc(hidden)]
 pub mod ownership;
+#[doc(hidden)]
 pub mod persist;
+#[doc(hidden)]
 pub mod replication;
+#[doc(hidden)]
 pub mod resp;
+#[doc(hidden)]
 pub mod ryw;
+#[doc(hidden)]
 pub mod session_store;
+#[doc(hidden)]
 pub mod store;
+#[doc(hidden)]
 pub mod transport;
+#[doc(hidden)]
 pub mod wire;
 
-use std::future::Future;
-use std::net::SocketAddr;
-use std::sync::Arc;
+pub use axum;
+pub use tower_sessions;
+pub use tribe_api;
 
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
-
-pub use cluster::Cluster;
-pub use config::Config;
+pub use cluster::{Cluster, ClusterError};
+pub use config::{Config, ConfigError};
 pub use crypto::ClusterKey;
+pub use node::{Listeners, Node};
 pub use session_store::ReplicatedStore;
 
 /// Errors that stop a node.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// Neither a cluster key nor `--insecure`.
+    /// Neither a cluster key nor `insecure`.
     #[error("no cluster key: set --cluster-key-file (TRIBE_CLUSTER_KEY_FILE), or pass --insecure to run without one")]
     NoKey,
     /// The key file could not be read or is empty.
@@ -69,6 +108,9 @@ pub enum Error {
     /// The advertise address is not usable.
     #[error("invalid --advertise-addr {0:?}: {1}")]
     Advertise(String, String),
+    /// A listener could not be bound.
+    #[error("cannot bind {0}: {1}")]
+    Bind(std::net::SocketAddr, std::io::Error),
     /// The cluster side failed to start.
     #[error(transparent)]
     Cluster(#[from] cluster::ClusterError),
@@ -78,185 +120,4 @@ pub enum Error {
     /// The RESP password file could not be read.
     #[error("--resp-password-file {0}: {1}")]
     RespPasswordFile(String, String),
-}
-
-/// Loads the cluster keys per the config (`--cluster-key-file` or `--insecure`); see
-/// [`keyring`] for the file format.
-pub fn load_key(cfg: &Config) -> Result<keyring::KeySet, Error> {
-    match (&cfg.cluster_key_file, cfg.insecure) {
-        (Some(path), _) => {
-            keyring::load(path).map_err(|e| Error::KeyFile(path.display().to_string(), e))
-        }
-        (None, true) => Ok(keyring::KeySet::insecure()),
-        (None, false) => Err(Error::NoKey),
-    }
-}
-
-/// The address peers dial: `--advertise-addr` (host or host:port), else the replication
-/// listener's address when it is specific, else the default route's IPv4 address.
-pub fn advertise_addr(cfg: &Config, replication: SocketAddr) -> Result<SocketAddr, Error> {
-    let port = replication.port();
-    if let Some(a) = &cfg.advertise_addr {
-        if let Ok(sa) = a.parse::<SocketAddr>() {
-            return Ok(sa);
-        }
-        if let Ok(ip) = a.parse::<std::net::IpAddr>() {
-            return Ok(SocketAddr::new(ip, port));
-        }
-        use std::net::ToSocketAddrs;
-        let resolved = (a.as_str(), port)
-            .to_socket_addrs()
-            .map_err(|e| Error::Advertise(a.clone(), e.to_string()))?;
-        return resolved
-            .into_iter()
-            .find(|s| s.is_ipv4())
-            .ok_or_else(|| Error::Advertise(a.clone(), "no IPv4 address".into()));
-    }
-    if !replication.ip().is_unspecified() {
-        return Ok(replication);
-    }
-    let ip =
-        membership::multicast::resolve_interface(None).unwrap_or(std::net::Ipv4Addr::LOCALHOST);
-    Ok(SocketAddr::new(ip.into(), port))
-}
-
-/// The three listeners of a node.
-#[derive(Debug)]
-pub struct Listeners {
-    /// The app.
-    pub http: TcpListener,
-    /// Health, metrics, cluster view.
-    pub admin: TcpListener,
-    /// Peer replication.
-    pub replication: TcpListener,
-}
-
-/// Runs a node until `shutdown` resolves, then leaves the cluster gracefully.
-pub async fn run(
-    cfg: Config,
-    listeners: Listeners,
-    keys: keyring::KeySet,
-    shutdown: impl Future<Output = ()> + Send,
-) -> Result<(), Error> {
-    let advertise = advertise_addr(&cfg, listeners.replication.local_addr()?)?;
-    let mut registry = prometheus_client::registry::Registry::default();
-    let metrics = Arc::new(metrics::Metrics::new(&mut registry));
-    let cancel = CancellationToken::new();
-    let insecure = keys.is_insecure();
-    if insecure {
-        for line in [
-            "**************************************************************************",
-            "RUNNING WITH --insecure: the replication channel uses a WELL-KNOWN key.",
-            "Anyone who can reach the replication port can join, read every session",
-            "and forge writes. For labs only; never in production.",
-            "**************************************************************************",
-        ] {
-            tracing::warn!("{line}");
-        }
-    }
-    let keys = keyring::Keys::new(keys);
-    if let Some(path) = &cfg.cluster_key_file {
-        tokio::spawn(keyring::watch_file(
-            path.clone(),
-            keys.clone(),
-            cfg.key_poll_interval,
-            cancel.clone(),
-        ));
-    }
-    let key = keys.current().primary().key.clone();
-    let cluster = Cluster::start(
-        cfg.clone(),
-        listeners.replication,
-        advertise,
-        keys.clone(),
-        metrics,
-        cancel.clone(),
-    )
-    .await?;
-    tracing::info!(
-        node = cluster.node_id(),
-        cluster = %cfg.cluster,
-        %advertise,
-        http = %listeners.http.local_addr()?,
-        admin = %listeners.admin.local_addr()?,
-        replication = ?cfg.replication,
-        send_mode = ?cfg.send_mode,
-        "node started"
-    );
-    if insecure {
-        tracing::warn!(
-            "running with --insecure: anyone who can reach the replication port can read and forge sessions"
-        );
-    }
-    if let Some(d) = cluster.inner.discovery.lock().as_ref() {
-        registry.register_collector(Box::new(d.stats.clone()));
-    }
-    let app = http::app::router(cluster.clone(), &key);
-    let admin = http::admin::router(cluster.clone(), Arc::new(registry));
-    let stop_http = CancellationToken::new();
-    let app_task = {
-        let stop = stop_http.clone();
-        tokio::spawn(async move {
-            axum::serve(listeners.http, app)
-                .with_graceful_shutdown(async move { stop.cancelled().await })
-                .await
-        })
-    };
-    let admin_task = {
-        let stop = cancel.clone();
-        tokio::spawn(async move {
-            axum::serve(listeners.admin, admin)
-                .with_graceful_shutdown(async move { stop.cancelled().await })
-                .await
-        })
-    };
-    let resp_task = match &cfg.resp_addr {
-        Some(addr) => Some(spawn_resp(&cfg, *addr, cluster.clone(), stop_http.clone()).await?),
-        None => None,
-    };
-    let proxy_task = resp::proxy::spawn(&cfg, cluster.clone(), &key, stop_http.clone()).await?;
-    shutdown.await;
-    tracing::info!("shutting down: not ready, draining, handing over, leaving");
-    // Not ready first (load balancers stop sending), then hand-off and goodbye while
-    // in-flight requests finish.
-    cluster.stop_accepting();
-    tokio::time::sleep(cfg.shutdown_delay).await;
-    cluster.leave().await;
-    stop_http.cancel();
-    let _ = tokio::time::timeout(cfg.drain_timeout, app_task).await;
-    if let Some(t) = proxy_task {
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), t).await;
-    }
-    if let Some(t) = resp_task {
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), t).await;
-    }
-    cancel.cancel();
-    // The flusher's last flush: a graceful stop persists every change.
-    let _ = tokio::time::timeout(cfg.drain_timeout, cluster.persistence_stopped()).await;
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), admin_task).await;
-    Ok(())
-}
-
-/// Binds `--resp-addr` and serves the Redis protocol until `stop`.
-async fn spawn_resp(
-    cfg: &Config,
-    addr: SocketAddr,
-    cluster: Cluster,
-    stop: CancellationToken,
-) -> Result<tokio::task::JoinHandle<()>, Error> {
-    let password = match &cfg.resp_password_file {
-        Some(path) => {
-            let raw = std::fs::read(path)
-                .map_err(|e| Error::RespPasswordFile(path.display().to_string(), e.to_string()))?;
-            Some(bytes::Bytes::copy_from_slice(raw.trim_ascii()))
-        }
-        None => None,
-    };
-    let listener = TcpListener::bind(addr).await?;
-    tracing::info!(resp = %listener.local_addr()?, auth = password.is_some(), "serving the Redis protocol");
-    let opts = resp::Options {
-        password,
-        ..resp::Options::default()
-    };
-    Ok(tokio::spawn(resp::serve(listener, cluster, opts, stop)))
 }

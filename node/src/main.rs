@@ -1,29 +1,14 @@
-//! `tribe-node`: parse flags, bind sockets, run until SIGTERM/SIGINT.
+//! `tribe-node`: the demo app on a node. Parses the flags into a [`Config`] (the command
+//! line is built from the settings table, [`tribe_node::config::SETTINGS`]),
+//! [`Node::bind`]s and serves the demo router until SIGTERM/SIGINT.
 #![forbid(unsafe_code)]
 
 use std::process::ExitCode;
 
-use clap::Parser;
-use tokio::net::TcpListener;
-use tribe_node::{load_key, run, Config, Listeners};
-
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = term => {}
-    }
-}
+use clap::builder::{PossibleValue, PossibleValuesParser};
+use clap::{Arg, ArgAction, ArgMatches, Command};
+use tribe_node::config::{Kind, Setting, SETTINGS};
+use tribe_node::{Config, Node};
 
 fn main() -> ExitCode {
     // `tribe-node serve` is the same as `tribe-node`.
@@ -32,7 +17,7 @@ fn main() -> ExitCode {
         .filter(|(i, a)| !(*i == 1 && a == "serve"))
         .map(|(_, a)| a)
         .collect();
-    let cfg = Config::parse_from(args);
+    let cfg = config(&command().get_matches_from(args));
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     runtime.enable_all();
     if let Some(n) = cfg.worker_threads {
@@ -54,38 +39,84 @@ async fn serve(cfg: Config) -> ExitCode {
                 .unwrap_or_else(|_| "info,tower_sessions=warn,tower_sessions_core=warn".into()),
         )
         .init();
-    let key = match load_key(&cfg) {
-        Ok(k) => k,
-        Err(e) => {
+    let node = match Node::bind(cfg).await {
+        Ok(n) => n,
+        Err(e @ (tribe_node::Error::NoKey | tribe_node::Error::KeyFile(..))) => {
             eprintln!("tribe-node: {e}");
             return ExitCode::from(2);
         }
-    };
-    let bind = |addr| async move {
-        TcpListener::bind(addr)
-            .await
-            .map_err(|e| format!("cannot bind {addr}: {e}"))
-    };
-    let listeners = match async {
-        Ok::<_, String>(Listeners {
-            http: bind(cfg.http_addr).await?,
-            admin: bind(cfg.admin_addr).await?,
-            replication: bind(cfg.replication_addr).await?,
-        })
-    }
-    .await
-    {
-        Ok(l) => l,
         Err(e) => {
             eprintln!("tribe-node: {e}");
             return ExitCode::from(1);
         }
     };
-    match run(cfg, listeners, key, shutdown_signal()).await {
+    let demo = tribe_node::http::app::router(node.cluster().clone());
+    match node.serve(demo).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("tribe-node: {e}");
             ExitCode::from(1)
         }
     }
+}
+
+/// The command line: one argument per setting, with its env var, default and help.
+fn command() -> Command {
+    Command::new("tribe-node")
+        .version(env!("CARGO_PKG_VERSION"))
+        .about("A Tribe node: replicated HTTP sessions")
+        .args(SETTINGS.iter().map(arg))
+}
+
+fn arg(s: &'static Setting) -> Arg {
+    let help = s.help.trim();
+    let mut a = Arg::new(s.name)
+        .long(s.flag())
+        .env(s.env)
+        // `--help` names the variable, never its value (a database URL holds a password).
+        .hide_env_values(true)
+        .help(help.strip_suffix('.').unwrap_or(help));
+    if let Some(d) = s.default {
+        a = a.default_value(d);
+    }
+    if let Some(other) = s.requires {
+        a = a.requires(other);
+    }
+    a = match s.kind {
+        Kind::Switch => return a.action(ArgAction::SetTrue),
+        Kind::Value => a,
+        Kind::Optional(missing) => a.num_args(0..=1).default_missing_value(missing),
+        Kind::List => a.value_delimiter(',').action(ArgAction::Append),
+    };
+    a = a.value_name(s.name.to_ascii_uppercase());
+    if s.choices.is_empty() {
+        a.value_parser(move |v: &str| s.check(v).map(|()| v.to_string()))
+    } else {
+        a.value_parser(PossibleValuesParser::new(s.choices.iter().map(|(v, h)| {
+            PossibleValue::new(*v).help(h.strip_suffix('.').unwrap_or(h))
+        })))
+    }
+}
+
+/// The parsed flags (values already checked by each setting's parser) as a [`Config`].
+fn config(m: &ArgMatches) -> Config {
+    let mut cfg = Config::default();
+    for s in SETTINGS {
+        let value = match s.kind {
+            Kind::Switch => m.get_flag(s.name).to_string(),
+            _ => match m.get_many::<String>(s.name) {
+                Some(values) => values.cloned().collect::<Vec<_>>().join(","),
+                None => continue,
+            },
+        };
+        if let Err(e) = s.apply(&mut cfg, &value) {
+            command()
+                .error(
+                    clap::error::ErrorKind::InvalidValue,
+                    format!("--{} {value:?}: {e}", s.flag()),
+                )
+                .exit();
+        }
+    }
+    cfg
 }

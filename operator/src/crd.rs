@@ -142,61 +142,24 @@ pub enum Membership {
 }
 
 impl Membership {
+    /// The node's membership mode (`TRIBE_MEMBERSHIP`).
+    pub fn mode(self) -> tribe_api::MembershipMode {
+        match self {
+            Membership::Auto => tribe_api::MembershipMode::Auto,
+            Membership::Multicast => tribe_api::MembershipMode::Multicast,
+            Membership::Dns => tribe_api::MembershipMode::Dns,
+        }
+    }
+
     /// The value of `TRIBE_MEMBERSHIP`.
     pub fn as_str(self) -> &'static str {
-        match self {
-            Membership::Auto => "auto",
-            Membership::Multicast => "multicast",
-            Membership::Dns => "dns",
-        }
+        self.mode().as_str()
     }
 }
 
-/// Replication mode.
-#[derive(
-    Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema,
-)]
-#[serde(rename_all = "lowercase")]
-pub enum ReplicationMode {
-    /// Every node holds every session (Tomcat DeltaManager).
-    #[default]
-    Delta,
-    /// A primary and `backups` other nodes hold each session (Tomcat BackupManager).
-    Backup,
-}
-
-impl ReplicationMode {
-    /// The value of `TRIBE_REPLICATION`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ReplicationMode::Delta => "delta",
-            ReplicationMode::Backup => "backup",
-        }
-    }
-}
-
-/// When a response waits for replication.
-#[derive(
-    Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema,
-)]
-#[serde(rename_all = "lowercase")]
-pub enum SendMode {
-    /// The response goes out; the delta is queued.
-    #[default]
-    Async,
-    /// The response waits for the replicas' acks.
-    Sync,
-}
-
-impl SendMode {
-    /// The value of `TRIBE_SEND_MODE`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SendMode::Async => "async",
-            SendMode::Sync => "sync",
-        }
-    }
-}
+/// Replication and send modes: the node's own enums (`delta`/`backup`,
+/// `async`/`sync`), so the CRD and the node spell them the same.
+pub use tribe_api::{ReplicationMode, SendMode};
 
 /// Replication settings.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, schemars::JsonSchema)]
@@ -333,7 +296,12 @@ pub struct IngressTls {
 
 /// Ports of a pod the app must not use: replication, admin, RESP, and the node's own
 /// demo app moved to loopback.
-pub const APP_RESERVED_PORTS: [i32; 4] = [4000, 9090, 6379, 18080];
+pub const APP_RESERVED_PORTS: [i32; 4] = [
+    crate::resources::REPLICATION_PORT,
+    crate::resources::ADMIN_PORT,
+    crate::resources::RESP_PORT,
+    18080,
+];
 
 /// The CEL rule on `spec.app.port` (the proxy takes 8080 when enabled).
 pub const APP_PORT_RULE: &str =
@@ -402,13 +370,18 @@ pub enum SessionAdapter {
 }
 
 impl SessionAdapter {
+    /// The node's adapter (`TRIBE_PROXY_ADAPTER`).
+    pub fn adapter(self) -> tribe_api::SessionAdapter {
+        match self {
+            SessionAdapter::ConnectRedis => tribe_api::SessionAdapter::ConnectRedis,
+            SessionAdapter::FlaskSession => tribe_api::SessionAdapter::FlaskSession,
+            SessionAdapter::PhpRedis => tribe_api::SessionAdapter::PhpRedis,
+        }
+    }
+
     /// The value of `TRIBE_PROXY_ADAPTER`.
     pub fn as_str(self) -> &'static str {
-        match self {
-            SessionAdapter::ConnectRedis => "connect-redis",
-            SessionAdapter::FlaskSession => "flask-session",
-            SessionAdapter::PhpRedis => "php-redis",
-        }
+        self.adapter().as_str()
     }
 }
 

@@ -5,74 +5,18 @@ use http_body_util::{BodyExt, Empty, Limited};
 use hyper::body::Bytes;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
-use serde_json::Value;
 use std::time::Duration;
+use tribe_api::ClusterView;
 
 /// How long one node gets to answer.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Largest `/cluster` body read.
 const MAX_BODY: usize = 1 << 20;
 
-/// One node's view of the cluster.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct NodeReport {
-    /// The reporting node's id, when it says.
-    pub node: Option<String>,
-    /// Ids (or addresses) of the members it sees as live.
-    pub members: Vec<String>,
-    /// Sessions it holds.
-    pub sessions: i64,
-    /// Sessions it holds as primary owner (backup mode), when it says.
-    pub primary: Option<i64>,
-}
-
-fn ident(v: &Value) -> Option<String> {
-    match v {
-        Value::String(s) => Some(s.clone()),
-        Value::Object(m) => ["node", "id", "node_id", "nodeId", "name", "addr", "address"]
-            .iter()
-            .find_map(|k| m.get(*k))
-            .and_then(ident),
-        Value::Number(n) => Some(n.to_string()),
-        _ => None,
-    }
-}
-
-fn is_gone(v: &Value) -> bool {
-    let state = v
-        .get("state")
-        .or_else(|| v.get("status"))
-        .and_then(Value::as_str)
-        .unwrap_or("");
-    matches!(
-        state.to_ascii_lowercase().as_str(),
-        "dead" | "left" | "gone" | "down"
-    )
-}
-
-/// Parses a `/cluster` body: at least `{"members": [...], "sessions": N}`; members may
-/// be strings or objects with an `id`. `None` when it does not have that shape.
-pub fn parse_report(body: &[u8]) -> Option<NodeReport> {
-    let v: Value = serde_json::from_slice(body).ok()?;
-    let members = v.get("members")?.as_array()?;
-    let sessions = v.get("sessions")?;
-    let sessions = sessions
-        .as_i64()
-        .or_else(|| sessions.as_array().map(|a| a.len() as i64))?;
-    let node = ["node", "node_id", "nodeId", "id"]
-        .iter()
-        .find_map(|k| v.get(*k))
-        .and_then(ident);
-    Some(NodeReport {
-        node,
-        members: members
-            .iter()
-            .filter(|m| !is_gone(m))
-            .filter_map(ident)
-            .collect(),
-        sessions: sessions.max(0),
-        primary: v.get("primary").and_then(Value::as_i64).map(|p| p.max(0)),
-    })
+/// Parses a node's `/cluster` body (the shared [`ClusterView`]); `None` when it does not
+/// have that shape.
+pub fn parse_report(body: &[u8]) -> Option<ClusterView> {
+    serde_json::from_slice(body).ok()
 }
 
 /// An HTTP client for the nodes' admin ports.
@@ -98,7 +42,7 @@ impl Prober {
     }
 
     /// `GET http://<addr>/cluster`; `None` on timeout, error or a body of another shape.
-    pub async fn report(&self, addr: &str) -> Option<NodeReport> {
+    pub async fn report(&self, addr: &str) -> Option<ClusterView> {
         parse_report(&self.fetch(addr, "/cluster").await?)
     }
 
@@ -127,7 +71,7 @@ impl Prober {
     }
 
     /// Polls all `addrs` concurrently; returns the reports that came back.
-    pub async fn reports(&self, addrs: &[String]) -> Vec<NodeReport> {
+    pub async fn reports(&self, addrs: &[String]) -> Vec<ClusterView> {
         futures::future::join_all(addrs.iter().map(|a| self.report(a)))
             .await
             .into_iter()
@@ -143,36 +87,15 @@ mod tests {
     use tokio::net::TcpListener;
 
     #[test]
-    fn parses_string_and_object_members() {
-        let r = parse_report(br#"{"node":"a","members":["a","b"],"sessions":7}"#).unwrap();
-        assert_eq!(
-            r,
-            NodeReport {
-                node: Some("a".into()),
-                members: vec!["a".into(), "b".into()],
-                sessions: 7,
-                primary: None,
-            }
-        );
-        let r = parse_report(
-            br#"{"node":{"id":"a"},"members":[{"id":"b","state":"alive"},{"id":"c","state":"dead"}],"sessions":3,"x":1}"#,
-        )
-        .unwrap();
-        assert_eq!(r.node.as_deref(), Some("a"));
-        assert_eq!(r.members, vec!["b".to_string()]);
-    }
-
-    #[test]
     fn parses_the_nodes_cluster_view() {
-        // The shape tribe-node serves (node/src/cluster/mod.rs ClusterView).
-        let body = br#"{"node":"shop-1","cluster":"web.shop","incarnation":1,"replication":"backup","backups":1,
-            "send_mode":"async","ready":true,"sessions":12,"primary":6,"backup":6,"rereplication_backlog":0,
-            "members":[{"node":"shop-2","addr":"10.0.0.2:4000","state":"alive","incarnation":3},
-                       {"node":"shop-3","addr":"10.0.0.3:4000","state":"suspect","incarnation":4}]}"#;
-        let r = parse_report(body).unwrap();
-        assert_eq!(r.node.as_deref(), Some("shop-1"));
-        assert_eq!(r.members, vec!["shop-2".to_string(), "shop-3".to_string()]);
-        assert_eq!((r.sessions, r.primary), (12, Some(6)));
+        let view = ClusterView {
+            node: "shop-1".into(),
+            sessions: 12,
+            primary: 6,
+            ..ClusterView::default()
+        };
+        let body = serde_json::to_vec(&view).unwrap();
+        assert_eq!(parse_report(&body), Some(view));
     }
 
     #[test]
@@ -206,9 +129,13 @@ mod tests {
 
     #[tokio::test]
     async fn real_socket_report() {
-        let addr = serve_once(Some(r#"{"members":["a","b","c"],"sessions":5}"#)).await;
+        let addr = serve_once(Some(
+            r#"{"node":"a","cluster":"c","replication":"delta","send_mode":"async","ready":true,
+                "sessions":5,"members":[{"node":"b","addr":"10.0.0.2:4000","state":"alive","incarnation":1}]}"#,
+        ))
+        .await;
         let r = Prober::default().report(&addr).await.unwrap();
-        assert_eq!(r.members.len(), 3);
+        assert_eq!(r.member_ids(), ["a", "b"]);
         assert_eq!(r.sessions, 5);
     }
 

@@ -28,7 +28,6 @@ use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::ByteString;
 use kube::api::{Api, ListParams, PostParams};
 use kube::ResourceExt;
-use serde_json::Value;
 use std::collections::BTreeMap;
 
 /// Set on a SessionCluster (to a new value each time) to rotate its cluster key.
@@ -131,31 +130,16 @@ pub struct NodeKeys {
     pub members: usize,
 }
 
-/// Parses the key fields of a node's `/cluster` document.
-pub fn parse_node_keys(body: &[u8]) -> Option<NodeKeys> {
-    let v: Value = serde_json::from_slice(body).ok()?;
-    let strings = |k: &str| -> Vec<String> {
-        v.get(k)
-            .and_then(Value::as_array)
-            .map(|a| {
-                a.iter()
-                    .filter_map(|x| x.as_str().map(String::from))
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
-    Some(NodeKeys {
-        node: v.get("node")?.as_str()?.to_string(),
-        keys: strings("keys"),
-        refusing_peers: v
-            .get("refusing_peers")
-            .and_then(Value::as_array)
-            .map_or(0, Vec::len),
-        members: v
-            .get("members")
-            .and_then(Value::as_array)
-            .map_or(0, Vec::len),
-    })
+impl From<tribe_api::ClusterView> for NodeKeys {
+    /// The key fields of a node's `/cluster` document.
+    fn from(v: tribe_api::ClusterView) -> Self {
+        NodeKeys {
+            node: v.node,
+            keys: v.keys,
+            refusing_peers: v.refusing_peers.len(),
+            members: v.members.len(),
+        }
+    }
 }
 
 /// The next write of a rotation.
@@ -365,11 +349,11 @@ pub async fn probe(
             return (Vec::new(), 0);
         }
     };
-    let bodies = futures::future::join_all(addrs.iter().map(|a| prober.fetch(a, "/cluster"))).await;
-    let reports = bodies
+    let reports = prober
+        .reports(&addrs)
+        .await
         .into_iter()
-        .flatten()
-        .filter_map(|b| parse_node_keys(&b))
+        .map(NodeKeys::from)
         .collect();
     (reports, addrs.len())
 }
@@ -586,9 +570,10 @@ mod tests {
 
     #[test]
     fn parses_the_nodes_key_fields() {
-        let body = br#"{"node":"shop-1","members":[{"node":"shop-2"}],"sessions":1,
-            "keys":["k2","k1"],"refusing_peers":["10.0.0.9:4000"]}"#;
-        let n = parse_node_keys(body).unwrap();
+        let body = br#"{"node":"shop-1","cluster":"c","replication":"delta","send_mode":"async",
+            "ready":true,"sessions":1,"keys":["k2","k1"],"refusing_peers":["10.0.0.9:4000"],
+            "members":[{"node":"shop-2","addr":"10.0.0.2:4000","state":"alive","incarnation":1}]}"#;
+        let n = NodeKeys::from(crate::probe::parse_report(body).unwrap());
         assert_eq!(n.keys, vec!["k2", "k1"]);
         assert_eq!((n.refusing_peers, n.members), (1, 1));
     }

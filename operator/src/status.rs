@@ -2,7 +2,7 @@
 //! become `SessionClusterStatus`, with Ready/Progressing/Degraded conditions. Pure.
 
 use crate::crd::{Condition, ReplicationMode, SessionCluster, SessionClusterStatus};
-use crate::probe::NodeReport;
+use tribe_api::ClusterView;
 use crate::resources::{multicast_group, selector_string};
 use k8s_openapi::api::apps::v1::Deployment;
 use std::collections::BTreeSet;
@@ -21,7 +21,7 @@ pub struct Observation<'a> {
     /// The Deployment as last returned by the API server (absent: not created yet).
     pub deployment: Option<&'a Deployment>,
     /// Reports of the ready nodes that answered `/cluster`.
-    pub reports: &'a [NodeReport],
+    pub reports: &'a [ClusterView],
     /// Why this reconcile could not realise the spec, if it could not.
     pub failure: Option<Failure>,
     /// Current time, RFC 3339.
@@ -29,39 +29,20 @@ pub struct Observation<'a> {
 }
 
 /// Members and sessions from the nodes' reports; `None` when no node answered.
-pub fn aggregate(
-    reports: &[NodeReport],
-    mode: ReplicationMode,
-    backups: i32,
-) -> (Option<i32>, Option<i64>) {
+pub fn aggregate(reports: &[ClusterView], mode: ReplicationMode) -> (Option<i32>, Option<i64>) {
     if reports.is_empty() {
         return (None, None);
     }
-    let mut ids = BTreeSet::new();
-    for r in reports {
-        ids.extend(r.members.iter().cloned());
-        if let Some(me) = &r.node {
-            ids.insert(me.clone());
-        }
-    }
-    let members = ids
-        .len()
-        .max(reports.iter().map(|r| r.members.len()).max().unwrap_or(0));
+    let members: BTreeSet<&str> = reports.iter().flat_map(ClusterView::member_ids).collect();
+    let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
     let sessions = match mode {
         // Every node holds every session: the most complete view.
-        ReplicationMode::Delta => reports.iter().map(|r| r.sessions).max().unwrap_or(0),
-        // Each session lives on a primary and `backups` others.
-        ReplicationMode::Backup if reports.iter().all(|r| r.primary.is_some()) => {
-            reports.iter().filter_map(|r| r.primary).sum()
-        }
-        ReplicationMode::Backup => {
-            let copies = i64::from(backups.max(0)) + 1;
-            let total: i64 = reports.iter().map(|r| r.sessions).sum();
-            (total + copies - 1) / copies
-        }
+        ReplicationMode::Delta => reports.iter().map(|r| count(r.sessions)).max().unwrap_or(0),
+        // Each session has one primary.
+        ReplicationMode::Backup => reports.iter().map(|r| count(r.primary)).sum(),
     };
     (
-        Some(i32::try_from(members).unwrap_or(i32::MAX)),
+        Some(i32::try_from(members.len()).unwrap_or(i32::MAX)),
         Some(sessions),
     )
 }
@@ -115,11 +96,7 @@ pub fn compute(sc: &SessionCluster, obs: &Observation<'_>) -> SessionClusterStat
         .deployment
         .and_then(|d| d.spec.selector.match_labels.as_ref())
         .map(selector_string);
-    let (members, sessions) = aggregate(
-        obs.reports,
-        sc.spec.replication.mode,
-        sc.spec.replication.backups,
-    );
+    let (members, sessions) = aggregate(obs.reports, sc.spec.replication.mode);
 
     let rolled_out = obs.deployment.is_some()
         && dep_observed
@@ -248,7 +225,7 @@ mod tests {
     use super::*;
     use crate::fixtures::{cluster, observed_deployment};
 
-    fn obs<'a>(d: Option<&'a Deployment>, reports: &'a [NodeReport]) -> Observation<'a> {
+    fn obs<'a>(d: Option<&'a Deployment>, reports: &'a [ClusterView]) -> Observation<'a> {
         Observation {
             deployment: d,
             reports,
@@ -261,12 +238,21 @@ mod tests {
         s.conditions.iter().find(|c| c.type_ == t).unwrap()
     }
 
-    fn report(node: &str, members: &[&str], sessions: i64) -> NodeReport {
-        NodeReport {
-            node: Some(node.into()),
-            members: members.iter().map(|s| s.to_string()).collect(),
+    fn report(node: &str, members: &[&str], sessions: usize) -> ClusterView {
+        ClusterView {
+            node: node.into(),
+            members: members
+                .iter()
+                .filter(|m| **m != node)
+                .map(|m| tribe_api::MemberView {
+                    node: m.to_string(),
+                    addr: String::new(),
+                    state: tribe_api::MemberState::Alive,
+                    incarnation: 1,
+                })
+                .collect(),
             sessions,
-            primary: None,
+            ..ClusterView::default()
         }
     }
 
@@ -335,22 +321,17 @@ mod tests {
 
     #[test]
     fn backup_mode_counts_each_session_once() {
-        let reports = [report("a", &["a", "b"], 10), report("b", &["a", "b"], 10)];
+        let mut reports = [report("a", &["a", "b"], 10), report("b", &["a", "b"], 10)];
         assert_eq!(
-            aggregate(&reports, ReplicationMode::Backup, 1),
+            aggregate(&reports, ReplicationMode::Delta),
             (Some(2), Some(10))
         );
+        assert_eq!(aggregate(&[], ReplicationMode::Delta), (None, None));
+        reports[0].primary = 4;
+        reports[1].primary = 7;
         assert_eq!(
-            aggregate(&reports, ReplicationMode::Delta, 1),
-            (Some(2), Some(10))
-        );
-        assert_eq!(aggregate(&[], ReplicationMode::Delta, 1), (None, None));
-        let mut owned = reports.clone();
-        owned[0].primary = Some(4);
-        owned[1].primary = Some(7);
-        assert_eq!(
-            aggregate(&owned, ReplicationMode::Backup, 1).1,
-            Some(11),
+            aggregate(&reports, ReplicationMode::Backup),
+            (Some(2), Some(11)),
             "sum of primaries"
         );
     }

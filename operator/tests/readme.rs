@@ -88,7 +88,8 @@ fn help_flags() -> BTreeMap<String, Option<String>> {
             flags.insert(flag.clone(), None);
             current = Some(flag);
         } else if let (Some(f), Some(i)) = (&current, t.find("[env: ")) {
-            let env = t[i + 6..].split('=').next().unwrap().to_string();
+            // `[env: NAME]` (values hidden) or `[env: NAME=value]`.
+            let env = t[i + 6..].split(['=', ']']).next().unwrap().to_string();
             flags.insert(f.clone(), Some(env));
         }
     }

@@ -1,6 +1,6 @@
 //! An example shop on Tribe: sign in with a name, put products in a cart, sign out.
 //!
-//! It is written the way any axum app on Tribe is: an ordinary [`axum::Router`] whose
+//! It is written the way any axum app on Tribe is: an ordinary [`Router`](tribe_node::axum::Router) whose
 //! handlers keep everything about the visitor in the tower-sessions [`Session`]
 //! (typed: [`cart::User`] and [`cart::Cart`], see [`session`]), and nothing in the
 //! process between requests. `main.rs` hands the router to `tribe_node::Node::serve`,
@@ -14,7 +14,7 @@
 //! - [`pages`] — the HTML pages.
 //! - [`routes`] — the handlers and the router.
 //!
-//! [`Session`]: tower_sessions::Session
+//! [`Session`]: tribe_node::tower_sessions::Session
 #![forbid(unsafe_code)]
 
 pub mod cart;

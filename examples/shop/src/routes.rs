@@ -7,13 +7,13 @@
 
 use std::sync::Arc;
 
-use axum::extract::rejection::FormRejection;
-use axum::extract::State;
-use axum::http::{header, StatusCode};
-use axum::response::{Html, IntoResponse, Redirect, Response};
-use axum::routing::{get, post};
-use axum::{Form, Json, Router};
 use serde::{Deserialize, Serialize};
+use tribe_node::axum::extract::rejection::FormRejection;
+use tribe_node::axum::extract::State;
+use tribe_node::axum::http::{header, StatusCode};
+use tribe_node::axum::response::{Html, IntoResponse, Redirect, Response};
+use tribe_node::axum::routing::{get, post};
+use tribe_node::axum::{Form, Json, Router};
 
 use crate::cart::{Cart, Line, Refused, User};
 use crate::pages::{self, Frame};
@@ -43,7 +43,7 @@ type AppState = State<Arc<Shop>>;
 pub enum ShopError {
     /// The session store failed (e.g. the cluster refused a write): worth a retry.
     #[error("the session store is unavailable: {0}")]
-    Session(#[from] tower_sessions::session::Error),
+    Session(#[from] tribe_node::tower_sessions::session::Error),
     /// A change the shop refuses.
     #[error(transparent)]
     Refused(#[from] Refused),

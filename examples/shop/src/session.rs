@@ -6,10 +6,10 @@
 //! by somebody else, is worthless afterwards: no session fixation) and keeps the cart;
 //! sign-out flushes the session (deleted in the store, cookie removed).
 
-use axum::extract::FromRequestParts;
-use axum::http::request::Parts;
-use tower_sessions::session::Error;
-use tower_sessions::Session;
+use tribe_node::axum::extract::FromRequestParts;
+use tribe_node::axum::http::request::Parts;
+use tribe_node::tower_sessions::session::Error;
+use tribe_node::tower_sessions::Session;
 
 use crate::cart::{Cart, User};
 

@@ -2,12 +2,12 @@
 //! Tribe's replicated store (the session layer is the same; the node tests cover the
 //! store): a browser-like client keeps the session cookie across requests.
 
-use axum::body::Body;
-use axum::http::{header, Request, StatusCode};
-use axum::Router;
 use http_body_util::BodyExt;
 use tower::ServiceExt;
-use tower_sessions::{MemoryStore, SessionManagerLayer};
+use tribe_node::axum::body::Body;
+use tribe_node::axum::http::{header, Request, StatusCode};
+use tribe_node::axum::Router;
+use tribe_node::tower_sessions::{MemoryStore, SessionManagerLayer};
 use tribe_shop::routes::CartView;
 use tribe_shop::Shop;
 

@@ -18,7 +18,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio_util::sync::CancellationToken;
@@ -49,15 +48,7 @@ pub enum ClusterError {
     Persist(#[from] crate::persist::StartError),
 }
 
-/// State of a member as this node sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum MemberState {
-    /// Handshaken link, traffic flows.
-    Alive,
-    /// Link broken; reconnecting. A failed connect removes it.
-    Suspect,
-}
+pub use tribe_api::{ClusterView, MemberState, MemberView};
 
 /// A peer admitted after a handshake.
 #[derive(Debug, Clone)]
@@ -74,54 +65,6 @@ pub struct Member {
     pub ready: bool,
     /// The outbound link to it.
     pub link: Arc<Link>,
-}
-
-/// One member in the `/cluster` view.
-#[derive(Debug, Clone, Serialize)]
-pub struct MemberView {
-    /// Node id.
-    pub node: String,
-    /// Replication address.
-    pub addr: String,
-    /// `alive` or `suspect`.
-    pub state: MemberState,
-    /// Incarnation.
-    pub incarnation: u64,
-}
-
-/// The `/cluster` document.
-#[derive(Debug, Clone, Serialize)]
-pub struct ClusterView {
-    /// This node.
-    pub node: String,
-    /// Cluster name.
-    pub cluster: String,
-    /// This node's incarnation.
-    pub incarnation: u64,
-    /// `delta` or `backup`.
-    pub replication: &'static str,
-    /// Backups per session (backup mode).
-    pub backups: usize,
-    /// `async` or `sync`.
-    pub send_mode: &'static str,
-    /// Joined and state transferred.
-    pub ready: bool,
-    /// Sessions held (live).
-    pub sessions: usize,
-    /// Backup mode: sessions this node is primary for.
-    pub primary: usize,
-    /// Backup mode: sessions this node is a backup for.
-    pub backup: usize,
-    /// Backup mode: sessions whose owners include a node that does not hold them yet,
-    /// as far as this node knows (re-replication backlog).
-    pub rereplication_backlog: u64,
-    /// Other members (alive and suspect).
-    pub members: Vec<MemberView>,
-    /// Ids of the cluster keys this node holds, primary first.
-    pub keys: Vec<String>,
-    /// Discovered peers that refused this node's keys lately (a node with no live member
-    /// and such peers is not ready: see `Cluster::isolated_by_key`).
-    pub refusing_peers: Vec<String>,
 }
 
 pub(crate) struct Inner {
@@ -1085,15 +1028,9 @@ impl Cluster {
             node: inner.me.node_id.clone(),
             cluster: inner.me.cluster.clone(),
             incarnation: inner.me.incarnation,
-            replication: match inner.cfg.replication {
-                ReplicationMode::Delta => "delta",
-                ReplicationMode::Backup => "backup",
-            },
+            replication: inner.cfg.replication,
             backups: inner.cfg.backups,
-            send_mode: match inner.cfg.send_mode {
-                SendMode::Async => "async",
-                SendMode::Sync => "sync",
-            },
+            send_mode: inner.cfg.send_mode,
             ready,
             sessions: live,
             primary,

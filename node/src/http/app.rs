@@ -1,5 +1,5 @@
 //! The demo application the default node image serves: a counter and free-form
-//! attributes in a replicated session.
+//! attributes in a replicated session. One user of the public API, like any app.
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -7,12 +7,9 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
-use tower_sessions::cookie::SameSite;
-use tower_sessions::{Expiry, Session, SessionManagerLayer};
+use tower_sessions::Session;
 
 use crate::cluster::Cluster;
-use crate::ryw::{ReadYourWritesLayer, VersionCookie};
-use crate::session_store::ReplicatedStore;
 
 /// Shared state of the demo handlers.
 #[derive(Clone, Debug)]
@@ -35,7 +32,7 @@ impl IntoResponse for AppError {
         // Refused for split-brain protection: 503, so the proxy retries elsewhere.
         if msg.contains(crate::cluster::REFUSED) {
             tracing::warn!(error = %msg, "write refused");
-            return refused(msg);
+            return super::layers::refused(msg);
         }
         tracing::error!(error = %msg, "session error");
         (
@@ -46,77 +43,16 @@ impl IntoResponse for AppError {
     }
 }
 
-fn refused(msg: String) -> Response {
-    (
-        StatusCode::SERVICE_UNAVAILABLE,
-        [(axum::http::header::RETRY_AFTER, "1")],
-        Json(json!({"error": msg})),
-    )
-        .into_response()
-}
-
-/// `--min-members`: while this node sees too few members, requests that may write
-/// (anything but GET, HEAD, OPTIONS) are refused with 503 before they run.
-async fn refuse_without_quorum(
-    State(cluster): State<Cluster>,
-    req: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
-    if !req.method().is_safe() && !cluster.has_quorum() {
-        cluster.metrics().writes_refused.inc();
-        let live = cluster.live_members().len();
-        let min = cluster.config().min_members;
-        return refused(format!(
-            "{}: {live} live members, {min} required",
-            crate::cluster::REFUSED
-        ));
-    }
-    next.run(req).await
-}
-
-/// Adds replicated sessions (tower-sessions over [`ReplicatedStore`], plus the
-/// read-your-writes cookie) to any router: this is how a user's own axum app uses Tribe.
-pub fn with_sessions<S: Clone + Send + Sync + 'static>(
-    router: Router<S>,
-    cluster: &Cluster,
-    key: &crate::crypto::ClusterKey,
-) -> Router<S> {
-    let cfg = cluster.config();
-    let timeout =
-        time::Duration::try_from(cfg.session_timeout).unwrap_or(time::Duration::minutes(30));
-    let sessions = SessionManagerLayer::new(ReplicatedStore::new(cluster.clone()))
-        .with_name(cfg.cookie_name.clone())
-        .with_http_only(true)
-        .with_same_site(SameSite::Lax)
-        .with_secure(cfg.cookie_secure)
-        .with_path("/")
-        .with_expiry(Expiry::OnInactivity(timeout));
-    let ryw = ReadYourWritesLayer::new(
-        VersionCookie::new(key, &cfg.cookie_name, cfg.cookie_secure)
-            .with_rotation(cluster.keys().clone()),
-    );
-    router
-        .layer(sessions)
-        .layer(ryw)
-        .layer(axum::middleware::from_fn_with_state(
-            cluster.clone(),
-            refuse_without_quorum,
-        ))
-}
-
-/// The demo app's router.
-pub fn router(cluster: Cluster, key: &crate::crypto::ClusterKey) -> Router {
-    let r = Router::new()
+/// The demo app's router (without sessions: [`crate::Node::serve`] adds them).
+pub fn router(cluster: Cluster) -> Router {
+    Router::new()
         .route("/", get(index))
         .route("/counter", post(increment).get(read_counter))
         .route(
             "/attrs/{key}",
             get(get_attr).put(put_attr).delete(delete_attr),
         )
-        .with_state(AppState {
-            cluster: cluster.clone(),
-        });
-    with_sessions(r, &cluster, key)
+        .with_state(AppState { cluster })
 }
 
 async fn counter_body(state: &AppState, session: &Session, n: i64) -> Json<Value> {

@@ -2,5 +2,6 @@
 
 pub mod admin;
 pub mod app;
+pub(crate) mod layers;
 pub mod process;
 pub mod sessions;

@@ -480,8 +480,7 @@ mod tests {
     }
 
     fn config(args: &[&str]) -> Config {
-        use clap::Parser;
-        Config::parse_from(std::iter::once("tribe-node").chain(args.iter().copied()))
+        Config::from_flags(args)
     }
 
     #[test]

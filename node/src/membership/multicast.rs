@@ -897,7 +897,6 @@ mod tests {
 
     async fn discovery_in_netns() {
         use crate::config::Config;
-        use clap::Parser;
         use std::sync::atomic::Ordering::Relaxed;
         let key = ClusterKey::new(b"k1");
         let stop = CancellationToken::new();
@@ -910,9 +909,8 @@ mod tests {
             key: impl Into<crate::keyring::Keys>,
             stop: &CancellationToken,
         ) -> super::super::Discovery {
-            let config = Config::parse_from([
-                "tribe-node",
-                "--membership",
+            let config = Config::from_flags(&[
+                                "--membership",
                 "multicast",
                 "--cluster",
                 cluster,

@@ -172,6 +172,14 @@ pub fn start(
 ) -> Result<(Arc<Store>, Option<Persistence>), StartError> {
     let started = std::time::Instant::now();
     let budget = cfg.max_active_sessions;
+    if let (Some(_), Some(dir)) = (&cfg.postgres_url, &cfg.data_dir) {
+        return Err(StartError {
+            place: format!("--data-dir {}", dir.display()),
+            error: BackendError::Io(
+                "set --data-dir or --postgres-url, not both (one backend per node)".into(),
+            ),
+        });
+    }
     let (backend, store, place) = if let Some(url) = &cfg.postgres_url {
         from_database(cfg, url, budget)?
     } else if let Some(root) = &cfg.data_dir {

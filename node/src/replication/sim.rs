@@ -2,7 +2,7 @@
 //!
 //! A seeded schedule drives N replicas — each a real [`Store`] handled by the real
 //! [`apply::on_message`], [`Liveness`], [`antientropy`], [`write::local_write`] and
-//! [`acks::SyncWrite`], with messages encoded and decoded by the real wire codec on each
+//! [`acks::SyncWrite`](super::acks::SyncWrite), with messages encoded and decoded by the real wire codec on each
 //! node's own (skewed) clock — through message delay, reordering, duplication, silent
 //! cuts (partitions), frozen processes, crashes with restarts (memory lost, new origin),
 //! and clock skew. No sockets, no tasks, no wall clock: one seed, one run, replayable.

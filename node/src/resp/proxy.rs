@@ -13,7 +13,6 @@
 //! The proxy must know which store key a request's session lives under: the
 //! [`Adapter`] maps the session cookie to the key (cookie name → key prefix + id).
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -34,40 +33,16 @@ use crate::cluster::Cluster;
 use crate::crypto::ClusterKey;
 use crate::ryw::VersionCookie;
 
-/// Session adapters: how a session cookie names a store key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Adapter {
-    /// express-session + connect-redis: cookie `connect.sid` = `s:<id>.<signature>`
-    /// (URL-encoded), key `sess:<id>`.
-    ConnectRedis,
-    /// Flask-Session: cookie `session` = `<id>`, key `session:<id>`.
-    FlaskSession,
-    /// PHP `session.save_handler = redis`: cookie `PHPSESSID` = `<id>`, key
-    /// `PHPREDIS_SESSION:<id>`.
-    PhpRedis,
+pub use tribe_api::SessionAdapter as Adapter;
+
+/// How an adapter's session cookie names a session.
+pub trait SessionIdOf {
+    /// The session id in a session cookie's value.
+    fn session_id(self, cookie_value: &str) -> Option<String>;
 }
 
-impl Adapter {
-    /// The default session cookie name.
-    pub fn cookie(self) -> &'static str {
-        match self {
-            Adapter::ConnectRedis => "connect.sid",
-            Adapter::FlaskSession => "session",
-            Adapter::PhpRedis => "PHPSESSID",
-        }
-    }
-
-    /// The default store key prefix.
-    pub fn prefix(self) -> &'static str {
-        match self {
-            Adapter::ConnectRedis => "sess:",
-            Adapter::FlaskSession => "session:",
-            Adapter::PhpRedis => "PHPREDIS_SESSION:",
-        }
-    }
-
-    /// The session id in a session cookie's value.
-    pub fn session_id(self, cookie_value: &str) -> Option<String> {
+impl SessionIdOf for Adapter {
+    fn session_id(self, cookie_value: &str) -> Option<String> {
         let v = percent_decode(cookie_value)?;
         let id = match self {
             // express-session signs the id: `s:<id>.<base64 HMAC>`.
@@ -300,29 +275,30 @@ const POOL_IDLE: std::time::Duration = std::time::Duration::from_secs(1);
 const BUFFER_LIMIT: usize = 1024 * 1024;
 
 /// Binds and spawns the proxy per the config (`--proxy-addr`), if configured.
-pub async fn spawn(
+/// Serves the proxy on `listener` (bound to `--proxy-addr`) until `stop`, forwarding to
+/// `--proxy-upstream`; `None` when the proxy is not configured.
+pub fn spawn(
+    listener: TcpListener,
     cfg: &crate::Config,
     cluster: Cluster,
     key: &ClusterKey,
     stop: CancellationToken,
-) -> std::io::Result<Option<tokio::task::JoinHandle<()>>> {
-    let (Some(addr), Some(upstream)) = (cfg.proxy_addr, cfg.proxy_upstream.clone()) else {
-        return Ok(None);
-    };
-    let listener: TcpListener = TcpListener::bind::<SocketAddr>(addr).await?;
+) -> Option<tokio::task::JoinHandle<()>> {
+    let upstream = cfg.proxy_upstream.clone()?;
     let mapping = Mapping::new(
         cfg.proxy_adapter,
         cfg.proxy_cookie.clone(),
         cfg.proxy_key_prefix.clone(),
     );
-    tracing::info!(proxy = %listener.local_addr()?, %upstream, cookie = %mapping.cookie, prefix = %mapping.prefix, "serving the read-your-writes proxy");
+    let addr = listener.local_addr().ok();
+    tracing::info!(proxy = ?addr, %upstream, cookie = %mapping.cookie, prefix = %mapping.prefix, "serving the read-your-writes proxy");
     let key = key.clone();
     let secure = cfg.cookie_secure;
-    Ok(Some(tokio::spawn(async move {
+    Some(tokio::spawn(async move {
         if let Err(e) = serve(listener, &upstream, cluster, &key, mapping, secure, stop).await {
             tracing::error!(error = %e, "proxy failed");
         }
-    })))
+    }))
 }
 
 #[cfg(test)]

@@ -33,6 +33,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, SystemTime};
+use tribe_api::ClusterView;
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -131,20 +132,6 @@ fn ensure_key(dir: &Path) -> Result<PathBuf> {
     Ok(path)
 }
 
-/// The node's own account of itself (its `/cluster` document, the fields shown).
-#[derive(Debug, Clone, Copy, serde::Deserialize)]
-struct NodeReport {
-    ready: bool,
-    sessions: usize,
-    #[serde(default, deserialize_with = "count")]
-    members: usize,
-}
-
-/// Counts the elements of a JSON array without keeping them.
-fn count<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<usize, D::Error> {
-    Ok(<Vec<serde::de::IgnoredAny> as serde::Deserialize>::deserialize(d)?.len())
-}
-
 /// One node process slot.
 struct Slot {
     index: usize,
@@ -158,12 +145,12 @@ struct Slot {
     /// SIGTERM was sent; SIGKILL follows at this instant.
     draining: Option<Instant>,
     /// The last `/cluster` answer of the running process.
-    report: Option<NodeReport>,
+    report: Option<ClusterView>,
 }
 
 impl Slot {
     fn state(&self, now: Instant) -> NodeState {
-        match (&self.child, self.draining, self.report) {
+        match (&self.child, self.draining, self.report.as_ref()) {
             (None, _, _) => match self.restart_at {
                 Some(t) => NodeState::Restarting(t.saturating_duration_since(now)),
                 None => NodeState::Stopped,
@@ -192,7 +179,7 @@ struct Supervisor {
 }
 
 /// Asks a node's admin port for its `/cluster` document (1 s bound).
-async fn report(prober: &Prober, admin: SocketAddr) -> Option<NodeReport> {
+async fn report(prober: &Prober, admin: SocketAddr) -> Option<ClusterView> {
     use http_body_util::BodyExt;
     let uri: http::Uri = format!("http://{admin}/cluster").parse().ok()?;
     let fetch = async {
@@ -205,7 +192,7 @@ async fn report(prober: &Prober, admin: SocketAddr) -> Option<NodeReport> {
             .await
             .ok()?
             .to_bytes();
-        serde_json::from_slice::<NodeReport>(&body).ok()
+        crate::probe::parse_report(&body)
     };
     tokio::time::timeout(Duration::from_secs(1), fetch)
         .await
@@ -248,7 +235,7 @@ impl Supervisor {
             .kill_on_drop(true);
         slot.report = None;
         slot.draining = None;
-        if let Some((_, id)) = slot.env.iter().find(|(k, _)| k == "TRIBE_NODE_ID") {
+        if let Some((_, id)) = slot.env.iter().find(|(k, _)| k == tribe_api::env::NODE_ID) {
             slot.node.clone_from(id);
         }
         match cmd.spawn() {
@@ -444,8 +431,8 @@ impl Supervisor {
                 Row {
                     node: s.node.clone(),
                     state: s.state(now),
-                    members: s.report.map(|r| r.members + 1),
-                    sessions: s.report.map(|r| r.sessions),
+                    members: s.report.as_ref().map(|r| r.members.len() + 1),
+                    sessions: s.report.as_ref().map(|r| r.sessions),
                     requests: backends.served(http),
                     http: http.to_string(),
                     pid: s.pid,

@@ -23,17 +23,17 @@ use std::path::Path;
 /// `TRIBE_DNS_NAME` and `TRIBE_MULTICAST_GROUP`, leaves out: static membership uses
 /// neither). Every other setting of [`node_settings`] reaches the node unchanged.
 pub const LOCAL_OVERRIDES: &[&str] = &[
-    "TRIBE_NODE_ID",
-    "TRIBE_ADVERTISE_ADDR",
-    "TRIBE_HTTP_ADDR",
-    "TRIBE_ADMIN_ADDR",
-    "TRIBE_REPLICATION_ADDR",
-    "TRIBE_MEMBERSHIP",
-    "TRIBE_PEERS",
-    "TRIBE_MULTICAST_GROUP",
-    "TRIBE_DNS_NAME",
-    "TRIBE_CLUSTER_KEY_FILE",
-    "TRIBE_SHUTDOWN_DELAY",
+    tribe_api::env::NODE_ID,
+    tribe_api::env::ADVERTISE_ADDR,
+    tribe_api::env::HTTP_ADDR,
+    tribe_api::env::ADMIN_ADDR,
+    tribe_api::env::REPLICATION_ADDR,
+    tribe_api::env::MEMBERSHIP,
+    tribe_api::env::PEERS,
+    tribe_api::env::MULTICAST_GROUP,
+    tribe_api::env::DNS_NAME,
+    tribe_api::env::CLUSTER_KEY_FILE,
+    tribe_api::env::SHUTDOWN_DELAY,
 ];
 
 /// Ports of slot `index`: http, admin, replication (three consecutive ports from
@@ -82,25 +82,25 @@ pub fn node_env(
         };
         env.insert(s.name.to_string(), value);
     }
-    env.remove("TRIBE_DNS_NAME");
-    env.remove("TRIBE_MULTICAST_GROUP");
+    env.remove(tribe_api::env::DNS_NAME);
+    env.remove(tribe_api::env::MULTICAST_GROUP);
     let peers: Vec<String> = (0..replicas)
         .filter(|i| *i != index)
         .map(|i| format!("127.0.0.1:{}", ports(base, i).2))
         .collect();
     for (k, v) in [
-        ("TRIBE_HTTP_ADDR", format!("127.0.0.1:{http}")),
-        ("TRIBE_ADMIN_ADDR", format!("127.0.0.1:{admin}")),
-        ("TRIBE_REPLICATION_ADDR", format!("127.0.0.1:{repl}")),
-        ("TRIBE_MEMBERSHIP", "static".to_string()),
-        ("TRIBE_CLUSTER_KEY_FILE", key_file.display().to_string()),
+        (tribe_api::env::HTTP_ADDR, format!("127.0.0.1:{http}")),
+        (tribe_api::env::ADMIN_ADDR, format!("127.0.0.1:{admin}")),
+        (tribe_api::env::REPLICATION_ADDR, format!("127.0.0.1:{repl}")),
+        (tribe_api::env::MEMBERSHIP, "static".to_string()),
+        (tribe_api::env::CLUSTER_KEY_FILE, key_file.display().to_string()),
         // The front door follows /readyz every supervision round (0.5 s).
-        ("TRIBE_SHUTDOWN_DELAY", "1s".to_string()),
+        (tribe_api::env::SHUTDOWN_DELAY, "1s".to_string()),
     ] {
         env.insert(k.to_string(), v);
     }
     if !peers.is_empty() {
-        env.insert("TRIBE_PEERS".to_string(), peers.join(","));
+        env.insert(tribe_api::env::PEERS.to_string(), peers.join(","));
     }
     env.into_iter().collect()
 }
@@ -149,21 +149,21 @@ mod tests {
     #[test]
     fn static_peers_are_the_other_slots() {
         let env = env_of(&sc(), 1, 3);
-        assert_eq!(env["TRIBE_PEERS"], "127.0.0.1:18102,127.0.0.1:18122");
-        assert_eq!(env["TRIBE_MEMBERSHIP"], "static");
-        assert_eq!(env["TRIBE_ADVERTISE_ADDR"], "127.0.0.1:18112");
-        assert_eq!(env["TRIBE_REPLICATION_ADDR"], "127.0.0.1:18112");
-        assert_eq!(env["TRIBE_HTTP_ADDR"], "127.0.0.1:18110");
-        assert_eq!(env["TRIBE_ADMIN_ADDR"], "127.0.0.1:18111");
-        assert_eq!(env["TRIBE_CLUSTER_KEY_FILE"], "/tmp/k");
-        assert_eq!(env["TRIBE_NODE_ID"], "shop-1");
-        assert!(!env.contains_key("TRIBE_DNS_NAME"));
-        assert!(!env.contains_key("TRIBE_MULTICAST_GROUP"));
+        assert_eq!(env[tribe_api::env::PEERS], "127.0.0.1:18102,127.0.0.1:18122");
+        assert_eq!(env[tribe_api::env::MEMBERSHIP], "static");
+        assert_eq!(env[tribe_api::env::ADVERTISE_ADDR], "127.0.0.1:18112");
+        assert_eq!(env[tribe_api::env::REPLICATION_ADDR], "127.0.0.1:18112");
+        assert_eq!(env[tribe_api::env::HTTP_ADDR], "127.0.0.1:18110");
+        assert_eq!(env[tribe_api::env::ADMIN_ADDR], "127.0.0.1:18111");
+        assert_eq!(env[tribe_api::env::CLUSTER_KEY_FILE], "/tmp/k");
+        assert_eq!(env[tribe_api::env::NODE_ID], "shop-1");
+        assert!(!env.contains_key(tribe_api::env::DNS_NAME));
+        assert!(!env.contains_key(tribe_api::env::MULTICAST_GROUP));
     }
 
     #[test]
     fn a_single_node_has_no_peers() {
-        assert!(!env_of(&sc(), 0, 1).contains_key("TRIBE_PEERS"));
+        assert!(!env_of(&sc(), 0, 1).contains_key(tribe_api::env::PEERS));
     }
 
     /// Every setting the Deployment gives a pod reaches a local node with the same
@@ -213,12 +213,12 @@ mod tests {
         let sc = &specs[specs.len() - 1];
         let local = env_of(sc, 0, 4);
         for (name, want) in [
-            ("TRIBE_CLUSTER", "web.shop"),
-            ("TRIBE_REPLICATION", "backup"),
-            ("TRIBE_BACKUPS", "2"),
-            ("TRIBE_SEND_MODE", "sync"),
-            ("TRIBE_SESSION_TIMEOUT", "15m"),
-            ("TRIBE_COOKIE_NAME", "JSESSIONID"),
+            (tribe_api::env::CLUSTER, "web.shop"),
+            (tribe_api::env::REPLICATION, "backup"),
+            (tribe_api::env::BACKUPS, "2"),
+            (tribe_api::env::SEND_MODE, "sync"),
+            (tribe_api::env::SESSION_TIMEOUT, "15m"),
+            (tribe_api::env::COOKIE_NAME, "JSESSIONID"),
         ] {
             assert_eq!(local[name], want, "{name}");
             assert_eq!(deployment_env(sc)[name].as_deref(), Some(want), "{name}");

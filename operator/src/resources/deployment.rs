@@ -94,40 +94,40 @@ pub fn node_settings(sc: &SessionCluster) -> Vec<NodeSetting> {
     let spec = &sc.spec;
     let mut settings = vec![
         NodeSetting {
-            name: "TRIBE_NODE_ID",
+            name: tribe_api::env::NODE_ID,
             value: SettingValue::NodeName,
         },
-        NodeSetting::literal("TRIBE_CLUSTER", sc.cluster_id()),
+        NodeSetting::literal(tribe_api::env::CLUSTER, sc.cluster_id()),
         NodeSetting {
-            name: "TRIBE_ADVERTISE_ADDR",
+            name: tribe_api::env::ADVERTISE_ADDR,
             value: SettingValue::NodeIp,
         },
-        NodeSetting::literal("TRIBE_MEMBERSHIP", spec.membership.as_str()),
-        NodeSetting::literal("TRIBE_MULTICAST_GROUP", multicast_group(sc)),
+        NodeSetting::literal(tribe_api::env::MEMBERSHIP, spec.membership.as_str()),
+        NodeSetting::literal(tribe_api::env::MULTICAST_GROUP, multicast_group(sc)),
     ];
     if spec.membership != Membership::Multicast {
-        settings.push(NodeSetting::literal("TRIBE_DNS_NAME", dns_name(sc)));
+        settings.push(NodeSetting::literal(tribe_api::env::DNS_NAME, dns_name(sc)));
     }
     settings.extend([
-        NodeSetting::literal("TRIBE_REPLICATION", spec.replication.mode.as_str()),
-        NodeSetting::literal("TRIBE_BACKUPS", spec.replication.backups.to_string()),
-        NodeSetting::literal("TRIBE_SEND_MODE", spec.replication.send_mode.as_str()),
-        NodeSetting::literal("TRIBE_SESSION_TIMEOUT", spec.session.timeout.clone()),
-        NodeSetting::literal("TRIBE_COOKIE_NAME", spec.session.cookie_name.clone()),
+        NodeSetting::literal(tribe_api::env::REPLICATION, spec.replication.mode.as_str()),
+        NodeSetting::literal(tribe_api::env::BACKUPS, spec.replication.backups.to_string()),
+        NodeSetting::literal(tribe_api::env::SEND_MODE, spec.replication.send_mode.as_str()),
+        NodeSetting::literal(tribe_api::env::SESSION_TIMEOUT, spec.session.timeout.clone()),
+        NodeSetting::literal(tribe_api::env::COOKIE_NAME, spec.session.cookie_name.clone()),
     ]);
     if spec.cookie_secure() {
-        settings.push(NodeSetting::literal("TRIBE_COOKIE_SECURE", "true"));
+        settings.push(NodeSetting::literal(tribe_api::env::COOKIE_SECURE, "true"));
     }
     settings.extend([
-        NodeSetting::literal("TRIBE_SHUTDOWN_DELAY", SHUTDOWN_DELAY),
+        NodeSetting::literal(tribe_api::env::SHUTDOWN_DELAY, SHUTDOWN_DELAY),
         NodeSetting::literal(
-            "TRIBE_CLUSTER_KEY_FILE",
+            tribe_api::env::CLUSTER_KEY_FILE,
             format!("{KEY_DIR}/{KEY_FILE_NAME}"),
         ),
     ]);
     if spec.replication.min_members > 0 {
         settings.push(NodeSetting::literal(
-            "TRIBE_MIN_MEMBERS",
+            tribe_api::env::MIN_MEMBERS,
             spec.replication.min_members.to_string(),
         ));
     }
@@ -319,22 +319,22 @@ mod tests {
         sc.spec.session.timeout = "15m".into();
         sc.spec.session.cookie_name = "JSESSIONID".into();
         let env = env_map(&deployment(&sc));
-        assert_eq!(field(&env, "TRIBE_NODE_ID"), "metadata.name");
-        assert_eq!(field(&env, "TRIBE_ADVERTISE_ADDR"), "status.podIP");
-        assert_eq!(value(&env, "TRIBE_CLUSTER"), "web.shop");
-        assert_eq!(value(&env, "TRIBE_MEMBERSHIP"), "auto");
-        assert_eq!(value(&env, "TRIBE_MULTICAST_GROUP"), multicast_group(&sc));
+        assert_eq!(field(&env, tribe_api::env::NODE_ID), "metadata.name");
+        assert_eq!(field(&env, tribe_api::env::ADVERTISE_ADDR), "status.podIP");
+        assert_eq!(value(&env, tribe_api::env::CLUSTER), "web.shop");
+        assert_eq!(value(&env, tribe_api::env::MEMBERSHIP), "auto");
+        assert_eq!(value(&env, tribe_api::env::MULTICAST_GROUP), multicast_group(&sc));
         assert_eq!(
-            value(&env, "TRIBE_DNS_NAME"),
+            value(&env, tribe_api::env::DNS_NAME),
             "shop-members.web.svc.cluster.local"
         );
-        assert_eq!(value(&env, "TRIBE_REPLICATION"), "backup");
-        assert_eq!(value(&env, "TRIBE_BACKUPS"), "2");
-        assert_eq!(value(&env, "TRIBE_SEND_MODE"), "sync");
-        assert_eq!(value(&env, "TRIBE_SESSION_TIMEOUT"), "15m");
-        assert_eq!(value(&env, "TRIBE_COOKIE_NAME"), "JSESSIONID");
+        assert_eq!(value(&env, tribe_api::env::REPLICATION), "backup");
+        assert_eq!(value(&env, tribe_api::env::BACKUPS), "2");
+        assert_eq!(value(&env, tribe_api::env::SEND_MODE), "sync");
+        assert_eq!(value(&env, tribe_api::env::SESSION_TIMEOUT), "15m");
+        assert_eq!(value(&env, tribe_api::env::COOKIE_NAME), "JSESSIONID");
         assert_eq!(
-            value(&env, "TRIBE_CLUSTER_KEY_FILE"),
+            value(&env, tribe_api::env::CLUSTER_KEY_FILE),
             "/etc/tribe/cluster.key"
         );
     }
@@ -372,9 +372,9 @@ mod tests {
     fn multicast_only_has_no_dns_name() {
         let mut sc = cluster("shop", "web");
         sc.spec.membership = Membership::Multicast;
-        assert!(!env_map(&deployment(&sc)).contains_key("TRIBE_DNS_NAME"));
+        assert!(!env_map(&deployment(&sc)).contains_key(tribe_api::env::DNS_NAME));
         sc.spec.membership = Membership::Dns;
-        assert_eq!(value(&env_map(&deployment(&sc)), "TRIBE_MEMBERSHIP"), "dns");
+        assert_eq!(value(&env_map(&deployment(&sc)), tribe_api::env::MEMBERSHIP), "dns");
     }
 
     #[test]

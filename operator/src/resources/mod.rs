@@ -37,11 +37,13 @@ use std::collections::BTreeMap;
 /// The field manager of every server-side apply.
 pub const MANAGER: &str = "tribe-operator";
 /// The app (HTTP) port of a node.
-pub const HTTP_PORT: i32 = 8080;
+pub const HTTP_PORT: i32 = tribe_api::ports::HTTP as i32;
 /// The admin port of a node (health, metrics, `/cluster`).
-pub const ADMIN_PORT: i32 = 9090;
+pub const ADMIN_PORT: i32 = tribe_api::ports::ADMIN as i32;
 /// The replication (peer TCP) port of a node.
-pub const REPLICATION_PORT: i32 = 4000;
+pub const REPLICATION_PORT: i32 = tribe_api::ports::REPLICATION as i32;
+/// The Redis-protocol port of a node (on loopback, for an app next to it).
+pub const RESP_PORT: i32 = tribe_api::ports::RESP as i32;
 /// The UDP port of the multicast group.
 pub const MULTICAST_PORT: u16 = 45564;
 /// Key of the cluster key inside the Secret.

@@ -49,21 +49,21 @@ pub fn sidecar_env(sc: &SessionCluster) -> Vec<EnvVar> {
         return Vec::new();
     };
     let mut out = vec![
-        env("TRIBE_RESP_ADDR", RESP_ADDR),
-        env("TRIBE_HTTP_ADDR", NODE_DEMO_ADDR),
+        env(tribe_api::env::RESP_ADDR, RESP_ADDR),
+        env(tribe_api::env::HTTP_ADDR, NODE_DEMO_ADDR),
     ];
     if let Some(p) = &app.proxy {
-        out.push(env("TRIBE_PROXY_ADDR", format!("0.0.0.0:{HTTP_PORT}")));
+        out.push(env(tribe_api::env::PROXY_ADDR, format!("0.0.0.0:{HTTP_PORT}")));
         out.push(env(
-            "TRIBE_PROXY_UPSTREAM",
+            tribe_api::env::PROXY_UPSTREAM,
             format!("127.0.0.1:{}", app.port),
         ));
-        out.push(env("TRIBE_PROXY_ADAPTER", p.adapter.as_str()));
+        out.push(env(tribe_api::env::PROXY_ADAPTER, p.adapter.as_str()));
         if let Some(c) = &p.cookie_name {
-            out.push(env("TRIBE_PROXY_COOKIE", c.clone()));
+            out.push(env(tribe_api::env::PROXY_COOKIE, c.clone()));
         }
         if let Some(k) = &p.key_prefix {
-            out.push(env("TRIBE_PROXY_KEY_PREFIX", k.clone()));
+            out.push(env(tribe_api::env::PROXY_KEY_PREFIX, k.clone()));
         }
     }
     out
@@ -190,9 +190,9 @@ mod tests {
         assert_eq!(http_ports(&d), vec![("app".to_string(), 3000)]);
         assert_eq!(exposed_http_port(&sc), 3000);
         let ne = envs(node.env.as_ref().unwrap());
-        assert_eq!(ne["TRIBE_RESP_ADDR"], "127.0.0.1:6379");
-        assert_eq!(ne["TRIBE_HTTP_ADDR"], NODE_DEMO_ADDR);
-        assert!(!ne.contains_key("TRIBE_PROXY_ADDR"));
+        assert_eq!(ne[tribe_api::env::RESP_ADDR], "127.0.0.1:6379");
+        assert_eq!(ne[tribe_api::env::HTTP_ADDR], NODE_DEMO_ADDR);
+        assert!(!ne.contains_key(tribe_api::env::PROXY_ADDR));
         let ae = envs(app.env.as_ref().unwrap());
         assert_eq!(ae["REDIS_URL"], "redis://127.0.0.1:6379");
         assert_eq!(ae["SESSION_SECRET"], "s");
@@ -220,11 +220,11 @@ mod tests {
         assert_eq!(exposed_http_port(&sc), HTTP_PORT);
         let pod = d.spec.template.spec.clone().unwrap();
         let ne = envs(pod.containers[0].env.as_ref().unwrap());
-        assert_eq!(ne["TRIBE_PROXY_ADDR"], "0.0.0.0:8080");
-        assert_eq!(ne["TRIBE_PROXY_UPSTREAM"], "127.0.0.1:3000");
-        assert_eq!(ne["TRIBE_PROXY_ADAPTER"], "connect-redis");
-        assert_eq!(ne["TRIBE_PROXY_KEY_PREFIX"], "myapp:");
-        assert!(!ne.contains_key("TRIBE_PROXY_COOKIE"));
+        assert_eq!(ne[tribe_api::env::PROXY_ADDR], "0.0.0.0:8080");
+        assert_eq!(ne[tribe_api::env::PROXY_UPSTREAM], "127.0.0.1:3000");
+        assert_eq!(ne[tribe_api::env::PROXY_ADAPTER], "connect-redis");
+        assert_eq!(ne[tribe_api::env::PROXY_KEY_PREFIX], "myapp:");
+        assert!(!ne.contains_key(tribe_api::env::PROXY_COOKIE));
         let app_ports = pod.containers[1].ports.clone().unwrap();
         assert_eq!(app_ports[0].name.as_deref(), Some("app"));
     }
