@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! cargo build --release -p tribe-node -p tribe-bench
-//! target/release/tribe-bench [--quick] [--json] [--only throughput,lag,wire,transfer,scaling,convergence]
+//! target/release/tribe-bench [--quick] [--json] [--only throughput,lag,wire,transfer,scaling,convergence,persistence]
 //! ```
 #![forbid(unsafe_code)]
 
@@ -77,6 +77,9 @@ enum Section {
     /// Anti-entropy: sessions written while a node was frozen reach it after SIGCONT;
     /// time, bytes, and the idle cost of digest rounds.
     Convergence,
+    /// Persistence (`--data-dir`): CPU and bytes per write off / write-behind / sync,
+    /// restart time from a large data set, RSS under a `--max-active-sessions` budget.
+    Persistence,
     /// An Express app (express-session + connect-redis) behind nginx with its sessions in
     /// one redis-server vs the Tribe sidecar (RESP): needs node and
     /// examples/apps/express/node_modules (scripts/install-test-deps). Not in the
@@ -84,13 +87,14 @@ enum Section {
     Sidecar,
 }
 
-const ALL: [Section; 6] = [
+const ALL: [Section; 7] = [
     Section::Throughput,
     Section::Lag,
     Section::Wire,
     Section::Transfer,
     Section::Scaling,
     Section::Convergence,
+    Section::Persistence,
 ];
 
 async fn run_section(s: Section, env: &Env) -> Result<Table> {
@@ -101,6 +105,7 @@ async fn run_section(s: Section, env: &Env) -> Result<Table> {
         Section::Transfer => sections::transfer::run(env).await,
         Section::Scaling => sections::scaling::run(env).await,
         Section::Convergence => sections::convergence::run(env).await,
+        Section::Persistence => sections::persistence::run(env).await,
         Section::Sidecar => sections::sidecar::run(env).await,
     }
 }
@@ -154,6 +159,7 @@ async fn run(args: &Args) -> Result<(Report, bool)> {
                     Section::Transfer => "transfer",
                     Section::Scaling => "scaling",
                     Section::Convergence => "convergence",
+                    Section::Persistence => "persistence",
                     Section::Sidecar => "sidecar",
                 };
                 let mut t = Table::new(name, format!("{name}: failed"), &[]);

@@ -7,6 +7,7 @@ use anyhow::{bail, Result};
 
 pub mod convergence;
 pub mod lag;
+pub mod persistence;
 pub mod scaling;
 pub mod sidecar;
 pub mod throughput;

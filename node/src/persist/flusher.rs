@@ -69,8 +69,7 @@ pub fn flush(store: &Store, backend: &dyn Backend, metrics: &Metrics) -> Result<
 }
 
 /// Refreshes the persistence gauges.
-pub fn gauges(store: &Store, backend: &dyn Backend, metrics: &Metrics) {
-    let p = &metrics.persist;
+pub fn gauges(store: &Store, backend: &dyn Backend, p: &crate::metrics::PersistMetrics) {
     let pending = store.dirty().map_or(0, |d| d.len());
     p.sessions_resident.set(store.resident() as i64);
     p.sessions_swapped.set(store.swapped() as i64);
@@ -121,7 +120,7 @@ pub async fn run(
                     tracing::warn!(error = %e, "deleting expired persisted sessions failed");
                 }
             }
-            gauges(&s, &*b, &m);
+            gauges(&s, &*b, &m.persist);
         })
         .await;
         if let Err(e) = done {

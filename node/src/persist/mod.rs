@@ -190,7 +190,7 @@ pub fn start(
     let secs = started.elapsed().as_secs_f64();
     metrics.load_seconds.set(secs);
     metrics.loaded.set(store.len() as i64);
-    metrics.sessions_on_disk.set(store.len() as i64);
+    flusher::gauges(&store, &*backend, metrics);
     tracing::info!(
         from = %place,
         engine = backend.name(),
