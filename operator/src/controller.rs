@@ -1,14 +1,14 @@
 //! The SessionCluster controller: `reconcile` server-side applies every child, then
 //! writes status from what it observes; `error_policy` backs off and counts failures.
 
-use crate::crd::{SessionCluster, SessionClusterSpec, DURATION_PATTERN};
+use crate::crd::{Persistence, SessionCluster, SessionClusterSpec, DURATION_PATTERN};
 use crate::metrics::Metrics;
 use crate::probe::Prober;
 use crate::resources::{self, ADMIN_PORT, MANAGER};
-use crate::status::{self, Failure, Observation};
+use crate::status::{self, Failure, Observation, Workload};
 use crate::{Error, Result};
 use futures::StreamExt;
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{ObjectReference, Pod, Secret, Service};
 use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -121,7 +121,59 @@ pub fn validate(spec: &SessionClusterSpec) -> Result<(), String> {
     if spec.session.cookie_name.is_empty() {
         return Err("session.cookieName must not be empty".into());
     }
+    if let Some(p) = &spec.persistence {
+        validate_persistence(p)?;
+    }
     Ok(())
+}
+
+/// The `spec.persistence` checks (the CEL rules' and the schema's, and what neither can
+/// say on a 1.24 server: that the size is a positive quantity).
+fn validate_persistence(p: &Persistence) -> Result<(), String> {
+    if let Some(pg) = &p.postgres {
+        if !p.enabled {
+            return Err("persistence.postgres needs persistence.enabled: true".into());
+        }
+        if p.storage_class_name.is_some() {
+            return Err("persistence.storageClassName is for node volumes; with persistence.postgres there are none".into());
+        }
+        if pg.secret_ref.name.is_empty() || pg.secret_ref.key.is_empty() {
+            return Err("persistence.postgres.secretRef needs a Secret name and key".into());
+        }
+    }
+    if p.storage_class_name.as_deref() == Some("") {
+        return Err(
+            "persistence.storageClassName must not be empty (leave it out for the default class)"
+                .into(),
+        );
+    }
+    if !is_positive_quantity(&p.size.0) {
+        return Err(format!(
+            "persistence.size {:?} is not a positive quantity such as 1Gi",
+            p.size.0
+        ));
+    }
+    if let Some(n) = p.max_active_sessions {
+        if n < 1 {
+            return Err(format!(
+                "persistence.maxActiveSessions must be >= 1, got {n}"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A Kubernetes quantity (decimal number, optional binary or decimal suffix) above zero.
+fn is_positive_quantity(s: &str) -> bool {
+    const SUFFIXES: [&str; 13] = [
+        "", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei", "k", "M", "G", "T", "P", "E",
+    ];
+    let number_len = s
+        .bytes()
+        .take_while(|b| b.is_ascii_digit() || *b == b'.')
+        .count();
+    let (number, suffix) = s.split_at(number_len);
+    SUFFIXES.contains(&suffix) && number.parse::<f64>().is_ok_and(|n| n > 0.0)
 }
 
 /// `^[0-9]+(ms|s|m|h)$` without a regex engine.
@@ -299,11 +351,24 @@ async fn ensure_secret(ctx: &Context, sc: &SessionCluster, ns: &str) -> Result<(
     }
 }
 
-/// Deletes the Ingress of a cluster whose ingress is disabled, if it is ours.
-async fn remove_ingress(ctx: &Context, sc: &SessionCluster, ns: &str) -> Result<()> {
-    let api: Api<Ingress> = Api::namespaced(ctx.client.clone(), ns);
-    let name = sc.name_any();
-    let Some(existing) = api.get_opt(&name).await? else {
+/// Deletes the `K` called `name` if the SessionCluster controls it (one it does not own
+/// is left alone), with a Deleted Event that says `why`. Absent: nothing to do.
+async fn delete_owned<K>(
+    ctx: &Context,
+    sc: &SessionCluster,
+    ns: &str,
+    name: &str,
+    why: &str,
+) -> Result<()>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + Debug,
+{
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), ns);
+    let kind = K::kind(&()).into_owned();
+    let Some(existing) = api.get_opt(name).await? else {
         return Ok(());
     };
     let ours = existing
@@ -313,9 +378,10 @@ async fn remove_ingress(ctx: &Context, sc: &SessionCluster, ns: &str) -> Result<
     if !ours {
         return Ok(());
     }
-    match api.delete(&name, &DeleteParams::default()).await {
+    match api.delete(name, &DeleteParams::default()).await {
         Ok(_) => {
-            let note = format!("Deleted Ingress {name} (ingress disabled)");
+            info!(%kind, %name, "deleted ({why})");
+            let note = format!("Deleted {kind} {name} ({why})");
             publish(
                 ctx,
                 sc,
@@ -443,22 +509,72 @@ async fn reconcile_pod_monitor(ctx: &Context, sc: &SessionCluster, ns: &str) -> 
     Ok(())
 }
 
-/// Applies every child; returns the Deployment as the API server has it.
-async fn apply_children(ctx: &Context, sc: &SessionCluster, ns: &str) -> Result<Deployment> {
+/// Applies every child; returns the node workload as the API server has it.
+async fn apply_children(ctx: &Context, sc: &SessionCluster, ns: &str) -> Result<Workload> {
     ensure_secret(ctx, sc, ns).await?;
     apply(ctx, sc, &resources::headless_service(sc)).await?;
     apply(ctx, sc, &resources::service(sc)).await?;
-    let deployment = apply(ctx, sc, &resources::deployment(sc)).await?;
+    let workload = apply_workload(ctx, sc, ns).await?;
     apply(ctx, sc, &resources::pdb(sc)).await?;
     apply(ctx, sc, &resources::network_policy(sc)).await?;
     match resources::ingress(sc) {
         Some(ing) => {
             apply(ctx, sc, &ing).await?;
         }
-        None => remove_ingress(ctx, sc, ns).await?,
+        None => delete_owned::<Ingress>(ctx, sc, ns, &sc.name_any(), "ingress disabled").await?,
     }
     reconcile_pod_monitor(ctx, sc, ns).await?;
-    Ok(deployment)
+    Ok(workload)
+}
+
+/// Applies the node workload the spec asks for: a StatefulSet with persistent volumes,
+/// else a Deployment. A switch between them (persistence turned on or off) is rolling:
+/// the old kind, if ours, is deleted only once the new one is rolled out and ready,
+/// so its pods have joined the cluster and received the sessions before the old pods
+/// hand theirs over and leave.
+async fn apply_workload(ctx: &Context, sc: &SessionCluster, ns: &str) -> Result<Workload> {
+    let name = sc.name_any();
+    let (workload, why) = match resources::statefulset(sc) {
+        Some(set) => (
+            Workload::from(&apply(ctx, sc, &set).await?),
+            "replaced by a StatefulSet: persistence with volumes",
+        ),
+        None => (
+            Workload::from(&apply(ctx, sc, &resources::deployment(sc)).await?),
+            "replaced by a Deployment: no persistent volumes",
+        ),
+    };
+    if status::rolled_out(&workload, sc.spec.replicas) && workload.ready >= sc.spec.replicas {
+        if workload.kind == "StatefulSet" {
+            delete_owned::<Deployment>(ctx, sc, ns, &name, why).await?;
+        } else {
+            delete_owned::<StatefulSet>(ctx, sc, ns, &name, why).await?;
+        }
+    }
+    Ok(workload)
+}
+
+/// The node workload of the kind the spec asks for, if it exists (best effort, for the
+/// status of a reconcile that failed).
+async fn existing_workload(ctx: &Context, sc: &SessionCluster, ns: &str) -> Option<Workload> {
+    let name = sc.name_any();
+    if sc.spec.wants_volumes() {
+        let api: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), ns);
+        api.get_opt(&name)
+            .await
+            .ok()
+            .flatten()
+            .as_ref()
+            .map(Workload::from)
+    } else {
+        let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), ns);
+        api.get_opt(&name)
+            .await
+            .ok()
+            .flatten()
+            .as_ref()
+            .map(Workload::from)
+    }
 }
 
 /// Admin addresses (`podIP:9090`) of the cluster's ready pods; records every running pod
@@ -506,18 +622,16 @@ async fn reconcile_inner(sc: &SessionCluster, ctx: &Context) -> Result<Action> {
         Err(msg) => Err(Error::InvalidSpec(msg)),
         Ok(()) => apply_children(ctx, sc, &ns).await,
     };
-    let (deployment, failure) = match &outcome {
-        Ok(d) => (Some(d.clone()), None),
+    let (workload, failure) = match &outcome {
+        Ok(w) => (Some(w.clone()), None),
         Err(e) => {
             let reason = match e {
                 Error::InvalidSpec(_) => "InvalidSpec",
                 _ => "ApplyFailed",
             };
             // Best effort: show what exists while reporting the failure.
-            let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
-            let existing = api.get_opt(&name).await.ok().flatten();
             (
-                existing,
+                existing_workload(ctx, sc, &ns).await,
                 Some(Failure {
                     reason: reason.into(),
                     message: e.to_string(),
@@ -526,11 +640,7 @@ async fn reconcile_inner(sc: &SessionCluster, ctx: &Context) -> Result<Action> {
         }
     };
 
-    let ready = deployment
-        .as_ref()
-        .and_then(|d| d.status.as_ref())
-        .and_then(|s| s.ready_replicas)
-        .unwrap_or(0);
+    let ready = workload.as_ref().map_or(0, |w| w.ready);
     let reports = if ready > 0 {
         match ready_pod_addrs(ctx, sc, &ns).await {
             Ok(addrs) => ctx.prober.reports(&addrs).await,
@@ -576,7 +686,7 @@ async fn reconcile_inner(sc: &SessionCluster, ctx: &Context) -> Result<Action> {
         .round(jiff::Unit::Second)
         .unwrap_or_else(|_| jiff::Timestamp::now());
     let obs = Observation {
-        deployment: deployment.as_ref(),
+        workload,
         reports: &reports,
         failure,
         now: now.to_string(),
@@ -631,7 +741,7 @@ async fn reconcile_inner(sc: &SessionCluster, ctx: &Context) -> Result<Action> {
                 .conditions
                 .iter()
                 .any(|c| c.type_ == "Ready" && c.status == "True");
-            // After a scale or a rollout the Deployment settles before the nodes' views
+            // After a scale or a rollout the workload settles before the nodes' views
             // do: look again soon while the members seen differ from the ready pods.
             let settled = new_status.members == new_status.ready_replicas
                 && new_status.ready_replicas == new_status.replicas;
@@ -708,6 +818,7 @@ pub async fn run(
     });
     controller
         .owns(api::<Deployment>(&client, &namespace), owned.clone())
+        .owns(api::<StatefulSet>(&client, &namespace), owned.clone())
         .owns(api::<Service>(&client, &namespace), owned.clone())
         .owns(api::<Ingress>(&client, &namespace), owned.clone())
         .owns(api::<Secret>(&client, &namespace), owned.clone())

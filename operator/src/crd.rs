@@ -4,10 +4,13 @@
 //! and committed as `crds/sessioncluster.yaml`. Validation the API server enforces at
 //! apply time: `replicas >= 0`, the mode enums, the duration pattern of
 //! `session.timeout`, and a CEL rule that `replication.backups < replicas`
-//! (with 0 or 1 replicas only `backups <= 1`, the default, is accepted).
+//! (with 0 or 1 replicas only `backups <= 1`, the default, is accepted), and the
+//! `persistence` rules: `postgres` only with `enabled` and without a StorageClass, and
+//! the claim template (`size`, `storageClassName`) fixed while persistence is on.
 
 use k8s_openapi::api::core::v1::ResourceRequirements;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::{CustomResource, CustomResourceExt, KubeSchema};
 use schemars::{json_schema, Schema, SchemaGenerator};
 use serde::{Deserialize, Serialize};
@@ -85,6 +88,9 @@ pub struct SessionClusterSpec {
     /// Prometheus Operator integration.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub monitoring: Option<MonitoringSpec>,
+    /// Durable sessions (Tomcat's PersistentManager): a volume per node, or PostgreSQL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub persistence: Option<Persistence>,
 }
 
 fn default_replicas() -> i32 {
@@ -107,6 +113,7 @@ impl Default for SessionClusterSpec {
             resources: None,
             app: None,
             monitoring: None,
+            persistence: None,
         }
     }
 }
@@ -291,10 +298,162 @@ pub struct MonitoringSpec {
 }
 
 impl SessionClusterSpec {
+    /// The persistence settings when persistence is on (`persistence.enabled`).
+    pub fn persistence(&self) -> Option<&Persistence> {
+        self.persistence.as_ref().filter(|p| p.enabled)
+    }
+
+    /// Whether each node gets a volume of its own (persistence on, no PostgreSQL): the
+    /// nodes then run as a StatefulSet instead of a Deployment.
+    pub fn wants_volumes(&self) -> bool {
+        self.persistence().is_some_and(|p| p.postgres.is_none())
+    }
+
     /// Whether a PodMonitor is asked for.
     pub fn wants_pod_monitor(&self) -> bool {
         self.monitoring.as_ref().is_some_and(|m| m.pod_monitor)
     }
+}
+
+/// The CEL rule that keeps `postgres` and the volume settings apart.
+pub const PERSISTENCE_POSTGRES_RULE: &str =
+    "!has(self.postgres) || (self.enabled && !has(self.storageClassName))";
+
+/// The CEL transition rule that keeps a running StatefulSet's claim template fixed (the
+/// API server refuses to change `volumeClaimTemplates`).
+pub const PERSISTENCE_CLAIM_RULE: &str = "!self.enabled || !oldSelf.enabled || has(self.postgres) || has(oldSelf.postgres) || (self.size == oldSelf.size && has(self.storageClassName) == has(oldSelf.storageClassName) && (!has(self.storageClassName) || self.storageClassName == oldSelf.storageClassName))";
+
+/// The pattern of a Kubernetes quantity (`1Gi`, `500M`, `1e9`).
+pub const QUANTITY_PATTERN: &str = "^(\\+|-)?(([0-9]+(\\.[0-9]*)?)|(\\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\\+|-)?(([0-9]+(\\.[0-9]*)?)|(\\.[0-9]+))))?$";
+
+/// Durable sessions: each node persists its sessions behind the replicated store, so a
+/// whole-cluster restart (scale to 0 and back, every pod lost at once) keeps them.
+///
+/// With a volume (the default store) every node gets a PersistentVolumeClaim of its own
+/// and the nodes run as a StatefulSet (stable pod names: a restarted node finds its own
+/// data under its own id). With `postgres` the sessions go to that database instead and
+/// the nodes stay a Deployment.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[x_kube(
+    validation = kube::core::Rule::new(PERSISTENCE_POSTGRES_RULE).message("persistence.postgres needs persistence.enabled: true and takes no storageClassName (the sessions go to the database, no volume is made)"),
+    validation = kube::core::Rule::new(PERSISTENCE_CLAIM_RULE).message("persistence.size and persistence.storageClassName cannot change while persistence is enabled (a StatefulSet's volumeClaimTemplates are immutable): disable persistence first, or resize the PersistentVolumeClaims themselves")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct Persistence {
+    /// Persist sessions.
+    #[serde(default)]
+    pub enabled: bool,
+    /// StorageClass of the node volumes (the cluster's default class when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
+    pub storage_class_name: Option<String>,
+    /// Size of each node volume.
+    #[serde(default = "default_volume_size")]
+    #[schemars(schema_with = "quantity_schema")]
+    pub size: Quantity,
+    /// `write-behind`: answered, then persisted within a bounded delay; `sync`: answered
+    /// once the local write is durable.
+    #[serde(default)]
+    pub durability: Durability,
+    /// Memory budget of each node in sessions: idle sessions beyond it live only in the
+    /// store and are loaded on access. Unbounded when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_active_sessions: Option<i64>,
+    /// What happens to the node volumes when the SessionCluster is deleted.
+    #[serde(default)]
+    pub retention: Retention,
+    /// Keep the sessions in PostgreSQL instead of node volumes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postgres: Option<PostgresStore>,
+}
+
+fn default_volume_size() -> Quantity {
+    Quantity("1Gi".into())
+}
+
+impl Default for Persistence {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            storage_class_name: None,
+            size: default_volume_size(),
+            durability: Durability::default(),
+            max_active_sessions: None,
+            retention: Retention::default(),
+            postgres: None,
+        }
+    }
+}
+
+/// When a session write is durable.
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum Durability {
+    /// Applied in memory and replicated, persisted behind (bounded delay).
+    #[default]
+    WriteBehind,
+    /// Answered only after the local write is durable.
+    Sync,
+}
+
+impl Durability {
+    /// The value of `TRIBE_DURABILITY`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Durability::WriteBehind => "write-behind",
+            Durability::Sync => "sync",
+        }
+    }
+}
+
+/// What deleting the SessionCluster does to the node volumes.
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema,
+)]
+pub enum Retention {
+    /// The PersistentVolumeClaims stay (a SessionCluster of the same name finds them).
+    #[default]
+    Retain,
+    /// The PersistentVolumeClaims are deleted with the StatefulSet.
+    Delete,
+}
+
+impl Retention {
+    /// The StatefulSet's `persistentVolumeClaimRetentionPolicy.whenDeleted`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Retention::Retain => "Retain",
+            Retention::Delete => "Delete",
+        }
+    }
+}
+
+/// Sessions in PostgreSQL (Tomcat's JDBCStore).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PostgresStore {
+    /// The Secret key holding the connection URL (`postgres://user:pass@host/db`).
+    pub secret_ref: SecretKeyRef,
+}
+
+/// A key of a Secret in the SessionCluster's namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    /// The Secret's name.
+    #[schemars(length(min = 1))]
+    pub name: String,
+    /// The key within it.
+    #[serde(default = "default_url_key")]
+    #[schemars(length(min = 1))]
+    pub key: String,
+}
+
+fn default_url_key() -> String {
+    "url".into()
 }
 
 /// TLS settings of the Ingress.
@@ -440,12 +599,23 @@ pub struct Condition {
     pub observed_generation: Option<i64>,
 }
 
+/// Schema of a quantity: an int-or-string matching [`QUANTITY_PATTERN`].
+fn quantity_schema(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "description": "Size of each node volume (a quantity, e.g. 1Gi).",
+        "default": "1Gi",
+        "x-kubernetes-int-or-string": true,
+        "anyOf": [{ "type": "integer" }, { "type": "string" }],
+        "pattern": QUANTITY_PATTERN
+    })
+}
+
 /// Schema of `spec.resources`: `limits`/`requests` maps of int-or-string quantities.
 fn resources_schema(_: &mut SchemaGenerator) -> Schema {
     let quantity = json_schema!({
         "x-kubernetes-int-or-string": true,
         "anyOf": [{ "type": "integer" }, { "type": "string" }],
-        "pattern": "^(\\+|-)?(([0-9]+(\\.[0-9]*)?)|(\\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\\+|-)?(([0-9]+(\\.[0-9]*)?)|(\\.[0-9]+))))?$"
+        "pattern": QUANTITY_PATTERN
     });
     json_schema!({
         "description": "Compute resources of each node container (core/v1 ResourceRequirements).",

@@ -119,7 +119,8 @@ where
 }
 
 /// A responder for a fresh namespace: GETs are 404, writes echo their body with a
-/// resourceVersion, the Deployment comes back with `ready` ready replicas, pod lists are empty.
+/// resourceVersion, the Deployment (or StatefulSet) comes back with `ready` ready replicas,
+/// pod lists are empty.
 pub fn fresh_server(ready: i32) -> impl FnMut(&Seen) -> Reply + Send + 'static {
     move |s: &Seen| {
         let not_found = status_error(404, "NotFound", "not found");
@@ -138,7 +139,7 @@ pub fn fresh_server(ready: i32) -> impl FnMut(&Seen) -> Reply + Send + 'static {
                 if body.get("metadata").is_some() {
                     body["metadata"]["resourceVersion"] = json!("1");
                 }
-                if s.path.contains("/deployments/") {
+                if s.path.contains("/deployments/") || s.path.contains("/statefulsets/") {
                     body["status"] = json!({"observedGeneration": 1, "replicas": 3, "readyReplicas": ready,
                                             "updatedReplicas": 3, "availableReplicas": ready});
                     body["metadata"]["generation"] = json!(1);
@@ -161,6 +162,7 @@ pub fn existing(path: &str) -> Value {
     let plural = parts.next().unwrap_or_default();
     let (api_version, kind) = match plural {
         "deployments" => ("apps/v1", "Deployment"),
+        "statefulsets" => ("apps/v1", "StatefulSet"),
         "services" => ("v1", "Service"),
         "secrets" => ("v1", "Secret"),
         "ingresses" => ("networking.k8s.io/v1", "Ingress"),
@@ -170,7 +172,7 @@ pub fn existing(path: &str) -> Value {
     };
     let mut v = json!({"apiVersion": api_version, "kind": kind,
                        "metadata": {"name": name, "namespace": "web", "resourceVersion": "1"}});
-    if kind == "Deployment" {
+    if kind == "Deployment" || kind == "StatefulSet" {
         v["spec"] = json!({"selector": {}, "template": {}});
     }
     v

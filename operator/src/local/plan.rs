@@ -11,7 +11,10 @@
 //!   The cluster's membership, size and failure handling are the same;
 //! - the key file is the local one in the work directory;
 //! - a stopping node waits 1 s (not the pods' 5 s) before it leaves: the front door
-//!   drops a node that is not ready within one supervision round.
+//!   drops a node that is not ready within one supervision round;
+//! - with persistence, a slot's data directory is `data/<node id>` next to the key file
+//!   (a slot keeps its id, so a restart finds its data), and `TRIBE_POSTGRES_URL` is
+//!   not read from a Secret: a node inherits it from `local`'s own environment.
 
 use crate::crd::SessionCluster;
 use crate::resources::{node_settings, SettingValue};
@@ -34,6 +37,8 @@ pub const LOCAL_OVERRIDES: &[&str] = &[
     "TRIBE_DNS_NAME",
     "TRIBE_CLUSTER_KEY_FILE",
     "TRIBE_SHUTDOWN_DELAY",
+    "TRIBE_DATA_DIR",
+    "TRIBE_POSTGRES_URL",
 ];
 
 /// Ports of slot `index`: http, admin, replication (three consecutive ports from
@@ -79,8 +84,14 @@ pub fn node_env(
             SettingValue::Literal(v) => v,
             SettingValue::NodeName => node_id(sc, index),
             SettingValue::NodeIp => format!("127.0.0.1:{repl}"),
+            SettingValue::SecretKey { .. } => continue,
         };
         env.insert(s.name.to_string(), value);
+    }
+    if env.contains_key("TRIBE_DATA_DIR") {
+        let work = key_file.parent().unwrap_or(Path::new("."));
+        let dir = work.join("data").join(node_id(sc, index));
+        env.insert("TRIBE_DATA_DIR".into(), dir.display().to_string());
     }
     env.remove("TRIBE_DNS_NAME");
     env.remove("TRIBE_MULTICAST_GROUP");

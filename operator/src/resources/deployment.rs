@@ -7,8 +7,8 @@ use k8s_openapi::api::apps::v1::{
 };
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector,
-    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile, SecretVolumeSource,
-    SecurityContext, Volume, VolumeMount,
+    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile, SecretKeySelector,
+    SecretVolumeSource, SecurityContext, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -42,6 +42,23 @@ fn env_field(name: &str, path: &str) -> EnvVar {
             field_ref: Some(ObjectFieldSelector {
                 field_path: path.into(),
                 api_version: Some("v1".into()),
+            }),
+            ..EnvVarSource::default()
+        }),
+    }
+}
+
+/// An env var from a Secret key (required: a missing Secret keeps the pod from starting,
+/// with the reason in its events).
+fn env_secret(name: &str, secret: String, key: String) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: None,
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: secret,
+                key,
+                optional: None,
             }),
             ..EnvVarSource::default()
         }),
@@ -85,6 +102,14 @@ pub enum SettingValue {
     NodeName,
     /// The node's own address: the pod's `status.podIP` (local: `127.0.0.1:<port>`).
     NodeIp,
+    /// A key of a Secret in the cluster's namespace (pods: a `secretKeyRef`; local
+    /// passes its own environment's value on instead).
+    SecretKey {
+        /// The Secret.
+        name: String,
+        /// The key.
+        key: String,
+    },
 }
 
 /// One `TRIBE_*` setting of a node (names from DESIGN.md).
@@ -150,6 +175,7 @@ pub fn node_settings(sc: &SessionCluster) -> Vec<NodeSetting> {
             spec.replication.min_members.to_string(),
         ));
     }
+    settings.extend(super::persistence::settings(sc));
     settings
 }
 
@@ -162,13 +188,15 @@ pub fn node_env(sc: &SessionCluster) -> Vec<EnvVar> {
             SettingValue::Literal(v) => env(s.name, v),
             SettingValue::NodeName => env_field(s.name, "metadata.name"),
             SettingValue::NodeIp => env_field(s.name, "status.podIP"),
+            SettingValue::SecretKey { name, key } => env_secret(s.name, name, key),
         })
         .collect()
 }
 
-/// The Deployment running the cluster's nodes.
-pub fn deployment(sc: &SessionCluster) -> Deployment {
-    let selector = selector_labels(sc);
+/// The pod template of the cluster's nodes: one definition for the Deployment and the
+/// StatefulSet (persistence with volumes), so switching between them changes nothing
+/// else of a pod.
+pub fn pod_template(sc: &SessionCluster) -> PodTemplateSpec {
     let container = Container {
         name: "node".into(),
         image: Some(sc.spec.image.clone()),
@@ -177,21 +205,67 @@ pub fn deployment(sc: &SessionCluster) -> Deployment {
         readiness_probe: Some(http_probe("/readyz", 2, 3, None)),
         liveness_probe: Some(http_probe("/healthz", 10, 3, Some(10))),
         resources: sc.spec.resources.clone(),
-        volume_mounts: Some(vec![VolumeMount {
-            name: "cluster-key".into(),
-            mount_path: KEY_DIR.into(),
-            read_only: Some(true),
-            ..VolumeMount::default()
-        }]),
+        volume_mounts: Some(
+            std::iter::once(VolumeMount {
+                name: "cluster-key".into(),
+                mount_path: KEY_DIR.into(),
+                read_only: Some(true),
+                ..VolumeMount::default()
+            })
+            .chain(super::persistence::data_mount(sc))
+            .collect(),
+        ),
         security_context: Some(container_security_context()),
         ..Container::default()
     };
+    PodTemplateSpec {
+        metadata: Some(ObjectMeta {
+            labels: Some(labels(sc)),
+            annotations: Some(scrape_annotations()),
+            ..ObjectMeta::default()
+        }),
+        spec: Some(PodSpec {
+            containers: std::iter::once(container)
+                .chain(app_container(sc))
+                .collect(),
+            termination_grace_period_seconds: Some(TERMINATION_GRACE_SECONDS),
+            // The key file is group-readable by fsGroup, which every container
+            // process gets as a supplementary group: any non-root UID can read it
+            // (and write the node volume, which the kubelet gives that group).
+            security_context: Some(PodSecurityContext {
+                fs_group: Some(NODE_GROUP),
+                // The node volume is group-writable by fsGroup too; its
+                // ownership is fixed once, not re-walked at every start.
+                fs_group_change_policy: sc.spec.wants_volumes().then(|| "OnRootMismatch".into()),
+                run_as_non_root: None,
+                seccomp_profile: Some(SeccompProfile {
+                    type_: "RuntimeDefault".into(),
+                    localhost_profile: None,
+                }),
+                ..PodSecurityContext::default()
+            }),
+            volumes: Some(vec![Volume {
+                name: "cluster-key".into(),
+                secret: Some(SecretVolumeSource {
+                    secret_name: Some(secret_name(sc)),
+                    default_mode: Some(0o440),
+                    ..SecretVolumeSource::default()
+                }),
+                ..Volume::default()
+            }]),
+            ..PodSpec::default()
+        }),
+    }
+}
+
+/// The Deployment running the cluster's nodes (persistence off, or in PostgreSQL).
+pub fn deployment(sc: &SessionCluster) -> Deployment {
     Deployment {
         metadata: child_meta(sc, sc.name_any()),
         spec: DeploymentSpec {
             replicas: Some(sc.spec.replicas),
             selector: LabelSelector {
-                match_labels: Some(selector),
+                match_labels: Some(selector_labels(sc)),
                 match_expressions: None,
             },
             strategy: Some(DeploymentStrategy {
@@ -201,40 +275,7 @@ pub fn deployment(sc: &SessionCluster) -> Deployment {
                     max_surge: Some(IntOrString::Int(1)),
                 }),
             }),
-            template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some(labels(sc)),
-                    annotations: Some(scrape_annotations()),
-                    ..ObjectMeta::default()
-                }),
-                spec: Some(PodSpec {
-                    containers: std::iter::once(container)
-                        .chain(app_container(sc))
-                        .collect(),
-                    termination_grace_period_seconds: Some(TERMINATION_GRACE_SECONDS),
-                    // The key file is group-readable by fsGroup, which every container
-                    // process gets as a supplementary group: any non-root UID can read it.
-                    security_context: Some(PodSecurityContext {
-                        fs_group: Some(NODE_GROUP),
-                        run_as_non_root: None,
-                        seccomp_profile: Some(SeccompProfile {
-                            type_: "RuntimeDefault".into(),
-                            localhost_profile: None,
-                        }),
-                        ..PodSecurityContext::default()
-                    }),
-                    volumes: Some(vec![Volume {
-                        name: "cluster-key".into(),
-                        secret: Some(SecretVolumeSource {
-                            secret_name: Some(secret_name(sc)),
-                            default_mode: Some(0o440),
-                            ..SecretVolumeSource::default()
-                        }),
-                        ..Volume::default()
-                    }]),
-                    ..PodSpec::default()
-                }),
-            },
+            template: pod_template(sc),
             ..DeploymentSpec::default()
         },
         status: None,
@@ -392,9 +433,25 @@ mod tests {
     /// as values and the node's own name/address from the pod.
     #[test]
     fn env_is_the_node_settings() {
-        for membership in [Membership::Auto, Membership::Multicast, Membership::Dns] {
+        use crate::crd::{Persistence, PostgresStore, SecretKeyRef};
+        let postgres = Persistence {
+            enabled: true,
+            postgres: Some(PostgresStore {
+                secret_ref: SecretKeyRef {
+                    name: "db".into(),
+                    key: "url".into(),
+                },
+            }),
+            ..Persistence::default()
+        };
+        for (membership, persistence) in [
+            (Membership::Auto, None),
+            (Membership::Multicast, None),
+            (Membership::Dns, Some(postgres)),
+        ] {
             let mut sc = cluster("shop", "web");
             sc.spec.membership = membership;
+            sc.spec.persistence = persistence;
             let settings = node_settings(&sc);
             let env = node_env(&sc);
             assert_eq!(settings.len(), env.len());
@@ -412,6 +469,11 @@ mod tests {
                     }
                     SettingValue::NodeName => assert_eq!(field, Some("metadata.name")),
                     SettingValue::NodeIp => assert_eq!(field, Some("status.podIP")),
+                    SettingValue::SecretKey { name, key } => {
+                        let r = e.value_from.as_ref().unwrap().secret_key_ref.as_ref();
+                        let r = r.expect("a secretKeyRef");
+                        assert_eq!((&r.name, &r.key), (name, key));
+                    }
                 }
             }
         }

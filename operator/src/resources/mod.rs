@@ -6,11 +6,15 @@ mod ingress;
 mod monitor;
 mod network_policy;
 mod pdb;
+mod persistence;
 mod secret;
 mod service;
 mod sidecar;
+mod statefulset;
 
-pub use deployment::{deployment, node_env, node_settings, NodeSetting, SettingValue};
+pub use deployment::{
+    deployment, node_env, node_settings, pod_template, NodeSetting, SettingValue,
+};
 pub use ingress::ingress;
 pub use monitor::{
     pod_monitor, pod_monitor_resource, scrape_annotations, CLUSTER_LABEL, METRICS_PATH,
@@ -18,9 +22,11 @@ pub use monitor::{
 };
 pub use network_policy::network_policy;
 pub use pdb::pdb;
+pub use persistence::{DATA_DIR, DATA_VOLUME};
 pub use secret::{random_key, secret};
 pub use service::{headless_service, service, METRICS_PORT_NAME};
 pub use sidecar::{app_container, exposed_http_port, node_ports, sidecar_env};
+pub use statefulset::statefulset;
 
 use crate::crd::SessionCluster;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
@@ -55,7 +61,8 @@ pub fn secret_name(sc: &SessionCluster) -> String {
     format!("{}-key", sc.name_any())
 }
 
-/// The labels that select a cluster's pods (stable: part of the Deployment selector).
+/// The labels that select a cluster's pods (stable: part of the Deployment's and the
+/// StatefulSet's selector, and the labels of the StatefulSet's claims).
 pub fn selector_labels(sc: &SessionCluster) -> BTreeMap<String, String> {
     BTreeMap::from([
         ("app.kubernetes.io/name".to_string(), APP_NAME.to_string()),
