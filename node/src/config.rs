@@ -37,6 +37,15 @@ pub enum SendMode {
     Sync,
 }
 
+/// When a write is answered, with `--data-dir`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Durability {
+    /// Answered at once; persisted within `--flush-interval` (batched).
+    WriteBehind,
+    /// Answered once the local write is on disk (concurrent writes share one fsync).
+    Sync,
+}
+
 /// Configuration of one node.
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -189,6 +198,21 @@ pub struct Config {
     /// The store key prefix of the app's sessions (default: the adapter's).
     #[arg(long, env = "TRIBE_PROXY_KEY_PREFIX")]
     pub proxy_key_prefix: Option<String>,
+    // ---- persistence (one block) ----
+    /// Persist sessions under this directory, and start from them (default: memory only).
+    #[arg(long, env = "TRIBE_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// With `--data-dir`: `write-behind` (answer at once, persist within
+    /// `--flush-interval`) or `sync` (answer once the write is on the local disk).
+    #[arg(long, env = "TRIBE_DURABILITY", value_enum, default_value = "write-behind")]
+    pub durability: Durability,
+    /// With `--data-dir`: the longest a change waits before it is written (write-behind).
+    #[arg(long, env = "TRIBE_FLUSH_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    pub flush_interval: Duration,
+    /// With `--data-dir`: sessions kept in memory; the least recently used beyond it live
+    /// on disk only and are read back on access. 0: no limit.
+    #[arg(long, env = "TRIBE_MAX_ACTIVE_SESSIONS", default_value_t = 0)]
+    pub max_active_sessions: usize,
 }
 
 /// Parses `500ms`, `3s`, `30m`, `1h` (humantime syntax).

@@ -9,6 +9,8 @@
 //! - [`wire`] — frames and messages (magic, version, type, length, tag; postcard bodies).
 //! - [`store`] — the versioned session table (last-writer-wins per attribute).
 //! - [`ownership`] — rendezvous hashing for backup mode.
+//! - [`persist`] — the durable copy under the session table: backends, the flusher,
+//!   start from disk, swap-out.
 //! - [`membership`] — multicast, DNS and static discovery of peers.
 //! - [`transport`] — TCP dial/accept with the authenticated handshake, pre-auth limits.
 //! - [`replication`] — the replication core: liveness, message handling, anti-entropy,
@@ -34,6 +36,7 @@ pub mod keyring;
 pub mod membership;
 pub mod metrics;
 pub mod ownership;
+pub mod persist;
 pub mod replication;
 pub mod resp;
 pub mod ryw;
@@ -228,6 +231,8 @@ pub async fn run(
         let _ = tokio::time::timeout(std::time::Duration::from_secs(2), t).await;
     }
     cancel.cancel();
+    // The flusher's last flush: a graceful stop persists every change.
+    let _ = tokio::time::timeout(cfg.drain_timeout, cluster.persistence_stopped()).await;
     let _ = tokio::time::timeout(std::time::Duration::from_secs(2), admin_task).await;
     Ok(())
 }

@@ -95,6 +95,80 @@ pub struct Metrics {
     pub resident_memory_bytes: Gauge,
     /// The memory limit of the node's cgroup, bytes; 0 when unlimited or unknown.
     pub memory_limit_bytes: Gauge,
+    /// Persistence (`--data-dir`).
+    pub persist: PersistMetrics,
+}
+
+/// Metrics of persistence (`--data-dir`); all zero without it.
+#[derive(Debug)]
+pub struct PersistMetrics {
+    /// Bytes of session records (and deletions) written to the backend.
+    pub bytes: Counter,
+    /// Sessions written (puts and deletions).
+    pub writes: Counter,
+    /// Duration of one flush (one atomic, durable batch).
+    pub flush_seconds: Histogram,
+    /// Flushes that failed (retried at the next interval).
+    pub errors: Counter,
+    /// Sessions whose latest state is on disk.
+    pub sessions_on_disk: Gauge,
+    /// Sessions in memory.
+    pub sessions_resident: Gauge,
+    /// Sessions swapped out (on disk only, read back on access).
+    pub sessions_swapped: Gauge,
+    /// Sessions loaded from disk at start.
+    pub loaded: Gauge,
+    /// Seconds the load from disk took at start.
+    pub load_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    /// Times unreadable persisted data was set aside at start.
+    pub set_aside: Counter,
+    /// Bytes the backend's files take.
+    pub disk_bytes: Gauge,
+}
+
+impl PersistMetrics {
+    fn new() -> Self {
+        PersistMetrics {
+            bytes: Counter::default(),
+            writes: Counter::default(),
+            flush_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 18)),
+            errors: Counter::default(),
+            sessions_on_disk: Gauge::default(),
+            sessions_resident: Gauge::default(),
+            sessions_swapped: Gauge::default(),
+            loaded: Gauge::default(),
+            load_seconds: Gauge::default(),
+            set_aside: Counter::default(),
+            disk_bytes: Gauge::default(),
+        }
+    }
+
+    fn register(&self, r: &mut Registry) {
+        let r = r.sub_registry_with_prefix("persist");
+        r.register("bytes", "Bytes of session records written to disk", self.bytes.clone());
+        r.register("writes", "Session records written or deleted on disk", self.writes.clone());
+        r.register("flush_seconds", "Duration of one durable flush", self.flush_seconds.clone());
+        r.register("errors", "Flushes that failed", self.errors.clone());
+        r.register(
+            "sessions_on_disk",
+            "Sessions whose latest state is on disk",
+            self.sessions_on_disk.clone(),
+        );
+        r.register("sessions_resident", "Sessions in memory", self.sessions_resident.clone());
+        r.register(
+            "sessions_swapped",
+            "Sessions swapped out to disk (read back on access)",
+            self.sessions_swapped.clone(),
+        );
+        r.register("loaded_sessions", "Sessions loaded from disk at start", self.loaded.clone());
+        r.register("load_seconds", "Duration of the load from disk at start", self.load_seconds.clone());
+        r.register(
+            "set_aside",
+            "Times unreadable persisted data was set aside at start",
+            self.set_aside.clone(),
+        );
+        r.register("disk_bytes", "Bytes the persisted sessions take on disk", self.disk_bytes.clone());
+    }
 }
 
 impl Metrics {
@@ -136,6 +210,7 @@ impl Metrics {
             ready: Gauge::default(),
             resident_memory_bytes: Gauge::default(),
             memory_limit_bytes: Gauge::default(),
+            persist: PersistMetrics::new(),
         };
         let r = registry.sub_registry_with_prefix("tribe");
         r.register("sessions", "Sessions held, by role", m.sessions.clone());
@@ -305,6 +380,7 @@ impl Metrics {
             "Memory limit of the node's cgroup (0: unlimited or unknown)",
             m.memory_limit_bytes.clone(),
         );
+        m.persist.register(r);
         m
     }
 

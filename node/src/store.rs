@@ -7,12 +7,16 @@
 //! *different* attributes of one session never overwrite each other. See REPLICATION.md.
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use compact_str::CompactString;
 use dashmap::DashMap;
 
+use crate::persist::dirty::Dirty;
+use crate::persist::{record, Backend};
 use crate::wire::{AttrState, Delta, SessionId, SessionState, Stamp};
 
 /// Seconds since the Unix epoch.
@@ -346,17 +350,98 @@ pub struct Store {
     /// The last role counts computed by a scan, when, and for which key (see
     /// [`Store::cached`]).
     role_cache: parking_lot::Mutex<Option<(std::time::Instant, u64, [usize; 4])>>,
+    /// Persistence: what changed since the last flush (`None`: memory only).
+    dirty: Option<Dirty>,
+    /// Where swapped-out sessions are read back from.
+    disk: Option<Arc<dyn Backend>>,
+    /// Swapped-out sessions: on disk only, with what anti-entropy and the sweeper need
+    /// (a digest counts them without reading them back).
+    swapped: DashMap<SessionId, Stub>,
+    /// `swapped.len()`, without locking every shard (the fast path of every access).
+    swapped_count: std::sync::atomic::AtomicUsize,
+}
+
+/// What stays in memory of a swapped-out session: ~40 bytes instead of the whole session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stub {
+    fingerprint: u64,
+    expiry: u64,
+    changed_at: u64,
+}
+
+/// What anti-entropy and scans look at of a session, resident or swapped out, without
+/// reading a swapped-out one back from disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Summary {
+    /// [`Session::fingerprint`].
+    pub fingerprint: u64,
+    /// [`Session::expiry`].
+    pub expiry: u64,
+    /// [`Session::changed_at`].
+    pub changed_at: u64,
+    /// Invalidated (a tombstone; never swapped out).
+    pub deleted: bool,
+}
+
+impl Summary {
+    /// [`Session::is_dead`].
+    pub fn is_dead(&self, now: u64) -> bool {
+        self.deleted || self.expiry <= now
+    }
+}
+
+impl Session {
+    /// This session's [`Summary`].
+    pub fn summary(&self) -> Summary {
+        Summary {
+            fingerprint: self.fingerprint(),
+            expiry: self.expiry,
+            changed_at: self.changed_at,
+            deleted: self.deleted.is_some(),
+        }
+    }
 }
 
 impl Store {
-    /// An empty store.
+    /// An empty store, memory only.
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// Number of sessions held (live ones and recent tombstones).
+    /// An empty store whose changes are tracked for persistence to `disk`, from which
+    /// swapped-out sessions are read back.
+    pub fn persisted(disk: Arc<dyn Backend>) -> Self {
+        Store {
+            dirty: Some(Dirty::default()),
+            disk: Some(disk),
+            ..Self::default()
+        }
+    }
+
+    /// The dirty set, when persistence is on.
+    pub fn dirty(&self) -> Option<&Dirty> {
+        self.dirty.as_ref()
+    }
+
+    fn mark(&self, sid: SessionId) {
+        if let Some(d) = &self.dirty {
+            d.mark(sid);
+        }
+    }
+
+    /// Number of sessions held (live ones and recent tombstones), swapped out or not.
     pub fn len(&self) -> usize {
+        self.sessions.len() + self.swapped_count.load(Relaxed)
+    }
+
+    /// Number of sessions held in memory.
+    pub fn resident(&self) -> usize {
         self.sessions.len()
+    }
+
+    /// Number of sessions swapped out (on disk only).
+    pub fn swapped(&self) -> usize {
+        self.swapped_count.load(Relaxed)
     }
 
     /// Number of sessions held that are not invalidated, without a scan (an expired one
@@ -400,7 +485,58 @@ impl Store {
         }
     }
 
+    /// Brings a swapped-out session back into memory (an access). The disk read runs
+    /// under the session's shard lock, so two accesses never load it twice and a newer
+    /// copy is never replaced by an older one.
+    fn fault_in(&self, sid: SessionId) {
+        if self.swapped_count.load(Relaxed) == 0 || !self.swapped.contains_key(&sid) {
+            return;
+        }
+        let dashmap::mapref::entry::Entry::Vacant(slot) = self.sessions.entry(sid) else {
+            return;
+        };
+        let Some((_, stub)) = self.swapped.remove(&sid) else {
+            return;
+        };
+        self.swapped_count.fetch_sub(1, Relaxed);
+        match self.read_back(sid) {
+            Some(state) => {
+                let mut s = Session::default();
+                s.merge(&state);
+                s.changed_at = stub.changed_at;
+                s.last_local_access = unix_now();
+                slot.insert(s);
+            }
+            None => {
+                // Lost from disk: forget it here (peers still hold it; anti-entropy
+                // brings it back, since this node's digest no longer lists it).
+                drop(slot);
+                self.adjust_live(true, false);
+                self.generation.fetch_add(1, Relaxed);
+                self.mark(sid);
+            }
+        }
+    }
+
+    /// A swapped-out session's state, read from disk (`None`, logged, when it is not
+    /// there or does not decode).
+    fn read_back(&self, sid: SessionId) -> Option<SessionState> {
+        let disk = self.disk.as_ref()?;
+        match disk.load_one(sid).and_then(|r| r.map(|r| record::decode(&r)).transpose()) {
+            Ok(Some(s)) => Some(s),
+            Ok(None) => {
+                tracing::error!(sid = %format!("{sid:x}"), "a swapped-out session is missing from disk");
+                None
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read a swapped-out session back");
+                None
+            }
+        }
+    }
+
     fn entry(&self, sid: SessionId) -> dashmap::mapref::one::RefMut<'_, SessionId, Session> {
+        self.fault_in(sid);
         self.sessions.entry(sid).or_insert_with(|| {
             // A new, empty session is live until invalidated.
             self.live.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -412,11 +548,18 @@ impl Store {
 
     /// Whether no session is held.
     pub fn is_empty(&self) -> bool {
-        self.sessions.is_empty()
+        self.len() == 0
     }
 
-    /// Runs `f` on the session, if held.
+    /// Runs `f` on the session, if held (reading a swapped-out one back into memory).
     pub fn with<R>(&self, sid: SessionId, f: impl FnOnce(&Session) -> R) -> Option<R> {
+        self.fault_in(sid);
+        self.sessions.get(&sid).map(|s| f(&s))
+    }
+
+    /// Runs `f` on the session if it is in memory (`None` when swapped out or not held):
+    /// for scans that must not read every swapped-out session back.
+    pub fn peek<R>(&self, sid: SessionId, f: impl FnOnce(&Session) -> R) -> Option<R> {
         self.sessions.get(&sid).map(|s| f(&s))
     }
 
@@ -426,6 +569,7 @@ impl Store {
         let was = e.deleted.is_none();
         let r = f(&mut e);
         self.adjust_live(was, e.deleted.is_none());
+        self.mark(sid);
         r
     }
 
@@ -439,9 +583,29 @@ impl Store {
         self.with(sid, |s| s.seen_through())
     }
 
-    /// Whether a session with this id is held (live or tombstoned).
+    /// Whether a session with this id is held (live or tombstoned, swapped out or not).
     pub fn contains(&self, sid: SessionId) -> bool {
         self.sessions.contains_key(&sid)
+            || (self.swapped_count.load(Relaxed) > 0 && self.swapped.contains_key(&sid))
+    }
+
+    /// The session's [`Summary`], without reading a swapped-out session back.
+    pub fn summary(&self, sid: SessionId) -> Option<Summary> {
+        if let Some(s) = self.sessions.get(&sid) {
+            return Some(s.summary());
+        }
+        self.swapped.get(&sid).map(|st| Summary {
+            fingerprint: st.fingerprint,
+            expiry: st.expiry,
+            changed_at: st.changed_at,
+            deleted: false,
+        })
+    }
+
+    /// Whether the session is held and dead at `now` (`None`: not held); a scan's test
+    /// that does not read swapped-out sessions back.
+    pub fn is_dead(&self, sid: SessionId, now: u64) -> Option<bool> {
+        self.summary(sid).map(|s| s.is_dead(now))
     }
 
     /// Applies a delta; `gap` is true when the writer had seen a version we have not.
@@ -458,6 +622,7 @@ impl Store {
         self.adjust_live(was, e.deleted.is_none());
         if applied == Applied::Changed {
             e.changed_at = now;
+            self.mark(d.sid);
         }
         (applied, e.has_gap())
     }
@@ -476,20 +641,71 @@ impl Store {
         self.adjust_live(was, e.deleted.is_none());
         if applied == Applied::Changed {
             e.changed_at = now;
+            self.mark(s.sid);
         }
         applied
     }
 
-    /// A whole copy of one session.
+    /// Adds a session read from this node's disk at start: in memory, or (`resident`
+    /// false, a memory budget is full) swapped out. Not marked dirty (it is on disk), and
+    /// compared by the next anti-entropy round at once (`changed_at` 0).
+    pub fn restore(&self, s: &SessionState, resident: bool, now: u64) {
+        let mut session = Session::default();
+        session.merge(s);
+        session.last_local_access = now;
+        let live = session.deleted.is_none();
+        if resident || !live {
+            if self.sessions.insert(s.sid, session).is_none() {
+                self.adjust_live(false, live);
+            }
+        } else if self
+            .swapped
+            .insert(
+                s.sid,
+                Stub {
+                    fingerprint: session.fingerprint(),
+                    expiry: session.expiry,
+                    changed_at: 0,
+                },
+            )
+            .is_none()
+        {
+            self.swapped_count.fetch_add(1, Relaxed);
+            self.adjust_live(false, true);
+        }
+        self.generation.fetch_add(1, Relaxed);
+    }
+
+    /// A whole copy of one session (a swapped-out one is read from disk, and stays out).
     pub fn state(&self, sid: SessionId) -> Option<SessionState> {
-        self.with(sid, |s| s.to_state(sid))
+        if let Some(s) = self.sessions.get(&sid) {
+            return Some(s.to_state(sid));
+        }
+        if self.swapped_count.load(Relaxed) > 0 && self.swapped.contains_key(&sid) {
+            return self.read_back(sid);
+        }
+        None
+    }
+
+    /// What a flush writes for a session: `Some(state)` to put, `None` to delete (no
+    /// longer held); a swapped-out session is already on disk (`Err`).
+    pub fn persisted_state(&self, sid: SessionId) -> Result<Option<SessionState>, ()> {
+        if let Some(s) = self.sessions.get(&sid) {
+            return Ok(Some(s.to_state(sid)));
+        }
+        if self.swapped.contains_key(&sid) {
+            return Err(());
+        }
+        Ok(None)
     }
 
     /// Extends the expiry (a touch); returns whether it grew.
     pub fn touch(&self, sid: SessionId, expiry: u64) -> bool {
+        self.fault_in(sid);
         match self.sessions.get_mut(&sid) {
             Some(mut s) if s.expiry < expiry => {
                 s.expiry = expiry;
+                self.mark(sid);
                 true
             }
             _ => false,
@@ -500,16 +716,35 @@ impl Store {
     /// returns how many live sessions expired.
     pub fn sweep(&self, now: u64) -> usize {
         let mut expired = 0;
-        self.sessions.retain(|_, s| {
-            if s.deleted.is_some() {
-                return s.expiry.max(s.last_local_access) + TOMBSTONE_SECS > now;
-            }
-            if s.expiry <= now {
+        let mut gone = Vec::new();
+        self.sessions.retain(|sid, s| {
+            let keep = if s.deleted.is_some() {
+                s.expiry.max(s.last_local_access) + TOMBSTONE_SECS > now
+            } else if s.expiry <= now {
                 expired += 1;
-                return false;
+                false
+            } else {
+                true
+            };
+            if !keep {
+                gone.push(*sid);
             }
-            true
+            keep
         });
+        if self.swapped_count.load(Relaxed) > 0 {
+            self.swapped.retain(|sid, st| {
+                if st.expiry <= now {
+                    expired += 1;
+                    gone.push(*sid);
+                    self.swapped_count.fetch_sub(1, Relaxed);
+                    return false;
+                }
+                true
+            });
+        }
+        for sid in gone {
+            self.mark(sid);
+        }
         self.live
             .fetch_sub(expired as isize, std::sync::atomic::Ordering::Relaxed);
         self.generation
@@ -519,28 +754,104 @@ impl Store {
 
     /// Removes one session outright (eviction of a non-owned copy).
     pub fn remove(&self, sid: SessionId) {
-        if let Some((_, s)) = self.sessions.remove(&sid) {
-            self.adjust_live(s.deleted.is_none(), false);
+        let removed = match self.sessions.remove(&sid) {
+            Some((_, s)) => Some(s.deleted.is_none()),
+            None => self.swapped.remove(&sid).map(|_| {
+                self.swapped_count.fetch_sub(1, Relaxed);
+                true
+            }),
+        };
+        if let Some(was_live) = removed {
+            self.adjust_live(was_live, false);
             self.generation
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.mark(sid);
         }
     }
 
-    /// Runs `f` on every session held (shard by shard, under each shard's read lock:
-    /// `f` must be quick and must not touch the store).
+    /// Swaps out the least recently accessed sessions until at most `budget` are in
+    /// memory: only live ones whose latest state is on disk (not dirty). Returns how many
+    /// left memory. A no-op without persistence.
+    pub fn swap_out(&self, budget: usize) -> usize {
+        let Some(dirty) = &self.dirty else { return 0 };
+        let over = self.sessions.len().saturating_sub(budget);
+        if over == 0 {
+            return 0;
+        }
+        let mut idle: Vec<(u64, SessionId)> = Vec::with_capacity(self.sessions.len());
+        for e in self.sessions.iter() {
+            if e.deleted.is_none() && !dirty.contains(*e.key()) {
+                idle.push((e.last_local_access, *e.key()));
+            }
+        }
+        if idle.len() > over {
+            idle.select_nth_unstable(over);
+            idle.truncate(over);
+        }
+        let mut out = 0;
+        for (_, sid) in idle {
+            let evicted = self.sessions.remove_if(&sid, |_, s| {
+                if s.deleted.is_some() || dirty.contains(sid) {
+                    return false;
+                }
+                let stub = Stub {
+                    fingerprint: s.fingerprint(),
+                    expiry: s.expiry,
+                    changed_at: s.changed_at,
+                };
+                if self.swapped.insert(sid, stub).is_none() {
+                    self.swapped_count.fetch_add(1, Relaxed);
+                }
+                true
+            });
+            out += evicted.is_some() as usize;
+        }
+        out
+    }
+
+    /// Runs `f` on every session held in memory (shard by shard, under each shard's read
+    /// lock: `f` must be quick and must not touch the store). Swapped-out sessions are
+    /// not visited: see [`Store::for_each_summary`].
     pub fn for_each(&self, mut f: impl FnMut(SessionId, &Session)) {
         for e in self.sessions.iter() {
             f(*e.key(), e.value());
         }
     }
 
-    /// Snapshot of the ids held (for scans that must not hold shard locks).
+    /// Runs `f` on the [`Summary`] of every session held, swapped-out ones included
+    /// (same locking rules as [`Store::for_each`]).
+    pub fn for_each_summary(&self, mut f: impl FnMut(SessionId, Summary)) {
+        for e in self.sessions.iter() {
+            f(*e.key(), e.value().summary());
+        }
+        if self.swapped_count.load(Relaxed) > 0 {
+            for e in self.swapped.iter() {
+                let st = e.value();
+                f(
+                    *e.key(),
+                    Summary {
+                        fingerprint: st.fingerprint,
+                        expiry: st.expiry,
+                        changed_at: st.changed_at,
+                        deleted: false,
+                    },
+                );
+            }
+        }
+    }
+
+    /// Snapshot of the ids held, swapped-out ones included (for scans that must not hold
+    /// shard locks).
     pub fn ids(&self) -> Vec<SessionId> {
-        self.sessions.iter().map(|e| *e.key()).collect()
+        let mut ids: Vec<SessionId> = self.sessions.iter().map(|e| *e.key()).collect();
+        if self.swapped_count.load(Relaxed) > 0 {
+            ids.extend(self.swapped.iter().map(|e| *e.key()));
+        }
+        ids
     }
 
     /// Whole copies of the sessions for which `keep` is true, in chunks of about
-    /// `chunk_bytes`, passed to `emit`.
+    /// `chunk_bytes`, passed to `emit` (swapped-out ones are read from disk and stay out).
     pub fn for_each_chunk(
         &self,
         chunk_bytes: usize,

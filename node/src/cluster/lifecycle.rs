@@ -346,10 +346,11 @@ pub(crate) async fn maintenance(c: Cluster) {
             let view = c.live_members();
             let me = inner.me.node_id.as_str();
             for sid in inner.store.ids() {
+                // A swapped-out copy is idle by definition.
                 let stale = inner
                     .store
-                    .with(sid, |s| s.last_local_access + CACHE_TTL_SECS < now)
-                    .unwrap_or(false);
+                    .peek(sid, |s| s.last_local_access + CACHE_TTL_SECS < now)
+                    .unwrap_or_else(|| inner.store.contains(sid));
                 if stale && !ownership::is_owner(sid, &view, inner.cfg.backups, me) {
                     inner.store.remove(sid);
                 }

@@ -44,6 +44,9 @@ pub enum ClusterError {
     /// Discovery could not start.
     #[error(transparent)]
     Membership(#[from] crate::membership::MembershipError),
+    /// The data directory cannot be used.
+    #[error(transparent)]
+    Persist(#[from] crate::persist::StartError),
 }
 
 /// State of a member as this node sees it.
@@ -126,7 +129,11 @@ pub(crate) struct Inner {
     pub me: SelfInfo,
     pub origin: u32,
     pub key: crate::keyring::Keys,
-    pub store: Store,
+    pub store: Arc<Store>,
+    /// `--data-dir`: the backend and how writes wait for it.
+    pub persistence: Option<crate::persist::Persistence>,
+    /// The flusher, awaited at shutdown (its last flush).
+    pub flusher: Mutex<Option<tokio::task::JoinHandle<()>>>,
     pub metrics: Arc<Metrics>,
     /// Members by node id.
     pub members: Mutex<BTreeMap<String, Member>>,
@@ -262,11 +269,15 @@ impl Cluster {
         let (ready, _) = watch::channel(false);
         let (view, _) = watch::channel(vec![node_id.clone()]);
         let (ae_kick, ae_kicks) = antientropy::kicks();
+        // Start from disk before anything can reach the store: loaded, then joined.
+        let (store, persistence) = crate::persist::start(&cfg, &metrics.persist)?;
         let inner = Arc::new(Inner {
             origin: origin_of(&node_id, incarnation),
             me: me.clone(),
             key: key.clone(),
-            store: Store::new(),
+            store,
+            persistence,
+            flusher: Mutex::new(None),
             metrics,
             members: Mutex::new(BTreeMap::new()),
             links: Mutex::new(HashMap::new()),
@@ -288,6 +299,14 @@ impl Cluster {
             cfg,
         });
         let cluster = Cluster { inner };
+        if let Some(p) = &cluster.inner.persistence {
+            *cluster.inner.flusher.lock() = Some(tokio::spawn(crate::persist::flusher::run(
+                cluster.inner.store.clone(),
+                p.clone(),
+                cluster.inner.metrics.clone(),
+                shutdown.clone(),
+            )));
+        }
         tokio::spawn(net::accept_loop(cluster.clone(), listener));
         let discovery = Arc::new(
             crate::membership::start(&cluster.inner.cfg, me, key, shutdown.clone()).await?,
@@ -782,8 +801,31 @@ impl Cluster {
             }
         };
         let version = delta.stamp.counter;
-        let holders = self.replicate(delta).await;
+        let (holders, ()) = tokio::join!(self.replicate(delta), self.persisted());
         self.check_holders(holders, version)
+    }
+
+    /// `--durability sync`: waits until every local change made so far is on disk (the
+    /// flush that covers it; concurrent writers share it). A failed flush is logged and
+    /// counted (`tribe_persist_errors_total`); the write stays applied and replicated.
+    async fn persisted(&self) {
+        let Some(p) = &self.inner.persistence else {
+            return;
+        };
+        let Some(dirty) = self.inner.store.dirty().filter(|_| p.sync) else {
+            return;
+        };
+        if let Err(e) = dirty.durable(dirty.barrier()).await {
+            tracing::warn!(error = %e, "a sync write is answered without being on disk");
+        }
+    }
+
+    /// Waits for the flusher's last flush (after the shutdown token was cancelled).
+    pub async fn persistence_stopped(&self) {
+        let task = self.inner.flusher.lock().take();
+        if let Some(t) = task {
+            let _ = t.await;
+        }
     }
 
     /// Whether enough members are live for writes (`--min-members`).
@@ -826,7 +868,7 @@ impl Cluster {
             sid,
             unix_now(),
         );
-        self.replicate(delta).await;
+        tokio::join!(self.replicate(delta), self.persisted());
     }
 
     /// Records an access (extends the expiry); replicated in batches.
@@ -1087,7 +1129,7 @@ impl Cluster {
         let view = self.live_members();
         let (mut p, mut b, mut c, mut live) = (0, 0, 0, 0);
         for sid in inner.store.ids() {
-            if inner.store.with(sid, |s| s.is_dead(now)).unwrap_or(true) {
+            if inner.store.is_dead(sid, now).unwrap_or(true) {
                 continue;
             }
             live += 1;

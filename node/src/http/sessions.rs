@@ -243,7 +243,7 @@ async fn list(
     // One pass: count the live sessions and keep the page's ids (one more, to know
     // whether another page follows).
     let ids = store.ids().into_iter().filter(|&sid| {
-        let alive = store.with(sid, |s| !s.is_dead(now)).unwrap_or(false);
+        let alive = store.is_dead(sid, now) == Some(false);
         total += usize::from(alive);
         alive
     });

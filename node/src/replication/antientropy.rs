@@ -25,7 +25,7 @@
 
 use std::collections::HashSet;
 
-use crate::store::Store;
+use crate::store::{Store, Summary};
 use crate::wire::SessionId;
 
 /// Ranges of the session id space in a digest.
@@ -43,8 +43,10 @@ pub const SETTLE_SECS: u8 = 2;
 /// Every this many periodic rounds with a member, one is full.
 pub const FULL_EVERY: u64 = 6;
 
-/// Whether anti-entropy compares this copy at `now`.
-fn compared(s: &crate::store::Session, now: u64, settle: u8) -> bool {
+/// Whether anti-entropy compares this copy at `now`. Works on [`Summary`]s, which the
+/// store keeps for swapped-out sessions too: a session on disk only is compared like any
+/// other, without being read back (and without looking like a difference).
+fn compared(s: &Summary, now: u64, settle: u8) -> bool {
     !s.is_dead(now) && s.changed_at + settle as u64 <= now
 }
 
@@ -106,9 +108,9 @@ fn mix(sid: SessionId, fp: u64) -> u64 {
 /// changed less than `settle` seconds before `now`.
 pub fn digest(store: &Store, now: u64, settle: u8, scope: &dyn Fn(SessionId) -> bool) -> Vec<u64> {
     let mut d = vec![0u64; RANGES];
-    store.for_each(|sid, s| {
-        if compared(s, now, settle) && scope(sid) {
-            d[range_of(sid) as usize] ^= mix(sid, s.fingerprint());
+    store.for_each_summary(|sid, s| {
+        if compared(&s, now, settle) && scope(sid) {
+            d[range_of(sid) as usize] ^= mix(sid, s.fingerprint);
         }
     });
     d
@@ -134,14 +136,14 @@ pub fn summarize(
     let wanted: HashSet<u16> = differ.iter().copied().collect();
     let mut per_range: std::collections::BTreeMap<u16, Vec<(SessionId, u64)>> =
         differ.iter().map(|r| (*r, Vec::new())).collect();
-    store.for_each(|sid, s| {
-        if !compared(s, now, settle) || !scope(sid) {
+    store.for_each_summary(|sid, s| {
+        if !compared(&s, now, settle) || !scope(sid) {
             return;
         }
         let r = range_of(sid);
         if wanted.contains(&r) {
             if let Some(v) = per_range.get_mut(&r) {
-                v.push((sid, s.fingerprint()));
+                v.push((sid, s.fingerprint));
             }
         }
     });
@@ -194,9 +196,10 @@ pub fn plan(
         .collect();
     let mut p = Plan::default();
     for (&sid, &fp) in &theirs {
-        match store.with(sid, |s| {
-            (s.fingerprint(), s.is_dead(now), s.deleted.is_some())
-        }) {
+        match store
+            .summary(sid)
+            .map(|s| (s.fingerprint, s.is_dead(now), s.deleted))
+        {
             None => p.pull.push(sid),
             // An invalidation they have not seen: send the tombstone.
             Some((_, _, true)) => p.push.push(sid),
@@ -210,8 +213,8 @@ pub fn plan(
             Some(_) => {}
         }
     }
-    store.for_each(|sid, s| {
-        if compared(s, now, settle)
+    store.for_each_summary(|sid, s| {
+        if compared(&s, now, settle)
             && listed.contains(&range_of(sid))
             && !theirs.contains_key(&sid)
             && scope(sid)

@@ -29,7 +29,7 @@ pub fn plan_moves(
 ) -> HashMap<String, Vec<SessionId>> {
     let mut plan: HashMap<String, Vec<SessionId>> = HashMap::new();
     for sid in store.ids() {
-        if store.with(sid, |s| s.is_dead(now)).unwrap_or(true) {
+        if store.is_dead(sid, now).unwrap_or(true) {
             continue;
         }
         let old_o = ownership::owners(sid, old, k);
@@ -75,7 +75,7 @@ pub fn still_needed(
                 .into_iter()
                 .filter(|sid| {
                     ownership::is_owner(*sid, view, k, &node)
-                        && store.with(*sid, |s| !s.is_dead(now)).unwrap_or(false)
+                        && store.is_dead(*sid, now) == Some(false)
                 })
                 .collect();
             (node, keep)
