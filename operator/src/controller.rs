@@ -9,7 +9,7 @@ use crate::status::{self, Failure, Observation, Workload};
 use crate::{Error, Result};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::{ObjectReference, Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{ObjectReference, PersistentVolumeClaim, Pod, Secret, Service};
 use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::NamespaceResourceScope;
@@ -603,6 +603,20 @@ async fn ready_pod_addrs(ctx: &Context, sc: &SessionCluster, ns: &str) -> Result
         .collect())
 }
 
+/// Names of the cluster's volume claims that are not Bound (by the selector labels the
+/// StatefulSet's claim template gives them).
+async fn pending_claims(ctx: &Context, sc: &SessionCluster, ns: &str) -> Result<Vec<String>> {
+    let api: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), ns);
+    let selector = resources::selector_string(&resources::selector_labels(sc));
+    let list = api.list(&ListParams::default().labels(&selector)).await?;
+    Ok(list
+        .items
+        .iter()
+        .filter(|c| c.status.as_ref().and_then(|s| s.phase.as_deref()) != Some("Bound"))
+        .map(|c| c.name_any())
+        .collect())
+}
+
 async fn reconcile_inner(sc: &SessionCluster, ctx: &Context) -> Result<Action> {
     let ns = sc
         .namespace()
@@ -641,6 +655,14 @@ async fn reconcile_inner(sc: &SessionCluster, ctx: &Context) -> Result<Action> {
     };
 
     let ready = workload.as_ref().map_or(0, |w| w.ready);
+    let pending_claims = if sc.spec.wants_volumes() && ready < sc.spec.replicas {
+        pending_claims(ctx, sc, &ns).await.unwrap_or_else(|e| {
+            warn!(error = %e, "could not list the volume claims");
+            Vec::new()
+        })
+    } else {
+        Vec::new()
+    };
     let reports = if ready > 0 {
         match ready_pod_addrs(ctx, sc, &ns).await {
             Ok(addrs) => ctx.prober.reports(&addrs).await,
@@ -689,6 +711,7 @@ async fn reconcile_inner(sc: &SessionCluster, ctx: &Context) -> Result<Action> {
         workload,
         reports: &reports,
         failure,
+        pending_claims,
         now: now.to_string(),
     };
     let mut new_status = status::compute(sc, &obs);

@@ -120,7 +120,7 @@ where
 
 /// A responder for a fresh namespace: GETs are 404, writes echo their body with a
 /// resourceVersion, the Deployment (or StatefulSet) comes back with `ready` ready replicas,
-/// pod lists are empty.
+/// pod lists are empty, the one volume claim `data-shop-2` is Pending.
 pub fn fresh_server(ready: i32) -> impl FnMut(&Seen) -> Reply + Send + 'static {
     move |s: &Seen| {
         let not_found = status_error(404, "NotFound", "not found");
@@ -128,6 +128,11 @@ pub fn fresh_server(ready: i32) -> impl FnMut(&Seen) -> Reply + Send + 'static {
             Method::GET if s.path.ends_with("/pods") => Some((
                 200,
                 json!({"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": []}),
+            )),
+            Method::GET if s.path.ends_with("/persistentvolumeclaims") => Some((
+                200,
+                json!({"kind": "PersistentVolumeClaimList", "apiVersion": "v1", "metadata": {},
+                       "items": [{"metadata": {"name": "data-shop-2"}, "status": {"phase": "Pending"}}]}),
             )),
             Method::GET => Some(not_found),
             Method::PATCH | Method::POST | Method::PUT => {

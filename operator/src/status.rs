@@ -110,6 +110,8 @@ pub struct Observation<'a> {
     pub reports: &'a [NodeReport],
     /// Why this reconcile could not realise the spec, if it could not.
     pub failure: Option<Failure>,
+    /// The node volume claims that are not Bound yet (persistence with volumes).
+    pub pending_claims: Vec<String>,
     /// Current time, RFC 3339.
     pub now: String,
 }
@@ -231,6 +233,18 @@ pub fn compute(sc: &SessionCluster, obs: &Observation<'_>) -> SessionClusterStat
             "the node workload (Deployment or StatefulSet) does not exist yet".into(),
             generation,
         )
+    } else if !obs.pending_claims.is_empty() {
+        // Pods wait for their volumes: say which, as the pods' own events would.
+        condition(
+            "Ready",
+            false,
+            "ClaimsPending",
+            format!(
+                "{ready}/{desired} nodes ready; volume claims not bound yet: {} (check persistence.storageClassName and the provisioner)",
+                obs.pending_claims.join(", ")
+            ),
+            generation,
+        )
     } else {
         condition(
             "Ready",
@@ -314,6 +328,7 @@ mod tests {
             workload: d.map(Workload::from),
             reports,
             failure: None,
+            pending_claims: Vec::new(),
             now: "2026-01-01T00:00:00Z".into(),
         }
     }
@@ -366,6 +381,52 @@ mod tests {
         assert_eq!(cond(&s, "Ready").status, "False");
         assert_eq!(cond(&s, "Ready").reason, "NodesNotReady");
         assert_eq!(cond(&s, "Progressing").status, "True");
+    }
+
+    #[test]
+    fn pending_claims_are_named_while_not_ready() {
+        let sc = cluster("shop", "web");
+        let d = observed_deployment(&sc, 3, 1);
+        let mut o = obs(Some(&d), &[]);
+        o.pending_claims = vec!["data-shop-2".into()];
+        let s = compute(&sc, &o);
+        let ready = cond(&s, "Ready");
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", "ClaimsPending")
+        );
+        assert!(ready.message.contains("data-shop-2"), "{}", ready.message);
+        assert_eq!(
+            cond(&s, "Degraded").status,
+            "False",
+            "pending is not a failure"
+        );
+    }
+
+    #[test]
+    fn statefulset_rollout() {
+        use k8s_openapi::api::apps::v1::StatefulSetStatus;
+        let mut set = StatefulSet::default();
+        set.metadata.generation = Some(2);
+        set.status = Some(StatefulSetStatus {
+            observed_generation: Some(2),
+            replicas: 3,
+            ready_replicas: Some(3),
+            available_replicas: Some(3),
+            current_revision: Some("r1".into()),
+            update_revision: Some("r2".into()),
+            updated_replicas: Some(1),
+            ..StatefulSetStatus::default()
+        });
+        let w = Workload::from(&set);
+        assert_eq!((w.kind, w.updated), ("StatefulSet", 1));
+        assert!(!rolled_out(&w, 3), "two pods still at the old revision");
+        let st = set.status.as_mut().unwrap();
+        st.current_revision = Some("r2".into());
+        st.updated_replicas = None;
+        let w = Workload::from(&set);
+        assert!(rolled_out(&w, 3));
+        assert!(!rolled_out(&w, 4));
     }
 
     #[test]

@@ -235,6 +235,7 @@ fn api_server_accepts_the_crd_and_the_examples_and_rejects_the_invalid_one() {
     for file in [
         "minimal.yaml",
         "full.yaml",
+        "postgres.yaml",
         "sidecar-express.yaml",
         "sidecar-async-proxy.yaml",
         "sidecar-php.yaml",
@@ -331,6 +332,55 @@ fn api_server_accepts_the_crd_and_the_examples_and_rejects_the_invalid_one() {
         )
         .expect_err("backups >= replicas must be rejected");
     assert!(err.contains("backups"), "{err}");
+
+    // spec.persistence: postgres only with enabled and without a StorageClass (CEL) ...
+    for (name, persistence) in [
+        ("pg-off", "{postgres: {secretRef: {name: db}}}"),
+        (
+            "pg-class",
+            "{enabled: true, storageClassName: fast, postgres: {secretRef: {name: db}}}",
+        ),
+    ] {
+        let err = plane
+            .k_stdin(
+                &["apply", "--validate=false", "-f", "-"],
+                &session_cluster(name, ns, &format!("  persistence: {persistence}\n")),
+            )
+            .expect_err("an inconsistent persistence spec must be rejected");
+        assert!(err.contains("persistence.postgres needs"), "{name}: {err}");
+    }
+    // ... and the claim template fixed while persistence is on (a transition rule).
+    apply(
+        &plane,
+        &session_cluster("vols", ns, "  persistence: {enabled: true, size: 1Gi}\n"),
+    );
+    let err = plane
+        .k_stdin(
+            &["apply", "--validate=false", "-f", "-"],
+            &session_cluster("vols", ns, "  persistence: {enabled: true, size: 2Gi}\n"),
+        )
+        .expect_err("a new size while persistence is on must be rejected");
+    assert!(
+        err.contains("cannot change while persistence is enabled"),
+        "{err}"
+    );
+    // Off, then a new size with it back on: allowed (the StatefulSet is replaced).
+    apply(
+        &plane,
+        &session_cluster("vols", ns, "  persistence: {enabled: false, size: 2Gi}\n"),
+    );
+    apply(
+        &plane,
+        &session_cluster("vols", ns, "  persistence: {enabled: true, size: 2Gi}\n"),
+    );
+    let vols = plane
+        .get_json(&["-n", ns, "sessionclusters", "vols"])
+        .unwrap();
+    assert_eq!(vols["spec"]["persistence"]["size"], "2Gi");
+    assert_eq!(
+        vols["spec"]["persistence"]["retention"], "Retain",
+        "defaulted"
+    );
 }
 
 #[test]

@@ -559,9 +559,12 @@ async fn persistence_with_volumes_applies_a_statefulset_not_a_deployment() {
     assert!(!seen
         .iter()
         .any(|s| s.path.contains("/deployments/") && s.method != Method::GET));
-    // Not ready yet: the status says so, from the StatefulSet.
+    // Not ready yet: the status says so, from the StatefulSet, naming the pending claim.
     let status = status_patch(&seen);
     assert_eq!(condition(status, "Ready")["status"], "False");
+    assert_eq!(condition(status, "Ready")["reason"], "ClaimsPending");
+    let message = condition(status, "Ready")["message"].as_str().unwrap();
+    assert!(message.contains("data-shop-2"), "{message}");
     assert_eq!(
         status.body["status"]["selector"],
         "app.kubernetes.io/instance=shop,app.kubernetes.io/name=tribe-node"

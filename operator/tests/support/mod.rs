@@ -6,6 +6,8 @@
 //! and prints its logs when the test that owns it is panicking.
 #![allow(dead_code)] // each test binary uses a different part of this module
 
+pub mod ingress;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
