@@ -147,7 +147,7 @@ fn validate_persistence(p: &Persistence) -> Result<(), String> {
                 .into(),
         );
     }
-    if !is_positive_quantity(&p.size.0) {
+    if !crate::crd::quantity_value(&p.size.0).is_some_and(|v| v >= 1.0) {
         return Err(format!(
             "persistence.size {:?} is not a positive quantity such as 1Gi",
             p.size.0
@@ -161,19 +161,6 @@ fn validate_persistence(p: &Persistence) -> Result<(), String> {
         }
     }
     Ok(())
-}
-
-/// A Kubernetes quantity (decimal number, optional binary or decimal suffix) above zero.
-fn is_positive_quantity(s: &str) -> bool {
-    const SUFFIXES: [&str; 13] = [
-        "", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei", "k", "M", "G", "T", "P", "E",
-    ];
-    let number_len = s
-        .bytes()
-        .take_while(|b| b.is_ascii_digit() || *b == b'.')
-        .count();
-    let (number, suffix) = s.split_at(number_len);
-    SUFFIXES.contains(&suffix) && number.parse::<f64>().is_ok_and(|n| n > 0.0)
 }
 
 /// `^[0-9]+(ms|s|m|h)$` without a regex engine.
@@ -535,10 +522,20 @@ async fn apply_children(ctx: &Context, sc: &SessionCluster, ns: &str) -> Result<
 async fn apply_workload(ctx: &Context, sc: &SessionCluster, ns: &str) -> Result<Workload> {
     let name = sc.name_any();
     let (workload, why) = match resources::statefulset(sc) {
-        Some(set) => (
-            Workload::from(&apply(ctx, sc, &set).await?),
-            "replaced by a StatefulSet: persistence with volumes",
-        ),
+        Some(set) => {
+            // The API server refuses any change of a StatefulSet's claim template: say
+            // which field and what to do instead of relaying its generic refusal.
+            let api: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), ns);
+            if let Some(existing) = api.get_opt(&name).await? {
+                if let Some(msg) = resources::claim_template_change(&existing, &set) {
+                    return Err(Error::InvalidSpec(msg));
+                }
+            }
+            (
+                Workload::from(&apply(ctx, sc, &set).await?),
+                "replaced by a StatefulSet: persistence with volumes",
+            )
+        }
         None => (
             Workload::from(&apply(ctx, sc, &resources::deployment(sc)).await?),
             "replaced by a Deployment: no persistent volumes",

@@ -5,8 +5,9 @@
 //! apply time: `replicas >= 0`, the mode enums, the duration pattern of
 //! `session.timeout`, and a CEL rule that `replication.backups < replicas`
 //! (with 0 or 1 replicas only `backups <= 1`, the default, is accepted), and the
-//! `persistence` rules: `postgres` only with `enabled` and without a StorageClass, and
-//! the claim template (`size`, `storageClassName`) fixed while persistence is on.
+//! `persistence` rule: `postgres` only with `enabled` and without a StorageClass. (That
+//! `size` and `storageClassName` stay fixed while a StatefulSet has them would be a
+//! transition rule, which 1.24 servers do not compile: the operator refuses the change.)
 
 use k8s_openapi::api::core::v1::ResourceRequirements;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -319,10 +320,6 @@ impl SessionClusterSpec {
 pub const PERSISTENCE_POSTGRES_RULE: &str =
     "!has(self.postgres) || (self.enabled && !has(self.storageClassName))";
 
-/// The CEL transition rule that keeps a running StatefulSet's claim template fixed (the
-/// API server refuses to change `volumeClaimTemplates`).
-pub const PERSISTENCE_CLAIM_RULE: &str = "!self.enabled || !oldSelf.enabled || has(self.postgres) || has(oldSelf.postgres) || (self.size == oldSelf.size && has(self.storageClassName) == has(oldSelf.storageClassName) && (!has(self.storageClassName) || self.storageClassName == oldSelf.storageClassName))";
-
 /// The pattern of a Kubernetes quantity (`1Gi`, `500M`, `1e9`).
 pub const QUANTITY_PATTERN: &str = "^(\\+|-)?(([0-9]+(\\.[0-9]*)?)|(\\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\\+|-)?(([0-9]+(\\.[0-9]*)?)|(\\.[0-9]+))))?$";
 
@@ -335,8 +332,7 @@ pub const QUANTITY_PATTERN: &str = "^(\\+|-)?(([0-9]+(\\.[0-9]*)?)|(\\.[0-9]+))(
 /// the nodes stay a Deployment.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[x_kube(
-    validation = kube::core::Rule::new(PERSISTENCE_POSTGRES_RULE).message("persistence.postgres needs persistence.enabled: true and takes no storageClassName (the sessions go to the database, no volume is made)"),
-    validation = kube::core::Rule::new(PERSISTENCE_CLAIM_RULE).message("persistence.size and persistence.storageClassName cannot change while persistence is enabled (a StatefulSet's volumeClaimTemplates are immutable): disable persistence first, or resize the PersistentVolumeClaims themselves")
+    validation = kube::core::Rule::new(PERSISTENCE_POSTGRES_RULE).message("persistence.postgres needs persistence.enabled: true and takes no storageClassName (the sessions go to the database, no volume is made)")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct Persistence {
@@ -597,6 +593,39 @@ pub struct Condition {
     /// The generation this condition describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+}
+
+/// The value of a quantity (`1Gi` → 1073741824, `500M` → 5e8, `1e3` → 1000), or `None`
+/// when it is not one. Decimal and binary suffixes and exponents; enough to compare and
+/// range-check sizes, not an exact arbitrary-precision parser.
+pub fn quantity_value(q: &str) -> Option<f64> {
+    let q = q.trim();
+    let split = q
+        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '+' || c == '-'))
+        .unwrap_or(q.len());
+    let (number, suffix) = q.split_at(split);
+    let number: f64 = number.parse().ok()?;
+    let factor = match suffix {
+        "" => 1.0,
+        "n" => 1e-9,
+        "u" => 1e-6,
+        "m" => 1e-3,
+        "k" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "T" => 1e12,
+        "P" => 1e15,
+        "E" => 1e18,
+        "Ki" => 1024f64,
+        "Mi" => 1024f64.powi(2),
+        "Gi" => 1024f64.powi(3),
+        "Ti" => 1024f64.powi(4),
+        "Pi" => 1024f64.powi(5),
+        "Ei" => 1024f64.powi(6),
+        e if e.starts_with(['e', 'E']) => 10f64.powi(e[1..].parse().ok()?),
+        _ => return None,
+    };
+    Some(number * factor)
 }
 
 /// Schema of a quantity: an int-or-string matching [`QUANTITY_PATTERN`].

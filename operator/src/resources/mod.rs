@@ -26,7 +26,7 @@ pub use persistence::{DATA_DIR, DATA_VOLUME};
 pub use secret::{random_key, secret};
 pub use service::{headless_service, service, METRICS_PORT_NAME};
 pub use sidecar::{app_container, exposed_http_port, node_ports, sidecar_env};
-pub use statefulset::statefulset;
+pub use statefulset::{claim_template_change, statefulset};
 
 use crate::crd::SessionCluster;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};

@@ -73,6 +73,50 @@ pub fn statefulset(sc: &SessionCluster) -> Option<StatefulSet> {
     })
 }
 
+/// What the spec would change in `existing`'s claim template (size, StorageClass), as a
+/// message for the user: the API server refuses any such change to a StatefulSet.
+pub fn claim_template_change(existing: &StatefulSet, desired: &StatefulSet) -> Option<String> {
+    let claim = |s: &StatefulSet| {
+        let spec = s
+            .spec
+            .volume_claim_templates
+            .as_ref()?
+            .iter()
+            .find(|c| c.metadata.name.as_deref() == Some(DATA_VOLUME))?
+            .spec
+            .clone()?;
+        let size = spec
+            .resources
+            .and_then(|r| r.requests)
+            .and_then(|r| r.get("storage").map(|q| q.0.clone()));
+        Some((size, spec.storage_class_name))
+    };
+    let (had, want) = (claim(existing)?, claim(desired)?);
+    let value = |q: &Option<String>| q.as_deref().and_then(crate::crd::quantity_value);
+    let mut changed = Vec::new();
+    if value(&had.0) != value(&want.0) {
+        changed.push(format!(
+            "size {} -> {}",
+            had.0.as_deref().unwrap_or("none"),
+            want.0.as_deref().unwrap_or("none")
+        ));
+    }
+    if had.1 != want.1 {
+        changed.push(format!(
+            "storageClassName {} -> {}",
+            had.1.as_deref().unwrap_or("(default)"),
+            want.1.as_deref().unwrap_or("(default)")
+        ));
+    }
+    (!changed.is_empty()).then(|| {
+        format!(
+            "persistence: {} cannot be applied to the StatefulSet {} (its volumeClaimTemplates are immutable): put the old value back, resize the PersistentVolumeClaims themselves, or turn persistence off and on again",
+            changed.join(", "),
+            existing.metadata.name.as_deref().unwrap_or_default()
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -173,6 +217,29 @@ mod tests {
             .unwrap();
         assert_eq!(policy.when_deleted.as_deref(), Some("Delete"));
         assert_eq!(policy.when_scaled.as_deref(), Some("Retain"));
+    }
+
+    #[test]
+    fn claim_template_changes_are_named() {
+        let sc = persistent("shop");
+        let before = statefulset(&sc).unwrap();
+        assert_eq!(claim_template_change(&before, &before), None);
+        let mut same = sc.clone();
+        same.spec.persistence.as_mut().unwrap().size = Quantity("1024Mi".into());
+        assert_eq!(
+            claim_template_change(&before, &statefulset(&same).unwrap()),
+            None,
+            "the same size spelled differently"
+        );
+        let mut bigger = sc.clone();
+        {
+            let p = bigger.spec.persistence.as_mut().unwrap();
+            p.size = Quantity("2Gi".into());
+            p.storage_class_name = Some("fast".into());
+        }
+        let msg = claim_template_change(&before, &statefulset(&bigger).unwrap()).unwrap();
+        assert!(msg.contains("size 1Gi -> 2Gi"), "{msg}");
+        assert!(msg.contains("storageClassName (default) -> fast"), "{msg}");
     }
 
     /// The StatefulSet's pods are the Deployment's pods plus the volume mount and its
