@@ -554,23 +554,23 @@ async fn apply_workload(ctx: &Context, sc: &SessionCluster, ns: &str) -> Result<
 /// The node workload of the kind the spec asks for, if it exists (best effort, for the
 /// status of a reconcile that failed).
 async fn existing_workload(ctx: &Context, sc: &SessionCluster, ns: &str) -> Option<Workload> {
+    async fn get<K>(ctx: &Context, ns: &str, name: &str) -> Option<Workload>
+    where
+        K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+            + Clone
+            + DeserializeOwned
+            + Debug,
+        for<'a> Workload: From<&'a K>,
+    {
+        let api: Api<K> = Api::namespaced(ctx.client.clone(), ns);
+        let found = api.get_opt(name).await.ok().flatten();
+        found.as_ref().map(Workload::from)
+    }
     let name = sc.name_any();
     if sc.spec.wants_volumes() {
-        let api: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), ns);
-        api.get_opt(&name)
-            .await
-            .ok()
-            .flatten()
-            .as_ref()
-            .map(Workload::from)
+        get::<StatefulSet>(ctx, ns, &name).await
     } else {
-        let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), ns);
-        api.get_opt(&name)
-            .await
-            .ok()
-            .flatten()
-            .as_ref()
-            .map(Workload::from)
+        get::<Deployment>(ctx, ns, &name).await
     }
 }
 

@@ -1,7 +1,7 @@
 //! Test helpers: SessionCluster builders and a mock API server (tower-test) that
 //! answers each request through a closure and records what was asked.
 
-use crate::crd::{SessionCluster, SessionClusterSpec};
+use crate::crd::{Persistence, PostgresStore, SecretKeyRef, SessionCluster, SessionClusterSpec};
 use crate::resources;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
@@ -21,6 +21,21 @@ pub fn cluster(name: &str, ns: &str) -> SessionCluster {
     sc.metadata.generation = Some(1);
     sc.metadata.resource_version = Some("100".into());
     sc
+}
+
+/// `spec.persistence` turned on: with node volumes, or (`postgres`) in PostgreSQL with the
+/// URL in the Secret `db`, key `url`.
+pub fn persistence(postgres: bool) -> Persistence {
+    Persistence {
+        enabled: true,
+        postgres: postgres.then(|| PostgresStore {
+            secret_ref: SecretKeyRef {
+                name: "db".into(),
+                key: "url".into(),
+            },
+        }),
+        ..Persistence::default()
+    }
 }
 
 /// The Deployment of `sc` as the API server would report it after a rollout.

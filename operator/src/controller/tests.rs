@@ -515,10 +515,7 @@ async fn pod_monitor_is_applied_and_removed_when_the_kind_exists() {
 
 fn persistent(name: &str) -> SessionCluster {
     let mut sc = cluster(name, NS);
-    sc.spec.persistence = Some(crate::crd::Persistence {
-        enabled: true,
-        ..Default::default()
-    });
+    sc.spec.persistence = Some(crate::fixtures::persistence(false));
     sc
 }
 
@@ -625,17 +622,14 @@ async fn switching_kind_deletes_our_old_workload_only_once_the_new_one_is_ready(
 
 #[test]
 fn persistence_validation() {
-    use crate::crd::{Persistence, PostgresStore, SecretKeyRef};
+    use crate::crd::Persistence;
     use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
     let check = |p: Persistence| {
         let mut spec = SessionClusterSpec::default();
         spec.persistence = Some(p);
         validate(&spec)
     };
-    let on = Persistence {
-        enabled: true,
-        ..Persistence::default()
-    };
+    let on = crate::fixtures::persistence(false);
     assert_eq!(check(on.clone()), Ok(()));
     assert_eq!(check(Persistence::default()), Ok(()), "off");
     for size in ["1Gi", "500M", "2", "1.5Gi", "10k"] {
@@ -663,26 +657,16 @@ fn persistence_validation() {
         ..on.clone()
     };
     assert!(check(p).unwrap_err().contains("storageClassName"));
-    let pg = PostgresStore {
-        secret_ref: SecretKeyRef {
-            name: "db".into(),
-            key: "url".into(),
-        },
-    };
+    let pg = crate::fixtures::persistence(true);
+    assert_eq!(check(pg.clone()), Ok(()));
     let p = Persistence {
-        postgres: Some(pg.clone()),
-        ..on.clone()
-    };
-    assert_eq!(check(p), Ok(()));
-    let p = Persistence {
-        postgres: Some(pg.clone()),
-        ..Persistence::default()
+        enabled: false,
+        ..pg.clone()
     };
     assert!(check(p).unwrap_err().contains("enabled"));
     let p = Persistence {
-        postgres: Some(pg),
         storage_class_name: Some("fast".into()),
-        ..on.clone()
+        ..pg
     };
     assert!(check(p).unwrap_err().contains("storageClassName"));
 }

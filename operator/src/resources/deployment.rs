@@ -433,17 +433,7 @@ mod tests {
     /// as values and the node's own name/address from the pod.
     #[test]
     fn env_is_the_node_settings() {
-        use crate::crd::{Persistence, PostgresStore, SecretKeyRef};
-        let postgres = Persistence {
-            enabled: true,
-            postgres: Some(PostgresStore {
-                secret_ref: SecretKeyRef {
-                    name: "db".into(),
-                    key: "url".into(),
-                },
-            }),
-            ..Persistence::default()
-        };
+        let postgres = crate::fixtures::persistence(true);
         for (membership, persistence) in [
             (Membership::Auto, None),
             (Membership::Multicast, None),

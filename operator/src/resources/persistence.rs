@@ -58,7 +58,7 @@ pub fn data_mount(sc: &SessionCluster) -> Option<VolumeMount> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crd::{Durability, Persistence, PostgresStore, SecretKeyRef};
+    use crate::crd::{Durability, Persistence};
     use crate::fixtures::cluster;
 
     fn names(s: &[NodeSetting]) -> Vec<&str> {
@@ -105,16 +105,7 @@ mod tests {
     #[test]
     fn postgres_settings_have_no_volume() {
         let mut sc = cluster("shop", "web");
-        sc.spec.persistence = Some(Persistence {
-            enabled: true,
-            postgres: Some(PostgresStore {
-                secret_ref: SecretKeyRef {
-                    name: "db".into(),
-                    key: "url".into(),
-                },
-            }),
-            ..Persistence::default()
-        });
+        sc.spec.persistence = Some(crate::fixtures::persistence(true));
         let s = settings(&sc);
         assert_eq!(names(&s), ["TRIBE_POSTGRES_URL", "TRIBE_DURABILITY"]);
         assert_eq!(

@@ -120,16 +120,13 @@ pub fn claim_template_change(existing: &StatefulSet, desired: &StatefulSet) -> O
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crd::{Persistence, PostgresStore, Retention, SecretKeyRef};
+    use crate::crd::{Persistence, Retention};
     use crate::fixtures::cluster;
     use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
     fn persistent(name: &str) -> SessionCluster {
         let mut sc = cluster(name, "web");
-        sc.spec.persistence = Some(Persistence {
-            enabled: true,
-            ..Persistence::default()
-        });
+        sc.spec.persistence = Some(crate::fixtures::persistence(false));
         sc
     }
 
@@ -141,12 +138,7 @@ mod tests {
         assert!(statefulset(&sc).is_none(), "disabled");
         let mut sc = persistent("shop");
         assert!(statefulset(&sc).is_some());
-        sc.spec.persistence.as_mut().unwrap().postgres = Some(PostgresStore {
-            secret_ref: SecretKeyRef {
-                name: "db".into(),
-                key: "url".into(),
-            },
-        });
+        sc.spec.persistence = Some(crate::fixtures::persistence(true));
         assert!(statefulset(&sc).is_none(), "PostgreSQL: no volumes");
     }
 
