@@ -17,5 +17,7 @@ mod modes;
 pub mod ports;
 mod view;
 
-pub use modes::{Durability, MembershipMode, ParseModeError, ReplicationMode, SendMode, SessionAdapter};
+pub use modes::{
+    Durability, MembershipMode, ParseModeError, ReplicationMode, SendMode, SessionAdapter,
+};
 pub use view::{ClusterView, MemberState, MemberView};

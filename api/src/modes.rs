@@ -167,7 +167,10 @@ mod tests {
             assert_eq!(serde_json::to_string(m).unwrap(), format!("\"{m}\""));
         }
         assert_eq!("SYNC".parse::<SendMode>(), Ok(SendMode::Sync));
-        assert_eq!(MembershipMode::VALUES, ["auto", "multicast", "dns", "static"]);
+        assert_eq!(
+            MembershipMode::VALUES,
+            ["auto", "multicast", "dns", "static"]
+        );
         assert_eq!("php-redis".parse(), Ok(SessionAdapter::PhpRedis));
         assert_eq!(SessionAdapter::default().as_str(), "connect-redis");
     }
@@ -175,6 +178,9 @@ mod tests {
     #[test]
     fn bad_value_names_it_and_the_choices() {
         let e = "both".parse::<ReplicationMode>().unwrap_err().to_string();
-        assert_eq!(e, r#"invalid replication mode "both": expected one of delta, backup"#);
+        assert_eq!(
+            e,
+            r#"invalid replication mode "both": expected one of delta, backup"#
+        );
     }
 }

@@ -386,7 +386,10 @@ impl Config {
         for s in SETTINGS {
             if let Some(needs) = s.requires {
                 if given.contains(s.name) && !given.contains(needs) {
-                    let needs = SETTINGS.iter().find(|o| o.name == needs).map_or(needs, |o| o.env);
+                    let needs = SETTINGS
+                        .iter()
+                        .find(|o| o.name == needs)
+                        .map_or(needs, |o| o.env);
                     return Err(ConfigError::Requires { var: s.env, needs });
                 }
             }
@@ -437,8 +440,14 @@ mod tests {
         assert_eq!(c.admin_addr.port(), tribe_api::ports::ADMIN);
         assert_eq!(c.replication_addr.port(), tribe_api::ports::REPLICATION);
         assert_eq!(c.heartbeat_interval, Duration::from_millis(500));
-        assert_eq!((c.membership, c.replication), (MembershipMode::Auto, ReplicationMode::Delta));
-        assert_eq!((c.max_frame, c.resp_addr, c.insecure), (16 << 20, None, false));
+        assert_eq!(
+            (c.membership, c.replication),
+            (MembershipMode::Auto, ReplicationMode::Delta)
+        );
+        assert_eq!(
+            (c.max_frame, c.resp_addr, c.insecure),
+            (16 << 20, None, false)
+        );
         assert!(c.peers.is_empty());
     }
 
@@ -470,10 +479,20 @@ mod tests {
             matches!(&e, ConfigError::Invalid { var: "TRIBE_HEARTBEAT_INTERVAL", value, .. } if value == "soon"),
             "{e:?}"
         );
-        let e = Config::from_vars([("TRIBE_REPLICATION", "both")]).unwrap_err().to_string();
-        assert!(e.starts_with(r#"TRIBE_REPLICATION="both": "#) && e.contains("delta, backup"), "{e}");
-        let e = Config::from_vars([("TRIBE_WORKER_THREADS", "0")]).unwrap_err().to_string();
-        assert!(e.contains("TRIBE_WORKER_THREADS") && e.contains("1..=1024"), "{e}");
+        let e = Config::from_vars([("TRIBE_REPLICATION", "both")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with(r#"TRIBE_REPLICATION="both": "#) && e.contains("delta, backup"),
+            "{e}"
+        );
+        let e = Config::from_vars([("TRIBE_WORKER_THREADS", "0")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("TRIBE_WORKER_THREADS") && e.contains("1..=1024"),
+            "{e}"
+        );
         let e = Config::from_vars([("TRIBE_PROXY_ADDR", "127.0.0.1:1")]).unwrap_err();
         assert_eq!(
             e,
@@ -488,7 +507,11 @@ mod tests {
     fn every_setting_has_its_variable_and_one_flag() {
         let mut flags = BTreeSet::new();
         for s in SETTINGS {
-            assert_eq!(s.env, format!("TRIBE_{}", s.name.to_ascii_uppercase()), "{s:?}");
+            assert_eq!(
+                s.env,
+                format!("TRIBE_{}", s.name.to_ascii_uppercase()),
+                "{s:?}"
+            );
             assert!(flags.insert(s.flag()), "{s:?}");
             assert!(!s.help.trim().is_empty(), "{s:?}");
             if let Some(d) = s.default {

@@ -43,7 +43,9 @@ impl Listeners {
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, Error> {
-    TcpListener::bind(addr).await.map_err(|e| Error::Bind(addr, e))
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| Error::Bind(addr, e))
 }
 
 /// A node that has joined (or is joining) its cluster; serve an app with

@@ -49,7 +49,12 @@ async fn start(
     name: &str,
     l: Listeners,
     peer: SocketAddr,
-) -> (SocketAddr, SocketAddr, oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
+) -> (
+    SocketAddr,
+    SocketAddr,
+    oneshot::Sender<()>,
+    tokio::task::JoinHandle<()>,
+) {
     let cfg = Config {
         node_id: Some(name.into()),
         cluster: "own-app".into(),
@@ -93,12 +98,16 @@ async fn own_router_gets_replicated_sessions() {
     let (http_a, admin_a, stop_a, task_a) = start("a", la, rb).await;
     let (http_b, admin_b, stop_b, task_b) = start("b", lb, ra).await;
     for admin in [admin_a, admin_b] {
-        eventually("both nodes ready with one member", Duration::from_secs(10), || async move {
-            let v = view(admin).await?;
-            (v.ready && v.member_ids() == ["a", "b"])
-                .then_some(())
-                .ok_or(format!("{v:?}"))
-        })
+        eventually(
+            "both nodes ready with one member",
+            Duration::from_secs(10),
+            || async move {
+                let v = view(admin).await?;
+                (v.ready && v.member_ids() == ["a", "b"])
+                    .then_some(())
+                    .ok_or(format!("{v:?}"))
+            },
+        )
         .await;
     }
 
@@ -108,9 +117,15 @@ async fn own_router_gets_replicated_sessions() {
         .await
         .unwrap();
     assert_eq!((status, body.as_str()), (200, r#"["milk"]"#));
-    assert!(browser.request(Method::POST, http_a, "/items/eggs", None).await.is_ok());
+    assert!(browser
+        .request(Method::POST, http_a, "/items/eggs", None)
+        .await
+        .is_ok());
     // The version cookie makes node b wait for the write it has not applied yet.
-    let (status, body) = browser.request(Method::GET, http_b, "/items", None).await.unwrap();
+    let (status, body) = browser
+        .request(Method::GET, http_b, "/items", None)
+        .await
+        .unwrap();
     assert_eq!((status, body.as_str()), (200, r#"["milk","eggs"]"#));
     assert_eq!(view(admin_b).await.unwrap().sessions, 1);
 
@@ -119,15 +134,29 @@ async fn own_router_gets_replicated_sessions() {
         .await
         .expect("node a shuts down in time")
         .unwrap();
-    assert!(tokio::net::TcpStream::connect(http_a).await.is_err(), "app port closed");
-    assert!(tokio::net::TcpStream::connect(admin_a).await.is_err(), "admin port closed");
+    assert!(
+        tokio::net::TcpStream::connect(http_a).await.is_err(),
+        "app port closed"
+    );
+    assert!(
+        tokio::net::TcpStream::connect(admin_a).await.is_err(),
+        "admin port closed"
+    );
     eventually("b sees a leave", Duration::from_secs(5), || async move {
         let v = view(admin_b).await?;
-        (v.member_ids() == ["b"]).then_some(()).ok_or(format!("{v:?}"))
+        (v.member_ids() == ["b"])
+            .then_some(())
+            .ok_or(format!("{v:?}"))
     })
     .await;
-    let (_, body) = browser.request(Method::GET, http_b, "/items", None).await.unwrap();
-    assert_eq!(body, r#"["milk","eggs"]"#, "the session outlives the node that wrote it");
+    let (_, body) = browser
+        .request(Method::GET, http_b, "/items", None)
+        .await
+        .unwrap();
+    assert_eq!(
+        body, r#"["milk","eggs"]"#,
+        "the session outlives the node that wrote it"
+    );
     drop(stop_b);
     tokio::time::timeout(Duration::from_secs(10), task_b)
         .await

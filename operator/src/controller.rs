@@ -1,16 +1,16 @@
 //! The SessionCluster controller: `reconcile` server-side applies every child, then
 //! writes status from what it observes; `error_policy` backs off and counts failures.
 
-use crate::crd::{Condition, SessionCluster, SessionClusterSpec, DURATION_PATTERN};
+use crate::crd::{Condition, Persistence, SessionCluster, SessionClusterSpec, DURATION_PATTERN};
 use crate::metrics::Metrics;
 use crate::ownership::{self, Conflict, Ownership};
 use crate::probe::Prober;
 use crate::resources::{self, ADMIN_PORT, MANAGER};
-use crate::status::{self, Failure, Observation};
+use crate::status::{self, Failure, Observation, Workload};
 use crate::{Error, Result};
 use futures::StreamExt;
-use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ObjectReference, Pod, Secret, Service};
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::{ObjectReference, PersistentVolumeClaim, Pod, Secret, Service};
 use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::NamespaceResourceScope;
@@ -129,6 +129,45 @@ pub fn validate(spec: &SessionClusterSpec) -> Result<(), String> {
                 "set the node's resources in spec.resources or in spec.template.resources, not both"
                     .into(),
             );
+        }
+    }
+    if let Some(p) = &spec.persistence {
+        validate_persistence(p)?;
+    }
+    Ok(())
+}
+
+/// The `spec.persistence` checks (the CEL rules' and the schema's, and what neither can
+/// say on a 1.24 server: that the size is a positive quantity).
+fn validate_persistence(p: &Persistence) -> Result<(), String> {
+    if let Some(pg) = &p.postgres {
+        if !p.enabled {
+            return Err("persistence.postgres needs persistence.enabled: true".into());
+        }
+        if p.storage_class_name.is_some() {
+            return Err("persistence.storageClassName is for node volumes; with persistence.postgres there are none".into());
+        }
+        if pg.secret_ref.name.is_empty() || pg.secret_ref.key.is_empty() {
+            return Err("persistence.postgres.secretRef needs a Secret name and key".into());
+        }
+    }
+    if p.storage_class_name.as_deref() == Some("") {
+        return Err(
+            "persistence.storageClassName must not be empty (leave it out for the default class)"
+                .into(),
+        );
+    }
+    if !crate::crd::quantity_value(&p.size.0).is_some_and(|v| v >= 1.0) {
+        return Err(format!(
+            "persistence.size {:?} is not a positive quantity such as 1Gi",
+            p.size.0
+        ));
+    }
+    if let Some(n) = p.max_active_sessions {
+        if n < 1 {
+            return Err(format!(
+                "persistence.maxActiveSessions must be >= 1, got {n}"
+            ));
         }
     }
     Ok(())
@@ -363,11 +402,24 @@ async fn ensure_secret(
     }
 }
 
-/// Deletes the Ingress of a cluster whose ingress is disabled, if it is ours.
-async fn remove_ingress(ctx: &Context, sc: &SessionCluster, ns: &str) -> Result<()> {
-    let api: Api<Ingress> = Api::namespaced(ctx.client.clone(), ns);
-    let name = sc.name_any();
-    let Some(existing) = api.get_opt(&name).await? else {
+/// Deletes the `K` called `name` if the SessionCluster controls it (one it does not own
+/// is left alone), with a Deleted Event that says `why`. Absent: nothing to do.
+async fn delete_owned<K>(
+    ctx: &Context,
+    sc: &SessionCluster,
+    ns: &str,
+    name: &str,
+    why: &str,
+) -> Result<()>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + Debug,
+{
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), ns);
+    let kind = K::kind(&()).into_owned();
+    let Some(existing) = api.get_opt(name).await? else {
         return Ok(());
     };
     let uid = sc.uid().unwrap_or_default();
@@ -375,9 +427,10 @@ async fn remove_ingress(ctx: &Context, sc: &SessionCluster, ns: &str) -> Result<
     if !ours {
         return Ok(());
     }
-    match api.delete(&name, &DeleteParams::default()).await {
+    match api.delete(name, &DeleteParams::default()).await {
         Ok(_) => {
-            let note = format!("Deleted Ingress {name} (ingress disabled)");
+            info!(%kind, %name, "deleted ({why})");
+            let note = format!("Deleted {kind} {name} ({why})");
             publish(
                 ctx,
                 sc,
@@ -519,8 +572,8 @@ async fn reconcile_pod_monitor(
 
 /// What applying the children found.
 struct Applied {
-    /// The Deployment as the API server has it (`None`: not ours, or not applied).
-    deployment: Option<Deployment>,
+    /// The node workload as the API server has it (`None`: not ours, or not applied).
+    workload: Option<Workload>,
     /// Children whose names are held by objects the SessionCluster does not own.
     conflicts: Vec<Conflict>,
 }
@@ -533,15 +586,15 @@ impl Applied {
 }
 
 /// Applies every child the SessionCluster owns; a name held by someone else's object
-/// is reported and skipped, the other children are applied as usual. The Deployment
+/// is reported and skipped, the other children are applied as usual. The node workload
 /// waits while its key Secret is someone else's (its pods would mount it).
 async fn apply_children(ctx: &Context, sc: &SessionCluster, ns: &str) -> Result<Applied> {
     let mut conflicts = Vec::new();
     let key_is_ours = ensure_secret(ctx, sc, ns, &mut conflicts).await?;
     apply(ctx, sc, &resources::headless_service(sc), &mut conflicts).await?;
     apply(ctx, sc, &resources::service(sc), &mut conflicts).await?;
-    let deployment = if key_is_ours {
-        apply(ctx, sc, &resources::deployment(sc), &mut conflicts).await?
+    let workload = if key_is_ours {
+        apply_workload(ctx, sc, ns, &mut conflicts).await?
     } else {
         None
     };
@@ -551,13 +604,86 @@ async fn apply_children(ctx: &Context, sc: &SessionCluster, ns: &str) -> Result<
         Some(ing) => {
             apply(ctx, sc, &ing, &mut conflicts).await?;
         }
-        None => remove_ingress(ctx, sc, ns).await?,
+        None => delete_owned::<Ingress>(ctx, sc, ns, &sc.name_any(), "ingress disabled").await?,
     }
     reconcile_pod_monitor(ctx, sc, ns, &mut conflicts).await?;
     Ok(Applied {
-        deployment,
+        workload,
         conflicts,
     })
+}
+
+/// Applies the node workload the spec asks for: a StatefulSet with persistent volumes,
+/// else a Deployment. A switch between them (persistence turned on or off) is rolling:
+/// the old kind, if ours, is deleted only once the new one is rolled out and ready,
+/// so its pods have joined the cluster and received the sessions before the old pods
+/// hand theirs over and leave.
+async fn apply_workload(
+    ctx: &Context,
+    sc: &SessionCluster,
+    ns: &str,
+    conflicts: &mut Vec<Conflict>,
+) -> Result<Option<Workload>> {
+    let name = sc.name_any();
+    let (workload, why) = match resources::statefulset(sc) {
+        Some(set) => {
+            // The API server refuses any change of a StatefulSet's claim template: say
+            // which field and what to do instead of relaying its generic refusal.
+            let api: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), ns);
+            if let Some(existing) = api.get_opt(&name).await? {
+                if let Some(msg) = resources::claim_template_change(&existing, &set) {
+                    return Err(Error::InvalidSpec(msg));
+                }
+            }
+            let Some(applied) = apply(ctx, sc, &set, conflicts).await? else {
+                return Ok(None);
+            };
+            (
+                Workload::from(&applied),
+                "replaced by a StatefulSet: persistence with volumes",
+            )
+        }
+        None => {
+            let Some(applied) = apply(ctx, sc, &resources::deployment(sc), conflicts).await? else {
+                return Ok(None);
+            };
+            (
+                Workload::from(&applied),
+                "replaced by a Deployment: no persistent volumes",
+            )
+        }
+    };
+    if status::rolled_out(&workload, sc.spec.replicas) && workload.ready >= sc.spec.replicas {
+        if workload.kind == "StatefulSet" {
+            delete_owned::<Deployment>(ctx, sc, ns, &name, why).await?;
+        } else {
+            delete_owned::<StatefulSet>(ctx, sc, ns, &name, why).await?;
+        }
+    }
+    Ok(Some(workload))
+}
+
+/// The node workload of the kind the spec asks for, if it exists (best effort, for the
+/// status of a reconcile that failed).
+async fn existing_workload(ctx: &Context, sc: &SessionCluster, ns: &str) -> Option<Workload> {
+    async fn get<K>(ctx: &Context, ns: &str, name: &str) -> Option<Workload>
+    where
+        K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+            + Clone
+            + DeserializeOwned
+            + Debug,
+        for<'a> Workload: From<&'a K>,
+    {
+        let api: Api<K> = Api::namespaced(ctx.client.clone(), ns);
+        let found = api.get_opt(name).await.ok().flatten();
+        found.as_ref().map(Workload::from)
+    }
+    let name = sc.name_any();
+    if sc.spec.wants_volumes() {
+        get::<StatefulSet>(ctx, ns, &name).await
+    } else {
+        get::<Deployment>(ctx, ns, &name).await
+    }
 }
 
 /// Admin addresses (`podIP:9090`) of the cluster's ready pods; records every running pod
@@ -586,6 +712,20 @@ async fn ready_pod_addrs(ctx: &Context, sc: &SessionCluster, ns: &str) -> Result
         .collect())
 }
 
+/// Names of the cluster's volume claims that are not Bound (by the selector labels the
+/// StatefulSet's claim template gives them).
+async fn pending_claims(ctx: &Context, sc: &SessionCluster, ns: &str) -> Result<Vec<String>> {
+    let api: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), ns);
+    let selector = resources::selector_string(&resources::selector_labels(sc));
+    let list = api.list(&ListParams::default().labels(&selector)).await?;
+    Ok(list
+        .items
+        .iter()
+        .filter(|c| c.status.as_ref().and_then(|s| s.phase.as_deref()) != Some("Bound"))
+        .map(|c| c.name_any())
+        .collect())
+}
+
 async fn reconcile_inner(sc: &SessionCluster, ctx: &Context) -> Result<Action> {
     let ns = sc
         .namespace()
@@ -605,18 +745,16 @@ async fn reconcile_inner(sc: &SessionCluster, ctx: &Context) -> Result<Action> {
         Err(msg) => Err(Error::InvalidSpec(msg)),
         Ok(()) => apply_children(ctx, sc, &ns).await,
     };
-    let (deployment, failure) = match &outcome {
-        Ok(a) => (a.deployment.clone(), None),
+    let (workload, failure) = match &outcome {
+        Ok(a) => (a.workload.clone(), None),
         Err(e) => {
             let reason = match e {
                 Error::InvalidSpec(_) => "InvalidSpec",
                 _ => "ApplyFailed",
             };
             // Best effort: show what exists while reporting the failure.
-            let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
-            let existing = api.get_opt(&name).await.ok().flatten();
             (
-                existing,
+                existing_workload(ctx, sc, &ns).await,
                 Some(Failure {
                     reason: reason.into(),
                     message: e.to_string(),
@@ -625,11 +763,15 @@ async fn reconcile_inner(sc: &SessionCluster, ctx: &Context) -> Result<Action> {
         }
     };
 
-    let ready = deployment
-        .as_ref()
-        .and_then(|d| d.status.as_ref())
-        .and_then(|s| s.ready_replicas)
-        .unwrap_or(0);
+    let ready = workload.as_ref().map_or(0, |w| w.ready);
+    let pending_claims = if sc.spec.wants_volumes() && ready < sc.spec.replicas {
+        pending_claims(ctx, sc, &ns).await.unwrap_or_else(|e| {
+            warn!(error = %e, "could not list the volume claims");
+            Vec::new()
+        })
+    } else {
+        Vec::new()
+    };
     let reports = if ready > 0 {
         match ready_pod_addrs(ctx, sc, &ns).await {
             Ok(addrs) => ctx.prober.reports(&addrs).await,
@@ -677,9 +819,10 @@ async fn reconcile_inner(sc: &SessionCluster, ctx: &Context) -> Result<Action> {
         .round(jiff::Unit::Second)
         .unwrap_or_else(|_| jiff::Timestamp::now());
     let obs = Observation {
-        deployment: deployment.as_ref(),
+        workload,
         reports: &reports,
         failure,
+        pending_claims,
         now: now.to_string(),
     };
     let mut new_status = status::compute(sc, &obs);
@@ -739,7 +882,7 @@ async fn reconcile_inner(sc: &SessionCluster, ctx: &Context) -> Result<Action> {
                 .conditions
                 .iter()
                 .any(|c| c.type_ == "Ready" && c.status == "True");
-            // After a scale or a rollout the Deployment settles before the nodes' views
+            // After a scale or a rollout the workload settles before the nodes' views
             // do: look again soon while the members seen differ from the ready pods.
             let settled = new_status.members == new_status.ready_replicas
                 && new_status.ready_replicas == new_status.replicas;
@@ -816,6 +959,7 @@ pub async fn run(
     });
     controller
         .owns(api::<Deployment>(&client, &namespace), owned.clone())
+        .owns(api::<StatefulSet>(&client, &namespace), owned.clone())
         .owns(api::<Service>(&client, &namespace), owned.clone())
         .owns(api::<Ingress>(&client, &namespace), owned.clone())
         .owns(api::<Secret>(&client, &namespace), owned.clone())

@@ -4,10 +4,14 @@
 //! and committed as `crds/sessioncluster.yaml`. Validation the API server enforces at
 //! apply time: `replicas >= 0`, the mode enums, the duration pattern of
 //! `session.timeout`, and a CEL rule that `replication.backups < replicas`
-//! (with 0 or 1 replicas only `backups <= 1`, the default, is accepted).
+//! (with 0 or 1 replicas only `backups <= 1`, the default, is accepted), and the
+//! `persistence` rule: `postgres` only with `enabled` and without a StorageClass. (That
+//! `size` and `storageClassName` stay fixed while a StatefulSet has them would be a
+//! transition rule, which 1.24 servers do not compile: the operator refuses the change.)
 
 use k8s_openapi::api::core::v1::ResourceRequirements;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::{CustomResource, CustomResourceExt, KubeSchema};
 use schemars::{json_schema, Schema, SchemaGenerator};
 use serde::{Deserialize, Serialize};
@@ -99,6 +103,9 @@ pub struct SessionClusterSpec {
     /// volumes, scheduling, a tighter security context.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub template: Option<PodTemplate>,
+    /// Durable sessions (Tomcat's PersistentManager): a volume per node, or PostgreSQL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub persistence: Option<Persistence>,
 }
 
 fn default_replicas() -> i32 {
@@ -122,6 +129,7 @@ impl Default for SessionClusterSpec {
             app: None,
             monitoring: None,
             template: None,
+            persistence: None,
         }
     }
 }
@@ -280,10 +288,137 @@ impl SessionClusterSpec {
         })
     }
 
+    /// The persistence settings when persistence is on (`persistence.enabled`).
+    pub fn persistence(&self) -> Option<&Persistence> {
+        self.persistence.as_ref().filter(|p| p.enabled)
+    }
+
+    /// Whether each node gets a volume of its own (persistence on, no PostgreSQL): the
+    /// nodes then run as a StatefulSet instead of a Deployment.
+    pub fn wants_volumes(&self) -> bool {
+        self.persistence().is_some_and(|p| p.postgres.is_none())
+    }
+
     /// Whether a PodMonitor is asked for.
     pub fn wants_pod_monitor(&self) -> bool {
         self.monitoring.as_ref().is_some_and(|m| m.pod_monitor)
     }
+}
+
+/// The CEL rule that keeps `postgres` and the volume settings apart.
+pub const PERSISTENCE_POSTGRES_RULE: &str =
+    "!has(self.postgres) || (self.enabled && !has(self.storageClassName))";
+
+/// The pattern of a Kubernetes quantity (`1Gi`, `500M`, `1e9`).
+pub const QUANTITY_PATTERN: &str = "^(\\+|-)?(([0-9]+(\\.[0-9]*)?)|(\\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\\+|-)?(([0-9]+(\\.[0-9]*)?)|(\\.[0-9]+))))?$";
+
+/// Durable sessions: each node persists its sessions behind the replicated store, so a
+/// whole-cluster restart (scale to 0 and back, every pod lost at once) keeps them.
+///
+/// With a volume (the default store) every node gets a PersistentVolumeClaim of its own
+/// and the nodes run as a StatefulSet (stable pod names: a restarted node finds its own
+/// data under its own id). With `postgres` the sessions go to that database instead and
+/// the nodes stay a Deployment.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[x_kube(
+    validation = kube::core::Rule::new(PERSISTENCE_POSTGRES_RULE).message("persistence.postgres needs persistence.enabled: true and takes no storageClassName (the sessions go to the database, no volume is made)")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct Persistence {
+    /// Persist sessions.
+    #[serde(default)]
+    pub enabled: bool,
+    /// StorageClass of the node volumes (the cluster's default class when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
+    pub storage_class_name: Option<String>,
+    /// Size of each node volume.
+    #[serde(default = "default_volume_size")]
+    #[schemars(schema_with = "quantity_schema")]
+    pub size: Quantity,
+    /// `write-behind`: answered, then persisted within a bounded delay; `sync`: answered
+    /// once the local write is durable.
+    #[serde(default)]
+    pub durability: Durability,
+    /// Memory budget of each node in sessions: idle sessions beyond it live only in the
+    /// store and are loaded on access. Unbounded when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_active_sessions: Option<i64>,
+    /// What happens to the node volumes when the SessionCluster is deleted.
+    #[serde(default)]
+    pub retention: Retention,
+    /// Keep the sessions in PostgreSQL instead of node volumes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postgres: Option<PostgresStore>,
+}
+
+fn default_volume_size() -> Quantity {
+    Quantity("1Gi".into())
+}
+
+impl Default for Persistence {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            storage_class_name: None,
+            size: default_volume_size(),
+            durability: Durability::default(),
+            max_active_sessions: None,
+            retention: Retention::default(),
+            postgres: None,
+        }
+    }
+}
+
+/// When a session write is durable: the node's own values (`TRIBE_DURABILITY`).
+pub use tribe_api::Durability;
+
+/// What deleting the SessionCluster does to the node volumes.
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema,
+)]
+pub enum Retention {
+    /// The PersistentVolumeClaims stay (a SessionCluster of the same name finds them).
+    #[default]
+    Retain,
+    /// The PersistentVolumeClaims are deleted with the StatefulSet.
+    Delete,
+}
+
+impl Retention {
+    /// The StatefulSet's `persistentVolumeClaimRetentionPolicy.whenDeleted`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Retention::Retain => "Retain",
+            Retention::Delete => "Delete",
+        }
+    }
+}
+
+/// Sessions in PostgreSQL (Tomcat's JDBCStore).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PostgresStore {
+    /// The Secret key holding the connection URL (`postgres://user:pass@host/db`).
+    pub secret_ref: SecretKeyRef,
+}
+
+/// A key of a Secret in the SessionCluster's namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    /// The Secret's name.
+    #[schemars(length(min = 1))]
+    pub name: String,
+    /// The key within it.
+    #[serde(default = "default_url_key")]
+    #[schemars(length(min = 1))]
+    pub key: String,
+}
+
+fn default_url_key() -> String {
+    "url".into()
 }
 
 /// TLS settings of the Ingress.
@@ -439,12 +574,56 @@ pub struct Condition {
     pub observed_generation: Option<i64>,
 }
 
+/// The value of a quantity (`1Gi` → 1073741824, `500M` → 5e8, `1e3` → 1000), or `None`
+/// when it is not one. Decimal and binary suffixes and exponents; enough to compare and
+/// range-check sizes, not an exact arbitrary-precision parser.
+pub fn quantity_value(q: &str) -> Option<f64> {
+    let q = q.trim();
+    let split = q
+        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '+' || c == '-'))
+        .unwrap_or(q.len());
+    let (number, suffix) = q.split_at(split);
+    let number: f64 = number.parse().ok()?;
+    let factor = match suffix {
+        "" => 1.0,
+        "n" => 1e-9,
+        "u" => 1e-6,
+        "m" => 1e-3,
+        "k" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "T" => 1e12,
+        "P" => 1e15,
+        "E" => 1e18,
+        "Ki" => 1024f64,
+        "Mi" => 1024f64.powi(2),
+        "Gi" => 1024f64.powi(3),
+        "Ti" => 1024f64.powi(4),
+        "Pi" => 1024f64.powi(5),
+        "Ei" => 1024f64.powi(6),
+        e if e.starts_with(['e', 'E']) => 10f64.powi(e[1..].parse().ok()?),
+        _ => return None,
+    };
+    Some(number * factor)
+}
+
+/// Schema of a quantity: an int-or-string matching [`QUANTITY_PATTERN`].
+fn quantity_schema(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "description": "Size of each node volume (a quantity, e.g. 1Gi).",
+        "default": "1Gi",
+        "x-kubernetes-int-or-string": true,
+        "anyOf": [{ "type": "integer" }, { "type": "string" }],
+        "pattern": QUANTITY_PATTERN
+    })
+}
+
 /// Schema of `spec.resources`: `limits`/`requests` maps of int-or-string quantities.
 fn resources_schema(_: &mut SchemaGenerator) -> Schema {
     let quantity = json_schema!({
         "x-kubernetes-int-or-string": true,
         "anyOf": [{ "type": "integer" }, { "type": "string" }],
-        "pattern": "^(\\+|-)?(([0-9]+(\\.[0-9]*)?)|(\\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\\+|-)?(([0-9]+(\\.[0-9]*)?)|(\\.[0-9]+))))?$"
+        "pattern": QUANTITY_PATTERN
     });
     json_schema!({
         "description": "Compute resources of each node container (core/v1 ResourceRequirements).",

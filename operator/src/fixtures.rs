@@ -1,7 +1,7 @@
 //! Test helpers: SessionCluster builders and a mock API server (tower-test) that
 //! answers each request through a closure and records what was asked.
 
-use crate::crd::{SessionCluster, SessionClusterSpec};
+use crate::crd::{Persistence, PostgresStore, SecretKeyRef, SessionCluster, SessionClusterSpec};
 use crate::resources;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
@@ -21,6 +21,21 @@ pub fn cluster(name: &str, ns: &str) -> SessionCluster {
     sc.metadata.generation = Some(1);
     sc.metadata.resource_version = Some("100".into());
     sc
+}
+
+/// `spec.persistence` turned on: with node volumes, or (`postgres`) in PostgreSQL with the
+/// URL in the Secret `db`, key `url`.
+pub fn persistence(postgres: bool) -> Persistence {
+    Persistence {
+        enabled: true,
+        postgres: postgres.then(|| PostgresStore {
+            secret_ref: SecretKeyRef {
+                name: "db".into(),
+                key: "url".into(),
+            },
+        }),
+        ..Persistence::default()
+    }
 }
 
 /// The Deployment of `sc` as the API server would report it after a rollout.
@@ -119,7 +134,8 @@ where
 }
 
 /// A responder for a fresh namespace: GETs are 404, writes echo their body with a
-/// resourceVersion, the Deployment comes back with `ready` ready replicas, pod lists are empty.
+/// resourceVersion, the Deployment (or StatefulSet) comes back with `ready` ready replicas,
+/// pod lists are empty, the one volume claim `data-shop-2` is Pending.
 pub fn fresh_server(ready: i32) -> impl FnMut(&Seen) -> Reply + Send + 'static {
     move |s: &Seen| {
         let not_found = status_error(404, "NotFound", "not found");
@@ -127,6 +143,11 @@ pub fn fresh_server(ready: i32) -> impl FnMut(&Seen) -> Reply + Send + 'static {
             Method::GET if s.path.ends_with("/pods") => Some((
                 200,
                 json!({"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": []}),
+            )),
+            Method::GET if s.path.ends_with("/persistentvolumeclaims") => Some((
+                200,
+                json!({"kind": "PersistentVolumeClaimList", "apiVersion": "v1", "metadata": {},
+                       "items": [{"metadata": {"name": "data-shop-2"}, "status": {"phase": "Pending"}}]}),
             )),
             Method::GET => Some(not_found),
             Method::PATCH | Method::POST | Method::PUT => {
@@ -138,7 +159,7 @@ pub fn fresh_server(ready: i32) -> impl FnMut(&Seen) -> Reply + Send + 'static {
                 if body.get("metadata").is_some() {
                     body["metadata"]["resourceVersion"] = json!("1");
                 }
-                if s.path.contains("/deployments/") {
+                if s.path.contains("/deployments/") || s.path.contains("/statefulsets/") {
                     body["status"] = json!({"observedGeneration": 1, "replicas": 3, "readyReplicas": ready,
                                             "updatedReplicas": 3, "availableReplicas": ready});
                     body["metadata"]["generation"] = json!(1);
@@ -162,6 +183,7 @@ pub fn existing(path: &str) -> Value {
     let plural = parts.next().unwrap_or_default();
     let (api_version, kind) = match plural {
         "deployments" => ("apps/v1", "Deployment"),
+        "statefulsets" => ("apps/v1", "StatefulSet"),
         "services" => ("v1", "Service"),
         "secrets" => ("v1", "Secret"),
         "ingresses" => ("networking.k8s.io/v1", "Ingress"),
@@ -173,7 +195,7 @@ pub fn existing(path: &str) -> Value {
                        "metadata": {"name": name, "namespace": "web", "resourceVersion": "1",
                          "ownerReferences": [{"apiVersion": "tribe.rs/v1alpha1", "kind": "SessionCluster",
                            "name": "shop", "uid": "uid-shop", "controller": true}]}});
-    if kind == "Deployment" {
+    if kind == "Deployment" || kind == "StatefulSet" {
         v["spec"] = json!({"selector": {}, "template": {}});
     }
     v

@@ -1,11 +1,97 @@
-//! Status from observation: the Deployment's status and the nodes' `/cluster` reports
-//! become `SessionClusterStatus`, with Ready/Progressing/Degraded conditions. Pure.
+//! Status from observation: the node workload's status (the Deployment's, or the
+//! StatefulSet's with persistent volumes) and the nodes' `/cluster` reports become
+//! `SessionClusterStatus`, with Ready/Progressing/Degraded conditions. Pure.
 
 use crate::crd::{Condition, ReplicationMode, SessionCluster, SessionClusterStatus};
-use tribe_api::ClusterView;
 use crate::resources::{multicast_group, selector_string};
-use k8s_openapi::api::apps::v1::Deployment;
-use std::collections::BTreeSet;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use std::collections::{BTreeMap, BTreeSet};
+use tribe_api::ClusterView;
+
+/// What the status needs of the node workload, whichever kind it is.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Workload {
+    /// `Deployment` or `StatefulSet`.
+    pub kind: &'static str,
+    /// Its metadata.generation.
+    pub generation: Option<i64>,
+    /// The generation its controller has seen.
+    pub observed_generation: Option<i64>,
+    /// Pods it has.
+    pub replicas: i32,
+    /// Pods that are ready.
+    pub ready: i32,
+    /// Pods of the current template.
+    pub updated: i32,
+    /// Pods available (ready for minReadySeconds).
+    pub available: i32,
+    /// Its selector's matchLabels.
+    pub selector: Option<BTreeMap<String, String>>,
+    /// A failure its controller reports: (reason, message).
+    pub failure: Option<(String, String)>,
+}
+
+impl From<&Deployment> for Workload {
+    fn from(d: &Deployment) -> Self {
+        let st = d.status.clone().unwrap_or_default();
+        let failure = st.conditions.as_ref().and_then(|cs| {
+            cs.iter()
+                .find(|c| {
+                    let (t, s) = (c.type_.as_deref(), c.status.as_deref());
+                    (t == Some("ReplicaFailure") && s == Some("True"))
+                        || (t == Some("Progressing")
+                            && s == Some("False")
+                            && c.reason.as_deref() == Some("ProgressDeadlineExceeded"))
+                })
+                .map(|c| {
+                    (
+                        c.reason
+                            .clone()
+                            .unwrap_or_else(|| "DeploymentFailing".into()),
+                        c.message.clone().unwrap_or_default(),
+                    )
+                })
+        });
+        Workload {
+            kind: "Deployment",
+            generation: d.metadata.generation,
+            observed_generation: st.observed_generation,
+            replicas: st.replicas.unwrap_or(0),
+            ready: st.ready_replicas.unwrap_or(0),
+            updated: st.updated_replicas.unwrap_or(0),
+            available: st.available_replicas.unwrap_or(0),
+            selector: d.spec.selector.match_labels.clone(),
+            failure,
+        }
+    }
+}
+
+impl From<&StatefulSet> for Workload {
+    fn from(s: &StatefulSet) -> Self {
+        let st = s.status.clone().unwrap_or_default();
+        let ready = st.ready_replicas.unwrap_or(0);
+        // A rollout is done when every pod is at the update revision; `updatedReplicas`
+        // counts those while one is under way, and may be absent once it is done.
+        let updated = if st.current_revision.is_some() && st.current_revision == st.update_revision
+        {
+            st.replicas
+        } else {
+            st.updated_replicas.unwrap_or(0)
+        };
+        Workload {
+            kind: "StatefulSet",
+            generation: s.metadata.generation,
+            observed_generation: st.observed_generation,
+            replicas: st.replicas,
+            ready,
+            updated,
+            // Servers before 1.22 do not report it; ready is then the best there is.
+            available: st.available_replicas.unwrap_or(ready),
+            selector: s.spec.selector.match_labels.clone(),
+            failure: None,
+        }
+    }
+}
 
 /// What went wrong realising the spec, for the Degraded condition.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -18,12 +104,14 @@ pub struct Failure {
 
 /// Everything the status is computed from.
 pub struct Observation<'a> {
-    /// The Deployment as last returned by the API server (absent: not created yet).
-    pub deployment: Option<&'a Deployment>,
+    /// The node workload as last returned by the API server (absent: not created yet).
+    pub workload: Option<Workload>,
     /// Reports of the ready nodes that answered `/cluster`.
     pub reports: &'a [ClusterView],
     /// Why this reconcile could not realise the spec, if it could not.
     pub failure: Option<Failure>,
+    /// The node volume claims that are not Bound yet (persistence with volumes).
+    pub pending_claims: Vec<String>,
     /// Current time, RFC 3339.
     pub now: String,
 }
@@ -77,48 +165,29 @@ fn carry_transition_times(new: &mut [Condition], old: &[Condition], now: &str) {
     }
 }
 
+/// Whether the workload's controller has realised its current spec: `desired` pods, all
+/// of the current template and available.
+pub fn rolled_out(w: &Workload, desired: i32) -> bool {
+    let desired = desired.max(0);
+    w.observed_generation.is_some()
+        && w.observed_generation >= w.generation
+        && w.updated >= desired
+        && w.replicas == desired
+        && w.available >= desired
+}
+
 /// The status a SessionCluster should show for `obs`.
 pub fn compute(sc: &SessionCluster, obs: &Observation<'_>) -> SessionClusterStatus {
     let generation = sc.metadata.generation;
     let desired = sc.spec.replicas.max(0);
-    let dep_status = obs
-        .deployment
-        .and_then(|d| d.status.clone())
-        .unwrap_or_default();
-    let dep_generation = obs.deployment.and_then(|d| d.metadata.generation);
-    let replicas = dep_status.replicas.unwrap_or(0);
-    let ready = dep_status.ready_replicas.unwrap_or(0);
-    let updated = dep_status.updated_replicas.unwrap_or(0);
-    let available = dep_status.available_replicas.unwrap_or(0);
-    let dep_observed = dep_status.observed_generation.is_some()
-        && dep_status.observed_generation >= dep_generation;
-    let selector = obs
-        .deployment
-        .and_then(|d| d.spec.selector.match_labels.as_ref())
-        .map(selector_string);
+    let w = obs.workload.clone().unwrap_or_default();
+    let (replicas, ready, updated, available) = (w.replicas, w.ready, w.updated, w.available);
+    let selector = w.selector.as_ref().map(selector_string);
     let (members, sessions) = aggregate(obs.reports, sc.spec.replication.mode);
 
-    let rolled_out = obs.deployment.is_some()
-        && dep_observed
-        && updated >= desired
-        && replicas == desired
-        && available >= desired;
+    let rolled_out = obs.workload.is_some() && rolled_out(&w, desired);
     let progressing = obs.failure.is_none() && !rolled_out;
     let ready_ok = obs.failure.is_none() && rolled_out && ready >= desired;
-
-    let dep_failure = obs
-        .deployment
-        .and_then(|d| d.status.as_ref())
-        .and_then(|s| s.conditions.as_ref())
-        .and_then(|cs| {
-            cs.iter().find(|c| {
-                let (t, st) = (c.type_.as_deref(), c.status.as_deref());
-                (t == Some("ReplicaFailure") && st == Some("True"))
-                    || (t == Some("Progressing")
-                        && st == Some("False")
-                        && c.reason.as_deref() == Some("ProgressDeadlineExceeded"))
-            })
-        });
 
     let ready_cond = if let Some(f) = &obs.failure {
         condition("Ready", false, &f.reason, f.message.clone(), generation)
@@ -133,12 +202,24 @@ pub fn compute(sc: &SessionCluster, obs: &Observation<'_>) -> SessionClusterStat
             "AllNodesReady"
         };
         condition("Ready", true, reason, msg, generation)
-    } else if obs.deployment.is_none() {
+    } else if obs.workload.is_none() {
         condition(
             "Ready",
             false,
             "DeploymentMissing",
-            "the Deployment does not exist yet".into(),
+            "the node workload (Deployment or StatefulSet) does not exist yet".into(),
+            generation,
+        )
+    } else if !obs.pending_claims.is_empty() {
+        // Pods wait for their volumes: say which, as the pods' own events would.
+        condition(
+            "Ready",
+            false,
+            "ClaimsPending",
+            format!(
+                "{ready}/{desired} nodes ready; volume claims not bound yet: {} (check persistence.storageClassName and the provisioner)",
+                obs.pending_claims.join(", ")
+            ),
             generation,
         )
     } else {
@@ -179,14 +260,8 @@ pub fn compute(sc: &SessionCluster, obs: &Observation<'_>) -> SessionClusterStat
 
     let degraded_cond = if let Some(f) = &obs.failure {
         condition("Degraded", true, &f.reason, f.message.clone(), generation)
-    } else if let Some(c) = dep_failure {
-        condition(
-            "Degraded",
-            true,
-            c.reason.as_deref().unwrap_or("DeploymentFailing"),
-            c.message.clone().unwrap_or_default(),
-            generation,
-        )
+    } else if let Some((reason, message)) = &w.failure {
+        condition("Degraded", true, reason, message.clone(), generation)
     } else {
         condition("Degraded", false, "AsExpected", String::new(), generation)
     };
@@ -201,12 +276,12 @@ pub fn compute(sc: &SessionCluster, obs: &Observation<'_>) -> SessionClusterStat
 
     let previous = sc.status.clone().unwrap_or_default();
     SessionClusterStatus {
-        replicas: Some(if obs.deployment.is_some() {
+        replicas: Some(if obs.workload.is_some() {
             replicas
         } else {
             previous.replicas.unwrap_or(0)
         }),
-        ready_replicas: Some(if obs.deployment.is_some() {
+        ready_replicas: Some(if obs.workload.is_some() {
             ready
         } else {
             previous.ready_replicas.unwrap_or(0)
@@ -225,11 +300,12 @@ mod tests {
     use super::*;
     use crate::fixtures::{cluster, observed_deployment};
 
-    fn obs<'a>(d: Option<&'a Deployment>, reports: &'a [ClusterView]) -> Observation<'a> {
+    fn obs<'a>(d: Option<&Deployment>, reports: &'a [ClusterView]) -> Observation<'a> {
         Observation {
-            deployment: d,
+            workload: d.map(Workload::from),
             reports,
             failure: None,
+            pending_claims: Vec::new(),
             now: "2026-01-01T00:00:00Z".into(),
         }
     }
@@ -291,6 +367,52 @@ mod tests {
         assert_eq!(cond(&s, "Ready").status, "False");
         assert_eq!(cond(&s, "Ready").reason, "NodesNotReady");
         assert_eq!(cond(&s, "Progressing").status, "True");
+    }
+
+    #[test]
+    fn pending_claims_are_named_while_not_ready() {
+        let sc = cluster("shop", "web");
+        let d = observed_deployment(&sc, 3, 1);
+        let mut o = obs(Some(&d), &[]);
+        o.pending_claims = vec!["data-shop-2".into()];
+        let s = compute(&sc, &o);
+        let ready = cond(&s, "Ready");
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", "ClaimsPending")
+        );
+        assert!(ready.message.contains("data-shop-2"), "{}", ready.message);
+        assert_eq!(
+            cond(&s, "Degraded").status,
+            "False",
+            "pending is not a failure"
+        );
+    }
+
+    #[test]
+    fn statefulset_rollout() {
+        use k8s_openapi::api::apps::v1::StatefulSetStatus;
+        let mut set = StatefulSet::default();
+        set.metadata.generation = Some(2);
+        set.status = Some(StatefulSetStatus {
+            observed_generation: Some(2),
+            replicas: 3,
+            ready_replicas: Some(3),
+            available_replicas: Some(3),
+            current_revision: Some("r1".into()),
+            update_revision: Some("r2".into()),
+            updated_replicas: Some(1),
+            ..StatefulSetStatus::default()
+        });
+        let w = Workload::from(&set);
+        assert_eq!((w.kind, w.updated), ("StatefulSet", 1));
+        assert!(!rolled_out(&w, 3), "two pods still at the old revision");
+        let st = set.status.as_mut().unwrap();
+        st.current_revision = Some("r2".into());
+        st.updated_replicas = None;
+        let w = Workload::from(&set);
+        assert!(rolled_out(&w, 3));
+        assert!(!rolled_out(&w, 4));
     }
 
     #[test]

@@ -226,6 +226,7 @@ fn api_server_accepts_the_crd_and_the_examples_and_rejects_the_invalid_one() {
     for file in [
         "minimal.yaml",
         "full.yaml",
+        "postgres.yaml",
         "sidecar-express.yaml",
         "sidecar-async-proxy.yaml",
         "sidecar-php.yaml",
@@ -322,6 +323,37 @@ fn api_server_accepts_the_crd_and_the_examples_and_rejects_the_invalid_one() {
         )
         .expect_err("backups >= replicas must be rejected");
     assert!(err.contains("backups"), "{err}");
+
+    // spec.persistence: postgres only with enabled and without a StorageClass (CEL) ...
+    for (name, persistence) in [
+        ("pg-off", "{postgres: {secretRef: {name: db}}}"),
+        (
+            "pg-class",
+            "{enabled: true, storageClassName: fast, postgres: {secretRef: {name: db}}}",
+        ),
+    ] {
+        let err = plane
+            .k_stdin(
+                &["apply", "--validate=false", "-f", "-"],
+                &session_cluster(name, ns, &format!("  persistence: {persistence}\n")),
+            )
+            .expect_err("an inconsistent persistence spec must be rejected");
+        assert!(err.contains("persistence.postgres needs"), "{name}: {err}");
+    }
+    // Defaults are filled in.
+    apply(
+        &plane,
+        &session_cluster("vols", ns, "  persistence: {enabled: true}\n"),
+    );
+    let vols = plane
+        .get_json(&["-n", ns, "sessionclusters", "vols"])
+        .unwrap();
+    assert_eq!(vols["spec"]["persistence"]["size"], "1Gi");
+    assert_eq!(vols["spec"]["persistence"]["durability"], "write-behind");
+    assert_eq!(
+        vols["spec"]["persistence"]["retention"], "Retain",
+        "defaulted"
+    );
 }
 
 #[test]
@@ -748,7 +780,9 @@ fn operator_works_with_exactly_the_charts_rbac() {
         ("delete", "sessionclusters.tribe.rs", "apps"),
         ("create", "pods", "apps"),
         ("get", "configmaps", "apps"),
-        ("delete", "deployments.apps", "apps"),
+        // Claims are the StatefulSet controller's to create and delete, never the operator's.
+        ("delete", "persistentvolumeclaims", "apps"),
+        ("create", "persistentvolumeclaims", "apps"),
         ("create", "clusterroles.rbac.authorization.k8s.io", "apps"),
         ("update", "leases.coordination.k8s.io", "apps"),
         ("delete", "secrets", "apps"),
@@ -815,6 +849,35 @@ fn operator_works_with_exactly_the_charts_rbac() {
             Err(_) => Ok(()),
         }
     });
+    // Persistence with volumes switches the nodes to a StatefulSet, and back: the old kind
+    // is deleted once the new one is rolled out (at 0 replicas at once, no pods here).
+    let workloads = |want: &'static str| {
+        wait_for(&format!("the workload to be only {want}"), LONG, || {
+            let out = plane.try_k(&["-n", ns, "get", "deployments,statefulsets", "-o", "name"])?;
+            let got: Vec<&str> = out.lines().collect();
+            if got == [want] {
+                Ok(())
+            } else {
+                Err(format!("{got:?}"))
+            }
+        })
+    };
+    apply(
+        &plane,
+        &session_cluster(
+            "shop",
+            ns,
+            "  replicas: 0\n  persistence: {enabled: true}\n",
+        ),
+    );
+    workloads("statefulset.apps/shop");
+    let set = get(&plane, ns, "statefulset", "shop").unwrap();
+    assert_eq!(
+        set["spec"]["volumeClaimTemplates"][0]["metadata"]["name"],
+        "data"
+    );
+    apply(&plane, &session_cluster("shop", ns, "  replicas: 0\n"));
+    workloads("deployment.apps/shop");
     let log = op.log_text();
     assert!(
         !log.contains("forbidden"),

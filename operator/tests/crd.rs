@@ -198,6 +198,7 @@ fn examples_parse_as_session_clusters() {
     for name in [
         "minimal.yaml",
         "full.yaml",
+        "postgres.yaml",
         "sidecar-express.yaml",
         "sidecar-async-proxy.yaml",
         "sidecar-php.yaml",

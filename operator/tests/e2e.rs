@@ -844,39 +844,3 @@ fn drive(mut browser: Browser, pace: &Pace) -> Result<Drive, String> {
     }
     Ok(Drive { nodes, slowest })
 }
-
-/// The demo app's requests, for the [`Browser`] of the support module.
-trait Counter {
-    /// `POST /counter`: (counter, node that answered); any status but 200 is an error.
-    fn post_counter(&mut self) -> Result<(i64, String), String>;
-    /// `GET /counter` without a session (creates none): the node that answered.
-    fn get_counter_node(&mut self) -> Result<String, String>;
-}
-
-impl Counter for Browser {
-    fn post_counter(&mut self) -> Result<(i64, String), String> {
-        let r = self.request("POST", "/counter")?;
-        if r.status != 200 {
-            return Err(format!("status {}: {}", r.status, r.body));
-        }
-        counter_reply(&r)
-    }
-
-    fn get_counter_node(&mut self) -> Result<String, String> {
-        let r = self.request("GET", "/counter")?;
-        if r.status != 200 {
-            return Err(format!("status {}: {}", r.status, r.body));
-        }
-        Ok(counter_reply(&r)?.1)
-    }
-}
-
-/// The counter in a `/counter` answer, and the node that answered.
-fn counter_reply(r: &HttpResponse) -> Result<(i64, String), String> {
-    let v: Value = serde_json::from_str(&r.body).map_err(|e| format!("{e}: {}", r.body))?;
-    let n = v["counter"]
-        .as_i64()
-        .ok_or(format!("no counter in {}", r.body))?;
-    let node = v["node"].as_str().ok_or(format!("no node in {}", r.body))?;
-    Ok((n, node.to_string()))
-}

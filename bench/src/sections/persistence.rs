@@ -64,7 +64,9 @@ async fn write_run(
     per_writer: usize,
     sessions_per_writer: usize,
 ) -> Result<WriteRun> {
-    let dir = tempfile::Builder::new().prefix("tribe-bench-data.").tempdir()?;
+    let dir = tempfile::Builder::new()
+        .prefix("tribe-bench-data.")
+        .tempdir()?;
     let cluster = match mode {
         "memory only" => node(env, None, &[]).await?,
         "write-behind" => node(env, Some(dir.path()), &["--durability", "write-behind"]).await?,
@@ -109,8 +111,12 @@ async fn write_run(
         cpu: cpu_seconds(&[pid]) - cpu0,
         disk: disk_write_bytes(pid)? - disk0,
         records: crate::metrics::sum(&text, "tribe_persist_bytes_total") - rec0,
-        p99_flush_ms: crate::metrics::histogram_quantile(&text, "tribe_persist_flush_seconds", 0.99)
-            .map(|s| s * 1e3),
+        p99_flush_ms: crate::metrics::histogram_quantile(
+            &text,
+            "tribe_persist_flush_seconds",
+            0.99,
+        )
+        .map(|s| s * 1e3),
     })
 }
 
@@ -144,7 +150,11 @@ pub async fn run(env: &Env) -> Result<Table> {
     let base = runs[0].cpu / runs[0].writes as f64;
     for r in &runs {
         let w = r.writes as f64;
-        t.row(vec![json!(format!("{}: writes/s", r.mode)), json!(w / r.seconds), json!("")]);
+        t.row(vec![
+            json!(format!("{}: writes/s", r.mode)),
+            json!(w / r.seconds),
+            json!(""),
+        ]);
         t.row(vec![
             json!(format!("{}: node CPU per write", r.mode)),
             json!(r.cpu / w * 1e6),
@@ -162,12 +172,19 @@ pub async fn run(env: &Env) -> Result<Table> {
                 json!("B"),
             ]);
             t.row(vec![
-                json!(format!("{}: record bytes per write (to the engine)", r.mode)),
+                json!(format!(
+                    "{}: record bytes per write (to the engine)",
+                    r.mode
+                )),
                 json!(r.records / w),
                 json!("B"),
             ]);
             if let Some(ms) = r.p99_flush_ms {
-                t.row(vec![json!(format!("{}: flush p99", r.mode)), json!(ms), json!("ms")]);
+                t.row(vec![
+                    json!(format!("{}: flush p99", r.mode)),
+                    json!(ms),
+                    json!("ms"),
+                ]);
             }
             t.checks.push(Check::at_most(
                 &format!("node CPU per write, {} vs memory only", r.mode),
@@ -180,7 +197,9 @@ pub async fn run(env: &Env) -> Result<Table> {
     }
 
     // Start from disk.
-    let dir = tempfile::Builder::new().prefix("tribe-bench-data.").tempdir()?;
+    let dir = tempfile::Builder::new()
+        .prefix("tribe-bench-data.")
+        .tempdir()?;
     progress(format!("persistence: seeding {sessions} sessions"));
     {
         let cluster = node(env, Some(dir.path()), &[]).await?;
@@ -190,11 +209,15 @@ pub async fn run(env: &Env) -> Result<Table> {
             progress(format!("persistence: {errors} seeding errors (retried)"));
         }
         let admin = n.admin;
-        wait_for("every session on disk", Duration::from_secs(300), || async move {
-            let text = crate::http::get_text(admin, "/metrics").await?;
-            let on_disk = crate::metrics::sum(&text, "tribe_persist_sessions_on_disk");
-            Ok((on_disk as usize >= sessions).then_some(()))
-        })
+        wait_for(
+            "every session on disk",
+            Duration::from_secs(300),
+            || async move {
+                let text = crate::http::get_text(admin, "/metrics").await?;
+                let on_disk = crate::metrics::sum(&text, "tribe_persist_sessions_on_disk");
+                Ok((on_disk as usize >= sessions).then_some(()))
+            },
+        )
         .await?;
         t.row(vec![
             json!("sessions persisted"),
@@ -210,9 +233,14 @@ pub async fn run(env: &Env) -> Result<Table> {
     }
     for (what, args) in [
         ("restart", vec![]),
-        ("restart with a budget", vec!["--max-active-sessions".to_string(), budget.to_string()]),
+        (
+            "restart with a budget",
+            vec!["--max-active-sessions".to_string(), budget.to_string()],
+        ),
     ] {
-        progress(format!("persistence: {what} from {sessions} persisted sessions"));
+        progress(format!(
+            "persistence: {what} from {sessions} persisted sessions"
+        ));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let started = Instant::now();
         let cluster = node(env, Some(dir.path()), &args).await?;
@@ -228,7 +256,11 @@ pub async fn run(env: &Env) -> Result<Table> {
         } else {
             format!("budget {}", crate::report::thousands(budget as i64))
         };
-        t.row(vec![json!(format!("{what}: spawn → ready ({label})")), json!(ready), json!("s")]);
+        t.row(vec![
+            json!(format!("{what}: spawn → ready ({label})")),
+            json!(ready),
+            json!("s"),
+        ]);
         t.row(vec![
             json!(format!("{what}: load (tribe_persist_load_seconds)")),
             json!(crate::metrics::sum(&text, "tribe_persist_load_seconds")),
@@ -243,7 +275,11 @@ pub async fn run(env: &Env) -> Result<Table> {
             )),
             json!(""),
         ]);
-        t.row(vec![json!(format!("{what}: RSS")), json!(n.rss()? as f64 / 1e6), json!("MB")]);
+        t.row(vec![
+            json!(format!("{what}: RSS")),
+            json!(n.rss()? as f64 / 1e6),
+            json!("MB"),
+        ]);
         t.row(vec![
             json!(format!("{what}: data on disk")),
             json!(crate::metrics::sum(&text, "tribe_persist_disk_bytes") / 1e6),

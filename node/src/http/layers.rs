@@ -73,4 +73,3 @@ pub(crate) fn with_sessions<S: Clone + Send + Sync + 'static>(
             refuse_without_quorum,
         ))
 }
-

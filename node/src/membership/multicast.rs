@@ -910,7 +910,7 @@ mod tests {
             stop: &CancellationToken,
         ) -> super::super::Discovery {
             let config = Config::from_flags(&[
-                                "--membership",
+                "--membership",
                 "multicast",
                 "--cluster",
                 cluster,

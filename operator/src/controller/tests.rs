@@ -395,7 +395,13 @@ async fn second_reconcile_with_same_status_writes_nothing_new() {
     // Everything exists now and applying changes nothing.
     let respond = |s: &Seen| -> Reply {
         let mut r = fresh_server(3)(s);
-        if s.method == Method::GET && !s.path.ends_with("/pods") && !s.path.contains("ingresses") {
+        // Everything but the ingress (disabled) and the other workload kind (no
+        // persistence: no StatefulSet).
+        if s.method == Method::GET
+            && !s.path.ends_with("/pods")
+            && !s.path.contains("ingresses")
+            && !s.path.contains("statefulsets")
+        {
             r = Some((200, existing(&s.path)));
         }
         r
@@ -619,4 +625,162 @@ fn validation_checks_the_template() {
     assert!(validate(&spec).is_ok());
     spec.resources = Some(ResourceRequirements::default());
     assert!(validate(&spec).unwrap_err().contains("not both"));
+}
+
+fn persistent(name: &str) -> SessionCluster {
+    let mut sc = cluster(name, NS);
+    sc.spec.persistence = Some(crate::fixtures::persistence(false));
+    sc
+}
+
+/// A responder where `kind` (`deployments`/`statefulsets`) `shop` exists, controlled by
+/// `owner_uid`, on top of `fresh_server(ready)`.
+fn with_existing(
+    ready: i32,
+    plural: &'static str,
+    owner_uid: &'static str,
+) -> impl FnMut(&Seen) -> Reply + Send + 'static {
+    let mut inner = fresh_server(ready);
+    move |s: &Seen| {
+        if s.method == Method::GET && s.path.ends_with(&format!("/{plural}/shop")) {
+            let mut v = existing(&s.path);
+            v["metadata"]["ownerReferences"] = json!([{"apiVersion": "tribe.rs/v1alpha1",
+                "kind": "SessionCluster", "name": "shop", "uid": owner_uid, "controller": true}]);
+            return Some((200, v));
+        }
+        inner(s)
+    }
+}
+
+#[tokio::test]
+async fn persistence_with_volumes_applies_a_statefulset_not_a_deployment() {
+    let (res, seen, _) = run_once(persistent("shop"), fresh_server(0)).await;
+    res.unwrap();
+    let p = find(
+        &seen,
+        Method::PATCH,
+        "/apis/apps/v1/namespaces/web/statefulsets/shop",
+    )
+    .unwrap_or_else(|| panic!("no StatefulSet applied: {:#?}", lines(&seen)));
+    assert!(p.query.contains("fieldManager=tribe-operator"));
+    assert_eq!(
+        p.body["spec"]["volumeClaimTemplates"][0]["metadata"]["name"],
+        "data"
+    );
+    assert!(!seen
+        .iter()
+        .any(|s| s.path.contains("/deployments/") && s.method != Method::GET));
+    // Not ready yet: the status says so, from the StatefulSet, naming the pending claim.
+    let status = status_patch(&seen);
+    assert_eq!(condition(status, "Ready")["status"], "False");
+    assert_eq!(condition(status, "Ready")["reason"], "ClaimsPending");
+    let message = condition(status, "Ready")["message"].as_str().unwrap();
+    assert!(message.contains("data-shop-2"), "{message}");
+    assert_eq!(
+        status.body["status"]["selector"],
+        "app.kubernetes.io/instance=shop,app.kubernetes.io/name=tribe-node"
+    );
+}
+
+#[tokio::test]
+async fn switching_kind_deletes_our_old_workload_only_once_the_new_one_is_ready() {
+    let deployment = "/apis/apps/v1/namespaces/web/deployments/shop";
+    // The StatefulSet is not ready yet: our Deployment stays.
+    let (res, seen, _) = run_once(
+        persistent("shop"),
+        with_existing(1, "deployments", "uid-shop"),
+    )
+    .await;
+    res.unwrap();
+    assert!(
+        find(&seen, Method::DELETE, deployment).is_none(),
+        "{:#?}",
+        lines(&seen)
+    );
+    // Ready: it goes, with an Event.
+    let (res, seen, _) = run_once(
+        persistent("shop"),
+        with_existing(3, "deployments", "uid-shop"),
+    )
+    .await;
+    res.unwrap();
+    assert!(
+        find(&seen, Method::DELETE, deployment).is_some(),
+        "{:#?}",
+        lines(&seen)
+    );
+    assert!(events(&seen).contains(&("Normal".into(), "Deleted".into())));
+    // Someone else's Deployment of that name is left alone.
+    let (res, seen, _) = run_once(
+        persistent("shop"),
+        with_existing(3, "deployments", "uid-other"),
+    )
+    .await;
+    res.unwrap();
+    assert!(find(&seen, Method::DELETE, deployment).is_none());
+    // And back: persistence off deletes our StatefulSet once the Deployment is ready.
+    let (res, seen, _) = run_once(
+        cluster("shop", NS),
+        with_existing(3, "statefulsets", "uid-shop"),
+    )
+    .await;
+    res.unwrap();
+    assert!(find(&seen, Method::PATCH, deployment).is_some());
+    assert!(find(
+        &seen,
+        Method::DELETE,
+        "/apis/apps/v1/namespaces/web/statefulsets/shop"
+    )
+    .is_some());
+}
+
+#[test]
+fn persistence_validation() {
+    use crate::crd::Persistence;
+    use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+    let check = |p: Persistence| {
+        let mut spec = SessionClusterSpec::default();
+        spec.persistence = Some(p);
+        validate(&spec)
+    };
+    let on = crate::fixtures::persistence(false);
+    assert_eq!(check(on.clone()), Ok(()));
+    assert_eq!(check(Persistence::default()), Ok(()), "off");
+    for size in ["1Gi", "500M", "2", "1.5Gi", "10k"] {
+        let p = Persistence {
+            size: Quantity(size.into()),
+            ..on.clone()
+        };
+        assert_eq!(check(p), Ok(()), "{size}");
+    }
+    for size in ["0", "0Gi", "", "1GB", "-1Gi", "Gi"] {
+        let p = Persistence {
+            size: Quantity(size.into()),
+            ..on.clone()
+        };
+        let e = check(p).unwrap_err();
+        assert!(e.contains("persistence.size"), "{size}: {e}");
+    }
+    let p = Persistence {
+        max_active_sessions: Some(0),
+        ..on.clone()
+    };
+    assert!(check(p).unwrap_err().contains("maxActiveSessions"));
+    let p = Persistence {
+        storage_class_name: Some(String::new()),
+        ..on.clone()
+    };
+    assert!(check(p).unwrap_err().contains("storageClassName"));
+    let pg = crate::fixtures::persistence(true);
+    assert_eq!(check(pg.clone()), Ok(()));
+    let p = Persistence {
+        enabled: false,
+        ..pg.clone()
+    };
+    assert!(check(p).unwrap_err().contains("enabled"));
+    let p = Persistence {
+        storage_class_name: Some("fast".into()),
+        ..pg
+    };
+    assert!(check(p).unwrap_err().contains("storageClassName"));
 }

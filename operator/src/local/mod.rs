@@ -33,11 +33,11 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, SystemTime};
-use tribe_api::ClusterView;
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{info, warn};
+use tribe_api::ClusterView;
 use view::{Display, Header, LogTail, NodeState, Row};
 
 /// Flags of `tribe-operator local`.

@@ -11,7 +11,10 @@
 //!   The cluster's membership, size and failure handling are the same;
 //! - the key file is the local one in the work directory;
 //! - a stopping node waits 1 s (not the pods' 5 s) before it leaves: the front door
-//!   drops a node that is not ready within one supervision round.
+//!   drops a node that is not ready within one supervision round;
+//! - with persistence, a slot's data directory is `data/<node id>` next to the key file
+//!   (a slot keeps its id, so a restart finds its data), and `TRIBE_POSTGRES_URL` is
+//!   not read from a Secret: a node inherits it from `local`'s own environment.
 
 use crate::crd::SessionCluster;
 use crate::resources::{node_settings, SettingValue};
@@ -34,6 +37,8 @@ pub const LOCAL_OVERRIDES: &[&str] = &[
     tribe_api::env::DNS_NAME,
     tribe_api::env::CLUSTER_KEY_FILE,
     tribe_api::env::SHUTDOWN_DELAY,
+    tribe_api::env::DATA_DIR,
+    tribe_api::env::POSTGRES_URL,
 ];
 
 /// Ports of slot `index`: http, admin, replication (three consecutive ports from
@@ -79,8 +84,14 @@ pub fn node_env(
             SettingValue::Literal(v) => v,
             SettingValue::NodeName => node_id(sc, index),
             SettingValue::NodeIp => format!("127.0.0.1:{repl}"),
+            SettingValue::SecretKey { .. } => continue,
         };
         env.insert(s.name.to_string(), value);
+    }
+    if env.contains_key(tribe_api::env::DATA_DIR) {
+        let work = key_file.parent().unwrap_or(Path::new("."));
+        let dir = work.join("data").join(node_id(sc, index));
+        env.insert(tribe_api::env::DATA_DIR.into(), dir.display().to_string());
     }
     env.remove(tribe_api::env::DNS_NAME);
     env.remove(tribe_api::env::MULTICAST_GROUP);
@@ -91,9 +102,15 @@ pub fn node_env(
     for (k, v) in [
         (tribe_api::env::HTTP_ADDR, format!("127.0.0.1:{http}")),
         (tribe_api::env::ADMIN_ADDR, format!("127.0.0.1:{admin}")),
-        (tribe_api::env::REPLICATION_ADDR, format!("127.0.0.1:{repl}")),
+        (
+            tribe_api::env::REPLICATION_ADDR,
+            format!("127.0.0.1:{repl}"),
+        ),
         (tribe_api::env::MEMBERSHIP, "static".to_string()),
-        (tribe_api::env::CLUSTER_KEY_FILE, key_file.display().to_string()),
+        (
+            tribe_api::env::CLUSTER_KEY_FILE,
+            key_file.display().to_string(),
+        ),
         // The front door follows /readyz every supervision round (0.5 s).
         (tribe_api::env::SHUTDOWN_DELAY, "1s".to_string()),
     ] {
@@ -149,7 +166,10 @@ mod tests {
     #[test]
     fn static_peers_are_the_other_slots() {
         let env = env_of(&sc(), 1, 3);
-        assert_eq!(env[tribe_api::env::PEERS], "127.0.0.1:18102,127.0.0.1:18122");
+        assert_eq!(
+            env[tribe_api::env::PEERS],
+            "127.0.0.1:18102,127.0.0.1:18122"
+        );
         assert_eq!(env[tribe_api::env::MEMBERSHIP], "static");
         assert_eq!(env[tribe_api::env::ADVERTISE_ADDR], "127.0.0.1:18112");
         assert_eq!(env[tribe_api::env::REPLICATION_ADDR], "127.0.0.1:18112");

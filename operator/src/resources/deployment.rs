@@ -7,7 +7,8 @@ use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
 };
 use k8s_openapi::api::core::v1::{
-    Container, EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector, Probe, VolumeMount,
+    Container, EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector, Probe, SecretKeySelector,
+    VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -42,6 +43,23 @@ fn env_field(name: &str, path: &str) -> EnvVar {
     }
 }
 
+/// An env var from a Secret key (required: a missing Secret keeps the pod from starting,
+/// with the reason in its events).
+fn env_secret(name: &str, secret: String, key: String) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: None,
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: secret,
+                key,
+                optional: None,
+            }),
+            ..EnvVarSource::default()
+        }),
+    }
+}
+
 fn http_probe(path: &str, period: i32, failures: i32, initial_delay: Option<i32>) -> Probe {
     Probe {
         http_get: Some(HTTPGetAction {
@@ -66,6 +84,14 @@ pub enum SettingValue {
     NodeName,
     /// The node's own address: the pod's `status.podIP` (local: `127.0.0.1:<port>`).
     NodeIp,
+    /// A key of a Secret in the cluster's namespace (pods: a `secretKeyRef`; local
+    /// passes its own environment's value on instead).
+    SecretKey {
+        /// The Secret.
+        name: String,
+        /// The key.
+        key: String,
+    },
 }
 
 /// One `TRIBE_*` setting of a node (names from DESIGN.md).
@@ -110,10 +136,22 @@ pub fn node_settings(sc: &SessionCluster) -> Vec<NodeSetting> {
     }
     settings.extend([
         NodeSetting::literal(tribe_api::env::REPLICATION, spec.replication.mode.as_str()),
-        NodeSetting::literal(tribe_api::env::BACKUPS, spec.replication.backups.to_string()),
-        NodeSetting::literal(tribe_api::env::SEND_MODE, spec.replication.send_mode.as_str()),
-        NodeSetting::literal(tribe_api::env::SESSION_TIMEOUT, spec.session.timeout.clone()),
-        NodeSetting::literal(tribe_api::env::COOKIE_NAME, spec.session.cookie_name.clone()),
+        NodeSetting::literal(
+            tribe_api::env::BACKUPS,
+            spec.replication.backups.to_string(),
+        ),
+        NodeSetting::literal(
+            tribe_api::env::SEND_MODE,
+            spec.replication.send_mode.as_str(),
+        ),
+        NodeSetting::literal(
+            tribe_api::env::SESSION_TIMEOUT,
+            spec.session.timeout.clone(),
+        ),
+        NodeSetting::literal(
+            tribe_api::env::COOKIE_NAME,
+            spec.session.cookie_name.clone(),
+        ),
     ]);
     if spec.cookie_secure() {
         settings.push(NodeSetting::literal(tribe_api::env::COOKIE_SECURE, "true"));
@@ -131,6 +169,7 @@ pub fn node_settings(sc: &SessionCluster) -> Vec<NodeSetting> {
             spec.replication.min_members.to_string(),
         ));
     }
+    settings.extend(super::persistence::settings(sc));
     settings
 }
 
@@ -143,6 +182,7 @@ pub fn node_env(sc: &SessionCluster) -> Vec<EnvVar> {
             SettingValue::Literal(v) => env(s.name, v),
             SettingValue::NodeName => env_field(s.name, "metadata.name"),
             SettingValue::NodeIp => env_field(s.name, "status.podIP"),
+            SettingValue::SecretKey { name, key } => env_secret(s.name, name, key),
         })
         .collect()
 }
@@ -157,12 +197,16 @@ pub(super) fn node_container(sc: &SessionCluster, t: &PodTemplate) -> Container 
         readiness_probe: Some(http_probe("/readyz", 2, 3, None)),
         liveness_probe: Some(http_probe("/healthz", 10, 3, Some(10))),
         resources: sc.spec.resources.clone().or_else(|| t.resources.clone()),
-        volume_mounts: Some(vec![VolumeMount {
-            name: KEY_VOLUME.into(),
-            mount_path: KEY_DIR.into(),
-            read_only: Some(true),
-            ..VolumeMount::default()
-        }]),
+        volume_mounts: Some(
+            std::iter::once(VolumeMount {
+                name: KEY_VOLUME.into(),
+                mount_path: KEY_DIR.into(),
+                read_only: Some(true),
+                ..VolumeMount::default()
+            })
+            .chain(super::persistence::data_mount(sc))
+            .collect(),
+        ),
         security_context: Some(container_security_context()),
         ..Container::default()
     }
@@ -323,7 +367,10 @@ mod tests {
         assert_eq!(field(&env, tribe_api::env::ADVERTISE_ADDR), "status.podIP");
         assert_eq!(value(&env, tribe_api::env::CLUSTER), "web.shop");
         assert_eq!(value(&env, tribe_api::env::MEMBERSHIP), "auto");
-        assert_eq!(value(&env, tribe_api::env::MULTICAST_GROUP), multicast_group(&sc));
+        assert_eq!(
+            value(&env, tribe_api::env::MULTICAST_GROUP),
+            multicast_group(&sc)
+        );
         assert_eq!(
             value(&env, tribe_api::env::DNS_NAME),
             "shop-members.web.svc.cluster.local"
@@ -343,9 +390,15 @@ mod tests {
     /// as values and the node's own name/address from the pod.
     #[test]
     fn env_is_the_node_settings() {
-        for membership in [Membership::Auto, Membership::Multicast, Membership::Dns] {
+        let postgres = crate::fixtures::persistence(true);
+        for (membership, persistence) in [
+            (Membership::Auto, None),
+            (Membership::Multicast, None),
+            (Membership::Dns, Some(postgres)),
+        ] {
             let mut sc = cluster("shop", "web");
             sc.spec.membership = membership;
+            sc.spec.persistence = persistence;
             let settings = node_settings(&sc);
             let env = node_env(&sc);
             assert_eq!(settings.len(), env.len());
@@ -363,6 +416,11 @@ mod tests {
                     }
                     SettingValue::NodeName => assert_eq!(field, Some("metadata.name")),
                     SettingValue::NodeIp => assert_eq!(field, Some("status.podIP")),
+                    SettingValue::SecretKey { name, key } => {
+                        let r = e.value_from.as_ref().unwrap().secret_key_ref.as_ref();
+                        let r = r.expect("a secretKeyRef");
+                        assert_eq!((&r.name, &r.key), (name, key));
+                    }
                 }
             }
         }
@@ -374,7 +432,10 @@ mod tests {
         sc.spec.membership = Membership::Multicast;
         assert!(!env_map(&deployment(&sc)).contains_key(tribe_api::env::DNS_NAME));
         sc.spec.membership = Membership::Dns;
-        assert_eq!(value(&env_map(&deployment(&sc)), tribe_api::env::MEMBERSHIP), "dns");
+        assert_eq!(
+            value(&env_map(&deployment(&sc)), tribe_api::env::MEMBERSHIP),
+            "dns"
+        );
     }
 
     #[test]

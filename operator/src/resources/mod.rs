@@ -6,9 +6,11 @@ mod ingress;
 mod monitor;
 mod network_policy;
 mod pdb;
+mod persistence;
 mod secret;
 mod service;
 mod sidecar;
+mod statefulset;
 mod template;
 
 pub use deployment::{deployment, node_env, node_settings, NodeSetting, SettingValue};
@@ -19,9 +21,11 @@ pub use monitor::{
 };
 pub use network_policy::network_policy;
 pub use pdb::pdb;
+pub use persistence::{DATA_DIR, DATA_VOLUME};
 pub use secret::{random_key, secret};
 pub use service::{headless_service, service, METRICS_PORT_NAME};
 pub use sidecar::{app_container, exposed_http_port, node_ports, sidecar_env};
+pub use statefulset::{claim_template_change, statefulset};
 pub use template::{
     check_template, container_security_context, default_spread, merge_env, merged_security_context,
     pod_template, KEY_VOLUME, NODE_GROUP, SPREAD_KEYS, TERMINATION_GRACE_SECONDS, TMP_DIR,
@@ -63,7 +67,8 @@ pub fn secret_name(sc: &SessionCluster) -> String {
     format!("{}-key", sc.name_any())
 }
 
-/// The labels that select a cluster's pods (stable: part of the Deployment selector).
+/// The labels that select a cluster's pods (stable: part of the Deployment's and the
+/// StatefulSet's selector, and the labels of the StatefulSet's claims).
 pub fn selector_labels(sc: &SessionCluster) -> BTreeMap<String, String> {
     BTreeMap::from([
         ("app.kubernetes.io/name".to_string(), APP_NAME.to_string()),

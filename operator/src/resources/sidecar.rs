@@ -53,7 +53,10 @@ pub fn sidecar_env(sc: &SessionCluster) -> Vec<EnvVar> {
         env(tribe_api::env::HTTP_ADDR, NODE_DEMO_ADDR),
     ];
     if let Some(p) = &app.proxy {
-        out.push(env(tribe_api::env::PROXY_ADDR, format!("0.0.0.0:{HTTP_PORT}")));
+        out.push(env(
+            tribe_api::env::PROXY_ADDR,
+            format!("0.0.0.0:{HTTP_PORT}"),
+        ));
         out.push(env(
             tribe_api::env::PROXY_UPSTREAM,
             format!("127.0.0.1:{}", app.port),

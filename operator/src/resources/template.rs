@@ -72,10 +72,13 @@ pub fn merged_security_context(user: Option<&SecurityContext>) -> SecurityContex
 }
 
 /// Pod-level security context: non-root, RuntimeDefault seccomp, and the key file
-/// group-readable through `fsGroup` (a supplementary group of every container process).
-fn pod_security_context() -> PodSecurityContext {
+/// group-readable through `fsGroup` (a supplementary group of every container process),
+/// which also makes the node's data volume writable; that volume's ownership is fixed
+/// once, not re-walked at every start.
+fn pod_security_context(sc: &SessionCluster) -> PodSecurityContext {
     PodSecurityContext {
         fs_group: Some(NODE_GROUP),
+        fs_group_change_policy: sc.spec.wants_volumes().then(|| "OnRootMismatch".into()),
         run_as_non_root: Some(true),
         seccomp_profile: Some(SeccompProfile {
             type_: "RuntimeDefault".into(),
@@ -216,7 +219,7 @@ pub fn pod_template(sc: &SessionCluster) -> PodTemplateSpec {
         spec: Some(PodSpec {
             containers,
             termination_grace_period_seconds: Some(TERMINATION_GRACE_SECONDS),
-            security_context: Some(pod_security_context()),
+            security_context: Some(pod_security_context(sc)),
             volumes: Some(volumes),
             image_pull_secrets: t.image_pull_secrets,
             service_account_name: t.service_account_name,
