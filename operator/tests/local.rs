@@ -549,3 +549,79 @@ fn a_second_signal_kills_nodes_that_do_not_stop() {
     drop(local);
     drop(scratch);
 }
+
+/// Issue 15, test 1: `tribe-operator local` with persistence on. Sessions are written
+/// through the front door, everything is stopped (SIGTERM: the nodes flush and exit),
+/// and the same file and work directory are started again: every session is there, and
+/// its counter continues.
+#[test]
+fn local_cluster_with_persistence_keeps_every_session_across_a_full_restart() {
+    let Some(node) = node_bin() else {
+        eprintln!("SKIPPED: tribe-node is not built next to tribe-operator (cargo build --workspace --bins)");
+        return;
+    };
+    let scratch = Scratch::new("tribe-local-persist");
+    let dir = &scratch.0;
+    let file = dir.join("demo.yaml");
+    std::fs::write(
+        &file,
+        "apiVersion: tribe.rs/v1alpha1\nkind: SessionCluster\nmetadata: {name: demo}\n\
+         spec: {replicas: 2, persistence: {enabled: true}}\n",
+    )
+    .unwrap();
+    let front: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let base = free_base(3);
+    let start = || {
+        Local::start(
+            dir,
+            &file,
+            &front.to_string(),
+            base,
+            &node,
+            15,
+            Some("info"),
+        )
+    };
+    let counter = |body: &str| {
+        serde_json::from_str::<serde_json::Value>(body).unwrap()["counter"]
+            .as_i64()
+            .unwrap()
+    };
+    // One write of the browser holding `jar`; retried (bounded) while the cluster starts.
+    let write = |jar: &mut Jar, local: &Local| -> i64 {
+        let (_, body, set) = wait_for(
+            "a write through the front door",
+            Duration::from_secs(60),
+            || {
+                let (status, body, set) = post_counter(front, &jar.header())?;
+                if status != 200 {
+                    return Err(format!("{status} {body}\n{}", local.log()));
+                }
+                Ok((status, body, set))
+            },
+        );
+        jar.update(&set);
+        counter(&body)
+    };
+
+    let mut local = start();
+    let mut jars: Vec<Jar> = (0..6).map(|_| Jar::default()).collect();
+    for jar in &mut jars {
+        for n in 1..=3 {
+            assert_eq!(write(jar, &local), n);
+        }
+    }
+    let status = local.stop(Duration::from_secs(60));
+    assert!(status.success(), "{status}\n{}", local.log());
+    drop(local);
+
+    let local = start();
+    for (i, jar) in jars.iter_mut().enumerate() {
+        assert_eq!(
+            write(jar, &local),
+            4,
+            "session {i} came back from disk and its counter continues\n{}",
+            local.log()
+        );
+    }
+}
