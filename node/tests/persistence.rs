@@ -190,18 +190,26 @@ async fn every_session_survives_a_sigkill_of_the_whole_cluster() {
     drop(nodes);
     let mut nodes: Vec<Node> = slots.iter().map(Slot::start).collect();
     wait_formed(&mut nodes).await;
-    for node in &nodes {
+    assert_restored(&nodes, &ids).await;
+}
+
+/// After a restart of the whole cluster: every node loaded every session (`ids`, each
+/// at counter 3) from what was persisted, holds them all, and each counter continues.
+async fn assert_restored(nodes: &[Node], ids: &[String]) {
+    for node in nodes {
         assert_eq!(
             metric(node, "tribe_persist_loaded_sessions").await as usize,
             ids.len(),
-            "{} loaded every session from its disk",
+            "{} loaded every session from what was persisted",
             node.name
         );
     }
-    assert_every_session(&nodes, &ids, 3).await;
+    assert_every_session(nodes, ids, 3).await;
     let http = client();
     for (i, sid) in ids.iter().enumerate() {
-        let (_, c) = post_counter(&http, &nodes[i % 3], Some(sid)).await.unwrap();
+        let (_, c) = post_counter(&http, &nodes[i % nodes.len()], Some(sid))
+            .await
+            .unwrap();
         assert_eq!(c, 4, "the counter of {sid} continues");
     }
 }
@@ -464,18 +472,5 @@ async fn a_cluster_restarted_under_new_names_finds_every_session_in_postgres() {
 
     let mut nodes: Vec<Node> = (0..3).map(|i| spawn(i, format!("new-{i}"))).collect();
     wait_formed(&mut nodes).await;
-    for node in &nodes {
-        assert_eq!(
-            metric(node, "tribe_persist_loaded_sessions").await as usize,
-            ids.len(),
-            "{} loaded (and merged) every node's rows",
-            node.name
-        );
-    }
-    assert_every_session(&nodes, &ids, 3).await;
-    let http = client();
-    for (i, sid) in ids.iter().enumerate() {
-        let (_, c) = post_counter(&http, &nodes[i % 3], Some(sid)).await.unwrap();
-        assert_eq!(c, 4, "the counter of {sid} continues");
-    }
+    assert_restored(&nodes, &ids).await;
 }
