@@ -202,9 +202,19 @@ async fn the_channel_is_sealed_and_refuses_replays_and_strangers() {
     let key_file = dir.path().join("cluster.key");
     std::fs::write(&key_file, KEY).unwrap();
     let (a1, a2) = (Addrs::loopback(), Addrs::loopback());
-    // n2 reaches n1 only through the recording proxy.
+    // n2 reaches n1 only through the recording proxy: n1 advertises the proxy too, so
+    // n2 never learns a direct address of n1 (from n1's own hello) to dial instead.
     let (via_proxy, capture) = proxy(a1.replication).await;
-    let mut n1 = spawn("n1", a1, &node_args(&[a2.replication], &key_file, &[]));
+    let advertise = via_proxy.to_string();
+    let mut n1 = spawn(
+        "n1",
+        a1,
+        &node_args(
+            &[a2.replication],
+            &key_file,
+            &["--advertise-addr", &advertise],
+        ),
+    );
     let mut n2 = spawn("n2", a2, &node_args(&[via_proxy], &key_file, &[]));
     n1.wait_ready(READY_TIMEOUT).await;
     n2.wait_ready(READY_TIMEOUT).await;

@@ -473,7 +473,8 @@ impl std::fmt::Debug for Node {
 
 impl Node {
     /// Starts `tribe-node --node-id <name> --http-addr … --admin-addr … --replication-addr …
-    /// --advertise-addr <replication> --insecure <extra…>` (inside `netns` if given).
+    /// --advertise-addr <replication> --insecure <extra…>` (inside `netns` if given; an
+    /// `--advertise-addr` in `extra` replaces the default one).
     pub fn spawn(name: &str, addrs: Addrs, netns: Option<&Netns>, extra: &[&str]) -> Node {
         Self::spawn_env(name, addrs, netns, extra, &[])
     }
@@ -507,13 +508,14 @@ impl Node {
             "--admin-addr",
             &admin,
         ])
-        .args([
-            "--replication-addr",
-            &repl,
-            "--advertise-addr",
-            &repl,
-            "--insecure",
-        ])
+        .args(["--replication-addr", &repl, "--insecure"])
+        // `extra` may name its own advertise address (e.g. a proxy in front of the node).
+        .args(
+            (!extra.contains(&"--advertise-addr"))
+                .then_some(["--advertise-addr", repl.as_str()])
+                .into_iter()
+                .flatten(),
+        )
         .args(extra)
         .env("NO_COLOR", "1")
         .env(
