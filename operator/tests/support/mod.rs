@@ -73,10 +73,19 @@ fn fresh_dir(base: &Path, tag: &str) -> PathBuf {
     dir
 }
 
-/// A fresh, empty directory for a control plane, under the build's own scratch space
-/// (`CARGO_TARGET_TMPDIR`) rather than the system temp directory.
+/// A fresh, empty directory for a control plane, never under `/tmp`: node pods mount an
+/// emptyDir on `/tmp` (their root filesystem is read-only), which in the pod runner's
+/// mount namespace would hide the pod directories and volume sources kept in this
+/// directory. The build's own scratch space (`CARGO_TARGET_TMPDIR`), or `/var/tmp` when
+/// the checkout itself lives under `/tmp`.
 pub fn plane_dir(tag: &str) -> PathBuf {
-    fresh_dir(Path::new(env!("CARGO_TARGET_TMPDIR")), tag)
+    let target = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let base = if target.starts_with("/tmp") {
+        Path::new("/var/tmp")
+    } else {
+        target
+    };
+    fresh_dir(base, tag)
 }
 
 /// Prints a banner that cannot be missed in `cargo test` output, for a test that skips.
