@@ -956,13 +956,35 @@ pub fn assert_release_gone(plane: &ControlPlane, release: &str, ns: &str, namesp
 /// images.yaml for the podrunner: the image names of the chart and of the SessionCluster
 /// default mapped to the binaries of this build.
 pub fn images_file(dir: &Path, node: Option<&Path>) -> PathBuf {
-    let mut text = format!("tribe-operator: {}\n", operator_bin().display());
+    let mut text = format!(
+        "tribe-operator: {}\n",
+        pod_visible(dir, &operator_bin()).display()
+    );
     if let Some(node) = node {
-        text.push_str(&format!("tribe-node: {}\n", node.display()));
+        text.push_str(&format!(
+            "tribe-node: {}\n",
+            pod_visible(dir, node).display()
+        ));
     }
     let file = dir.join("images.yaml");
     std::fs::write(&file, text).unwrap();
     file
+}
+
+/// `bin` as a pod can run it: node pods mount an emptyDir on `/tmp`, which hides a
+/// binary built in a checkout under `/tmp`; such a binary is copied into `dir` (a
+/// control plane's directory, never under `/tmp`, see [`plane_dir`]).
+pub fn pod_visible(dir: &Path, bin: &Path) -> PathBuf {
+    if !bin.starts_with("/tmp") {
+        return bin.to_path_buf();
+    }
+    let to = dir
+        .join("bin")
+        .join(bin.file_name().expect("a binary's file name"));
+    std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+    std::fs::copy(bin, &to)
+        .unwrap_or_else(|e| panic!("copy {} to {}: {e}", bin.display(), to.display()));
+    to
 }
 
 /// A control plane with a podrunner, or `None` (printed) when pods cannot run here.
