@@ -14,7 +14,8 @@
 //!     PRIMARY KEY (cluster, node, sid));
 //! ```
 //!
-//! The node creates the table (and an index on `(cluster, expiry)`) when it is missing, so
+//! The node creates the table (and indexes on `(cluster, expiry)` for expiry and on
+//! `(cluster, sid)` for reading one session back from any node's row) when it is missing, so
 //! the database role needs `CREATE` on its schema the first time, then only `SELECT`,
 //! `INSERT`, `UPDATE` and `DELETE`.
 //!
@@ -77,6 +78,7 @@ CREATE TABLE IF NOT EXISTS tribe_sessions (
     updated_at timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (cluster, node, sid));
 CREATE INDEX IF NOT EXISTS tribe_sessions_expiry ON tribe_sessions (cluster, expiry);
+CREATE INDEX IF NOT EXISTS tribe_sessions_sid ON tribe_sessions (cluster, sid);
 COMMIT";
 
 /// One request to the connection thread.
