@@ -33,6 +33,12 @@ pub const PROTOCOL_VERSION: u8 = 2;
 pub const HEADER_LEN: usize = 8;
 /// Default largest body accepted.
 pub const DEFAULT_MAX_FRAME: usize = 16 * 1024 * 1024;
+/// Largest session version or stamp counter accepted from a peer (2^63 - 1). Each write
+/// adds one to the version it builds on; a counter this far from the limit can never
+/// wrap however many writes follow, so a peer (buggy or hostile) sending `u64::MAX` is
+/// refused at decode ([`WireError::CounterOverflow`]) instead of making the next local
+/// write wrap to 0 and lose to every older one.
+pub const MAX_COUNTER: u64 = u64::MAX >> 1;
 
 /// A session id on the wire (tower-sessions' `Id` is an `i128`).
 pub type SessionId = i128;
@@ -58,6 +64,9 @@ pub enum WireError {
     /// The body does not decode as its type.
     #[error("malformed body: {0}")]
     BadBody(#[from] postcard::Error),
+    /// A session version or stamp counter above [`MAX_COUNTER`].
+    #[error("counter {0} exceeds the limit {MAX_COUNTER}")]
+    CounterOverflow(u64),
     /// The socket failed.
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
@@ -73,6 +82,7 @@ impl WireError {
             WireError::TooLarge(..) => "too_large",
             WireError::BadTag => "bad_tag",
             WireError::BadBody(_) => "bad_body",
+            WireError::CounterOverflow(_) => "counter_overflow",
             WireError::Io(_) => "io",
         }
     }
@@ -427,8 +437,41 @@ impl Message {
     /// Decodes a body; expiries, sent as seconds remaining, become `now` + that.
     pub fn decode_body_at(ty: u8, body: &[u8], now: u64) -> Result<Message, WireError> {
         let mut msg = Self::decode_raw(ty, body)?;
+        msg.check_counters()?;
         msg.localize(now);
         Ok(msg)
+    }
+
+    /// Refuses a version or stamp counter above [`MAX_COUNTER`].
+    fn check_counters(&self) -> Result<(), WireError> {
+        let check = |c: u64| {
+            if c > MAX_COUNTER {
+                Err(WireError::CounterOverflow(c))
+            } else {
+                Ok(())
+            }
+        };
+        let state = |s: &SessionState| -> Result<(), WireError> {
+            check(s.version)?;
+            if let Some(d) = s.deleted {
+                check(d.counter)?;
+            }
+            s.attrs.iter().try_for_each(|a| check(a.stamp.counter))
+        };
+        match self {
+            Message::Delta { delta, .. } | Message::Forward { delta, .. } => {
+                check(delta.stamp.counter)?;
+                check(delta.base)
+            }
+            Message::FetchReq { min_version, .. } => check(*min_version),
+            Message::FetchResp {
+                session: Some(s), ..
+            } => state(s),
+            Message::StateChunk { sessions, .. } | Message::Put { sessions, .. } => {
+                sessions.iter().try_for_each(state)
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Turns relative expiries (as decoded) into absolute ones on this node's clock.
@@ -994,6 +1037,54 @@ mod tests {
         )
         .unwrap();
         assert!(matches!(dec.decode(&mut bad), Err(WireError::BadBody(_))));
+    }
+
+    /// A peer's counter at `u64::MAX` would make the next local write's `version + 1`
+    /// wrap: refused at decode, with its own reason.
+    #[test]
+    fn counters_beyond_the_limit_are_refused() {
+        let at = |counter: u64| Message::Delta {
+            ack: 0,
+            delta: Delta {
+                stamp: Stamp { counter, origin: 1 },
+                base: counter.saturating_sub(1),
+                ..one_attr_delta()
+            },
+        };
+        let (mut enc, mut dec) = pair(DEFAULT_MAX_FRAME);
+        let mut ok = encode_frame(&at(MAX_COUNTER), &mut enc);
+        assert_eq!(dec.decode(&mut ok).unwrap(), Some(at(MAX_COUNTER)));
+        let mut max = encode_frame(&at(u64::MAX), &mut enc);
+        let err = dec.decode(&mut max).unwrap_err();
+        assert!(matches!(err, WireError::CounterOverflow(u64::MAX)), "{err}");
+        assert_eq!(err.reason(), "counter_overflow");
+        // In a whole session too (state transfer, fetch answers, hand-off).
+        let state = SessionState {
+            sid: 1,
+            version: 3,
+            expiry: 0,
+            deleted: None,
+            attrs: vec![AttrState {
+                name: "a".into(),
+                stamp: Stamp {
+                    counter: u64::MAX,
+                    origin: 2,
+                },
+                value: None,
+            }],
+        };
+        let (mut enc, mut dec) = pair(DEFAULT_MAX_FRAME);
+        let mut put = encode_frame(
+            &Message::Put {
+                ack: 0,
+                sessions: vec![state],
+            },
+            &mut enc,
+        );
+        assert!(matches!(
+            dec.decode(&mut put),
+            Err(WireError::CounterOverflow(u64::MAX))
+        ));
     }
 
     #[test]

@@ -361,3 +361,50 @@ async fn a_removed_key_evicts_the_node_that_holds_only_it() {
     )
     .await;
 }
+
+/// 200 connections sending garbage before any authentication: every one is counted, but
+/// the log gets at most one WARN line per reason per 10 s (a stranger cannot flood it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pre_auth_failures_are_counted_but_their_warnings_rate_limited() {
+    use tokio::io::AsyncWriteExt;
+    let a = Addrs::loopback();
+    let mut n = spawn("n1", a, &static_peers(&[], &[]));
+    n.wait_ready(READY_TIMEOUT).await;
+    // Refused as garbage, or (past 8 at once from this address) without a slot.
+    let reasons = ["bad_magic", "too_many_from_source"];
+    let refused = || async {
+        let mut sum = 0.0;
+        for r in reasons {
+            sum += failures(&n, r).await;
+        }
+        sum
+    };
+    let before = refused().await;
+    for _ in 0..200 {
+        let mut s = TcpStream::connect(a.replication).await.unwrap();
+        let _ = s.write_all(b"GET / HTTP/1.1\r\n\r\n").await;
+    }
+    eventually("200 refusals counted", Duration::from_secs(10), || async {
+        let got = refused().await - before;
+        if got >= 200.0 {
+            Ok(())
+        } else {
+            Err(format!("{got}"))
+        }
+    })
+    .await;
+    assert!(failures(&n, "bad_magic").await >= 1.0);
+    let log = n.log();
+    for r in reasons {
+        let lines = log
+            .lines()
+            .filter(|l| l.contains("inbound handshake refused") && l.contains(r))
+            .count();
+        assert!(lines <= 2, "{lines} WARN lines for {r}:\n{log}");
+    }
+    let all = log
+        .lines()
+        .filter(|l| l.contains("inbound handshake refused"))
+        .count();
+    assert!(all >= 1, "no WARN line at all:\n{log}");
+}

@@ -31,6 +31,7 @@ use crate::store::{unix_now, Session, Store};
 use crate::wire::{Delta, Hello, Message, Outgoing, SessionId, SessionState};
 
 mod antientropy;
+mod gaps;
 mod handle;
 mod lifecycle;
 mod net;
@@ -111,6 +112,8 @@ pub(crate) struct Inner {
     pub reach: crate::reachability::Reachability,
     /// Rate limit of the WARN lines strangers can cause.
     pub warns: crate::warn_limit::WarnLimiter,
+    /// Delta-gap repairs running (bounded).
+    pub gaps: Arc<gaps::GapRepairs>,
 }
 
 /// A running cluster node. Cheap to clone.
@@ -245,6 +248,7 @@ impl Cluster {
             fetches: tokio::sync::Semaphore::new(MAX_FETCHES),
             reach: Default::default(),
             warns: Default::default(),
+            gaps: gaps::GapRepairs::new(gaps::MAX_GAP_REPAIRS),
             cfg,
         });
         let cluster = Cluster { inner };
