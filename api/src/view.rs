@@ -74,6 +74,13 @@ pub struct ClusterView {
     /// why (a node with no live member and such peers is not ready).
     #[serde(default)]
     pub peer_problems: Vec<PeerProblem>,
+    /// Oldest replication protocol version this node speaks (0: a node too old to say).
+    #[serde(default)]
+    pub protocol_min: u8,
+    /// Newest replication protocol version this node speaks; each connection uses the
+    /// highest version both ends speak.
+    #[serde(default)]
+    pub protocol_max: u8,
     /// Why this node is not ready (absent when it is).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub not_ready_reason: Option<NotReadyReason>,

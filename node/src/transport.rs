@@ -23,7 +23,9 @@ use crate::handshake::{
     self, Initiator, Refusal, SessionKeys, HANDSHAKE_MAX_FRAME, INIT_TYPE, RESPONSE_TYPE,
 };
 use crate::keyring::Keys;
-use crate::wire::{self, FrameDecoder, FrameEncoder, Hello, Message, WireError, HEADER_LEN};
+use crate::wire::{
+    self, FrameDecoder, FrameEncoder, Hello, Message, Versions, WireError, HEADER_LEN,
+};
 
 /// Read half of a peer connection.
 pub type Reader = FramedRead<OwnedReadHalf, FrameDecoder>;
@@ -53,6 +55,8 @@ pub struct Connection {
     pub key: [u8; FINGERPRINT_LEN],
     /// That key's id in the key file.
     pub key_id: String,
+    /// The protocol version of the connection's frames (the highest both ends speak).
+    pub version: u8,
 }
 
 /// Why a connection could not be set up.
@@ -79,6 +83,14 @@ pub enum HandshakeError {
     /// The handshake itself was refused (key, cluster, garbage).
     #[error(transparent)]
     Refused(#[from] Refusal),
+    /// The two ends speak no common protocol version.
+    #[error("no common protocol version: the peer speaks {theirs}, this node {ours}")]
+    VersionSkew {
+        /// The peer's range.
+        theirs: Versions,
+        /// This node's range.
+        ours: Versions,
+    },
 }
 
 impl HandshakeError {
@@ -97,6 +109,7 @@ impl HandshakeError {
             HandshakeError::OtherCluster(_) => "other_cluster",
             HandshakeError::Unexpected => "unexpected",
             HandshakeError::Refused(r) => r.reason(),
+            HandshakeError::VersionSkew { .. } => "version_skew",
         }
     }
 
@@ -164,13 +177,18 @@ async fn read_handshake(stream: &mut TcpStream, ty: u8) -> Result<Vec<u8>, Hands
 fn split(
     stream: TcpStream,
     keys: SessionKeys,
+    version: u8,
     max_frame: usize,
     buffer: usize,
 ) -> (Reader, Writer) {
     let (r, w) = stream.into_split();
+    let mut dec = FrameDecoder::new(keys.recv, max_frame);
+    dec.set_version(version);
+    let mut enc = FrameEncoder::new(keys.send);
+    enc.set_version(version);
     (
-        FramedRead::with_capacity(r, FrameDecoder::new(keys.recv, max_frame), buffer),
-        FramedWrite::new(w, FrameEncoder::new(keys.send)),
+        FramedRead::with_capacity(r, dec, buffer),
+        FramedWrite::new(w, enc),
     )
 }
 
@@ -199,11 +217,17 @@ pub async fn dial(
     let key = set.primary().key.fingerprint();
     let key_id = set.primary().id.clone();
     let exchange = async {
-        let (initiator, m1) = Initiator::start(&set, &me.cluster);
+        let (initiator, m1) = Initiator::start_with(&set, &me.cluster, me.versions);
         write_handshake(&mut stream, INIT_TYPE, &m1).await?;
         let m2 = read_handshake(&mut stream, RESPONSE_TYPE).await?;
         let (peer, session) = initiator.finish(&m2)?;
-        let (rd, mut wr) = split(stream, session, max_frame, READ_BUFFER);
+        let Some(version) = me.versions.negotiate(peer.versions) else {
+            return Err(HandshakeError::VersionSkew {
+                theirs: peer.versions,
+                ours: me.versions,
+            });
+        };
+        let (rd, mut wr) = split(stream, session, version, max_frame, READ_BUFFER);
         // Key confirmation: our hello, sealed, is what admits us on the other side.
         wr.send(Message::Hello(me).outgoing()).await?;
         Ok::<_, HandshakeError>(Connection {
@@ -212,6 +236,7 @@ pub async fn dial(
             wr,
             key,
             key_id,
+            version,
         })
     };
     let res = tokio::time::timeout(HANDSHAKE_TIMEOUT, exchange)
@@ -245,7 +270,7 @@ pub async fn accept(
         )
         .await
         .map_err(|_| HandshakeError::Timeout)??;
-        let (m2, session, key_id) = match handshake::respond(&set, &me.cluster, &m1, &me) {
+        let resp = match handshake::respond_with_versions(&set, &me.cluster, &m1, &me) {
             Ok(x) => x,
             Err(e) => {
                 if e.is_key_mismatch() {
@@ -260,9 +285,17 @@ pub async fn accept(
                 return Err(e.into());
             }
         };
-        write_handshake(&mut stream, RESPONSE_TYPE, &m2).await?;
+        // Message 2 carries our range: a dialer we cannot talk with learns why, too.
+        write_handshake(&mut stream, RESPONSE_TYPE, &resp.message).await?;
+        let Some(version) = me.versions.negotiate(resp.versions) else {
+            return Err(HandshakeError::VersionSkew {
+                theirs: resp.versions,
+                ours: me.versions,
+            });
+        };
+        let key_id = resp.key_id;
         // Not admitted yet: only a handshake-sized sealed hello is read.
-        let (mut rd, wr) = split(stream, session, HANDSHAKE_MAX_FRAME, 512);
+        let (mut rd, wr) = split(stream, resp.keys, version, HANDSHAKE_MAX_FRAME, 512);
         let peer = match rd.next().await {
             Some(Ok(Message::Hello(h))) => h,
             Some(Ok(_)) => return Err(HandshakeError::Unexpected),
@@ -286,6 +319,7 @@ pub async fn accept(
             wr,
             key,
             key_id,
+            version,
         })
     };
     tokio::time::timeout(HANDSHAKE_TIMEOUT, exchange)

@@ -98,6 +98,7 @@ fn hello(addr: std::net::SocketAddr) -> Hello {
         addr,
         nonce: [7; 16],
         ready: true,
+        versions: tribe_node::wire::Versions::CURRENT,
     }
 }
 

@@ -408,3 +408,101 @@ async fn pre_auth_failures_are_counted_but_their_warnings_rate_limited() {
         .count();
     assert!(all >= 1, "no WARN line at all:\n{log}");
 }
+
+/// Issue 22: a node that speaks only the previous protocol version (the test fixture
+/// `TRIBE_TEST_PROTOCOL_VERSIONS=2-2`: on the wire exactly a release before version
+/// negotiation) joins a current cluster and sessions flow both ways; a node speaking only
+/// a version this build does not is refused, and both sides say why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_previous_protocol_version_interoperates_and_an_unsupported_one_is_refused() {
+    use tribe_node::wire::VERSIONS_ENV;
+    let all = [
+        Addrs::loopback(),
+        Addrs::loopback(),
+        Addrs::loopback(),
+        Addrs::loopback(),
+    ];
+    let peers = |i: usize| -> Vec<String> {
+        let others: Vec<SocketAddr> = (0..4)
+            .filter(|j| *j != i)
+            .map(|j| all[j].replication)
+            .collect();
+        static_peers(&others, &[])
+    };
+    let start = |i: usize, versions: Option<&str>| {
+        let args = peers(i);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let env: Vec<(&str, &str)> = versions.map(|v| (VERSIONS_ENV, v)).into_iter().collect();
+        Node::spawn_env(&format!("n{}", i + 1), all[i], None, &args, &env)
+    };
+    let mut nodes = vec![start(0, None), start(1, None), start(2, Some("2-2"))];
+    wait_formed(&mut nodes).await;
+    let view = nodes[2].cluster().await.unwrap();
+    assert_eq!(
+        (view["protocol_min"].clone(), view["protocol_max"].clone()),
+        (json!(2), json!(2)),
+        "the fixture speaks version 2 only: {view}"
+    );
+    let current = nodes[0].cluster().await.unwrap();
+    assert_eq!(
+        current["protocol_max"],
+        json!(tribe_node::wire::PROTOCOL_MAX)
+    );
+    // Sessions flow both ways between versions 2 and 3.
+    let sid = put_attr(&nodes[2], None, json!("from the old node")).await;
+    wait_attr(&nodes[0], &sid, &json!("from the old node"), MEMBER_TIMEOUT).await;
+    put_attr(&nodes[1], Some(&sid), json!("from a new node")).await;
+    wait_attr(&nodes[2], &sid, &json!("from a new node"), MEMBER_TIMEOUT).await;
+
+    // A node that speaks only version 4.
+    let n4 = start(3, Some("4-4"));
+    let n4_addr = all[3].replication.to_string();
+    eventually(
+        "n4 to be refused for version skew, and say so",
+        READY_TIMEOUT,
+        || async {
+            let v = n4.cluster().await?;
+            let skewed = v["peer_problems"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|p| p["reason"] == json!("version_skew"))
+                .count();
+            if v["ready"] == json!(false)
+                && v["not_ready_reason"] == json!("VersionSkew")
+                && skewed == 3
+            {
+                Ok(())
+            } else {
+                Err(format!("n4: {v}"))
+            }
+        },
+    )
+    .await;
+    let n1 = &nodes[0];
+    eventually("n1 to report n4's version skew", READY_TIMEOUT, || async {
+        let v = n1.cluster().await?;
+        let listed = v["peer_problems"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|p| {
+                p["addr"] == json!(n4_addr)
+                    && p["reason"] == json!("version_skew")
+                    && p["detail"].as_str().is_some_and(|d| d.contains("4..=4"))
+            });
+        if listed && failures(n1, "version_skew").await >= 1.0 {
+            Ok(())
+        } else {
+            Err(format!("n1: {v}"))
+        }
+    })
+    .await;
+    // n1 stays ready with its compatible members, without n4.
+    let view = n1.cluster().await.unwrap();
+    assert_eq!(view["ready"], json!(true), "{view}");
+    assert_eq!(
+        n1.alive_members().await.unwrap(),
+        ["n2", "n3"].iter().map(|s| s.to_string()).collect()
+    );
+}

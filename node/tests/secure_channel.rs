@@ -593,6 +593,7 @@ async fn key_rotation_under_writes_loses_nothing() {
         addr: "127.0.0.1:9".parse().unwrap(),
         nonce: [0; 16],
         ready: true,
+        versions: tribe_node::wire::Versions::CURRENT,
     };
     let refused = tribe_node::transport::dial(
         all[0].replication,

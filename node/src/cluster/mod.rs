@@ -339,6 +339,7 @@ impl Cluster {
             addr: self.inner.me.advertise,
             nonce: [0; 16],
             ready: *self.inner.ready.borrow(),
+            versions: crate::wire::Versions::local(),
         }
     }
 
@@ -1075,6 +1076,8 @@ impl Cluster {
                     detail: p.detail(),
                 })
                 .collect(),
+            protocol_min: crate::wire::Versions::local().min,
+            protocol_max: crate::wire::Versions::local().max,
             not_ready_reason,
         }
     }

@@ -296,9 +296,15 @@ async fn run_link(c: Cluster, link: Arc<Link>, mut rx: mpsc::Receiver<(Outgoing,
 
 /// What a failed handshake tells about the peer, for `/cluster` and readiness.
 fn problem_of(e: &HandshakeError) -> Problem {
-    Problem::Handshake {
-        reason: e.reason(),
-        detail: e.to_string(),
+    match e {
+        HandshakeError::VersionSkew { theirs, ours } => Problem::VersionSkew {
+            theirs: (theirs.min, theirs.max),
+            ours: (ours.min, ours.max),
+        },
+        _ => Problem::Handshake {
+            reason: e.reason(),
+            detail: e.to_string(),
+        },
     }
 }
 
@@ -386,6 +392,7 @@ async fn run_connection(
         mut wr,
         key,
         key_id,
+        ..
     } = conn;
     let peer = &peer;
     // Liveness: a ping every quarter member timeout; the peer is dead when nothing was
@@ -586,6 +593,7 @@ async fn inbound(c: Cluster, stream: tokio::net::TcpStream, from: SocketAddr, sl
         mut wr,
         key,
         key_id,
+        ..
     } = conn;
     if inner
         .left
