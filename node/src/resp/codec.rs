@@ -527,7 +527,10 @@ mod tests {
         padded.extend(b"1\r\na\r\n");
         let pre_auth = Limits::default().unauthenticated();
         assert!(decode_all(&padded, pre_auth).is_err());
-        assert!(decode_all(&cmd_of(11), pre_auth).is_err(), "11 arguments before AUTH");
+        assert!(
+            decode_all(&cmd_of(11), pre_auth).is_err(),
+            "11 arguments before AUTH"
+        );
         assert_eq!(decode_all(&cmd_of(10), pre_auth).unwrap().len(), 1);
     }
 

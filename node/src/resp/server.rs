@@ -1,7 +1,7 @@
 //! The RESP listener: one task per connection, commands executed against the
 //! [`Cluster`] through [`Keys`].
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -150,7 +150,9 @@ impl Keys {
     /// Loads `key` as a client that has seen version `min_version` of it (0: none).
     pub async fn load(&self, key: &[u8], min_version: u64) -> Result<Loaded, Reply> {
         let sid = keyspace::session_id(key);
-        if min_version == 0 && !self.cluster.backup_mode() && !self.cluster.inner.store.contains(sid)
+        if min_version == 0
+            && !self.cluster.backup_mode()
+            && !self.cluster.inner.store.contains(sid)
         {
             // Delta mode: a ready node holds every session, and a client with no evidence
             // of a newer version (none reaches RESP: the proxy waits for it before the app
@@ -372,7 +374,8 @@ impl Keys {
             let last = ids[count - 1].0;
             // Keys sharing the last position are visited together (a cursor cannot
             // point between them).
-            let (mut visit, rest): (Vec<_>, Vec<_>) = ids.into_iter().partition(|(p, _)| *p <= last);
+            let (mut visit, rest): (Vec<_>, Vec<_>) =
+                ids.into_iter().partition(|(p, _)| *p <= last);
             if !rest.is_empty() {
                 next = last + 1;
             }
@@ -464,8 +467,8 @@ struct Shared {
     opts: Options,
     next_id: AtomicU64,
     clients: AtomicUsize,
-    /// Connections not (yet) authenticated.
-    unauthed: AtomicUsize,
+    /// Connections not (yet) authenticated, oldest first, and how to close each.
+    unauthed: parking_lot::Mutex<BTreeMap<u64, CancellationToken>>,
     /// Wrong passwords are answered one at a time (each after [`AUTH_FAILURE_DELAY`]).
     auth_failing: Mutex<()>,
     /// When a wrong password was last logged, and how many since.
@@ -473,11 +476,16 @@ struct Shared {
 }
 
 /// An unauthenticated connection's slot: released when it authenticates or closes.
-struct Unauthed(Arc<Shared>);
+struct Unauthed {
+    shared: Arc<Shared>,
+    id: u64,
+    /// Cancelled when a newer connection needs the slot.
+    evicted: CancellationToken,
+}
 
 impl Drop for Unauthed {
     fn drop(&mut self) {
-        self.0.unauthed.fetch_sub(1, Ordering::Relaxed);
+        self.shared.unauthed.lock().remove(&self.id);
     }
 }
 
@@ -502,7 +510,7 @@ pub async fn serve(
         opts,
         next_id: AtomicU64::new(1),
         clients: AtomicUsize::new(0),
-        unauthed: AtomicUsize::new(0),
+        unauthed: parking_lot::Mutex::new(BTreeMap::new()),
         auth_failing: Mutex::new(()),
         auth_log: parking_lot::Mutex::new((None, 0)),
     });
@@ -523,24 +531,36 @@ pub async fn serve(
             tokio::spawn(refuse(sock));
             continue;
         };
-        // With a password, the last `reserved` slots are for authenticated clients: a
-        // flood of connections that never authenticate cannot lock the app out.
-        let unauthed = if shared.opts.password.is_some() {
-            let cap = shared.opts.max_clients.saturating_sub(shared.opts.reserved).max(1);
-            if shared.unauthed.fetch_add(1, Ordering::Relaxed) >= cap {
-                shared.unauthed.fetch_sub(1, Ordering::Relaxed);
-                tokio::spawn(refuse(sock));
-                continue;
+        // With a password, the last `reserved` slots are for authenticated clients, and
+        // when the unauthenticated ones are all taken the oldest of them is closed for
+        // the newcomer: a flood of connections that never authenticate can neither fill
+        // the node nor keep the app (which authenticates at once) from connecting.
+        let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let unauthed = shared.opts.password.is_some().then(|| {
+            let cap = shared
+                .opts
+                .max_clients
+                .saturating_sub(shared.opts.reserved)
+                .max(1);
+            let evicted = CancellationToken::new();
+            let mut pending = shared.unauthed.lock();
+            while pending.len() >= cap {
+                if let Some((_, oldest)) = pending.pop_first() {
+                    oldest.cancel();
+                }
             }
-            Some(Unauthed(shared.clone()))
-        } else {
-            None
-        };
+            pending.insert(id, evicted.clone());
+            Unauthed {
+                shared: shared.clone(),
+                id,
+                evicted,
+            }
+        });
         let shared = shared.clone();
         let stop = stop.clone();
         tokio::spawn(async move {
             shared.clients.fetch_add(1, Ordering::Relaxed);
-            if let Err(e) = connection(sock, peer, &shared, unauthed, stop).await {
+            if let Err(e) = connection(sock, peer, id, &shared, unauthed, stop).await {
                 tracing::debug!(%peer, error = %e, "resp connection ended");
             }
             shared.clients.fetch_sub(1, Ordering::Relaxed);
@@ -567,6 +587,7 @@ async fn until(at: Option<Instant>) {
 async fn connection(
     sock: TcpStream,
     peer: SocketAddr,
+    id: u64,
     shared: &Shared,
     mut unauthed: Option<Unauthed>,
     stop: CancellationToken,
@@ -580,7 +601,7 @@ async fn connection(
     };
     let mut framed = Framed::new(sock, RespCodec::new(limits));
     let mut conn = Conn {
-        id: shared.next_id.fetch_add(1, Ordering::Relaxed),
+        id,
         peer,
         authed,
         protocol: 2,
@@ -594,8 +615,13 @@ async fn connection(
         } else {
             Some(auth_deadline)
         };
+        let evicted = unauthed.as_ref().map(|u| u.evicted.clone());
         let next = tokio::select! {
             _ = stop.cancelled() => return Ok(()),
+            _ = async { match &evicted { Some(t) => t.cancelled().await, None => std::future::pending().await } } => {
+                tracing::debug!(%peer, "unauthenticated resp connection closed for a newer one");
+                return Ok(());
+            }
             n = framed.next() => n,
             _ = until(deadline) => {
                 tracing::debug!(%peer, authed = conn.authed, "resp connection timed out; closing");
@@ -670,7 +696,9 @@ async fn execute(shared: &Shared, conn: &mut Conn, args: &[Bytes]) -> (Reply, bo
         return (Reply::err("NOAUTH Authentication required."), false);
     }
     let keys = &shared.keys;
-    if serves_data(&cmd) && !super::ready::ready_within(keys.cluster(), shared.opts.ready_wait).await {
+    if serves_data(&cmd)
+        && !super::ready::ready_within(keys.cluster(), shared.opts.ready_wait).await
+    {
         return (Reply::err(LOADING), false);
     }
     let reply = match cmd {
