@@ -1227,22 +1227,62 @@ async fn resp_refuses_a_public_address_without_password() {
 /// express-session would start a fresh session at 1).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn express_sidecar_restarts_under_load_and_no_session_goes_back() {
+    restart_under_load(false).await;
+}
+
+/// The same in async mode behind the read-your-writes proxy, with a graceful restart
+/// (a `kill -9` in async mode may lose writes the node acknowledged but had not sent:
+/// documented, so not asserted here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn express_async_sidecar_restart_behind_the_proxy_loses_no_session() {
+    restart_under_load(true).await;
+}
+
+async fn restart_under_load(async_proxy: bool) {
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     use std::sync::Arc;
     require(Kind::Express);
     let all: Vec<Addrs> = (0..2).map(|_| Addrs::loopback()).collect();
     let resp = [loopback(), loopback()];
+    let app_at = [loopback(), loopback()];
+    let proxy = [loopback(), loopback()];
     let r: Vec<String> = resp.iter().map(|a| a.to_string()).collect();
-    let args = |i: usize| vec!["--send-mode", "sync", "--resp-addr", r[i].as_str()];
+    let (p, u): (Vec<String>, Vec<String>) = (0..2)
+        .map(|i| (proxy[i].to_string(), app_at[i].to_string()))
+        .unzip();
+    let args = |i: usize| {
+        let mut a = vec!["--resp-addr", r[i].as_str()];
+        if async_proxy {
+            a.extend([
+                "--send-mode",
+                "async",
+                "--proxy-addr",
+                &p[i],
+                "--proxy-upstream",
+                &u[i],
+            ]);
+            a.extend(["--consistency-wait", "2s"]);
+        } else {
+            a.extend(["--send-mode", "sync"]);
+        }
+        a
+    };
     let mut nodes: Vec<Node> = (0..2).map(|i| spawn_static(i, &all, &args(i))).collect();
     wait_formed(&mut nodes).await;
     let mut apps: Vec<App> = (0..2)
-        .map(|i| App::spawn(Kind::Express, &format!("restart-app{i}"), resp[i]))
+        .map(|i| {
+            App::spawn_at(
+                Kind::Express,
+                &format!("restart-app{i}"),
+                resp[i],
+                app_at[i],
+            )
+        })
         .collect();
     for a in &mut apps {
         a.wait_up().await;
     }
-    let nginx = Nginx::round_robin(&apps.iter().map(|a| a.addr).collect::<Vec<_>>());
+    let nginx = Nginx::round_robin(if async_proxy { &proxy } else { &app_at });
     let front = nginx.addr;
     let browsers = sign_in(front, 8, "restart").await;
     let stop = Arc::new(AtomicBool::new(false));
@@ -1300,12 +1340,14 @@ async fn express_sidecar_restarts_under_load_and_no_session_goes_back() {
         }
     };
     progress(40).await;
-    // kill -9 of one sidecar; its app keeps running and reconnects to the new one.
-    nodes[1].kill();
-    progress(10).await;
-    nodes[1] = spawn_static(1, &all, &args(1));
-    nodes[1].wait_ready(READY_TIMEOUT).await;
-    progress(40).await;
+    if !async_proxy {
+        // kill -9 of one sidecar; its app keeps running and reconnects to the new one.
+        nodes[1].kill();
+        progress(10).await;
+        nodes[1] = spawn_static(1, &all, &args(1));
+        nodes[1].wait_ready(READY_TIMEOUT).await;
+        progress(40).await;
+    }
     // A graceful restart of the other.
     nodes[0].sigterm();
     assert!(
