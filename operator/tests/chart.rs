@@ -542,3 +542,60 @@ fn dockerfiles_are_multi_stage_and_non_root() {
         );
     }
 }
+
+/// The node image the operator gets (TRIBE_OPERATOR_NODE_IMAGE) follows the operator image:
+/// same registry, same tag, unless `nodeImage` says otherwise.
+#[test]
+fn node_image_follows_the_operator_image() {
+    let version = env!("CARGO_PKG_VERSION");
+    let images = |sets: &[&str]| -> (String, String) {
+        let docs = yaml_docs(&template(sets));
+        let c = &find(&docs, "Deployment", "tribe-operator")["spec"]["template"]["spec"]
+            ["containers"][0];
+        let node = c["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == "TRIBE_OPERATOR_NODE_IMAGE")
+            .unwrap_or_else(|| panic!("no TRIBE_OPERATOR_NODE_IMAGE in {}", c["env"]));
+        (
+            c["image"].as_str().unwrap().to_string(),
+            node["value"].as_str().unwrap().to_string(),
+        )
+    };
+    let cases: [(&[&str], String, String); 5] = [
+        (
+            &[],
+            format!("tribe-operator:{version}"),
+            format!("tribe-node:{version}"),
+        ),
+        (
+            &["image.registry=registry.example.com/tribe"],
+            format!("registry.example.com/tribe/tribe-operator:{version}"),
+            format!("registry.example.com/tribe/tribe-node:{version}"),
+        ),
+        (
+            &["image.registry=registry.example.com/tribe", "image.tag=0.9.0"],
+            "registry.example.com/tribe/tribe-operator:0.9.0".into(),
+            "registry.example.com/tribe/tribe-node:0.9.0".into(),
+        ),
+        (
+            &["image.repository=registry.example.com/ops/tribe-operator"],
+            format!("registry.example.com/ops/tribe-operator:{version}"),
+            format!("registry.example.com/ops/tribe-node:{version}"),
+        ),
+        (
+            &[
+                "image.registry=registry.example.com/tribe",
+                "nodeImage.registry=apps.example.com",
+                "nodeImage.repository=shop",
+                "nodeImage.tag=2.1",
+            ],
+            format!("registry.example.com/tribe/tribe-operator:{version}"),
+            "apps.example.com/shop:2.1".into(),
+        ),
+    ];
+    for (sets, operator, node) in cases {
+        assert_eq!(images(sets), (operator, node), "--set {sets:?}");
+    }
+}
