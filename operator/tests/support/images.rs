@@ -109,8 +109,16 @@ pub fn oci_archives() -> &'static BTreeMap<&'static str, PathBuf> {
 /// images.yaml for the pod runner: each image name mapped to its OCI archive (`oci:`),
 /// plus `extra` (image name, archive) entries, e.g. a second tag of an image.
 pub fn oci_images_file(dir: &Path, extra: &[(&str, &Path)]) -> PathBuf {
+    let names: Vec<&str> = IMAGES.iter().map(|(_, name, _)| *name).collect();
+    oci_images_file_of(dir, &names, extra)
+}
+
+/// Like [`oci_images_file`], mapping only the images `names` (any other stays unmapped:
+/// its pods wait with ErrImagePull).
+pub fn oci_images_file_of(dir: &Path, names: &[&str], extra: &[(&str, &Path)]) -> PathBuf {
     let mut text = String::new();
-    for (name, archive) in oci_archives() {
+    for name in names {
+        let archive = &oci_archives()[name];
         text.push_str(&format!("{name}: {{oci: {}}}\n", archive.display()));
     }
     for (name, archive) in extra {
