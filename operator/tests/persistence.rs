@@ -13,8 +13,8 @@
 //!    the claims (same uids as at the start) stay.
 //!
 //! Every wait is on an observed state, bounded. Skipped (printed) without `../shared/k8s`
-//! or without root. Needs the node binary next to the operator's (`cargo build
-//! --workspace --bins`). Run alone on a machine: `flock /tmp/tribe-podrunner.lock cargo
+//! or without root. The pods run from the images `scripts/images` packages out of the
+//! binaries next to the operator's (`cargo build --workspace --bins`). Run alone on a machine: `flock /tmp/tribe-podrunner.lock cargo
 //! test -p tribe-operator --test persistence`.
 
 mod support;
