@@ -502,7 +502,12 @@ mod tests {
         let images: Vec<(&str, Vec<&str>)> = st
             .node_images
             .iter()
-            .map(|n| (n.image.as_str(), n.nodes.iter().map(String::as_str).collect()))
+            .map(|n| {
+                (
+                    n.image.as_str(),
+                    n.nodes.iter().map(String::as_str).collect(),
+                )
+            })
             .collect();
         assert_eq!(
             images,
@@ -518,6 +523,9 @@ mod tests {
         assert_eq!(again.node_images, st.node_images);
         // Without spec.image (and unresolved), the built-in default.
         sc.spec.image = None;
-        assert_eq!(compute(&sc, &o).image.as_deref(), Some(crate::crd::DEFAULT_IMAGE));
+        assert_eq!(
+            compute(&sc, &o).image.as_deref(),
+            Some(crate::crd::DEFAULT_IMAGE)
+        );
     }
 }

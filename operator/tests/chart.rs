@@ -494,7 +494,10 @@ fn dockerfiles_are_multi_stage_and_non_root() {
         assert!(froms.len() >= 2, "{file}: multi-stage");
         let last = &lines[*froms.last().unwrap()..];
         // `FROM ${RUNTIME_BASE}`: the ARG's default (scripts/images passes its own base).
-        let base = match last[0].strip_prefix("FROM ${").and_then(|a| a.strip_suffix('}')) {
+        let base = match last[0]
+            .strip_prefix("FROM ${")
+            .and_then(|a| a.strip_suffix('}'))
+        {
             Some(arg) => lines
                 .iter()
                 .find_map(|l| l.strip_prefix(&format!("ARG {arg}=")))
@@ -575,7 +578,10 @@ fn node_image_follows_the_operator_image() {
             format!("registry.example.com/tribe/tribe-node:{version}"),
         ),
         (
-            &["image.registry=registry.example.com/tribe", "image.tag=0.9.0"],
+            &[
+                "image.registry=registry.example.com/tribe",
+                "image.tag=0.9.0",
+            ],
             "registry.example.com/tribe/tribe-operator:0.9.0".into(),
             "registry.example.com/tribe/tribe-node:0.9.0".into(),
         ),

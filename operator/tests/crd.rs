@@ -176,7 +176,10 @@ fn subresources_and_printer_columns() {
         .iter()
         .map(|c| c["name"].as_str().unwrap().to_string())
         .collect();
-    assert_eq!(cols, ["Replicas", "Ready", "Members", "Sessions", "Age", "Image"]);
+    assert_eq!(
+        cols,
+        ["Replicas", "Ready", "Members", "Sessions", "Age", "Image"]
+    );
     // The image (status.image, what the operator applies) with `-o wide` only.
     let image = &v["additionalPrinterColumns"][5];
     assert_eq!(image["jsonPath"], ".status.image");

@@ -24,8 +24,12 @@ use support::*;
 /// The image's OCI layout: (index.json, the manifest, the config) of its only image.
 fn read_archive(archive: &Path, dir: &Path) -> (Value, Value, Value) {
     std::fs::create_dir_all(dir).unwrap();
-    run(Command::new("tar").arg("xf").arg(archive).arg("-C").arg(dir))
-        .unwrap_or_else(|e| panic!("{e}"));
+    run(Command::new("tar")
+        .arg("xf")
+        .arg(archive)
+        .arg("-C")
+        .arg(dir))
+    .unwrap_or_else(|e| panic!("{e}"));
     let json = |p: &Path| -> Value {
         serde_json::from_slice(&std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display())))
             .unwrap()
@@ -37,7 +41,12 @@ fn read_archive(archive: &Path, dir: &Path) -> (Value, Value, Value) {
     };
     let index = json(&dir.join("index.json"));
     let manifests = index["manifests"].as_array().expect("manifests");
-    assert_eq!(manifests.len(), 1, "{}: one image: {index}", archive.display());
+    assert_eq!(
+        manifests.len(),
+        1,
+        "{}: one image: {index}",
+        archive.display()
+    );
     let manifest = blob(&manifests[0]["digest"]);
     let config = blob(&manifest["config"]["digest"]);
     (index, manifest, config)
@@ -50,7 +59,10 @@ fn images_are_labelled_non_root_and_run_in_their_own_root() {
             std::env::var("CI").as_deref() != Ok("true"),
             "scripts/images needs root (buildah), and CI runs as root"
         );
-        skipped("images", "scripts/images needs root (buildah with vfs storage)");
+        skipped(
+            "images",
+            "scripts/images needs root (buildah with vfs storage)",
+        );
         return;
     }
     let umoci = require_tool("umoci");
@@ -64,9 +76,19 @@ fn images_are_labelled_non_root_and_run_in_their_own_root() {
             "{name}: the archive names its image and tag"
         );
         let labels = &config["config"]["Labels"];
-        assert_eq!(labels["org.opencontainers.image.version"], version.as_str(), "{name}: {labels}");
-        assert_eq!(labels["org.opencontainers.image.title"], *name, "{name}: {labels}");
-        assert_eq!(labels["org.opencontainers.image.licenses"], "Apache-2.0", "{name}");
+        assert_eq!(
+            labels["org.opencontainers.image.version"],
+            version.as_str(),
+            "{name}: {labels}"
+        );
+        assert_eq!(
+            labels["org.opencontainers.image.title"], *name,
+            "{name}: {labels}"
+        );
+        assert_eq!(
+            labels["org.opencontainers.image.licenses"], "Apache-2.0",
+            "{name}"
+        );
         assert!(
             labels["org.opencontainers.image.source"]
                 .as_str()
@@ -81,16 +103,21 @@ fn images_are_labelled_non_root_and_run_in_their_own_root() {
             "{name}: the binary is the entrypoint"
         );
         // Two layers: the runtime base (libraries, passwd, CA bundle), then the binary.
-        assert_eq!(manifest["layers"].as_array().map(Vec::len), Some(2), "{name}: {manifest}");
+        assert_eq!(
+            manifest["layers"].as_array().map(Vec::len),
+            Some(2),
+            "{name}: {manifest}"
+        );
 
         // Unpacked as a runtime would, the root holds root-owned files but for the user's
         // home, and /tmp is the only world-writable directory.
         let bundle = scratch.join(name).join("bundle");
         let layout = scratch.join(name).join("layout");
-        run(Command::new(&umoci).arg("unpack").arg("--image").arg(format!(
-            "{}:{name}:{version}",
-            layout.display()
-        )).arg(&bundle))
+        run(Command::new(&umoci)
+            .arg("unpack")
+            .arg("--image")
+            .arg(format!("{}:{name}:{version}", layout.display()))
+            .arg(&bundle))
         .unwrap_or_else(|e| panic!("{e}"));
         let rootfs = bundle.join("rootfs");
         let listing = run(Command::new("find")
@@ -155,16 +182,26 @@ fn dockerfiles_and_scripts_images_build_the_same_binaries() {
         let docker_cmd = text
             .lines()
             .filter(|l| !l.trim_start().starts_with('#'))
-            .find_map(|l| l.find("cargo build").map(|i| l[i..].trim_end_matches(['\\', ' ']).to_string()))
+            .find_map(|l| {
+                l.find("cargo build")
+                    .map(|i| l[i..].trim_end_matches(['\\', ' ']).to_string())
+            })
             .unwrap_or_else(|| panic!("{dockerfile}: no cargo build"));
         let script_cmd = printed
             .lines()
             .find_map(|l| l.strip_prefix(&format!("{arg}: ")))
             .unwrap_or_else(|| panic!("scripts/images --print-build names no {arg}: {printed}"));
-        assert_eq!(docker_cmd, script_cmd, "{dockerfile} and scripts/images build {name} alike");
-        assert!(docker_cmd.contains(&format!("--bin {name}")), "{docker_cmd}");
+        assert_eq!(
+            docker_cmd, script_cmd,
+            "{dockerfile} and scripts/images build {name} alike"
+        );
         assert!(
-            text.lines().any(|l| l.trim() == format!("ARG VERSION={version}")),
+            docker_cmd.contains(&format!("--bin {name}")),
+            "{docker_cmd}"
+        );
+        assert!(
+            text.lines()
+                .any(|l| l.trim() == format!("ARG VERSION={version}")),
             "{dockerfile}: `ARG VERSION={version}` (the workspace version) labels the image"
         );
         assert!(
@@ -173,7 +210,15 @@ fn dockerfiles_and_scripts_images_build_the_same_binaries() {
         );
     }
     // Other profiles build with the same flags.
-    let dev = run(Command::new(repo_root().join("scripts/images")).args(["--print-build", "--profile", "dev", "node"]))
-        .unwrap();
-    assert_eq!(dev.trim(), "node: cargo build --profile dev --locked -p tribe-node --bin tribe-node");
+    let dev = run(Command::new(repo_root().join("scripts/images")).args([
+        "--print-build",
+        "--profile",
+        "dev",
+        "node",
+    ]))
+    .unwrap();
+    assert_eq!(
+        dev.trim(),
+        "node: cargo build --profile dev --locked -p tribe-node --bin tribe-node"
+    );
 }

@@ -39,12 +39,7 @@ const PACE: Duration = Duration::from_millis(100);
 #[test]
 fn helm_upgrade_rolls_unpinned_clusters_to_the_new_node_image_without_losing_a_request() {
     let started = Instant::now();
-    let log = |what: &str| {
-        eprintln!(
-            "[upgrade {:>6.1}s] {what}",
-            started.elapsed().as_secs_f64()
-        )
-    };
+    let log = |what: &str| eprintln!("[upgrade {:>6.1}s] {what}", started.elapsed().as_secs_f64());
     let old = workspace_version();
     let new = format!("{old}-next");
     let Some(plane) = plane_with_pods("upgrade", |dir| {
@@ -124,9 +119,7 @@ fn helm_upgrade_rolls_unpinned_clusters_to_the_new_node_image_without_losing_a_r
         after.is_disjoint(&before),
         "every node was replaced: before {before:?}, after {after:?}"
     );
-    wait_ingress_answers_from(&after, CHANGE, || {
-        Browser::new(HOST).get_counter_node()
-    });
+    wait_ingress_answers_from(&after, CHANGE, || Browser::new(HOST).get_counter_node());
     log(&format!("follow rolled to {new}: {after:?}"));
     stop.store(true, Ordering::Relaxed);
     let (requests, served_by) = client
@@ -137,12 +130,15 @@ fn helm_upgrade_rolls_unpinned_clusters_to_the_new_node_image_without_losing_a_r
         "{requests} requests, each 200 with the next counter, served by {served_by:?}"
     ));
     assert!(
-        served_by.intersection(&after).next().is_some() && served_by.intersection(&before).next().is_some(),
+        served_by.intersection(&after).next().is_some()
+            && served_by.intersection(&before).next().is_some(),
         "the browser was served by old and new nodes: {served_by:?}"
     );
 
     // The stored spec has no image: nothing was baked in at creation.
-    let follow = plane.get_json(&["-n", NS, "sessionclusters", "follow"]).unwrap();
+    let follow = plane
+        .get_json(&["-n", NS, "sessionclusters", "follow"])
+        .unwrap();
     assert!(follow["spec"].get("image").is_none(), "{}", follow["spec"]);
     assert_eq!(operator_images(&plane), [image("tribe-operator", &new)]);
     // The pinned cluster was left alone.
@@ -159,7 +155,12 @@ fn operator_images(plane: &ControlPlane) -> Vec<String> {
         .unwrap()
         .iter()
         .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
-        .map(|p| p["spec"]["containers"][0]["image"].as_str().unwrap().to_string())
+        .map(|p| {
+            p["spec"]["containers"][0]["image"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
         .collect()
 }
 
@@ -181,16 +182,20 @@ fn wait_rolled(plane: &ControlPlane, name: &str, n: usize, image: &str) -> BTree
             let mut names = BTreeSet::new();
             for p in &items {
                 let pod = p["metadata"]["name"].as_str().unwrap_or("?");
-                let ready = p["status"]["conditions"]
-                    .as_array()
-                    .is_some_and(|cs| cs.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"));
+                let ready = p["status"]["conditions"].as_array().is_some_and(|cs| {
+                    cs.iter()
+                        .any(|c| c["type"] == "Ready" && c["status"] == "True")
+                });
                 let img = p["spec"]["containers"]
                     .as_array()
                     .and_then(|cs| cs.iter().find(|c| c["name"] == "node"))
                     .map(|c| c["image"].clone())
                     .unwrap_or(Value::Null);
                 if !p["metadata"]["deletionTimestamp"].is_null() || !ready || img != image {
-                    return Err(format!("{pod}: ready {ready}, image {img}, terminating {}", !p["metadata"]["deletionTimestamp"].is_null()));
+                    return Err(format!(
+                        "{pod}: ready {ready}, image {img}, terminating {}",
+                        !p["metadata"]["deletionTimestamp"].is_null()
+                    ));
                 }
                 names.insert(pod.to_string());
             }
@@ -200,7 +205,8 @@ fn wait_rolled(plane: &ControlPlane, name: &str, n: usize, image: &str) -> BTree
             let sc = plane.get_json(&["-n", NS, "sessionclusters", name])?;
             let st = &sc["status"];
             let want_images = serde_json::json!([{"image": image, "nodes": names}]);
-            if st["image"] != image || st["nodeImages"] != want_images || st["members"] != n as i64 {
+            if st["image"] != image || st["nodeImages"] != want_images || st["members"] != n as i64
+            {
                 return Err(format!("status {st}"));
             }
             Ok(names)

@@ -43,7 +43,11 @@ pub fn workspace_version() -> String {
 pub fn build_profile() -> (String, PathBuf) {
     let dir = operator_bin().parent().expect("binary dir").to_path_buf();
     let name = dir.file_name().unwrap().to_string_lossy().into_owned();
-    let profile = if name == "debug" { "dev".to_string() } else { name };
+    let profile = if name == "debug" {
+        "dev".to_string()
+    } else {
+        name
+    };
     (profile, dir.parent().expect("target dir").to_path_buf())
 }
 
@@ -80,7 +84,11 @@ pub fn oci_archives() -> &'static BTreeMap<&'static str, PathBuf> {
             .collect();
         let stale = IMAGES.iter().any(|(_, name, dockerfile)| {
             let built = mtime(&archives[name]);
-            let inputs = [bin_dir.join(name), repo_root().join(dockerfile), script.clone()];
+            let inputs = [
+                bin_dir.join(name),
+                repo_root().join(dockerfile),
+                script.clone(),
+            ];
             built.is_none() || inputs.iter().any(|i| mtime(i) >= built)
         });
         if stale {
@@ -100,7 +108,11 @@ pub fn oci_archives() -> &'static BTreeMap<&'static str, PathBuf> {
             );
         }
         for (name, a) in &archives {
-            assert!(a.is_file(), "scripts/images wrote no {} for {name}", a.display());
+            assert!(
+                a.is_file(),
+                "scripts/images wrote no {} for {name}",
+                a.display()
+            );
         }
         archives
     })
