@@ -344,7 +344,9 @@ fn changed_by_us<K: Resource + Serialize>(before: &K, after: &K) -> bool {
     strip(before) != strip(after)
 }
 
-/// Creates the cluster key Secret if it does not exist; never touches an existing one.
+/// Creates the cluster key Secret if it does not exist. An existing one is left as it is,
+/// except that a Secret of ours without the Redis-protocol password gets one added
+/// (an update carrying the resourceVersion read) when the cluster runs `spec.app`.
 /// Returns whether the Secret is the SessionCluster's (false: someone else's object has
 /// its name, reported in `conflicts`).
 async fn ensure_secret(
@@ -367,9 +369,20 @@ async fn ensure_secret(
             report_conflict(ctx, sc, conflicts, "Secret".into(), name.clone(), related).await;
             return Ok(false);
         }
+        if resources::needs_password(sc, &existing) {
+            let updated = resources::with_password(existing, &resources::random_key());
+            let params = PostParams {
+                field_manager: Some(MANAGER.into()),
+                ..PostParams::default()
+            };
+            api.replace(&name, &params, &updated)
+                .await
+                .map_err(apply_err)?;
+            info!(%name, "added the Redis-protocol password to the cluster key Secret");
+        }
         return Ok(true);
     }
-    let secret = resources::secret(sc, &resources::random_key());
+    let secret = resources::secret(sc, &resources::random_key(), &resources::random_key());
     match api
         .create(
             &PostParams {
