@@ -4,6 +4,7 @@
 use crate::crd::{Condition, Persistence, SessionCluster, SessionClusterSpec, DURATION_PATTERN};
 use crate::metrics::Metrics;
 use crate::ownership::{self, Conflict, Ownership};
+use crate::policy::TemplatePolicy;
 use crate::probe::Prober;
 use crate::resources::{self, ADMIN_PORT, MANAGER};
 use crate::status::{self, Failure, Observation, Workload};
@@ -56,6 +57,8 @@ pub struct Context {
     failures: Mutex<HashMap<String, u32>>,
     /// SessionClusters (`ns/name`) already warned that no PodMonitor kind is served.
     monitoring_warned: Mutex<std::collections::HashSet<String>>,
+    /// What `spec.template` may ask for (the operator's `--allow-*` flags).
+    pub policy: TemplatePolicy,
 }
 
 impl Context {
@@ -72,7 +75,14 @@ impl Context {
             prober: Prober::default(),
             failures: Mutex::default(),
             monitoring_warned: Mutex::default(),
+            policy: TemplatePolicy::default(),
         }
+    }
+
+    /// This context with `policy` in place of the strict default.
+    pub fn with_policy(mut self, policy: TemplatePolicy) -> Self {
+        self.policy = policy;
+        self
     }
 
     fn failure_count(&self, key: &str, bump: bool) -> u32 {
@@ -357,10 +367,18 @@ async fn ensure_secret(
 ) -> Result<bool> {
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
     let name = resources::secret_name(sc);
-    let apply_err = |source| Error::Apply {
-        kind: "Secret".into(),
-        name: name.clone(),
-        source,
+    let apply_err = |source| match source {
+        kube::Error::Api(s) if s.code == 403 => Error::Forbidden(format!(
+            "the operator has no access to Secret {name} in namespace {ns}: its Secret \
+             access is granted per namespace (add {ns} to the chart value \
+             rbac.secretNamespaces; operator/RBAC.md): {}",
+            s.message
+        )),
+        source => Error::Apply {
+            kind: "Secret".into(),
+            name: name.clone(),
+            source,
+        },
     };
     if let Some(existing) = api.get_opt(&name).await.map_err(apply_err)? {
         let uid = sc.uid().unwrap_or_default();
@@ -754,7 +772,8 @@ async fn reconcile_inner(sc: &SessionCluster, ctx: &Context) -> Result<Action> {
     }
     debug!(cluster = %format!("{ns}/{name}"), "reconciling");
 
-    let outcome = match validate(&sc.spec) {
+    let checked = validate(&sc.spec).and_then(|()| crate::policy::check(&sc.spec, &ctx.policy));
+    let outcome = match checked {
         Err(msg) => Err(Error::InvalidSpec(msg)),
         Ok(()) => apply_children(ctx, sc, &ns).await,
     };
@@ -763,6 +782,7 @@ async fn reconcile_inner(sc: &SessionCluster, ctx: &Context) -> Result<Action> {
         Err(e) => {
             let reason = match e {
                 Error::InvalidSpec(_) => "InvalidSpec",
+                Error::Forbidden(_) => "Forbidden",
                 _ => "ApplyFailed",
             };
             // Best effort: show what exists while reporting the failure.
@@ -908,10 +928,10 @@ async fn reconcile_inner(sc: &SessionCluster, ctx: &Context) -> Result<Action> {
             ))
         }
         Err(e) => {
-            let reason = if matches!(e, Error::InvalidSpec(_)) {
-                "InvalidSpec"
-            } else {
-                "ApplyFailed"
+            let reason = match e {
+                Error::InvalidSpec(_) => "InvalidSpec",
+                Error::Forbidden(_) => "Forbidden",
+                _ => "ApplyFailed",
             };
             publish(
                 ctx,
@@ -946,6 +966,9 @@ pub async fn run(
     }
     let owned =
         watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={MANAGER}"));
+    // No watch on Secrets: it would need list/watch on every Secret the role reaches
+    // (RBAC cannot narrow a list by label). The key Secret is read by name in each
+    // reconcile (at least every 30 s), so a deleted one is recreated then.
     let controller = Controller::new(
         api::<SessionCluster>(&client, &namespace),
         watcher::Config::default(),
@@ -975,7 +998,6 @@ pub async fn run(
         .owns(api::<StatefulSet>(&client, &namespace), owned.clone())
         .owns(api::<Service>(&client, &namespace), owned.clone())
         .owns(api::<Ingress>(&client, &namespace), owned.clone())
-        .owns(api::<Secret>(&client, &namespace), owned.clone())
         .owns(
             api::<PodDisruptionBudget>(&client, &namespace),
             owned.clone(),

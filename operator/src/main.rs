@@ -86,6 +86,15 @@ struct RunArgs {
     /// This process's identity in the Lease and in Events (default: pod name + random suffix).
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
+    /// Let `spec.template.volumes` use node-level sources (`hostPath`, `nfs`, `iscsi`,
+    /// in-tree disks...), not only those Pod Security "restricted" allows. Whoever may
+    /// create a SessionCluster then gets pods with access to the node.
+    #[arg(long, env = "TRIBE_OPERATOR_ALLOW_NODE_LEVEL_POD_FIELDS", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    allow_node_level_pod_fields: bool,
+    /// Let `spec.template.serviceAccountName` run the pods as any ServiceAccount of
+    /// their namespace (default: refused; the pods run as `default`).
+    #[arg(long, env = "TRIBE_OPERATOR_ALLOW_TEMPLATE_SERVICE_ACCOUNT", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    allow_template_service_account: bool,
 }
 
 fn init_tracing() {
@@ -190,11 +199,19 @@ async fn run(mut args: RunArgs) -> tribe_operator::Result<()> {
     admin.ready.store(true, Ordering::Relaxed);
 
     let id = identity(&args);
-    let ctx = Arc::new(Context::new(
-        client.clone(),
-        metrics.clone(),
-        Some(id.clone()),
-    ));
+    let policy = tribe_operator::policy::TemplatePolicy {
+        allow_node_level_pod_fields: args.allow_node_level_pod_fields,
+        allow_service_account_name: args.allow_template_service_account,
+    };
+    if policy != tribe_operator::policy::TemplatePolicy::default() {
+        warn!(
+            ?policy,
+            "spec.template may ask for more than Pod Security \"restricted\" allows"
+        );
+    }
+    let ctx = Arc::new(
+        Context::new(client.clone(), metrics.clone(), Some(id.clone())).with_policy(policy),
+    );
     let (leader_tx, leader_rx) = watch::channel(!args.leader_elect);
     let elector_task = if args.leader_elect {
         let timing = Timing {
