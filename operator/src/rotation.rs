@@ -64,7 +64,7 @@ impl KeyFile {
             let secret: String = text.split_ascii_whitespace().collect();
             return (!secret.is_empty()).then(|| KeyFile {
                 primary: DEFAULT_ID.into(),
-                keys: vec![(DEFAULT_ID.into(), secret.into())],
+                keys: vec![(DEFAULT_ID.into(), secret)],
             });
         }
         let mut primary = None;

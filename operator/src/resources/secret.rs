@@ -37,11 +37,11 @@ pub fn secret(sc: &SessionCluster, key: &str, password: &str) -> Secret {
 /// needs (a Secret created by an older operator): then [`with_password`] adds it.
 pub fn needs_password(sc: &SessionCluster, existing: &Secret) -> bool {
     sc.spec.app.is_some()
-        && !existing
+        && existing
             .data
             .as_ref()
             .and_then(|d| d.get(RESP_PASSWORD_KEY))
-            .is_some_and(|p| !p.0.trim_ascii().is_empty())
+            .is_none_or(|p| p.0.trim_ascii().is_empty())
 }
 
 /// `existing` with `password` added as `resp.password`, everything else unchanged (the
