@@ -90,6 +90,15 @@ struct RunArgs {
     /// from `nodeImage`: the operator's registry and version by default).
     #[arg(long, env = "TRIBE_OPERATOR_NODE_IMAGE", default_value = tribe_operator::crd::DEFAULT_IMAGE)]
     node_image: String,
+    /// Let `spec.template.volumes` use node-level sources (`hostPath`, `nfs`, `iscsi`,
+    /// in-tree disks...), not only those Pod Security "restricted" allows. Whoever may
+    /// create a SessionCluster then gets pods with access to the node.
+    #[arg(long, env = "TRIBE_OPERATOR_ALLOW_NODE_LEVEL_POD_FIELDS", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    allow_node_level_pod_fields: bool,
+    /// Let `spec.template.serviceAccountName` run the pods as any ServiceAccount of
+    /// their namespace (default: refused; the pods run as `default`).
+    #[arg(long, env = "TRIBE_OPERATOR_ALLOW_TEMPLATE_SERVICE_ACCOUNT", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    allow_template_service_account: bool,
 }
 
 fn init_tracing() {
@@ -195,9 +204,20 @@ async fn run(mut args: RunArgs) -> tribe_operator::Result<()> {
 
     let id = identity(&args);
     info!(node_image = %args.node_image, "SessionClusters without spec.image run this node image");
+    let policy = tribe_operator::policy::TemplatePolicy {
+        allow_node_level_pod_fields: args.allow_node_level_pod_fields,
+        allow_service_account_name: args.allow_template_service_account,
+    };
+    if policy != tribe_operator::policy::TemplatePolicy::default() {
+        warn!(
+            ?policy,
+            "spec.template may ask for more than Pod Security \"restricted\" allows"
+        );
+    }
     let ctx = Arc::new(
         Context::new(client.clone(), metrics.clone(), Some(id.clone()))
-            .with_node_image(args.node_image.clone()),
+            .with_node_image(args.node_image.clone())
+            .with_policy(policy),
     );
     let (leader_tx, leader_rx) = watch::channel(!args.leader_elect);
     let elector_task = if args.leader_elect {

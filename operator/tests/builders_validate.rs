@@ -92,7 +92,12 @@ fn builder_output_passes_kubernetes_validate() {
         serde_json::to_value(resources::service(&sc)).unwrap(),
         serde_json::to_value(resources::headless_service(&sc)).unwrap(),
         serde_json::to_value(resources::ingress(&sc).unwrap()).unwrap(),
-        serde_json::to_value(resources::secret(&sc, &resources::random_key())).unwrap(),
+        serde_json::to_value(resources::secret(
+            &sc,
+            &resources::random_key(),
+            &resources::random_key(),
+        ))
+        .unwrap(),
         serde_json::to_value(resources::pdb(&sc)).unwrap(),
         serde_json::to_value(resources::network_policy(&sc)).unwrap(),
         serde_json::to_value(resources::deployment(&sidecar_cluster())).unwrap(),

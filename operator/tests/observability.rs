@@ -421,8 +421,11 @@ fn prometheus_scrapes_every_node_and_kubectl_tribe_reaches_them() {
     let log = |what: &str| eprintln!("[day2] {what} at {:?}", started.elapsed());
     log("control plane and podrunner up");
 
-    // The chart, with the operator as a pod, and its helm test.
-    helm_install(&plane, RELEASE, OPERATOR_NS, &[], true);
+    // The chart, with the operator as a pod, and its helm test. The app namespace
+    // exists first: the chart grants the operator its Secrets by a Role there.
+    plane.create_namespace(NS);
+    let secret_namespaces = format!("rbac.secretNamespaces={{{NS}}}");
+    helm_install(&plane, RELEASE, OPERATOR_NS, &[&secret_namespaces], true);
     let mut cmd = Command::new(require_tool("helm"));
     cmd.args([
         "test",
@@ -439,7 +442,6 @@ fn prometheus_scrapes_every_node_and_kubectl_tribe_reaches_them() {
     log("operator installed, helm test passed");
 
     // A SessionCluster asking for a PodMonitor without the Prometheus Operator's CRDs.
-    plane.create_namespace(NS);
     let sc = format!(
         "apiVersion: tribe.rs/v1alpha1\nkind: SessionCluster\nmetadata: {{name: {NAME}, namespace: {NS}}}\n\
          spec: {{replicas: 2, membership: dns, monitoring: {{podMonitor: true}}}}\n"
