@@ -60,6 +60,7 @@ names! {
     FLUSH_INTERVAL;
     MAX_ACTIVE_SESSIONS;
     POSTGRES_URL;
+    LOG_FORMAT;
 }
 
 #[cfg(test)]

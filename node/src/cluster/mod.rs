@@ -1039,6 +1039,7 @@ impl Cluster {
             members,
             keys: self.key_status().0,
             refusing_peers: self.key_status().1.iter().map(|a| a.to_string()).collect(),
+            version: Some(tribe_api::VERSION.into()),
         }
     }
 
