@@ -672,3 +672,33 @@ fn walk_has(dir: &std::path::Path, name: &str) -> bool {
             }
         })
 }
+
+/// LICENSE holds the licence the crates declare (Apache-2.0, the full text), and the
+/// changelog has a section for the crates' version.
+#[test]
+fn license_and_changelog_match_the_crates() {
+    let cargo = read("Cargo.toml");
+    assert!(
+        cargo.contains("license = \"Apache-2.0\""),
+        "the workspace declares Apache-2.0"
+    );
+    let license = read("LICENSE");
+    for phrase in [
+        "Apache License",
+        "Version 2.0, January 2004",
+        "TERMS AND CONDITIONS FOR USE, REPRODUCTION, AND DISTRIBUTION",
+        "END OF TERMS AND CONDITIONS",
+        "APPENDIX: How to apply the Apache License to your work.",
+    ] {
+        assert!(
+            license.contains(phrase),
+            "LICENSE is the full Apache-2.0 text: no {phrase:?}"
+        );
+    }
+    let changelog = read("CHANGELOG.md");
+    let version = env!("CARGO_PKG_VERSION");
+    assert!(
+        changelog.contains(&format!("\n## [{version}]")),
+        "CHANGELOG.md has a section for {version}"
+    );
+}
