@@ -138,6 +138,8 @@ impl Local {
             .args(["--grace", &grace_secs.to_string()])
             .args(["--node-bin", node_bin.to_str().unwrap()])
             .args(["--work-dir", dir.join("work").to_str().unwrap()])
+            // Text lines (the tests read the log; off a terminal the default is JSON).
+            .args(["--log-format", "text"])
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&stdout).unwrap())
             .stderr(std::fs::File::create(&stderr).unwrap());
