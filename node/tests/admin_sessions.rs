@@ -239,8 +239,8 @@ async fn a_node_reports_its_version_and_logs_json_off_a_terminal() {
         Addrs::loopback(),
         None,
         &["--cluster", "logs", "--membership", "static"],
-        // Unset: the node's own default (an empty variable counts as unset), and colour
-        // allowed as far as the environment goes.
+        // Unset (the harness removes a variable given empty): the node's own default,
+        // and colour allowed as far as the environment goes.
         &[("TRIBE_LOG_FORMAT", ""), ("NO_COLOR", "")],
     );
     node.wait_ready(Duration::from_secs(30)).await;

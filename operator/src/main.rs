@@ -336,6 +336,23 @@ mod tests {
             Cli::parse_from(["tribe-operator", "crd"]).command,
             Some(Command::Crd)
         ));
+        for (args, want) in [
+            (
+                &["tribe-operator", "run", "--log-format", "json"][..],
+                Some(LogFormat::Json),
+            ),
+            (
+                &["tribe-operator", "--log-format", "text", "local", "x.yaml"][..],
+                Some(LogFormat::Text),
+            ),
+            (
+                &["tribe-operator", "local", "x.yaml", "--log-format", "text"][..],
+                Some(LogFormat::Text),
+            ),
+        ] {
+            assert_eq!(Cli::parse_from(args).log_format, want, "{args:?}");
+        }
+        assert!(Cli::try_parse_from(["tribe-operator", "run", "--log-format", "xml"]).is_err());
         match Cli::parse_from([
             "tribe-operator",
             "local",

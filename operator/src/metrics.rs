@@ -317,6 +317,8 @@ mod tests {
         m.reconcile_failed(&crate::Error::InvalidSpec("y".into()));
         let text = m.render();
         assert!(text.contains("tribe_operator_reconciles_total 1"), "{text}");
+        let build = format!("tribe_build_info{{version=\"{}\"}} 1", tribe_api::VERSION);
+        assert!(text.contains(&build), "{text}");
         assert!(
             text.contains(r#"tribe_operator_reconcile_failures_total{error="invalid_spec"} 2"#),
             "{text}"

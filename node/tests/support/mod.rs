@@ -531,16 +531,19 @@ impl Node {
         .args(extra)
         .env("NO_COLOR", "1")
         // Text lines (the tests read the log); `env` may choose another format, or none
-        // (an empty value: the node's default).
+        // (an empty value removes a variable: the node's default).
         .env("TRIBE_LOG_FORMAT", "text")
         .env(
             "RUST_LOG",
             std::env::var("TRIBE_TEST_LOG").unwrap_or_else(|_| "info,tribe_node=debug".into()),
         )
-        .envs(env.iter().copied())
+        .envs(env.iter().copied().filter(|(_, v)| !v.is_empty()))
         .stdin(Stdio::null())
         .stdout(file.try_clone().unwrap())
         .stderr(file);
+        for (k, _) in env.iter().filter(|(_, v)| v.is_empty()) {
+            cmd.env_remove(k);
+        }
         let child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", node_bin()));
