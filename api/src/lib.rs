@@ -26,7 +26,7 @@ pub use modes::{
     Durability, LogFormat, MembershipMode, ParseModeError, ReplicationMode, SendMode,
     SessionAdapter,
 };
-pub use view::{ClusterView, MemberState, MemberView};
+pub use view::{ClusterView, MemberState, MemberView, NotReadyReason, PeerProblem};
 
 /// The build version of Tribe (the workspace's version, shared by every crate): what
 /// `--version`, `/cluster` and the `tribe_build_info` metric report.
