@@ -202,7 +202,10 @@ fn is_duration(s: &str) -> bool {
 pub async fn reconcile(sc: Arc<SessionCluster>, ctx: Arc<Context>) -> Result<Action> {
     let _timer = ctx.metrics.reconcile_started();
     let key = format!("{}/{}", sc.namespace().unwrap_or_default(), sc.name_any());
-    let result = match tokio::time::timeout(RECONCILE_TIMEOUT, reconcile_inner(&sc, &ctx)).await {
+    // Every log line of the reconcile names its SessionCluster.
+    let span = tracing::info_span!("reconcile", cluster = %key);
+    let inner = tracing::Instrument::instrument(reconcile_inner(&sc, &ctx), span);
+    let result = match tokio::time::timeout(RECONCILE_TIMEOUT, inner).await {
         Ok(r) => r,
         Err(_) => Err(Error::Timeout("reconcile")),
     };

@@ -548,6 +548,36 @@ fn dockerfiles_are_multi_stage_and_non_root() {
     }
 }
 
+/// NOTES.txt's example pastes into a shell as printed: its heredoc ends (the terminator
+/// at the start of a line) and what it feeds `kubectl apply` is a SessionCluster.
+#[test]
+fn notes_heredoc_pastes_into_a_shell() {
+    let notes = std::fs::read_to_string(chart_dir().join("templates/NOTES.txt")).unwrap();
+    let start = notes
+        .lines()
+        .position(|l| l.starts_with("kubectl apply -f - <<'YAML'"))
+        .expect("NOTES.txt has a `kubectl apply -f - <<'YAML'` line at the start of a line");
+    let lines: Vec<&str> = notes.lines().skip(start).collect();
+    let end = lines
+        .iter()
+        .position(|l| *l == "YAML")
+        .expect("the heredoc's terminator `YAML` alone on a line");
+    // The same shell text, with `cat` standing in for kubectl.
+    let script = lines[..=end]
+        .join("\n")
+        .replacen("kubectl apply -f -", "cat", 1);
+    assert!(
+        !script.contains("{{"),
+        "no template in the example: {script}"
+    );
+    let out = run(std::process::Command::new("bash").args(["-c", &script]))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let docs = yaml_docs(&out);
+    assert_eq!(docs.len(), 1, "{out}");
+    assert_eq!(docs[0]["kind"], "SessionCluster", "{out}");
+    assert_eq!(docs[0]["apiVersion"], "tribe.rs/v1alpha1", "{out}");
+}
+
 /// The node image the operator gets (TRIBE_OPERATOR_NODE_IMAGE) follows the operator image:
 /// same registry, same tag, unless `nodeImage` says otherwise.
 #[test]

@@ -251,8 +251,10 @@ fn api_server_accepts_the_crd_and_the_examples_and_rejects_the_invalid_one() {
     let full = plane
         .get_json(&["-n", ns, "sessionclusters", "shop"])
         .unwrap();
-    let want_full: Value =
-        yaml_docs(&std::fs::read_to_string(examples.join("full.yaml")).unwrap()).remove(0);
+    let want_full: Value = yaml_docs(&std::fs::read_to_string(examples.join("full.yaml")).unwrap())
+        .into_iter()
+        .find(|d| d["kind"] == "SessionCluster")
+        .expect("full.yaml has a SessionCluster");
     assert_eq!(
         full["spec"], want_full["spec"],
         "full.yaml round-trips unchanged (no field pruned)"
@@ -757,12 +759,7 @@ fn operator_works_with_exactly_the_charts_rbac() {
     // The chart installs the CRD (crds/) and the RBAC; its operator pod stays Pending here
     // (no podrunner), so the operator runs locally with the chart ServiceAccount's token.
     helm_install(&plane, "tribe-operator", opns, &[&secret_namespaces], false);
-    plane.k(&[
-        "wait",
-        "--for=condition=Established",
-        "--timeout=60s",
-        "crd/sessionclusters.tribe.rs",
-    ]);
+    plane.wait_condition("crd/sessionclusters.tribe.rs", "Established", SHORT_WAIT);
     let sa = "tribe-operator";
     let dir = scratch_dir("rbac");
     let sa_kubeconfig = dir.join("sa.kubeconfig");
