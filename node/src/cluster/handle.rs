@@ -11,7 +11,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use super::{Cluster, ReplyTx};
 use crate::replication::{
     self,
-    apply::{Effect, Handled},
+    apply::{Effect, ForDriver, Handled},
 };
 use crate::store::unix_now;
 use crate::wire::{Hello, Message, SessionId, SessionState};
@@ -29,9 +29,10 @@ async fn reply(tx: Option<&ReplyTx>, msg: Message) {
 /// e.g. its writer died). Deltas on different links may simply be reordered, so look
 /// again shortly and fetch the whole session from the sender only if still behind.
 fn on_gap(c: &Cluster, from: &str, sid: SessionId) {
+    let tasks = c.inner.tasks.clone();
     let c = c.clone();
     let from = from.to_string();
-    tokio::spawn(async move {
+    tasks.spawn(async move {
         tokio::time::sleep(Duration::from_millis(200)).await;
         if c.inner.store.with(sid, |s| !s.has_gap()).unwrap_or(true) {
             return;
@@ -91,15 +92,16 @@ pub(crate) async fn handle(
         Handled::Driver(msg) => msg,
     };
     match msg {
-        Message::Forward { ack, delta } => {
+        ForDriver::Forward { ack, delta } => {
             // We are (or were) the session's primary: apply and replicate to the backups.
             let fx =
                 replication::apply::apply_delta(&inner.store, &inner.metrics, &delta, unix_now());
             perform(c, &peer.node_id, reply_tx, fx).await;
+            let tracker = c.inner.tasks.clone();
             let c = c.clone();
             let tx = reply_tx.cloned();
             let permit = permit(tasks).await;
-            tokio::spawn(async move {
+            tracker.spawn(async move {
                 let _permit = permit;
                 let owners = c.owners(delta.sid);
                 let me = c.inner.me.node_id.clone();
@@ -116,16 +118,17 @@ pub(crate) async fn handle(
                 }
             });
         }
-        Message::FetchReq {
+        ForDriver::FetchReq {
             id,
             sid,
             min_version,
             wait_ms,
         } => {
+            let tracker = c.inner.tasks.clone();
             let c = c.clone();
             let tx = reply_tx.cloned();
             let permit = permit(tasks).await;
-            tokio::spawn(async move {
+            tracker.spawn(async move {
                 let _permit = permit;
                 if min_version > 0
                     && wait_ms > 0
@@ -138,17 +141,18 @@ pub(crate) async fn handle(
                 reply(tx.as_ref(), Message::FetchResp { id, session }).await;
             });
         }
-        Message::StateReq { id, only_owned } => {
+        ForDriver::StateReq { id, only_owned } => {
+            let tracker = c.inner.tasks.clone();
             let c = c.clone();
             let tx = reply_tx.cloned();
             let requester = peer.node_id.clone();
             let permit = permit(tasks).await;
-            tokio::spawn(async move {
+            tracker.spawn(async move {
                 let _permit = permit;
                 serve_state(c, requester, id, only_owned, tx).await
             });
         }
-        Message::Barrier { id } => {
+        ForDriver::Barrier { id } => {
             // Answer on our own link to the asker, behind everything already queued there.
             if let Some(link) = c.link_of(&peer.node_id) {
                 link.send(&inner.metrics, Message::BarrierAck { id }.outgoing())
@@ -157,27 +161,20 @@ pub(crate) async fn handle(
                 reply(reply_tx, Message::BarrierAck { id }).await;
             }
         }
-        Message::Leaving => {
+        ForDriver::Leaving => {
             tracing::info!(node = %peer.node_id, "member is leaving");
-            inner
-                .left
-                .lock()
-                .insert((peer.node_id.clone(), peer.incarnation));
-            let link = inner
-                .members
-                .lock()
-                .get(&peer.node_id)
-                .filter(|m| m.incarnation == peer.incarnation)
-                .map(|m| m.link.clone());
+            let link = c
+                .with_replica(|r| r.on_leaving(&peer.node_id, peer.incarnation))
+                .and_then(|id| {
+                    let links = inner.links.lock();
+                    links.values().find(|l| l.id == id).cloned()
+                });
             if let Some(link) = link {
                 super::net::remove_member_on(c, &link, "left gracefully");
             }
         }
-        Message::Hello(_) | Message::HelloAck(_) => {
+        ForDriver::LateHello => {
             tracing::warn!(node = %peer.node_id, "unexpected hello after the handshake");
-        }
-        other => {
-            tracing::debug!(node = %peer.node_id, ty = other.type_byte(), "message not handled");
         }
     }
 }

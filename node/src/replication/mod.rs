@@ -12,6 +12,7 @@
 //! - [`sim`] — the deterministic simulation and its checker.
 
 pub mod acks;
+pub mod replica;
 pub mod antientropy;
 pub mod apply;
 pub mod liveness;
