@@ -401,6 +401,11 @@ impl Replica {
         self.settle(id, false);
     }
 
+    /// Whether the sync write `id` still waits for `node`'s ack (an ack from it now counts).
+    pub fn waiting_for(&self, id: u64, node: &str) -> bool {
+        self.syncs.get(&id).is_some_and(|w| w.waiting.contains(node))
+    }
+
     /// Time passed: sync writes past their deadline end with the acks they have.
     pub fn on_timeout(&mut self, now: u64) {
         let due: Vec<u64> = self
