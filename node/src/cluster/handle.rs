@@ -25,35 +25,32 @@ async fn reply(tx: Option<&ReplyTx>, msg: Message) {
     }
 }
 
-/// A delta left a hole: the writer had seen a version we have not (a delta we never got,
-/// e.g. its writer died). Deltas on different links may simply be reordered, so look
-/// again shortly and fetch the whole session from the sender only if still behind.
-fn on_gap(c: &Cluster, from: &str, sid: SessionId) {
-    let tasks = c.inner.tasks.clone();
+/// The replica's gap retry is due ([`crate::replication::replica::Event::RepairGap`]): if
+/// the session is still behind, fetch it whole from the delta's sender and merge it.
+pub(crate) fn repair_gap(c: &Cluster, from: String, sid: SessionId) {
+    if c.inner.store.with(sid, |s| !s.has_gap()).unwrap_or(true) {
+        return;
+    }
     let c = c.clone();
-    let from = from.to_string();
-    tasks.spawn(async move {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        if c.inner.store.with(sid, |s| !s.has_gap()).unwrap_or(true) {
+    c.clone().spawn(async move {
+        let Some(link) = c.link_of(&from) else {
             return;
-        }
-        if let Some(link) = c.link_of(&from) {
-            let id = c.next_id();
-            let msg = Message::FetchReq {
-                id,
-                sid,
-                min_version: 0,
-                wait_ms: 0,
-            };
-            c.inner.metrics.remote_fetches.inc();
-            if let Some(Message::FetchResp {
-                session: Some(s), ..
-            }) = c
-                .request(&from, &link, id, msg, Duration::from_secs(2))
-                .await
-            {
-                c.inner.store.merge(&s);
-            }
+        };
+        let id = c.next_id();
+        let msg = Message::FetchReq {
+            id,
+            sid,
+            min_version: 0,
+            wait_ms: 0,
+        };
+        c.inner.metrics.remote_fetches.inc();
+        if let Some(Message::FetchResp {
+            session: Some(s), ..
+        }) = c
+            .request(&from, &link, id, msg, Duration::from_secs(2))
+            .await
+        {
+            c.inner.store.merge(&s);
         }
     });
 }
@@ -207,7 +204,10 @@ async fn perform(c: &Cluster, peer: &str, reply_tx: Option<&ReplyTx>, effects: V
                     inner.applied.notify_waiters();
                 }
             }
-            Effect::Gap(sid) => on_gap(c, peer, sid),
+            Effect::Gap(sid) => {
+                let now = c.now_ms();
+                c.with_replica(|r| r.on_gap(now, peer, sid));
+            }
             Effect::Resolve(id, m) => c.resolve(id, peer, m),
             Effect::AeAgain { full } => c.anti_entropy_soon(peer, full),
             Effect::Repaired(n) => {

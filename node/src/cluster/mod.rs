@@ -81,6 +81,10 @@ pub(crate) struct Inner {
     pub ready: watch::Sender<bool>,
     /// Monotonic epoch of the replica's clock (ms since).
     epoch: Instant,
+    /// Wakes the replica's timer (a deadline earlier than `timer_at` was set).
+    timer: Notify,
+    /// When the replica's timer fires next (ms; `u64::MAX`: none).
+    timer_at: AtomicU64,
     /// Sessions touched since the last flush, with their new expiry.
     pub touched: Mutex<HashMap<SessionId, u64>>,
     /// Sorted live member ids (this node included); changes drive re-replication.
@@ -227,6 +231,8 @@ impl Cluster {
             waiters: AtomicUsize::new(0),
             ready,
             epoch: Instant::now(),
+            timer: Notify::new(),
+            timer_at: AtomicU64::new(u64::MAX),
             touched: Mutex::new(HashMap::new()),
             view,
             shutdown: shutdown.clone(),
@@ -264,6 +270,7 @@ impl Cluster {
         if cluster.inner.cfg.replication == ReplicationMode::Backup {
             cluster.spawn(lifecycle::rereplicate_on_view_change(cluster.clone()));
         }
+        cluster.spawn(replica_timer(cluster.clone()));
         cluster.spawn(lifecycle::join(cluster.clone(), discovery));
         Ok(cluster)
     }
@@ -338,7 +345,12 @@ impl Cluster {
                     inner.pending.lock().retain(|(_, n), _| *n != node);
                 }
                 Event::Resync(node) => self.anti_entropy_soon(&node, true),
+                Event::RepairGap { from, sid } => handle::repair_gap(self, from, sid),
             }
+        }
+        // A deadline earlier than the timer sleeps for: wake it.
+        if r.poll_timeout() < Some(inner.timer_at.load(Ordering::Relaxed)) {
+            inner.timer.notify_one();
         }
         out
     }
@@ -1178,6 +1190,30 @@ impl Cluster {
     /// say goodbye. Bounded by the drain timeout.
     pub async fn leave(&self) {
         lifecycle::leave(self.clone()).await
+    }
+}
+
+/// Runs the replica's deadlines ([`Replica::poll_timeout`], [`Replica::on_timeout`])
+/// until shutdown.
+async fn replica_timer(c: Cluster) {
+    let inner = &c.inner;
+    loop {
+        let next = inner.replica.lock().poll_timeout().unwrap_or(u64::MAX);
+        inner.timer_at.store(next, Ordering::Relaxed);
+        let sleep = async {
+            match next {
+                u64::MAX => std::future::pending().await,
+                ms => tokio::time::sleep_until((inner.epoch + Duration::from_millis(ms)).into()).await,
+            }
+        };
+        tokio::select! {
+            _ = sleep => {
+                let now = c.now_ms();
+                c.with_replica(|r| r.on_timeout(now));
+            }
+            _ = inner.timer.notified() => {}
+            _ = inner.shutdown.cancelled() => return,
+        }
     }
 }
 

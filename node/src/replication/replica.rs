@@ -94,7 +94,19 @@ pub enum Event {
     PeerFailed(String),
     /// `node` was (re)admitted: compare everything with it soon (full anti-entropy).
     Resync(String),
+    /// A delta from `from` left a hole in `sid` [`GAP_RETRY_MS`] ago: if the session is
+    /// still behind, fetch it whole from `from` (`FetchReq`, no wait) and merge it.
+    RepairGap {
+        /// The delta's sender.
+        from: String,
+        /// The session.
+        sid: SessionId,
+    },
 }
+
+/// How long a gap may stay before the session is fetched from the delta's sender (ms):
+/// deltas on different links may simply be reordered, so look again shortly first.
+pub const GAP_RETRY_MS: u64 = 200;
 
 /// The outcome of [`Replica::peer_up`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -125,6 +137,8 @@ pub struct Replica {
     left: HashSet<(String, u64)>,
     view: Vec<String>,
     syncs: HashMap<u64, SyncWait>,
+    /// Gaps to look at again: (sender, session) → when.
+    gaps: BTreeMap<(String, SessionId), u64>,
     events: VecDeque<Event>,
     joined: bool,
     draining: bool,
@@ -140,6 +154,7 @@ impl Replica {
             members: BTreeMap::new(),
             left: HashSet::new(),
             syncs: HashMap::new(),
+            gaps: BTreeMap::new(),
             events: VecDeque::new(),
             joined: false,
             draining: false,
@@ -233,6 +248,8 @@ impl Replica {
 
     fn peer_failed(&mut self, node: &str) {
         self.events.push_back(Event::PeerFailed(node.to_string()));
+        // Its gaps are anti-entropy's to repair once it is back.
+        self.gaps.retain(|(from, _), _| from != node);
         let ids: Vec<u64> = self
             .syncs
             .iter()
@@ -406,8 +423,28 @@ impl Replica {
         self.syncs.get(&id).is_some_and(|w| w.waiting.contains(node))
     }
 
-    /// Time passed: sync writes past their deadline end with the acks they have.
+    /// A delta from `from` left a hole in `sid` at `now` (ms): look again in
+    /// [`GAP_RETRY_MS`] ([`Event::RepairGap`]). Bounded: one entry per (sender, session).
+    pub fn on_gap(&mut self, now: u64, from: &str, sid: SessionId) {
+        self.gaps
+            .entry((from.to_string(), sid))
+            .or_insert(now + GAP_RETRY_MS);
+    }
+
+    /// Time passed: sync writes past their deadline end with the acks they have; gaps
+    /// due are handed to the driver.
     pub fn on_timeout(&mut self, now: u64) {
+        let due: Vec<(String, SessionId)> = self
+            .gaps
+            .iter()
+            .filter(|(_, at)| **at <= now)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in due {
+            self.gaps.remove(&key);
+            let (from, sid) = key;
+            self.events.push_back(Event::RepairGap { from, sid });
+        }
         let due: Vec<u64> = self
             .syncs
             .iter()
@@ -426,7 +463,9 @@ impl Replica {
 
     /// The earliest deadline (ms) at which [`Replica::on_timeout`] has something to do.
     pub fn poll_timeout(&self) -> Option<u64> {
-        self.syncs.values().map(|w| w.deadline).min()
+        let sync = self.syncs.values().map(|w| w.deadline).min();
+        let gap = self.gaps.values().copied().min();
+        sync.into_iter().chain(gap).min()
     }
 
     fn settle(&mut self, id: u64, timeout: bool) {
@@ -590,6 +629,32 @@ mod tests {
         r.peer_suspect("c", 11);
         assert!(!r.has_quorum());
         assert!(!r.is_ready());
+    }
+
+    #[test]
+    fn a_gap_is_repaired_from_its_sender_after_the_retry_delay_unless_it_failed() {
+        let mut r = replica(0);
+        r.peer_up("b", 1, addr(2), true, 10);
+        r.peer_up("c", 1, addr(3), true, 11);
+        events(&mut r);
+        r.on_gap(1_000, "b", 5);
+        r.on_gap(1_100, "b", 5);
+        r.on_gap(1_000, "c", 6);
+        assert_eq!(r.poll_timeout(), Some(1_000 + GAP_RETRY_MS));
+        r.on_timeout(1_000 + GAP_RETRY_MS - 1);
+        assert!(events(&mut r).is_empty(), "reordered deltas get time to arrive");
+        r.peer_suspect("c", 11);
+        events(&mut r);
+        r.on_timeout(1_000 + GAP_RETRY_MS);
+        assert_eq!(
+            events(&mut r),
+            vec![Event::RepairGap {
+                from: "b".into(),
+                sid: 5
+            }],
+            "one fetch per gap; none from a suspected sender"
+        );
+        assert_eq!(r.poll_timeout(), None);
     }
 
     #[test]

@@ -40,7 +40,7 @@ use bytes::Bytes;
 use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
 
-use super::apply::{self, Effect, Handled};
+use super::apply::{self, Effect, ForDriver, Handled};
 use super::replica::{Admission, Event, Replica, ReplicaConfig};
 use super::liveness::Liveness;
 use super::{antientropy, write};
@@ -336,6 +336,20 @@ impl Sim {
             match e {
                 Event::ViewChanged(_) | Event::PeerFailed(_) => {}
                 Event::Resync(peer) => node.ae.kick(index_of(&peer), true),
+                Event::RepairGap { from, sid } => {
+                    // As the driver: still behind? Fetch the whole session from the sender.
+                    if node.store.with(sid, |s| s.has_gap()).unwrap_or(false) {
+                        let id = node.next_id;
+                        node.next_id += 1;
+                        let msg = Message::FetchReq {
+                            id,
+                            sid,
+                            min_version: 0,
+                            wait_ms: 0,
+                        };
+                        self.send(i, index_of(&from), msg, true);
+                    }
+                }
                 Event::SyncDone(done) => {
                     let Some(p) = node.pending.remove(&done.id) else {
                         continue;
@@ -502,12 +516,32 @@ impl Sim {
         let msg = Message::decode_body_at(m.ty, &m.body, node.secs(now))
             .expect("the codec decodes what it encoded");
         let handled = apply::on_message(&node.store, &node.metrics, msg, node.secs(now), &|_| true);
-        let Handled::Effects(effects) = handled else {
-            return;
+        let effects = match handled {
+            Handled::Effects(effects) => effects,
+            Handled::Driver(ForDriver::FetchReq { id, sid, .. }) => {
+                // Gap repair asks without waiting (`wait_ms` 0): answered at once.
+                let session = node.store.state(sid);
+                self.send(to, from, Message::FetchResp { id, session }, true);
+                return;
+            }
+            Handled::Driver(
+                ForDriver::Forward { .. }
+                | ForDriver::StateReq { .. }
+                | ForDriver::Barrier { .. }
+                | ForDriver::Leaving
+                | ForDriver::LateHello,
+            ) => unreachable!("the simulation sends none of these"),
         };
         for e in effects {
             match e {
                 Effect::Reply(msg) | Effect::Send(msg) => self.send(to, from, msg, true),
+                Effect::Resolve(_, Message::FetchResp { session, .. }) => {
+                    if let Some(s) = session {
+                        let node = self.nodes[to].as_ref().unwrap();
+                        node.store.merge_at(&s, node.secs(now));
+                        // (Applied: wakes read-your-writes waiters in the driver.)
+                    }
+                }
                 Effect::Resolve(id, _) => {
                     let node = self.nodes[to].as_mut().unwrap();
                     let peer = format!("n{from}");
@@ -532,8 +566,11 @@ impl Sim {
                 Effect::AeAgain { full } => {
                     self.nodes[to].as_mut().unwrap().ae.kick(from, full);
                 }
-                // The driver fetches the whole session from the delta's sender.
-                Effect::Gap(sid) => self.send(to, from, Message::AePull { sids: vec![sid] }, true),
+                // The replica looks again shortly, then the session is fetched whole.
+                Effect::Gap(sid) => {
+                    let node = self.nodes[to].as_mut().unwrap();
+                    node.replica.on_gap(now, &format!("n{from}"), sid);
+                }
                 Effect::Applied | Effect::Repaired(_) => {}
             }
         }
