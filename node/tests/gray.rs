@@ -1136,7 +1136,7 @@ async fn cut_node_killed_before_heal(min_members: Option<u32>) {
     .await;
     let alone_at = cut + alone.unwrap_or(Duration::from_secs(10));
     tokio::time::sleep(Duration::from_secs(2)).await; // n3 alone, taking writes
-    // The writers stop first, so that every write n3 acknowledged is in its count.
+                                                      // The writers stop first, so that every write n3 acknowledged is in its count.
     let writers = load.stop().await;
     let alone_counted = lab
         .node(2)

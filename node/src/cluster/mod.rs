@@ -245,12 +245,13 @@ impl Cluster {
         });
         let cluster = Cluster { inner };
         if let Some(p) = &cluster.inner.persistence {
-            *cluster.inner.flusher.lock() = Some(cluster.inner.tasks.spawn(crate::persist::flusher::run(
-                cluster.inner.store.clone(),
-                p.clone(),
-                cluster.inner.metrics.clone(),
-                shutdown.clone(),
-            )));
+            *cluster.inner.flusher.lock() =
+                Some(cluster.inner.tasks.spawn(crate::persist::flusher::run(
+                    cluster.inner.store.clone(),
+                    p.clone(),
+                    cluster.inner.metrics.clone(),
+                    shutdown.clone(),
+                )));
         }
         cluster.spawn(net::accept_loop(cluster.clone(), listener));
         let discovery = Arc::new(
@@ -1203,7 +1204,9 @@ async fn replica_timer(c: Cluster) {
         let sleep = async {
             match next {
                 u64::MAX => std::future::pending().await,
-                ms => tokio::time::sleep_until((inner.epoch + Duration::from_millis(ms)).into()).await,
+                ms => {
+                    tokio::time::sleep_until((inner.epoch + Duration::from_millis(ms)).into()).await
+                }
             }
         };
         tokio::select! {

@@ -12,10 +12,10 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::{handle, Cluster, MemberState};
-use crate::replication::replica::{Admission, LinkId};
 use crate::membership::Discovery;
 use crate::metrics::Metrics;
 use crate::replication::liveness::Liveness;
+use crate::replication::replica::{Admission, LinkId};
 use crate::transport::{self, HandshakeError, Reader, Writer};
 use crate::wire::{Hello, Message, Outgoing};
 
@@ -106,7 +106,13 @@ pub(crate) fn ensure_link(c: &Cluster, addr: SocketAddr, wanted: bool) -> Option
 /// Admits the peer on `link` (false: that incarnation said goodbye).
 fn admit(c: &Cluster, peer: &Hello, link: &Arc<Link>) -> bool {
     let admission = c.with_replica(|r| {
-        r.peer_up(&peer.node_id, peer.incarnation, peer.addr, peer.ready, link.id)
+        r.peer_up(
+            &peer.node_id,
+            peer.incarnation,
+            peer.addr,
+            peer.ready,
+            link.id,
+        )
     });
     match admission {
         Admission::Admitted { new: true, .. } => {
@@ -385,9 +391,9 @@ async fn inbound(
     };
     let (left, known) = {
         let r = inner.replica.lock();
-        let known = r.member(&peer.node_id).is_some_and(|m| {
-            m.incarnation == peer.incarnation && m.state == MemberState::Alive
-        });
+        let known = r
+            .member(&peer.node_id)
+            .is_some_and(|m| m.incarnation == peer.incarnation && m.state == MemberState::Alive);
         (r.has_left(&peer.node_id, peer.incarnation), known)
     };
     if left {

@@ -518,9 +518,15 @@ mod tests {
             "127.0.0.1:4001,10.0.0.1:4000,localhost:4002",
         ]);
         let shutdown = CancellationToken::new();
-        let d = start(&c, me(), ClusterKey::insecure(), shutdown.clone(), &Default::default())
-            .await
-            .unwrap();
+        let d = start(
+            &c,
+            me(),
+            ClusterKey::insecure(),
+            shutdown.clone(),
+            &Default::default(),
+        )
+        .await
+        .unwrap();
         tokio::time::timeout(std::time::Duration::from_secs(5), d.initial_round())
             .await
             .expect("first round");

@@ -420,7 +420,9 @@ impl Replica {
 
     /// Whether the sync write `id` still waits for `node`'s ack (an ack from it now counts).
     pub fn waiting_for(&self, id: u64, node: &str) -> bool {
-        self.syncs.get(&id).is_some_and(|w| w.waiting.contains(node))
+        self.syncs
+            .get(&id)
+            .is_some_and(|w| w.waiting.contains(node))
     }
 
     /// A delta from `from` left a hole in `sid` at `now` (ms): look again in
@@ -642,7 +644,10 @@ mod tests {
         r.on_gap(1_000, "c", 6);
         assert_eq!(r.poll_timeout(), Some(1_000 + GAP_RETRY_MS));
         r.on_timeout(1_000 + GAP_RETRY_MS - 1);
-        assert!(events(&mut r).is_empty(), "reordered deltas get time to arrive");
+        assert!(
+            events(&mut r).is_empty(),
+            "reordered deltas get time to arrive"
+        );
         r.peer_suspect("c", 11);
         events(&mut r);
         r.on_timeout(1_000 + GAP_RETRY_MS);

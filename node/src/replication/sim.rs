@@ -1,8 +1,9 @@
 //! Deterministic simulation of the replication core under faults.
 //!
 //! A seeded schedule drives N replicas — each a real [`Store`] handled by the real
-//! [`apply::on_message`], [`Liveness`], [`antientropy`], [`write::local_write`] and
-//! [`acks::SyncWrite`](super::acks::SyncWrite), with messages encoded and decoded by the real wire codec on each
+//! [`apply::on_message`], [`Liveness`], [`antientropy`], [`write::local_write`] and the
+//! production [`Replica`] (member table, view, quorum, sync-ack verdicts and deadlines, gap
+//! repair), with messages encoded and decoded by the real wire codec on each
 //! node's own (skewed) clock — through message delay, reordering, duplication, silent
 //! cuts (partitions), frozen processes, crashes with restarts (memory lost, new origin),
 //! and clock skew. No sockets, no tasks, no wall clock: one seed, one run, replayable.
@@ -17,7 +18,8 @@
 //! both ways and starts a full anti-entropy round on both sides, as `cluster/net.rs` does.
 //! A restarted node takes a state transfer (every session, in `Put` chunks) from the first
 //! joined member it reaches and takes client writes only once it arrived; a delta that
-//! leaves a gap makes the receiver pull the whole session from its sender.
+//! leaves a gap goes to the replica, which asks 200 ms later for the whole session from
+//! its sender (`FetchReq`) if the gap is still there, as in production.
 //!
 //! The checker:
 //! - **sync acks are honest**: when a sync write is acknowledged, at least `min_members`
@@ -26,13 +28,16 @@
 //! - **no acknowledged write is lost**: after the faults stop and the cluster quiesces,
 //!   every replica holds every acknowledged write, except a write whose every holder
 //!   crashed before it spread (tracked exactly: at each crash, a write no live store
-//!   holds and no message in flight to a live node carries is lost, and counted — in
-//!   sync mode that needs every one of its `min_members`+ holders to crash);
+//!   holds and no message in flight to a live node carries is lost, and counted);
+//! - **lost ⊆ acknowledged alone by the dead**: each lost write had every one of its
+//!   ack-time holders (the writer and the peers whose acks the `Replica` counted) crash
+//!   since — so when one node dies, only what it acknowledged alone dies with it;
 //! - **replicas converge**: every replica holds byte-identical sessions (equal
 //!   fingerprints), and none expired although clocks disagree by hours.
 //!
-//! `cargo test` runs a fixed set of seeds; `tribe-sim --seeds N` (the `node/examples`
-//! runner) runs many more and prints the seed of any failure.
+//! `cargo test` runs 16 seeds per scenario (`TRIBE_SIM_SEEDS=N`: N) and prints one line
+//! per scenario and the message-type coverage; the `simulate` example runs many more and
+//! prints the seed of any failure.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -41,8 +46,8 @@ use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
 
 use super::apply::{self, Effect, ForDriver, Handled};
-use super::replica::{Admission, Event, Replica, ReplicaConfig};
 use super::liveness::Liveness;
+use super::replica::{Admission, Event, Replica, ReplicaConfig};
 use super::{antientropy, write};
 use crate::metrics::Metrics;
 use crate::store::Store;
@@ -319,7 +324,9 @@ impl Sim {
         let (inc, ready) = (nb.incarnation as u64, nb.replica.joined());
         let na = self.nodes[a].as_mut().unwrap();
         na.links.insert(b, Some(Liveness::new(now, timeout, true)));
-        let admitted = na.replica.peer_up(&format!("n{b}"), inc, addr_of(b), ready, b as u64);
+        let admitted = na
+            .replica
+            .peer_up(&format!("n{b}"), inc, addr_of(b), ready, b as u64);
         assert!(matches!(admitted, Admission::Admitted { .. }));
         self.replica_events(a);
     }
