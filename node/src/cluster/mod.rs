@@ -34,6 +34,8 @@ mod antientropy;
 mod handle;
 mod lifecycle;
 mod net;
+#[cfg(test)]
+mod tests;
 
 pub use net::Link;
 
