@@ -124,7 +124,7 @@ impl Node {
             cancel.clone(),
         )
         .await?;
-        if let Some(d) = cluster.inner.discovery.lock().as_ref() {
+        if let Some(d) = cluster.discovery() {
             registry.register_collector(Box::new(d.stats.clone()));
         }
         tracing::info!(

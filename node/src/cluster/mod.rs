@@ -55,32 +55,34 @@ pub use tribe_api::{ClusterView, MemberState, MemberView};
 pub use replication::replica::Member;
 use replication::replica::{Event, Replica, ReplicaConfig, SyncDone};
 
+/// The driver's state. Private to `cluster/` except the keys and the shutdown token
+/// (`keyring.rs` still implements key status on `Cluster`).
 pub(crate) struct Inner {
-    pub cfg: Config,
-    pub me: SelfInfo,
-    pub origin: u32,
-    pub key: crate::keyring::Keys,
-    pub store: Arc<Store>,
+    cfg: Config,
+    me: SelfInfo,
+    origin: u32,
+    pub(crate) key: crate::keyring::Keys,
+    store: Arc<Store>,
     /// `--data-dir`: the backend and how writes wait for it.
-    pub persistence: Option<crate::persist::Persistence>,
+    persistence: Option<crate::persist::Persistence>,
     /// The flusher, awaited at shutdown (its last flush).
-    pub flusher: Mutex<Option<tokio::task::JoinHandle<()>>>,
-    pub metrics: Arc<Metrics>,
+    flusher: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    metrics: Arc<Metrics>,
     /// The member table, view, readiness and sync-ack decisions (one lock; never held
     /// across an await). Lock order: `replica`, then `syncs` / `pending` / `links`.
     replica: Mutex<Replica>,
     /// Outbound links by address.
-    pub links: Mutex<HashMap<SocketAddr, Arc<Link>>>,
+    links: Mutex<HashMap<SocketAddr, Arc<Link>>>,
     /// Outstanding requests: (request id, node id) → waiter.
-    pub pending: Mutex<HashMap<(u64, String), oneshot::Sender<Message>>>,
+    pending: Mutex<HashMap<(u64, String), oneshot::Sender<Message>>>,
     /// Sync writes waiting for the replica's verdict: ack id → waiter.
     syncs: Mutex<HashMap<u64, oneshot::Sender<SyncDone>>>,
-    pub next_id: AtomicU64,
+    next_id: AtomicU64,
     /// Notified whenever a remote change is applied (read-your-writes waiters).
-    pub applied: Notify,
-    pub waiters: AtomicUsize,
+    applied: Notify,
+    waiters: AtomicUsize,
     /// Mirrors the replica's join (async waiters subscribe).
-    pub ready: watch::Sender<bool>,
+    ready: watch::Sender<bool>,
     /// Monotonic epoch of the replica's clock (ms since).
     epoch: Instant,
     /// Wakes the replica's timer (a deadline earlier than `timer_at` was set).
@@ -88,20 +90,20 @@ pub(crate) struct Inner {
     /// When the replica's timer fires next (ms; `u64::MAX`: none).
     timer_at: AtomicU64,
     /// Sessions touched since the last flush, with their new expiry.
-    pub touched: Mutex<HashMap<SessionId, u64>>,
+    touched: Mutex<HashMap<SessionId, u64>>,
     /// Sorted live member ids (this node included); changes drive re-replication.
-    pub view: watch::Sender<Vec<String>>,
-    pub shutdown: CancellationToken,
+    view: watch::Sender<Vec<String>>,
+    pub(crate) shutdown: CancellationToken,
     /// Open inbound connections by peer node id (join waits for every member's).
-    pub inbound: Mutex<HashMap<String, usize>>,
-    pub discovery: Mutex<Option<Arc<Discovery>>>,
+    inbound: Mutex<HashMap<String, usize>>,
+    discovery: Mutex<Option<Arc<Discovery>>>,
     /// Members to run an anti-entropy round with soon.
-    pub ae_kick: mpsc::Sender<antientropy::Kick>,
+    ae_kick: mpsc::Sender<antientropy::Kick>,
     /// Fetches from peers in flight at once (a client's cookies can make a node ask its
     /// peers; this bounds how much of that runs at the same time).
-    pub fetches: tokio::sync::Semaphore,
+    fetches: tokio::sync::Semaphore,
     /// Every task this node spawns; shutdown waits for them (bounded).
-    pub tasks: tokio_util::task::TaskTracker,
+    tasks: tokio_util::task::TaskTracker,
 }
 
 /// A running cluster node. Cheap to clone.

@@ -266,7 +266,7 @@ impl Keys {
     /// this node is an owner of or has cached), as (scan position, name, type).
     fn local_keys(&self, mut keep: impl FnMut(&[u8], &'static str) -> bool) -> Vec<(u64, Bytes)> {
         let now = now_ms();
-        let store = &self.cluster.inner.store;
+        let store = &self.cluster.store();
         let mut out = Vec::new();
         for sid in store.ids() {
             let found = store.with(sid, |s| {
