@@ -98,6 +98,8 @@ pub struct Metrics {
     pub resident_memory_bytes: Gauge,
     /// The memory limit of the node's cgroup, bytes; 0 when unlimited or unknown.
     pub memory_limit_bytes: Gauge,
+    /// Redis endpoint: `AUTH` (or `HELLO ... AUTH`) attempts with a wrong password.
+    pub resp_auth_failures: Counter,
     /// Persistence (`--data-dir`).
     pub persist: PersistMetrics,
 }
@@ -242,6 +244,7 @@ impl Metrics {
             ready: Gauge::default(),
             resident_memory_bytes: Gauge::default(),
             memory_limit_bytes: Gauge::default(),
+            resp_auth_failures: Counter::default(),
             persist: PersistMetrics::new(),
         };
         let r = registry.sub_registry_with_prefix("tribe");
@@ -321,6 +324,11 @@ impl Metrics {
             "sync_writes_acknowledged_alone",
             "Sync writes acknowledged while only this node held them (no peer acked)",
             m.sync_writes_alone.clone(),
+        );
+        r.register(
+            "resp_auth_failures",
+            "Redis endpoint: AUTH attempts with a wrong password",
+            m.resp_auth_failures.clone(),
         );
         r.register(
             "consistency_waits",

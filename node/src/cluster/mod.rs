@@ -370,6 +370,11 @@ impl Cluster {
         self.inner.replica.lock().joined()
     }
 
+    /// Whether the node is shutting down (draining or leaving): not ready again.
+    pub fn stopping(&self) -> bool {
+        self.inner.replica.lock().stopping()
+    }
+
     /// Whether the node is leaving.
     pub(crate) fn leaving(&self) -> bool {
         self.inner.replica.lock().leaving()

@@ -370,6 +370,11 @@ impl Replica {
         self.leaving
     }
 
+    /// Whether it is shutting down (draining or leaving): it will not be ready again.
+    pub fn stopping(&self) -> bool {
+        self.draining || self.leaving
+    }
+
     /// Whether the node may report ready: joined, not draining or leaving, with quorum.
     pub fn is_ready(&self) -> bool {
         self.joined && !self.leaving && !self.draining && self.has_quorum()
