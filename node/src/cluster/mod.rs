@@ -353,8 +353,11 @@ impl Cluster {
                 Event::RepairGap { from, sid } => handle::repair_gap(self, from, sid),
             }
         }
-        // A deadline earlier than the timer sleeps for: wake it.
-        if r.poll_timeout() < Some(inner.timer_at.load(Ordering::Relaxed)) {
+        // A deadline earlier than the timer sleeps for: wake it (only then: this runs for
+        // every write and ack).
+        if r.poll_timeout()
+            .is_some_and(|t| t < inner.timer_at.load(Ordering::Relaxed))
+        {
             inner.timer.notify_one();
         }
         out
@@ -1208,8 +1211,14 @@ impl Cluster {
 async fn replica_timer(c: Cluster) {
     let inner = &c.inner;
     loop {
-        let next = inner.replica.lock().poll_timeout().unwrap_or(u64::MAX);
-        inner.timer_at.store(next, Ordering::Relaxed);
+        // Read and published under the replica's lock, which `with_replica` compares
+        // new deadlines against (a permit left by `notify_one` is not lost).
+        let next = {
+            let r = inner.replica.lock();
+            let next = r.poll_timeout().unwrap_or(u64::MAX);
+            inner.timer_at.store(next, Ordering::Relaxed);
+            next
+        };
         let sleep = async {
             match next {
                 u64::MAX => std::future::pending().await,
