@@ -54,6 +54,8 @@ pub mod config;
 pub mod node;
 
 #[doc(hidden)]
+pub mod admission;
+#[doc(hidden)]
 pub mod cluster;
 #[doc(hidden)]
 pub mod crypto;
@@ -72,6 +74,8 @@ pub mod ownership;
 #[doc(hidden)]
 pub mod persist;
 #[doc(hidden)]
+pub mod reachability;
+#[doc(hidden)]
 pub mod replication;
 #[doc(hidden)]
 pub mod resp;
@@ -83,6 +87,8 @@ pub mod session_store;
 pub mod store;
 #[doc(hidden)]
 pub mod transport;
+#[doc(hidden)]
+pub mod warn_limit;
 #[doc(hidden)]
 pub mod wire;
 

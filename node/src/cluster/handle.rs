@@ -27,12 +27,23 @@ async fn reply(tx: Option<&ReplyTx>, msg: Message) {
 
 /// The replica's gap retry is due ([`crate::replication::replica::Event::RepairGap`]): if
 /// the session is still behind, fetch it whole from the delta's sender and merge it.
+/// Bounded (see `gaps`): one fetch per session at a time, [`super::gaps::MAX_GAP_REPAIRS`]
+/// at once; past that, anti-entropy with the sender repairs it.
 pub(crate) fn repair_gap(c: &Cluster, from: String, sid: SessionId) {
     if c.inner.store.with(sid, |s| !s.has_gap()).unwrap_or(true) {
         return;
     }
+    let repair = match c.inner.gaps.start(sid) {
+        Ok(r) => r,
+        Err(super::gaps::NoRepair::Running) => return,
+        Err(super::gaps::NoRepair::Busy) => {
+            c.anti_entropy_soon(&from, false);
+            return;
+        }
+    };
     let c = c.clone();
     c.clone().spawn(async move {
+        let _repair = repair;
         let Some(link) = c.link_of(&from) else {
             return;
         };

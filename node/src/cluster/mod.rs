@@ -31,6 +31,7 @@ use crate::store::{unix_now, Session, Store};
 use crate::wire::{Delta, Hello, Message, Outgoing, SessionId, SessionState};
 
 mod antientropy;
+mod gaps;
 mod handle;
 mod lifecycle;
 mod net;
@@ -104,6 +105,12 @@ pub(crate) struct Inner {
     fetches: tokio::sync::Semaphore,
     /// Every task this node spawns; shutdown waits for them (bounded).
     tasks: tokio_util::task::TaskTracker,
+    /// Peers reached over TCP whose handshakes fail (readiness, `/cluster`).
+    pub(crate) reach: crate::reachability::Reachability,
+    /// Rate limit of the WARN lines strangers can cause.
+    pub(crate) warns: crate::warn_limit::WarnLimiter,
+    /// Delta-gap repairs running (bounded).
+    gaps: Arc<gaps::GapRepairs>,
 }
 
 /// A running cluster node. Cheap to clone.
@@ -245,6 +252,9 @@ impl Cluster {
             ae_kick,
             fetches: tokio::sync::Semaphore::new(MAX_FETCHES),
             tasks: tokio_util::task::TaskTracker::new(),
+            reach: Default::default(),
+            warns: Default::default(),
+            gaps: gaps::GapRepairs::new(gaps::MAX_GAP_REPAIRS),
             cfg,
         });
         let cluster = Cluster { inner };
@@ -316,7 +326,29 @@ impl Cluster {
 
     /// Whether the node has joined and received its state.
     pub fn is_ready(&self) -> bool {
-        self.inner.replica.lock().is_ready() && !self.isolated_by_key()
+        self.not_ready_reason().is_none()
+    }
+
+    /// Why the node is not ready (`None` when it is).
+    pub fn not_ready_reason(&self) -> Option<tribe_api::NotReadyReason> {
+        use tribe_api::NotReadyReason as Why;
+        let (stopping, joined, quorum) = {
+            let r = self.inner.replica.lock();
+            (r.stopping(), r.joined(), r.has_quorum())
+        };
+        if stopping {
+            return Some(Why::ShuttingDown);
+        }
+        if let Some(why) = self.isolation() {
+            return Some(why);
+        }
+        if !joined {
+            return Some(Why::Joining);
+        }
+        if !quorum {
+            return Some(Why::TooFewMembers);
+        }
+        None
     }
 
     /// Reports not ready from now on, while still serving and replicating (the first step
@@ -417,6 +449,7 @@ impl Cluster {
             addr: self.inner.me.advertise,
             nonce: [0; 16],
             ready: self.joined(),
+            versions: crate::wire::Versions::local(),
         }
     }
 
@@ -1107,7 +1140,8 @@ impl Cluster {
             .collect();
         // Read `ready` before counting: counted first, a join finishing in between gives a
         // document that says ready with the sessions of a transfer still in progress.
-        let ready = self.is_ready();
+        let not_ready_reason = self.not_ready_reason();
+        let ready = not_ready_reason.is_none();
         let (primary, backup, _cached, live) = self.role_counts();
         ClusterView {
             node: inner.me.node_id.clone(),
@@ -1124,6 +1158,19 @@ impl Cluster {
             members,
             keys: self.key_status().0,
             refusing_peers: self.key_status().1.iter().map(|a| a.to_string()).collect(),
+            peer_problems: inner
+                .reach
+                .problems()
+                .into_iter()
+                .map(|(addr, p)| tribe_api::PeerProblem {
+                    addr: addr.to_string(),
+                    reason: p.reason().to_string(),
+                    detail: p.detail(),
+                })
+                .collect(),
+            protocol_min: crate::wire::Versions::local().min,
+            protocol_max: crate::wire::Versions::local().max,
+            not_ready_reason,
         }
     }
 

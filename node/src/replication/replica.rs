@@ -108,6 +108,9 @@ pub enum Event {
 /// deltas on different links may simply be reordered, so look again shortly first.
 pub const GAP_RETRY_MS: u64 = 200;
 
+/// Gaps waiting for their retry, at most (more are left to anti-entropy).
+pub const MAX_GAPS_WAITING: usize = 1024;
+
 /// The outcome of [`Replica::peer_up`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Admission {
@@ -433,6 +436,10 @@ impl Replica {
     /// A delta from `from` left a hole in `sid` at `now` (ms): look again in
     /// [`GAP_RETRY_MS`] ([`Event::RepairGap`]). Bounded: one entry per (sender, session).
     pub fn on_gap(&mut self, now: u64, from: &str, sid: SessionId) {
+        // A peer can send gapped deltas at any rate: past the bound, anti-entropy repairs.
+        if self.gaps.len() >= MAX_GAPS_WAITING {
+            return;
+        }
         self.gaps
             .entry((from.to_string(), sid))
             .or_insert(now + GAP_RETRY_MS);
