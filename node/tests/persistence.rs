@@ -474,3 +474,26 @@ async fn a_cluster_restarted_under_new_names_finds_every_session_in_postgres() {
     wait_formed(&mut nodes).await;
     assert_restored(&nodes, &ids).await;
 }
+
+/// A node whose `--postgres-url` (no `sslmode`) points at a server that declines TLS
+/// exits at start with the reason, never printing the password, and sends the server
+/// nothing after asking for TLS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_refuses_a_database_that_declines_tls() {
+    let fake = support::postgres::DecliningTls::start();
+    let url = format!("postgres://app:s3cret@{}/shop?connect_timeout=2", fake.addr);
+    let mut node = Node::spawn("n1", Addrs::loopback(), None, &["--postgres-url", &url]);
+    assert!(
+        !node.wait_exit(Duration::from_secs(20)).await,
+        "the node must exit with an error"
+    );
+    let log = node.log();
+    assert!(log.contains("does not support TLS"), "{log}");
+    assert!(log.contains("sslmode=disable"), "{log}");
+    assert!(
+        !log.contains("s3cret"),
+        "the password leaked into the log:\n{log}"
+    );
+    assert!(fake.ssl_requests() >= 1);
+    assert!(fake.received_after_ssl_request().is_empty());
+}

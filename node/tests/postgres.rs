@@ -137,3 +137,34 @@ fn unreadable_rows_are_reported_as_corrupt() {
     assert!(matches!(e, BackendError::Corrupt(_)), "{e}");
     assert!(e.to_string().contains("2 bytes"), "{e}");
 }
+
+/// A server that declines TLS (a plaintext server, or anyone in the path) is refused
+/// when the URL does not say `sslmode=disable`: the client sends nothing after its
+/// SSLRequest (no startup message, no password), and the error says why without the
+/// password.
+#[test]
+fn a_server_that_declines_tls_is_refused_before_the_password() {
+    let fake = support::postgres::DecliningTls::start();
+    let url = format!("postgres://app:s3cret@{}/shop?connect_timeout=2", fake.addr);
+    let e = Postgres::connect(&url, "c", "n").unwrap_err();
+    let msg = e.to_string();
+    assert!(msg.contains("does not support TLS"), "{msg}");
+    assert!(
+        msg.contains("sslmode=require") && msg.contains("sslmode=disable"),
+        "{msg}"
+    );
+    assert!(!msg.contains("s3cret"), "{msg}");
+    assert!(fake.ssl_requests() >= 1, "the client asked for TLS");
+    let sent = fake.received_after_ssl_request();
+    assert!(
+        sent.is_empty(),
+        "nothing may follow a declined SSLRequest, got {:?}",
+        String::from_utf8_lossy(&sent)
+    );
+
+    // `sslmode=prefer` would fall back to the clear: refused before dialling.
+    let e = Postgres::connect(&format!("{url}&sslmode=prefer"), "c", "n").unwrap_err();
+    assert!(e.to_string().contains("sslmode=prefer"), "{e}");
+    assert!(!e.to_string().contains("s3cret"), "{e}");
+    assert!(fake.received_after_ssl_request().is_empty());
+}

@@ -22,6 +22,7 @@
 pub mod dirty;
 pub mod embedded;
 pub mod flusher;
+pub mod pg_tls;
 pub mod postgres;
 pub mod record;
 #[cfg(test)]

@@ -180,3 +180,95 @@ impl Drop for Postgres {
         self.stop();
     }
 }
+
+/// A server that declines TLS, as a plaintext PostgreSQL (or anyone in the path) does: it
+/// answers `N` to the client's SSLRequest and, if the client goes on in the clear, asks
+/// for a cleartext password (AuthenticationCleartextPassword). It records every byte a
+/// client sends after its SSLRequest, so a test can assert that nothing (no startup
+/// message, no password) followed.
+pub struct DecliningTls {
+    /// `127.0.0.1:PORT`.
+    pub addr: std::net::SocketAddr,
+    /// Bytes received after the SSLRequest, all connections together.
+    after_ssl_request: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    /// Connections that sent an SSLRequest.
+    ssl_requests: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl DecliningTls {
+    /// Listens on a free loopback port until dropped.
+    pub fn start() -> DecliningTls {
+        use std::io::{Read, Write};
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let after = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let requests = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (a, r, s) = (after.clone(), requests.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            while !s.load(Ordering::SeqCst) {
+                let Ok((mut conn, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(20));
+                    continue;
+                };
+                conn.set_nonblocking(false).unwrap();
+                conn.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+                let mut head = [0u8; 8];
+                if conn.read_exact(&mut head).is_err() {
+                    continue;
+                }
+                // SSLRequest: length 8, code 80877103.
+                if head != [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f] {
+                    a.lock().unwrap().extend_from_slice(&head);
+                    continue;
+                }
+                r.fetch_add(1, Ordering::SeqCst);
+                let _ = conn.write_all(b"N");
+                // A client that goes on in the clear sends its startup message: ask it
+                // for a cleartext password and keep whatever comes.
+                let mut buf = [0u8; 4096];
+                let mut asked = false;
+                while let Ok(n) = conn.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    a.lock().unwrap().extend_from_slice(&buf[..n]);
+                    if !asked {
+                        asked = true;
+                        let _ = conn.write_all(&[b'R', 0, 0, 0, 8, 0, 0, 0, 3]);
+                    }
+                }
+            }
+        });
+        DecliningTls {
+            addr,
+            after_ssl_request: after,
+            ssl_requests: requests,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Everything clients sent after their SSLRequest.
+    pub fn received_after_ssl_request(&self) -> Vec<u8> {
+        self.after_ssl_request.lock().unwrap().clone()
+    }
+
+    /// How many connections asked for TLS.
+    pub fn ssl_requests(&self) -> usize {
+        self.ssl_requests.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for DecliningTls {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
