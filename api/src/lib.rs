@@ -5,13 +5,15 @@
 //! - [`ReplicationMode`], [`SendMode`], [`MembershipMode`], [`SessionAdapter`], [`Durability`] — the mode values, with their
 //!   spelling on the command line, in environment variables and in JSON;
 //! - [`env`](mod@env) — the names of the `TRIBE_*` environment variables a node reads;
-//! - [`ports`] — the default ports.
+//! - [`ports`] — the default ports;
+//! - [`admin_token`] — the scoped, expiring credential of a node's session endpoints.
 //!
 //! Dependency-light on purpose (serde only; JSON Schema behind the `schemars` feature):
 //! both a node and an operator link it.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod admin_token;
 pub mod env;
 mod modes;
 pub mod ports;

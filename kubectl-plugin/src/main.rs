@@ -185,7 +185,7 @@ async fn sessions(
         None => t.pod_names(),
     };
     // Without the key there is nothing to ask any node: say so at once.
-    t.token().await?;
+    t.key().await?;
     let mut per_pod = vec![];
     let mut warnings = String::new();
     let mut last_err = None;
@@ -221,7 +221,7 @@ async fn sessions(
 
 async fn inspect(t: &Target, id: &str, show_values: bool) -> Result<String, Error> {
     check_session_id(id)?;
-    t.token().await?;
+    t.key().await?;
     let mut out = String::new();
     let mut found: Option<SessionDetail> = None;
     let mut rows = vec![];
@@ -277,7 +277,7 @@ async fn inspect(t: &Target, id: &str, show_values: bool) -> Result<String, Erro
 
 async fn expire(t: &Target, id: &str) -> Result<String, Error> {
     check_session_id(id)?;
-    t.token().await?;
+    t.key().await?;
     let mut last = None;
     for pod in t.pod_names() {
         match t
