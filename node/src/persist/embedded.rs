@@ -103,7 +103,11 @@ impl Embedded {
     pub fn open(dir: &Path) -> Result<Embedded, BackendError> {
         let io = |e: std::io::Error| BackendError::Io(format!("{}: {e}", dir.display()));
         std::fs::create_dir_all(dir).map_err(io)?;
-        make_private(dir).map_err(io)?;
+        if let Err(e) = make_private(dir) {
+            // A file of another user (a pod whose user changed) cannot be changed; the
+            // open then finds out whether it can still read it.
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot make the data directory private (0700/0600)");
+        }
         let journals = super::journal::before_open(dir);
         let db = fjall::Database::builder(dir)
             .cache_size(CACHE)

@@ -21,6 +21,9 @@ const TRAILER: &[u8] = b"FJL\x03";
 /// How far past a journal's first undecodable entry non-zero bytes are looked for before
 /// the rest is taken as preallocated zeros.
 const PEEK: usize = 64 * 1024;
+/// The most of one journal file read (fjall preallocates 64 MiB per file): a bigger file
+/// is counted up to there.
+const MAX_SCAN: u64 = 256 * 1024 * 1024;
 
 /// One journal file before the open.
 #[derive(Debug, Clone)]
@@ -113,7 +116,7 @@ fn walk(b: &[u8], mut at: usize, items: &mut Vec<u64>) -> usize {
 /// the whole file when those are not all zeros. Returns the bytes, where decoding stopped,
 /// and the item offsets up to there.
 fn read(path: &Path) -> Option<(Vec<u8>, usize, Vec<u64>)> {
-    let mut f = std::fs::File::open(path).ok()?;
+    let mut f = std::fs::File::open(path).ok()?.take(MAX_SCAN);
     let mut b = Vec::new();
     let mut items = Vec::new();
     let mut at = 0;
