@@ -168,3 +168,86 @@ fn a_server_that_declines_tls_is_refused_before_the_password() {
     assert!(!e.to_string().contains("s3cret"), "{e}");
     assert!(fake.received_after_ssl_request().is_empty());
 }
+
+/// TLS as it runs in production: with no `sslmode` the node connects over TLS (the server
+/// counts an encrypted connection); `sslrootcert` (verify-full) accepts the server's CA
+/// and refuses another; `verify-ca` accepts a host name the certificate does not name,
+/// `verify-full` does not.
+#[test]
+fn tls_by_default_and_the_ca_and_host_name_are_checked_when_asked() {
+    let pg = Server::start_tls();
+    let base = pg.url_without_sslmode();
+    let ca = pg.ca_file().display().to_string();
+    let encrypted = || {
+        pg.psql("SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) WHERE s.ssl AND a.application_name = 'tribe-node'")
+            .trim()
+            .parse::<u32>()
+            .unwrap()
+    };
+
+    let b = Postgres::connect(&base, "c", "n").unwrap_or_else(|e| panic!("{e}"));
+    put(&b, vec![rec(1, 10_000_000_000, 1)], vec![]);
+    assert_eq!(all(&b).len(), 1);
+    assert!(encrypted() >= 1, "the default connection uses TLS");
+    drop(b);
+
+    let full = Postgres::connect(&format!("{base}?sslrootcert={ca}"), "c", "n")
+        .unwrap_or_else(|e| panic!("verify-full with the server's CA: {e}"));
+    assert_eq!(all(&full).len(), 1);
+    drop(full);
+
+    // Another CA: the server is not trusted.
+    let other = tempfile::tempdir().unwrap();
+    let other_ca = other.path().join("ca.crt");
+    let out = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=another-ca",
+        ])
+        .arg("-keyout")
+        .arg(other.path().join("ca.key"))
+        .arg("-out")
+        .arg(&other_ca)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let e = Postgres::connect(
+        &format!("{base}?sslrootcert={}", other_ca.display()),
+        "c",
+        "n",
+    )
+    .unwrap_err();
+    assert!(
+        e.to_string().contains("certificate") || e.to_string().contains("Certificate"),
+        "{e}"
+    );
+
+    // `localhost` is not in the certificate (only IP 127.0.0.1): verify-ca connects,
+    // verify-full refuses.
+    let by_name = format!(
+        "postgres://postgres@localhost:{}/postgres?hostaddr=127.0.0.1",
+        pg.port()
+    );
+    Postgres::connect(
+        &format!("{by_name}&sslmode=verify-ca&sslrootcert={ca}"),
+        "c",
+        "n",
+    )
+    .unwrap_or_else(|e| panic!("verify-ca: {e}"));
+    let e = Postgres::connect(
+        &format!("{by_name}&sslmode=verify-full&sslrootcert={ca}"),
+        "c",
+        "n",
+    )
+    .unwrap_err();
+    assert!(e.to_string().to_lowercase().contains("certificate"), "{e}");
+}

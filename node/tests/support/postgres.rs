@@ -54,6 +54,32 @@ fn command(program: PathBuf, root: bool) -> Command {
 impl Postgres {
     /// initdb, start, and wait (bounded) until the server accepts connections.
     pub fn start() -> Postgres {
+        Self::start_with(false)
+    }
+
+    /// [`Postgres::start`] with TLS on (`ssl = on`), its certificate for IP 127.0.0.1
+    /// issued by a test CA at [`Postgres::ca_file`] (made with `openssl`, which Debian's
+    /// `postgresql` brings through `ssl-cert`).
+    pub fn start_tls() -> Postgres {
+        Self::start_with(true)
+    }
+
+    /// The test CA's certificate (PEM) of a [`Postgres::start_tls`] server.
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.path().join("ca.crt")
+    }
+
+    /// `postgres://postgres@127.0.0.1:PORT/postgres`, without `sslmode`.
+    pub fn url_without_sslmode(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// The port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    fn start_with(tls: bool) -> Postgres {
         let bin = bin_dir();
         let root = as_root();
         let dir = tempfile::Builder::new()
@@ -87,6 +113,19 @@ impl Postgres {
             "initdb failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        if tls {
+            make_certs(dir.path(), &data);
+            let conf = data.join("postgresql.conf");
+            let mut text = std::fs::read_to_string(&conf).unwrap();
+            text.push_str("\nssl = on\n");
+            std::fs::write(&conf, text).unwrap();
+            if root {
+                super::run(
+                    "chown",
+                    &["-R", "postgres:postgres", dir.path().to_str().unwrap()],
+                );
+            }
+        }
         let port = free_port();
         let mut pg = Postgres {
             url: format!("postgres://postgres@127.0.0.1:{port}/postgres?sslmode=disable"),
@@ -179,6 +218,69 @@ impl Drop for Postgres {
         }
         self.stop();
     }
+}
+
+/// A test CA (`ca.crt` in `dir`) and a server certificate for IP 127.0.0.1 it issued
+/// (`server.crt`, `server.key` in the data directory, where `ssl = on` finds them).
+fn make_certs(dir: &std::path::Path, data: &std::path::Path) {
+    let p = |name: &str| dir.join(name).display().to_string();
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("openssl (Debian: openssl, which postgresql's ssl-cert brings)");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let mut ca = vec!["req", "-x509", "-days", "2", "-subj", "/CN=tribe-test-ca"];
+    ca.extend(ec);
+    let (ca_key, ca_crt) = (p("ca.key"), p("ca.crt"));
+    ca.extend(["-keyout", &ca_key, "-out", &ca_crt]);
+    openssl(&ca);
+    let (key, csr) = (
+        data.join("server.key").display().to_string(),
+        p("server.csr"),
+    );
+    let mut req = vec!["req", "-subj", "/CN=127.0.0.1"];
+    req.extend(ec);
+    req.extend(["-keyout", &key, "-out", &csr]);
+    openssl(&req);
+    std::fs::write(
+        dir.join("ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    let (crt, ext) = (data.join("server.crt").display().to_string(), p("ext"));
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        &csr,
+        "-CA",
+        &ca_crt,
+        "-CAkey",
+        &ca_key,
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-out",
+        &crt,
+        "-extfile",
+        &ext,
+    ]);
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
 }
 
 /// A server that declines TLS, as a plaintext PostgreSQL (or anyone in the path) does: it
