@@ -121,7 +121,11 @@ async fn status(t: &Target) -> Result<Report, Error> {
         spec.replication.mode.as_str(),
         spec.replication.send_mode.as_str(),
         spec.replication.backups,
-        spec.image,
+        // The image the operator applies (status), else the pinned one, else unknown yet.
+        st.image
+            .as_deref()
+            .or(spec.image.as_deref())
+            .unwrap_or("(the operator's)"),
     );
     let summary = serde_json::json!({
         "namespace": t.namespace,

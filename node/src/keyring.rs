@@ -33,6 +33,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::crypto::ClusterKey;
+use tribe_api::NotReadyReason;
 
 /// First line of the multi-key format.
 pub const HEADER: &str = "tribe-keys v1";
@@ -295,6 +296,32 @@ impl Keys {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// Forgets a refusal by `addr` (nothing answers TCP there any more).
+    pub fn forget(&self, addr: SocketAddr) {
+        self.refused.lock().remove(&addr);
+    }
+
+    /// Whether the key file (as last loaded) holds the key with fingerprint `fp`.
+    pub fn holds(&self, fp: &[u8; crate::crypto::FINGERPRINT_LEN]) -> bool {
+        self.current().by_fingerprint(fp).is_some()
+    }
+
+    /// Completes once the key file no longer holds the key with fingerprint `fp` (at
+    /// once if it does not now): a connection made with that key closes then, so a key
+    /// removed after a leak stops carrying sessions within one poll of the file.
+    pub async fn dropped(&self, fp: [u8; crate::crypto::FINGERPRINT_LEN]) {
+        let mut rx = self.tx.subscribe();
+        loop {
+            if rx.borrow_and_update().by_fingerprint(&fp).is_none() {
+                return;
+            }
+            if rx.changed().await.is_err() {
+                // The sender lives as long as any `Keys`: never dropped while we run.
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
     /// Peers that refused our keys within the last [`REFUSAL_MEMORY`].
     pub fn refusing_peers(&self) -> Vec<SocketAddr> {
         let mut r = self.refused.lock();
@@ -359,23 +386,49 @@ pub async fn watch_file(path: PathBuf, keys: Keys, interval: Duration, stop: Can
 }
 
 impl crate::cluster::Cluster {
-    /// Whether this node is cut off by its keys: it has no live member, yet peers it
-    /// discovered answer TCP and refuse its keys (or it theirs). Such a node must not
-    /// report ready: it would serve as a second, empty cluster behind the same Service
-    /// (e.g. after the key Secret was deleted and recreated with a new key).
-    pub fn isolated_by_key(&self) -> bool {
-        self.live_members().len() <= 1 && !self.inner.key.refusing_peers().is_empty()
+    /// Why this node is cut off, if it is: it has no live member, yet peers it discovered
+    /// answer TCP and refuse its keys (or it theirs: [`NotReadyReason::KeyRefused`]),
+    /// speak no protocol version it speaks ([`NotReadyReason::VersionSkew`]), or close
+    /// or garble every handshake ([`NotReadyReason::HandshakeFailed`], e.g. a flood took
+    /// their handshake slots). Such a node must not report ready: it would serve as a
+    /// second, empty cluster behind the same Service (e.g. after the key Secret was
+    /// deleted and recreated with a new key).
+    pub fn isolation(&self) -> Option<NotReadyReason> {
+        if self.live_members().len() > 1 {
+            return None;
+        }
+        if !self.inner.key.refusing_peers().is_empty() {
+            return Some(NotReadyReason::KeyRefused);
+        }
+        let problems = self.inner.reach.problems();
+        if problems.is_empty() {
+            None
+        } else if problems
+            .iter()
+            .all(|(_, p)| matches!(p, crate::reachability::Problem::VersionSkew { .. }))
+        {
+            Some(NotReadyReason::VersionSkew)
+        } else {
+            Some(NotReadyReason::HandshakeFailed)
+        }
     }
 
-    /// Returns once this node is not [isolated by key](Self::isolated_by_key), or at
-    /// shutdown; logs once while it waits.
+    /// Whether this node is cut off by its keys (see [`Self::isolation`]).
+    pub fn isolated_by_key(&self) -> bool {
+        self.isolation() == Some(NotReadyReason::KeyRefused)
+    }
+
+    /// Returns once this node is not [isolated](Self::isolation), or at shutdown; logs
+    /// once while it waits.
     pub(crate) async fn wait_while_isolated(&self) {
         let mut warned = false;
-        while self.isolated_by_key() {
+        while let Some(why) = self.isolation() {
             if !warned {
                 tracing::warn!(
-                    peers = ?self.inner.key.refusing_peers(),
-                    "every peer found refuses this node's cluster key: not joining (not ready) until one accepts it"
+                    reason = ?why,
+                    key_refused = ?self.inner.key.refusing_peers(),
+                    problems = ?self.inner.reach.problems(),
+                    "every peer found refuses this node or fails its handshakes: not joining (not ready) until one completes"
                 );
                 warned = true;
             }
@@ -385,7 +438,7 @@ impl crate::cluster::Cluster {
             }
         }
         if warned {
-            tracing::info!("a peer accepts this node's key now: joining");
+            tracing::info!("a handshake with a peer completed: joining");
         }
     }
 

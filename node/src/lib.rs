@@ -57,6 +57,8 @@ pub mod node;
 pub mod admin_token;
 
 #[doc(hidden)]
+pub mod admission;
+#[doc(hidden)]
 pub mod cluster;
 #[doc(hidden)]
 pub mod crypto;
@@ -75,6 +77,8 @@ pub mod ownership;
 #[doc(hidden)]
 pub mod persist;
 #[doc(hidden)]
+pub mod reachability;
+#[doc(hidden)]
 pub mod replication;
 #[doc(hidden)]
 pub mod resp;
@@ -86,6 +90,8 @@ pub mod session_store;
 pub mod store;
 #[doc(hidden)]
 pub mod transport;
+#[doc(hidden)]
+pub mod warn_limit;
 #[doc(hidden)]
 pub mod wire;
 
