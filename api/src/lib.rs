@@ -6,6 +6,7 @@
 //!   spelling on the command line, in environment variables and in JSON;
 //! - [`env`](mod@env) — the names of the `TRIBE_*` environment variables a node reads;
 //! - [`ports`] — the default ports;
+//! - [`admin_token`] — the scoped, expiring credential of a node's session endpoints;
 //! - [`VERSION`] — the build version (every crate of the workspace shares it), and
 //!   [`LogFormat`] with, behind the `log` feature, the one log setup of both binaries
 //!   ([`log::init`](crate::log)).
@@ -15,6 +16,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod admin_token;
 pub mod env;
 #[cfg(feature = "log")]
 pub mod log;

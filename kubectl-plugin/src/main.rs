@@ -32,6 +32,9 @@ struct Cli {
     /// Kubeconfig context.
     #[arg(long, global = true)]
     context: Option<String>,
+    /// Output format: `table`, or the answer as a `json` or `yaml` document.
+    #[arg(short, long, global = true, value_enum, default_value_t = Format::Table)]
+    output: Format,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -105,7 +108,7 @@ fn now() -> u64 {
     jiff::Timestamp::now().as_second().max(0) as u64
 }
 
-async fn status(t: &Target) -> Result<String, Error> {
+async fn status(t: &Target) -> Result<Report, Error> {
     let spec = &t.cluster.spec;
     let st = t.cluster.status.clone().unwrap_or_default();
     let mut out = format!(
@@ -124,9 +127,21 @@ async fn status(t: &Target) -> Result<String, Error> {
             .or(spec.image.as_deref())
             .unwrap_or("(the operator's)"),
     );
+    let summary = serde_json::json!({
+        "namespace": t.namespace,
+        "name": kube::ResourceExt::name_any(&t.cluster),
+        "replicas": spec.replicas,
+        "readyReplicas": st.ready_replicas.unwrap_or(0),
+        "members": st.members,
+        "replication": spec.replication.mode.as_str(),
+        "sendMode": spec.replication.send_mode.as_str(),
+        "backups": spec.replication.backups,
+        "image": spec.image,
+    });
     if t.pods.is_empty() {
         out.push_str("no running pods\n");
-        return Ok(out);
+        let data = serde_json::json!({ "cluster": summary, "nodes": [] });
+        return Ok(Report { text: out, data });
     }
     let mut views = vec![];
     for pod in t.pod_names() {
@@ -134,7 +149,15 @@ async fn status(t: &Target) -> Result<String, Error> {
         views.push((pod, v.map_err(|e| e.to_string())));
     }
     out.push_str(&table(&STATUS_HEADER, &status_rows(&views)));
-    Ok(out)
+    let nodes: Vec<serde_json::Value> = views
+        .iter()
+        .map(|(pod, v)| match v {
+            Ok(view) => serde_json::json!({ "pod": pod, "view": view }),
+            Err(e) => serde_json::json!({ "pod": pod, "error": e }),
+        })
+        .collect();
+    let data = serde_json::json!({ "cluster": summary, "nodes": nodes });
+    Ok(Report { text: out, data })
 }
 
 /// Up to `limit` sessions of `pod`, following the node's pages.
@@ -175,7 +198,7 @@ async fn sessions(
     node: Option<&str>,
     limit: usize,
     show_values: bool,
-) -> Result<String, Error> {
+) -> Result<Report, Error> {
     let pods: Vec<String> = match node {
         Some(n) => {
             if !t.pod_names().iter().any(|p| p == n) {
@@ -189,15 +212,17 @@ async fn sessions(
         None => t.pod_names(),
     };
     // Without the key there is nothing to ask any node: say so at once.
-    t.token().await?;
+    t.key().await?;
     let mut per_pod = vec![];
     let mut warnings = String::new();
+    let mut warning_list = vec![];
     let mut last_err = None;
     for pod in &pods {
         match list_pod(t, pod, limit).await {
             Ok(list) => per_pod.push((pod.clone(), list)),
             Err(e) => {
                 warnings.push_str(&format!("warning: {e}\n"));
+                warning_list.push(e.to_string());
                 last_err = Some(e);
             }
         }
@@ -210,25 +235,33 @@ async fn sessions(
     let mut rows = merge_sessions(&per_pod);
     rows.truncate(limit);
     let mut out = table(&SESSIONS_HEADER, &session_rows(&rows, now()));
+    let mut docs: Vec<serde_json::Value> = rows
+        .iter()
+        .map(|r| serde_json::to_value(r).expect("a row serializes"))
+        .collect();
     if show_values {
-        for r in &rows {
+        for (r, doc) in rows.iter().zip(docs.iter_mut()) {
             let pod = &r.held_by[0];
             let d: SessionDetail = t
                 .get_json(pod, &format!("/sessions/{}?values=true", r.meta.id))
                 .await?;
             out.push_str(&values_block(&r.meta.id, &d));
+            doc["values"] = serde_json::json!(d.values.unwrap_or_default());
         }
     }
     out.push_str(&warnings);
-    Ok(out)
+    let data = serde_json::json!({ "sessions": docs, "warnings": warning_list });
+    Ok(Report { text: out, data })
 }
 
-async fn inspect(t: &Target, id: &str, show_values: bool) -> Result<String, Error> {
+async fn inspect(t: &Target, id: &str, show_values: bool) -> Result<Report, Error> {
     check_session_id(id)?;
-    t.token().await?;
+    t.key().await?;
     let mut out = String::new();
     let mut found: Option<SessionDetail> = None;
     let mut rows = vec![];
+    let mut holders = vec![];
+    let mut warning_list = vec![];
     for pod in t.pod_names() {
         let path = format!(
             "/sessions/{id}{}",
@@ -236,6 +269,14 @@ async fn inspect(t: &Target, id: &str, show_values: bool) -> Result<String, Erro
         );
         match t.get_json::<SessionDetail>(&pod, &path).await {
             Ok(d) => {
+                holders.push(serde_json::json!({
+                    "pod": pod,
+                    "node": d.node,
+                    "role": d.meta.role,
+                    "version": d.meta.version,
+                    "size": d.meta.size,
+                    "last_access": d.meta.last_access,
+                }));
                 rows.push(vec![
                     pod.clone(),
                     d.node.clone(),
@@ -252,7 +293,10 @@ async fn inspect(t: &Target, id: &str, show_values: bool) -> Result<String, Erro
                 }
             }
             Err(e) if e.status() == Some(404) => {}
-            Err(e) => out.push_str(&format!("warning: {e}\n")),
+            Err(e) => {
+                out.push_str(&format!("warning: {e}\n"));
+                warning_list.push(e.to_string());
+            }
         }
     }
     let Some(d) = found else {
@@ -276,19 +320,25 @@ async fn inspect(t: &Target, id: &str, show_values: bool) -> Result<String, Erro
         head.push_str(&values_block(id, &d));
     }
     head.push_str(&out);
-    Ok(head)
+    let data = serde_json::json!({ "session": d, "holders": holders, "warnings": warning_list });
+    Ok(Report { text: head, data })
 }
 
-async fn expire(t: &Target, id: &str) -> Result<String, Error> {
+async fn expire(t: &Target, id: &str) -> Result<Report, Error> {
     check_session_id(id)?;
-    t.token().await?;
+    t.key().await?;
     let mut last = None;
     for pod in t.pod_names() {
         match t
             .call(http::Method::DELETE, &pod, &format!("/sessions/{id}"))
             .await
         {
-            Ok(_) => return Ok(format!("session {id} expired (through {pod})\n")),
+            Ok(_) => {
+                return Ok(Report {
+                    text: format!("session {id} expired (through {pod})\n"),
+                    data: serde_json::json!({ "expired": id, "through": pod }),
+                })
+            }
             Err(e) if e.status() == Some(404) => {}
             Err(e) => last = Some(e),
         }
@@ -296,7 +346,7 @@ async fn expire(t: &Target, id: &str) -> Result<String, Error> {
     Err(last.unwrap_or_else(|| Error::Usage(format!("no node holds session {id}"))))
 }
 
-async fn main_inner(cli: Cli) -> Result<String, Error> {
+async fn main_inner(cli: Cli) -> Result<Report, Error> {
     let client = client(&cli).await?;
     let ns = cli
         .namespace
@@ -327,9 +377,10 @@ async fn main_inner(cli: Cli) -> Result<String, Error> {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    let format = cli.output;
     match main_inner(cli).await {
-        Ok(out) => {
-            print!("{out}");
+        Ok(report) => {
+            print!("{}", report.render(format));
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -369,6 +420,18 @@ mod tests {
             "p1",
         ]);
         assert_eq!(c.namespace.as_deref(), Some("web"));
+        assert_eq!(c.output, Format::Table, "a table unless asked");
+        for (args, want) in [
+            (&["-o", "json"][..], Format::Json),
+            (&["--output", "yaml"][..], Format::Yaml),
+            (&["--output=json"][..], Format::Json),
+        ] {
+            let mut argv = vec!["kubectl-tribe", "status", "shop"];
+            argv.extend_from_slice(args);
+            assert_eq!(Cli::parse_from(argv).output, want, "{args:?}");
+        }
+        let bad = Cli::try_parse_from(["kubectl-tribe", "-o", "xml", "status", "shop"]);
+        assert!(bad.unwrap_err().to_string().contains("xml"));
         match c.command {
             Cmd::Sessions {
                 name,

@@ -1,8 +1,9 @@
 //! Talking to the nodes of a SessionCluster through the API server's pod proxy
 //! (`/api/v1/namespaces/NS/pods/POD:PORT/proxy/PATH`): the user's kubeconfig and RBAC
-//! decide, and no port is opened or forwarded. The nodes' session endpoints also want the
-//! admin token derived from the cluster key, which is read from the Secret `<name>-key`
-//! (so reading sessions takes the right to read that Secret).
+//! decide, and no port is opened or forwarded. The nodes' session endpoints also want an
+//! admin token minted from the cluster key (one per request, with just the scope it needs,
+//! for two minutes); the key is read from the Secret `<name>-key` (so reading sessions
+//! takes the right to read that Secret).
 
 use http_body_util::BodyExt;
 use k8s_openapi::api::core::v1::{Pod, Secret};
@@ -15,21 +16,36 @@ use tribe_operator::resources::{
     secret_name, selector_labels, selector_string, ADMIN_PORT, KEY_FILE_NAME,
 };
 
-/// The header the nodes' session endpoints check.
-pub const TOKEN_HEADER: &str = "x-tribe-admin-token";
-/// What the token authenticates (as the node's `http::sessions::TOKEN_LABEL`).
-pub const TOKEN_LABEL: &[u8] = b"tribe-admin-sessions-v1";
+use tribe_api::admin_token::{Claims, Scope, Scopes, CLI_LIFETIME_SECS, HEADER as TOKEN_HEADER};
 
-/// The admin token for a cluster key file's content: hex HMAC-SHA256 of [`TOKEN_LABEL`]
-/// under the key (surrounding whitespace ignored, as the node reads the file). A key file
-/// in the multi-key format (`tribe-keys v1`, written by key rotation) uses its primary key.
-pub fn admin_token(key_file: &[u8]) -> String {
+/// An admin token for `scope`, expiring at `expires` (unix seconds), from a cluster key
+/// file's content: the construction of [`tribe_api::admin_token`] (HMAC-SHA256 of the
+/// payload under HMAC-SHA256(key, `KEY_LABEL`)), with the file's primary key (surrounding
+/// whitespace ignored, as the node reads the file).
+pub fn mint(key_file: &[u8], scopes: &[Scope], expires: u64) -> String {
     use hmac::{Hmac, KeyInit, Mac};
-    let secret = primary_secret(key_file);
-    let mut mac = <Hmac<sha2::Sha256> as KeyInit>::new_from_slice(&secret)
-        .expect("HMAC takes any key length");
-    mac.update(TOKEN_LABEL);
-    hex::encode(mac.finalize().into_bytes())
+    type HmacSha256 = Hmac<sha2::Sha256>;
+    let hmac = |key: &[u8], msg: &[u8]| {
+        let mut mac =
+            <HmacSha256 as KeyInit>::new_from_slice(key).expect("HMAC takes any key length");
+        mac.update(msg);
+        mac.finalize().into_bytes()
+    };
+    let admin_key = hmac(&primary_secret(key_file), tribe_api::admin_token::KEY_LABEL);
+    let claims = Claims {
+        scopes: Scopes::of(scopes),
+        expires,
+    };
+    claims.token(&hmac(&admin_key, claims.payload().as_bytes()))
+}
+
+/// The scope a request needs (one token per request, with just that scope).
+pub fn scope_of(method: &http::Method, path: &str) -> Scope {
+    let query = path.split_once('?').map_or("", |(_, q)| q);
+    Scope::needed(
+        method == http::Method::DELETE,
+        query.split('&').any(|kv| kv == "values=true"),
+    )
 }
 
 /// The secret a key file authenticates with: the whole file (a text key without any
@@ -127,8 +143,8 @@ pub struct Target {
     pub cluster: SessionCluster,
     /// Its pods that have an IP (running), by name.
     pub pods: Vec<Pod>,
-    /// The admin token, once read from the key Secret.
-    token: tokio::sync::OnceCell<String>,
+    /// The cluster key file, once read from the key Secret.
+    key: tokio::sync::OnceCell<Vec<u8>>,
 }
 
 impl Target {
@@ -157,14 +173,14 @@ impl Target {
             namespace: namespace.into(),
             cluster,
             pods,
-            token: tokio::sync::OnceCell::new(),
+            key: tokio::sync::OnceCell::new(),
         })
     }
 
-    /// The admin token, from the cluster key in the Secret `<name>-key`.
-    pub async fn token(&self) -> Result<&str, Error> {
+    /// The cluster key file, from the Secret `<name>-key` (read once).
+    pub async fn key(&self) -> Result<&[u8], Error> {
         let t = self
-            .token
+            .key
             .get_or_try_init(|| async {
                 let name = secret_name(&self.cluster);
                 let api: Api<Secret> = Api::namespaced(self.client.clone(), &self.namespace);
@@ -182,10 +198,10 @@ impl Target {
                     .ok_or_else(|| {
                         Error::Usage(format!("Secret {name} has no {KEY_FILE_NAME}"))
                     })?;
-                Ok::<_, Error>(admin_token(&key.0))
+                Ok::<_, Error>(key.0.clone())
             })
             .await?;
-        Ok(t.as_str())
+        Ok(t.as_slice())
     }
 
     /// Names of the pods.
@@ -206,9 +222,12 @@ impl Target {
             .method(method.clone())
             .uri(uri)
             .header(http::header::ACCEPT, "application/json");
-        // Session paths carry the admin token.
+        // Session paths carry a token of just the scope this request needs, for
+        // CLI_LIFETIME_SECS: what a proxy or log sees opens nothing else, and not for long.
         if path.starts_with("/sessions") {
-            req = req.header(TOKEN_HEADER, self.token().await?);
+            let expires = crate::now() + CLI_LIFETIME_SECS;
+            let token = mint(self.key().await?, &[scope_of(&method, path)], expires);
+            req = req.header(TOKEN_HEADER, token);
         }
         let req = req
             .body(Body::empty())
@@ -298,17 +317,31 @@ mod tests {
     }
 
     #[test]
-    fn admin_token_is_the_hmac_of_the_label_under_the_trimmed_key() {
-        let t = admin_token(b"  0123456789abcdef0123456789abcdef\n");
-        assert_eq!(t.len(), 64);
-        assert_eq!(t, admin_token(b"0123456789abcdef0123456789abcdef"));
-        assert_ne!(t, admin_token(b"another key of sixteen bytes"));
+    fn tokens_match_the_shared_test_vector() {
+        let (secret, want) = tribe_api::admin_token::TEST_VECTOR;
+        assert_eq!(
+            mint(secret, &[Scope::ReadValues, Scope::Read], 1_700_000_000),
+            want
+        );
+        // Whitespace around a single-key file is ignored, as the node does.
+        let mut padded = b"  ".to_vec();
+        padded.extend_from_slice(secret);
+        padded.push(b'\n');
+        assert_eq!(
+            mint(&padded, &[Scope::Read, Scope::ReadValues], 1_700_000_000),
+            want
+        );
+        assert_ne!(
+            mint(b"another key of sixteen bytes", &[Scope::Read], 1),
+            mint(secret, &[Scope::Read], 1)
+        );
     }
 
     /// A wrapped text key is the key without its whitespace, as the nodes read it (and as
     /// the operator writes it into the multi-key file when a rotation starts).
     #[test]
     fn a_wrapped_single_key_authenticates_without_its_whitespace() {
+        let admin_token = |f: &[u8]| mint(f, &[Scope::Read], 5);
         assert_eq!(
             admin_token(b"0123456789abcdef\n 0123456789abcdef\r\n"),
             admin_token(b"0123456789abcdef0123456789abcdef")
@@ -324,9 +357,22 @@ mod tests {
     #[test]
     fn a_multi_key_file_authenticates_with_its_primary_key() {
         let file = b"tribe-keys v1\nprimary k2\nkey k1 0123456789abcdef0123\nkey k2 fedcba9876543210fedc\n";
-        assert_eq!(admin_token(file), admin_token(b"fedcba9876543210fedc"));
+        let t = |f: &[u8]| mint(f, &[Scope::Read], 5);
+        assert_eq!(t(file), t(b"fedcba9876543210fedc"));
         let one = b"tribe-keys v1\nkey k1 0123456789abcdef0123\n";
-        assert_eq!(admin_token(one), admin_token(b"0123456789abcdef0123"));
+        assert_eq!(t(one), t(b"0123456789abcdef0123"));
+    }
+
+    #[test]
+    fn each_request_gets_only_the_scope_it_needs() {
+        use http::Method;
+        assert_eq!(scope_of(&Method::GET, "/sessions?limit=5"), Scope::Read);
+        assert_eq!(scope_of(&Method::GET, "/sessions/abc"), Scope::Read);
+        assert_eq!(
+            scope_of(&Method::GET, "/sessions/abc?values=true"),
+            Scope::ReadValues
+        );
+        assert_eq!(scope_of(&Method::DELETE, "/sessions/abc"), Scope::Delete);
     }
 
     #[test]

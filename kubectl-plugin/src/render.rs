@@ -1,12 +1,12 @@
 //! What the nodes answer, and the tables printed from it. Pure: no I/O.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 pub use tribe_api::{ClusterView, MemberState};
 
 /// One session's metadata as a node lists it.
-#[derive(Debug, Clone, Deserialize, Default, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
 #[serde(default)]
 pub struct SessionMeta {
     /// The cookie's id.
@@ -28,7 +28,7 @@ pub struct SessionMeta {
 }
 
 /// A page of a node's `/sessions`.
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
 #[serde(default)]
 pub struct SessionPage {
     /// Live sessions the node holds.
@@ -40,7 +40,7 @@ pub struct SessionPage {
 }
 
 /// A node's `/sessions/{id}`.
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
 #[serde(default)]
 pub struct SessionDetail {
     /// The node that answered.
@@ -51,7 +51,47 @@ pub struct SessionDetail {
     /// Attribute names.
     pub attribute_names: Vec<String>,
     /// Values, when asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub values: Option<BTreeMap<String, serde_json::Value>>,
+}
+
+/// How a command prints its answer (`-o`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// Columns, as `kubectl get` prints them.
+    #[default]
+    Table,
+    /// The answer as JSON (the nodes' own documents, merged).
+    Json,
+    /// The same document as YAML.
+    Yaml,
+}
+
+/// A command's answer: the text of the table form and the document of `-o json|yaml`.
+#[derive(Debug, Clone)]
+pub struct Report {
+    /// What `-o table` prints.
+    pub text: String,
+    /// What `-o json` and `-o yaml` print.
+    pub data: serde_json::Value,
+}
+
+impl Report {
+    /// The answer in `format`.
+    pub fn render(&self, format: Format) -> String {
+        match format {
+            Format::Table => self.text.clone(),
+            Format::Json => {
+                let mut s = serde_json::to_string_pretty(&self.data)
+                    .expect("a JSON value always serializes");
+                s.push('\n');
+                s
+            }
+            Format::Yaml => {
+                serde_saphyr::to_string(&self.data).expect("a JSON value always serializes")
+            }
+        }
+    }
 }
 
 /// Formats rows as columns separated by three spaces (like `kubectl get`).
@@ -139,9 +179,10 @@ pub const STATUS_HEADER: [&str; 9] = [
 ];
 
 /// A session and the pods that returned it.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SessionRow {
     /// The metadata (from the first pod that listed it).
+    #[serde(flatten)]
     pub meta: SessionMeta,
     /// Pods whose node holds a copy.
     pub held_by: Vec<String>,
@@ -188,6 +229,41 @@ pub const SESSIONS_HEADER: [&str; 6] = ["ID", "SIZE", "ATTRS", "LAST ACCESS", "O
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `-o json` and `-o yaml` print the same document, which parses back whole; the
+    /// session fields keep the nodes' names (`id`, `version`, …, and `held_by`).
+    #[test]
+    fn json_and_yaml_print_the_same_document() {
+        let rows = merge_sessions(&[
+            ("p0".into(), vec![meta("a", 2)]),
+            ("p1".into(), vec![meta("a", 3)]),
+        ]);
+        let r = Report {
+            text: "table\n".into(),
+            data: serde_json::json!({ "sessions": rows, "warnings": ["p2: down"] }),
+        };
+        assert_eq!(r.render(Format::Table), "table\n");
+        let json: serde_json::Value = serde_json::from_str(&r.render(Format::Json)).unwrap();
+        assert_eq!(json, r.data);
+        assert_eq!(json["sessions"][0]["id"], "a");
+        assert_eq!(json["sessions"][0]["version"], 3);
+        assert_eq!(
+            json["sessions"][0]["held_by"],
+            serde_json::json!(["p0", "p1"])
+        );
+        let yaml: serde_json::Value = serde_saphyr::from_str(&r.render(Format::Yaml)).unwrap();
+        assert_eq!(yaml, r.data);
+        // A node's detail without values prints no `values` key.
+        let d = SessionDetail {
+            node: "n1".into(),
+            meta: meta("a", 1),
+            attribute_names: vec!["x".into()],
+            values: None,
+        };
+        let v = serde_json::to_value(&d).unwrap();
+        assert!(v.get("values").is_none(), "{v}");
+        assert_eq!(v["id"], "a");
+    }
     use tribe_api::MemberView;
 
     fn meta(id: &str, version: u64) -> SessionMeta {

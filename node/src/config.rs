@@ -302,8 +302,9 @@ settings! {
     /// on disk only and are read back on access. 0: no limit.
     max_active_sessions: usize = MAX_ACTIVE_SESSIONS, Kind::Value, default "0", parse from_str::<usize>;
     /// Persist sessions in this PostgreSQL database instead of `--data-dir`
-    /// (`postgres://user:password@host/db?sslmode=require`; the table `tribe_sessions` is
-    /// created if missing).
+    /// (`postgres://user:password@host/db`; the table `tribe_sessions` is created if
+    /// missing). TLS is required unless the URL says `sslmode=disable`: no `sslmode` means
+    /// `require` (`verify-full` with `sslrootcert=FILE`); `prefer` and `allow` are refused.
     postgres_url: Option<String> = POSTGRES_URL, Kind::Value, parse some(text);
     /// Log format of the `tribe-node` binary, to stderr (default: `text` on a terminal,
     /// `json` otherwise; an app embedding a node sets up its own logging).

@@ -53,6 +53,9 @@
 pub mod config;
 pub mod node;
 
+/// The scoped, expiring admin tokens of the session endpoints.
+pub mod admin_token;
+
 #[doc(hidden)]
 pub mod admission;
 #[doc(hidden)]

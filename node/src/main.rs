@@ -11,6 +11,9 @@ use tribe_node::config::{Kind, Setting, SETTINGS};
 use tribe_node::{Config, Node};
 
 fn main() -> ExitCode {
+    // Files the node creates (its data directory, the engine's files) are its user's
+    // only: 0700 directories, 0600 files, whatever the inherited umask.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     // `tribe-node serve` is the same as `tribe-node`.
     let args: Vec<String> = std::env::args()
         .enumerate()

@@ -13,13 +13,21 @@ use reqwest::Method;
 use serde_json::Value;
 use support::*;
 
-/// The admin token of the test nodes (they run `--insecure`: the well-known key).
-fn token() -> String {
-    tribe_node::http::sessions::admin_token(&tribe_node::ClusterKey::insecure())
+use tribe_api::admin_token::{Scope, CLI_LIFETIME_SECS};
+
+/// A token for `scopes` under the test nodes' key (they run `--insecure`: the well-known key).
+fn token(scopes: &[Scope]) -> String {
+    tribe_node::admin_token::mint_for(
+        &tribe_node::ClusterKey::insecure(),
+        scopes,
+        CLI_LIFETIME_SECS,
+    )
 }
 
+/// The request with a token of just the scope it needs (as `kubectl tribe` mints).
 async fn admin(node: &Node, method: Method, path: &str) -> (u16, Value) {
-    admin_with(node, method, path, Some(&token())).await
+    let need = Scope::needed(method == Method::DELETE, path.contains("values=true"));
+    admin_with(node, method, path, Some(&token(&[need]))).await
 }
 
 async fn admin_with(node: &Node, method: Method, path: &str, token: Option<&str>) -> (u16, Value) {
@@ -135,9 +143,11 @@ async fn sessions_can_be_listed_inspected_and_expired() {
     assert_eq!(d["values"]["counter"], 1);
 
     // Without the token, or with another key's: 401 and nothing listed.
-    let other = tribe_node::http::sessions::admin_token(&tribe_node::ClusterKey::new(
-        b"another key, 16+ bytes",
-    ));
+    let other = tribe_node::admin_token::mint_for(
+        &tribe_node::ClusterKey::new(b"another key, 16+ bytes"),
+        &Scope::ALL,
+        60,
+    );
     for t in [None, Some("zz"), Some(other.as_str())] {
         let (s, d) = admin_with(a, Method::GET, "/sessions", t).await;
         assert_eq!(s, 401, "{t:?}: {d}");
@@ -225,6 +235,98 @@ async fn sessions_can_be_listed_inspected_and_expired() {
             .unwrap()
             > 1e6
     );
+}
+
+/// Tokens carry a scope and an expiry: `read` lists and inspects but sees no values and
+/// cannot expire; values take `read-values`; `DELETE` takes `delete` (and nothing else);
+/// expired, too long-lived, forged and old static tokens are refused with 401, a missing
+/// scope with 403, each with a message that says which.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_are_scoped_and_expire() {
+    use tribe_api::admin_token::{Claims, Scopes};
+    let mut nodes = static_cluster(1, &[]);
+    wait_formed(&mut nodes).await;
+    let a = &nodes[0];
+    let mut c = HttpClient::new();
+    c.post_counter(a).await.unwrap();
+    c.request(
+        Method::PUT,
+        a.addrs.http,
+        "/attrs/card",
+        Some("\"4111-secret\"".into()),
+    )
+    .await
+    .unwrap();
+    let id = c.cookie("SESSIONID").unwrap().to_string();
+    let one = format!("/sessions/{id}");
+    let values = format!("/sessions/{id}?values=true");
+    let error = |d: &Value| d["error"].as_str().unwrap_or_default().to_string();
+
+    // read: metadata, not values, not DELETE.
+    let read = token(&[Scope::Read]);
+    let (s, d) = admin_with(a, Method::GET, "/sessions", Some(&read)).await;
+    assert_eq!((s, d["total"].as_u64()), (200, Some(1)), "{d}");
+    let (s, d) = admin_with(a, Method::GET, &one, Some(&read)).await;
+    assert_eq!(s, 200, "{d}");
+    let (s, d) = admin_with(a, Method::GET, &values, Some(&read)).await;
+    assert_eq!(s, 403, "{d}");
+    assert!(error(&d).contains("read-values"), "{d}");
+    assert!(!d.to_string().contains("4111-secret"), "{d}");
+    let (s, d) = admin_with(a, Method::DELETE, &one, Some(&read)).await;
+    assert_eq!(s, 403, "{d}");
+    assert!(error(&d).contains("delete"), "{d}");
+
+    // read-values: values (and metadata).
+    let rv = token(&[Scope::ReadValues]);
+    let (s, d) = admin_with(a, Method::GET, &values, Some(&rv)).await;
+    assert_eq!(s, 200, "{d}");
+    assert_eq!(d["values"]["card"], "4111-secret");
+    assert_eq!(
+        admin_with(a, Method::GET, "/sessions", Some(&rv)).await.0,
+        200
+    );
+    assert_eq!(admin_with(a, Method::DELETE, &one, Some(&rv)).await.0, 403);
+
+    // Expired, too long-lived, forged scope, the old static token: 401, said why.
+    let key = tribe_node::ClusterKey::insecure();
+    let now = tribe_node::store::unix_now();
+    let at = |e: u64| {
+        tribe_node::admin_token::mint(
+            &key,
+            &Claims {
+                scopes: Scopes::of(&Scope::ALL),
+                expires: e,
+            },
+        )
+    };
+    let (s, d) = admin_with(a, Method::GET, "/sessions", Some(&at(now - 5))).await;
+    assert_eq!(s, 401, "{d}");
+    assert!(error(&d).contains("expired"), "{d}");
+    let (s, d) = admin_with(a, Method::GET, "/sessions", Some(&at(now + 86_400))).await;
+    assert_eq!(s, 401, "{d}");
+    assert!(error(&d).contains("more than"), "{d}");
+    let forged = read.replacen(".read.", ".read,read-values,delete.", 1);
+    let (s, d) = admin_with(a, Method::DELETE, &one, Some(&forged)).await;
+    assert_eq!(s, 401, "{d}");
+    assert!(error(&d).contains("not signed"), "{d}");
+    let old_static = {
+        use hmac::{Hmac, KeyInit, Mac};
+        let mut m = <Hmac<sha2::Sha256> as KeyInit>::new_from_slice(b"tribe-insecure").unwrap();
+        m.update(b"tribe-admin-sessions-v1");
+        hex::encode(m.finalize().into_bytes())
+    };
+    let (s, d) = admin_with(a, Method::GET, "/sessions", Some(&old_static)).await;
+    assert_eq!(s, 401, "{d}");
+    assert!(error(&d).contains("no longer accepted"), "{d}");
+    let (s, d) = admin_with(a, Method::GET, "/sessions", None).await;
+    assert_eq!(s, 401, "{d}");
+    assert!(error(&d).contains("x-tribe-admin-token"), "{d}");
+
+    // delete: DELETE only.
+    let del = token(&[Scope::Delete]);
+    assert_eq!(admin_with(a, Method::GET, &one, Some(&del)).await.0, 403);
+    let (s, d) = admin_with(a, Method::DELETE, &one, Some(&del)).await;
+    assert_eq!(s, 200, "{d}");
 }
 
 /// Operations (issue 22): the build version in `/cluster`, in `tribe_build_info` and in

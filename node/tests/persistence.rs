@@ -474,3 +474,65 @@ async fn a_cluster_restarted_under_new_names_finds_every_session_in_postgres() {
     wait_formed(&mut nodes).await;
     assert_restored(&nodes, &ids).await;
 }
+
+/// A node whose `--postgres-url` (no `sslmode`) points at a server that declines TLS
+/// exits at start with the reason, never printing the password, and sends the server
+/// nothing after asking for TLS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_refuses_a_database_that_declines_tls() {
+    let fake = support::postgres::DecliningTls::start();
+    let url = format!("postgres://app:s3cret@{}/shop?connect_timeout=2", fake.addr);
+    let mut node = Node::spawn("n1", Addrs::loopback(), None, &["--postgres-url", &url]);
+    assert!(
+        !node.wait_exit(Duration::from_secs(20)).await,
+        "the node must exit with an error"
+    );
+    let log = node.log();
+    assert!(log.contains("does not support TLS"), "{log}");
+    assert!(log.contains("sslmode=disable"), "{log}");
+    assert!(
+        !log.contains("s3cret"),
+        "the password leaked into the log:\n{log}"
+    );
+    assert!(fake.ssl_requests() >= 1);
+    assert!(fake.received_after_ssl_request().is_empty());
+}
+
+/// Session data is private to the node's user: the data directory it creates and every
+/// directory under it are 0700, every file 0600 (the engine's files included, created
+/// after the start), even under a permissive umask.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_data_directory_and_its_files_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let data_arg = data.display().to_string();
+    let all = vec![Addrs::loopback()];
+    let mut extra: Vec<&str> = vec!["--data-dir", &data_arg];
+    extra.extend(FLUSH);
+    let args = static_args(0, &all, &extra);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    // The node inherits the test runner's umask (typically 022: files 0644).
+    let mut node = Node::spawn("n1", all[0], None, &args);
+    node.wait_ready(READY_TIMEOUT).await;
+    let nodes = [node];
+    let ids = write_sessions(&nodes, 20, 2).await;
+    wait_persisted(&nodes[0], ids.len()).await;
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&data), 0o700, "{}", data.display());
+    let mut dirs = vec![data.clone()];
+    let mut files = 0;
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                assert_eq!(mode(&p), 0o700, "{}", p.display());
+                dirs.push(p);
+            } else {
+                assert_eq!(mode(&p), 0o600, "{}", p.display());
+                files += 1;
+            }
+        }
+    }
+    assert!(files > 0, "the engine wrote files");
+}

@@ -137,3 +137,117 @@ fn unreadable_rows_are_reported_as_corrupt() {
     assert!(matches!(e, BackendError::Corrupt(_)), "{e}");
     assert!(e.to_string().contains("2 bytes"), "{e}");
 }
+
+/// A server that declines TLS (a plaintext server, or anyone in the path) is refused
+/// when the URL does not say `sslmode=disable`: the client sends nothing after its
+/// SSLRequest (no startup message, no password), and the error says why without the
+/// password.
+#[test]
+fn a_server_that_declines_tls_is_refused_before_the_password() {
+    let fake = support::postgres::DecliningTls::start();
+    let url = format!("postgres://app:s3cret@{}/shop?connect_timeout=2", fake.addr);
+    let e = Postgres::connect(&url, "c", "n").unwrap_err();
+    let msg = e.to_string();
+    assert!(msg.contains("does not support TLS"), "{msg}");
+    assert!(
+        msg.contains("sslmode=require") && msg.contains("sslmode=disable"),
+        "{msg}"
+    );
+    assert!(!msg.contains("s3cret"), "{msg}");
+    assert!(fake.ssl_requests() >= 1, "the client asked for TLS");
+    let sent = fake.received_after_ssl_request();
+    assert!(
+        sent.is_empty(),
+        "nothing may follow a declined SSLRequest, got {:?}",
+        String::from_utf8_lossy(&sent)
+    );
+
+    // `sslmode=prefer` would fall back to the clear: refused before dialling.
+    let e = Postgres::connect(&format!("{url}&sslmode=prefer"), "c", "n").unwrap_err();
+    assert!(e.to_string().contains("sslmode=prefer"), "{e}");
+    assert!(!e.to_string().contains("s3cret"), "{e}");
+    assert!(fake.received_after_ssl_request().is_empty());
+}
+
+/// TLS as it runs in production: with no `sslmode` the node connects over TLS (the server
+/// counts an encrypted connection); `sslrootcert` (verify-full) accepts the server's CA
+/// and refuses another; `verify-ca` accepts a host name the certificate does not name,
+/// `verify-full` does not.
+#[test]
+fn tls_by_default_and_the_ca_and_host_name_are_checked_when_asked() {
+    let pg = Server::start_tls();
+    let base = pg.url_without_sslmode();
+    let ca = pg.ca_file().display().to_string();
+    let encrypted = || {
+        pg.psql("SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) WHERE s.ssl AND a.application_name = 'tribe-node'")
+            .trim()
+            .parse::<u32>()
+            .unwrap()
+    };
+
+    let b = Postgres::connect(&base, "c", "n").unwrap_or_else(|e| panic!("{e}"));
+    put(&b, vec![rec(1, 10_000_000_000, 1)], vec![]);
+    assert_eq!(all(&b).len(), 1);
+    assert!(encrypted() >= 1, "the default connection uses TLS");
+    drop(b);
+
+    let full = Postgres::connect(&format!("{base}?sslrootcert={ca}"), "c", "n")
+        .unwrap_or_else(|e| panic!("verify-full with the server's CA: {e}"));
+    assert_eq!(all(&full).len(), 1);
+    drop(full);
+
+    // Another CA: the server is not trusted.
+    let other = tempfile::tempdir().unwrap();
+    let other_ca = other.path().join("ca.crt");
+    let out = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=another-ca",
+        ])
+        .arg("-keyout")
+        .arg(other.path().join("ca.key"))
+        .arg("-out")
+        .arg(&other_ca)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let e = Postgres::connect(
+        &format!("{base}?sslrootcert={}", other_ca.display()),
+        "c",
+        "n",
+    )
+    .unwrap_err();
+    assert!(
+        e.to_string().contains("certificate") || e.to_string().contains("Certificate"),
+        "{e}"
+    );
+
+    // `localhost` is not in the certificate (only IP 127.0.0.1): verify-ca connects,
+    // verify-full refuses.
+    let by_name = format!(
+        "postgres://postgres@localhost:{}/postgres?hostaddr=127.0.0.1",
+        pg.port()
+    );
+    Postgres::connect(
+        &format!("{by_name}&sslmode=verify-ca&sslrootcert={ca}"),
+        "c",
+        "n",
+    )
+    .unwrap_or_else(|e| panic!("verify-ca: {e}"));
+    let e = Postgres::connect(
+        &format!("{by_name}&sslmode=verify-full&sslrootcert={ca}"),
+        "c",
+        "n",
+    )
+    .unwrap_err();
+    assert!(e.to_string().to_lowercase().contains("certificate"), "{e}");
+}

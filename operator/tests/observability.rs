@@ -688,6 +688,29 @@ fn prometheus_scrapes_every_node_and_kubectl_tribe_reaches_them() {
         "{with_values}"
     );
     assert!(with_values.contains("counter = 3"), "{with_values}");
+    // -o json / -o yaml: the same answer as one document.
+    let doc: serde_json::Value = serde_json::from_str(
+        &tribe(&kc, &["-o", "json", "sessions", NAME]).unwrap_or_else(|e| panic!("{e}")),
+    )
+    .unwrap_or_else(|e| panic!("kubectl tribe -o json is not JSON: {e}"));
+    let listed: Vec<&str> = doc["sessions"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{doc}"))
+        .iter()
+        .filter_map(|s| s["id"].as_str())
+        .collect();
+    assert!(
+        listed.contains(&id.as_str()) && listed.contains(&other_id.as_str()),
+        "{doc}"
+    );
+    assert!(!doc.to_string().contains("4111-very-secret"), "{doc}");
+    let yaml = tribe(&kc, &["-o", "yaml", "inspect", NAME, &id]).unwrap();
+    assert!(
+        yaml.contains(&format!("id: {id}"))
+            || yaml.contains(&format!("id: '{id}'"))
+            || yaml.contains(&format!("id: \"{id}\"")),
+        "{yaml}"
+    );
     let inspect = tribe(&kc, &["inspect", NAME, &id]).unwrap();
     assert!(
         inspect.contains("attributes: 2 (card, counter)"),

@@ -10,10 +10,12 @@
 //!   any invalidation); 404 when this node holds no live copy.
 //!
 //! A session id is a credential (whoever sends it as the cookie *is* that session), so
-//! every one of these requests must carry [`TOKEN_HEADER`]: the hex HMAC-SHA256 of
-//! [`TOKEN_LABEL`] under the cluster key ([`admin_token`]). Reaching the admin port is not
-//! enough (probes and Prometheus reach it); holding the cluster key (the Secret
-//! `<name>-key`) is. Without it: 401, nothing listed.
+//! every one of these requests must carry [`TOKEN_HEADER`]: a token with a scope and an
+//! expiry tagged under the cluster key ([`tribe_api::admin_token`]; `kubectl tribe` mints
+//! one per request). Listing and inspecting need `read`, values (`?values=true`) need
+//! `read-values`, `DELETE` needs `delete`. Reaching the admin port is not enough (probes
+//! and Prometheus reach it); holding the cluster key (the Secret `<name>-key`) is. A
+//! missing, forged or expired token: 401; one without the scope: 403; nothing listed.
 //!
 //! Ids are the cookie's form (tower-sessions `Id`: 22 characters of URL-safe base64).
 //! A page costs one pass over this node's session ids (as `/metrics` does) and keeps only
@@ -29,6 +31,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use tower_sessions::session::Id;
+use tribe_api::admin_token::Scope;
 
 use crate::cluster::Cluster;
 use crate::config::ReplicationMode;
@@ -36,14 +39,7 @@ use crate::store::{unix_now, Session};
 use crate::wire::SessionId;
 
 /// The header that carries the admin token.
-pub const TOKEN_HEADER: &str = "x-tribe-admin-token";
-/// What the admin token authenticates.
-pub const TOKEN_LABEL: &[u8] = b"tribe-admin-sessions-v1";
-
-/// The admin token of a cluster key: hex HMAC-SHA256 of [`TOKEN_LABEL`].
-pub fn admin_token(key: &crate::crypto::ClusterKey) -> String {
-    hex::encode(key.tag(&[TOKEN_LABEL]))
-}
+pub const TOKEN_HEADER: &str = tribe_api::admin_token::HEADER;
 
 /// Page size when `limit` is not given.
 pub const DEFAULT_LIMIT: usize = 100;
@@ -135,33 +131,17 @@ fn error(status: StatusCode, msg: impl Into<String>) -> ApiError {
     ApiError(status, msg.into())
 }
 
-/// `Err(401)` unless the request carries this cluster's admin token (checked in
-/// constant time).
-fn authorize(cluster: &Cluster, headers: &HeaderMap) -> Result<(), ApiError> {
-    let ok = headers
-        .get(TOKEN_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| hex::decode(v.trim()).ok())
-        .is_some_and(|tag| {
-            // Any key of the current key file (during a rotation, old and new).
-            cluster
-                .keys()
-                .current()
-                .entries()
-                .iter()
-                .any(|e| e.key.verify(&[TOKEN_LABEL], &tag))
-        });
-    if ok {
-        Ok(())
-    } else {
-        Err(error(
-            StatusCode::UNAUTHORIZED,
-            format!(
-                "the session endpoints need the {TOKEN_HEADER} header: the hex HMAC-SHA256 of \"{}\" under the cluster key (kubectl tribe computes it from the Secret <name>-key)",
-                String::from_utf8_lossy(TOKEN_LABEL)
-            ),
-        ))
-    }
+/// `Err(401)` unless the request carries a valid token of this cluster's key, `Err(403)`
+/// when its scope does not cover `need`.
+fn authorize(cluster: &Cluster, headers: &HeaderMap, need: Scope) -> Result<(), ApiError> {
+    let header = headers.get(TOKEN_HEADER).and_then(|v| v.to_str().ok());
+    // Any key of the current key file (during a rotation, old and new).
+    crate::admin_token::verify(&cluster.keys().current(), header, need, unix_now())
+        .map(|_| ())
+        .map_err(|r| {
+            let status = StatusCode::from_u16(r.status()).unwrap_or(StatusCode::UNAUTHORIZED);
+            error(status, r.to_string())
+        })
 }
 
 fn parse_id(s: &str) -> Result<SessionId, ApiError> {
@@ -228,7 +208,7 @@ async fn list(
     headers: HeaderMap,
     Query(q): Query<PageQuery>,
 ) -> Response {
-    if let Err(r) = authorize(&cluster, &headers) {
+    if let Err(r) = authorize(&cluster, &headers, Scope::Read) {
         return r.into_response();
     }
     let limit = q.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT);
@@ -272,7 +252,7 @@ async fn inspect(
     Path(id): Path<String>,
     Query(q): Query<DetailQuery>,
 ) -> Response {
-    if let Err(r) = authorize(&cluster, &headers) {
+    if let Err(r) = authorize(&cluster, &headers, Scope::needed(false, q.values)) {
         return r.into_response();
     }
     let sid = match parse_id(&id) {
@@ -318,7 +298,7 @@ async fn expire(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    if let Err(r) = authorize(&cluster, &headers) {
+    if let Err(r) = authorize(&cluster, &headers, Scope::Delete) {
         return r.into_response();
     }
     let sid = match parse_id(&id) {

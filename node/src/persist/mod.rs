@@ -22,6 +22,8 @@
 pub mod dirty;
 pub mod embedded;
 pub mod flusher;
+pub mod journal;
+pub mod pg_tls;
 pub mod postgres;
 pub mod record;
 #[cfg(test)]
@@ -345,17 +347,49 @@ pub fn load(backend: &Arc<dyn Backend>, budget: usize, now: u64) -> Result<Store
     Ok(store)
 }
 
-/// Renames `dir` to `<dir>.corrupt-<UTC time>` (kept for inspection, never deleted).
+/// Set-aside copies kept beside the data directory (the newest); older ones are removed
+/// when another is set aside, so a node that keeps hitting bad data cannot fill its disk.
+pub const KEEP_SET_ASIDE: usize = 3;
+
+/// Renames `dir` to `<dir>.corrupt-<UTC time>` (kept for inspection), then removes all
+/// but the newest [`KEEP_SET_ASIDE`] such copies.
 pub fn set_aside(dir: &std::path::Path) -> std::io::Result<std::path::PathBuf> {
-    let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now())
+    let now = std::time::SystemTime::now();
+    let stamp = humantime::format_rfc3339_millis(now)
         .to_string()
         .replace(':', "");
-    let name = format!(
-        "{}.corrupt-{stamp}",
-        dir.file_name()
-            .map_or("data".into(), |n| n.to_string_lossy())
-    );
-    let to = dir.with_file_name(name);
+    let base = dir
+        .file_name()
+        .map_or("data".into(), |n| n.to_string_lossy().into_owned());
+    let to = dir.with_file_name(format!("{base}.corrupt-{stamp}"));
     std::fs::rename(dir, &to)?;
+    prune_set_aside(dir, KEEP_SET_ASIDE);
     Ok(to)
+}
+
+/// Removes all but the newest `keep` set-aside copies of `dir` (`<dir>.corrupt-<time>`;
+/// the names sort by time). Failures are logged, not fatal: the node starts regardless.
+pub fn prune_set_aside(dir: &std::path::Path, keep: usize) {
+    let (Some(parent), Some(base)) = (dir.parent(), dir.file_name()) else {
+        return;
+    };
+    let prefix = format!("{}.corrupt-", base.to_string_lossy());
+    let Ok(rd) = std::fs::read_dir(parent) else {
+        return;
+    };
+    let mut copies: Vec<std::path::PathBuf> = rd
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .map(|e| e.path())
+        .collect();
+    copies.sort();
+    let old = copies.len().saturating_sub(keep);
+    for p in &copies[..old] {
+        match std::fs::remove_dir_all(p).or_else(|_| std::fs::remove_file(p)) {
+            Ok(()) => tracing::info!(removed = %p.display(), keep, "removed an old set-aside copy"),
+            Err(e) => {
+                tracing::warn!(path = %p.display(), error = %e, "cannot remove an old set-aside copy")
+            }
+        }
+    }
 }

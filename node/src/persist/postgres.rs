@@ -47,9 +47,9 @@
 //!
 //! # TLS
 //!
-//! The URL's `sslmode` decides, as in libpq: `disable`; `prefer` (the default: TLS when
-//! the server offers it); or `require`. The server certificate is checked against the
-//! system's trusted roots.
+//! Required unless the URL says `sslmode=disable`: no `sslmode` means `require`, or
+//! `verify-full` when `sslrootcert` names a CA; `prefer` and `allow` are refused (see
+//! [`super::pg_tls`]). A server that declines TLS is refused before the password is sent.
 
 use std::sync::mpsc as std_mpsc;
 use std::time::Duration;
@@ -127,6 +127,18 @@ fn pg(what: &str, e: tokio_postgres::Error) -> BackendError {
     }
 }
 
+/// A server that declines TLS, said plainly with what to do about it.
+fn refused_tls(mode: super::pg_tls::SslMode, e: BackendError) -> BackendError {
+    match e {
+        BackendError::Io(m) if m.contains("does not support TLS") => BackendError::Io(format!(
+            "{m}: refused (sslmode={}; the node sends nothing, password included, without TLS \
+             unless --postgres-url says sslmode=disable)",
+            mode.as_str()
+        )),
+        other => other,
+    }
+}
+
 fn sid_bytes(sid: SessionId) -> Vec<u8> {
     sid.to_be_bytes().to_vec()
 }
@@ -174,9 +186,14 @@ impl Postgres {
     /// is missing: an unreachable database or a role without rights is an error here, at
     /// start, not at the first flush.
     pub fn connect(url: &str, cluster: &str, node: &str) -> Result<Postgres, BackendError> {
-        let mut config: tokio_postgres::Config = url
-            .parse()
-            .map_err(|e| BackendError::Io(format!("invalid --postgres-url: {e}")))?;
+        let invalid =
+            |e: &dyn std::fmt::Display| BackendError::Io(format!("invalid --postgres-url: {e}"));
+        let (rest, tls_settings) = super::pg_tls::split(url).map_err(|e| invalid(&e))?;
+        let mut config: tokio_postgres::Config = rest.parse().map_err(|e| invalid(&e))?;
+        config.ssl_mode(match tls_settings.mode {
+            super::pg_tls::SslMode::Disable => tokio_postgres::config::SslMode::Disable,
+            _ => tokio_postgres::config::SslMode::Require,
+        });
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(Duration::from_secs(5));
         }
@@ -185,7 +202,8 @@ impl Postgres {
         let (jobs, rx) = mpsc::unbounded_channel();
         let conn = Conn {
             config,
-            tls: tls()?,
+            tls: tls(&tls_settings)?,
+            sslmode: tls_settings.mode,
             cluster: cluster.to_owned(),
             node: node.to_owned(),
             client: None,
@@ -197,7 +215,7 @@ impl Postgres {
         let pg = Postgres { jobs, target };
         pg.disk_bytes_checked()
             .map_err(|e| BackendError::Io(format!("{}: {e}", pg.target)))?;
-        tracing::info!(target = %pg.target, "sessions persisted in PostgreSQL");
+        tracing::info!(target = %pg.target, sslmode = tls_settings.mode.as_str(), "sessions persisted in PostgreSQL");
         Ok(pg)
     }
 
@@ -268,19 +286,11 @@ impl Backend for Postgres {
     }
 }
 
-/// The TLS connector `sslmode` uses (the system's roots).
-fn tls() -> Result<tokio_postgres_rustls::MakeRustlsConnect, BackendError> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_native_certs::load_native_certs().certs {
-        let _ = roots.add(cert);
-    }
-    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| io("tls", e))?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+/// The TLS connector for the URL's settings (unused with `sslmode=disable`).
+fn tls(
+    settings: &super::pg_tls::TlsSettings,
+) -> Result<tokio_postgres_rustls::MakeRustlsConnect, BackendError> {
+    let config = super::pg_tls::client_config(settings).map_err(|e| io("tls", e))?;
     Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
 }
 
@@ -288,6 +298,8 @@ fn tls() -> Result<tokio_postgres_rustls::MakeRustlsConnect, BackendError> {
 struct Conn {
     config: tokio_postgres::Config,
     tls: tokio_postgres_rustls::MakeRustlsConnect,
+    /// For the message when a server declines TLS.
+    sslmode: super::pg_tls::SslMode,
     cluster: String,
     node: String,
     client: Option<tokio_postgres::Client>,
@@ -353,7 +365,7 @@ impl Conn {
                 .config
                 .connect(self.tls.clone())
                 .await
-                .map_err(|e| pg("connect", e))?;
+                .map_err(|e| refused_tls(self.sslmode, pg("connect", e)))?;
             tokio::spawn(async move {
                 if let Err(e) = connection.await {
                     tracing::warn!(error = %e, "postgres connection closed");

@@ -126,3 +126,47 @@ fn unreadable_data_is_set_aside() {
     let name = aside.file_name().unwrap().to_string_lossy().to_string();
     assert!(name.starts_with("sessions.corrupt-20"), "{name}");
 }
+
+/// Set-aside copies do not pile up: setting another aside keeps the newest
+/// `KEEP_SET_ASIDE` and removes the older ones (and nothing else beside them).
+#[test]
+fn only_the_newest_set_aside_copies_are_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let sessions = dir.path().join("sessions");
+    // Older copies, as earlier starts left them (names sort by time).
+    for stamp in [
+        "2024-01-01T000000Z",
+        "2024-02-01T000000Z",
+        "2024-03-01T000000Z",
+        "2024-04-01T000000.5Z",
+    ] {
+        let old = dir.path().join(format!("sessions.corrupt-{stamp}"));
+        std::fs::create_dir_all(old.join("keyspaces")).unwrap();
+        std::fs::write(old.join("keyspaces/x"), b"data").unwrap();
+    }
+    std::fs::create_dir_all(dir.path().join("other")).unwrap();
+    std::fs::create_dir_all(&sessions).unwrap();
+    let newest = super::set_aside(&sessions).unwrap();
+    let mut left: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(left.len(), super::KEEP_SET_ASIDE + 1, "{left:?}");
+    assert!(left.contains(&"other".to_string()), "{left:?}");
+    assert!(newest.exists());
+    assert!(
+        left.contains(&"sessions.corrupt-2024-03-01T000000Z".to_string()),
+        "{left:?}"
+    );
+    assert!(
+        left.contains(&"sessions.corrupt-2024-04-01T000000.5Z".to_string()),
+        "{left:?}"
+    );
+    assert!(
+        !left
+            .iter()
+            .any(|n| n.contains("2024-01") || n.contains("2024-02")),
+        "{left:?}"
+    );
+}
