@@ -44,7 +44,8 @@
 //! - [`ClusterKey`] — the cluster key.
 //!
 //! The other modules are internals (hidden from these docs; the tests use them): the key
-//! file and rotation, the Noise handshake, the wire format, the session table,
+//! file and rotation, the Noise handshake, the data model (sessions, stamps, deltas) and
+//! the clock, the wire format, the session table,
 //! ownership, persistence (backends, the flusher, start from disk, swap-out), membership discovery, transport, the replication core and its
 //! simulation, read-your-writes, the admin and demo HTTP routers, metrics and the Redis
 //! protocol endpoint.
@@ -53,6 +54,8 @@
 pub mod config;
 pub mod node;
 
+#[doc(hidden)]
+pub mod clock;
 #[doc(hidden)]
 pub mod cluster;
 #[doc(hidden)]
@@ -67,6 +70,8 @@ pub mod keyring;
 pub mod membership;
 #[doc(hidden)]
 pub mod metrics;
+#[doc(hidden)]
+pub mod model;
 #[doc(hidden)]
 pub mod ownership;
 #[doc(hidden)]

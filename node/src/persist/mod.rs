@@ -12,7 +12,7 @@
 //!   writers share one batch and one fsync (group commit).
 //!
 //! What is stored per session is its whole replica state with the per-attribute stamps
-//! ([`crate::wire::SessionState`]), so a node that restarts from its own copy is, to the
+//! ([`crate::model::SessionState`]), so a node that restarts from its own copy is, to the
 //! replication protocol, a replica that missed some deltas: anti-entropy and the join's
 //! state transfer bring it up to date with the same merges as ever.
 //!
@@ -32,8 +32,8 @@ use std::time::Duration;
 
 use crate::config::{Config, Durability};
 use crate::metrics::PersistMetrics;
-use crate::store::Store;
-use crate::wire::{SessionId, SessionState};
+use crate::store::{ColdTier, Store};
+use crate::model::{SessionId, SessionState};
 
 /// One persisted session: its id, its expiry (unix seconds, so a backend can delete
 /// expired rows without decoding them) and its encoded state ([`record::encode`]).
@@ -100,7 +100,8 @@ pub enum BackendError {
 ///   caller batches, the backend must not add a per-record round trip.
 /// - **Threads**: every method may block (disk, network); the node calls them from
 ///   blocking threads (the flusher's, `spawn_blocking`), never holding a lock of its own,
-///   except [`Backend::load_one`], which the store calls inline when a swapped-out session
+///   except [`Backend::load_one`], which the store calls inline (holding no lock of its
+///   own, see [`crate::store::ColdTier`]) when a swapped-out session
 ///   is accessed: it should take well under a millisecond (an index lookup). Methods are
 ///   called concurrently from several threads (`&self`).
 /// - **Errors**: nothing panics. Unreadable data is [`BackendError::Corrupt`], anything
@@ -135,6 +136,24 @@ pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
     fn disk_bytes(&self) -> Option<u64> {
         None
     }
+}
+
+/// A backend as the store's cold tier: its records, decoded ([`record::decode`]).
+#[derive(Debug, Clone)]
+pub struct Cold(pub Arc<dyn Backend>);
+
+impl ColdTier for Cold {
+    fn read(&self, sid: SessionId) -> Result<Option<SessionState>, String> {
+        self.0
+            .load_one(sid)
+            .and_then(|r| r.map(|r| record::decode(&r)).transpose())
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// An empty store persisted to `backend` (its swapped-out sessions read back from it).
+pub fn store_over(backend: &Arc<dyn Backend>) -> Store {
+    Store::persisted(Arc::new(Cold(backend.clone())))
 }
 
 /// Persistence of a running node: where, and how.
@@ -243,7 +262,7 @@ fn from_directory(
             );
             let backend: Arc<dyn Backend> =
                 Arc::new(guarded(|| embedded::Embedded::open(&dir)).map_err(fail)?);
-            let store = Store::persisted(backend.clone());
+            let store = store_over(&backend);
             (backend, store)
         }
     };
@@ -272,7 +291,7 @@ fn from_database(
                 error = %e,
                 "persisted sessions are unreadable: starting empty, peers will fill this node"
             );
-            Store::persisted(backend.clone())
+            store_over(&backend)
         }
         Err(e) => return Err(fail(e)),
     };
@@ -296,7 +315,7 @@ fn guarded<T>(f: impl FnOnce() -> Result<T, BackendError>) -> Result<T, BackendE
 /// A store holding every unexpired session of `backend` (the first `budget` in memory,
 /// the rest swapped out; 0: all in memory). Expired records are deleted.
 pub fn load(backend: &Arc<dyn Backend>, budget: usize, now: u64) -> Result<Store, BackendError> {
-    let store = Store::persisted(backend.clone());
+    let store = store_over(&backend);
     let mut expired = Vec::new();
     let mut n = 0usize;
     let mut restore = |s: &SessionState| {

@@ -5,7 +5,6 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
@@ -24,13 +23,7 @@ use crate::wire::SessionId;
 /// Redis 7.0 where it is implemented.
 pub const REDIS_VERSION: &str = "7.0.0";
 
-/// Unix time in milliseconds.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+pub use crate::clock::unix_millis as now_ms;
 
 /// Options of the RESP listener.
 #[derive(Debug, Clone)]
@@ -574,10 +567,7 @@ async fn execute(shared: &Shared, conn: &mut Conn, args: &[Bytes]) -> (Reply, bo
         },
         Command::DbSize => keys.dbsize(),
         Command::Time => {
-            let us = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_micros())
-                .unwrap_or(0);
+            let us = crate::clock::unix_micros();
             Reply::Array(vec![
                 Reply::bulk((us / 1_000_000).to_string()),
                 Reply::bulk((us % 1_000_000).to_string()),
