@@ -303,6 +303,46 @@ impl Keys {
         v.sort();
         v
     }
+
+    /// Whether a node that sees `live_members` members (itself included) is cut off by
+    /// its keys: it has no live peer, yet peers it discovered answer TCP and refuse its
+    /// keys (or it theirs). Such a node must not report ready: it would serve as a second,
+    /// empty cluster behind the same Service (e.g. after the key Secret was deleted and
+    /// recreated with a new key).
+    pub fn isolate(&self, live_members: usize) -> bool {
+        live_members <= 1 && !self.refusing_peers().is_empty()
+    }
+
+    /// The key ids held (primary first) and the peers refusing them (the `/cluster` view).
+    pub fn status(&self) -> (Vec<String>, Vec<SocketAddr>) {
+        (self.current().ids(), self.refusing_peers())
+    }
+
+    /// Returns once the node is not [isolated](Self::isolate) (`live_members` tells how
+    /// many members it sees), or at `shutdown`; logs once while it waits.
+    pub async fn wait_while_isolated(
+        &self,
+        live_members: impl Fn() -> usize,
+        shutdown: &CancellationToken,
+    ) {
+        let mut warned = false;
+        while self.isolate(live_members()) {
+            if !warned {
+                tracing::warn!(
+                    peers = ?self.refusing_peers(),
+                    "every peer found refuses this node's cluster key: not joining (not ready) until one accepts it"
+                );
+                warned = true;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+                _ = shutdown.cancelled() => return,
+            }
+        }
+        if warned {
+            tracing::info!("a peer accepts this node's key now: joining");
+        }
+    }
 }
 
 impl From<ClusterKey> for Keys {
@@ -355,51 +395,6 @@ pub async fn watch_file(path: PathBuf, keys: Keys, interval: Duration, stop: Can
                 last_error = Some(e.to_string());
             }
         }
-    }
-}
-
-impl crate::cluster::Cluster {
-    /// Whether this node is cut off by its keys: it has no live member, yet peers it
-    /// discovered answer TCP and refuse its keys (or it theirs). Such a node must not
-    /// report ready: it would serve as a second, empty cluster behind the same Service
-    /// (e.g. after the key Secret was deleted and recreated with a new key).
-    pub fn isolated_by_key(&self) -> bool {
-        self.live_members().len() <= 1 && !self.inner.key.refusing_peers().is_empty()
-    }
-
-    /// Returns once this node is not [isolated by key](Self::isolated_by_key), or at
-    /// shutdown; logs once while it waits.
-    pub(crate) async fn wait_while_isolated(&self) {
-        let mut warned = false;
-        while self.isolated_by_key() {
-            if !warned {
-                tracing::warn!(
-                    peers = ?self.inner.key.refusing_peers(),
-                    "every peer found refuses this node's cluster key: not joining (not ready) until one accepts it"
-                );
-                warned = true;
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_millis(250)) => {}
-                _ = self.inner.shutdown.cancelled() => return,
-            }
-        }
-        if warned {
-            tracing::info!("a peer accepts this node's key now: joining");
-        }
-    }
-
-    /// The node's keys (reloaded from the key file).
-    pub fn keys(&self) -> &Keys {
-        &self.inner.key
-    }
-
-    /// The key ids this node holds (primary first) and the peers refusing its keys.
-    pub fn key_status(&self) -> (Vec<String>, Vec<SocketAddr>) {
-        (
-            self.inner.key.current().ids(),
-            self.inner.key.refusing_peers(),
-        )
     }
 }
 
@@ -478,6 +473,19 @@ mod tests {
         assert_eq!(keys.refusing_peers(), vec![a]);
         keys.record_success(a);
         assert!(keys.refusing_peers().is_empty());
+    }
+
+    #[test]
+    fn a_lone_node_refused_by_its_peers_is_isolated() {
+        let keys = Keys::new(KeySet::parse(b"0123456789abcdef-legacy").unwrap());
+        assert!(!keys.isolate(1), "nobody refused: alone is not isolated");
+        let a: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        keys.record_refusal(a);
+        assert!(keys.isolate(1));
+        assert!(!keys.isolate(2), "a live peer accepts the keys");
+        assert_eq!(keys.status(), (vec![DEFAULT_KEY_ID.to_string()], vec![a]));
+        keys.record_success(a);
+        assert!(!keys.isolate(1));
     }
 
     #[tokio::test]

@@ -281,7 +281,7 @@ impl Cluster {
             && !self.inner.leaving.load(Ordering::Relaxed)
             && !self.inner.draining.load(Ordering::Relaxed)
             && self.has_quorum()
-            && !self.isolated_by_key()
+            && !self.inner.key.isolate(self.live_members().len())
     }
 
     /// Reports not ready from now on, while still serving and replicating (the first step
@@ -299,6 +299,11 @@ impl Cluster {
     /// The metrics.
     pub fn metrics(&self) -> &Metrics {
         &self.inner.metrics
+    }
+
+    /// The node's keys (reloaded from the key file).
+    pub fn keys(&self) -> &crate::keyring::Keys {
+        &self.inner.key
     }
 
     /// Sorted ids of the live members, this node included.
@@ -1037,8 +1042,8 @@ impl Cluster {
             backup,
             rereplication_backlog: inner.metrics.rereplication_backlog.get().max(0) as u64,
             members,
-            keys: self.key_status().0,
-            refusing_peers: self.key_status().1.iter().map(|a| a.to_string()).collect(),
+            keys: self.inner.key.status().0,
+            refusing_peers: self.inner.key.status().1.iter().map(|a| a.to_string()).collect(),
         }
     }
 
