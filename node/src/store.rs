@@ -1184,3 +1184,66 @@ mod tests {
         assert_eq!((store.live(), live_by_scan(&store)), (0, 0));
     }
 }
+
+#[cfg(test)]
+mod cold_tier_tests {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::{OnceLock, Weak};
+
+    use super::*;
+
+    /// A cold tier that holds one session's state and checks, on every read, that the
+    /// store does not hold that session's shard lock.
+    #[derive(Debug)]
+    struct Probe {
+        store: OnceLock<Weak<Store>>,
+        state: SessionState,
+        reads: AtomicUsize,
+        read_under_lock: AtomicBool,
+    }
+
+    impl ColdTier for Probe {
+        fn read(&self, sid: SessionId) -> Result<Option<SessionState>, String> {
+            self.reads.fetch_add(1, Ordering::SeqCst);
+            let store = self.store.get().and_then(Weak::upgrade).expect("store");
+            if store.sessions.try_get_mut(&sid).is_locked() {
+                self.read_under_lock.store(true, Ordering::SeqCst);
+            }
+            Ok((sid == self.state.sid).then(|| self.state.clone()))
+        }
+    }
+
+    #[test]
+    fn a_swapped_out_session_is_read_back_once_and_without_a_shard_lock() {
+        let mut s = Session::default();
+        s.apply(&Delta {
+            sid: 7,
+            stamp: Stamp {
+                counter: 3,
+                origin: 1,
+            },
+            base: 2,
+            set: vec![("a".into(), Bytes::from_static(b"1"))],
+            removed: vec![],
+            expiry: Some(u64::MAX / 2),
+            invalidate: false,
+        });
+        let probe = Arc::new(Probe {
+            store: OnceLock::new(),
+            state: s.to_state(7),
+            reads: AtomicUsize::new(0),
+            read_under_lock: AtomicBool::new(false),
+        });
+        let store = Arc::new(Store::persisted(probe.clone()));
+        probe.store.set(Arc::downgrade(&store)).unwrap();
+        store.restore(&s.to_state(7), false, 1_000);
+        assert_eq!((store.resident(), store.swapped()), (0, 1));
+
+        assert_eq!(store.version(7), Some(3));
+        assert_eq!(store.with(7, |s| s.get("a").cloned()), Some(Some(Bytes::from_static(b"1"))));
+        assert_eq!((store.resident(), store.swapped()), (1, 0));
+        assert_eq!(probe.reads.load(Ordering::SeqCst), 1, "read back once, then resident");
+        assert!(!probe.read_under_lock.load(Ordering::SeqCst));
+        assert_eq!(store.live(), 1);
+    }
+}
