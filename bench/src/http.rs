@@ -150,6 +150,9 @@ pub struct User {
     pub without_version: bool,
     /// The last counter a write of this user was answered with.
     pub last: i64,
+    /// Writes answered with a counter below the last one: the session went back (e.g.
+    /// a store that answered "no such session" and the app started a fresh one).
+    pub resets: u64,
 }
 
 impl User {
@@ -233,6 +236,9 @@ impl User {
             .request(conn, Method::POST, "/counter", Bytes::new())
             .await?;
         let n = counter_of(&a.body).context("no counter in the answer")?;
+        if n < self.last {
+            self.resets += 1;
+        }
         let seq = if n == self.last + 1 {
             Seq::InOrder
         } else {

@@ -48,6 +48,11 @@ impl Client {
         }
     }
 
+    /// How many of this user's writes found its session gone back.
+    pub fn resets(&self) -> u64 {
+        self.user.resets
+    }
+
     async fn once(&mut self, op: Op) -> Result<Seq> {
         if self.conn.is_none() {
             self.conn = Some(Conn::connect(self.addr).await?);

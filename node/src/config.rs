@@ -260,8 +260,23 @@ settings! {
     /// sessions: the session store for apps in any language. Default: off; the flag
     /// alone means `127.0.0.1:6379`. Keep it on loopback, next to the app.
     resp_addr: Option<SocketAddr> = RESP_ADDR, Kind::Optional("127.0.0.1:6379"), parse some(from_str::<SocketAddr>);
-    /// File holding the password Redis clients must give (`AUTH`); default: none.
+    /// File holding the password Redis clients must give (`AUTH`); default: none. A
+    /// `--resp-addr` other than loopback requires one (or `--resp-insecure`).
     resp_password_file: Option<PathBuf> = RESP_PASSWORD_FILE, Kind::Value, parse some(from_str::<PathBuf>);
+    /// Serve the Redis protocol on a non-loopback `--resp-addr` without a password (every
+    /// key of the cluster readable and writable by anyone who reaches it; labs only).
+    resp_insecure: bool = RESP_INSECURE, Kind::Switch, parse switch;
+    /// Most concurrent Redis clients (Redis' `maxclients`); with a password, 32 of them
+    /// are kept for authenticated clients.
+    resp_max_clients: usize = RESP_MAX_CLIENTS, Kind::Value, default "10000", parse in_range::<usize>(64, 1_000_000);
+    /// Largest Redis request in bytes, headers included (before `AUTH`: 16 KiB and 10
+    /// arguments).
+    resp_max_request: usize = RESP_MAX_REQUEST, Kind::Value, default "16777216", parse in_range::<usize>(1024, 1 << 30);
+    /// With a password: a Redis client that has not authenticated this long after
+    /// connecting is closed.
+    resp_auth_timeout: Duration = RESP_AUTH_TIMEOUT, Kind::Value, default "10s", parse parse_duration;
+    /// Close an authenticated Redis client idle this long (Redis' `timeout`); 0s: never.
+    resp_idle_timeout: Duration = RESP_IDLE_TIMEOUT, Kind::Value, default "0s", parse parse_duration;
     /// Serve an HTTP front proxy for the app on this address (async mode: read-your-writes
     /// behind round-robin for any framework). Requires `--proxy-upstream`.
     proxy_addr: Option<SocketAddr> = PROXY_ADDR, Kind::Value, requires proxy_upstream, parse some(from_str::<SocketAddr>);

@@ -125,4 +125,7 @@ pub enum Error {
     /// The RESP password file could not be read.
     #[error("--resp-password-file {0}: {1}")]
     RespPasswordFile(String, String),
+    /// A non-loopback `--resp-addr` without a password (Redis' protected mode).
+    #[error("--resp-addr {0} is not a loopback address and no --resp-password-file is set: anyone who reaches it could read and write every session of the cluster. Set --resp-password-file, bind 127.0.0.1, or pass --resp-insecure (labs only)")]
+    RespUnprotected(std::net::SocketAddr),
 }

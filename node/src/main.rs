@@ -52,7 +52,11 @@ async fn serve(cfg: Config) -> ExitCode {
         .init();
     let node = match Node::bind(cfg).await {
         Ok(n) => n,
-        Err(e @ (tribe_node::Error::NoKey | tribe_node::Error::KeyFile(..))) => {
+        Err(
+            e @ (tribe_node::Error::NoKey
+            | tribe_node::Error::KeyFile(..)
+            | tribe_node::Error::RespUnprotected(_)),
+        ) => {
             eprintln!("tribe-node: {e}");
             return ExitCode::from(2);
         }

@@ -95,6 +95,8 @@ pub struct Metrics {
     pub resident_memory_bytes: Gauge,
     /// The memory limit of the node's cgroup, bytes; 0 when unlimited or unknown.
     pub memory_limit_bytes: Gauge,
+    /// Redis endpoint: `AUTH` (or `HELLO ... AUTH`) attempts with a wrong password.
+    pub resp_auth_failures: Counter,
     /// Persistence (`--data-dir`).
     pub persist: PersistMetrics,
 }
@@ -238,6 +240,7 @@ impl Metrics {
             ready: Gauge::default(),
             resident_memory_bytes: Gauge::default(),
             memory_limit_bytes: Gauge::default(),
+            resp_auth_failures: Counter::default(),
             persist: PersistMetrics::new(),
         };
         let r = registry.sub_registry_with_prefix("tribe");
@@ -312,6 +315,11 @@ impl Metrics {
             "sync_timeouts",
             "Sync writes that timed out waiting for acks",
             m.sync_timeouts.clone(),
+        );
+        r.register(
+            "resp_auth_failures",
+            "Redis endpoint: AUTH attempts with a wrong password",
+            m.resp_auth_failures.clone(),
         );
         r.register(
             "consistency_waits",

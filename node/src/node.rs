@@ -90,7 +90,16 @@ impl Node {
     pub async fn from_listeners(cfg: Config, listeners: Listeners) -> Result<Node, Error> {
         let keys = load_key(&cfg)?;
         let resp = match cfg.resp_addr {
-            Some(addr) => Some((bind(addr).await?, resp_password(&cfg)?)),
+            Some(addr) => {
+                let password = resp_password(&cfg)?;
+                if password.is_none() && !addr.ip().is_loopback() {
+                    if !cfg.resp_insecure {
+                        return Err(Error::RespUnprotected(addr));
+                    }
+                    tracing::warn!(resp = %addr, "--resp-insecure: serving the Redis protocol beyond loopback WITHOUT a password; anyone who reaches it can read and write every session");
+                }
+                Some((bind(addr).await?, password))
+            }
             None => None,
         };
         let proxy = match (cfg.proxy_addr, &cfg.proxy_upstream) {
@@ -246,6 +255,13 @@ impl Node {
             tracing::info!(resp = %local(&listener), auth = password.is_some(), "serving the Redis protocol");
             let opts = resp::Options {
                 password,
+                limits: resp::codec::Limits {
+                    max_request: cfg.resp_max_request,
+                    ..Default::default()
+                },
+                max_clients: cfg.resp_max_clients,
+                auth_timeout: cfg.resp_auth_timeout,
+                idle_timeout: (!cfg.resp_idle_timeout.is_zero()).then_some(cfg.resp_idle_timeout),
                 ..resp::Options::default()
             };
             tokio::spawn(resp::serve(listener, cluster.clone(), opts, stop_http.clone()))

@@ -104,9 +104,11 @@ pub async fn run(env: &Env) -> Result<Table> {
         let mut store_pids: Vec<u32> = Vec::new();
         let front: Vec<SocketAddr>;
         let mut cluster: Option<Cluster> = None;
+        let store: SocketAddr;
         match case {
             "redis-server" => {
                 let (p, addr) = redis_server().await?;
+                store = addr;
                 store_pids.push(p.0.id());
                 keep.push(p);
                 let mut apps = Vec::new();
@@ -151,6 +153,7 @@ pub async fn run(env: &Env) -> Result<Table> {
                 )
                 .await?;
                 store_pids.extend(c.pids());
+                store = resp[0];
                 for i in 0..INSTANCES {
                     let (a, _) = express_at(resp[i], app_addrs[i]).await?;
                     store_pids.push(a.0.id());
@@ -190,6 +193,49 @@ pub async fn run(env: &Env) -> Result<Table> {
                 json!(per(s1 - s0)),
                 json!(per(x1 - x0)),
             ]);
+        }
+        // A new visitor's first session save: `SET` of a key nobody wrote, one client.
+        let (rate, p50, p99, errors) = new_key_sets(store, measure).await?;
+        t.row(vec![
+            json!(case),
+            json!("SET new key (RESP, 1 client)"),
+            json!(rate),
+            json!(p50),
+            json!(p99),
+            json!(0),
+            json!(errors),
+            serde_json::Value::Null,
+            serde_json::Value::Null,
+        ]);
+        // A sidecar restarted under load: kill -9 of one node (its app keeps running and
+        // reconnects), then a new node in its place; sessions must not go back.
+        if let (Some(c), "tribe sync") = (cluster.as_mut(), case) {
+            let restart = async {
+                tokio::time::sleep(measure / 4).await;
+                c.nodes[1] = None; // killed
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                c.spawn(1)?;
+                c.wait_ready(1, INSTANCES - 1, Duration::from_secs(60))
+                    .await?;
+                anyhow::Ok(())
+            };
+            let (p, restarted) = tokio::join!(load::run(&mut clients, Op::Write, measure), restart);
+            restarted?;
+            let resets: u64 = clients.iter().map(Client::resets).sum();
+            t.row(vec![
+                json!(case),
+                json!("POST /counter, one sidecar kill -9 + restart"),
+                json!(p.rate()),
+                json!(p.ms(0.5)),
+                json!(p.ms(0.99)),
+                json!(p.out_of_sequence),
+                json!(p.errors),
+                serde_json::Value::Null,
+                serde_json::Value::Null,
+            ]);
+            t.note(format!(
+                "{case}, sidecar restart under load: sessions reset (a write answered below the previous one): {resets}; \"stale or lost\" there also counts saves that failed while the node was down (express-session answers 200 without the save)"
+            ));
         }
         if let Some(c) = &cluster {
             let mut sums = Vec::new();
@@ -232,4 +278,42 @@ async fn express_at(store: SocketAddr, addr: SocketAddr) -> Result<(Proc, Socket
     let p = Proc(child);
     listening("the Express app", addr).await?;
     Ok((p, addr))
+}
+
+/// Sequential `SET` of keys nobody wrote, on one RESP connection to `store`, for `time`:
+/// (commands/s, p50 ms, p99 ms, error replies).
+async fn new_key_sets(store: SocketAddr, time: Duration) -> Result<(f64, f64, f64, u64)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(store).await?;
+    s.set_nodelay(true)?;
+    let mut hist = load::histogram();
+    let mut errors = 0;
+    let mut n = 0u64;
+    let tag = std::process::id();
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 64];
+    while started.elapsed() < time {
+        let key = format!("bench:new:{tag}:{n}");
+        let req = format!("*3\r\n$3\r\nSET\r\n${}\r\n{key}\r\n$1\r\nv\r\n", key.len());
+        let t0 = std::time::Instant::now();
+        s.write_all(req.as_bytes()).await?;
+        let mut got = Vec::new();
+        while !got.ends_with(b"\r\n") {
+            let k = s.read(&mut buf).await?;
+            anyhow::ensure!(k > 0, "the store closed the connection");
+            got.extend_from_slice(&buf[..k]);
+        }
+        hist.saturating_record((t0.elapsed().as_nanos() as u64).max(1));
+        if got != b"+OK\r\n" {
+            errors += 1;
+        }
+        n += 1;
+    }
+    let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1e6;
+    Ok((
+        n as f64 / started.elapsed().as_secs_f64(),
+        ms(0.5),
+        ms(0.99),
+        errors,
+    ))
 }

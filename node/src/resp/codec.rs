@@ -19,9 +19,9 @@ use bytes::{BufMut, Bytes, BytesMut};
 use tokio_util::codec::{Decoder, Encoder};
 
 /// Bounds on one request.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
-    /// Largest request (all of its arguments) in bytes.
+    /// Largest request in bytes: everything it takes on the wire, headers included.
     pub max_request: usize,
     /// Most arguments in one request (Redis: 1,048,576).
     pub max_args: usize,
@@ -35,6 +35,19 @@ impl Default for Limits {
             max_request: 16 * 1024 * 1024,
             max_args: 1024 * 1024,
             max_line: 64 * 1024,
+        }
+    }
+}
+
+impl Limits {
+    /// The limits before `AUTH` (when a password is set), as Redis bounds unauthenticated
+    /// input (CVE-2021-32675): 16 KiB, 10 arguments — enough for
+    /// `HELLO 3 AUTH user password SETNAME name`.
+    pub fn unauthenticated(self) -> Limits {
+        Limits {
+            max_request: self.max_request.min(16 * 1024),
+            max_args: self.max_args.min(10),
+            max_line: self.max_line.min(16 * 1024),
         }
     }
 }
@@ -97,12 +110,28 @@ impl Reply {
     }
 }
 
+/// How far the request at the start of the buffer has been parsed: parsing resumes
+/// here when more bytes arrive, so the cost of a request is linear in its size however
+/// it is split into reads (Redis' own parser keeps the same state per client).
+#[derive(Debug, Clone, Default)]
+struct Partial {
+    /// The multibulk count, once its header line is parsed.
+    count: Option<usize>,
+    /// The arguments parsed so far: (offset, length) in the buffer.
+    args: Vec<(usize, usize)>,
+    /// Where parsing resumes (the next header, or the pending bulk's header).
+    pos: usize,
+    /// How far the current line was searched for its end.
+    scanned: usize,
+}
+
 /// The server side of RESP: decodes requests (`Vec<Bytes>`: command and arguments),
 /// encodes [`Reply`]s.
 #[derive(Debug, Clone)]
 pub struct RespCodec {
     limits: Limits,
     protocol: u8,
+    partial: Partial,
 }
 
 impl RespCodec {
@@ -111,6 +140,7 @@ impl RespCodec {
         RespCodec {
             limits,
             protocol: 2,
+            partial: Partial::default(),
         }
     }
 
@@ -123,21 +153,45 @@ impl RespCodec {
     pub fn protocol(&self) -> u8 {
         self.protocol
     }
+
+    /// Changes the request limits (from the next request on): wider once the client
+    /// authenticated.
+    pub fn set_limits(&mut self, limits: Limits) {
+        self.limits = limits;
+    }
 }
 
 fn protocol(msg: impl Into<String>) -> CodecError {
     CodecError::Protocol(msg.into())
 }
 
-/// Finds `\r\n` in `buf[from..]`; `Ok(None)` when not there yet, an error when the line
-/// would exceed `max` bytes.
-fn line_end(buf: &[u8], from: usize, max: usize, what: &str) -> Result<Option<usize>, CodecError> {
-    let window = &buf[from..buf.len().min(from.saturating_add(max + 2))];
-    match window.windows(2).position(|w| w == b"\r\n") {
-        Some(p) => Ok(Some(from + p)),
-        None if window.len() >= max + 2 => Err(protocol(format!("too big {what}"))),
-        None => Ok(None),
+fn too_large(limits: &Limits) -> CodecError {
+    protocol(format!("request larger than {} bytes", limits.max_request))
+}
+
+/// Finds `\r\n` in the line starting at `from`, resuming the search at `*scanned`;
+/// `Ok(None)` when not there yet, an error when the line would exceed `max` bytes.
+fn line_end(
+    buf: &[u8],
+    from: usize,
+    scanned: &mut usize,
+    max: usize,
+    what: &str,
+) -> Result<Option<usize>, CodecError> {
+    let start = (*scanned).max(from);
+    let limit = buf.len().min(from.saturating_add(max + 2));
+    if start < limit {
+        if let Some(p) = buf[start..limit].windows(2).position(|w| w == b"\r\n") {
+            *scanned = 0;
+            return Ok(Some(start + p));
+        }
     }
+    if limit - from >= max + 2 {
+        return Err(protocol(format!("too big {what}")));
+    }
+    // A CR at the end may be the first half of the CRLF: search it again.
+    *scanned = limit.saturating_sub(1).max(from);
+    Ok(None)
 }
 
 fn parse_len(digits: &[u8], what: &str) -> Result<i64, CodecError> {
@@ -154,19 +208,36 @@ pub type Parsed = (Vec<(usize, usize)>, usize);
 /// Parses one multibulk request at the start of `buf`: `Ok(Some((args, consumed)))`,
 /// `Ok(None)` when incomplete. Pure; does not consume.
 pub fn parse_multibulk(buf: &[u8], limits: &Limits) -> Result<Option<Parsed>, CodecError> {
+    parse_resumable(buf, limits, &mut Partial::default())
+}
+
+/// [`parse_multibulk`] resuming from (and saving its progress in) `st`.
+fn parse_resumable(
+    buf: &[u8],
+    limits: &Limits,
+    st: &mut Partial,
+) -> Result<Option<Parsed>, CodecError> {
     debug_assert_eq!(buf.first(), Some(&b'*'));
-    let Some(end) = line_end(buf, 1, limits.max_line, "mbulk count string")? else {
-        return Ok(None);
+    let n = match st.count {
+        Some(n) => n,
+        None => {
+            let max = limits.max_line.min(limits.max_request);
+            let Some(end) = line_end(buf, 1, &mut st.scanned, max, "mbulk count string")? else {
+                return Ok(None);
+            };
+            let n = parse_len(&buf[1..end], "multibulk length")?;
+            if n > limits.max_args as i64 {
+                return Err(protocol("invalid multibulk length"));
+            }
+            let n = n.max(0) as usize;
+            st.count = Some(n);
+            st.pos = end + 2;
+            st.args = Vec::with_capacity(n.min(64));
+            n
+        }
     };
-    let n = parse_len(&buf[1..end], "multibulk length")?;
-    if n > limits.max_args as i64 {
-        return Err(protocol("invalid multibulk length"));
-    }
-    let mut pos = end + 2;
-    let n = n.max(0) as usize;
-    let mut args = Vec::with_capacity(n.min(64));
-    let mut total = 0usize;
-    for _ in 0..n {
+    while st.args.len() < n {
+        let pos = st.pos;
         let Some(&first) = buf.get(pos) else {
             return Ok(None);
         };
@@ -176,32 +247,40 @@ pub fn parse_multibulk(buf: &[u8], limits: &Limits) -> Result<Option<Parsed>, Co
                 (first as char).escape_default()
             )));
         }
-        let Some(end) = line_end(buf, pos + 1, limits.max_line, "bulk count string")? else {
-            return Ok(None);
+        // Header bytes count toward the request's size like its bodies do.
+        let room = limits.max_request.saturating_sub(pos + 1);
+        let max = limits.max_line.min(room);
+        let end = match line_end(buf, pos + 1, &mut st.scanned, max, "bulk count string") {
+            Ok(Some(end)) => end,
+            Ok(None) => return Ok(None),
+            Err(_) if room < limits.max_line => return Err(too_large(limits)),
+            Err(e) => return Err(e),
         };
         let len = parse_len(&buf[pos + 1..end], "bulk length")?;
         if len < 0 {
             return Err(protocol("invalid bulk length"));
         }
-        let len = len as usize;
-        total = total.saturating_add(len);
-        if total > limits.max_request {
-            return Err(protocol(format!(
-                "request larger than {} bytes",
-                limits.max_request
-            )));
-        }
         let start = end + 2;
-        if buf.len() < start + len + 2 {
+        let Some(stop) = start
+            .checked_add(len as usize)
+            .and_then(|s| s.checked_add(2))
+            .filter(|s| *s <= limits.max_request)
+        else {
+            return Err(too_large(limits));
+        };
+        if buf.len() < stop {
             return Ok(None);
         }
-        if &buf[start + len..start + len + 2] != b"\r\n" {
+        if &buf[stop - 2..stop] != b"\r\n" {
             return Err(protocol("bulk string not terminated by CRLF"));
         }
-        args.push((start, len));
-        pos = start + len + 2;
+        st.args.push((start, len as usize));
+        st.pos = stop;
     }
-    Ok(Some((args, pos)))
+    let consumed = st.pos;
+    let args = std::mem::take(&mut st.args);
+    *st = Partial::default();
+    Ok(Some((args, consumed)))
 }
 
 impl Decoder for RespCodec {
@@ -214,7 +293,11 @@ impl Decoder for RespCodec {
                 return Ok(None);
             };
             if first == b'*' {
-                let Some((args, consumed)) = parse_multibulk(src, &self.limits)? else {
+                let parsed = parse_resumable(src, &self.limits, &mut self.partial);
+                let Some((args, consumed)) = parsed.inspect_err(|_| {
+                    self.partial = Partial::default();
+                })?
+                else {
                     return Ok(None);
                 };
                 let frame = src.split_to(consumed).freeze();
@@ -228,16 +311,18 @@ impl Decoder for RespCodec {
                 ));
             }
             // Inline command: one line, arguments separated by spaces.
-            let Some(nl) = src
-                .iter()
-                .take(self.limits.max_line + 1)
-                .position(|&b| b == b'\n')
-            else {
-                if src.len() > self.limits.max_line {
+            let max = self.limits.max_line.min(self.limits.max_request);
+            let from = self.partial.scanned;
+            let window = &src[from..src.len().min(max + 1)];
+            let Some(nl) = window.iter().position(|&b| b == b'\n').map(|p| from + p) else {
+                if src.len() > max {
+                    self.partial = Partial::default();
                     return Err(protocol("too big inline request"));
                 }
+                self.partial.scanned = src.len();
                 return Ok(None);
             };
+            self.partial = Partial::default();
             let line = src.split_to(nl + 1).freeze();
             let text = line.slice(..line.len() - 1);
             let text = text
@@ -255,6 +340,9 @@ impl Decoder for RespCodec {
                     text.slice(off..off + a.len())
                 })
                 .collect();
+            if args.len() > self.limits.max_args {
+                return Err(protocol("invalid multibulk length"));
+            }
             if args.is_empty() {
                 continue; // empty line
             }
@@ -420,13 +508,64 @@ mod tests {
         // A header or inline line longer than max_line with no CRLF yet.
         assert!(decode_all(b"*1111111111111", small).is_err());
         assert!(decode_all(b"PINGPINGPINGPING", small).is_err());
-        // Within the limits: fine.
-        assert_eq!(
-            decode_all(b"*2\r\n$4\r\nPING\r\n$2\r\nhi\r\n", small)
-                .unwrap()
-                .len(),
-            1
+        // Within the limits: fine. Header bytes count: the same 26-byte request is too
+        // large for a 25-byte limit.
+        let req = b"*2\r\n$4\r\nPING\r\n$2\r\nhi\r\n";
+        let fits = Limits {
+            max_request: req.len(),
+            ..small
+        };
+        assert_eq!(decode_all(req, fits).unwrap().len(), 1);
+        let short = Limits {
+            max_request: req.len() - 1,
+            ..small
+        };
+        assert!(decode_all(req, short).is_err());
+        // Zero-padded lengths are header bytes too: refused once past the limit.
+        let mut padded = b"*1\r\n$".to_vec();
+        padded.extend(std::iter::repeat_n(b'0', 20_000));
+        padded.extend(b"1\r\na\r\n");
+        let pre_auth = Limits::default().unauthenticated();
+        assert!(decode_all(&padded, pre_auth).is_err());
+        assert!(
+            decode_all(&cmd_of(11), pre_auth).is_err(),
+            "11 arguments before AUTH"
         );
+        assert_eq!(decode_all(&cmd_of(10), pre_auth).unwrap().len(), 1);
+    }
+
+    fn cmd_of(n: usize) -> Vec<u8> {
+        let mut out = format!("*{n}\r\n").into_bytes();
+        for _ in 0..n {
+            out.extend(b"$1\r\nx\r\n");
+        }
+        out
+    }
+
+    #[test]
+    fn parsing_resumes_where_it_stopped() {
+        // Pipelined requests fed one byte at a time decode exactly as fed at once, and
+        // the parse state carries across reads (no request is parsed twice).
+        let mut input = Vec::new();
+        input.extend(cmd_of(300));
+        input.extend(b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$12\r\nhello\r\nworld\r\n");
+        input.extend(b"PING\r\n");
+        let whole = decode_all(&input, Limits::default()).unwrap();
+        let mut c = RespCodec::new(Limits::default());
+        let mut buf = BytesMut::new();
+        let mut got = Vec::new();
+        for b in &input {
+            buf.extend_from_slice(&[*b]);
+            while let Some(f) = c.decode(&mut buf).unwrap() {
+                got.push(f);
+            }
+            if !got.is_empty() && got.len() < 3 && !buf.is_empty() && buf[0] == b'*' {
+                assert!(c.partial.pos <= buf.len(), "resume point inside the buffer");
+            }
+        }
+        assert_eq!(got, whole);
+        assert_eq!(got.len(), 3);
+        assert_eq!(strs(&got[1]), vec![&b"SET"[..], b"k", b"hello\r\nworld"]);
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! - [`keyspace`] — how a key lives in a session (pure).
 //! - [`commands`] — parsing and the pure semantics of each command.
 //! - [`server`] — the listener, connections, and execution against the cluster.
+//! - [`ready`] — the readiness rule: data only from a ready node (`-LOADING` before).
 //! - [`proxy`] — the HTTP front proxy that gives an app read-your-writes behind
 //!   round-robin in async mode (version cookie; cookie → store key per adapter).
 //!
@@ -28,6 +29,7 @@ pub mod codec;
 pub mod commands;
 pub mod keyspace;
 pub mod proxy;
+pub mod ready;
 pub mod server;
 
 pub use server::{serve, Keys, Options};

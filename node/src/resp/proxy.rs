@@ -131,6 +131,8 @@ pub fn response_cookie<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&
 
 struct Proxy {
     cluster: Cluster,
+    /// `--cookie-secure`: the version cookie is `Secure` too.
+    secure: bool,
     mapping: Mapping,
     cookies: VersionCookie,
     upstream: http::uri::Authority,
@@ -154,6 +156,7 @@ pub async fn serve(
     connector.set_nodelay(true);
     let proxy = Arc::new(Proxy {
         cookies: VersionCookie::new(key, &mapping.cookie, secure),
+        secure,
         cluster,
         mapping,
         upstream,
@@ -175,6 +178,16 @@ pub async fn serve(
 }
 
 async fn handle(State(p): State<Arc<Proxy>>, mut req: Request) -> Response {
+    // The app reads its session from this node: not before it is ready (it would find
+    // none and start a fresh one), nor once it is shutting down.
+    if !super::ready::ready_within(&p.cluster, super::server::READY_WAIT).await {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(http::header::RETRY_AFTER, "1")],
+            "tribe node not ready\n",
+        )
+            .into_response();
+    }
     let before =
         request_cookie(req.headers(), &p.mapping.cookie).and_then(|v| p.mapping.store_key(v));
     if let Some(key) = &before {
@@ -251,9 +264,10 @@ async fn handle(State(p): State<Arc<Proxy>>, mut req: Request) -> Response {
         let version = p.cluster.inner.store.seen_through(sid).unwrap_or(0);
         if version > 0 {
             let cookie = format!(
-                "{}_V={}; Path=/; HttpOnly; SameSite=Lax",
+                "{}_V={}; Path=/; HttpOnly; SameSite=Lax{}",
                 p.mapping.cookie,
-                p.cookies.value(sid, version)
+                p.cookies.value(sid, version),
+                if p.secure { "; Secure" } else { "" }
             );
             if let Ok(v) = HeaderValue::from_str(&cookie) {
                 parts.headers.append(SET_COOKIE, v);

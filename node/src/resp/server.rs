@@ -1,10 +1,11 @@
 //! The RESP listener: one task per connection, commands executed against the
 //! [`Cluster`] through [`Keys`].
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
@@ -34,6 +35,17 @@ pub struct Options {
     pub limits: Limits,
     /// Most concurrent connections (Redis' `maxclients`).
     pub max_clients: usize,
+    /// Of `max_clients`, how many only authenticated clients may hold (with a password,
+    /// unauthenticated connections get at most `max_clients - reserved`).
+    pub reserved: usize,
+    /// With a password: how long a connection may take to authenticate before it is
+    /// closed.
+    pub auth_timeout: Duration,
+    /// Close an authenticated client idle this long (Redis' `timeout`; `None`: never).
+    pub idle_timeout: Option<Duration>,
+    /// How long a data command waits for the node to become ready (joined, not
+    /// draining) before it is answered `-LOADING`.
+    pub ready_wait: Duration,
 }
 
 impl Default for Options {
@@ -42,11 +54,38 @@ impl Default for Options {
             password: None,
             limits: Limits::default(),
             max_clients: 10_000,
+            reserved: RESERVED_SLOTS,
+            auth_timeout: Duration::from_secs(10),
+            idle_timeout: None,
+            ready_wait: READY_WAIT,
         }
     }
 }
 
 const STRIPES: usize = 256;
+
+/// Connection slots only authenticated clients may hold (with a password).
+pub const RESERVED_SLOTS: usize = 32;
+
+/// Longest `KEYS` / `SCAN MATCH` pattern: matching costs up to pattern × key length per
+/// key, so the pattern is bounded (Redis' own patterns for sessions are a few bytes).
+pub const MAX_PATTERN: usize = 128;
+
+/// How long a wrong password is held before its answer. Failures are answered one at a
+/// time node-wide, so this bounds password guessing to a few per second however many
+/// connections guess.
+pub const AUTH_FAILURE_DELAY: Duration = Duration::from_millis(100);
+
+/// Wrong passwords are logged at most this often (with the count since the last line).
+const AUTH_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// How long a data command waits, by default, for the node to become ready.
+pub const READY_WAIT: Duration = Duration::from_secs(2);
+
+/// The answer to a data command while the node is not ready: node-redis, redis-py,
+/// phpredis and Lettuce treat `LOADING` as retryable, as when a Redis loads its dataset.
+pub const LOADING: &str =
+    "LOADING Tribe node not ready (joining the cluster or shutting down); retry shortly";
 
 /// Keys over a cluster: loads, locks and writes. Cheap to clone.
 #[derive(Clone)]
@@ -55,6 +94,10 @@ pub struct Keys {
     /// Read-modify-write commands on one key run one at a time on this node (so `SET NX`,
     /// `HINCRBY` and friends are atomic here); keys are striped over these locks.
     locks: Arc<Vec<Mutex<()>>>,
+    /// Whole-keyspace commands (`KEYS`, `SCAN`, `DBSIZE`, `INFO`) run on the blocking
+    /// pool, one at a time: never on a runtime worker, where they would delay
+    /// heartbeats and every other client.
+    scans: Arc<Semaphore>,
 }
 
 impl std::fmt::Debug for Keys {
@@ -85,6 +128,7 @@ impl Keys {
         Keys {
             cluster,
             locks: Arc::new((0..STRIPES).map(|_| Mutex::new(())).collect()),
+            scans: Arc::new(Semaphore::new(1)),
         }
     }
 
@@ -100,6 +144,16 @@ impl Keys {
     /// Loads `key` as a client that has seen version `min_version` of it (0: none).
     pub async fn load(&self, key: &[u8], min_version: u64) -> Result<Loaded, Reply> {
         let sid = keyspace::session_id(key);
+        if min_version == 0
+            && !self.cluster.backup_mode()
+            && !self.cluster.inner.store.contains(sid)
+        {
+            // Delta mode: a ready node holds every session, and a client with no evidence
+            // of a newer version (none reaches RESP: the proxy waits for it before the app
+            // runs) gets no wait for a key nobody wrote: new-key `SET`, missing-key `GET`
+            // and `EXISTS` answer at once (see `Cluster::load` for the HTTP side's wait).
+            return Ok(Loaded::default());
+        }
         let loaded = self
             .cluster
             .load(sid, min_version)
@@ -255,38 +309,43 @@ impl Keys {
         }
     }
 
+    /// The key held in session `sid` and its type, when it is a live key.
+    fn live_key(&self, sid: SessionId, now: u64) -> Option<(Bytes, &'static str)> {
+        let found = self.cluster.inner.store.with(sid, |s| {
+            if s.is_dead(now / 1000) {
+                return None;
+            }
+            let name = keyspace::live_key(s.live_attrs(), now)?;
+            let kind = if s.get(keyspace::STR).is_some() {
+                "string"
+            } else {
+                "hash"
+            };
+            Some((name, kind))
+        })??;
+        (keyspace::session_id(&found.0) == sid).then_some(found)
+    }
+
     /// Live keys held by this node (every key in delta mode; in backup mode the keys
-    /// this node is an owner of or has cached), as (scan position, name, type).
-    fn local_keys(&self, mut keep: impl FnMut(&[u8], &'static str) -> bool) -> Vec<(u64, Bytes)> {
+    /// this node is an owner of or has cached) for which `keep` holds.
+    fn local_keys(&self, mut keep: impl FnMut(&[u8], &'static str) -> bool) -> Vec<Bytes> {
         let now = now_ms();
-        let store = &self.cluster.inner.store;
         let mut out = Vec::new();
-        for sid in store.ids() {
-            let found = store.with(sid, |s| {
-                if s.is_dead(now / 1000) {
-                    return None;
-                }
-                let name = keyspace::live_key(s.live_attrs(), now)?;
-                let kind = if s.get(keyspace::STR).is_some() {
-                    "string"
-                } else {
-                    "hash"
-                };
-                Some((name, kind))
-            });
-            if let Some(Some((name, kind))) = found {
-                if keep(&name, kind) && keyspace::session_id(&name) == sid {
-                    out.push((scan_position(sid), name));
+        for sid in self.cluster.inner.store.ids() {
+            if let Some((name, kind)) = self.live_key(sid, now) {
+                if keep(&name, kind) {
+                    out.push(name);
                 }
             }
         }
         out
     }
 
-    /// `SCAN`: keys whose scan position is at or after `cursor`, about `count` of them,
-    /// and the next cursor (0: done). Positions are fixed per key (52 bits of its hash,
-    /// safe in every client's number type), so a key present for the whole iteration is
-    /// returned, as Redis guarantees.
+    /// `SCAN`: visits the about `count` keys at the lowest scan positions at or after
+    /// `cursor`, answers those that match, and the next cursor (0: done). Positions are
+    /// fixed per key (52 bits of its hash, safe in every client's number type), so a key
+    /// present for the whole iteration is returned, as Redis guarantees. Work per call:
+    /// a pass over the session ids, then `count` keys looked at.
     pub fn scan(
         &self,
         cursor: u64,
@@ -294,42 +353,87 @@ impl Keys {
         count: usize,
         kind: Option<&[u8]>,
     ) -> Reply {
-        let mut keys = self.local_keys(|name, t| {
-            pattern.is_none_or(|p| keyspace::glob_match(p, name))
-                && kind.is_none_or(|k| k == t.as_bytes())
-        });
-        keys.retain(|(pos, _)| *pos >= cursor);
-        keys.sort_unstable();
+        let mut ids: Vec<(u64, SessionId)> = self
+            .cluster
+            .inner
+            .store
+            .ids()
+            .into_iter()
+            .map(|sid| (scan_position(sid), sid))
+            .filter(|(pos, _)| *pos >= cursor)
+            .collect();
         let mut next = 0;
-        if keys.len() > count {
-            let last = keys[count - 1].0;
-            let end = keys.partition_point(|(p, _)| *p <= last);
-            if end < keys.len() {
+        if ids.len() > count {
+            ids.select_nth_unstable(count - 1);
+            let last = ids[count - 1].0;
+            // Keys sharing the last position are visited together (a cursor cannot
+            // point between them).
+            let (mut visit, rest): (Vec<_>, Vec<_>) =
+                ids.into_iter().partition(|(p, _)| *p <= last);
+            if !rest.is_empty() {
                 next = last + 1;
             }
-            keys.truncate(end);
+            visit.sort_unstable();
+            ids = visit;
+        } else {
+            ids.sort_unstable();
         }
-        Reply::Array(vec![
-            Reply::bulk(next.to_string()),
-            Reply::Array(keys.into_iter().map(|(_, k)| Reply::Bulk(k)).collect()),
-        ])
+        let now = now_ms();
+        let keys: Vec<Reply> = ids
+            .into_iter()
+            .filter_map(|(_, sid)| self.live_key(sid, now))
+            .filter(|(name, t)| {
+                pattern.is_none_or(|p| keyspace::glob_match(p, name))
+                    && kind.is_none_or(|k| k == t.as_bytes())
+            })
+            .map(|(name, _)| Reply::Bulk(name))
+            .collect();
+        Reply::Array(vec![Reply::bulk(next.to_string()), Reply::Array(keys)])
     }
 
     /// `KEYS pattern`.
     pub fn keys(&self, pattern: &[u8]) -> Reply {
         let keys = self.local_keys(|name, _| keyspace::glob_match(pattern, name));
-        Reply::Array(keys.into_iter().map(|(_, k)| Reply::Bulk(k)).collect())
+        Reply::Array(keys.into_iter().map(Reply::Bulk).collect())
     }
 
     /// `DBSIZE`.
     pub fn dbsize(&self) -> Reply {
         Reply::Int(self.local_keys(|_, _| true).len() as i64)
     }
+
+    /// Runs a whole-keyspace command on the blocking pool, one at a time.
+    pub async fn off_runtime(&self, f: impl FnOnce(&Keys) -> Reply + Send + 'static) -> Reply {
+        let Ok(_one) = self.scans.acquire().await else {
+            return Reply::err("ERR shutting down");
+        };
+        let keys = self.clone();
+        tokio::task::spawn_blocking(move || f(&keys))
+            .await
+            .unwrap_or_else(|_| Reply::err("ERR scan failed"))
+    }
 }
 
 /// A key's fixed `SCAN` position: the top 52 bits of its session id.
 pub fn scan_position(sid: SessionId) -> u64 {
     ((sid as u128) >> 76) as u64
+}
+
+/// Whether a command reads or writes data (and so needs a ready node): everything but
+/// the connection's own commands (`PING`, `AUTH`, `HELLO`, `SELECT`, `CLIENT`, ...).
+fn serves_data(cmd: &Command) -> bool {
+    matches!(
+        cmd,
+        Command::Key(..)
+            | Command::Del(_)
+            | Command::Exists(_)
+            | Command::MGet(_)
+            | Command::Rename(..)
+            | Command::Scan { .. }
+            | Command::Keys(_)
+            | Command::DbSize
+            | Command::Info
+    )
 }
 
 /// Whether a command may write (and so takes the key's lock).
@@ -357,11 +461,32 @@ struct Shared {
     opts: Options,
     next_id: AtomicU64,
     clients: AtomicUsize,
+    /// Connections not (yet) authenticated, oldest first, and how to close each.
+    unauthed: parking_lot::Mutex<BTreeMap<u64, CancellationToken>>,
+    /// Wrong passwords are answered one at a time (each after [`AUTH_FAILURE_DELAY`]).
+    auth_failing: Mutex<()>,
+    /// When a wrong password was last logged, and how many since.
+    auth_log: parking_lot::Mutex<(Option<Instant>, u64)>,
+}
+
+/// An unauthenticated connection's slot: released when it authenticates or closes.
+struct Unauthed {
+    shared: Arc<Shared>,
+    id: u64,
+    /// Cancelled when a newer connection needs the slot.
+    evicted: CancellationToken,
+}
+
+impl Drop for Unauthed {
+    fn drop(&mut self) {
+        self.shared.unauthed.lock().remove(&self.id);
+    }
 }
 
 /// Per-connection state.
 struct Conn {
     id: u64,
+    peer: SocketAddr,
     authed: bool,
     protocol: u8,
 }
@@ -379,6 +504,9 @@ pub async fn serve(
         opts,
         next_id: AtomicU64::new(1),
         clients: AtomicUsize::new(0),
+        unauthed: parking_lot::Mutex::new(BTreeMap::new()),
+        auth_failing: Mutex::new(()),
+        auth_log: parking_lot::Mutex::new((None, 0)),
     });
     loop {
         let accepted = tokio::select! {
@@ -397,11 +525,36 @@ pub async fn serve(
             tokio::spawn(refuse(sock));
             continue;
         };
+        // With a password, the last `reserved` slots are for authenticated clients, and
+        // when the unauthenticated ones are all taken the oldest of them is closed for
+        // the newcomer: a flood of connections that never authenticate can neither fill
+        // the node nor keep the app (which authenticates at once) from connecting.
+        let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let unauthed = shared.opts.password.is_some().then(|| {
+            let cap = shared
+                .opts
+                .max_clients
+                .saturating_sub(shared.opts.reserved)
+                .max(1);
+            let evicted = CancellationToken::new();
+            let mut pending = shared.unauthed.lock();
+            while pending.len() >= cap {
+                if let Some((_, oldest)) = pending.pop_first() {
+                    oldest.cancel();
+                }
+            }
+            pending.insert(id, evicted.clone());
+            Unauthed {
+                shared: shared.clone(),
+                id,
+                evicted,
+            }
+        });
         let shared = shared.clone();
         let stop = stop.clone();
         tokio::spawn(async move {
             shared.clients.fetch_add(1, Ordering::Relaxed);
-            if let Err(e) = connection(sock, peer, &shared, stop).await {
+            if let Err(e) = connection(sock, peer, id, &shared, unauthed, stop).await {
                 tracing::debug!(%peer, error = %e, "resp connection ended");
             }
             shared.clients.fetch_sub(1, Ordering::Relaxed);
@@ -417,23 +570,57 @@ async fn refuse(sock: TcpStream) {
         .await;
 }
 
+/// Resolves at `at`, or never.
+async fn until(at: Option<Instant>) {
+    match at {
+        Some(t) => tokio::time::sleep_until(t.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn connection(
     sock: TcpStream,
     peer: SocketAddr,
+    id: u64,
     shared: &Shared,
+    mut unauthed: Option<Unauthed>,
     stop: CancellationToken,
 ) -> Result<(), CodecError> {
     let _ = sock.set_nodelay(true);
-    let mut framed = Framed::new(sock, RespCodec::new(shared.opts.limits));
+    let authed = shared.opts.password.is_none();
+    let limits = if authed {
+        shared.opts.limits
+    } else {
+        shared.opts.limits.unauthenticated()
+    };
+    let mut framed = Framed::new(sock, RespCodec::new(limits));
     let mut conn = Conn {
-        id: shared.next_id.fetch_add(1, Ordering::Relaxed),
-        authed: shared.opts.password.is_none(),
+        id,
+        peer,
+        authed,
         protocol: 2,
     };
+    let auth_deadline = Instant::now() + shared.opts.auth_timeout;
     loop {
+        // Unauthenticated: closed at the auth deadline; authenticated: after the idle
+        // timeout (Redis' `timeout`), when set. Closed silently, as Redis does.
+        let deadline = if conn.authed {
+            shared.opts.idle_timeout.map(|d| Instant::now() + d)
+        } else {
+            Some(auth_deadline)
+        };
+        let evicted = unauthed.as_ref().map(|u| u.evicted.clone());
         let next = tokio::select! {
             _ = stop.cancelled() => return Ok(()),
+            _ = async { match &evicted { Some(t) => t.cancelled().await, None => std::future::pending().await } } => {
+                tracing::debug!(%peer, "unauthenticated resp connection closed for a newer one");
+                return Ok(());
+            }
             n = framed.next() => n,
+            _ = until(deadline) => {
+                tracing::debug!(%peer, authed = conn.authed, "resp connection timed out; closing");
+                return Ok(());
+            }
         };
         let args = match next {
             None => return Ok(()),
@@ -448,6 +635,10 @@ async fn connection(
             Some(Err(e)) => return Err(e),
         };
         let (reply, close) = execute(shared, &mut conn, &args).await;
+        if conn.authed && unauthed.is_some() {
+            unauthed = None;
+            framed.codec_mut().set_limits(shared.opts.limits);
+        }
         if conn.protocol != framed.codec().protocol() {
             framed.codec_mut().set_protocol(conn.protocol);
         }
@@ -462,8 +653,8 @@ async fn connection(
     }
 }
 
-fn info(shared: &Shared) -> Reply {
-    let keys = match shared.keys.dbsize() {
+async fn info(shared: &Shared) -> Reply {
+    let keys = match shared.keys.off_runtime(|k| k.dbsize()).await {
         Reply::Int(n) => n,
         _ => 0,
     };
@@ -499,6 +690,11 @@ async fn execute(shared: &Shared, conn: &mut Conn, args: &[Bytes]) -> (Reply, bo
         return (Reply::err("NOAUTH Authentication required."), false);
     }
     let keys = &shared.keys;
+    if serves_data(&cmd)
+        && !super::ready::ready_within(keys.cluster(), shared.opts.ready_wait).await
+    {
+        return (Reply::err(LOADING), false);
+    }
     let reply = match cmd {
         Command::Ping(None) => Reply::Simple("PONG"),
         Command::Ping(Some(m)) | Command::Echo(m) => Reply::Bulk(m),
@@ -506,7 +702,7 @@ async fn execute(shared: &Shared, conn: &mut Conn, args: &[Bytes]) -> (Reply, bo
         Command::Hello { protocol, password } => {
             if let Some(p) = password {
                 if !password_ok(&p) {
-                    return (wrongpass(shared), false);
+                    return (auth_failed(shared, conn).await, false);
                 }
                 conn.authed = true;
             }
@@ -538,7 +734,7 @@ async fn execute(shared: &Shared, conn: &mut Conn, args: &[Bytes]) -> (Reply, bo
                 conn.authed = true;
                 Reply::OK
             } else {
-                wrongpass(shared)
+                auth_failed(shared, conn).await
             }
         }
         Command::Select(db) => match std::str::from_utf8(&db)
@@ -559,13 +755,13 @@ async fn execute(shared: &Shared, conn: &mut Conn, args: &[Bytes]) -> (Reply, bo
                 String::from_utf8_lossy(&sub).to_ascii_lowercase()
             )),
         },
-        Command::Info => info(shared),
+        Command::Info => info(shared).await,
         Command::CommandInfo(sub) => match sub.as_deref() {
             Some(b"COUNT") => Reply::Int(40),
             Some(b"DOCS") => Reply::Map(vec![]),
             _ => Reply::Array(vec![]),
         },
-        Command::DbSize => keys.dbsize(),
+        Command::DbSize => keys.off_runtime(|k| k.dbsize()).await,
         Command::Time => {
             let us = crate::clock::unix_micros();
             Reply::Array(vec![
@@ -583,13 +779,45 @@ async fn execute(shared: &Shared, conn: &mut Conn, args: &[Bytes]) -> (Reply, bo
             pattern,
             count,
             kind,
-        } => keys.scan(cursor, pattern.as_deref(), count, kind.as_deref()),
-        Command::Keys(p) => keys.keys(&p),
+        } => {
+            if pattern.as_ref().is_some_and(|p| p.len() > MAX_PATTERN) {
+                return (pattern_too_long(), false);
+            }
+            keys.off_runtime(move |k| k.scan(cursor, pattern.as_deref(), count, kind.as_deref()))
+                .await
+        }
+        Command::Keys(p) => {
+            if p.len() > MAX_PATTERN {
+                return (pattern_too_long(), false);
+            }
+            keys.off_runtime(move |k| k.keys(&p)).await
+        }
     };
     (reply, false)
 }
 
-fn wrongpass(_: &Shared) -> Reply {
+fn pattern_too_long() -> Reply {
+    Reply::err(format!("ERR pattern longer than {MAX_PATTERN} bytes"))
+}
+
+/// A wrong password: counted, logged at a bounded rate, and answered after
+/// [`AUTH_FAILURE_DELAY`], one failure at a time node-wide.
+async fn auth_failed(shared: &Shared, conn: &Conn) -> Reply {
+    shared.keys.cluster().metrics().resp_auth_failures.inc();
+    {
+        let mut log = shared.auth_log.lock();
+        log.1 += 1;
+        if log.0.is_none_or(|t| t.elapsed() >= AUTH_LOG_EVERY) {
+            tracing::warn!(
+                peer = %conn.peer,
+                failures = log.1,
+                "Redis endpoint: AUTH with a wrong password (failures since the last such line; logged at most every 10 s)"
+            );
+            *log = (Some(Instant::now()), 0);
+        }
+    }
+    let _one_at_a_time = shared.auth_failing.lock().await;
+    tokio::time::sleep(AUTH_FAILURE_DELAY).await;
     Reply::err("WRONGPASS invalid username-password pair or user is disabled.")
 }
 
