@@ -20,4 +20,4 @@ mod view;
 pub use modes::{
     Durability, MembershipMode, ParseModeError, ReplicationMode, SendMode, SessionAdapter,
 };
-pub use view::{ClusterView, MemberState, MemberView};
+pub use view::{ClusterView, MemberState, MemberView, NotReadyReason, PeerProblem};

@@ -70,6 +70,50 @@ pub struct ClusterView {
     /// and such peers is not ready).
     #[serde(default)]
     pub refusing_peers: Vec<String>,
+    /// Discovered peers that answer TCP but with which no handshake completed lately, and
+    /// why (a node with no live member and such peers is not ready).
+    #[serde(default)]
+    pub peer_problems: Vec<PeerProblem>,
+    /// Oldest replication protocol version this node speaks (0: a node too old to say).
+    #[serde(default)]
+    pub protocol_min: u8,
+    /// Newest replication protocol version this node speaks; each connection uses the
+    /// highest version both ends speak.
+    #[serde(default)]
+    pub protocol_max: u8,
+    /// Why this node is not ready (absent when it is).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_ready_reason: Option<NotReadyReason>,
+}
+
+/// A peer this node reaches but cannot complete a handshake with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerProblem {
+    /// The peer's replication address.
+    pub addr: String,
+    /// Short label: `version_skew`, `closed`, `bad_magic`, ...
+    pub reason: String,
+    /// What went wrong, for people.
+    pub detail: String,
+}
+
+/// Why a node reports not ready (`/readyz` 503). Spelled as a Kubernetes condition
+/// reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NotReadyReason {
+    /// Still joining: discovering peers or receiving the state transfer.
+    Joining,
+    /// Shutting down (draining or leaving).
+    ShuttingDown,
+    /// Fewer live members than `--min-members`.
+    TooFewMembers,
+    /// Every peer found refuses this node's cluster key (or it theirs).
+    KeyRefused,
+    /// Every peer found speaks no protocol version this node speaks.
+    VersionSkew,
+    /// Peers answer, but no handshake with any of them completes (e.g. their handshake
+    /// slots are taken).
+    HandshakeFailed,
 }
 
 impl ClusterView {

@@ -118,7 +118,11 @@ async fn status(t: &Target) -> Result<String, Error> {
         spec.replication.mode.as_str(),
         spec.replication.send_mode.as_str(),
         spec.replication.backups,
-        spec.image,
+        // The image the operator applies (status), else the pinned one, else unknown yet.
+        st.image
+            .as_deref()
+            .or(spec.image.as_deref())
+            .unwrap_or("(the operator's)"),
     );
     if t.pods.is_empty() {
         out.push_str("no running pods\n");

@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::crypto::{ClusterKey, FINGERPRINT_LEN};
 use crate::keyring::KeySet;
-use crate::wire::Hello;
+use crate::wire::{Hello, Versions};
 
 /// The Noise protocol name.
 pub const NOISE_PARAMS: &str = "Noise_NNpsk0_25519_ChaChaPoly_BLAKE2s";
@@ -221,13 +221,27 @@ impl std::fmt::Debug for Initiator {
 }
 
 impl Initiator {
-    /// Starts a handshake with the primary key; returns the state and message 1's body.
+    /// Starts a handshake with the primary key, advertising [`Versions::CURRENT`];
+    /// returns the state and message 1's body.
     pub fn start(keys: &KeySet, cluster: &str) -> (Self, Vec<u8>) {
+        Self::start_with(keys, cluster, Versions::CURRENT)
+    }
+
+    /// [`Initiator::start`] advertising `versions`: the range travels as message 1's
+    /// Noise payload (encrypted and authenticated under the cluster key; a release
+    /// before negotiation reads and ignores it). A legacy range sends none, as such a
+    /// release did.
+    pub fn start_with(keys: &KeySet, cluster: &str, versions: Versions) -> (Self, Vec<u8>) {
         let key = &keys.primary().key;
         let mut hs = builder_state(key, cluster, true);
+        let payload = if versions.is_legacy() {
+            Vec::new()
+        } else {
+            postcard::to_extend(&versions, Vec::new()).expect("serialization to memory")
+        };
         let mut buf = vec![0u8; 256];
         let n = hs
-            .write_message(&[], &mut buf)
+            .write_message(&payload, &mut buf)
             .expect("message 1 fits its buffer");
         buf.truncate(n);
         let init = Init {
@@ -258,7 +272,7 @@ impl Initiator {
             .hs
             .read_message(msg2, &mut payload)
             .map_err(|_| Refusal::BadHandshake)?;
-        let hello: Hello = postcard::from_bytes(&payload[..n]).map_err(|_| Refusal::Malformed)?;
+        let hello = Hello::decode(&payload[..n]).map_err(|_| Refusal::Malformed)?;
         if hello.cluster != self.cluster {
             return Err(Refusal::OtherCluster(hello.cluster));
         }
@@ -275,6 +289,29 @@ pub fn respond(
     init_body: &[u8],
     me: &Hello,
 ) -> Result<(Vec<u8>, SessionKeys, String), Refusal> {
+    respond_with_versions(keys, cluster, init_body, me).map(|r| (r.message, r.keys, r.key_id))
+}
+
+/// What [`respond_with_versions`] yields.
+#[derive(Debug)]
+pub struct Response {
+    /// Message 2's body.
+    pub message: Vec<u8>,
+    /// The connection's ciphers.
+    pub keys: SessionKeys,
+    /// The id of the key the dialer used.
+    pub key_id: String,
+    /// The protocol versions the dialer speaks ([`Versions::LEGACY`] when it sent none).
+    pub versions: Versions,
+}
+
+/// [`respond`], also returning the dialer's protocol versions.
+pub fn respond_with_versions(
+    keys: &KeySet,
+    cluster: &str,
+    init_body: &[u8],
+    me: &Hello,
+) -> Result<Response, Refusal> {
     if init_body.len() > HANDSHAKE_MAX_FRAME {
         return Err(Refusal::Malformed);
     }
@@ -287,15 +324,26 @@ pub fn respond(
         .ok_or_else(|| Refusal::UnknownKey(hex::encode(init.key)))?;
     let mut hs = builder_state(&entry.key, cluster, false);
     let mut scratch = vec![0u8; init.noise.len()];
-    hs.read_message(&init.noise, &mut scratch)
+    let n = hs
+        .read_message(&init.noise, &mut scratch)
         .map_err(|_| Refusal::BadHandshake)?;
-    let payload = postcard::to_extend(me, Vec::new()).expect("serialization to memory");
+    let versions = if n == 0 {
+        Versions::LEGACY
+    } else {
+        postcard::from_bytes(&scratch[..n]).map_err(|_| Refusal::Malformed)?
+    };
+    let payload = me.encode();
     let mut out = vec![0u8; payload.len() + 128];
     let n = hs
         .write_message(&payload, &mut out)
         .map_err(|_| Refusal::Malformed)?;
     out.truncate(n);
-    Ok((out, split(&mut hs, false), entry.id.clone()))
+    Ok(Response {
+        message: out,
+        keys: split(&mut hs, false),
+        key_id: entry.id.clone(),
+        versions,
+    })
 }
 
 #[cfg(test)]
@@ -310,6 +358,7 @@ mod tests {
             addr: "127.0.0.1:4000".parse().unwrap(),
             nonce: [0; 16],
             ready: true,
+            versions: Versions::CURRENT,
         }
     }
 
@@ -440,6 +489,31 @@ mod tests {
         let (m2, _, id) = respond(&both, "tribe", &m1, &hello("b", "tribe")).unwrap();
         assert_eq!(id, "new");
         ini.finish(&m2).unwrap();
+    }
+
+    /// The range travels in message 1 (dialer's) and in message 2's hello (acceptor's);
+    /// a legacy dialer sends none and reads a current acceptor's hello.
+    #[test]
+    fn version_ranges_are_exchanged_and_legacy_peers_understood() {
+        let k = keys("0123456789abcdef-cluster");
+        let (ini, m1) = Initiator::start(&k, "tribe");
+        let r = respond_with_versions(&k, "tribe", &m1, &hello("b", "tribe")).unwrap();
+        assert_eq!(r.versions, Versions::CURRENT);
+        let (peer, _) = ini.finish(&r.message).unwrap();
+        assert_eq!(peer.versions, Versions::CURRENT);
+        // A legacy dialer and a legacy acceptor.
+        let (ini, m1) = Initiator::start_with(&k, "tribe", Versions::LEGACY);
+        let mut old = hello("b", "tribe");
+        old.versions = Versions::LEGACY;
+        let r = respond_with_versions(&k, "tribe", &m1, &old).unwrap();
+        assert_eq!(r.versions, Versions::LEGACY);
+        let (peer, _) = ini.finish(&r.message).unwrap();
+        assert_eq!(peer.versions, Versions::LEGACY);
+        // What a legacy node decodes from a current hello: the same fields.
+        let current = hello("c", "tribe");
+        let bytes = current.encode();
+        let decoded = Hello::decode(&bytes).unwrap();
+        assert_eq!(decoded, current);
     }
 
     /// Seeded random input to both handshake parsers: never a panic, always a refusal.

@@ -295,6 +295,32 @@ impl Keys {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// Forgets a refusal by `addr` (nothing answers TCP there any more).
+    pub fn forget(&self, addr: SocketAddr) {
+        self.refused.lock().remove(&addr);
+    }
+
+    /// Whether the key file (as last loaded) holds the key with fingerprint `fp`.
+    pub fn holds(&self, fp: &[u8; crate::crypto::FINGERPRINT_LEN]) -> bool {
+        self.current().by_fingerprint(fp).is_some()
+    }
+
+    /// Completes once the key file no longer holds the key with fingerprint `fp` (at
+    /// once if it does not now): a connection made with that key closes then, so a key
+    /// removed after a leak stops carrying sessions within one poll of the file.
+    pub async fn dropped(&self, fp: [u8; crate::crypto::FINGERPRINT_LEN]) {
+        let mut rx = self.tx.subscribe();
+        loop {
+            if rx.borrow_and_update().by_fingerprint(&fp).is_none() {
+                return;
+            }
+            if rx.changed().await.is_err() {
+                // The sender lives as long as any `Keys`: never dropped while we run.
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
     /// Peers that refused our keys within the last [`REFUSAL_MEMORY`].
     pub fn refusing_peers(&self) -> Vec<SocketAddr> {
         let mut r = self.refused.lock();
@@ -304,44 +330,9 @@ impl Keys {
         v
     }
 
-    /// Whether a node that sees `live_members` members (itself included) is cut off by
-    /// its keys: it has no live peer, yet peers it discovered answer TCP and refuse its
-    /// keys (or it theirs). Such a node must not report ready: it would serve as a second,
-    /// empty cluster behind the same Service (e.g. after the key Secret was deleted and
-    /// recreated with a new key).
-    pub fn isolate(&self, live_members: usize) -> bool {
-        live_members <= 1 && !self.refusing_peers().is_empty()
-    }
-
     /// The key ids held (primary first) and the peers refusing them (the `/cluster` view).
     pub fn status(&self) -> (Vec<String>, Vec<SocketAddr>) {
         (self.current().ids(), self.refusing_peers())
-    }
-
-    /// Returns once the node is not [isolated](Self::isolate) (`live_members` tells how
-    /// many members it sees), or at `shutdown`; logs once while it waits.
-    pub async fn wait_while_isolated(
-        &self,
-        live_members: impl Fn() -> usize,
-        shutdown: &CancellationToken,
-    ) {
-        let mut warned = false;
-        while self.isolate(live_members()) {
-            if !warned {
-                tracing::warn!(
-                    peers = ?self.refusing_peers(),
-                    "every peer found refuses this node's cluster key: not joining (not ready) until one accepts it"
-                );
-                warned = true;
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_millis(250)) => {}
-                _ = shutdown.cancelled() => return,
-            }
-        }
-        if warned {
-            tracing::info!("a peer accepts this node's key now: joining");
-        }
     }
 }
 
@@ -476,16 +467,13 @@ mod tests {
     }
 
     #[test]
-    fn a_lone_node_refused_by_its_peers_is_isolated() {
+    fn status_lists_the_keys_and_the_refusing_peers() {
         let keys = Keys::new(KeySet::parse(b"0123456789abcdef-legacy").unwrap());
-        assert!(!keys.isolate(1), "nobody refused: alone is not isolated");
         let a: SocketAddr = "127.0.0.1:1".parse().unwrap();
         keys.record_refusal(a);
-        assert!(keys.isolate(1));
-        assert!(!keys.isolate(2), "a live peer accepts the keys");
         assert_eq!(keys.status(), (vec![DEFAULT_KEY_ID.to_string()], vec![a]));
         keys.record_success(a);
-        assert!(!keys.isolate(1));
+        assert!(keys.status().1.is_empty());
     }
 
     #[tokio::test]

@@ -55,6 +55,8 @@ pub mod config;
 pub mod node;
 
 #[doc(hidden)]
+pub mod admission;
+#[doc(hidden)]
 pub mod clock;
 #[doc(hidden)]
 pub mod cluster;
@@ -77,6 +79,8 @@ pub mod ownership;
 #[doc(hidden)]
 pub mod persist;
 #[doc(hidden)]
+pub mod reachability;
+#[doc(hidden)]
 pub mod replication;
 #[doc(hidden)]
 pub mod resp;
@@ -88,6 +92,8 @@ pub mod session_store;
 pub mod store;
 #[doc(hidden)]
 pub mod transport;
+#[doc(hidden)]
+pub mod warn_limit;
 #[doc(hidden)]
 pub mod wire;
 

@@ -45,7 +45,9 @@ pub struct Metrics {
     /// Handshakes refused (other cluster, bad key).
     pub handshakes_rejected: Counter,
     /// Handshakes that failed, by reason (`bad_handshake`, `unknown_key`, `timeout`,
-    /// `too_many_handshakes`, ...); each is also in `handshakes_rejected`.
+    /// `too_many_handshakes`, `too_many_from_source`, `stranger_limit`, `version_skew`,
+    /// ...); each is also in `handshakes_rejected`. The totals behind the rate-limited
+    /// WARN lines.
     pub handshake_failures: Family<Reason, Counter>,
     /// Bytes written to peers.
     pub bytes_sent: Counter,
@@ -79,6 +81,8 @@ pub struct Metrics {
     pub sessions_expired: Counter,
     /// Members suspected: their link was silent for the member timeout (frozen, cut) or broke.
     pub members_suspected: Counter,
+    /// Peer connections closed because their cluster key was removed from the key file.
+    pub connections_evicted: Counter,
     /// Anti-entropy rounds started by this node.
     pub anti_entropy_rounds: Counter,
     /// Sessions pushed or pulled by anti-entropy because two members held them differently.
@@ -232,6 +236,7 @@ impl Metrics {
             state_transfer_sessions: Gauge::default(),
             sessions_expired: Counter::default(),
             members_suspected: Counter::default(),
+            connections_evicted: Counter::default(),
             anti_entropy_rounds: Counter::default(),
             anti_entropy_repaired: Counter::default(),
             writes_refused: Counter::default(),
@@ -375,6 +380,11 @@ impl Metrics {
             "members_suspected",
             "Members suspected: link silent for the member timeout, or broken",
             m.members_suspected.clone(),
+        );
+        r.register(
+            "connections_evicted",
+            "Peer connections closed because their cluster key was removed from the key file",
+            m.connections_evicted.clone(),
         );
         r.register(
             "anti_entropy_rounds",

@@ -102,10 +102,14 @@ impl Session {
         if c <= self.contiguous {
             return;
         }
-        if c == self.contiguous + 1 {
+        if c == self.contiguous.saturating_add(1) {
             self.contiguous = c;
             self.ahead.sort_unstable();
-            while let Some(pos) = self.ahead.iter().position(|&x| x <= self.contiguous + 1) {
+            while let Some(pos) = self
+                .ahead
+                .iter()
+                .position(|&x| x <= self.contiguous.saturating_add(1))
+            {
                 let x = self.ahead.swap_remove(pos);
                 self.contiguous = self.contiguous.max(x);
                 self.ahead.sort_unstable();

@@ -18,11 +18,14 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio_util::codec::{FramedRead, FramedWrite};
 
+use crate::crypto::FINGERPRINT_LEN;
 use crate::handshake::{
     self, Initiator, Refusal, SessionKeys, HANDSHAKE_MAX_FRAME, INIT_TYPE, RESPONSE_TYPE,
 };
 use crate::keyring::Keys;
-use crate::wire::{self, FrameDecoder, FrameEncoder, Hello, Message, WireError, HEADER_LEN};
+use crate::wire::{
+    self, FrameDecoder, FrameEncoder, Hello, Message, Versions, WireError, HEADER_LEN,
+};
 
 /// Read half of a peer connection.
 pub type Reader = FramedRead<OwnedReadHalf, FrameDecoder>;
@@ -31,8 +34,30 @@ pub type Writer = FramedWrite<OwnedWriteHalf, FrameEncoder>;
 
 /// How long a handshake may take, from TCP accept (or connect) to admission.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long an accepted connection may take to send the handshake's first message (a
+/// dialer sends it as soon as TCP connects): an idle connection gives its handshake slot
+/// back after this, not after the whole [`HANDSHAKE_TIMEOUT`].
+pub const FIRST_MESSAGE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Read buffer of an admitted connection.
 const READ_BUFFER: usize = 64 * 1024;
+
+/// An authenticated connection to a peer.
+#[derive(Debug)]
+pub struct Connection {
+    /// The peer's hello.
+    pub peer: Hello,
+    /// Read half.
+    pub rd: Reader,
+    /// Write half.
+    pub wr: Writer,
+    /// Fingerprint of the cluster key the connection was made with: when the key file
+    /// no longer holds it, the connection is closed (see [`Keys::dropped`]).
+    pub key: [u8; FINGERPRINT_LEN],
+    /// That key's id in the key file.
+    pub key_id: String,
+    /// The protocol version of the connection's frames (the highest both ends speak).
+    pub version: u8,
+}
 
 /// Why a connection could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +83,14 @@ pub enum HandshakeError {
     /// The handshake itself was refused (key, cluster, garbage).
     #[error(transparent)]
     Refused(#[from] Refusal),
+    /// The two ends speak no common protocol version.
+    #[error("no common protocol version: the peer speaks {theirs}, this node {ours}")]
+    VersionSkew {
+        /// The peer's range.
+        theirs: Versions,
+        /// This node's range.
+        ours: Versions,
+    },
 }
 
 impl HandshakeError {
@@ -76,6 +109,7 @@ impl HandshakeError {
             HandshakeError::OtherCluster(_) => "other_cluster",
             HandshakeError::Unexpected => "unexpected",
             HandshakeError::Refused(r) => r.reason(),
+            HandshakeError::VersionSkew { .. } => "version_skew",
         }
     }
 
@@ -143,40 +177,67 @@ async fn read_handshake(stream: &mut TcpStream, ty: u8) -> Result<Vec<u8>, Hands
 fn split(
     stream: TcpStream,
     keys: SessionKeys,
+    version: u8,
     max_frame: usize,
     buffer: usize,
 ) -> (Reader, Writer) {
     let (r, w) = stream.into_split();
+    let mut dec = FrameDecoder::new(keys.recv, max_frame);
+    dec.set_version(version);
+    let mut enc = FrameEncoder::new(keys.send);
+    enc.set_version(version);
     (
-        FramedRead::with_capacity(r, FrameDecoder::new(keys.recv, max_frame), buffer),
-        FramedWrite::new(w, FrameEncoder::new(keys.send)),
+        FramedRead::with_capacity(r, dec, buffer),
+        FramedWrite::new(w, enc),
     )
 }
 
-/// Dials `addr`, handshakes, and returns the peer's hello and the framed halves.
+/// Dials `addr`, handshakes, and returns the authenticated connection.
 pub async fn dial(
     addr: SocketAddr,
     mut me: Hello,
     keys: &Keys,
     max_frame: usize,
     connect_timeout: Duration,
-) -> Result<(Hello, Reader, Writer), HandshakeError> {
+) -> Result<Connection, HandshakeError> {
+    // A connect that times out is a failed connect (nothing answers); a handshake that
+    // times out once TCP is up is [`HandshakeError::Timeout`].
     let mut stream = tokio::time::timeout(connect_timeout, TcpStream::connect(addr))
         .await
-        .map_err(|_| HandshakeError::Timeout)?
+        .map_err(|_| {
+            HandshakeError::Connect(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "TCP connect timed out",
+            ))
+        })?
         .map_err(HandshakeError::Connect)?;
     tune(&stream);
     me.nonce = nonce();
     let set = keys.current();
+    let key = set.primary().key.fingerprint();
+    let key_id = set.primary().id.clone();
     let exchange = async {
-        let (initiator, m1) = Initiator::start(&set, &me.cluster);
+        let (initiator, m1) = Initiator::start_with(&set, &me.cluster, me.versions);
         write_handshake(&mut stream, INIT_TYPE, &m1).await?;
         let m2 = read_handshake(&mut stream, RESPONSE_TYPE).await?;
         let (peer, session) = initiator.finish(&m2)?;
-        let (rd, mut wr) = split(stream, session, max_frame, READ_BUFFER);
+        let Some(version) = me.versions.negotiate(peer.versions) else {
+            return Err(HandshakeError::VersionSkew {
+                theirs: peer.versions,
+                ours: me.versions,
+            });
+        };
+        let (rd, mut wr) = split(stream, session, version, max_frame, READ_BUFFER);
         // Key confirmation: our hello, sealed, is what admits us on the other side.
         wr.send(Message::Hello(me).outgoing()).await?;
-        Ok::<_, HandshakeError>((peer, rd, wr))
+        Ok::<_, HandshakeError>(Connection {
+            peer,
+            rd,
+            wr,
+            key,
+            key_id,
+            version,
+        })
     };
     let res = tokio::time::timeout(HANDSHAKE_TIMEOUT, exchange)
         .await
@@ -185,24 +246,31 @@ pub async fn dial(
     match &res {
         Ok(_) => keys.record_success(addr),
         Err(e) if e.is_key_refusal() => keys.record_refusal(addr),
+        // Nothing listens there any more: it refuses nothing.
+        Err(HandshakeError::Connect(_)) => keys.forget(addr),
         Err(_) => {}
     }
     res
 }
 
-/// Handshakes an accepted connection; returns the peer's hello and the framed halves.
+/// Handshakes an accepted connection; returns the authenticated connection.
 pub async fn accept(
     mut stream: TcpStream,
     mut me: Hello,
     keys: &Keys,
     max_frame: usize,
-) -> Result<(Hello, Reader, Writer), HandshakeError> {
+) -> Result<Connection, HandshakeError> {
     tune(&stream);
     me.nonce = nonce();
     let set = keys.current();
     let exchange = async {
-        let m1 = read_handshake(&mut stream, INIT_TYPE).await?;
-        let (m2, session, _key_id) = match handshake::respond(&set, &me.cluster, &m1, &me) {
+        let m1 = tokio::time::timeout(
+            FIRST_MESSAGE_TIMEOUT,
+            read_handshake(&mut stream, INIT_TYPE),
+        )
+        .await
+        .map_err(|_| HandshakeError::Timeout)??;
+        let resp = match handshake::respond_with_versions(&set, &me.cluster, &m1, &me) {
             Ok(x) => x,
             Err(e) => {
                 if e.is_key_mismatch() {
@@ -217,9 +285,17 @@ pub async fn accept(
                 return Err(e.into());
             }
         };
-        write_handshake(&mut stream, RESPONSE_TYPE, &m2).await?;
+        // Message 2 carries our range: a dialer we cannot talk with learns why, too.
+        write_handshake(&mut stream, RESPONSE_TYPE, &resp.message).await?;
+        let Some(version) = me.versions.negotiate(resp.versions) else {
+            return Err(HandshakeError::VersionSkew {
+                theirs: resp.versions,
+                ours: me.versions,
+            });
+        };
+        let key_id = resp.key_id;
         // Not admitted yet: only a handshake-sized sealed hello is read.
-        let (mut rd, wr) = split(stream, session, HANDSHAKE_MAX_FRAME, 512);
+        let (mut rd, wr) = split(stream, resp.keys, version, HANDSHAKE_MAX_FRAME, 512);
         let peer = match rd.next().await {
             Some(Ok(Message::Hello(h))) => h,
             Some(Ok(_)) => return Err(HandshakeError::Unexpected),
@@ -231,7 +307,20 @@ pub async fn accept(
         }
         rd.decoder_mut().set_max_frame(max_frame);
         rd.read_buffer_mut().reserve(READ_BUFFER);
-        Ok((peer, rd, wr))
+        let key = set
+            .entries()
+            .iter()
+            .find(|e| e.id == key_id)
+            .map(|e| e.key.fingerprint())
+            .unwrap_or_default();
+        Ok(Connection {
+            peer,
+            rd,
+            wr,
+            key,
+            key_id,
+            version,
+        })
     };
     tokio::time::timeout(HANDSHAKE_TIMEOUT, exchange)
         .await

@@ -30,12 +30,95 @@ pub use crate::model::{AttrState, Delta, SessionId, SessionState, Stamp};
 
 /// First two bytes of every frame.
 pub const MAGIC: [u8; 2] = *b"TB";
-/// Protocol version carried in every frame.
+/// The version byte of the two cleartext handshake frames, and the protocol version of
+/// a peer that does not say which it speaks (releases before version negotiation).
 pub const PROTOCOL_VERSION: u8 = 2;
+/// Oldest protocol version this build speaks.
+pub const PROTOCOL_MIN: u8 = 2;
+/// Newest protocol version this build speaks. Version 3 adds the version range to the
+/// handshake (below); its messages are those of version 2.
+pub const PROTOCOL_MAX: u8 = 3;
+/// Test fixture: `MIN-MAX` caps the versions a node advertises (`2-2` speaks exactly as
+/// a release before version negotiation did; a range this build does not speak is for
+/// refusal tests only). Not for production.
+pub const VERSIONS_ENV: &str = "TRIBE_TEST_PROTOCOL_VERSIONS";
+
+/// A range of protocol versions, `min..=max`.
+///
+/// Skew policy: a node speaks its own version and the one before (N and N-1), so a
+/// rolling upgrade across one release runs with both in the cluster. Each connection
+/// uses the highest version both ends speak; when there is none the handshake is
+/// refused with [`crate::transport::HandshakeError::VersionSkew`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Versions {
+    /// Oldest spoken.
+    pub min: u8,
+    /// Newest spoken.
+    pub max: u8,
+}
+
+impl Versions {
+    /// What this build speaks.
+    pub const CURRENT: Versions = Versions {
+        min: PROTOCOL_MIN,
+        max: PROTOCOL_MAX,
+    };
+    /// What a peer that does not say speaks (a release before negotiation).
+    pub const LEGACY: Versions = Versions {
+        min: PROTOCOL_VERSION,
+        max: PROTOCOL_VERSION,
+    };
+
+    /// The version two ends use: the highest both speak.
+    pub fn negotiate(self, other: Versions) -> Option<u8> {
+        let v = self.max.min(other.max);
+        (v >= self.min.max(other.min)).then_some(v)
+    }
+
+    /// Whether this is the range of a release before negotiation: such a node sends no
+    /// range (and its hello has no range field).
+    pub fn is_legacy(self) -> bool {
+        self == Self::LEGACY
+    }
+
+    /// Parses `MIN-MAX` (or a single version).
+    pub fn parse(s: &str) -> Option<Versions> {
+        let (a, b) = s.trim().split_once('-').unwrap_or((s.trim(), s.trim()));
+        let v = Versions {
+            min: a.trim().parse().ok()?,
+            max: b.trim().parse().ok()?,
+        };
+        (v.min <= v.max && v.min > 0).then_some(v)
+    }
+
+    /// The versions this node advertises: [`Versions::CURRENT`], unless the test fixture
+    /// [`VERSIONS_ENV`] caps them.
+    pub fn local() -> Versions {
+        static LOCAL: std::sync::OnceLock<Versions> = std::sync::OnceLock::new();
+        *LOCAL.get_or_init(|| {
+            std::env::var(VERSIONS_ENV)
+                .ok()
+                .and_then(|v| Versions::parse(&v))
+                .unwrap_or(Versions::CURRENT)
+        })
+    }
+}
+
+impl std::fmt::Display for Versions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}..={}", self.min, self.max)
+    }
+}
 /// Header bytes before the body.
 pub const HEADER_LEN: usize = 8;
 /// Default largest body accepted.
 pub const DEFAULT_MAX_FRAME: usize = 16 * 1024 * 1024;
+/// Largest session version or stamp counter accepted from a peer (2^63 - 1). Each write
+/// adds one to the version it builds on; a counter this far from the limit can never
+/// wrap however many writes follow, so a peer (buggy or hostile) sending `u64::MAX` is
+/// refused at decode ([`WireError::CounterOverflow`]) instead of making the next local
+/// write wrap to 0 and lose to every older one.
+pub const MAX_COUNTER: u64 = u64::MAX >> 1;
 
 /// Why a frame was refused. Each closes the connection and is counted.
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +141,9 @@ pub enum WireError {
     /// The body does not decode as its type.
     #[error("malformed body: {0}")]
     BadBody(#[from] postcard::Error),
+    /// A session version or stamp counter above [`MAX_COUNTER`].
+    #[error("counter {0} exceeds the limit {MAX_COUNTER}")]
+    CounterOverflow(u64),
     /// The socket failed.
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
@@ -73,6 +159,7 @@ impl WireError {
             WireError::TooLarge(..) => "too_large",
             WireError::BadTag => "bad_tag",
             WireError::BadBody(_) => "bad_body",
+            WireError::CounterOverflow(_) => "counter_overflow",
             WireError::Io(_) => "io",
         }
     }
@@ -148,8 +235,10 @@ pub enum Message {
 /// The highest frame type byte.
 pub const MAX_TYPE: u8 = 19;
 
-/// Handshake body.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// Handshake body. Encoded with [`Hello::encode`]: the fields of a release before
+/// version negotiation, then the version range (absent from a legacy node's hello, whose
+/// decoder ignores trailing bytes).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Hello {
     /// Cluster name: a peer of another cluster is refused.
     pub cluster: String,
@@ -163,6 +252,63 @@ pub struct Hello {
     pub nonce: [u8; 16],
     /// Whether the sender has finished joining.
     pub ready: bool,
+    /// Protocol versions the sender speaks ([`Versions::LEGACY`] when it does not say).
+    pub versions: Versions,
+}
+
+/// The fields of [`Hello`] every release sends, in order.
+#[derive(Serialize, Deserialize)]
+struct HelloV2 {
+    cluster: String,
+    node_id: String,
+    incarnation: u64,
+    addr: SocketAddr,
+    nonce: [u8; 16],
+    ready: bool,
+}
+
+impl Hello {
+    /// Appends the encoded hello to `out`.
+    pub fn encode_into<E: Extend<u8>>(&self, out: E) -> E {
+        let base = HelloV2 {
+            cluster: self.cluster.clone(),
+            node_id: self.node_id.clone(),
+            incarnation: self.incarnation,
+            addr: self.addr,
+            nonce: self.nonce,
+            ready: self.ready,
+        };
+        let out = postcard::to_extend(&base, out).expect("serialization to memory");
+        if self.versions.is_legacy() {
+            out
+        } else {
+            postcard::to_extend(&self.versions, out).expect("serialization to memory")
+        }
+    }
+
+    /// The encoded hello.
+    pub fn encode(&self) -> Vec<u8> {
+        self.encode_into(Vec::new())
+    }
+
+    /// Decodes a hello, with or without the version range.
+    pub fn decode(bytes: &[u8]) -> Result<Hello, postcard::Error> {
+        let (b, rest): (HelloV2, &[u8]) = postcard::take_from_bytes(bytes)?;
+        let versions = if rest.is_empty() {
+            Versions::LEGACY
+        } else {
+            postcard::from_bytes(rest)?
+        };
+        Ok(Hello {
+            cluster: b.cluster,
+            node_id: b.node_id,
+            incarnation: b.incarnation,
+            addr: b.addr,
+            nonce: b.nonce,
+            ready: b.ready,
+            versions,
+        })
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -312,7 +458,9 @@ impl Message {
     pub fn encode_body_at(&self, now: u64) -> Bytes {
         let mut b = BytesMut::with_capacity(64);
         match self {
-            Message::Hello(h) | Message::HelloAck(h) => put(h, &mut b),
+            Message::Hello(h) | Message::HelloAck(h) => {
+                h.encode_into(Extender(&mut b));
+            }
             Message::Delta { ack, delta } | Message::Forward { ack, delta } => {
                 put(&(ack, DeltaRef::at(delta, now)), &mut b)
             }
@@ -369,8 +517,41 @@ impl Message {
     /// Decodes a body; expiries, sent as seconds remaining, become `now` + that.
     pub fn decode_body_at(ty: u8, body: &[u8], now: u64) -> Result<Message, WireError> {
         let mut msg = Self::decode_raw(ty, body)?;
+        msg.check_counters()?;
         msg.localize(now);
         Ok(msg)
+    }
+
+    /// Refuses a version or stamp counter above [`MAX_COUNTER`].
+    fn check_counters(&self) -> Result<(), WireError> {
+        let check = |c: u64| {
+            if c > MAX_COUNTER {
+                Err(WireError::CounterOverflow(c))
+            } else {
+                Ok(())
+            }
+        };
+        let state = |s: &SessionState| -> Result<(), WireError> {
+            check(s.version)?;
+            if let Some(d) = s.deleted {
+                check(d.counter)?;
+            }
+            s.attrs.iter().try_for_each(|a| check(a.stamp.counter))
+        };
+        match self {
+            Message::Delta { delta, .. } | Message::Forward { delta, .. } => {
+                check(delta.stamp.counter)?;
+                check(delta.base)
+            }
+            Message::FetchReq { min_version, .. } => check(*min_version),
+            Message::FetchResp {
+                session: Some(s), ..
+            } => state(s),
+            Message::StateChunk { sessions, .. } | Message::Put { sessions, .. } => {
+                sessions.iter().try_for_each(state)
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Turns relative expiries (as decoded) into absolute ones on this node's clock.
@@ -395,8 +576,8 @@ impl Message {
 
     fn decode_raw(ty: u8, body: &[u8]) -> Result<Message, WireError> {
         Ok(match ty {
-            1 => Message::Hello(get(body)?),
-            2 => Message::HelloAck(get(body)?),
+            1 => Message::Hello(Hello::decode(body)?),
+            2 => Message::HelloAck(Hello::decode(body)?),
             3 => {
                 let b: AckBody = get(body)?;
                 Message::Delta {
@@ -503,12 +684,22 @@ impl Outgoing {
 #[derive(Debug)]
 pub struct FrameEncoder {
     cipher: FrameCipher,
+    version: u8,
 }
 
 impl FrameEncoder {
-    /// An encoder sealing with the connection's send cipher.
+    /// An encoder sealing with the connection's send cipher, writing version
+    /// [`PROTOCOL_MAX`] frames.
     pub fn new(cipher: FrameCipher) -> Self {
-        Self { cipher }
+        Self {
+            cipher,
+            version: PROTOCOL_MAX,
+        }
+    }
+
+    /// Writes frames of protocol `version` (the one negotiated for the connection).
+    pub fn set_version(&mut self, version: u8) {
+        self.version = version;
     }
 }
 
@@ -520,7 +711,7 @@ impl Encoder<Outgoing> for FrameEncoder {
         dst.reserve(item.wire_len());
         let start = dst.len();
         dst.put_slice(&MAGIC);
-        dst.put_u8(PROTOCOL_VERSION);
+        dst.put_u8(self.version);
         dst.put_u8(item.ty);
         dst.put_u32(len);
         dst.put_slice(&item.body);
@@ -543,6 +734,8 @@ impl FrameEncoder {
 pub struct FrameDecoder {
     cipher: FrameCipher,
     max_frame: usize,
+    /// The protocol version every frame must carry (the one negotiated).
+    version: u8,
     /// The clock relative expiries are made absolute with (tests pin it).
     clock: fn() -> u64,
     /// Bytes of the frames decoded since [`FrameDecoder::take_bytes`].
@@ -561,10 +754,16 @@ impl FrameDecoder {
         Self {
             cipher,
             max_frame,
+            version: PROTOCOL_MAX,
             clock: crate::clock::unix_now,
             bytes: 0,
         }
     }
+    /// Accepts frames of protocol `version` only (the one negotiated).
+    pub fn set_version(&mut self, version: u8) {
+        self.version = version;
+    }
+
     /// Changes the body limit (raised once the peer is authenticated).
     pub fn set_max_frame(&mut self, max_frame: usize) {
         self.max_frame = max_frame;
@@ -609,12 +808,12 @@ pub fn check_handshake_header(
     Ok(len)
 }
 
-/// Checks a header: magic, version, type, length limit. Returns (type, body length).
-pub fn check_header(h: &[u8], max_frame: usize) -> Result<(u8, usize), WireError> {
+/// Checks a header: magic, `version`, type, length limit. Returns (type, body length).
+pub fn check_header(h: &[u8], version: u8, max_frame: usize) -> Result<(u8, usize), WireError> {
     if h[0..2] != MAGIC {
         return Err(WireError::BadMagic([h[0], h[1]]));
     }
-    if h[2] != PROTOCOL_VERSION {
+    if h[2] != version {
         return Err(WireError::BadVersion(h[2]));
     }
     if !(1..=MAX_TYPE).contains(&h[3]) {
@@ -638,7 +837,7 @@ impl Decoder for FrameDecoder {
             }
             return Ok(None);
         }
-        let (ty, len) = check_header(&src[..HEADER_LEN], self.max_frame)?;
+        let (ty, len) = check_header(&src[..HEADER_LEN], self.version, self.max_frame)?;
         let total = HEADER_LEN + len + AEAD_TAG_LEN;
         if src.len() < total {
             src.reserve(total - src.len());
@@ -699,6 +898,7 @@ mod tests {
             addr: "127.0.0.1:4000".parse().unwrap(),
             nonce: [7; 16],
             ready: true,
+            versions: Versions::CURRENT,
         };
         let state = SessionState {
             sid: 42,
@@ -884,7 +1084,7 @@ mod tests {
     fn bad_frames_are_refused() {
         let (_, mut dec) = pair(1024);
         // A 4 GiB length prefix is refused from the header alone.
-        let mut huge = BytesMut::from(&[b'T', b'B', 2, 3, 0xff, 0xff, 0xff, 0xff][..]);
+        let mut huge = BytesMut::from(&[b'T', b'B', PROTOCOL_MAX, 3, 0xff, 0xff, 0xff, 0xff][..]);
         assert!(matches!(
             dec.decode(&mut huge),
             Err(WireError::TooLarge(..))
@@ -896,7 +1096,7 @@ mod tests {
             dec.decode(&mut ver),
             Err(WireError::BadVersion(1))
         ));
-        let mut ty = BytesMut::from(&[b'T', b'B', 2, 99, 0, 0, 0, 0][..]);
+        let mut ty = BytesMut::from(&[b'T', b'B', PROTOCOL_MAX, 99, 0, 0, 0, 0][..]);
         assert!(matches!(
             dec.decode(&mut ty),
             Err(WireError::UnknownType(99))
@@ -936,6 +1136,103 @@ mod tests {
         )
         .unwrap();
         assert!(matches!(dec.decode(&mut bad), Err(WireError::BadBody(_))));
+    }
+
+    /// A release before version negotiation decodes a current hello (it ignores the
+    /// trailing range), and a current node reads its hello as version 2 only.
+    #[test]
+    fn hellos_are_understood_across_one_release() {
+        let current = Hello {
+            cluster: "tribe".into(),
+            node_id: "n1".into(),
+            incarnation: 7,
+            addr: "10.0.0.1:4000".parse().unwrap(),
+            nonce: [3; 16],
+            ready: true,
+            versions: Versions::CURRENT,
+        };
+        // What a version-2 node does with the bytes: postcard of the old struct.
+        let old: HelloV2 = postcard::from_bytes(&current.encode()).unwrap();
+        assert_eq!((old.node_id.as_str(), old.incarnation), ("n1", 7));
+        // What it sends, and how we read it.
+        let legacy_bytes = postcard::to_extend(&old, Vec::new()).unwrap();
+        let read = Hello::decode(&legacy_bytes).unwrap();
+        assert_eq!(read.versions, Versions::LEGACY);
+        assert_eq!(
+            Hello {
+                versions: Versions::LEGACY,
+                ..current.clone()
+            }
+            .encode(),
+            legacy_bytes,
+            "a node capped at version 2 sends exactly what a version-2 node sends"
+        );
+        assert_eq!(Hello::decode(&current.encode()).unwrap(), current);
+    }
+
+    #[test]
+    fn versions_negotiate_to_the_highest_common_one() {
+        let v = |min, max| Versions { min, max };
+        assert_eq!(
+            Versions::CURRENT.negotiate(Versions::CURRENT),
+            Some(PROTOCOL_MAX)
+        );
+        assert_eq!(Versions::CURRENT.negotiate(Versions::LEGACY), Some(2));
+        assert_eq!(v(3, 4).negotiate(v(2, 3)), Some(3));
+        assert_eq!(Versions::CURRENT.negotiate(v(4, 4)), None);
+        assert_eq!(v(3, 3).negotiate(Versions::LEGACY), None);
+        assert_eq!(Versions::parse("2-2"), Some(Versions::LEGACY));
+        assert_eq!(Versions::parse("4"), Some(v(4, 4)));
+        assert_eq!(Versions::parse("3-2"), None);
+        assert_eq!(Versions::parse("x"), None);
+    }
+
+    /// A peer's counter at `u64::MAX` would make the next local write's `version + 1`
+    /// wrap: refused at decode, with its own reason.
+    #[test]
+    fn counters_beyond_the_limit_are_refused() {
+        let at = |counter: u64| Message::Delta {
+            ack: 0,
+            delta: Delta {
+                stamp: Stamp { counter, origin: 1 },
+                base: counter.saturating_sub(1),
+                ..one_attr_delta()
+            },
+        };
+        let (mut enc, mut dec) = pair(DEFAULT_MAX_FRAME);
+        let mut ok = encode_frame(&at(MAX_COUNTER), &mut enc);
+        assert_eq!(dec.decode(&mut ok).unwrap(), Some(at(MAX_COUNTER)));
+        let mut max = encode_frame(&at(u64::MAX), &mut enc);
+        let err = dec.decode(&mut max).unwrap_err();
+        assert!(matches!(err, WireError::CounterOverflow(u64::MAX)), "{err}");
+        assert_eq!(err.reason(), "counter_overflow");
+        // In a whole session too (state transfer, fetch answers, hand-off).
+        let state = SessionState {
+            sid: 1,
+            version: 3,
+            expiry: 0,
+            deleted: None,
+            attrs: vec![AttrState {
+                name: "a".into(),
+                stamp: Stamp {
+                    counter: u64::MAX,
+                    origin: 2,
+                },
+                value: None,
+            }],
+        };
+        let (mut enc, mut dec) = pair(DEFAULT_MAX_FRAME);
+        let mut put = encode_frame(
+            &Message::Put {
+                ack: 0,
+                sessions: vec![state],
+            },
+            &mut enc,
+        );
+        assert!(matches!(
+            dec.decode(&mut put),
+            Err(WireError::CounterOverflow(u64::MAX))
+        ));
     }
 
     #[test]

@@ -98,6 +98,7 @@ fn hello(addr: std::net::SocketAddr) -> Hello {
         addr,
         nonce: [7; 16],
         ready: true,
+        versions: tribe_node::wire::Versions::CURRENT,
     }
 }
 
@@ -316,7 +317,12 @@ async fn bad_input_on_the_replication_port_is_refused_and_counted() {
     for (what, bytes, reason) in after_handshake {
         let before = rejected(n1, reason).await;
         let hs_before = handshakes_rejected(n1).await;
-        let (peer, mut rd, mut wr) = tribe_node::transport::dial(
+        let tribe_node::transport::Connection {
+            peer,
+            mut rd,
+            mut wr,
+            ..
+        } = tribe_node::transport::dial(
             repl,
             hello(unreachable),
             &Keys::new(KeySet::parse(KEY).unwrap()),

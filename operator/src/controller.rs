@@ -56,6 +56,8 @@ pub struct Context {
     failures: Mutex<HashMap<String, u32>>,
     /// SessionClusters (`ns/name`) already warned that no PodMonitor kind is served.
     monitoring_warned: Mutex<std::collections::HashSet<String>>,
+    /// The node image of SessionClusters without `spec.image` (`--node-image`).
+    pub node_image: String,
 }
 
 impl Context {
@@ -72,7 +74,14 @@ impl Context {
             prober: Prober::default(),
             failures: Mutex::default(),
             monitoring_warned: Mutex::default(),
+            node_image: crate::crd::DEFAULT_IMAGE.to_string(),
         }
+    }
+
+    /// The node image for SessionClusters that do not pin one.
+    pub fn with_node_image(mut self, image: impl Into<String>) -> Self {
+        self.node_image = image.into();
+        self
     }
 
     fn failure_count(&self, key: &str, bump: bool) -> u32 {
@@ -116,8 +125,8 @@ pub fn validate(spec: &SessionClusterSpec) -> Result<(), String> {
             spec.session.timeout
         ));
     }
-    if spec.image.trim().is_empty() {
-        return Err("image must not be empty".into());
+    if spec.image.as_deref().is_some_and(|i| i.trim().is_empty()) {
+        return Err("image must not be empty (leave it out for the operator's node image)".into());
     }
     if spec.session.cookie_name.is_empty() {
         return Err("session.cookieName must not be empty".into());
@@ -686,9 +695,24 @@ async fn existing_workload(ctx: &Context, sc: &SessionCluster, ns: &str) -> Opti
     }
 }
 
-/// Admin addresses (`podIP:9090`) of the cluster's ready pods; records every running pod
-/// as a scrape target on the way.
-async fn ready_pod_addrs(ctx: &Context, sc: &SessionCluster, ns: &str) -> Result<Vec<String>> {
+/// `sc` with `spec.image` filled in: its own, else the operator's node image (a pure
+/// decision: the children are built from the result, the stored object keeps no image).
+pub fn with_node_image(sc: &SessionCluster, node_image: &str) -> SessionCluster {
+    let mut resolved = sc.clone();
+    resolved
+        .spec
+        .image
+        .get_or_insert_with(|| node_image.to_string());
+    resolved
+}
+
+/// The cluster's pods: the admin addresses (`podIP:9090`) of the ready ones, and (pod,
+/// node image) of each; records every running pod as a scrape target on the way.
+async fn list_pods(
+    ctx: &Context,
+    sc: &SessionCluster,
+    ns: &str,
+) -> Result<(Vec<String>, Vec<(String, String)>)> {
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
     let selector = resources::selector_string(&resources::selector_labels(sc));
     let list = pods.list(&ListParams::default().labels(&selector)).await?;
@@ -696,7 +720,17 @@ async fn ready_pod_addrs(ctx: &Context, sc: &SessionCluster, ns: &str) -> Result
     ctx.metrics
         .targets
         .set(ns, &sc.name_any(), crate::sd::node_targets(&list.items));
-    Ok(list
+    let images = list
+        .items
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter_map(|p| {
+            let spec = p.spec.as_ref()?;
+            let node = spec.containers.iter().find(|c| c.name == "node")?;
+            Some((p.name_any(), node.image.clone()?))
+        })
+        .collect();
+    let addrs = list
         .items
         .iter()
         .filter_map(|p| {
@@ -709,7 +743,8 @@ async fn ready_pod_addrs(ctx: &Context, sc: &SessionCluster, ns: &str) -> Result
             let ip = status.pod_ip.as_ref()?;
             (ready && p.metadata.deletion_timestamp.is_none()).then(|| format!("{ip}:{ADMIN_PORT}"))
         })
-        .collect())
+        .collect();
+    Ok((addrs, images))
 }
 
 /// Names of the cluster's volume claims that are not Bound (by the selector labels the
@@ -740,6 +775,15 @@ async fn reconcile_inner(sc: &SessionCluster, ctx: &Context) -> Result<Action> {
         return Ok(Action::await_change());
     }
     debug!(cluster = %format!("{ns}/{name}"), "reconciling");
+    // Without spec.image, the nodes run the operator's node image: every child and the
+    // status are made from the resolved spec.
+    let resolved;
+    let sc = if sc.spec.image.is_none() {
+        resolved = with_node_image(sc, &ctx.node_image);
+        &resolved
+    } else {
+        sc
+    };
 
     let outcome = match validate(&sc.spec) {
         Err(msg) => Err(Error::InvalidSpec(msg)),
@@ -772,16 +816,16 @@ async fn reconcile_inner(sc: &SessionCluster, ctx: &Context) -> Result<Action> {
     } else {
         Vec::new()
     };
-    let reports = if ready > 0 {
-        match ready_pod_addrs(ctx, sc, &ns).await {
-            Ok(addrs) => ctx.prober.reports(&addrs).await,
+    let (reports, pod_images) = if ready > 0 {
+        match list_pods(ctx, sc, &ns).await {
+            Ok((addrs, images)) => (ctx.prober.reports(&addrs).await, Some(images)),
             Err(e) => {
                 warn!(error = %e, "could not list pods; members and sessions unknown");
-                Vec::new()
+                (Vec::new(), None)
             }
         }
     } else {
-        Vec::new()
+        (Vec::new(), None)
     };
 
     // Key rotation on request, and whether every pod authenticates with its peers
@@ -823,6 +867,7 @@ async fn reconcile_inner(sc: &SessionCluster, ctx: &Context) -> Result<Action> {
         reports: &reports,
         failure,
         pending_claims,
+        pod_images,
         now: now.to_string(),
     };
     let mut new_status = status::compute(sc, &obs);

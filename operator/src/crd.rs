@@ -19,8 +19,10 @@ use serde::{Deserialize, Serialize};
 mod template;
 pub use template::*;
 
-/// The default node image: `tribe-node:<version>`, the release's own version (the
-/// chart's `appVersion`, checked by `operator/tests/chart.rs`).
+/// The operator's node image when none is configured (`--node-image`): `tribe-node:<version>`,
+/// the release's own version (the chart's `appVersion`, checked by `operator/tests/chart.rs`).
+/// The CRD bakes no default: a SessionCluster without `spec.image` runs the node image of
+/// the operator that reconciles it, so upgrading the operator rolls its nodes too.
 pub const DEFAULT_IMAGE: &str = concat!("tribe-node:", env!("CARGO_PKG_VERSION"));
 
 /// The pattern every duration in the spec must match (`30m`, `90s`, `500ms`, `2h`).
@@ -53,7 +55,8 @@ pub const RESOURCES_RULE: &str =
     printcolumn = r#"{"name":"Ready","type":"integer","jsonPath":".status.readyReplicas"}"#,
     printcolumn = r#"{"name":"Members","type":"integer","jsonPath":".status.members"}"#,
     printcolumn = r#"{"name":"Sessions","type":"integer","jsonPath":".status.sessions"}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    printcolumn = r#"{"name":"Image","type":"string","priority":1,"jsonPath":".status.image"}"#
 )]
 #[x_kube(
     validation = kube::core::Rule::new(BACKUPS_RULE).message("replication.backups must be less than replicas"),
@@ -66,10 +69,12 @@ pub struct SessionClusterSpec {
     #[schemars(range(min = 0))]
     pub replicas: i32,
 
-    /// Node image.
-    #[serde(default = "default_image")]
+    /// Node image. Leave it out to run the operator's node image (the chart's `nodeImage`,
+    /// by default the operator's registry and version): an operator upgrade then rolls
+    /// the nodes to the new version. Set it to pin an image (your app's, or a version).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1))]
-    pub image: String,
+    pub image: Option<String>,
 
     /// How nodes find each other.
     #[serde(default)]
@@ -112,15 +117,11 @@ fn default_replicas() -> i32 {
     3
 }
 
-fn default_image() -> String {
-    DEFAULT_IMAGE.to_string()
-}
-
 impl Default for SessionClusterSpec {
     fn default() -> Self {
         Self {
             replicas: default_replicas(),
-            image: default_image(),
+            image: None,
             membership: Membership::default(),
             replication: Replication::default(),
             session: SessionSettings::default(),
@@ -545,10 +546,34 @@ pub struct SessionClusterStatus {
     /// The generation this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// The node image the operator applies: `spec.image`, else its own node image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// The image each node runs (its pod's), by image: one entry when rolled out, the old
+    /// and the new one during a rollout.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub node_images: Vec<NodeImage>,
     /// Ready, Progressing, Degraded.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
+}
+
+/// The nodes that run one image.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeImage {
+    /// The image.
+    pub image: String,
+    /// The pods that run it.
+    pub nodes: Vec<String>,
+}
+
+impl SessionClusterSpec {
+    /// The node image when `spec.image` is unset and none was resolved: [`DEFAULT_IMAGE`].
+    pub fn node_image(&self) -> &str {
+        self.image.as_deref().unwrap_or(DEFAULT_IMAGE)
+    }
 }
 
 /// A status condition (the `metav1.Condition` shape).

@@ -86,6 +86,10 @@ struct RunArgs {
     /// This process's identity in the Lease and in Events (default: pod name + random suffix).
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
+    /// The node image of SessionClusters that do not set `spec.image` (the chart sets it
+    /// from `nodeImage`: the operator's registry and version by default).
+    #[arg(long, env = "TRIBE_OPERATOR_NODE_IMAGE", default_value = tribe_operator::crd::DEFAULT_IMAGE)]
+    node_image: String,
 }
 
 fn init_tracing() {
@@ -190,11 +194,11 @@ async fn run(mut args: RunArgs) -> tribe_operator::Result<()> {
     admin.ready.store(true, Ordering::Relaxed);
 
     let id = identity(&args);
-    let ctx = Arc::new(Context::new(
-        client.clone(),
-        metrics.clone(),
-        Some(id.clone()),
-    ));
+    info!(node_image = %args.node_image, "SessionClusters without spec.image run this node image");
+    let ctx = Arc::new(
+        Context::new(client.clone(), metrics.clone(), Some(id.clone()))
+            .with_node_image(args.node_image.clone()),
+    );
     let (leader_tx, leader_rx) = watch::channel(!args.leader_elect);
     let elector_task = if args.leader_elect {
         let timing = Timing {

@@ -2,7 +2,7 @@
 //! StatefulSet's with persistent volumes) and the nodes' `/cluster` reports become
 //! `SessionClusterStatus`, with Ready/Progressing/Degraded conditions. Pure.
 
-use crate::crd::{Condition, ReplicationMode, SessionCluster, SessionClusterStatus};
+use crate::crd::{Condition, NodeImage, ReplicationMode, SessionCluster, SessionClusterStatus};
 use crate::resources::{multicast_group, selector_string};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use std::collections::{BTreeMap, BTreeSet};
@@ -112,8 +112,28 @@ pub struct Observation<'a> {
     pub failure: Option<Failure>,
     /// The node volume claims that are not Bound yet (persistence with volumes).
     pub pending_claims: Vec<String>,
+    /// (pod, image of its node container) of the cluster's pods, when they were listed.
+    pub pod_images: Option<Vec<(String, String)>>,
     /// Current time, RFC 3339.
     pub now: String,
+}
+
+/// The pods by the image they run, images and pods in name order.
+pub fn node_images(pod_images: &[(String, String)]) -> Vec<NodeImage> {
+    let mut by_image: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    for (pod, image) in pod_images {
+        by_image.entry(image).or_default().push(pod.clone());
+    }
+    by_image
+        .into_iter()
+        .map(|(image, mut nodes)| {
+            nodes.sort();
+            NodeImage {
+                image: image.to_string(),
+                nodes,
+            }
+        })
+        .collect()
 }
 
 /// Members and sessions from the nodes' reports; `None` when no node answered.
@@ -291,6 +311,12 @@ pub fn compute(sc: &SessionCluster, obs: &Observation<'_>) -> SessionClusterStat
         sessions,
         multicast_group: Some(multicast_group(sc)),
         observed_generation: generation,
+        image: Some(sc.spec.node_image().to_string()),
+        // Pods not listed this time (none ready): what was last seen.
+        node_images: match &obs.pod_images {
+            Some(p) => node_images(p),
+            None => previous.node_images,
+        },
         conditions,
     }
 }
@@ -306,6 +332,7 @@ mod tests {
             reports,
             failure: None,
             pending_claims: Vec::new(),
+            pod_images: None,
             now: "2026-01-01T00:00:00Z".into(),
         }
     }
@@ -455,6 +482,50 @@ mod tests {
             aggregate(&reports, ReplicationMode::Backup),
             (Some(2), Some(11)),
             "sum of primaries"
+        );
+    }
+
+    #[test]
+    fn status_records_the_applied_image_and_the_image_each_node_runs() {
+        let mut sc = cluster("shop", "web");
+        sc.spec.image = Some("reg.example/tribe-node:0.2.0".into());
+        let d = observed_deployment(&sc, 3, 3);
+        let mut o = obs(Some(&d), &[]);
+        let pod = |p: &str, i: &str| (p.to_string(), i.to_string());
+        o.pod_images = Some(vec![
+            pod("shop-b", "reg.example/tribe-node:0.2.0"),
+            pod("shop-c", "reg.example/tribe-node:0.1.0"),
+            pod("shop-a", "reg.example/tribe-node:0.2.0"),
+        ]);
+        let st = compute(&sc, &o);
+        assert_eq!(st.image.as_deref(), Some("reg.example/tribe-node:0.2.0"));
+        let images: Vec<(&str, Vec<&str>)> = st
+            .node_images
+            .iter()
+            .map(|n| {
+                (
+                    n.image.as_str(),
+                    n.nodes.iter().map(String::as_str).collect(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            images,
+            [
+                ("reg.example/tribe-node:0.1.0", vec!["shop-c"]),
+                ("reg.example/tribe-node:0.2.0", vec!["shop-a", "shop-b"]),
+            ],
+            "mid-rollout: the old and the new image, each with its pods"
+        );
+        // A reconcile that listed no pod keeps what was seen.
+        sc.status = Some(st.clone());
+        let again = compute(&sc, &obs(Some(&d), &[]));
+        assert_eq!(again.node_images, st.node_images);
+        // Without spec.image (and unresolved), the built-in default.
+        sc.spec.image = None;
+        assert_eq!(
+            compute(&sc, &o).image.as_deref(),
+            Some(crate::crd::DEFAULT_IMAGE)
         );
     }
 }

@@ -473,12 +473,14 @@ fn chart_supports_kubernetes_1_24_and_newer_only() {
 }
 
 /// The two image builds: multi-stage, the final stage small and non-root, running the
-/// binary that the workspace builds. (No container engine here to build them.)
+/// binary that the workspace builds. (`scripts/images` builds them with buildah;
+/// `operator/tests/images.rs` checks what it builds.)
 #[test]
 fn dockerfiles_are_multi_stage_and_non_root() {
     for (file, bin) in [
         ("operator/Dockerfile", "tribe-operator"),
         ("node/Dockerfile", "tribe-node"),
+        ("examples/shop/Dockerfile", "tribe-shop"),
     ] {
         let text = std::fs::read_to_string(repo_root().join(file)).unwrap();
         let lines: Vec<&str> = text
@@ -491,10 +493,20 @@ fn dockerfiles_are_multi_stage_and_non_root() {
             .collect();
         assert!(froms.len() >= 2, "{file}: multi-stage");
         let last = &lines[*froms.last().unwrap()..];
+        // `FROM ${RUNTIME_BASE}`: the ARG's default (scripts/images passes its own base).
+        let base = match last[0]
+            .strip_prefix("FROM ${")
+            .and_then(|a| a.strip_suffix('}'))
+        {
+            Some(arg) => lines
+                .iter()
+                .find_map(|l| l.strip_prefix(&format!("ARG {arg}=")))
+                .unwrap_or_else(|| panic!("{file}: ARG {arg} has a default")),
+            None => last[0],
+        };
         assert!(
-            last[0].contains("distroless") || last[0].contains("-slim"),
-            "{file}: a small runtime base: {}",
-            last[0]
+            base.contains("distroless") || base.contains("-slim"),
+            "{file}: a small runtime base: {base}"
         );
         let user = last
             .iter()
@@ -531,5 +543,65 @@ fn dockerfiles_are_multi_stage_and_non_root() {
             ignore.lines().any(|l| l.trim() == must),
             ".dockerignore keeps {must} out of the build context"
         );
+    }
+}
+
+/// The node image the operator gets (TRIBE_OPERATOR_NODE_IMAGE) follows the operator image:
+/// same registry, same tag, unless `nodeImage` says otherwise.
+#[test]
+fn node_image_follows_the_operator_image() {
+    let version = env!("CARGO_PKG_VERSION");
+    let images = |sets: &[&str]| -> (String, String) {
+        let docs = yaml_docs(&template(sets));
+        let c = &find(&docs, "Deployment", "tribe-operator")["spec"]["template"]["spec"]
+            ["containers"][0];
+        let node = c["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == "TRIBE_OPERATOR_NODE_IMAGE")
+            .unwrap_or_else(|| panic!("no TRIBE_OPERATOR_NODE_IMAGE in {}", c["env"]));
+        (
+            c["image"].as_str().unwrap().to_string(),
+            node["value"].as_str().unwrap().to_string(),
+        )
+    };
+    let cases: [(&[&str], String, String); 5] = [
+        (
+            &[],
+            format!("tribe-operator:{version}"),
+            format!("tribe-node:{version}"),
+        ),
+        (
+            &["image.registry=registry.example.com/tribe"],
+            format!("registry.example.com/tribe/tribe-operator:{version}"),
+            format!("registry.example.com/tribe/tribe-node:{version}"),
+        ),
+        (
+            &[
+                "image.registry=registry.example.com/tribe",
+                "image.tag=0.9.0",
+            ],
+            "registry.example.com/tribe/tribe-operator:0.9.0".into(),
+            "registry.example.com/tribe/tribe-node:0.9.0".into(),
+        ),
+        (
+            &["image.repository=registry.example.com/ops/tribe-operator"],
+            format!("registry.example.com/ops/tribe-operator:{version}"),
+            format!("registry.example.com/ops/tribe-node:{version}"),
+        ),
+        (
+            &[
+                "image.registry=registry.example.com/tribe",
+                "nodeImage.registry=apps.example.com",
+                "nodeImage.repository=shop",
+                "nodeImage.tag=2.1",
+            ],
+            format!("registry.example.com/tribe/tribe-operator:{version}"),
+            "apps.example.com/shop:2.1".into(),
+        ),
+    ];
+    for (sets, operator, node) in cases {
+        assert_eq!(images(sets), (operator, node), "--set {sets:?}");
     }
 }

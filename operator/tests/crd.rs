@@ -135,7 +135,10 @@ fn schema_validates_at_apply_time() {
         p["session"]["properties"]["timeout"]["pattern"],
         "^[0-9]+(ms|s|m|h)$"
     );
-    assert_eq!(p["image"]["default"], "tribe-node:0.1.0");
+    // No baked-in node image: a SessionCluster without one runs the operator's (and
+    // follows it across operator upgrades); a default here would be stored in each object.
+    assert!(p["image"].get("default").is_none(), "{}", p["image"]);
+    assert_eq!(p["image"]["minLength"], 1);
     let rules = spec["x-kubernetes-validations"]
         .as_array()
         .expect("CEL rules on spec");
@@ -173,7 +176,14 @@ fn subresources_and_printer_columns() {
         .iter()
         .map(|c| c["name"].as_str().unwrap().to_string())
         .collect();
-    assert_eq!(cols, ["Replicas", "Ready", "Members", "Sessions", "Age"]);
+    assert_eq!(
+        cols,
+        ["Replicas", "Ready", "Members", "Sessions", "Age", "Image"]
+    );
+    // The image (status.image, what the operator applies) with `-o wide` only.
+    let image = &v["additionalPrinterColumns"][5];
+    assert_eq!(image["jsonPath"], ".status.image");
+    assert_eq!(image["priority"], 1);
 }
 
 /// Integer bounds are integers in the YAML the chart and `kubectl apply` use (`0`, not

@@ -18,8 +18,9 @@
 //! One control plane, one podrunner, one operator install for both clusters; the two
 //! scenarios run in parallel and every wait is on an observed event (a pod watch, the
 //! ingress answering, the status), bounded. Skipped (printed) without `../shared/k8s` or
-//! without root. Needs the node binary next to the operator's (`cargo build --workspace
-//! --bins`, as `scripts/test` does).
+//! without root. The operator and the nodes run from the images `scripts/images` builds out
+//! of the binaries next to the operator's (`cargo build --workspace --bins`, as
+//! `scripts/test` does): in their own root, as their non-root user.
 
 mod support;
 
@@ -53,8 +54,8 @@ const ADMIN_PORT: u16 = 9090;
 #[test]
 fn e2e_sessions_survive_scaling_pod_loss_and_a_rolling_update() {
     let started = Instant::now();
-    let node = workspace_bin("tribe-node").unwrap_or_else(|e| panic!("{e}"));
-    let Some(plane) = plane_with_pods("e2e", |d| images_file(d, Some(&node))) else {
+    // The operator and node run from the images scripts/images builds (support/images.rs).
+    let Some(plane) = plane_with_pods("e2e", |d| oci_images_file(d, &[])) else {
         return;
     };
     eprintln!(

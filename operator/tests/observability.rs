@@ -413,9 +413,9 @@ fn tribe(kubeconfig: &Path, args: &[&str]) -> Result<String, String> {
 #[test]
 fn prometheus_scrapes_every_node_and_kubectl_tribe_reaches_them() {
     let started = Instant::now();
-    let node_bin = workspace_bin("tribe-node").unwrap_or_else(|e| panic!("{e}"));
     let prometheus = require_tool("prometheus");
-    let Some(plane) = plane_with_pods("day2", |d| images_file(d, Some(&node_bin))) else {
+    // The operator and nodes run from the images (support/images.rs).
+    let Some(plane) = plane_with_pods("day2", |d| oci_images_file(d, &[])) else {
         return;
     };
     let log = |what: &str| eprintln!("[day2] {what} at {:?}", started.elapsed());

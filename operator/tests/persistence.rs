@@ -13,8 +13,8 @@
 //!    the claims (same uids as at the start) stay.
 //!
 //! Every wait is on an observed state, bounded. Skipped (printed) without `../shared/k8s`
-//! or without root. Needs the node binary next to the operator's (`cargo build
-//! --workspace --bins`). Run alone on a machine: `flock /tmp/tribe-podrunner.lock cargo
+//! or without root. The pods run from the images `scripts/images` packages out of the
+//! binaries next to the operator's (`cargo build --workspace --bins`). Run alone on a machine: `flock /tmp/tribe-podrunner.lock cargo
 //! test -p tribe-operator --test persistence`.
 
 mod support;
@@ -57,8 +57,9 @@ spec:
 fn sessions_survive_scale_to_zero_and_losing_every_pod() {
     let started = Instant::now();
     let log = |what: &str| eprintln!("[persistence] {what} at {:?}", started.elapsed());
-    let node = workspace_bin("tribe-node").unwrap_or_else(|e| panic!("{e}"));
-    let Some(plane) = plane_with_pods("persistence", |d| images_file(d, Some(&node))) else {
+    // The operator and nodes run from the images (support/images.rs): the node writes its
+    // volume as 65532 in its own read-only root.
+    let Some(plane) = plane_with_pods("persistence", |d| oci_images_file(d, &[])) else {
         return;
     };
     helm_install(&plane, RELEASE, OPERATOR_NS, &[], true);

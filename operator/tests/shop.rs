@@ -2,8 +2,8 @@
 //! (`../shared/k8s` and its podrunner; PODS.md): `helm install` the chart, then in a
 //! namespace enforcing Pod Security "restricted", `kubectl apply -f
 //! examples/shop/k8s.yaml` — a ConfigMap with the shop's name and a SessionCluster running
-//! the shop's image (mapped to the `tribe-shop` binary in the podrunner's images file)
-//! with `spec.template.envFrom` that ConfigMap. One browser (one cookie jar) signs in
+//! the shop's image (`scripts/images` builds it from examples/shop/Dockerfile; the pods
+//! run inside it, as its non-root user, with a read-only root) with `spec.template.envFrom` that ConfigMap. One browser (one cookie jar) signs in
 //! and keeps changing its cart through the ingress stand-in (127.0.0.1:18080) while
 //! `kubectl scale` goes 3 → 5 → 2 and a pod is deleted. Asserted:
 //!
@@ -17,12 +17,12 @@
 //!
 //! Every wait is on an observed state (pods, the SessionCluster's status, the ingress
 //! answering), bounded. Skipped (printed) without `../shared/k8s` or without root. Needs
-//! the shop binary next to the operator's (`cargo build --workspace --bins`).
+//! the binaries next to the operator's (`cargo build --workspace --bins`), which
+//! `scripts/images` packages.
 
 mod support;
 
 use std::collections::BTreeSet;
-use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -46,16 +46,8 @@ const USER: &str = "Ada";
 fn e2e_shop_sign_in_and_cart_survive_scaling_and_pod_loss_under_restricted() {
     let started = Instant::now();
     let log = |what: &str| eprintln!("[shop {:>6.1}s] {what}", started.elapsed().as_secs_f64());
-    let bin = workspace_bin("tribe-shop").unwrap_or_else(|e| panic!("{e}"));
-    let Some(plane) = plane_with_pods("shop", |dir| {
-        let file = images_file(dir, None);
-        let mut f = std::fs::OpenOptions::new()
-            .append(true)
-            .open(&file)
-            .unwrap();
-        writeln!(f, "tribe-shop: {}", pod_visible(dir, &bin).display()).unwrap();
-        file
-    }) else {
+    // The operator, node and shop images that scripts/images builds (support/images.rs).
+    let Some(plane) = plane_with_pods("shop", |dir| oci_images_file(dir, &[])) else {
         return;
     };
     helm_install(&plane, RELEASE, OPERATOR_NS, &[], true);

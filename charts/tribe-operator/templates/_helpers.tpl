@@ -56,10 +56,41 @@ The ServiceAccount the operator runs as.
 {{- end }}
 
 {{/*
+The operator's registry: image.registry, else the path of image.repository (empty for a
+short name such as tribe-operator).
+*/}}
+{{- define "tribe-operator.registry" -}}
+{{- if .Values.image.registry }}
+{{- trimSuffix "/" .Values.image.registry }}
+{{- else if contains "/" .Values.image.repository }}
+{{- dir .Values.image.repository }}
+{{- end }}
+{{- end }}
+
+{{/*
 The operator image, tag defaulting to the chart's appVersion.
 */}}
 {{- define "tribe-operator.image" -}}
-{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- $tag := default .Chart.AppVersion .Values.image.tag }}
+{{- if .Values.image.registry }}
+{{- printf "%s/%s:%s" (trimSuffix "/" .Values.image.registry) .Values.image.repository $tag }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository $tag }}
+{{- end }}
+{{- end }}
+
+{{/*
+The node image of SessionClusters without spec.image: nodeImage, by default the
+operator's registry and tag (so the nodes follow the operator across upgrades).
+*/}}
+{{- define "tribe-operator.nodeImage" -}}
+{{- $registry := default (include "tribe-operator.registry" .) .Values.nodeImage.registry }}
+{{- $tag := default (default .Chart.AppVersion .Values.image.tag) .Values.nodeImage.tag }}
+{{- if $registry }}
+{{- printf "%s/%s:%s" (trimSuffix "/" $registry) .Values.nodeImage.repository $tag }}
+{{- else }}
+{{- printf "%s:%s" .Values.nodeImage.repository $tag }}
+{{- end }}
 {{- end }}
 
 {{- define "tribe-operator.leaseName" -}}

@@ -28,6 +28,7 @@ fn me() -> Hello {
         addr: "127.0.0.1:4000".parse().expect("an address"),
         nonce: [0; 16],
         ready: true,
+        versions: tribe_node::wire::Versions::CURRENT,
     }
 }
 

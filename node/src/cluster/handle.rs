@@ -29,9 +29,19 @@ async fn reply(tx: Option<&ReplyTx>, msg: Message) {
 /// e.g. its writer died). Deltas on different links may simply be reordered, so look
 /// again shortly and fetch the whole session from the sender only if still behind.
 fn on_gap(c: &Cluster, from: &str, sid: SessionId) {
+    // Bounded (see `gaps`): past the bound, anti-entropy with the sender repairs it.
+    let repair = match c.inner.gaps.start(sid) {
+        Ok(r) => r,
+        Err(super::gaps::NoRepair::Running) => return,
+        Err(super::gaps::NoRepair::Busy) => {
+            c.anti_entropy_soon(from, false);
+            return;
+        }
+    };
     let c = c.clone();
     let from = from.to_string();
     tokio::spawn(async move {
+        let _repair = repair;
         tokio::time::sleep(Duration::from_millis(200)).await;
         if c.inner.store.with(sid, |s| !s.has_gap()).unwrap_or(true) {
             return;

@@ -74,10 +74,7 @@ pub(crate) async fn join(c: Cluster, discovery: Arc<Discovery>) {
     settle(&c, &discovery).await;
     // Peers that answer but refuse our key: wait (not ready) instead of joining as a
     // second, empty cluster; transfer the state once we can authenticate.
-    inner
-        .key
-        .wait_while_isolated(|| c.live_members().len(), &inner.shutdown)
-        .await;
+    c.wait_while_isolated().await;
     let started = Instant::now();
     inner.metrics.state_transfer_sessions.set(0);
     let mut peers = c.alive_peers();

@@ -31,7 +31,9 @@ use crate::store::{unix_now, Session, Store};
 use crate::wire::{Delta, Hello, Message, Outgoing, SessionId, SessionState};
 
 mod antientropy;
+mod gaps;
 mod handle;
+mod isolation;
 mod lifecycle;
 mod net;
 
@@ -107,6 +109,12 @@ pub(crate) struct Inner {
     /// Fetches from peers in flight at once (a client's cookies can make a node ask its
     /// peers; this bounds how much of that runs at the same time).
     pub fetches: tokio::sync::Semaphore,
+    /// Peers reached over TCP whose handshakes fail (readiness, `/cluster`).
+    pub reach: crate::reachability::Reachability,
+    /// Rate limit of the WARN lines strangers can cause.
+    pub warns: crate::warn_limit::WarnLimiter,
+    /// Delta-gap repairs running (bounded).
+    pub gaps: Arc<gaps::GapRepairs>,
 }
 
 /// A running cluster node. Cheap to clone.
@@ -239,6 +247,9 @@ impl Cluster {
             discovery: Mutex::new(None),
             ae_kick,
             fetches: tokio::sync::Semaphore::new(MAX_FETCHES),
+            reach: Default::default(),
+            warns: Default::default(),
+            gaps: gaps::GapRepairs::new(gaps::MAX_GAP_REPAIRS),
             cfg,
         });
         let cluster = Cluster { inner };
@@ -277,11 +288,26 @@ impl Cluster {
 
     /// Whether the node has joined and received its state.
     pub fn is_ready(&self) -> bool {
-        *self.inner.ready.borrow()
-            && !self.inner.leaving.load(Ordering::Relaxed)
-            && !self.inner.draining.load(Ordering::Relaxed)
-            && self.has_quorum()
-            && !self.inner.key.isolate(self.live_members().len())
+        self.not_ready_reason().is_none()
+    }
+
+    /// Why the node is not ready (`None` when it is).
+    pub fn not_ready_reason(&self) -> Option<tribe_api::NotReadyReason> {
+        use tribe_api::NotReadyReason as Why;
+        if self.inner.leaving.load(Ordering::Relaxed) || self.inner.draining.load(Ordering::Relaxed)
+        {
+            return Some(Why::ShuttingDown);
+        }
+        if let Some(why) = self.isolation() {
+            return Some(why);
+        }
+        if !*self.inner.ready.borrow() {
+            return Some(Why::Joining);
+        }
+        if !self.has_quorum() {
+            return Some(Why::TooFewMembers);
+        }
+        None
     }
 
     /// Reports not ready from now on, while still serving and replicating (the first step
@@ -301,11 +327,6 @@ impl Cluster {
         &self.inner.metrics
     }
 
-    /// The node's keys (reloaded from the key file).
-    pub fn keys(&self) -> &crate::keyring::Keys {
-        &self.inner.key
-    }
-
     /// Sorted ids of the live members, this node included.
     pub fn live_members(&self) -> Vec<String> {
         self.inner.view.borrow().clone()
@@ -319,6 +340,7 @@ impl Cluster {
             addr: self.inner.me.advertise,
             nonce: [0; 16],
             ready: *self.inner.ready.borrow(),
+            versions: crate::wire::Versions::local(),
         }
     }
 
@@ -1027,7 +1049,8 @@ impl Cluster {
             .collect();
         // Read `ready` before counting: counted first, a join finishing in between gives a
         // document that says ready with the sessions of a transfer still in progress.
-        let ready = self.is_ready();
+        let not_ready_reason = self.not_ready_reason();
+        let ready = not_ready_reason.is_none();
         let (primary, backup, _cached, live) = self.role_counts();
         ClusterView {
             node: inner.me.node_id.clone(),
@@ -1042,8 +1065,21 @@ impl Cluster {
             backup,
             rereplication_backlog: inner.metrics.rereplication_backlog.get().max(0) as u64,
             members,
-            keys: self.inner.key.status().0,
-            refusing_peers: self.inner.key.status().1.iter().map(|a| a.to_string()).collect(),
+            keys: self.key_status().0,
+            refusing_peers: self.key_status().1.iter().map(|a| a.to_string()).collect(),
+            peer_problems: inner
+                .reach
+                .problems()
+                .into_iter()
+                .map(|(addr, p)| tribe_api::PeerProblem {
+                    addr: addr.to_string(),
+                    reason: p.reason().to_string(),
+                    detail: p.detail(),
+                })
+                .collect(),
+            protocol_min: crate::wire::Versions::local().min,
+            protocol_max: crate::wire::Versions::local().max,
+            not_ready_reason,
         }
     }
 

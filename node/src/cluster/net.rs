@@ -12,11 +12,14 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::{handle, publish_view, Cluster, Member, MemberState};
+use crate::admission::{Admission, Limits, Slot};
+use crate::crypto::FINGERPRINT_LEN;
 use crate::membership::Discovery;
 use crate::metrics::Metrics;
+use crate::reachability::Problem;
 use crate::replication::liveness::Liveness;
-use crate::transport::{self, HandshakeError, Reader, Writer};
-use crate::wire::{Hello, Message, Outgoing};
+use crate::transport::{self, Connection, HandshakeError};
+use crate::wire::{Hello, Message, Outgoing, WireError};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
@@ -174,26 +177,35 @@ pub(crate) fn fail_pending(c: &Cluster, node: &str) {
 async fn run_link(c: Cluster, link: Arc<Link>, mut rx: mpsc::Receiver<(Outgoing, Instant)>) {
     let inner = c.inner.clone();
     let mut backoff = Duration::from_millis(50);
+    // A connection made with the current primary key to replace the one in use.
+    let mut replacement: Option<Connection> = None;
     loop {
         if link.cancel.is_cancelled() {
             break;
         }
-        let dial = transport::dial(
-            link.addr,
-            c.hello(),
-            &inner.key,
-            inner.cfg.max_frame,
-            CONNECT_TIMEOUT,
-        );
-        let res = tokio::select! {
-            r = dial => r,
-            _ = link.cancel.cancelled() => break,
+        let res = match replacement.take() {
+            Some(conn) => Ok(conn),
+            None => {
+                let dial = transport::dial(
+                    link.addr,
+                    c.hello(),
+                    &inner.key,
+                    inner.cfg.max_frame,
+                    CONNECT_TIMEOUT,
+                );
+                tokio::select! {
+                    r = dial => r,
+                    _ = link.cancel.cancelled() => break,
+                }
+            }
         };
         // `attempts` counts a dial only once its outcome is recorded (member admitted or
         // removed): a join waiting for every candidate to be dialed then sees the member.
         let dialed = || link.attempts.fetch_add(1, Ordering::SeqCst);
         match res {
-            Ok((peer, rd, wr)) => {
+            Ok(conn) => {
+                inner.reach.clear(link.addr);
+                let peer = conn.peer.clone();
                 if peer.node_id == inner.me.node_id {
                     tracing::debug!(addr = %link.addr, "dialed myself; dropping that address");
                     dialed();
@@ -211,7 +223,15 @@ async fn run_link(c: Cluster, link: Arc<Link>, mut rx: mpsc::Receiver<(Outgoing,
                     admit(&c, &peer, &link);
                     dialed();
                     backoff = Duration::from_millis(50);
-                    let err = run_connection(&c, &link, &peer, rd, wr, &mut rx).await;
+                    let err = match run_connection(&c, &link, conn, &mut rx).await {
+                        Ended::Replaced(next) => {
+                            // Same peer, new keys: nothing queued is lost.
+                            replacement = Some(next);
+                            continue;
+                        }
+                        Ended::Cancelled => None,
+                        Ended::Failed(e) => Some(e),
+                    };
                     suspect(&c, &peer.node_id, &link);
                     // What was queued for it is dropped: anti-entropy brings the peer up
                     // to date after the reconnection (a frozen peer would otherwise get
@@ -235,6 +255,9 @@ async fn run_link(c: Cluster, link: Arc<Link>, mut rx: mpsc::Receiver<(Outgoing,
                 }
             }
             Err(e) if e.is_connect() => {
+                // Nothing answers (or nothing in time: a frozen peer's kernel still
+                // accepts): not a peer that refuses us.
+                inner.reach.clear(link.addr);
                 remove_member_on(&c, &link, "TCP connect failed");
                 dialed();
                 if !link.wanted.load(Ordering::Relaxed) {
@@ -245,6 +268,12 @@ async fn run_link(c: Cluster, link: Arc<Link>, mut rx: mpsc::Receiver<(Outgoing,
                 inner.metrics.handshake_failed(e.reason());
                 if let HandshakeError::Wire(w) = &e {
                     inner.metrics.reject(w.reason());
+                }
+                // The peer answers TCP but no handshake completes: while that holds for
+                // every peer found, this node is not ready (a key refusal is recorded
+                // by the keyring; a peer of another cluster is no peer of ours).
+                if !e.is_key_refusal() && !matches!(e.reason(), "other_cluster") {
+                    inner.reach.failed(link.addr, problem_of(&e));
                 }
                 tracing::warn!(addr = %link.addr, error = %e, "handshake refused");
                 remove_member_on(&c, &link, "handshake refused");
@@ -278,7 +307,7 @@ const MAX_BATCH: usize = 256;
 async fn coalesce<T>(
     first: T,
     rx: &mut mpsc::Receiver<T>,
-    wr: &mut Writer,
+    wr: &mut crate::transport::Writer,
     mut frame: impl FnMut(T) -> Outgoing,
 ) -> Result<usize, crate::wire::WireError> {
     wr.feed(frame(first)).await?;
@@ -300,16 +329,107 @@ async fn coalesce<T>(
     Ok(fed)
 }
 
-/// Runs one established outbound connection until it fails or the link is cancelled.
+/// What a failed handshake tells about the peer, for `/cluster` and readiness.
+fn problem_of(e: &HandshakeError) -> Problem {
+    match e {
+        HandshakeError::VersionSkew { theirs, ours } => Problem::VersionSkew {
+            theirs: (theirs.min, theirs.max),
+            ours: (ours.min, ours.max),
+        },
+        _ => Problem::Handshake {
+            reason: e.reason(),
+            detail: e.to_string(),
+        },
+    }
+}
+
+/// Completes when the key `conn_key` (id `key_id`) of a connection to `node` is no longer
+/// in the key file; counts and logs it.
+async fn key_removed(c: &Cluster, conn_key: [u8; FINGERPRINT_LEN], key_id: &str, node: &str) {
+    c.inner.key.dropped(conn_key).await;
+    evicted(c, key_id, node);
+}
+
+fn evicted(c: &Cluster, key_id: &str, node: &str) {
+    c.inner.metrics.connections_evicted.inc();
+    tracing::info!(
+        node,
+        key = key_id,
+        "connection closed: its cluster key was removed from the key file"
+    );
+}
+
+/// What a key change means for an outbound connection made with `conn_key`.
+enum Rekey {
+    /// A new connection made with the current primary key, to the same address.
+    Replaced(Connection),
+    /// The key file no longer holds `conn_key`, and no connection with the current
+    /// primary could be made: close.
+    Evicted,
+}
+
+/// Completes once the primary key is not `conn_key` any more (a rotation) and a
+/// connection with the new primary is up (make before break), or once `conn_key` was
+/// removed and the peer does not take the new primary (eviction). While the peer has
+/// not loaded the new primary yet and `conn_key` is still held, the connection stays.
+async fn rekey(c: &Cluster, addr: SocketAddr, conn_key: [u8; FINGERPRINT_LEN]) -> Rekey {
+    let keys = &c.inner.key;
+    let mut changes = keys.subscribe();
+    loop {
+        if changes.borrow_and_update().primary().key.fingerprint() != conn_key {
+            let dial = transport::dial(
+                addr,
+                c.hello(),
+                keys,
+                c.inner.cfg.max_frame,
+                CONNECT_TIMEOUT,
+            );
+            match dial.await {
+                Ok(conn) => return Rekey::Replaced(conn),
+                Err(_) if !keys.holds(&conn_key) => return Rekey::Evicted,
+                Err(e) => {
+                    tracing::debug!(%addr, error = %e, "no connection with the new primary key yet; keeping the current one");
+                }
+            }
+            // Again after a while, or at the next change of the key file.
+            tokio::select! {
+                _ = tokio::time::sleep(crate::keyring::POLL_INTERVAL) => continue,
+                r = changes.changed() => if r.is_err() { std::future::pending::<()>().await },
+            }
+        } else if changes.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// How an outbound connection ended.
+enum Ended {
+    /// The link was cancelled.
+    Cancelled,
+    /// It failed (or was evicted): why.
+    Failed(String),
+    /// Replaced by a connection made with the current primary key.
+    Replaced(Connection),
+}
+
+/// Runs one established outbound connection until it fails, the link is cancelled, or
+/// a key rotation replaces it.
 async fn run_connection(
     c: &Cluster,
     link: &Arc<Link>,
-    peer: &Hello,
-    mut rd: Reader,
-    mut wr: Writer,
+    conn: Connection,
     rx: &mut mpsc::Receiver<(Outgoing, Instant)>,
-) -> Option<String> {
+) -> Ended {
     let inner = &c.inner;
+    let Connection {
+        peer,
+        mut rd,
+        mut wr,
+        key,
+        key_id,
+        ..
+    } = conn;
+    let peer = &peer;
     // Liveness: a ping every quarter member timeout; the peer is dead when nothing was
     // heard for the member timeout (a frozen process whose kernel still ACKs, a silent
     // cut). The watchdog is apart from the writer, which may be stuck on a full socket.
@@ -332,19 +452,33 @@ async fn run_connection(
             }
         }
     };
+    let rekeying = rekey(c, link.addr, key);
+    tokio::pin!(rekeying);
     let writer = async {
         let interval = Duration::from_millis(live.lock().interval());
         let mut pings = tokio::time::interval(interval);
         pings.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let failed = |e: WireError| Ended::Failed(e.to_string());
         loop {
             let item = tokio::select! {
                 item = rx.recv() => item,
+                r = &mut rekeying => match r {
+                    Rekey::Replaced(next) => {
+                        // Everything written so far goes out before the end of stream.
+                        let _ = wr.close().await;
+                        return Ended::Replaced(next);
+                    }
+                    Rekey::Evicted => {
+                        evicted(c, &key_id, &peer.node_id);
+                        return Ended::Failed("its key was removed".into());
+                    }
+                },
                 _ = pings.tick() => {
                     if live.lock().ping_due(ms()) {
                         let ping = Message::Ping { nonce: ms() }.outgoing();
                         inner.metrics.bytes_sent.inc_by(ping.wire_len() as u64);
                         if let Err(e) = wr.send(ping).await {
-                            return e.to_string();
+                            return failed(e);
                         }
                     }
                     continue;
@@ -364,14 +498,14 @@ async fn run_connection(
             .await;
             let batch = match sent {
                 Ok(n) => n,
-                Err(e) => return e.to_string(),
+                Err(e) => return failed(e),
             };
             if let Err(e) = wr.flush().await {
-                return e.to_string();
+                return failed(e);
             }
             link.inflight.fetch_sub(batch, Ordering::SeqCst);
         }
-        "queue closed".to_string()
+        Ended::Failed("queue closed".into())
     };
     let reader = async {
         let tasks = handle::task_limit();
@@ -391,35 +525,48 @@ async fn run_connection(
         }
         "peer closed".to_string()
     };
-    tokio::select! {
-        e = writer => Some(e),
-        e = reader => Some(e),
-        e = watchdog => Some(e),
-        _ = link.cancel.cancelled() => None,
+    tokio::pin!(reader);
+    let ended = tokio::select! {
+        e = writer => e,
+        e = &mut reader => Ended::Failed(e),
+        e = watchdog => Ended::Failed(e),
+        _ = link.cancel.cancelled() => Ended::Cancelled,
+    };
+    if matches!(ended, Ended::Replaced(_)) {
+        // The old connection's last answers (acks of sync writes, fetch replies) are
+        // read until the peer, having read our end of stream, closes it.
+        let _ = tokio::time::timeout(inner.cfg.member_timeout, &mut reader).await;
     }
+    ended
 }
 
-/// Accepts peer connections until shutdown. At most `--max-handshakes` connections are
-/// in their (deadline-bounded) handshake at once; more are closed at once and counted.
+/// Accepts peer connections until shutdown. Handshake slots are handed out by
+/// [`Admission`]: at most `--max-handshakes` at once, at most an eighth of them to one
+/// source address, and a quarter kept for addresses of known peers; a connection that
+/// gets none is closed at once and counted. Each handshake is deadline-bounded.
 pub(crate) async fn accept_loop(c: Cluster, listener: TcpListener) {
-    let handshakes = Arc::new(tokio::sync::Semaphore::new(
-        c.inner.cfg.max_handshakes.max(1),
-    ));
+    let total = c.inner.cfg.max_handshakes;
+    let admission = Admission::new(Limits::new(total, (total / 8).max(1)));
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
             _ = c.inner.shutdown.cancelled() => return,
         };
         match accepted {
-            Ok((stream, _)) => match handshakes.clone().try_acquire_owned() {
-                Ok(permit) => {
-                    tokio::spawn(inbound(c.clone(), stream, permit));
+            Ok((stream, from)) => {
+                let ip = from.ip();
+                let known = is_known_peer_ip(&c, ip);
+                match admission.try_admit(ip, known) {
+                    Ok(slot) => {
+                        tokio::spawn(inbound(c.clone(), stream, from, slot));
+                    }
+                    Err(refused) => {
+                        c.inner.metrics.handshake_failed(refused.reason());
+                        warn_pre_auth(&c, refused.reason(), from, "no handshake slot");
+                        drop(stream);
+                    }
                 }
-                Err(_) => {
-                    c.inner.metrics.handshake_failed("too_many_handshakes");
-                    drop(stream);
-                }
-            },
+            }
             Err(e) => {
                 // Transient (e.g. EMFILE): warn and go on.
                 tracing::warn!(error = %e, "accept failed");
@@ -429,25 +576,52 @@ pub(crate) async fn accept_loop(c: Cluster, listener: TcpListener) {
     }
 }
 
-async fn inbound(
-    c: Cluster,
-    stream: tokio::net::TcpStream,
-    handshake_permit: tokio::sync::OwnedSemaphorePermit,
-) {
+/// Whether `ip` is the address of a discovered candidate or a member (they dial from
+/// the address they advertise, one per pod on Kubernetes).
+fn is_known_peer_ip(c: &Cluster, ip: std::net::IpAddr) -> bool {
+    c.inner.links.lock().keys().any(|a| a.ip() == ip)
+        || c.inner.members.lock().values().any(|m| m.addr.ip() == ip)
+}
+
+/// A WARN line for a failure before authentication, at most one per reason per
+/// [`crate::warn_limit::DEFAULT_EVERY`] (a stranger must not flood the log); the
+/// `tribe_handshake_failures_total{reason}` counter carries every one.
+fn warn_pre_auth(c: &Cluster, reason: &'static str, from: SocketAddr, what: &str) {
+    if let Some(skipped) = c.inner.warns.check(reason, Instant::now()) {
+        tracing::warn!(
+            %from,
+            reason,
+            error = what,
+            like_it_since_last_line = skipped,
+            "inbound handshake refused (repeats are counted in tribe_handshake_failures_total, logged at most every {} s)",
+            c.inner.warns.every().as_secs()
+        );
+    }
+}
+
+async fn inbound(c: Cluster, stream: tokio::net::TcpStream, from: SocketAddr, slot: Slot) {
     let inner = c.inner.clone();
     let accepted = transport::accept(stream, c.hello(), &inner.key, inner.cfg.max_frame).await;
-    drop(handshake_permit);
-    let (peer, mut rd, mut wr) = match accepted {
+    drop(slot);
+    let conn = match accepted {
         Ok(x) => x,
         Err(e) => {
             inner.metrics.handshake_failed(e.reason());
             if let HandshakeError::Wire(w) = &e {
                 inner.metrics.reject(w.reason());
             }
-            tracing::warn!(error = %e, "inbound handshake refused");
+            warn_pre_auth(&c, e.reason(), from, &e.to_string());
             return;
         }
     };
+    let Connection {
+        peer,
+        mut rd,
+        mut wr,
+        key,
+        key_id,
+        ..
+    } = conn;
     if inner
         .left
         .lock()
@@ -496,11 +670,14 @@ async fn inbound(
     let mut heard = tokio::time::Instant::now();
     let idle = tokio::time::sleep(silence);
     tokio::pin!(idle);
+    let evicted = key_removed(&c, key, &key_id, &peer.node_id);
+    tokio::pin!(evicted);
     let tasks = handle::task_limit();
     loop {
         let next = tokio::select! {
             n = rd.next() => n,
             _ = inner.shutdown.cancelled() => break,
+            _ = &mut evicted => break,
             _ = &mut idle => {
                 if heard.elapsed() < silence {
                     idle.as_mut().reset(heard + silence);

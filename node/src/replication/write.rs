@@ -33,7 +33,9 @@ pub fn local_write(
 ) -> Written {
     store.with_mut(sid, |s| {
         let stamp = Stamp {
-            counter: s.version + 1,
+            // Versions above `wire::MAX_COUNTER` never come in from peers (refused at
+            // decode), so this cannot saturate; it never wraps either.
+            counter: s.version.saturating_add(1),
             origin,
         };
         let d = match loaded {
@@ -67,7 +69,7 @@ pub fn local_invalidate(store: &Store, origin: u32, sid: SessionId, now: u64) ->
         let d = Delta {
             sid,
             stamp: Stamp {
-                counter: s.version + 1,
+                counter: s.version.saturating_add(1),
                 origin,
             },
             base: s.version,

@@ -784,3 +784,50 @@ fn persistence_validation() {
     };
     assert!(check(p).unwrap_err().contains("storageClassName"));
 }
+
+/// Without `spec.image` the Deployment runs the operator's node image and the status says
+/// so; a pinned image wins over it. The stored spec is never given an image.
+#[tokio::test]
+async fn unpinned_clusters_run_the_operators_node_image() {
+    let deployment = "/apis/apps/v1/namespaces/web/deployments/shop";
+    let node_image = |seen: &[Seen]| {
+        find(seen, Method::PATCH, deployment)
+            .expect("deployment applied")
+            .body["spec"]["template"]["spec"]["containers"][0]["image"]
+            .clone()
+    };
+    let run = |sc: SessionCluster| async move {
+        let (client, log) = mock_api(fresh_server(0));
+        let ctx = Arc::new(
+            Context::new(client, Metrics::default(), Some("test".into()))
+                .with_node_image("registry.example.com/tribe/tribe-node:0.2.0"),
+        );
+        reconcile(Arc::new(sc), ctx).await.expect("reconcile");
+        let seen = log.lock().unwrap().clone();
+        seen
+    };
+    let sc = cluster("shop", NS);
+    assert_eq!(sc.spec.image, None);
+    let seen = run(sc).await;
+    assert_eq!(
+        node_image(&seen),
+        "registry.example.com/tribe/tribe-node:0.2.0"
+    );
+    assert_eq!(
+        status_patch(&seen).body["status"]["image"],
+        "registry.example.com/tribe/tribe-node:0.2.0"
+    );
+    assert!(
+        !seen
+            .iter()
+            .any(|s| s.path.ends_with("/sessionclusters/shop") && s.method != Method::GET),
+        "the spec is not written: {:#?}",
+        lines(&seen)
+    );
+
+    let mut pinned = cluster("shop", NS);
+    pinned.spec.image = Some("shop:1.4".into());
+    let seen = run(pinned).await;
+    assert_eq!(node_image(&seen), "shop:1.4");
+    assert_eq!(status_patch(&seen).body["status"]["image"], "shop:1.4");
+}

@@ -191,7 +191,7 @@ pub fn node_env(sc: &SessionCluster) -> Vec<EnvVar> {
 pub(super) fn node_container(sc: &SessionCluster, t: &PodTemplate) -> Container {
     Container {
         name: "node".into(),
-        image: Some(sc.spec.image.clone()),
+        image: Some(sc.spec.node_image().to_string()),
         env: Some([node_env(sc), sidecar_env(sc)].concat()),
         ports: Some(node_ports(sc)),
         readiness_probe: Some(http_probe("/readyz", 2, 3, None)),

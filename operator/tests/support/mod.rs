@@ -16,6 +16,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+mod images;
+#[allow(unused_imports)] // not every test binary uses the images
+pub use images::*;
+
 /// The repository root (the workspace), found from this crate's manifest directory.
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
