@@ -7,11 +7,14 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+/// The wall clock now (for formatting a date; arithmetic uses the functions below).
+pub fn wall() -> SystemTime {
+    SystemTime::now()
+}
+
 fn since_epoch() -> std::time::Duration {
     // A clock set before 1970 reads as the epoch rather than failing.
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
+    wall().duration_since(UNIX_EPOCH).unwrap_or_default()
 }
 
 /// Seconds since the Unix epoch.

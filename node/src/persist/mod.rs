@@ -366,7 +366,7 @@ pub fn load(backend: &Arc<dyn Backend>, budget: usize, now: u64) -> Result<Store
 
 /// Renames `dir` to `<dir>.corrupt-<UTC time>` (kept for inspection, never deleted).
 pub fn set_aside(dir: &std::path::Path) -> std::io::Result<std::path::PathBuf> {
-    let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now())
+    let stamp = humantime::format_rfc3339_seconds(crate::clock::wall())
         .to_string()
         .replace(':', "");
     let name = format!(
