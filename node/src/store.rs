@@ -14,8 +14,8 @@ use bytes::Bytes;
 use compact_str::CompactString;
 use dashmap::DashMap;
 
-use crate::persist::dirty::Dirty;
 use crate::model::{AttrState, Delta, SessionId, SessionState, Stamp};
+use crate::persist::dirty::Dirty;
 
 pub use crate::clock::unix_now;
 
@@ -1244,9 +1244,16 @@ mod cold_tier_tests {
         assert_eq!((store.resident(), store.swapped()), (0, 1));
 
         assert_eq!(store.version(7), Some(3));
-        assert_eq!(store.with(7, |s| s.get("a").cloned()), Some(Some(Bytes::from_static(b"1"))));
+        assert_eq!(
+            store.with(7, |s| s.get("a").cloned()),
+            Some(Some(Bytes::from_static(b"1")))
+        );
         assert_eq!((store.resident(), store.swapped()), (1, 0));
-        assert_eq!(probe.reads.load(Ordering::SeqCst), 1, "read back once, then resident");
+        assert_eq!(
+            probe.reads.load(Ordering::SeqCst),
+            1,
+            "read back once, then resident"
+        );
         assert!(!probe.read_under_lock.load(Ordering::SeqCst));
         assert_eq!(store.live(), 1);
     }

@@ -32,8 +32,8 @@ use std::time::Duration;
 
 use crate::config::{Config, Durability};
 use crate::metrics::PersistMetrics;
-use crate::store::{ColdTier, Store};
 use crate::model::{SessionId, SessionState};
+use crate::store::{ColdTier, Store};
 
 /// One persisted session: its id, its expiry (unix seconds, so a backend can delete
 /// expired rows without decoding them) and its encoded state ([`record::encode`]).

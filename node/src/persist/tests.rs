@@ -7,9 +7,9 @@ use bytes::Bytes;
 
 use super::{embedded::Embedded, flusher, load, Backend};
 use crate::metrics::Metrics;
+use crate::model::{Delta, SessionId, Stamp};
 use crate::replication::antientropy;
 use crate::store::Store;
-use crate::model::{Delta, SessionId, Stamp};
 
 fn write(store: &Store, sid: SessionId, counter: u64, v: &str, expiry: u64) {
     store.apply_at(
