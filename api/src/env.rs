@@ -65,6 +65,7 @@ names! {
     FLUSH_INTERVAL;
     MAX_ACTIVE_SESSIONS;
     POSTGRES_URL;
+    LOG_FORMAT;
 }
 
 #[cfg(test)]

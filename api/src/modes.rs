@@ -136,6 +136,26 @@ mode! {
     }
 }
 
+mode! {
+    /// How a process writes its log (`--log-format`); unset: [`LogFormat::resolve`].
+    LogFormat, "log format", default Json {
+        Json => "json": "One JSON object per line (what log pipelines on Kubernetes read); never colour codes.",
+        Text => "text": "Human-readable lines; coloured only on a terminal.",
+    }
+}
+
+impl LogFormat {
+    /// The format when none is asked for: text on a terminal, JSON otherwise (a pod's
+    /// log, a file, a pipe).
+    pub fn resolve(requested: Option<LogFormat>, stderr_is_terminal: bool) -> LogFormat {
+        requested.unwrap_or(if stderr_is_terminal {
+            LogFormat::Text
+        } else {
+            LogFormat::Json
+        })
+    }
+}
+
 impl SessionAdapter {
     /// The app's default session cookie name.
     pub fn cookie(self) -> &'static str {
@@ -173,6 +193,21 @@ mod tests {
         );
         assert_eq!("php-redis".parse(), Ok(SessionAdapter::PhpRedis));
         assert_eq!(SessionAdapter::default().as_str(), "connect-redis");
+    }
+
+    #[test]
+    fn log_format_is_json_unless_on_a_terminal_or_asked() {
+        assert_eq!(LogFormat::resolve(None, false), LogFormat::Json);
+        assert_eq!(LogFormat::resolve(None, true), LogFormat::Text);
+        assert_eq!(
+            LogFormat::resolve(Some(LogFormat::Text), false),
+            LogFormat::Text
+        );
+        assert_eq!(
+            LogFormat::resolve(Some(LogFormat::Json), true),
+            LogFormat::Json
+        );
+        assert_eq!(LogFormat::VALUES, ["json", "text"]);
     }
 
     #[test]

@@ -84,6 +84,10 @@ pub struct ClusterView {
     /// Why this node is not ready (absent when it is).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub not_ready_reason: Option<NotReadyReason>,
+    /// The node's build version ([`crate::VERSION`] of its build); `None` from a node
+    /// older than the field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
 }
 
 /// A peer this node reaches but cannot complete a handshake with.
@@ -147,6 +151,7 @@ mod tests {
                 state: MemberState::Suspect,
                 incarnation: 7,
             }],
+            version: Some(crate::VERSION.into()),
             ..ClusterView::default()
         };
         let json = serde_json::to_string(&v).unwrap();
@@ -157,6 +162,7 @@ mod tests {
             "ready":false,"sessions":1,"members":[]}"#;
         let v: ClusterView = serde_json::from_str(old).unwrap();
         assert_eq!((v.keys.len(), v.primary, v.member_ids()), (0, 0, vec!["a"]));
+        assert_eq!(v.version, None, "a node older than the version field");
         assert!(serde_json::from_str::<ClusterView>(r#"{"members":3}"#).is_err());
     }
 }

@@ -26,21 +26,26 @@ pub const TOKEN_LABEL: &[u8] = b"tribe-admin-sessions-v1";
 pub fn admin_token(key_file: &[u8]) -> String {
     use hmac::{Hmac, KeyInit, Mac};
     let secret = primary_secret(key_file);
-    let mut mac =
-        <Hmac<sha2::Sha256> as KeyInit>::new_from_slice(secret).expect("HMAC takes any key length");
+    let mut mac = <Hmac<sha2::Sha256> as KeyInit>::new_from_slice(&secret)
+        .expect("HMAC takes any key length");
     mac.update(TOKEN_LABEL);
     hex::encode(mac.finalize().into_bytes())
 }
 
-/// The secret a key file authenticates with: the whole (trimmed) file, or in the
+/// The secret a key file authenticates with: the whole file (a text key without any
+/// whitespace, a binary one trimmed, as the node's `KeySet::parse` reads it), or in the
 /// multi-key format the primary key's secret (the only key when no `primary` line).
-fn primary_secret(key_file: &[u8]) -> &[u8] {
+fn primary_secret(key_file: &[u8]) -> std::borrow::Cow<'_, [u8]> {
     let Ok(text) = std::str::from_utf8(key_file) else {
-        return key_file.trim_ascii();
+        return key_file.trim_ascii().into();
     };
     let mut lines = text.lines();
     if lines.next().map(str::trim) != Some("tribe-keys v1") {
-        return key_file.trim_ascii();
+        return text
+            .split_ascii_whitespace()
+            .collect::<String>()
+            .into_bytes()
+            .into();
     }
     let mut primary = None;
     let mut keys = Vec::new();
@@ -56,6 +61,7 @@ fn primary_secret(key_file: &[u8]) -> &[u8] {
         .find(|(id, _)| primary.is_none_or(|p| p == *id))
         .map(|(_, s)| s.as_bytes())
         .unwrap_or_else(|| key_file.trim_ascii())
+        .into()
 }
 
 /// Everything that can go wrong.
@@ -297,6 +303,22 @@ mod tests {
         assert_eq!(t.len(), 64);
         assert_eq!(t, admin_token(b"0123456789abcdef0123456789abcdef"));
         assert_ne!(t, admin_token(b"another key of sixteen bytes"));
+    }
+
+    /// A wrapped text key is the key without its whitespace, as the nodes read it (and as
+    /// the operator writes it into the multi-key file when a rotation starts).
+    #[test]
+    fn a_wrapped_single_key_authenticates_without_its_whitespace() {
+        assert_eq!(
+            admin_token(b"0123456789abcdef\n 0123456789abcdef\r\n"),
+            admin_token(b"0123456789abcdef0123456789abcdef")
+        );
+        assert_eq!(
+            admin_token(b"0123456789abcdef\n0123456789abcdef\n"),
+            admin_token(
+                b"tribe-keys v1\nprimary default\nkey default 0123456789abcdef0123456789abcdef\n"
+            )
+        );
     }
 
     #[test]

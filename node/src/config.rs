@@ -27,7 +27,9 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
-pub use tribe_api::{Durability, MembershipMode, ReplicationMode, SendMode, SessionAdapter};
+pub use tribe_api::{
+    Durability, LogFormat, MembershipMode, ReplicationMode, SendMode, SessionAdapter,
+};
 
 /// How a setting takes its value on the command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -303,6 +305,9 @@ settings! {
     /// (`postgres://user:password@host/db?sslmode=require`; the table `tribe_sessions` is
     /// created if missing).
     postgres_url: Option<String> = POSTGRES_URL, Kind::Value, parse some(text);
+    /// Log format of the `tribe-node` binary, to stderr (default: `text` on a terminal,
+    /// `json` otherwise; an app embedding a node sets up its own logging).
+    log_format: Option<LogFormat> = LOG_FORMAT, Kind::Value, choices LogFormat, parse some(from_str::<LogFormat>);
 }
 
 // ------------------------------------------------------------------ parsers

@@ -2,8 +2,9 @@
 //! file without a restart (key rotation).
 //!
 //! # Key file
-//! Either a single secret (the whole file, surrounding whitespace ignored, at least 16
-//! bytes) — its id is [`DEFAULT_KEY_ID`] — or several keys with ids:
+//! Either a single secret (the whole file, whitespace ignored — around it, and inside a
+//! text key wrapped over lines —, at least 16 bytes) — its id is [`DEFAULT_KEY_ID`] — or
+//! several keys with ids:
 //!
 //! ```text
 //! tribe-keys v1
@@ -125,14 +126,26 @@ impl KeySet {
         let text = std::str::from_utf8(raw).ok();
         let multi = text.is_some_and(|t| t.lines().next().map(str::trim) == Some(HEADER));
         if !multi {
-            let secret = raw.trim_ascii();
+            // A text key: every ASCII whitespace character is dropped, inside too (a
+            // base64 key wrapped over lines, a trailing newline), which is how the
+            // operator reads it when it rewrites the file into the multi-key format for a
+            // rotation: both derive the same key. A binary key (not UTF-8) is taken
+            // as is, only trimmed.
+            let secret: Vec<u8> = match text {
+                Some(_) => raw
+                    .iter()
+                    .copied()
+                    .filter(|b| !b.is_ascii_whitespace())
+                    .collect(),
+                None => raw.trim_ascii().to_vec(),
+            };
             if secret.is_empty() {
                 return Err(KeyFileError::Empty);
             }
             if secret.len() < MIN_SECRET_LEN {
                 return Err(KeyFileError::Short(DEFAULT_KEY_ID.into()));
             }
-            return Ok(Self::single(ClusterKey::new(secret)));
+            return Ok(Self::single(ClusterKey::new(&secret)));
         }
         let mut keys: Vec<KeyEntry> = Vec::new();
         let mut primary: Option<String> = None;
@@ -406,6 +419,43 @@ mod tests {
             KeyFileError::Short(DEFAULT_KEY_ID.into())
         );
         assert_eq!(KeySet::parse(b" \n").unwrap_err(), KeyFileError::Empty);
+    }
+
+    /// A wrapped (or space-grouped) text key is one secret without its whitespace, the
+    /// same key the operator writes into the multi-key file when a rotation starts
+    /// (`key default <secret>`): nodes on either file agree on it.
+    #[test]
+    fn wrapped_single_keys_load_as_the_operator_rewrites_them() {
+        let wrapped = b"  QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVphYmNk\n ZWZnaGlqa2xtbm9w\r\n\n";
+        let unwrapped = "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVphYmNkZWZnaGlqa2xtbm9w";
+        let single = KeySet::parse(wrapped).unwrap();
+        let fp = ClusterKey::new(unwrapped.as_bytes()).fingerprint();
+        assert_eq!(single.primary().key.fingerprint(), fp);
+        let rotated = KeySet::render(
+            "default",
+            &[(DEFAULT_KEY_ID, unwrapped), ("k1", "0123456789abcdef-new")],
+        );
+        let multi = KeySet::parse(rotated.as_bytes()).unwrap();
+        assert_eq!(multi.primary().key.fingerprint(), fp);
+        assert_eq!(
+            KeySet::parse(b"0123 4567\t89ab cdef")
+                .unwrap()
+                .primary()
+                .key
+                .fingerprint(),
+            ClusterKey::new(b"0123456789abcdef").fingerprint()
+        );
+        // Whitespace does not count toward the length.
+        assert_eq!(
+            KeySet::parse(b"0123 4567 89ab\n").unwrap_err(),
+            KeyFileError::Short(DEFAULT_KEY_ID.into())
+        );
+        // A binary key keeps its inner bytes (only trimmed).
+        let binary = b"\xff\xfe 0123456789abcdef \x80\n";
+        assert_eq!(
+            KeySet::parse(binary).unwrap().primary().key.fingerprint(),
+            ClusterKey::new(&binary[..binary.len() - 1]).fingerprint()
+        );
     }
 
     #[test]

@@ -29,11 +29,27 @@ fn main() -> ExitCode {
         .map(|(_, a)| a)
         .collect();
     let cfg = config(&command().get_matches_from(args));
+    if let Err(e) = tribe_api::log::init(
+        cfg.log_format,
+        "info,tower_sessions=warn,tower_sessions_core=warn",
+    ) {
+        eprintln!("tribe-node: cannot set up logging: {e}");
+    }
+    // Every log line of this process names the node and its cluster: each runtime thread
+    // (and the main thread, below) runs inside one `node` span.
+    let span = tracing::info_span!("node", node = %cfg.node_id(), cluster = %cfg.cluster);
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     runtime.enable_all();
+    {
+        let span = span.clone();
+        runtime
+            .on_thread_start(move || NODE_SPAN.set(Some(span.clone().entered())))
+            .on_thread_stop(|| drop(NODE_SPAN.take()));
+    }
     if let Some(n) = cfg.worker_threads {
         runtime.worker_threads(usize::from(n));
     }
+    let _main = span.entered();
     match runtime.build() {
         Ok(rt) => rt.block_on(serve(cfg)),
         Err(e) => {
@@ -43,13 +59,14 @@ fn main() -> ExitCode {
     }
 }
 
+thread_local! {
+    /// The `node` span, entered on each runtime thread for its lifetime.
+    static NODE_SPAN: std::cell::Cell<Option<tracing::span::EnteredSpan>> =
+        const { std::cell::Cell::new(None) };
+}
+
 async fn serve(cfg: Config) -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,tower_sessions=warn,tower_sessions_core=warn".into()),
-        )
-        .init();
+    tracing::info!(version = tribe_api::VERSION, "tribe-node starting");
     let node = match Node::bind(cfg).await {
         Ok(n) => n,
         Err(
@@ -78,7 +95,7 @@ async fn serve(cfg: Config) -> ExitCode {
 /// The command line: one argument per setting, with its env var, default and help.
 fn command() -> Command {
     Command::new("tribe-node")
-        .version(env!("CARGO_PKG_VERSION"))
+        .version(tribe_api::VERSION)
         .about("A Tribe node: replicated HTTP sessions")
         .args(SETTINGS.iter().map(arg))
 }

@@ -249,6 +249,7 @@ impl Metrics {
             persist: PersistMetrics::new(),
         };
         let r = registry.sub_registry_with_prefix("tribe");
+        r.register("build", "This build: its version (always 1)", build_info());
         r.register("sessions", "Sessions held, by role", m.sessions.clone());
         r.register(
             "members",
@@ -448,4 +449,13 @@ impl Metrics {
             })
             .inc();
     }
+}
+
+/// `tribe_build_info{version="…"} 1` (registered as `build`; the suffix is the `Info`
+/// type's).
+pub fn build_info() -> prometheus_client::metrics::info::Info<Vec<(String, String)>> {
+    prometheus_client::metrics::info::Info::new(vec![(
+        "version".to_string(),
+        tribe_api::VERSION.to_string(),
+    )])
 }

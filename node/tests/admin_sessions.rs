@@ -226,3 +226,63 @@ async fn sessions_can_be_listed_inspected_and_expired() {
             > 1e6
     );
 }
+
+/// Operations (issue 22): the build version in `/cluster`, in `tribe_build_info` and in
+/// `--version`; and with no `--log-format`, a node whose stderr is not a terminal (here a
+/// file) logs one JSON object per line, no colour codes, each naming the node and its
+/// cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_reports_its_version_and_logs_json_off_a_terminal() {
+    let version = env!("CARGO_PKG_VERSION");
+    let mut node = Node::spawn_env(
+        "json1",
+        Addrs::loopback(),
+        None,
+        &["--cluster", "logs", "--membership", "static"],
+        // Unset (the harness removes a variable given empty): the node's own default,
+        // and colour allowed as far as the environment goes.
+        &[("TRIBE_LOG_FORMAT", ""), ("NO_COLOR", "")],
+    );
+    node.wait_ready(Duration::from_secs(30)).await;
+    let view = node.cluster().await.unwrap();
+    assert_eq!(view["version"], version, "/cluster: {view}");
+    let (_, metrics) = node.get("/metrics", true).await.unwrap();
+    assert!(
+        metrics.contains(&format!("tribe_build_info{{version=\"{version}\"}} 1")),
+        "{metrics}"
+    );
+    let out = std::process::Command::new(node_bin())
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("tribe-node {version}")
+    );
+
+    let log = node.log();
+    assert!(!log.contains('\u{1b}'), "no colour codes in a file:\n{log}");
+    let lines: Vec<Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(lines.len() >= 2, "{log}");
+    for line in &lines {
+        assert!(
+            line["timestamp"].is_string() && line["level"].is_string(),
+            "{line}"
+        );
+        let span = &line["spans"][0];
+        assert_eq!(
+            (&span["node"], &span["cluster"]),
+            (&"json1".into(), &"logs".into()),
+            "{line}"
+        );
+    }
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["message"] == "tribe-node starting" && l["version"] == version),
+        "{log}"
+    );
+}

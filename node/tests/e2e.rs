@@ -52,8 +52,7 @@
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{SocketAddr, TcpListener};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -95,45 +94,6 @@ enum SendMode {
 }
 
 // ---------------------------------------------------------------------------------------
-// Ports
-
-/// A free loopback port below the kernel's ephemeral range: a node restarted on its old
-/// ports must find them free, and on a busy machine (this test alone opens two
-/// connections per request) an outgoing connection could otherwise take a dead node's
-/// port as its source port. Never handed out twice by this process.
-fn low_port() -> u16 {
-    static GIVEN: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let ephemeral_start: u32 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse().ok())
-        .unwrap_or(32_768);
-    // 10000..20000 (the operator's tests use blocks from 20000 up).
-    let (lo, hi) = (10_000u32, ephemeral_start.min(20_000));
-    assert!(hi > lo + 1000, "ephemeral ports start at {ephemeral_start}");
-    let seed = std::process::id().wrapping_mul(7919);
-    for _ in 0..20_000 {
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let port = (lo + seed.wrapping_add(n.wrapping_mul(104_729)) % (hi - lo)) as u16;
-        let mut given = GIVEN.lock().unwrap();
-        if !given.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            given.insert(port);
-            return port;
-        }
-    }
-    panic!("no free port in {lo}..{hi}")
-}
-
-fn low_addrs() -> Addrs {
-    let at = |p| SocketAddr::from(([127, 0, 0, 1], p));
-    Addrs {
-        http: at(low_port()),
-        admin: at(low_port()),
-        replication: at(low_port()),
-    }
-}
-
-// ---------------------------------------------------------------------------------------
 // The cluster and its ingress
 
 /// Every node the scenario may run has a slot (`n<slot+1>`) with its addresses fixed from
@@ -154,7 +114,7 @@ struct Fleet {
 impl Fleet {
     /// `slots` slots; the first `running` started, formed, and behind nginx.
     async fn start(slots: usize, running: usize, flags: Vec<String>) -> Fleet {
-        let all: Vec<Addrs> = (0..slots).map(|_| low_addrs()).collect();
+        let all: Vec<Addrs> = (0..slots).map(|_| Addrs::loopback()).collect();
         let mut nodes: Vec<Option<Node>> = (0..slots).map(|_| None).collect();
         let f: Vec<&str> = flags.iter().map(String::as_str).collect();
         for (i, slot) in nodes.iter_mut().enumerate().take(running) {

@@ -19,6 +19,12 @@ use tribe_node::ryw::VersionCookie;
 /// The version cookie of the default session cookie `SESSIONID`.
 const VERSION_COOKIE: &str = "SESSIONID_V";
 
+/// A request that takes this long hangs rather than waits: far above anything the node
+/// adds (the 50 ms consistency wait, a fetch bounded by it) even on a loaded 2-core
+/// machine. How long requests take is the benchmark's figure (`tribe-bench`), not a
+/// test's.
+const NO_STALL: Duration = Duration::from_secs(10);
+
 /// Starts `n` nodes with static peers (each lists the others) and `extra` flags; returns
 /// once every node is ready and sees the other `n - 1` as alive members.
 async fn cluster(n: usize, extra: &[&str]) -> Vec<Node> {
@@ -310,7 +316,7 @@ async fn tampered_version_cookie_is_ignored_safely() {
         let (n, node) = parse_counter(&body).unwrap();
         assert_eq!(n, expected, "version cookie {value:?} on {node}: {body}");
         assert!(
-            took < Duration::from_secs(1),
+            took < NO_STALL,
             "version cookie {value:?} took {took:?} on {node}"
         );
     }
@@ -382,11 +388,8 @@ async fn rolls_back_once(n: usize, extra: &[&str]) {
         n, 6,
         "runs on the newest surviving copy (counter 5) on {node}"
     );
-    // The consistency wait (50 ms) plus a fetch bounded by it and a 500 ms allowance.
-    assert!(
-        took < Duration::from_secs(2),
-        "the rolled-back request took {took:?}"
-    );
+    // Bounded: the consistency wait (50 ms) plus a fetch bounded by it, not a hang.
+    assert!(took < NO_STALL, "the rolled-back request took {took:?}");
     assert_eq!(
         total(&nodes, "tribe_rollbacks").await,
         1.0,
@@ -416,7 +419,7 @@ async fn rolls_back_once(n: usize, extra: &[&str]) {
         let want = if i % 2 == 0 { last + 1 } else { last };
         assert_eq!(n, want, "request {i} after the rollback, on {node}");
         assert!(
-            started.elapsed() < Duration::from_secs(1),
+            started.elapsed() < NO_STALL,
             "request {i} took {:?}",
             started.elapsed()
         );

@@ -4,6 +4,7 @@
 use crate::crd::{Condition, Persistence, SessionCluster, SessionClusterSpec, DURATION_PATTERN};
 use crate::metrics::Metrics;
 use crate::ownership::{self, Conflict, Ownership};
+use crate::policy::TemplatePolicy;
 use crate::probe::Prober;
 use crate::resources::{self, ADMIN_PORT, MANAGER};
 use crate::status::{self, Failure, Observation, Workload};
@@ -58,6 +59,8 @@ pub struct Context {
     monitoring_warned: Mutex<std::collections::HashSet<String>>,
     /// The node image of SessionClusters without `spec.image` (`--node-image`).
     pub node_image: String,
+    /// What `spec.template` may ask for (the operator's `--allow-*` flags).
+    pub policy: TemplatePolicy,
 }
 
 impl Context {
@@ -75,12 +78,19 @@ impl Context {
             failures: Mutex::default(),
             monitoring_warned: Mutex::default(),
             node_image: crate::crd::DEFAULT_IMAGE.to_string(),
+            policy: TemplatePolicy::default(),
         }
     }
 
     /// The node image for SessionClusters that do not pin one.
     pub fn with_node_image(mut self, image: impl Into<String>) -> Self {
         self.node_image = image.into();
+        self
+    }
+
+    /// This context with `policy` in place of the strict default.
+    pub fn with_policy(mut self, policy: TemplatePolicy) -> Self {
+        self.policy = policy;
         self
     }
 
@@ -192,7 +202,10 @@ fn is_duration(s: &str) -> bool {
 pub async fn reconcile(sc: Arc<SessionCluster>, ctx: Arc<Context>) -> Result<Action> {
     let _timer = ctx.metrics.reconcile_started();
     let key = format!("{}/{}", sc.namespace().unwrap_or_default(), sc.name_any());
-    let result = match tokio::time::timeout(RECONCILE_TIMEOUT, reconcile_inner(&sc, &ctx)).await {
+    // Every log line of the reconcile names its SessionCluster.
+    let span = tracing::info_span!("reconcile", cluster = %key);
+    let inner = tracing::Instrument::instrument(reconcile_inner(&sc, &ctx), span);
+    let result = match tokio::time::timeout(RECONCILE_TIMEOUT, inner).await {
         Ok(r) => r,
         Err(_) => Err(Error::Timeout("reconcile")),
     };
@@ -353,7 +366,9 @@ fn changed_by_us<K: Resource + Serialize>(before: &K, after: &K) -> bool {
     strip(before) != strip(after)
 }
 
-/// Creates the cluster key Secret if it does not exist; never touches an existing one.
+/// Creates the cluster key Secret if it does not exist. An existing one is left as it is,
+/// except that a Secret of ours without the Redis-protocol password gets one added
+/// (an update carrying the resourceVersion read) when the cluster runs `spec.app`.
 /// Returns whether the Secret is the SessionCluster's (false: someone else's object has
 /// its name, reported in `conflicts`).
 async fn ensure_secret(
@@ -364,10 +379,18 @@ async fn ensure_secret(
 ) -> Result<bool> {
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
     let name = resources::secret_name(sc);
-    let apply_err = |source| Error::Apply {
-        kind: "Secret".into(),
-        name: name.clone(),
-        source,
+    let apply_err = |source| match source {
+        kube::Error::Api(s) if s.code == 403 => Error::Forbidden(format!(
+            "the operator has no access to Secret {name} in namespace {ns}: its Secret \
+             access is granted per namespace (add {ns} to the chart value \
+             rbac.secretNamespaces; operator/RBAC.md): {}",
+            s.message
+        )),
+        source => Error::Apply {
+            kind: "Secret".into(),
+            name: name.clone(),
+            source,
+        },
     };
     if let Some(existing) = api.get_opt(&name).await.map_err(apply_err)? {
         let uid = sc.uid().unwrap_or_default();
@@ -376,9 +399,20 @@ async fn ensure_secret(
             report_conflict(ctx, sc, conflicts, "Secret".into(), name.clone(), related).await;
             return Ok(false);
         }
+        if resources::needs_password(sc, &existing) {
+            let updated = resources::with_password(existing, &resources::random_key());
+            let params = PostParams {
+                field_manager: Some(MANAGER.into()),
+                ..PostParams::default()
+            };
+            api.replace(&name, &params, &updated)
+                .await
+                .map_err(apply_err)?;
+            info!(%name, "added the Redis-protocol password to the cluster key Secret");
+        }
         return Ok(true);
     }
-    let secret = resources::secret(sc, &resources::random_key());
+    let secret = resources::secret(sc, &resources::random_key(), &resources::random_key());
     match api
         .create(
             &PostParams {
@@ -785,7 +819,8 @@ async fn reconcile_inner(sc: &SessionCluster, ctx: &Context) -> Result<Action> {
         sc
     };
 
-    let outcome = match validate(&sc.spec) {
+    let checked = validate(&sc.spec).and_then(|()| crate::policy::check(&sc.spec, &ctx.policy));
+    let outcome = match checked {
         Err(msg) => Err(Error::InvalidSpec(msg)),
         Ok(()) => apply_children(ctx, sc, &ns).await,
     };
@@ -794,6 +829,7 @@ async fn reconcile_inner(sc: &SessionCluster, ctx: &Context) -> Result<Action> {
         Err(e) => {
             let reason = match e {
                 Error::InvalidSpec(_) => "InvalidSpec",
+                Error::Forbidden(_) => "Forbidden",
                 _ => "ApplyFailed",
             };
             // Best effort: show what exists while reporting the failure.
@@ -940,10 +976,10 @@ async fn reconcile_inner(sc: &SessionCluster, ctx: &Context) -> Result<Action> {
             ))
         }
         Err(e) => {
-            let reason = if matches!(e, Error::InvalidSpec(_)) {
-                "InvalidSpec"
-            } else {
-                "ApplyFailed"
+            let reason = match e {
+                Error::InvalidSpec(_) => "InvalidSpec",
+                Error::Forbidden(_) => "Forbidden",
+                _ => "ApplyFailed",
             };
             publish(
                 ctx,
@@ -978,6 +1014,9 @@ pub async fn run(
     }
     let owned =
         watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={MANAGER}"));
+    // No watch on Secrets: it would need list/watch on every Secret the role reaches
+    // (RBAC cannot narrow a list by label). The key Secret is read by name in each
+    // reconcile (at least every 30 s), so a deleted one is recreated then.
     let controller = Controller::new(
         api::<SessionCluster>(&client, &namespace),
         watcher::Config::default(),
@@ -1007,7 +1046,6 @@ pub async fn run(
         .owns(api::<StatefulSet>(&client, &namespace), owned.clone())
         .owns(api::<Service>(&client, &namespace), owned.clone())
         .owns(api::<Ingress>(&client, &namespace), owned.clone())
-        .owns(api::<Secret>(&client, &namespace), owned.clone())
         .owns(
             api::<PodDisruptionBudget>(&client, &namespace),
             owned.clone(),

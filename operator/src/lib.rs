@@ -7,6 +7,8 @@
 //! - [`status`]: observation → status (conditions, members, sessions); pure.
 //! - [`probe`]: polls the nodes' admin `/cluster` endpoint with a short timeout.
 //! - [`controller`]: the kube-runtime `Controller`, `reconcile` and `error_policy`.
+//! - [`policy`]: what `spec.template` may ask of the pods (node-level volumes,
+//!   ServiceAccounts, the security context); pure.
 //! - [`lease`]: leader election on a `coordination.k8s.io` Lease.
 //! - [`metrics`]: Prometheus metrics and the admin HTTP server (`/healthz`, `/readyz`, `/metrics`).
 //! - [`local`]: `tribe-operator local FILE`, a SessionCluster as local node processes.
@@ -22,6 +24,7 @@ pub mod lease;
 pub mod local;
 pub mod metrics;
 pub mod ownership;
+pub mod policy;
 pub mod probe;
 pub mod resources;
 pub mod rotation;
@@ -49,6 +52,11 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
+
+    /// The operator's RBAC does not reach what the SessionCluster needs (the Secrets of
+    /// its namespace: the chart grants them per namespace, `rbac.secretNamespaces`).
+    #[error("{0}")]
+    Forbidden(String),
 
     /// The SessionCluster's spec cannot be realised.
     #[error("invalid spec: {0}")]
@@ -86,6 +94,7 @@ impl Error {
             Error::Kube(_) => "kube",
             Error::Apply { .. } => "apply",
             Error::InvalidSpec(_) => "invalid_spec",
+            Error::Forbidden(_) => "forbidden",
             Error::MissingField(_) => "missing_field",
             Error::Timeout(_) => "timeout",
             Error::Serialization(_) => "serialization",

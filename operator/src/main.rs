@@ -2,6 +2,7 @@
 //! SessionCluster `local`ly as node processes.
 #![forbid(unsafe_code)]
 
+use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Args, Parser, Subcommand};
 use kube::api::{Api, ListParams};
 use kube::Client;
@@ -11,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 use tracing::{error, info, warn};
+use tribe_api::LogFormat;
 use tribe_operator::controller::{self, Context};
 use tribe_operator::crd::{crd_yaml, SessionCluster};
 use tribe_operator::lease::{Elector, Timing};
@@ -19,10 +21,19 @@ use tribe_operator::{local, metrics};
 
 /// Kubernetes operator for Tribe SessionClusters.
 #[derive(Parser, Debug)]
-#[command(name = "tribe-operator", version, about)]
+#[command(name = "tribe-operator", version = tribe_api::VERSION, about)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
+    /// Log format, to stderr (default: `text` on a terminal, `json` otherwise).
+    #[arg(
+        long,
+        global = true,
+        env = "TRIBE_OPERATOR_LOG_FORMAT",
+        value_parser = PossibleValuesParser::new(LogFormat::VALUES)
+            .try_map(|s| s.parse::<LogFormat>()),
+    )]
+    log_format: Option<LogFormat>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -90,16 +101,22 @@ struct RunArgs {
     /// from `nodeImage`: the operator's registry and version by default).
     #[arg(long, env = "TRIBE_OPERATOR_NODE_IMAGE", default_value = tribe_operator::crd::DEFAULT_IMAGE)]
     node_image: String,
+    /// Let `spec.template.volumes` use node-level sources (`hostPath`, `nfs`, `iscsi`,
+    /// in-tree disks...), not only those Pod Security "restricted" allows. Whoever may
+    /// create a SessionCluster then gets pods with access to the node.
+    #[arg(long, env = "TRIBE_OPERATOR_ALLOW_NODE_LEVEL_POD_FIELDS", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    allow_node_level_pod_fields: bool,
+    /// Let `spec.template.serviceAccountName` run the pods as any ServiceAccount of
+    /// their namespace (default: refused; the pods run as `default`).
+    #[arg(long, env = "TRIBE_OPERATOR_ALLOW_TEMPLATE_SERVICE_ACCOUNT", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    allow_template_service_account: bool,
 }
 
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+fn init_tracing(format: Option<LogFormat>) {
+    if let Err(e) = tribe_api::log::init(format, "info,kube=warn") {
+        eprintln!("tribe-operator: cannot set up logging: {e}");
+    }
+    info!(version = tribe_api::VERSION, "tribe-operator starting");
 }
 
 /// Resolves on SIGTERM or SIGINT.
@@ -195,9 +212,20 @@ async fn run(mut args: RunArgs) -> tribe_operator::Result<()> {
 
     let id = identity(&args);
     info!(node_image = %args.node_image, "SessionClusters without spec.image run this node image");
+    let policy = tribe_operator::policy::TemplatePolicy {
+        allow_node_level_pod_fields: args.allow_node_level_pod_fields,
+        allow_service_account_name: args.allow_template_service_account,
+    };
+    if policy != tribe_operator::policy::TemplatePolicy::default() {
+        warn!(
+            ?policy,
+            "spec.template may ask for more than Pod Security \"restricted\" allows"
+        );
+    }
     let ctx = Arc::new(
         Context::new(client.clone(), metrics.clone(), Some(id.clone()))
-            .with_node_image(args.node_image.clone()),
+            .with_node_image(args.node_image.clone())
+            .with_policy(policy),
     );
     let (leader_tx, leader_rx) = watch::channel(!args.leader_elect);
     let elector_task = if args.leader_elect {
@@ -267,11 +295,11 @@ async fn main() -> std::process::ExitCode {
             Ok(())
         }
         Command::Run(args) => {
-            init_tracing();
+            init_tracing(cli.log_format);
             run(args).await
         }
         // Sets up its own logging: the live table may own the terminal.
-        Command::Local(args) => local::main(args).await,
+        Command::Local(args) => local::main(args, cli.log_format).await,
         Command::Check { urls } => {
             let mut failed = false;
             for url in &urls {
@@ -332,6 +360,23 @@ mod tests {
             Cli::parse_from(["tribe-operator", "crd"]).command,
             Some(Command::Crd)
         ));
+        for (args, want) in [
+            (
+                &["tribe-operator", "run", "--log-format", "json"][..],
+                Some(LogFormat::Json),
+            ),
+            (
+                &["tribe-operator", "--log-format", "text", "local", "x.yaml"][..],
+                Some(LogFormat::Text),
+            ),
+            (
+                &["tribe-operator", "local", "x.yaml", "--log-format", "text"][..],
+                Some(LogFormat::Text),
+            ),
+        ] {
+            assert_eq!(Cli::parse_from(args).log_format, want, "{args:?}");
+        }
+        assert!(Cli::try_parse_from(["tribe-operator", "run", "--log-format", "xml"]).is_err());
         match Cli::parse_from([
             "tribe-operator",
             "local",

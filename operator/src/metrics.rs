@@ -67,7 +67,18 @@ impl Default for Metrics {
         let cluster_ready_replicas = Family::<ClusterLabels, Gauge>::default();
         let cluster_members = Family::<ClusterLabels, Gauge>::default();
         let cluster_sessions = Family::<ClusterLabels, Gauge>::default();
-        let mut registry = Registry::with_prefix("tribe_operator");
+        let mut root = Registry::default();
+        // `tribe_build_info{version}`: the same series as a node's, so one query finds
+        // the version of every Tribe process.
+        root.sub_registry_with_prefix("tribe").register(
+            "build",
+            "This build: its version (always 1)",
+            prometheus_client::metrics::info::Info::new(vec![(
+                "version".to_string(),
+                tribe_api::VERSION.to_string(),
+            )]),
+        );
+        let registry = root.sub_registry_with_prefix("tribe_operator");
         registry.register("reconciles", "Reconciles started", reconciles.clone());
         registry.register(
             "reconcile_failures",
@@ -115,7 +126,7 @@ impl Default for Metrics {
             cluster_sessions,
             targets: crate::sd::Targets::default(),
             clusters: Arc::default(),
-            registry: Arc::new(registry),
+            registry: Arc::new(root),
         }
     }
 }
@@ -306,6 +317,8 @@ mod tests {
         m.reconcile_failed(&crate::Error::InvalidSpec("y".into()));
         let text = m.render();
         assert!(text.contains("tribe_operator_reconciles_total 1"), "{text}");
+        let build = format!("tribe_build_info{{version=\"{}\"}} 1", tribe_api::VERSION);
+        assert!(text.contains(&build), "{text}");
         assert!(
             text.contains(r#"tribe_operator_reconcile_failures_total{error="invalid_spec"} 2"#),
             "{text}"

@@ -8,8 +8,9 @@
 //! condition and a Warning Event, and the other children are reconciled as usual.
 //! Pure: the decision and the condition; the controller does the I/O.
 
-use crate::crd::Condition;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use crate::crd::{Condition, SessionCluster};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use kube::Resource;
 use std::fmt;
 
 /// Type of the condition reporting children the operator does not own.
@@ -29,9 +30,12 @@ pub enum Ownership {
 }
 
 /// Who holds the name, from the existing object's metadata (`None`: nothing exists) and
-/// the SessionCluster's uid. Only an ownerReference with that exact uid makes an object
-/// ours: a leftover child of a deleted SessionCluster of the same name is foreign until
-/// the garbage collector removes it.
+/// the SessionCluster's uid. Only a *controller* reference (`controller: true`) of kind
+/// `SessionCluster` in group `tribe.rs` with that exact uid makes an object ours: a
+/// leftover child of a deleted SessionCluster of the same name is foreign until the
+/// garbage collector removes it, and so is an object that merely lists the
+/// SessionCluster as one non-controlling owner among others (anyone who can edit an
+/// object can add such a reference: it must not hand the object to the operator).
 pub fn ownership(existing: Option<&ObjectMeta>, owner_uid: &str) -> Ownership {
     let Some(meta) = existing else {
         return Ownership::Absent;
@@ -41,12 +45,21 @@ pub fn ownership(existing: Option<&ObjectMeta>, owner_uid: &str) -> Ownership {
             .owner_references
             .iter()
             .flatten()
-            .any(|o| o.uid == owner_uid);
+            .any(|o| controls(o, owner_uid));
     if ours {
         Ownership::Ours
     } else {
         Ownership::Foreign
     }
+}
+
+/// Whether `o` is the controller reference of the SessionCluster with uid `uid`.
+fn controls(o: &OwnerReference, uid: &str) -> bool {
+    let group = o.api_version.split_once('/').map_or("", |(g, _)| g);
+    o.controller == Some(true)
+        && o.uid == uid
+        && o.kind == SessionCluster::kind(&())
+        && group == SessionCluster::group(&())
 }
 
 /// A child whose name is held by an object the operator does not own.
@@ -108,7 +121,6 @@ pub fn condition(conflicts: &[Conflict], generation: Option<i64>) -> Condition {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 
     fn meta(owners: &[&str]) -> ObjectMeta {
         ObjectMeta {
@@ -144,6 +156,36 @@ mod tests {
         assert_eq!(ownership(Some(&meta(&["u0"])), "u1"), Ownership::Foreign);
         // Without a uid nothing can be ours.
         assert_eq!(ownership(Some(&meta(&[""])), ""), Ownership::Foreign);
+    }
+
+    /// The uid alone is not enough: the reference must be the controller reference of a
+    /// `tribe.rs` SessionCluster (what the operator itself writes, `owner_reference`).
+    #[test]
+    fn only_a_controller_reference_of_a_session_cluster_counts() {
+        let with = |f: &dyn Fn(&mut OwnerReference)| {
+            let mut m = meta(&["u1"]);
+            f(&mut m.owner_references.as_mut().unwrap()[0]);
+            ownership(Some(&m), "u1")
+        };
+        assert_eq!(with(&|_| {}), Ownership::Ours);
+        // Another API version of the same group is still ours.
+        assert_eq!(
+            with(&|o| o.api_version = "tribe.rs/v1".into()),
+            Ownership::Ours
+        );
+        assert_eq!(with(&|o| o.controller = None), Ownership::Foreign);
+        assert_eq!(with(&|o| o.controller = Some(false)), Ownership::Foreign);
+        assert_eq!(with(&|o| o.kind = "Deployment".into()), Ownership::Foreign);
+        assert_eq!(
+            with(&|o| o.api_version = "example.com/v1alpha1".into()),
+            Ownership::Foreign
+        );
+        assert_eq!(with(&|o| o.api_version = "v1".into()), Ownership::Foreign);
+        // What the operator writes on its children is recognised as ours.
+        let mut sc = crate::fixtures::cluster("shop", "web");
+        sc.metadata.uid = Some("u1".into());
+        let child = crate::resources::child_meta(&sc, "shop".into());
+        assert_eq!(ownership(Some(&child), "u1"), Ownership::Ours);
     }
 
     #[test]

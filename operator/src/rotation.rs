@@ -54,13 +54,17 @@ pub struct KeyFile {
 }
 
 impl KeyFile {
-    /// Parses either format; `None` when it is neither.
+    /// Parses either format; `None` when it is neither. A single secret is read as the
+    /// nodes read it (`node/src/keyring.rs`, `KeySet::parse`): every ASCII whitespace
+    /// character in it is dropped, surrounding or inside, so a base64 key wrapped over
+    /// lines (or pasted with a trailing newline) is one token again, which the
+    /// multi-key format can carry (`key default <secret>`).
     pub fn parse(text: &str) -> Option<KeyFile> {
         if text.lines().next().map(str::trim) != Some(HEADER) {
-            let secret = text.trim();
+            let secret: String = text.split_ascii_whitespace().collect();
             return (!secret.is_empty()).then(|| KeyFile {
                 primary: DEFAULT_ID.into(),
-                keys: vec![(DEFAULT_ID.into(), secret.into())],
+                keys: vec![(DEFAULT_ID.into(), secret)],
             });
         }
         let mut primary = None;
@@ -358,6 +362,14 @@ pub async fn probe(
     (reports, addrs.len())
 }
 
+/// Why a rotation of a binary (non-UTF-8) key does not start.
+fn binary_key_note(secret: &str) -> String {
+    format!(
+        "not started: the key in Secret {secret} is binary, and a rotation writes the text \
+         key file; put a text key there (e.g. `openssl rand -hex 32`) to rotate"
+    )
+}
+
 /// Runs one step of a requested rotation against the Secret. Returns the progress text
 /// while a rotation is under way (for the condition), and an Event note when it wrote.
 pub async fn step(
@@ -372,13 +384,19 @@ pub async fn step(
     let Some(mut secret) = api.get_opt(&name).await? else {
         return Ok((None, None));
     };
-    let text = secret
+    let requested = sc.annotations().get(ROTATE_ANNOTATION).cloned();
+    let raw = secret
         .data
         .as_ref()
         .and_then(|d| d.get(KEY_FILE_NAME))
-        .map(|b| String::from_utf8_lossy(&b.0).into_owned())
+        .map(|b| b.0.clone())
         .unwrap_or_default();
-    let Some(file) = KeyFile::parse(&text) else {
+    let Ok(text) = std::str::from_utf8(&raw) else {
+        // A binary key cannot be written into the text format: never rewrite it (a
+        // lossy conversion would hand the nodes a different key).
+        return Ok((requested.map(|_| binary_key_note(&name)), None));
+    };
+    let Some(file) = KeyFile::parse(text) else {
         return Ok((None, None));
     };
     let ann = secret.annotations();
@@ -387,7 +405,6 @@ pub async fn step(
         phase: ann.get(PHASE_ANNOTATION).cloned(),
         new_key: ann.get(NEW_KEY_ANNOTATION).cloned(),
     };
-    let requested = sc.annotations().get(ROTATE_ANNOTATION).cloned();
     match decide(
         &file,
         requested.as_deref(),
@@ -471,6 +488,52 @@ mod tests {
         assert_eq!(
             KeyFile::parse("tribe-keys v1\nprimary x\nkey y zzz\n"),
             None
+        );
+    }
+
+    /// A single key with whitespace in it (a base64 key wrapped at 76 columns, a
+    /// trailing newline, indentation) is one secret with the whitespace dropped, as the
+    /// nodes read it, and the first rotation step writes it on one `key` line the nodes
+    /// parse: before, the wrapped lines were copied into the file and every node
+    /// refused the new file (and new pods exited).
+    #[test]
+    fn a_wrapped_single_key_is_rewritten_as_one_token() {
+        let wrapped = "  QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVphYmNkZWZnaGlqa2xtbm9wcXJzdHV2\n\
+                       d3h5ejAxMjM0NTY3ODk=\r\n\n";
+        let unwrapped =
+            "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVphYmNkZWZnaGlqa2xtbm9wcXJzdHV2d3h5ejAxMjM0NTY3ODk=";
+        let file = KeyFile::parse(wrapped).unwrap();
+        assert_eq!(
+            file.keys,
+            vec![(DEFAULT_ID.to_string(), unwrapped.to_string())]
+        );
+        let Decision::Write { file: added, .. } =
+            decide(&file, Some("r1"), &SecretState::default(), &[], 0, || {
+                "0123456789abcdef0123456789abcdef".into()
+            })
+        else {
+            panic!("a new request writes")
+        };
+        let text = added.render();
+        // Every line is one the nodes accept: the header, `primary <id>`, `key <id> <secret>`.
+        let mut lines = text.lines();
+        assert_eq!(lines.next(), Some(HEADER));
+        for line in lines {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            assert!(
+                matches!(words.as_slice(), ["primary", _] | ["key", _, _]),
+                "a line the nodes refuse: {line:?}\n{text}"
+            );
+        }
+        assert!(
+            text.contains(&format!("key default {unwrapped}\n")),
+            "{text}"
+        );
+        assert_eq!(KeyFile::parse(&text), Some(added));
+        // Spaces inside (a key pasted in groups) are dropped the same way.
+        assert_eq!(
+            KeyFile::parse("0123 4567\t89ab cdef\n").unwrap().keys[0].1,
+            "0123456789abcdef"
         );
     }
 

@@ -150,6 +150,8 @@ fn values_schema_rejects_bad_values() {
         "example.membership=carrier-pigeon",
         "replicaCount=-1",
         "unknownTopLevel=1",
+        "templatePolicy.allowNodeLevelPodFields=yes",
+        "rbac.secretNamespaces={Not_A_Namespace}",
     ] {
         let r = helm(&["template", "tribe", chart.to_str().unwrap(), "--set", bad]);
         let err = r
@@ -546,6 +548,36 @@ fn dockerfiles_are_multi_stage_and_non_root() {
     }
 }
 
+/// NOTES.txt's example pastes into a shell as printed: its heredoc ends (the terminator
+/// at the start of a line) and what it feeds `kubectl apply` is a SessionCluster.
+#[test]
+fn notes_heredoc_pastes_into_a_shell() {
+    let notes = std::fs::read_to_string(chart_dir().join("templates/NOTES.txt")).unwrap();
+    let start = notes
+        .lines()
+        .position(|l| l.starts_with("kubectl apply -f - <<'YAML'"))
+        .expect("NOTES.txt has a `kubectl apply -f - <<'YAML'` line at the start of a line");
+    let lines: Vec<&str> = notes.lines().skip(start).collect();
+    let end = lines
+        .iter()
+        .position(|l| *l == "YAML")
+        .expect("the heredoc's terminator `YAML` alone on a line");
+    // The same shell text, with `cat` standing in for kubectl.
+    let script = lines[..=end]
+        .join("\n")
+        .replacen("kubectl apply -f -", "cat", 1);
+    assert!(
+        !script.contains("{{"),
+        "no template in the example: {script}"
+    );
+    let out = run(std::process::Command::new("bash").args(["-c", &script]))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let docs = yaml_docs(&out);
+    assert_eq!(docs.len(), 1, "{out}");
+    assert_eq!(docs[0]["kind"], "SessionCluster", "{out}");
+    assert_eq!(docs[0]["apiVersion"], "tribe.rs/v1alpha1", "{out}");
+}
+
 /// The node image the operator gets (TRIBE_OPERATOR_NODE_IMAGE) follows the operator image:
 /// same registry, same tag, unless `nodeImage` says otherwise.
 #[test]
@@ -604,4 +636,197 @@ fn node_image_follows_the_operator_image() {
     for (sets, operator, node) in cases {
         assert_eq!(images(sets), (operator, node), "--set {sets:?}");
     }
+}
+
+/// (API group, resource, verb) of every rule of every Role and ClusterRole in `docs`.
+fn granted(docs: &[Value]) -> std::collections::BTreeSet<(String, String, String)> {
+    let mut out = std::collections::BTreeSet::new();
+    for d in docs
+        .iter()
+        .filter(|d| d["kind"] == "Role" || d["kind"] == "ClusterRole")
+    {
+        for rule in d["rules"].as_array().into_iter().flatten() {
+            let list = |f: &str| -> Vec<String> {
+                rule[f]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|v| v.as_str().unwrap().to_string())
+                    .collect()
+            };
+            for g in list("apiGroups") {
+                for r in list("resources") {
+                    for v in list("verbs") {
+                        out.insert((g.clone(), r.clone(), v));
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// (API group, resource, verb) of every row of the first Markdown table in `md` whose
+/// header starts with `| API group | resource | verbs |`: the group is the cell's first
+/// `code` span (`""` is the core group), the resources every `code` span of the second
+/// cell, the verbs the comma-separated words of the third (up to a parenthesis).
+fn documented(md: &str, what: &str) -> std::collections::BTreeSet<(String, String, String)> {
+    let code = |cell: &str| -> Vec<String> {
+        cell.split('`')
+            .skip(1)
+            .step_by(2)
+            .map(|c| c.replace("\"\"", ""))
+            .collect()
+    };
+    let mut out = std::collections::BTreeSet::new();
+    let mut lines = md
+        .lines()
+        .skip_while(|l| !l.starts_with("| API group | resource | verbs |"));
+    assert!(lines.next().is_some(), "{what}: no RBAC table");
+    for line in lines.skip(1).take_while(|l| l.starts_with('|')) {
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        let group = code(cells[1]).into_iter().next().unwrap_or_default();
+        let verbs = cells[3].split('(').next().unwrap();
+        for r in code(cells[2]) {
+            for v in verbs.split(',').map(str::trim).filter(|v| !v.is_empty()) {
+                out.insert((group.clone(), r.clone(), v.to_string()));
+            }
+        }
+    }
+    assert!(!out.is_empty(), "{what}: empty RBAC table");
+    out
+}
+
+/// `operator/RBAC.md` and the chart README list exactly what `templates/rbac.yaml` grants
+/// in any of its shapes (cluster-wide with Secret Roles, namespaced): no verb missing
+/// from the docs, none documented but not granted.
+#[test]
+fn rbac_docs_match_the_charts_roles() {
+    let mut rendered = std::collections::BTreeSet::new();
+    for sets in [
+        &["rbac.secretNamespaces={apps}"][..],
+        &["rbac.namespaced=true"][..],
+    ] {
+        rendered.extend(granted(&yaml_docs(&template(sets))));
+    }
+    for (what, path) in [
+        ("operator/RBAC.md", repo_root().join("operator/RBAC.md")),
+        ("chart README", chart_dir().join("README.md")),
+    ] {
+        let docs = documented(&std::fs::read_to_string(&path).unwrap(), what);
+        let undocumented: Vec<_> = rendered.difference(&docs).collect();
+        let not_granted: Vec<_> = docs.difference(&rendered).collect();
+        assert!(
+            undocumented.is_empty() && not_granted.is_empty(),
+            "{what} and templates/rbac.yaml differ:\n granted, not in {what}: {undocumented:?}\n in {what}, not granted: {not_granted:?}"
+        );
+    }
+}
+
+/// No Secret is readable cluster-wide: the ClusterRole has no rule on Secrets, and the
+/// Secret Roles (get, create, update; never list or watch) exist only in the namespaces
+/// named by `rbac.secretNamespaces` (plus the release namespace for the example).
+#[test]
+fn secrets_are_granted_per_namespace_only() {
+    let secret_rules = |d: &Value| -> Vec<Value> {
+        d["rules"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|r| {
+                r["resources"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|x| x == "secrets")
+            })
+            .cloned()
+            .collect()
+    };
+    let docs = yaml_docs(&template(&[]));
+    let role = find(&docs, "ClusterRole", "tribe-operator");
+    assert!(secret_rules(role).is_empty(), "{role}");
+    assert!(
+        !docs
+            .iter()
+            .any(|d| d["kind"] == "Role" && !secret_rules(d).is_empty()),
+        "no namespaces listed: no Secret access at all"
+    );
+
+    let docs = yaml_docs(&template(&["rbac.secretNamespaces={apps,shop}"]));
+    let mut namespaces = Vec::new();
+    for d in docs.iter().filter(|d| d["kind"] == "Role") {
+        for r in secret_rules(d) {
+            assert_eq!(
+                r["verbs"],
+                serde_json::json!(["get", "create", "update"]),
+                "{d}"
+            );
+            assert_eq!(r["resources"], serde_json::json!(["secrets"]), "{d}");
+            namespaces.push(d["metadata"]["namespace"].as_str().unwrap().to_string());
+        }
+    }
+    assert_eq!(namespaces, ["apps", "shop"]);
+    for ns in ["apps", "shop"] {
+        let binding = docs
+            .iter()
+            .find(|d| d["kind"] == "RoleBinding" && d["metadata"]["namespace"] == ns)
+            .unwrap_or_else(|| panic!("no RoleBinding in {ns}"));
+        assert_eq!(binding["roleRef"]["name"], "tribe-tribe-operator-secrets");
+        assert_eq!(binding["subjects"][0]["namespace"], "tribe-system");
+        assert_eq!(binding["subjects"][0]["name"], "tribe-tribe-operator");
+    }
+    assert!(secret_rules(find(&docs, "ClusterRole", "tribe-operator")).is_empty());
+
+    // The example lives in the release namespace: its Secrets are granted there.
+    let docs = yaml_docs(&template(&["example.enabled=true"]));
+    assert!(docs.iter().any(|d| d["kind"] == "Role"
+        && d["metadata"]["namespace"] == "tribe-system"
+        && !secret_rules(d).is_empty()));
+}
+
+/// The template policy flags reach the operator, off by default.
+#[test]
+fn template_policy_values_reach_the_operator() {
+    let env = |sets: &[&str]| -> Vec<(String, String)> {
+        let docs = yaml_docs(&template(sets));
+        let dep = find(&docs, "Deployment", "tribe-operator");
+        dep["spec"]["template"]["spec"]["containers"][0]["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| {
+                e["name"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("TRIBE_OPERATOR_ALLOW_")
+            })
+            .map(|e| {
+                (
+                    e["name"].as_str().unwrap().to_string(),
+                    e["value"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    };
+    let pairs = |a: &str, b: &str| {
+        vec![
+            (
+                "TRIBE_OPERATOR_ALLOW_NODE_LEVEL_POD_FIELDS".to_string(),
+                a.to_string(),
+            ),
+            (
+                "TRIBE_OPERATOR_ALLOW_TEMPLATE_SERVICE_ACCOUNT".to_string(),
+                b.to_string(),
+            ),
+        ]
+    };
+    assert_eq!(env(&[]), pairs("false", "false"));
+    assert_eq!(
+        env(&[
+            "templatePolicy.allowNodeLevelPodFields=true",
+            "templatePolicy.allowServiceAccountName=true"
+        ]),
+        pairs("true", "true")
+    );
 }

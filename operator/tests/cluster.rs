@@ -251,8 +251,10 @@ fn api_server_accepts_the_crd_and_the_examples_and_rejects_the_invalid_one() {
     let full = plane
         .get_json(&["-n", ns, "sessionclusters", "shop"])
         .unwrap();
-    let want_full: Value =
-        yaml_docs(&std::fs::read_to_string(examples.join("full.yaml")).unwrap()).remove(0);
+    let want_full: Value = yaml_docs(&std::fs::read_to_string(examples.join("full.yaml")).unwrap())
+        .into_iter()
+        .find(|d| d["kind"] == "SessionCluster")
+        .expect("full.yaml has a SessionCluster");
     assert_eq!(
         full["spec"], want_full["spec"],
         "full.yaml round-trips unchanged (no field pruned)"
@@ -749,15 +751,15 @@ fn operator_works_with_exactly_the_charts_rbac() {
     let opns = plane.ns(OPERATOR_NS);
     let opns = opns.as_str();
     plane.create_namespace(opns);
+    // The app namespace exists first: the chart grants Secrets there by a Role of its own.
+    let ns = plane.ns("apps");
+    let ns = ns.as_str();
+    plane.create_namespace(ns);
+    let secret_namespaces = format!("rbac.secretNamespaces={{{ns}}}");
     // The chart installs the CRD (crds/) and the RBAC; its operator pod stays Pending here
     // (no podrunner), so the operator runs locally with the chart ServiceAccount's token.
-    helm_install(&plane, "tribe-operator", opns, &[], false);
-    plane.k(&[
-        "wait",
-        "--for=condition=Established",
-        "--timeout=60s",
-        "crd/sessionclusters.tribe.rs",
-    ]);
+    helm_install(&plane, "tribe-operator", opns, &[&secret_namespaces], false);
+    plane.wait_condition("crd/sessionclusters.tribe.rs", "Established", SHORT_WAIT);
     let sa = "tribe-operator";
     let dir = scratch_dir("rbac");
     let sa_kubeconfig = dir.join("sa.kubeconfig");
@@ -776,32 +778,43 @@ fn operator_works_with_exactly_the_charts_rbac() {
 
     // What the chart must not allow.
     let as_sa = format!("--as=system:serviceaccount:{opns}:{sa}");
-    for (verb, what, ns) in [
-        ("delete", "sessionclusters.tribe.rs", "apps"),
-        ("create", "pods", "apps"),
-        ("get", "configmaps", "apps"),
-        // Claims are the StatefulSet controller's to create and delete, never the operator's.
-        ("delete", "persistentvolumeclaims", "apps"),
-        ("create", "persistentvolumeclaims", "apps"),
-        ("create", "clusterroles.rbac.authorization.k8s.io", "apps"),
-        ("update", "leases.coordination.k8s.io", "apps"),
-        ("delete", "secrets", "apps"),
-        ("patch", "secrets", "apps"),
-        ("get", "pods", "apps"),
-        ("update", "sessionclusters.tribe.rs", "apps"),
-    ] {
+    let can = |verb: &str, what: &str, ns: &str| {
         let out = plane
             .try_k(&["auth", "can-i", verb, what, "-n", ns, &as_sa])
             .unwrap_or_else(|e| e);
+        !(out.trim_start().starts_with("no") || out.contains("\nno"))
+    };
+    for (verb, what, ns) in [
+        ("delete", "sessionclusters.tribe.rs", ns),
+        ("create", "pods", ns),
+        ("get", "configmaps", ns),
+        // Claims are the StatefulSet controller's to create and delete, never the operator's.
+        ("delete", "persistentvolumeclaims", ns),
+        ("create", "persistentvolumeclaims", ns),
+        ("create", "clusterroles.rbac.authorization.k8s.io", ns),
+        ("update", "leases.coordination.k8s.io", ns),
+        ("delete", "secrets", ns),
+        ("patch", "secrets", ns),
+        // Secrets are read by name only, and only in the listed namespaces.
+        ("list", "secrets", ns),
+        ("watch", "secrets", ns),
+        ("get", "secrets", opns),
+        ("get", "secrets", "kube-system"),
+        ("get", "pods", ns),
+        ("update", "sessionclusters.tribe.rs", ns),
+    ] {
         assert!(
-            out.trim_start().starts_with("no") || out.contains("\nno"),
-            "the chart must not allow {verb} {what}: {out}"
+            !can(verb, what, ns),
+            "the chart must not allow {verb} {what} in {ns}"
+        );
+    }
+    for verb in ["get", "create", "update"] {
+        assert!(
+            can(verb, "secrets", ns),
+            "{verb} secrets in {ns}: the listed namespace"
         );
     }
 
-    let ns = plane.ns("apps");
-    let ns = ns.as_str();
-    plane.create_namespace(ns);
     let op = Operator::start(
         "rbac-op",
         &sa_kubeconfig,

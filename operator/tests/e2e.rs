@@ -62,16 +62,27 @@ fn e2e_sessions_survive_scaling_pod_loss_and_a_rolling_update() {
         "[e2e] control plane and podrunner up at {:?}",
         started.elapsed()
     );
-    helm_install(&plane, RELEASE, OPERATOR_NS, &[], true);
-    eprintln!(
-        "[e2e] operator installed (a pod) at {:?}",
-        started.elapsed()
-    );
-
     let scenarios = [
         Scenario::new("multicast.yaml", "e2e-multicast"),
         Scenario::new("dns.yaml", "e2e-dns"),
     ];
+    // The namespaces exist first: the chart grants Secrets in each by a Role of its own.
+    for s in &scenarios {
+        plane.create_namespace(&s.ns);
+    }
+    let secret_namespaces = format!(
+        "rbac.secretNamespaces={{{}}}",
+        scenarios
+            .iter()
+            .map(|s| s.ns.as_str())
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    helm_install(&plane, RELEASE, OPERATOR_NS, &[&secret_namespaces], true);
+    eprintln!(
+        "[e2e] operator installed (a pod) at {:?}",
+        started.elapsed()
+    );
     for s in &scenarios {
         assert_eq!(s.membership, s.file.file_stem().unwrap().to_str().unwrap());
     }
@@ -227,7 +238,6 @@ impl Scenario {
     }
 
     fn run(&self, plane: &ControlPlane, started: Instant) {
-        plane.create_namespace(&self.ns);
         let watch = PodWatch::start(plane, &self.ns, &self.name);
         plane.k(&["-n", &self.ns, "apply", "-f", self.file.to_str().unwrap()]);
         let first = self.wait_pods(&watch, 3, |_| true);

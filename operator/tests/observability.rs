@@ -80,6 +80,28 @@ fn dashboard_exprs() -> Vec<String> {
     out
 }
 
+/// Where the alerts' `runbook_url`s point: docs/runbooks.md on the project's home.
+const RUNBOOKS_URL: &str = "https://github.com/tribe-rs/tribe/blob/main/docs/runbooks.md";
+
+/// The text of the section of docs/runbooks.md whose heading's anchor is `anchor`
+/// (GitHub's: the heading lower-cased).
+fn runbook_section(anchor: &str) -> Option<String> {
+    let text = std::fs::read_to_string(repo_root().join("docs/runbooks.md")).unwrap();
+    let mut sections = text.split("\n## ").skip(1);
+    sections
+        .find(|s| {
+            s.lines()
+                .next()
+                .is_some_and(|h| h.trim().to_lowercase() == anchor)
+        })
+        .map(|s| {
+            s.split_once('\n')
+                .map_or("", |(_, body)| body)
+                .trim()
+                .to_string()
+        })
+}
+
 /// The expression of every alert rule.
 fn rule_exprs() -> Vec<(String, String)> {
     let text = std::fs::read_to_string(chart_file("alerts/tribe-rules.yaml")).unwrap();
@@ -88,12 +110,24 @@ fn rule_exprs() -> Vec<(String, String)> {
     for g in v["groups"].as_array().unwrap() {
         for r in g["rules"].as_array().unwrap() {
             let name = r["alert"].as_str().unwrap().to_string();
+            let url = r["annotations"]["runbook_url"].as_str().unwrap_or_default();
+            let anchor = url
+                .strip_prefix(RUNBOOKS_URL)
+                .and_then(|a| a.strip_prefix('#'))
+                .unwrap_or_else(|| panic!("{name}: runbook_url {url:?} is not {RUNBOOKS_URL}#…"));
+            let section = runbook_section(anchor)
+                .unwrap_or_else(|| panic!("{name}: no section #{anchor} in docs/runbooks.md"));
             assert!(
-                r["annotations"]["runbook"]
-                    .as_str()
-                    .is_some_and(|s| s.len() > 100),
-                "{name} has a runbook"
+                section.len() > 100,
+                "{name}: its runbook says little: {section}"
             );
+            assert!(
+                r["annotations"]["description"].is_string(),
+                "{name} has a description"
+            );
+            if r["labels"]["severity"] == "critical" {
+                assert!(r["for"].is_string(), "critical alert {name} has a `for`");
+            }
             assert!(
                 r["annotations"]["summary"].is_string(),
                 "{name} has a summary"
@@ -421,8 +455,11 @@ fn prometheus_scrapes_every_node_and_kubectl_tribe_reaches_them() {
     let log = |what: &str| eprintln!("[day2] {what} at {:?}", started.elapsed());
     log("control plane and podrunner up");
 
-    // The chart, with the operator as a pod, and its helm test.
-    helm_install(&plane, RELEASE, OPERATOR_NS, &[], true);
+    // The chart, with the operator as a pod, and its helm test. The app namespace
+    // exists first: the chart grants the operator its Secrets by a Role there.
+    plane.create_namespace(NS);
+    let secret_namespaces = format!("rbac.secretNamespaces={{{NS}}}");
+    helm_install(&plane, RELEASE, OPERATOR_NS, &[&secret_namespaces], true);
     let mut cmd = Command::new(require_tool("helm"));
     cmd.args([
         "test",
@@ -439,7 +476,6 @@ fn prometheus_scrapes_every_node_and_kubectl_tribe_reaches_them() {
     log("operator installed, helm test passed");
 
     // A SessionCluster asking for a PodMonitor without the Prometheus Operator's CRDs.
-    plane.create_namespace(NS);
     let sc = format!(
         "apiVersion: tribe.rs/v1alpha1\nkind: SessionCluster\nmetadata: {{name: {NAME}, namespace: {NS}}}\n\
          spec: {{replicas: 2, membership: dns, monitoring: {{podMonitor: true}}}}\n"
@@ -516,7 +552,7 @@ fn prometheus_scrapes_every_node_and_kubectl_tribe_reaches_them() {
         std::fs::read_to_string(repo_root().join("examples/prometheus/prometheus.yml")).unwrap();
     let config = example
         .replace(
-            "tribe-operator-metrics.tribe-system.svc:8080",
+            "tribe-tribe-operator-metrics.tribe-system.svc:8080",
             &format!("{op_ip}:8080"),
         )
         .replace("scrape_interval: 15s", "scrape_interval: 1s")

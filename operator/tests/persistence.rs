@@ -62,10 +62,12 @@ fn sessions_survive_scale_to_zero_and_losing_every_pod() {
     let Some(plane) = plane_with_pods("persistence", |d| oci_images_file(d, &[])) else {
         return;
     };
-    helm_install(&plane, RELEASE, OPERATOR_NS, &[], true);
+    // The app namespace exists first: the chart grants Secrets there by a Role of its own.
     let ns = plane.ns("persist");
     let ns = ns.as_str();
     plane.create_namespace(ns);
+    let secret_namespaces = format!("rbac.secretNamespaces={{{ns}}}");
+    helm_install(&plane, RELEASE, OPERATOR_NS, &[&secret_namespaces], true);
     plane
         .k_stdin(&["-n", ns, "apply", "-f", "-"], &cluster_yaml())
         .unwrap();

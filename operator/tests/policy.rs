@@ -276,3 +276,74 @@ fn a_service_of_someone_else_is_left_alone_until_it_is_gone() {
         }
     });
 }
+
+/// The template policy on a real API server: what is always refused is refused by the
+/// CRD's CEL rules at apply time; a hostPath volume or a ServiceAccount passes the API
+/// server but the operator refuses it (`Degraded`, `InvalidSpec`) and creates no pods,
+/// until it runs with its allow flag.
+#[test]
+fn template_policy_refuses_node_level_pods_unless_allowed() {
+    let Some((plane, opns, ns)) = setup("tplpolicy", "tplpolicy") else {
+        return;
+    };
+    for (spec, says) in [
+        (
+            "  template:\n    volumes:\n    - name: src\n      gitRepo: {repository: 'https://example.com/x.git'}\n",
+            "may not use gitRepo",
+        ),
+        (
+            "  template:\n    volumeMounts:\n    - {name: x, mountPath: /x, mountPropagation: Bidirectional}\n",
+            "may not use Bidirectional",
+        ),
+    ] {
+        let err = plane
+            .apply(&session_cluster("never", &ns, spec))
+            .expect_err(says);
+        assert!(err.contains(says), "{says}: {err}");
+    }
+
+    let host_path = "  replicas: 1\n  template:\n    volumes:\n    - name: host\n      hostPath: {path: /var/lib}\n    volumeMounts:\n    - {name: host, mountPath: /host}\n";
+    let account = "  replicas: 1\n  template:\n    serviceAccountName: builder\n";
+    let degraded = |name: &str, says: &str| {
+        wait_for(&format!("{name}: Degraded/InvalidSpec"), LONG, || {
+            let sc = plane.get_json(&["-n", &ns, "sessioncluster", name])?;
+            match condition(&sc, "Degraded") {
+                Some(c) if c["status"] == "True" && c["reason"] == "InvalidSpec" => Ok(c),
+                other => Err(format!("{other:?}")),
+            }
+        });
+        let sc = plane
+            .get_json(&["-n", &ns, "sessioncluster", name])
+            .unwrap();
+        let msg = condition(&sc, "Degraded").unwrap()["message"].to_string();
+        assert!(msg.contains(says), "{name}: {msg}");
+        assert!(
+            plane.get_json(&["-n", &ns, "deployment", name]).is_err(),
+            "{name}: no workload may be created"
+        );
+    };
+    {
+        let _op = Operator::start("op-strict", &plane.kubeconfig, &opns, &[]);
+        plane
+            .apply(&session_cluster("host", &ns, host_path))
+            .unwrap();
+        plane
+            .apply(&session_cluster("account", &ns, account))
+            .unwrap();
+        degraded("host", "--allow-node-level-pod-fields");
+        degraded("account", "--allow-template-service-account");
+    }
+    let _op = Operator::start(
+        "op-allowing",
+        &plane.kubeconfig,
+        &opns,
+        &[("TRIBE_OPERATOR_ALLOW_NODE_LEVEL_POD_FIELDS", "true")],
+    );
+    let dep = wait_for("the hostPath cluster's Deployment", LONG, || {
+        plane.get_json(&["-n", &ns, "deployment", "host"])
+    });
+    let vols = dep["spec"]["template"]["spec"]["volumes"].to_string();
+    assert!(vols.contains("hostPath"), "{vols}");
+    // The ServiceAccount still needs its own flag.
+    degraded("account", "--allow-template-service-account");
+}

@@ -50,12 +50,14 @@ fn e2e_shop_sign_in_and_cart_survive_scaling_and_pod_loss_under_restricted() {
     let Some(plane) = plane_with_pods("shop", |dir| oci_images_file(dir, &[])) else {
         return;
     };
-    helm_install(&plane, RELEASE, OPERATOR_NS, &[], true);
+    // The app namespace exists first: the chart grants Secrets there by a Role of its own.
+    let ns = plane.ns("e2e-shop");
+    plane.create_namespace(&ns);
+    let secret_namespaces = format!("rbac.secretNamespaces={{{ns}}}");
+    helm_install(&plane, RELEASE, OPERATOR_NS, &[&secret_namespaces], true);
     log("control plane, podrunner and operator up");
 
     let app = ShopApp::from_example();
-    let ns = plane.ns("e2e-shop");
-    plane.create_namespace(&ns);
     plane.enforce_restricted(&ns);
     plane.k(&["-n", &ns, "apply", "-f", app.file.to_str().unwrap()]);
     let cluster = Cluster {

@@ -1077,6 +1077,7 @@ impl Cluster {
             protocol_min: crate::wire::Versions::local().min,
             protocol_max: crate::wire::Versions::local().max,
             not_ready_reason,
+            version: Some(tribe_api::VERSION.into()),
         }
     }
 

@@ -79,20 +79,32 @@ pub fn require_tools(extra: &[&str]) {
     }
 }
 
-/// A free TCP port on 127.0.0.1 (bound then released; never handed out twice by this
-/// process, so tests running in parallel threads do not collide).
+/// A free TCP port on 127.0.0.1 below the kernel's ephemeral range (bound then released;
+/// never handed out twice by this process, so tests running in parallel threads do not
+/// collide). Below the ephemeral range because a node restarted on its old ports must find
+/// them free: on a busy machine an outgoing connection could otherwise take a killed
+/// node's port as its source port.
 pub fn free_port() -> u16 {
     static GIVEN: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
-    loop {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        if GIVEN.lock().unwrap().insert(port) {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let ephemeral_start: u32 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32_768);
+    // 10000..20000 (the operator's tests use blocks from 20000 up).
+    let (lo, hi) = (10_000u32, ephemeral_start.min(20_000));
+    assert!(hi > lo + 1000, "ephemeral ports start at {ephemeral_start}");
+    let seed = std::process::id().wrapping_mul(7919);
+    for _ in 0..20_000 {
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let port = (lo + seed.wrapping_add(n.wrapping_mul(104_729)) % (hi - lo)) as u16;
+        let mut given = GIVEN.lock().unwrap();
+        if !given.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.insert(port);
             return port;
         }
     }
+    panic!("no free port in {lo}..{hi}")
 }
 
 /// Polls `check` every 50 ms until it returns `Ok`, or panics after `timeout` with
@@ -518,14 +530,20 @@ impl Node {
         )
         .args(extra)
         .env("NO_COLOR", "1")
+        // Text lines (the tests read the log); `env` may choose another format, or none
+        // (an empty value removes a variable: the node's default).
+        .env("TRIBE_LOG_FORMAT", "text")
         .env(
             "RUST_LOG",
             std::env::var("TRIBE_TEST_LOG").unwrap_or_else(|_| "info,tribe_node=debug".into()),
         )
-        .envs(env.iter().copied())
+        .envs(env.iter().copied().filter(|(_, v)| !v.is_empty()))
         .stdin(Stdio::null())
         .stdout(file.try_clone().unwrap())
         .stderr(file);
+        for (k, _) in env.iter().filter(|(_, v)| v.is_empty()) {
+            cmd.env_remove(k);
+        }
         let child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", node_bin()));

@@ -376,6 +376,145 @@ async fn invalid_spec_is_refused_without_touching_children() {
     assert!(events(&seen).contains(&("Warning".into(), "InvalidSpec".into())));
 }
 
+/// A hostPath volume (or a ServiceAccount) in the template is refused like any invalid
+/// spec: nothing applied, `Degraded`/`InvalidSpec`, a Warning Event; with the flag the
+/// same spec is applied.
+#[tokio::test]
+async fn a_node_level_template_is_refused_unless_the_operator_allows_it() {
+    use crate::crd::PodTemplate;
+    let mut sc = cluster("shop", NS);
+    sc.spec.template = Some(PodTemplate {
+        volumes: Some(vec![serde_json::from_value(json!({
+            "name": "host", "hostPath": {"path": "/"}
+        }))
+        .unwrap()]),
+        ..PodTemplate::default()
+    });
+    let (res, seen, _) = run_once(sc.clone(), fresh_server(0)).await;
+    let err = res.expect_err("refused");
+    assert!(
+        matches!(&err, Error::InvalidSpec(m) if m.contains("hostPath")),
+        "{err:?}"
+    );
+    assert!(
+        !seen
+            .iter()
+            .any(|s| s.method != Method::GET && s.path.contains("/deployments/")),
+        "{:#?}",
+        lines(&seen)
+    );
+    let status = status_patch(&seen);
+    assert_eq!(condition(status, "Degraded")["reason"], "InvalidSpec");
+    assert!(events(&seen).contains(&("Warning".into(), "InvalidSpec".into())));
+
+    let (client, log) = mock_api(fresh_server(0));
+    let allowed = Arc::new(Context::new(client, Metrics::default(), None).with_policy(
+        TemplatePolicy {
+            allow_node_level_pod_fields: true,
+            ..TemplatePolicy::default()
+        },
+    ));
+    reconcile(Arc::new(sc), allowed).await.expect("allowed");
+    let seen = log.lock().unwrap().clone();
+    let dep = find(
+        &seen,
+        Method::PATCH,
+        "/apis/apps/v1/namespaces/web/deployments/shop",
+    )
+    .expect("deployment applied");
+    let vols = dep.body["spec"]["template"]["spec"]["volumes"].to_string();
+    assert!(vols.contains("hostPath"), "{vols}");
+}
+
+/// A cluster with `spec.app` whose key Secret predates the RESP password gets it added
+/// (an update carrying the resourceVersion read; the key itself unchanged).
+#[tokio::test]
+async fn an_app_cluster_gets_the_password_added_to_an_old_secret() {
+    let mut inner = fresh_server(3);
+    let respond = move |s: &Seen| {
+        if s.method == Method::GET && s.path.ends_with("/secrets/shop-key") {
+            return Some((
+                200,
+                json!({"apiVersion": "v1", "kind": "Secret",
+                "metadata": {"name": "shop-key", "namespace": "web", "resourceVersion": "5",
+                  "ownerReferences": [{"apiVersion": "tribe.rs/v1alpha1", "kind": "SessionCluster",
+                     "name": "shop", "uid": "uid-shop", "controller": true}]},
+                "data": {"cluster.key": "b2xk"}}),
+            ));
+        }
+        if s.method == Method::PUT && s.path.ends_with("/secrets/shop-key") {
+            return Some((200, s.body.clone()));
+        }
+        inner(s)
+    };
+    let mut sc = cluster("shop", NS);
+    sc.spec.app = Some(crate::crd::AppSpec {
+        image: "shop:1".into(),
+        port: 3000,
+        command: None,
+        args: None,
+        env: Default::default(),
+        readiness_path: "/".into(),
+        proxy: None,
+        resources: None,
+    });
+    let (res, seen, _) = run_once(sc, respond).await;
+    res.unwrap();
+    let put = find(
+        &seen,
+        Method::PUT,
+        "/api/v1/namespaces/web/secrets/shop-key",
+    )
+    .unwrap_or_else(|| panic!("no update: {:#?}", lines(&seen)));
+    assert_eq!(put.body["metadata"]["resourceVersion"], "5");
+    assert_eq!(put.body["data"]["cluster.key"], "b2xk", "the key is kept");
+    assert!(put.body["data"]["resp.password"]
+        .as_str()
+        .is_some_and(|p| p.len() > 20));
+    // The update comes before the workload whose pods read the password.
+    let put_at = seen.iter().position(|s| s.method == Method::PUT).unwrap();
+    let dep_at = seen
+        .iter()
+        .position(|s| s.method == Method::PATCH && s.path.contains("/deployments/"))
+        .unwrap();
+    assert!(put_at < dep_at);
+}
+
+/// Without Secret access in the namespace (the chart grants it per namespace) the
+/// cluster is Degraded with reason `Forbidden` and a message that says what to do.
+#[tokio::test]
+async fn no_secret_access_says_which_chart_value_grants_it() {
+    let mut inner = fresh_server(0);
+    let respond = move |s: &Seen| {
+        if s.path.contains("/secrets") {
+            return Some(status_error(
+                403,
+                "Forbidden",
+                r#"secrets "shop-key" is forbidden: User "system:serviceaccount:tribe-system:tribe-operator" cannot get resource "secrets" in API group "" in the namespace "web""#,
+            ));
+        }
+        inner(s)
+    };
+    let (res, seen, ctx) = run_once(cluster("shop", NS), respond).await;
+    let err = res.expect_err("forbidden");
+    assert!(matches!(err, Error::Forbidden(_)), "{err:?}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("rbac.secretNamespaces") && msg.contains("namespace web"),
+        "{msg}"
+    );
+    let status = status_patch(&seen);
+    assert_eq!(condition(status, "Degraded")["reason"], "Forbidden");
+    assert!(events(&seen).contains(&("Warning".into(), "Forbidden".into())));
+    assert!(find(
+        &seen,
+        Method::PATCH,
+        "/apis/apps/v1/namespaces/web/deployments/shop"
+    )
+    .is_none());
+    let _ = ctx;
+}
+
 #[tokio::test(start_paused = true)]
 async fn hanging_api_server_times_out() {
     // The server accepts every request and never answers.

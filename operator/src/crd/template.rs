@@ -4,7 +4,10 @@
 //! validates them as it would a pod. The container security context may only tighten
 //! the operator's restricted default: the CEL rules on `securityContext` make
 //! `kubectl apply` refuse `privileged`, privilege escalation, added capabilities,
-//! running as root, a writable root filesystem and unconfined profiles.
+//! running as root, a writable root filesystem and unconfined profiles; the rules on
+//! `volumes` and `volumeMounts`, gitRepo volumes and Bidirectional propagation. What the
+//! operator's flags decide (node-level volumes, `serviceAccountName`) it checks itself
+//! (`crate::policy`).
 
 use k8s_openapi::api::core::v1::{
     Affinity, EnvFromSource, EnvVar, LocalObjectReference, ResourceRequirements, SecurityContext,
@@ -51,16 +54,27 @@ pub struct PodTemplate {
     /// as in any pod).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub env_from: Option<Vec<EnvFromSource>>,
-    /// Extra volumes of the pod (`cluster-key` and `tmp` are the operator's).
+    /// Extra volumes of the pod (`cluster-key` and `tmp` are the operator's). The
+    /// sources Pod Security "restricted" allows (configMap, csi, downwardAPI, emptyDir,
+    /// ephemeral, persistentVolumeClaim, projected, secret); node-level ones (hostPath,
+    /// nfs, ...) only when the operator runs with `--allow-node-level-pod-fields`;
+    /// gitRepo never.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(
+        validation = kube::core::Rule::new(crate::policy::NO_GIT_REPO_RULE).message("template.volumes may not use gitRepo (deprecated: the kubelet runs git on the node)")
+    )]
     pub volumes: Option<Vec<Volume>>,
     /// Mounts of `volumes` in every container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(
+        validation = kube::core::Rule::new(crate::policy::NO_BIDIRECTIONAL_RULE).message("template.volumeMounts may not use Bidirectional mount propagation (it needs a privileged container)")
+    )]
     pub volume_mounts: Option<Vec<VolumeMount>>,
     /// Secrets to pull the images with.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_pull_secrets: Option<Vec<LocalObjectReference>>,
-    /// ServiceAccount the pods run as (default: the namespace's `default`).
+    /// ServiceAccount the pods run as (default: the namespace's `default`); only when
+    /// the operator runs with `--allow-template-service-account`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service_account_name: Option<String>,
     /// Compute resources of the node container (or use `spec.resources`, not both).

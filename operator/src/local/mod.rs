@@ -37,7 +37,7 @@ use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{info, warn};
-use tribe_api::ClusterView;
+use tribe_api::{ClusterView, LogFormat};
 use view::{Display, Header, LogTail, NodeState, Row};
 
 /// Flags of `tribe-operator local`.
@@ -451,18 +451,14 @@ fn work_dir(args: &LocalArgs, sc: &SessionCluster) -> PathBuf {
 
 /// Logging for `local`: to stderr, or, when stdout is a terminal (the live table owns
 /// the screen), to `dir/operator.log` and the tail shown under the table.
-fn init_tracing(dir: &Path, tty: bool) -> Result<Option<LogTail>> {
+fn init_tracing(dir: &Path, tty: bool, format: Option<LogFormat>) -> Result<Option<LogTail>> {
     use tracing_subscriber::fmt::writer::MakeWriterExt;
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     if !tty {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_writer(std::io::stderr)
-            .with_ansi(std::io::stderr().is_terminal())
-            .try_init();
+        let _ = tribe_api::log::init(format, "info");
         return Ok(None);
     }
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let tail = LogTail::default();
     let file = std::sync::Arc::new(
         std::fs::OpenOptions::new()
@@ -501,11 +497,11 @@ fn signals() -> Result<mpsc::UnboundedReceiver<()>> {
 }
 
 /// `tribe-operator local`: sets up logging and signals, then [`run`]s.
-pub async fn main(args: LocalArgs) -> Result<()> {
+pub async fn main(args: LocalArgs, log_format: Option<LogFormat>) -> Result<()> {
     let sc = load(&args.file)?;
     let dir = work_dir(&args, &sc);
     std::fs::create_dir_all(&dir)?;
-    let tail = init_tracing(&dir, std::io::stdout().is_terminal())?;
+    let tail = init_tracing(&dir, std::io::stdout().is_terminal(), log_format)?;
     let signals = signals()?;
     run(args, Display::new(tail), signals).await
 }
@@ -641,14 +637,22 @@ mod tests {
 
     #[test]
     fn a_taken_port_is_a_clear_error() {
-        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = taken.local_addr().unwrap().port();
-        // Slot 0's replication port is the taken one.
-        let err = check_ports(port - 2, 1).unwrap_err().to_string();
-        assert!(
-            err.contains(&format!("port {port} (replication of node 0) is not free")),
-            "{err}"
-        );
+        // Slot 0's replication port is the taken one. Its http and admin ports (the two
+        // below) are checked first: on a busy machine another process may hold one of
+        // them, so try again with another port then.
+        for _ in 0..50 {
+            let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let port = taken.local_addr().unwrap().port();
+            let err = check_ports(port - 2, 1).unwrap_err().to_string();
+            if err.contains(&format!("port {port} ")) {
+                assert!(
+                    err.contains(&format!("port {port} (replication of node 0) is not free")),
+                    "{err}"
+                );
+                return;
+            }
+        }
+        panic!("the ports below every free port were taken");
     }
 
     #[test]

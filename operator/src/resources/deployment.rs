@@ -94,7 +94,7 @@ pub enum SettingValue {
     },
 }
 
-/// One `TRIBE_*` setting of a node (names from DESIGN.md).
+/// One `TRIBE_*` setting of a node (names from `tribe_api::env`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeSetting {
     /// The environment variable.

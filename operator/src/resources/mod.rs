@@ -22,7 +22,7 @@ pub use monitor::{
 pub use network_policy::network_policy;
 pub use pdb::pdb;
 pub use persistence::{DATA_DIR, DATA_VOLUME};
-pub use secret::{random_key, secret};
+pub use secret::{needs_password, random_key, secret, with_password};
 pub use service::{headless_service, service, METRICS_PORT_NAME};
 pub use sidecar::{app_container, exposed_http_port, node_ports, sidecar_env};
 pub use statefulset::{claim_template_change, statefulset};
@@ -52,6 +52,9 @@ pub const RESP_PORT: i32 = tribe_api::ports::RESP as i32;
 pub const MULTICAST_PORT: u16 = 45564;
 /// Key of the cluster key inside the Secret.
 pub const KEY_FILE_NAME: &str = "cluster.key";
+/// Key of the Redis-protocol password inside the Secret (`spec.app` sidecars: the node
+/// reads it as its `--resp-password-file`, the app gets it as `REDIS_PASSWORD`).
+pub const RESP_PASSWORD_KEY: &str = "resp.password";
 /// Directory the Secret is mounted at.
 pub const KEY_DIR: &str = "/etc/tribe";
 /// `app.kubernetes.io/name` of every node pod.

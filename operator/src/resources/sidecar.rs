@@ -1,7 +1,11 @@
 //! `spec.app`: the user's app container with tribe-node as its sidecar.
 //!
 //! The app reaches its sessions over the Redis protocol on `127.0.0.1:6379` (the node's
-//! `--resp-addr`, loopback only). The pod's named `http` port — what the app Service and
+//! `--resp-addr`, loopback only), always with a password: the cluster Secret's
+//! `resp.password`, which the node reads as its `--resp-password-file` (from the mounted
+//! Secret) and the app gets as `REDIS_PASSWORD`, inside `REDIS_URL`
+//! (`redis://:$(REDIS_PASSWORD)@127.0.0.1:6379`). Every container of the pod shares its
+//! network namespace, so loopback alone would let any of them in. The pod's named `http` port — what the app Service and
 //! the Ingress target — is the app's own port, or, with `spec.app.proxy`, the node's
 //! read-your-writes proxy on 8080 in front of it. The node's demo app moves to loopback.
 //! The pod is ready when both containers are: the node on `/readyz`, the app on its
@@ -9,11 +13,15 @@
 
 use super::*;
 use crate::crd::{AppSpec, SessionCluster};
-use k8s_openapi::api::core::v1::{Container, ContainerPort, EnvVar, HTTPGetAction, Probe};
+use k8s_openapi::api::core::v1::{
+    Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, Probe, SecretKeySelector,
+};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 /// Where the sidecar serves RESP (loopback: only the pod's containers reach it).
 pub const RESP_ADDR: &str = "127.0.0.1:6379";
+/// The app container's variable holding the Redis-protocol password.
+pub const REDIS_PASSWORD_ENV: &str = "REDIS_PASSWORD";
 /// Where the node's built-in demo app listens when the pod runs the user's app.
 pub const NODE_DEMO_ADDR: &str = "127.0.0.1:18080";
 
@@ -50,6 +58,10 @@ pub fn sidecar_env(sc: &SessionCluster) -> Vec<EnvVar> {
     };
     let mut out = vec![
         env(tribe_api::env::RESP_ADDR, RESP_ADDR),
+        env(
+            tribe_api::env::RESP_PASSWORD_FILE,
+            format!("{KEY_DIR}/{RESP_PASSWORD_KEY}"),
+        ),
         env(tribe_api::env::HTTP_ADDR, NODE_DEMO_ADDR),
     ];
     if let Some(p) = &app.proxy {
@@ -87,15 +99,34 @@ pub fn node_ports(sc: &SessionCluster) -> Vec<ContainerPort> {
 pub fn app_container(sc: &SessionCluster) -> Option<Container> {
     let app: &AppSpec = sc.spec.app.as_ref()?;
     let port_name = if app.proxy.is_some() { "app" } else { "http" };
-    let mut env_vars = vec![env("REDIS_URL", format!("redis://{RESP_ADDR}"))];
+    // REDIS_PASSWORD first: REDIS_URL refers to it (`$(VAR)` expands only variables
+    // defined earlier in the list).
+    let mut env_vars = vec![
+        EnvVar {
+            name: REDIS_PASSWORD_ENV.into(),
+            value: None,
+            value_from: Some(EnvVarSource {
+                secret_key_ref: Some(SecretKeySelector {
+                    name: secret_name(sc),
+                    key: RESP_PASSWORD_KEY.into(),
+                    optional: None,
+                }),
+                ..EnvVarSource::default()
+            }),
+        },
+        env(
+            "REDIS_URL",
+            format!("redis://:$({REDIS_PASSWORD_ENV})@{RESP_ADDR}"),
+        ),
+    ];
     env_vars.extend(
         app.env
             .iter()
-            .filter(|(k, _)| k.as_str() != "REDIS_URL")
+            .filter(|(k, _)| k.as_str() != "REDIS_URL" && k.as_str() != REDIS_PASSWORD_ENV)
             .map(|(k, v)| env(k, v.clone())),
     );
     if let Some(url) = app.env.get("REDIS_URL") {
-        env_vars[0] = env("REDIS_URL", url.clone());
+        env_vars[1] = env("REDIS_URL", url.clone());
     }
     Some(Container {
         name: "app".into(),
@@ -197,7 +228,7 @@ mod tests {
         assert_eq!(ne[tribe_api::env::HTTP_ADDR], NODE_DEMO_ADDR);
         assert!(!ne.contains_key(tribe_api::env::PROXY_ADDR));
         let ae = envs(app.env.as_ref().unwrap());
-        assert_eq!(ae["REDIS_URL"], "redis://127.0.0.1:6379");
+        assert_eq!(ae["REDIS_URL"], "redis://:$(REDIS_PASSWORD)@127.0.0.1:6379");
         assert_eq!(ae["SESSION_SECRET"], "s");
         // Both containers gate readiness.
         let probe = app
@@ -213,6 +244,73 @@ mod tests {
         );
         assert!(node.readiness_probe.is_some());
         assert_eq!(app.args.as_deref(), Some(&["app.js".to_string()][..]));
+    }
+
+    /// The sidecar's RESP endpoint always has a password, from the cluster Secret: the
+    /// node reads it from the mounted Secret, the app gets the same Secret key, and
+    /// `REDIS_URL` carries it (defined after it, so `$(REDIS_PASSWORD)` expands).
+    #[test]
+    fn the_resp_endpoint_always_has_the_secrets_password() {
+        for proxy in [false, true] {
+            let sc = with_app(proxy);
+            let pod = deployment(&sc).spec.template.spec.unwrap();
+            let node = &pod.containers[0];
+            let ne = envs(node.env.as_ref().unwrap());
+            let file = &ne[tribe_api::env::RESP_PASSWORD_FILE];
+            assert_eq!(file, &format!("{KEY_DIR}/{RESP_PASSWORD_KEY}"));
+            // The file is in the node's mount of the key Secret.
+            let mount = node
+                .volume_mounts
+                .iter()
+                .flatten()
+                .find(|m| file.starts_with(&format!("{}/", m.mount_path)))
+                .expect("the password file is mounted");
+            let vol = pod
+                .volumes
+                .iter()
+                .flatten()
+                .find(|v| v.name == mount.name)
+                .unwrap();
+            let secret = vol.secret.as_ref().expect("a Secret volume");
+            assert_eq!(secret.secret_name.as_deref(), Some("shop-key"));
+            assert!(secret.items.is_none(), "every key of the Secret is mounted");
+            let app = &pod.containers[1];
+            let vars = app.env.as_ref().unwrap();
+            let pw = vars
+                .iter()
+                .position(|e| e.name == REDIS_PASSWORD_ENV)
+                .unwrap();
+            let url = vars.iter().position(|e| e.name == "REDIS_URL").unwrap();
+            assert!(
+                pw < url,
+                "REDIS_PASSWORD is defined before REDIS_URL uses it"
+            );
+            let from = vars[pw].value_from.as_ref().unwrap();
+            let key = from.secret_key_ref.as_ref().unwrap();
+            assert_eq!(
+                (key.name.as_str(), key.key.as_str()),
+                ("shop-key", RESP_PASSWORD_KEY)
+            );
+            assert_eq!(key.optional, None, "required: no pod starts without it");
+            assert!(vars[url]
+                .value
+                .as_deref()
+                .unwrap()
+                .starts_with("redis://:$(REDIS_PASSWORD)@"));
+        }
+        // The user's own REDIS_PASSWORD cannot replace the Secret's.
+        let mut sc = with_app(false);
+        let app = sc.spec.app.as_mut().unwrap();
+        app.env.insert(REDIS_PASSWORD_ENV.into(), "guess".into());
+        let c = app_container(&sc).unwrap();
+        let pw: Vec<_> = c
+            .env
+            .iter()
+            .flatten()
+            .filter(|e| e.name == REDIS_PASSWORD_ENV)
+            .collect();
+        assert_eq!(pw.len(), 1);
+        assert!(pw[0].value_from.is_some());
     }
 
     #[test]

@@ -469,7 +469,7 @@ mod tests {
         let app = pod.containers.iter().find(|c| c.name == "app").unwrap();
         assert_eq!(
             value(app, "REDIS_URL").as_deref(),
-            Some("redis://127.0.0.1:6379")
+            Some("redis://:$(REDIS_PASSWORD)@127.0.0.1:6379")
         );
         assert_eq!(value(app, "MODE").as_deref(), Some("app"));
         assert_eq!(value(app, "SHARED").as_deref(), Some("yes"));

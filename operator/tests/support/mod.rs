@@ -77,23 +77,18 @@ fn fresh_dir(base: &Path, tag: &str) -> PathBuf {
     dir
 }
 
-/// A fresh, empty directory for a control plane, never under `/tmp`: node pods mount an
-/// emptyDir on `/tmp` (their root filesystem is read-only), which in the pod runner's
-/// mount namespace would hide the pod directories and volume sources kept in this
-/// directory. The build's own scratch space (`CARGO_TARGET_TMPDIR`), or `/var/tmp` when
-/// the checkout itself lives under `/tmp`.
-pub fn plane_dir(tag: &str) -> PathBuf {
-    let target = Path::new(env!("CARGO_TARGET_TMPDIR"));
-    let base = if target.starts_with("/tmp") {
-        Path::new("/var/tmp")
-    } else {
-        target
-    };
-    fresh_dir(base, tag)
+/// Whether this is a CI run (`CI=true`, as CI services set it): there a missing
+/// precondition (control plane, root, a built binary, a tool) fails the test.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v.eq_ignore_ascii_case("true") || v == "1")
 }
 
-/// Prints a banner that cannot be missed in `cargo test` output, for a test that skips.
+/// For a test that cannot run here: fails it in CI ([`in_ci`]); elsewhere prints a
+/// banner that cannot be missed in `cargo test` output and lets the test skip.
 pub fn skipped(test: &str, why: &str) {
+    if in_ci() {
+        panic!("{test} cannot run: {why} (CI=true: a missing precondition fails the test)");
+    }
     eprintln!("\n==================== SKIPPED {test} ====================");
     eprintln!("{why}");
     eprintln!("==========================================================\n");
@@ -436,10 +431,7 @@ impl ControlPlane {
             return None;
         };
         let kubectl = require_tool("kubectl");
-        // Not under /tmp: node pods mount an emptyDir on /tmp (their root filesystem is
-        // read-only), which in the podrunner's mount namespace would hide the pod
-        // directories (and the volumes) it keeps in this directory.
-        let dir = plane_dir(&format!("k8s-{test}"));
+        let dir = scratch_dir(&format!("k8s-{test}"));
         eprintln!("[{test}] starting a control plane in {}", dir.display());
         let started = Instant::now();
         let plane = ControlPlane {
@@ -554,18 +546,27 @@ impl ControlPlane {
             "-f",
             crd.to_str().unwrap(),
         ]);
-        self.k(&[
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
-            "crd/sessionclusters.tribe.rs",
-        ]);
+        self.wait_condition("crd/sessionclusters.tribe.rs", "Established", SHORT_WAIT);
         // Discovery can lag behind Established by a moment.
         wait_for(
             "sessionclusters in discovery",
             Duration::from_secs(30),
             || self.try_k(&["get", "sessionclusters", "-A"]).map(|_| ()),
         );
+    }
+
+    /// Waits until `object` (`kind/name`, with `-n NS` in `namespace` if given) has the
+    /// condition `condition` with status `True`. Polls `kubectl get` instead of `kubectl
+    /// wait`, which fails at once (`.status.conditions accessor error: <nil>`) while the
+    /// API server has not set any condition yet: a missing status is "not yet".
+    pub fn wait_condition(&self, object: &str, condition: &str, timeout: Duration) {
+        wait_for(&format!("{object} to be {condition}"), timeout, || {
+            let v = self.get_json(&[object])?;
+            condition_status(&v, condition)
+                .filter(|s| s == "True")
+                .map(|_| ())
+                .ok_or_else(|| format!("conditions: {}", v["status"]["conditions"]))
+        });
     }
 
     /// Starts the podrunner with `images` (`../shared/k8s/pods DIR IMAGES`); `Err` with the
@@ -640,6 +641,21 @@ impl Drop for ControlPlane {
             }
         }
     }
+}
+
+/// How long [`ControlPlane::wait_condition`] waits for a CRD (seconds on an idle
+/// machine; generous for a loaded one).
+pub const SHORT_WAIT: Duration = Duration::from_secs(120);
+
+/// The status (`True`, `False`, `Unknown`) of condition `type` in an object's
+/// `.status.conditions`; `None` while the status or the condition is not there yet.
+pub fn condition_status(object: &Value, type_: &str) -> Option<String> {
+    object["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == type_)
+        .and_then(|c| c["status"].as_str())
+        .map(String::from)
 }
 
 /// Prints the last `n` lines of a log file.
@@ -960,35 +976,13 @@ pub fn assert_release_gone(plane: &ControlPlane, release: &str, ns: &str, namesp
 /// images.yaml for the podrunner: the image names of the chart and of the SessionCluster
 /// default mapped to the binaries of this build.
 pub fn images_file(dir: &Path, node: Option<&Path>) -> PathBuf {
-    let mut text = format!(
-        "tribe-operator: {}\n",
-        pod_visible(dir, &operator_bin()).display()
-    );
+    let mut text = format!("tribe-operator: {}\n", operator_bin().display());
     if let Some(node) = node {
-        text.push_str(&format!(
-            "tribe-node: {}\n",
-            pod_visible(dir, node).display()
-        ));
+        text.push_str(&format!("tribe-node: {}\n", node.display()));
     }
     let file = dir.join("images.yaml");
     std::fs::write(&file, text).unwrap();
     file
-}
-
-/// `bin` as a pod can run it: node pods mount an emptyDir on `/tmp`, which hides a
-/// binary built in a checkout under `/tmp`; such a binary is copied into `dir` (a
-/// control plane's directory, never under `/tmp`, see [`plane_dir`]).
-pub fn pod_visible(dir: &Path, bin: &Path) -> PathBuf {
-    if !bin.starts_with("/tmp") {
-        return bin.to_path_buf();
-    }
-    let to = dir
-        .join("bin")
-        .join(bin.file_name().expect("a binary's file name"));
-    std::fs::create_dir_all(to.parent().unwrap()).unwrap();
-    std::fs::copy(bin, &to)
-        .unwrap_or_else(|e| panic!("copy {} to {}: {e}", bin.display(), to.display()));
-    to
 }
 
 /// A control plane with a podrunner, or `None` (printed) when pods cannot run here.
