@@ -15,6 +15,7 @@ fn main() {
     let first: u64 = args.next().and_then(|s| s.parse().ok()).unwrap_or(0);
     let started = std::time::Instant::now();
     let mut failures = 0;
+    let mut types = std::collections::BTreeSet::new();
     for (name, cfg) in sim::scenarios() {
         let mut acked = 0;
         let mut lost = 0;
@@ -25,6 +26,7 @@ fn main() {
                     acked += r.acked;
                     lost += r.lost_to_crashes;
                     faults += r.faults;
+                    types.extend(r.types);
                 }
                 Err(e) => {
                     failures += 1;
@@ -37,6 +39,7 @@ fn main() {
             first + seeds
         );
     }
+    println!("{}", sim::coverage(&types));
     println!(
         "{failures} failed, in {:.1} s",
         started.elapsed().as_secs_f64()

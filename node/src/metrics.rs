@@ -59,6 +59,9 @@ pub struct Metrics {
     pub sync_ack_seconds: Histogram,
     /// Sync writes that timed out waiting for an ack.
     pub sync_timeouts: Counter,
+    /// Sync writes acknowledged while this node alone held them (no peer acked: every
+    /// target was suspected first, or there was none). Only these die with one node.
+    pub sync_writes_alone: Counter,
     /// Requests that waited for a newer version their client had seen.
     pub consistency_waits: Counter,
     /// Requests that fetched the session from a peer to meet their client's version.
@@ -225,6 +228,7 @@ impl Metrics {
             replication_lag: Histogram::new(exponential_buckets(0.000_01, 2.0, 20)),
             sync_ack_seconds: Histogram::new(exponential_buckets(0.000_01, 2.0, 20)),
             sync_timeouts: Counter::default(),
+            sync_writes_alone: Counter::default(),
             consistency_waits: Counter::default(),
             consistency_fetches: Counter::default(),
             consistency_wait_seconds: Histogram::new(exponential_buckets(0.000_01, 2.0, 20)),
@@ -321,6 +325,11 @@ impl Metrics {
             "sync_timeouts",
             "Sync writes that timed out waiting for acks",
             m.sync_timeouts.clone(),
+        );
+        r.register(
+            "sync_writes_acknowledged_alone",
+            "Sync writes acknowledged while only this node held them (no peer acked)",
+            m.sync_writes_alone.clone(),
         );
         r.register(
             "resp_auth_failures",

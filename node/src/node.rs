@@ -133,7 +133,7 @@ impl Node {
             cancel.clone(),
         )
         .await?;
-        if let Some(d) = cluster.inner.discovery.lock().as_ref() {
+        if let Some(d) = cluster.discovery() {
             registry.register_collector(Box::new(d.stats.clone()));
         }
         tracing::info!(
@@ -284,6 +284,9 @@ impl Node {
         cancel.cancel();
         // The flusher's last flush: a graceful stop persists every change.
         let _ = tokio::time::timeout(cfg.drain_timeout, cluster.persistence_stopped()).await;
+        // Every task the cluster spawned (links, connections, requests in flight,
+        // discovery, maintenance) ends on the cancelled token; bounded.
+        cluster.tasks_stopped(cfg.drain_timeout).await;
         let _ = tokio::time::timeout(Duration::from_secs(2), admin_task).await;
         Ok(())
     }

@@ -132,8 +132,7 @@ impl SessionStore for ReplicatedStore {
         }
         let expiry = self
             .cluster
-            .inner
-            .store
+            .store()
             .with(id.0, |s| s.expiry)
             .unwrap_or(loaded.session.expiry);
         let expiry_date = OffsetDateTime::from_unix_timestamp(expiry as i64)

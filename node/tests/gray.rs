@@ -1112,7 +1112,10 @@ async fn silent_cut_with_min_members_refuses_instead_of_acknowledging() {
 
 /// Three nodes in sync mode; writers beside n3 write to it. n3 is cut off and, 2 s after
 /// it suspects both peers, killed (-9) while still cut: what it acknowledged alone dies
-/// with it. Whatever was acknowledged before the cut must be on n1 and n2.
+/// with it. Whatever was acknowledged before the cut must be on n1 and n2, and the writes
+/// no survivor holds are at most the sync writes n3 acknowledged alone — those whose
+/// wait was released by the suspicion of both peers, or that found no live peer — which
+/// n3 counts in `tribe_sync_writes_acknowledged_alone_total` (read just before the kill).
 ///
 /// With `min_members = Some(2)` n3 acknowledges nothing alone (it refuses with 503), so
 /// every acknowledged write must be on n1 and n2.
@@ -1143,13 +1146,29 @@ async fn cut_node_killed_before_heal(min_members: Option<u32>) {
     .await;
     let alone_at = cut + alone.unwrap_or(Duration::from_secs(10));
     tokio::time::sleep(Duration::from_secs(2)).await; // n3 alone, taking writes
-    lab.nodes[2].as_mut().expect("n3").kill();
+                                                      // The writers stop first, so that every write n3 acknowledged is in its count.
     let writers = load.stop().await;
+    let alone_counted = lab
+        .node(2)
+        .metric("tribe_sync_writes_acknowledged_alone")
+        .await
+        .expect("n3's metrics")
+        .expect("n3 counts the writes it acknowledged alone") as i64;
+    lab.nodes[2].as_mut().expect("n3").kill();
     lab.set_link(2, true);
 
     let survivors = [lab.node(0), lab.node(1)];
     let acked = acked_of(&writers);
     let lost = lost_writes(&http, &survivors, &acked).await;
+    // Writes no survivor holds (a write on one survivor only is not lost: it spreads).
+    let mut lost_everywhere = 0;
+    for (sid, &a) in &acked {
+        let mut high = 0;
+        for n in &survivors {
+            high = high.max(replica_counter(&http, n, sid).await.unwrap_or(0));
+        }
+        lost_everywhere += (a - high).max(0);
+    }
     // Per session, the last write answered before the cut: on n1 and n2 in any case.
     let before_cut: BTreeMap<String, i64> = writers
         .iter()
@@ -1178,6 +1197,8 @@ async fn cut_node_killed_before_heal(min_members: Option<u32>) {
             ("acked", acked_n.to_string()),
             ("lost", lost.to_string()),
             ("acked_alone", acked_alone.to_string()),
+            ("acked_alone_counted", alone_counted.to_string()),
+            ("lost_everywhere", lost_everywhere.to_string()),
             ("lost_acked_before_cut", lost_before_cut.to_string()),
             ("refused", refused.to_string()),
             ("detect_s", secs(alone)),
@@ -1192,7 +1213,13 @@ async fn cut_node_killed_before_heal(min_members: Option<u32>) {
         lost_before_cut, 0,
         "sync writes acknowledged before the cut are on n1 and n2"
     );
+    assert!(
+        lost_everywhere <= alone_counted,
+        "{lost_everywhere} acknowledged writes are on no survivor, but n3 acknowledged only \
+         {alone_counted} alone: a write some peer acked was lost"
+    );
     if min_members.is_some() {
+        assert_eq!(alone_counted, 0, "n3 acknowledged no write alone");
         assert_eq!(acked_alone, 0, "n3 alone acknowledged writes");
         assert_eq!(lost, 0, "acknowledged writes died with the cut node");
         assert!(refused > 0, "n3 alone refused its clients' writes");

@@ -929,6 +929,9 @@ async fn reconcile_inner(sc: &SessionCluster, ctx: &Context) -> Result<Action> {
     ) {
         new_status.conditions.push(carry_time(c));
     }
+    if let Some(c) = crate::skew::condition(&key_nodes, sc.metadata.generation) {
+        new_status.conditions.push(carry_time(c));
+    }
     if let Ok(applied) = &outcome {
         let c = ownership::condition(&applied.conflicts, sc.metadata.generation);
         new_status.conditions.push(carry_time(c));

@@ -13,6 +13,7 @@
 //! - [`metrics`]: Prometheus metrics and the admin HTTP server (`/healthz`, `/readyz`, `/metrics`).
 //! - [`local`]: `tribe-operator local FILE`, a SessionCluster as local node processes.
 //! - [`sd`]: Prometheus HTTP service discovery of the nodes (`/sd/nodes`).
+//! - [`skew`]: the `VersionSkew` condition from the nodes' protocol reports; pure.
 //! - [`check`]: `tribe-operator check URL...` (the chart's `helm test`).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -29,6 +30,7 @@ pub mod probe;
 pub mod resources;
 pub mod rotation;
 pub mod sd;
+pub mod skew;
 pub mod status;
 
 #[cfg(test)]

@@ -132,6 +132,11 @@ pub struct NodeKeys {
     pub refusing_peers: usize,
     /// Members it sees.
     pub members: usize,
+    /// Peers it refused (or that refused it) for speaking no common protocol version:
+    /// `addr: detail` (see [`crate::skew`]).
+    pub version_skew: Vec<String>,
+    /// The protocol versions it speaks (`(0, 0)`: a node too old to say).
+    pub protocol: (u8, u8),
 }
 
 impl From<tribe_api::ClusterView> for NodeKeys {
@@ -142,6 +147,13 @@ impl From<tribe_api::ClusterView> for NodeKeys {
             keys: v.keys,
             refusing_peers: v.refusing_peers.len(),
             members: v.members.len(),
+            version_skew: v
+                .peer_problems
+                .iter()
+                .filter(|p| p.reason == "version_skew")
+                .map(|p| format!("{}: {}", p.addr, p.detail))
+                .collect(),
+            protocol: (v.protocol_min, v.protocol_max),
         }
     }
 }
@@ -463,6 +475,7 @@ mod tests {
             keys: keys.iter().map(|k| k.to_string()).collect(),
             refusing_peers: 0,
             members: 2,
+            ..NodeKeys::default()
         }
     }
 

@@ -106,7 +106,7 @@ pub(crate) async fn run(c: Cluster, mut kicks: mpsc::Receiver<Kick>) {
             },
             _ = inner.shutdown.cancelled() => return,
         }
-        if !*ready.borrow_and_update() || inner.leaving.load(std::sync::atomic::Ordering::SeqCst) {
+        if !*ready.borrow_and_update() || c.leaving() {
             continue;
         }
         for (peer, full) in schedule.take() {

@@ -11,7 +11,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use super::{Cluster, ReplyTx};
 use crate::replication::{
     self,
-    apply::{Effect, Handled},
+    apply::{Effect, ForDriver, Handled},
 };
 use crate::store::unix_now;
 use crate::wire::{Hello, Message, SessionId, SessionState};
@@ -25,44 +25,43 @@ async fn reply(tx: Option<&ReplyTx>, msg: Message) {
     }
 }
 
-/// A delta left a hole: the writer had seen a version we have not (a delta we never got,
-/// e.g. its writer died). Deltas on different links may simply be reordered, so look
-/// again shortly and fetch the whole session from the sender only if still behind.
-fn on_gap(c: &Cluster, from: &str, sid: SessionId) {
-    // Bounded (see `gaps`): past the bound, anti-entropy with the sender repairs it.
+/// The replica's gap retry is due ([`crate::replication::replica::Event::RepairGap`]): if
+/// the session is still behind, fetch it whole from the delta's sender and merge it.
+/// Bounded (see `gaps`): one fetch per session at a time, [`super::gaps::MAX_GAP_REPAIRS`]
+/// at once; past that, anti-entropy with the sender repairs it.
+pub(crate) fn repair_gap(c: &Cluster, from: String, sid: SessionId) {
+    if c.inner.store.with(sid, |s| !s.has_gap()).unwrap_or(true) {
+        return;
+    }
     let repair = match c.inner.gaps.start(sid) {
         Ok(r) => r,
         Err(super::gaps::NoRepair::Running) => return,
         Err(super::gaps::NoRepair::Busy) => {
-            c.anti_entropy_soon(from, false);
+            c.anti_entropy_soon(&from, false);
             return;
         }
     };
     let c = c.clone();
-    let from = from.to_string();
-    tokio::spawn(async move {
+    c.clone().spawn(async move {
         let _repair = repair;
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        if c.inner.store.with(sid, |s| !s.has_gap()).unwrap_or(true) {
+        let Some(link) = c.link_of(&from) else {
             return;
-        }
-        if let Some(link) = c.link_of(&from) {
-            let id = c.next_id();
-            let msg = Message::FetchReq {
-                id,
-                sid,
-                min_version: 0,
-                wait_ms: 0,
-            };
-            c.inner.metrics.remote_fetches.inc();
-            if let Some(Message::FetchResp {
-                session: Some(s), ..
-            }) = c
-                .request(&from, &link, id, msg, Duration::from_secs(2))
-                .await
-            {
-                c.inner.store.merge(&s);
-            }
+        };
+        let id = c.next_id();
+        let msg = Message::FetchReq {
+            id,
+            sid,
+            min_version: 0,
+            wait_ms: 0,
+        };
+        c.inner.metrics.remote_fetches.inc();
+        if let Some(Message::FetchResp {
+            session: Some(s), ..
+        }) = c
+            .request(&from, &link, id, msg, Duration::from_secs(2))
+            .await
+        {
+            c.inner.store.merge(&s);
         }
     });
 }
@@ -101,15 +100,16 @@ pub(crate) async fn handle(
         Handled::Driver(msg) => msg,
     };
     match msg {
-        Message::Forward { ack, delta } => {
+        ForDriver::Forward { ack, delta } => {
             // We are (or were) the session's primary: apply and replicate to the backups.
             let fx =
                 replication::apply::apply_delta(&inner.store, &inner.metrics, &delta, unix_now());
             perform(c, &peer.node_id, reply_tx, fx).await;
+            let tracker = c.inner.tasks.clone();
             let c = c.clone();
             let tx = reply_tx.cloned();
             let permit = permit(tasks).await;
-            tokio::spawn(async move {
+            tracker.spawn(async move {
                 let _permit = permit;
                 let owners = c.owners(delta.sid);
                 let me = c.inner.me.node_id.clone();
@@ -126,16 +126,17 @@ pub(crate) async fn handle(
                 }
             });
         }
-        Message::FetchReq {
+        ForDriver::FetchReq {
             id,
             sid,
             min_version,
             wait_ms,
         } => {
+            let tracker = c.inner.tasks.clone();
             let c = c.clone();
             let tx = reply_tx.cloned();
             let permit = permit(tasks).await;
-            tokio::spawn(async move {
+            tracker.spawn(async move {
                 let _permit = permit;
                 if min_version > 0
                     && wait_ms > 0
@@ -148,17 +149,18 @@ pub(crate) async fn handle(
                 reply(tx.as_ref(), Message::FetchResp { id, session }).await;
             });
         }
-        Message::StateReq { id, only_owned } => {
+        ForDriver::StateReq { id, only_owned } => {
+            let tracker = c.inner.tasks.clone();
             let c = c.clone();
             let tx = reply_tx.cloned();
             let requester = peer.node_id.clone();
             let permit = permit(tasks).await;
-            tokio::spawn(async move {
+            tracker.spawn(async move {
                 let _permit = permit;
                 serve_state(c, requester, id, only_owned, tx).await
             });
         }
-        Message::Barrier { id } => {
+        ForDriver::Barrier { id } => {
             // Answer on our own link to the asker, behind everything already queued there.
             if let Some(link) = c.link_of(&peer.node_id) {
                 link.send(&inner.metrics, Message::BarrierAck { id }.outgoing())
@@ -167,27 +169,20 @@ pub(crate) async fn handle(
                 reply(reply_tx, Message::BarrierAck { id }).await;
             }
         }
-        Message::Leaving => {
+        ForDriver::Leaving => {
             tracing::info!(node = %peer.node_id, "member is leaving");
-            inner
-                .left
-                .lock()
-                .insert((peer.node_id.clone(), peer.incarnation));
-            let link = inner
-                .members
-                .lock()
-                .get(&peer.node_id)
-                .filter(|m| m.incarnation == peer.incarnation)
-                .map(|m| m.link.clone());
+            let link = c
+                .with_replica(|r| r.on_leaving(&peer.node_id, peer.incarnation))
+                .and_then(|id| {
+                    let links = inner.links.lock();
+                    links.values().find(|l| l.id == id).cloned()
+                });
             if let Some(link) = link {
                 super::net::remove_member_on(c, &link, "left gracefully");
             }
         }
-        Message::Hello(_) | Message::HelloAck(_) => {
+        ForDriver::LateHello => {
             tracing::warn!(node = %peer.node_id, "unexpected hello after the handshake");
-        }
-        other => {
-            tracing::debug!(node = %peer.node_id, ty = other.type_byte(), "message not handled");
         }
     }
 }
@@ -220,7 +215,10 @@ async fn perform(c: &Cluster, peer: &str, reply_tx: Option<&ReplyTx>, effects: V
                     inner.applied.notify_waiters();
                 }
             }
-            Effect::Gap(sid) => on_gap(c, peer, sid),
+            Effect::Gap(sid) => {
+                let now = c.now_ms();
+                c.with_replica(|r| r.on_gap(now, peer, sid));
+            }
             Effect::Resolve(id, m) => c.resolve(id, peer, m),
             Effect::AeAgain { full } => c.anti_entropy_soon(peer, full),
             Effect::Repaired(n) => {

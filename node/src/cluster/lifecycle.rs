@@ -80,8 +80,8 @@ pub(crate) async fn join(c: Cluster, discovery: Arc<Discovery>) {
     let mut peers = c.alive_peers();
     // Prefer peers that had finished joining.
     {
-        let members = inner.members.lock();
-        peers.sort_by_key(|(n, _)| (!members.get(n).is_some_and(|m| m.ready), n.clone()));
+        let r = inner.replica.lock();
+        peers.sort_by_key(|(n, _)| (!r.member(n).is_some_and(|m| m.ready), n.clone()));
     }
     if c.backup_mode() {
         let reqs = peers.iter().map(|(node, link)| {
@@ -134,13 +134,14 @@ pub(crate) async fn join(c: Cluster, discovery: Arc<Discovery>) {
         seconds = secs,
         "joined: state transfer complete, ready"
     );
+    c.with_replica(|r| r.set_joined());
     inner.ready.send_replace(true);
 }
 
 /// Leaves gracefully within the drain timeout.
 pub(crate) async fn leave(c: Cluster) {
     let inner = c.inner.clone();
-    inner.leaving.store(true, Ordering::SeqCst);
+    c.with_replica(|r| r.set_leaving());
     let deadline = tokio::time::Instant::now() + inner.cfg.drain_timeout;
     flush_touches(&c).await;
     if c.backup_mode() {
@@ -258,7 +259,7 @@ pub(crate) async fn rereplicate_on_view_change(c: Cluster) {
             _ = inner.shutdown.cancelled() => return,
         }
         let new = rx.borrow_and_update().clone();
-        if inner.leaving.load(Ordering::SeqCst) {
+        if c.leaving() {
             old = new;
             continue;
         }
@@ -342,7 +343,7 @@ pub(crate) async fn maintenance(c: Cluster) {
             inner.metrics.sessions_expired.inc_by(expired as u64);
             tracing::debug!(expired, "sessions expired");
         }
-        if c.backup_mode() && *inner.ready.borrow() {
+        if c.backup_mode() && c.joined() {
             let view = c.live_members();
             let me = inner.me.node_id.as_str();
             for sid in inner.store.ids() {

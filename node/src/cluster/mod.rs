@@ -11,9 +11,9 @@
 //! Locks: `parking_lot` mutexes guard short, non-async critical sections (member table,
 //! pending requests); none is held across an `.await`.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -36,6 +36,8 @@ mod handle;
 mod isolation;
 mod lifecycle;
 mod net;
+#[cfg(test)]
+mod tests;
 
 pub use net::Link;
 
@@ -52,69 +54,64 @@ pub enum ClusterError {
 
 pub use tribe_api::{ClusterView, MemberState, MemberView};
 
-/// A peer admitted after a handshake.
-#[derive(Debug, Clone)]
-pub struct Member {
-    /// Node id.
-    pub node_id: String,
-    /// Incarnation (start time, unix ms).
-    pub incarnation: u64,
-    /// Replication address.
-    pub addr: SocketAddr,
-    /// Alive or suspect.
-    pub state: MemberState,
-    /// Whether it had finished joining when it said hello.
-    pub ready: bool,
-    /// The outbound link to it.
-    pub link: Arc<Link>,
-}
+pub use replication::replica::Member;
+use replication::replica::{Event, Replica, ReplicaConfig, SyncDone};
 
+/// The driver's state. Private to `cluster/` except the keys and the shutdown token
+/// (`keyring.rs` still implements key status on `Cluster`).
 pub(crate) struct Inner {
-    pub cfg: Config,
-    pub me: SelfInfo,
-    pub origin: u32,
-    pub key: crate::keyring::Keys,
-    pub store: Arc<Store>,
+    cfg: Config,
+    me: SelfInfo,
+    origin: u32,
+    pub(crate) key: crate::keyring::Keys,
+    store: Arc<Store>,
     /// `--data-dir`: the backend and how writes wait for it.
-    pub persistence: Option<crate::persist::Persistence>,
+    persistence: Option<crate::persist::Persistence>,
     /// The flusher, awaited at shutdown (its last flush).
-    pub flusher: Mutex<Option<tokio::task::JoinHandle<()>>>,
-    pub metrics: Arc<Metrics>,
-    /// Members by node id.
-    pub members: Mutex<BTreeMap<String, Member>>,
+    flusher: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    metrics: Arc<Metrics>,
+    /// The member table, view, readiness and sync-ack decisions (one lock; never held
+    /// across an await). Lock order: `replica`, then `syncs` / `pending` / `links`.
+    replica: Mutex<Replica>,
     /// Outbound links by address.
-    pub links: Mutex<HashMap<SocketAddr, Arc<Link>>>,
-    /// Incarnations that said goodbye: never re-admitted.
-    pub left: Mutex<HashSet<(String, u64)>>,
+    links: Mutex<HashMap<SocketAddr, Arc<Link>>>,
     /// Outstanding requests: (request id, node id) → waiter.
-    pub pending: Mutex<HashMap<(u64, String), oneshot::Sender<Message>>>,
-    pub next_id: AtomicU64,
+    pending: Mutex<HashMap<(u64, String), oneshot::Sender<Message>>>,
+    /// Sync writes waiting for the replica's verdict: ack id → waiter.
+    syncs: Mutex<HashMap<u64, oneshot::Sender<SyncDone>>>,
+    next_id: AtomicU64,
     /// Notified whenever a remote change is applied (read-your-writes waiters).
-    pub applied: Notify,
-    pub waiters: AtomicUsize,
-    pub ready: watch::Sender<bool>,
-    pub leaving: AtomicBool,
-    /// Shutting down: not ready, still serving (until `leaving`).
-    pub draining: AtomicBool,
+    applied: Notify,
+    waiters: AtomicUsize,
+    /// Mirrors the replica's join (async waiters subscribe).
+    ready: watch::Sender<bool>,
+    /// Monotonic epoch of the replica's clock (ms since).
+    epoch: Instant,
+    /// Wakes the replica's timer (a deadline earlier than `timer_at` was set).
+    timer: Notify,
+    /// When the replica's timer fires next (ms; `u64::MAX`: none).
+    timer_at: AtomicU64,
     /// Sessions touched since the last flush, with their new expiry.
-    pub touched: Mutex<HashMap<SessionId, u64>>,
+    touched: Mutex<HashMap<SessionId, u64>>,
     /// Sorted live member ids (this node included); changes drive re-replication.
-    pub view: watch::Sender<Vec<String>>,
-    pub shutdown: CancellationToken,
+    view: watch::Sender<Vec<String>>,
+    pub(crate) shutdown: CancellationToken,
     /// Open inbound connections by peer node id (join waits for every member's).
-    pub inbound: Mutex<HashMap<String, usize>>,
-    pub discovery: Mutex<Option<Arc<Discovery>>>,
+    inbound: Mutex<HashMap<String, usize>>,
+    discovery: Mutex<Option<Arc<Discovery>>>,
     /// Members to run an anti-entropy round with soon.
-    pub ae_kick: mpsc::Sender<antientropy::Kick>,
+    ae_kick: mpsc::Sender<antientropy::Kick>,
     /// Fetches from peers in flight at once (a client's cookies can make a node ask its
     /// peers; this bounds how much of that runs at the same time).
-    pub fetches: tokio::sync::Semaphore,
+    fetches: tokio::sync::Semaphore,
+    /// Every task this node spawns; shutdown waits for them (bounded).
+    tasks: tokio_util::task::TaskTracker,
     /// Peers reached over TCP whose handshakes fail (readiness, `/cluster`).
-    pub reach: crate::reachability::Reachability,
+    pub(crate) reach: crate::reachability::Reachability,
     /// Rate limit of the WARN lines strangers can cause.
-    pub warns: crate::warn_limit::WarnLimiter,
+    pub(crate) warns: crate::warn_limit::WarnLimiter,
     /// Delta-gap repairs running (bounded).
-    pub gaps: Arc<gaps::GapRepairs>,
+    gaps: Arc<gaps::GapRepairs>,
 }
 
 /// A running cluster node. Cheap to clone.
@@ -227,16 +224,24 @@ impl Cluster {
             persistence,
             flusher: Mutex::new(None),
             metrics,
-            members: Mutex::new(BTreeMap::new()),
+            replica: Mutex::new(Replica::new(ReplicaConfig {
+                me: node_id.clone(),
+                backup_mode: cfg.replication == ReplicationMode::Backup,
+                backups: cfg.backups,
+                min_members: cfg.min_members,
+                sync: cfg.send_mode == SendMode::Sync,
+                sync_timeout_ms: cfg.sync_timeout.as_millis() as u64,
+            })),
             links: Mutex::new(HashMap::new()),
-            left: Mutex::new(HashSet::new()),
             pending: Mutex::new(HashMap::new()),
+            syncs: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             applied: Notify::new(),
             waiters: AtomicUsize::new(0),
             ready,
-            leaving: AtomicBool::new(false),
-            draining: AtomicBool::new(false),
+            epoch: Instant::now(),
+            timer: Notify::new(),
+            timer_at: AtomicU64::new(u64::MAX),
             touched: Mutex::new(HashMap::new()),
             view,
             shutdown: shutdown.clone(),
@@ -244,6 +249,7 @@ impl Cluster {
             discovery: Mutex::new(None),
             ae_kick,
             fetches: tokio::sync::Semaphore::new(MAX_FETCHES),
+            tasks: tokio_util::task::TaskTracker::new(),
             reach: Default::default(),
             warns: Default::default(),
             gaps: gaps::GapRepairs::new(gaps::MAX_GAP_REPAIRS),
@@ -251,26 +257,59 @@ impl Cluster {
         });
         let cluster = Cluster { inner };
         if let Some(p) = &cluster.inner.persistence {
-            *cluster.inner.flusher.lock() = Some(tokio::spawn(crate::persist::flusher::run(
-                cluster.inner.store.clone(),
-                p.clone(),
-                cluster.inner.metrics.clone(),
-                shutdown.clone(),
-            )));
+            *cluster.inner.flusher.lock() =
+                Some(cluster.inner.tasks.spawn(crate::persist::flusher::run(
+                    cluster.inner.store.clone(),
+                    p.clone(),
+                    cluster.inner.metrics.clone(),
+                    shutdown.clone(),
+                )));
         }
-        tokio::spawn(net::accept_loop(cluster.clone(), listener));
+        cluster.spawn(net::accept_loop(cluster.clone(), listener));
         let discovery = Arc::new(
-            crate::membership::start(&cluster.inner.cfg, me, key, shutdown.clone()).await?,
+            crate::membership::start(
+                &cluster.inner.cfg,
+                me,
+                key,
+                shutdown.clone(),
+                &cluster.inner.tasks,
+            )
+            .await?,
         );
         *cluster.inner.discovery.lock() = Some(discovery.clone());
-        tokio::spawn(net::follow_discovery(cluster.clone(), discovery.clone()));
-        tokio::spawn(lifecycle::maintenance(cluster.clone()));
-        tokio::spawn(antientropy::run(cluster.clone(), ae_kicks));
+        cluster.spawn(net::follow_discovery(cluster.clone(), discovery.clone()));
+        cluster.spawn(lifecycle::maintenance(cluster.clone()));
+        cluster.spawn(antientropy::run(cluster.clone(), ae_kicks));
         if cluster.inner.cfg.replication == ReplicationMode::Backup {
-            tokio::spawn(lifecycle::rereplicate_on_view_change(cluster.clone()));
+            cluster.spawn(lifecycle::rereplicate_on_view_change(cluster.clone()));
         }
-        tokio::spawn(lifecycle::join(cluster.clone(), discovery));
+        cluster.spawn(replica_timer(cluster.clone()));
+        cluster.spawn(lifecycle::join(cluster.clone(), discovery));
         Ok(cluster)
+    }
+
+    /// Spawns a task owned by this node: [`Cluster::tasks_stopped`] waits for it.
+    pub(crate) fn spawn<F>(&self, task: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.inner.tasks.spawn(task);
+    }
+
+    /// After the shutdown token was cancelled: waits until every task this node spawned
+    /// has ended, up to `timeout`. False when some were still running at the deadline.
+    pub async fn tasks_stopped(&self, timeout: Duration) -> bool {
+        self.inner.tasks.close();
+        let stopped = tokio::time::timeout(timeout, self.inner.tasks.wait())
+            .await
+            .is_ok();
+        if !stopped {
+            tracing::warn!(
+                running = self.inner.tasks.len(),
+                "tasks still running at the end of the drain timeout"
+            );
+        }
+        stopped
     }
 
     /// This node's id.
@@ -291,17 +330,20 @@ impl Cluster {
     /// Why the node is not ready (`None` when it is).
     pub fn not_ready_reason(&self) -> Option<tribe_api::NotReadyReason> {
         use tribe_api::NotReadyReason as Why;
-        if self.inner.leaving.load(Ordering::Relaxed) || self.inner.draining.load(Ordering::Relaxed)
-        {
+        let (stopping, joined, quorum) = {
+            let r = self.inner.replica.lock();
+            (r.stopping(), r.joined(), r.has_quorum())
+        };
+        if stopping {
             return Some(Why::ShuttingDown);
         }
         if let Some(why) = self.isolation() {
             return Some(why);
         }
-        if !*self.inner.ready.borrow() {
+        if !joined {
             return Some(Why::Joining);
         }
-        if !self.has_quorum() {
+        if !quorum {
             return Some(Why::TooFewMembers);
         }
         None
@@ -310,7 +352,75 @@ impl Cluster {
     /// Reports not ready from now on, while still serving and replicating (the first step
     /// of a shutdown, so that load balancers stop sending before the node leaves).
     pub fn stop_accepting(&self) {
-        self.inner.draining.store(true, Ordering::SeqCst);
+        self.with_replica(|r| r.set_draining());
+    }
+
+    /// Runs `f` on the replica under its lock, then performs the events it produced
+    /// (still under the lock, so that views are published in the order they changed;
+    /// each is a non-blocking send).
+    pub(crate) fn with_replica<T>(&self, f: impl FnOnce(&mut Replica) -> T) -> T {
+        let inner = &self.inner;
+        let mut r = inner.replica.lock();
+        let out = f(&mut r);
+        while let Some(e) = r.poll_event() {
+            match e {
+                Event::ViewChanged(ids) => {
+                    inner.metrics.members.set(ids.len() as i64);
+                    inner.view.send_replace(ids);
+                }
+                Event::SyncDone(done) => {
+                    if done.alone && done.acknowledged {
+                        inner.metrics.sync_writes_alone.inc();
+                    }
+                    if let Some(tx) = inner.syncs.lock().remove(&done.id) {
+                        let _ = tx.send(done);
+                    }
+                }
+                Event::PeerFailed(node) => {
+                    inner.pending.lock().retain(|(_, n), _| *n != node);
+                }
+                Event::Resync(node) => self.anti_entropy_soon(&node, true),
+                Event::RepairGap { from, sid } => handle::repair_gap(self, from, sid),
+            }
+        }
+        // A deadline earlier than the timer sleeps for: wake it (only then: this runs for
+        // every write and ack).
+        if r.poll_timeout()
+            .is_some_and(|t| t < inner.timer_at.load(Ordering::Relaxed))
+        {
+            inner.timer.notify_one();
+        }
+        out
+    }
+
+    /// Milliseconds on the replica's clock.
+    pub(crate) fn now_ms(&self) -> u64 {
+        self.inner.epoch.elapsed().as_millis() as u64
+    }
+
+    /// Whether the join completed (ready, unless draining or without quorum).
+    pub(crate) fn joined(&self) -> bool {
+        self.inner.replica.lock().joined()
+    }
+
+    /// Whether the node is shutting down (draining or leaving): not ready again.
+    pub fn stopping(&self) -> bool {
+        self.inner.replica.lock().stopping()
+    }
+
+    /// Whether the node is leaving.
+    pub(crate) fn leaving(&self) -> bool {
+        self.inner.replica.lock().leaving()
+    }
+
+    /// The session store.
+    pub fn store(&self) -> &Arc<Store> {
+        &self.inner.store
+    }
+
+    /// Discovery, once started.
+    pub fn discovery(&self) -> Option<Arc<Discovery>> {
+        self.inner.discovery.lock().clone()
     }
 
     /// Waits until the node is ready.
@@ -336,7 +446,7 @@ impl Cluster {
             incarnation: self.inner.me.incarnation,
             addr: self.inner.me.advertise,
             nonce: [0; 16],
-            ready: *self.inner.ready.borrow(),
+            ready: self.joined(),
             versions: crate::wire::Versions::local(),
         }
     }
@@ -347,37 +457,27 @@ impl Cluster {
 
     /// Alive members other than this node: (node id, link).
     pub(crate) fn alive_peers(&self) -> Vec<(String, Arc<Link>)> {
-        self.inner
-            .members
-            .lock()
-            .values()
-            .filter(|m| m.state == MemberState::Alive)
-            .map(|m| (m.node_id.clone(), m.link.clone()))
+        let peers = self.inner.replica.lock().alive_peers();
+        let links = self.inner.links.lock();
+        peers
+            .into_iter()
+            .filter_map(|(n, id)| link_by_id(&links, id).map(|l| (n, l)))
             .collect()
     }
 
     pub(crate) fn link_of(&self, node_id: &str) -> Option<Arc<Link>> {
-        self.inner
-            .members
-            .lock()
-            .get(node_id)
-            .filter(|m| m.state == MemberState::Alive)
-            .map(|m| m.link.clone())
+        let id = self.inner.replica.lock().link_of(node_id)?;
+        link_by_id(&self.inner.links.lock(), id)
     }
 
     /// Owners of a session under the current view (backup mode).
     pub(crate) fn owners(&self, sid: SessionId) -> Vec<String> {
-        let view = self.inner.view.borrow();
-        ownership::owners(sid, &view, self.inner.cfg.backups)
-            .into_iter()
-            .map(String::from)
-            .collect()
+        self.inner.replica.lock().owners(sid)
     }
 
     /// Whether this node is the primary of `sid` under the current view (backup mode).
     pub(crate) fn is_primary(&self, sid: SessionId) -> bool {
-        let view = self.inner.view.borrow();
-        ownership::primary(sid, &view) == Some(self.inner.me.node_id.as_str())
+        self.inner.replica.lock().is_primary(sid)
     }
 
     /// A fresh session id. In backup mode it is one whose primary is this node (drawn
@@ -417,6 +517,10 @@ impl Cluster {
 
     /// Resolves a waiter (a reply arrived).
     pub(crate) fn resolve(&self, id: u64, node: &str, msg: Message) {
+        // A sync write's ack is the replica's; anything else answers a request here.
+        if matches!(msg, Message::Ack { .. }) && self.with_replica(|r| r.on_ack(node, id)) {
+            return;
+        }
         if let Some(tx) = self.inner.pending.lock().remove(&(id, node.to_string())) {
             let _ = tx.send(msg);
         }
@@ -797,8 +901,7 @@ impl Cluster {
 
     /// Whether enough members are live for writes (`--min-members`).
     pub fn has_quorum(&self) -> bool {
-        let min = self.inner.cfg.min_members;
-        min <= 1 || self.inner.view.borrow().len() >= min
+        self.inner.replica.lock().has_quorum()
     }
 
     fn check_quorum(&self) -> Result<(), WriteRefused> {
@@ -814,9 +917,7 @@ impl Cluster {
 
     fn check_holders(&self, holders: usize, version: u64) -> Result<u64, WriteRefused> {
         let min = self.inner.cfg.min_members;
-        if self.inner.cfg.send_mode == SendMode::Async
-            || replication::acks::verdict(holders, min) == replication::acks::Outcome::Acknowledged
-        {
+        if self.inner.replica.lock().acknowledges(holders) {
             return Ok(version);
         }
         self.inner.metrics.writes_refused.inc();
@@ -949,67 +1050,58 @@ impl Cluster {
         let ack = if sync { self.next_id() } else { 0 };
         let out = Message::Delta { ack, delta }.outgoing();
         let started = Instant::now();
-        let mut waits = Vec::new();
+        let links: Vec<(String, Arc<Link>)> = targets
+            .iter()
+            .filter_map(|n| self.link_of(n).map(|l| (n.clone(), l)))
+            .collect();
+        // The replica waits for the targets from before the first delta leaves (an ack
+        // can come back at once); a target whose queue is full is dropped from the wait.
+        let mut done = None;
+        if sync {
+            let (tx, rx) = oneshot::channel();
+            inner.syncs.lock().insert(ack, tx);
+            let now = self.now_ms();
+            let names = links.iter().map(|(n, _)| n.clone());
+            self.with_replica(|r| r.start_sync(now, ack, names));
+            done = Some(rx);
+        }
         let mut queued = 0;
-        for node in targets {
-            let Some(link) = self.link_of(node) else {
-                continue;
-            };
-            let rx = if sync {
-                Some(self.expect(ack, node))
-            } else {
-                None
-            };
+        for (node, link) in &links {
             if link.send(&inner.metrics, out.clone()).await {
                 inner.metrics.deltas_sent.inc();
                 queued += 1;
-                if let Some(rx) = rx {
-                    waits.push((node.clone(), rx));
-                }
-            } else {
-                inner.pending.lock().remove(&(ack, node.clone()));
+            } else if sync {
+                self.with_replica(|r| r.drop_target(ack, node));
             }
         }
-        if !sync {
+        let Some(mut rx) = done else {
             return 1 + queued;
-        }
-        if waits.is_empty() {
-            return 1;
-        }
-        // A waiter whose peer is suspected is dropped (`fail_pending`): it ends at once,
-        // not acked. So a frozen or cut peer is waited for at most the member timeout.
-        let names: Vec<String> = waits.iter().map(|w| w.0.clone()).collect();
-        let mut acks: futures::stream::FuturesUnordered<_> =
-            waits.into_iter().map(|(_, rx)| rx).collect();
-        let mut acked = 0;
-        let deadline = tokio::time::sleep(inner.cfg.sync_timeout);
-        tokio::pin!(deadline);
-        use futures::StreamExt;
-        loop {
-            tokio::select! {
-                r = acks.next() => match r {
-                    Some(Ok(_)) => acked += 1,
-                    Some(Err(_)) => {}
-                    None => {
-                        inner
-                            .metrics
-                            .sync_ack_seconds
-                            .observe(started.elapsed().as_secs_f64());
-                        break;
-                    }
-                },
-                _ = &mut deadline => {
-                    inner.metrics.sync_timeouts.inc();
-                    tracing::warn!(peers = ?names, "sync write timed out waiting for acks");
-                    break;
+        };
+        // A target suspected meanwhile stops being waited for at once (the replica ends
+        // the wait), so a frozen or cut peer is waited for at most the member timeout.
+        let done = match tokio::time::timeout(inner.cfg.sync_timeout, &mut rx).await {
+            Ok(Ok(done)) => done,
+            _ => {
+                self.with_replica(|r| r.expire_sync(ack));
+                match rx.try_recv() {
+                    Ok(done) => done,
+                    Err(_) => return 1,
                 }
             }
+        };
+        if done.timed_out {
+            inner.metrics.sync_timeouts.inc();
+            tracing::warn!(
+                peers = ?links.iter().map(|l| &l.0).collect::<Vec<_>>(),
+                "sync write timed out waiting for acks"
+            );
+        } else {
+            inner
+                .metrics
+                .sync_ack_seconds
+                .observe(started.elapsed().as_secs_f64());
         }
-        let mut p = inner.pending.lock();
-        for node in names {
-            p.remove(&(ack, node));
-        }
-        1 + acked
+        done.holders
     }
 
     /// Pushes whole sessions to one member (hand-off, re-replication); waits for its ack.
@@ -1034,9 +1126,9 @@ impl Cluster {
     pub fn view(&self) -> ClusterView {
         let inner = &self.inner;
         let members: Vec<MemberView> = inner
-            .members
+            .replica
             .lock()
-            .values()
+            .members()
             .map(|m| MemberView {
                 node: m.node_id.clone(),
                 addr: m.addr.to_string(),
@@ -1160,34 +1252,44 @@ impl Cluster {
     }
 }
 
-/// Used by links to publish membership changes.
-///
-/// The view is computed and published under the member-table lock: computed outside it,
-/// two concurrent changes (two members admitted at once) could publish in the wrong
-/// order, and the older list — missing a member that is alive — would stay the view
-/// until the next change, so this node would disagree with the others about owners.
-pub(crate) fn publish_view(inner: &Inner) {
-    let members = inner.members.lock();
-    let mut ids: Vec<String> = members
-        .values()
-        .filter(|m| m.state == MemberState::Alive)
-        .map(|m| m.node_id.clone())
-        .collect();
-    ids.push(inner.me.node_id.clone());
-    ids.sort();
-    ids.dedup();
-    inner.metrics.members.set(ids.len() as i64);
-    // Lock order: members, then the watch's own lock; readers of the view never take
-    // the member table while holding a borrow.
-    inner.view.send_if_modified(|v| {
-        if *v != ids {
-            *v = ids;
-            true
-        } else {
-            false
+/// Runs the replica's deadlines ([`Replica::poll_timeout`], [`Replica::on_timeout`])
+/// until shutdown.
+async fn replica_timer(c: Cluster) {
+    let inner = &c.inner;
+    loop {
+        // Read and published under the replica's lock, which `with_replica` compares
+        // new deadlines against (a permit left by `notify_one` is not lost).
+        let next = {
+            let r = inner.replica.lock();
+            let next = r.poll_timeout().unwrap_or(u64::MAX);
+            inner.timer_at.store(next, Ordering::Relaxed);
+            next
+        };
+        let sleep = async {
+            match next {
+                u64::MAX => std::future::pending().await,
+                ms => {
+                    tokio::time::sleep_until((inner.epoch + Duration::from_millis(ms)).into()).await
+                }
+            }
+        };
+        tokio::select! {
+            _ = sleep => {
+                let now = c.now_ms();
+                c.with_replica(|r| r.on_timeout(now));
+            }
+            _ = inner.timer.notified() => {}
+            _ = inner.shutdown.cancelled() => return,
         }
-    });
-    drop(members);
+    }
+}
+
+/// The link `id` in the driver's link table.
+fn link_by_id(
+    links: &HashMap<SocketAddr, Arc<Link>>,
+    id: replication::replica::LinkId,
+) -> Option<Arc<Link>> {
+    links.values().find(|l| l.id == id).cloned()
 }
 
 /// Sender half of a reply channel for an inbound connection.

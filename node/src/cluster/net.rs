@@ -11,13 +11,14 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::{handle, publish_view, Cluster, Member, MemberState};
+use super::{handle, Cluster, MemberState};
 use crate::admission::{Admission, Limits, Slot};
 use crate::crypto::FINGERPRINT_LEN;
 use crate::membership::Discovery;
 use crate::metrics::Metrics;
 use crate::reachability::Problem;
 use crate::replication::liveness::Liveness;
+use crate::replication::replica::{Admission as Admitted, LinkId};
 use crate::transport::{self, Connection, HandshakeError};
 use crate::wire::{Hello, Message, Outgoing, WireError};
 
@@ -28,6 +29,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// connection open, reconnecting with backoff.
 #[derive(Debug)]
 pub struct Link {
+    /// Names it in the replica's member table.
+    pub id: LinkId,
     /// The address dialed.
     pub addr: SocketAddr,
     tx: mpsc::Sender<(Outgoing, Instant)>,
@@ -86,7 +89,9 @@ pub(crate) fn ensure_link(c: &Cluster, addr: SocketAddr, wanted: bool) -> Option
         return Some(l.clone());
     }
     let (tx, rx) = mpsc::channel(inner.cfg.peer_queue.max(16));
+    static NEXT_LINK: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
     let link = Arc::new(Link {
+        id: NEXT_LINK.fetch_add(1, Ordering::Relaxed),
         addr,
         tx,
         inflight: Arc::new(AtomicUsize::new(0)),
@@ -97,81 +102,49 @@ pub(crate) fn ensure_link(c: &Cluster, addr: SocketAddr, wanted: bool) -> Option
         resync: AtomicBool::new(false),
     });
     links.insert(addr, link.clone());
-    tokio::spawn(run_link(c.clone(), link.clone(), rx));
+    c.spawn(run_link(c.clone(), link.clone(), rx));
     Some(link)
 }
 
-fn admit(c: &Cluster, peer: &Hello, link: &Arc<Link>) {
-    let inner = &c.inner;
-    {
-        let mut members = inner.members.lock();
-        if let Some(old) = members.get(&peer.node_id) {
-            if old.incarnation != peer.incarnation {
-                tracing::info!(node = %peer.node_id, old = old.incarnation, new = peer.incarnation, "member restarted (new incarnation)");
-            }
-        } else {
+/// Admits the peer on `link` (false: that incarnation said goodbye).
+fn admit(c: &Cluster, peer: &Hello, link: &Arc<Link>) -> bool {
+    let admission = c.with_replica(|r| {
+        r.peer_up(
+            &peer.node_id,
+            peer.incarnation,
+            peer.addr,
+            peer.ready,
+            link.id,
+        )
+    });
+    match admission {
+        Admitted::Admitted { new: true, .. } => {
             tracing::info!(node = %peer.node_id, addr = %peer.addr, "member joined");
         }
-        members.insert(
-            peer.node_id.clone(),
-            Member {
-                node_id: peer.node_id.clone(),
-                incarnation: peer.incarnation,
-                addr: peer.addr,
-                state: MemberState::Alive,
-                ready: peer.ready,
-                link: link.clone(),
-            },
-        );
+        Admitted::Admitted {
+            restarted: true, ..
+        } => {
+            tracing::info!(node = %peer.node_id, new = peer.incarnation, "member restarted (new incarnation)");
+        }
+        Admitted::Admitted { .. } => {}
+        Admitted::Left => return false,
     }
-    publish_view(inner);
-    // Whatever either side missed while apart (a cut, a freeze, a restart) is compared
-    // and exchanged now, not only when the session is next written.
-    c.anti_entropy_soon(&peer.node_id, true);
+    true
 }
 
 /// Marks the member on `link` suspect (its connection broke).
 fn suspect(c: &Cluster, node: &str, link: &Arc<Link>) {
-    let inner = &c.inner;
-    let changed = {
-        let mut members = inner.members.lock();
-        match members.get_mut(node) {
-            Some(m) if Arc::ptr_eq(&m.link, link) && m.state == MemberState::Alive => {
-                m.state = MemberState::Suspect;
-                true
-            }
-            _ => false,
-        }
-    };
-    if changed {
+    if c.with_replica(|r| r.peer_suspect(node, link.id)) {
         tracing::info!(node, "member suspected: connection lost or silent");
-        inner.metrics.members_suspected.inc();
-        fail_pending(c, node);
-        publish_view(inner);
+        c.inner.metrics.members_suspected.inc();
     }
 }
 
 /// Removes the member whose link is `link` (confirmed dead, or gone).
 pub(crate) fn remove_member_on(c: &Cluster, link: &Arc<Link>, why: &str) {
-    let inner = &c.inner;
-    let removed = {
-        let mut members = inner.members.lock();
-        let node = members
-            .values()
-            .find(|m| Arc::ptr_eq(&m.link, link))
-            .map(|m| m.node_id.clone());
-        node.and_then(|n| members.remove(&n))
-    };
-    if let Some(m) = removed {
+    if let Some(m) = c.with_replica(|r| r.peer_removed(link.id)) {
         tracing::info!(node = %m.node_id, addr = %m.addr, why, "member removed");
-        fail_pending(c, &m.node_id);
-        publish_view(inner);
     }
-}
-
-/// Drops waiters for replies from `node` (their requests fail at once).
-pub(crate) fn fail_pending(c: &Cluster, node: &str) {
-    c.inner.pending.lock().retain(|(_, n), _| n != node);
 }
 
 async fn run_link(c: Cluster, link: Arc<Link>, mut rx: mpsc::Receiver<(Outgoing, Instant)>) {
@@ -211,16 +184,11 @@ async fn run_link(c: Cluster, link: Arc<Link>, mut rx: mpsc::Receiver<(Outgoing,
                     dialed();
                     break;
                 }
-                if inner
-                    .left
-                    .lock()
-                    .contains(&(peer.node_id.clone(), peer.incarnation))
-                {
+                if !admit(&c, &peer, &link) {
                     // A member that said goodbye and is still shutting down.
                     remove_member_on(&c, &link, "left");
                     dialed();
                 } else {
-                    admit(&c, &peer, &link);
                     dialed();
                     backoff = Duration::from_millis(50);
                     let err = match run_connection(&c, &link, conn, &mut rx).await {
@@ -558,7 +526,7 @@ pub(crate) async fn accept_loop(c: Cluster, listener: TcpListener) {
                 let known = is_known_peer_ip(&c, ip);
                 match admission.try_admit(ip, known) {
                     Ok(slot) => {
-                        tokio::spawn(inbound(c.clone(), stream, from, slot));
+                        c.spawn(inbound(c.clone(), stream, from, slot));
                     }
                     Err(refused) => {
                         c.inner.metrics.handshake_failed(refused.reason());
@@ -580,7 +548,7 @@ pub(crate) async fn accept_loop(c: Cluster, listener: TcpListener) {
 /// the address they advertise, one per pod on Kubernetes).
 fn is_known_peer_ip(c: &Cluster, ip: std::net::IpAddr) -> bool {
     c.inner.links.lock().keys().any(|a| a.ip() == ip)
-        || c.inner.members.lock().values().any(|m| m.addr.ip() == ip)
+        || c.inner.replica.lock().members().any(|m| m.addr.ip() == ip)
 }
 
 /// A WARN line for a failure before authentication, at most one per reason per
@@ -622,20 +590,18 @@ async fn inbound(c: Cluster, stream: tokio::net::TcpStream, from: SocketAddr, sl
         key_id,
         ..
     } = conn;
-    if inner
-        .left
-        .lock()
-        .contains(&(peer.node_id.clone(), peer.incarnation))
-    {
+    let (left, known) = {
+        let r = inner.replica.lock();
+        let known = r
+            .member(&peer.node_id)
+            .is_some_and(|m| m.incarnation == peer.incarnation && m.state == MemberState::Alive);
+        (r.has_left(&peer.node_id, peer.incarnation), known)
+    };
+    if left {
         return;
     }
     // Dial back at once so that this peer gets our writes from now on.
-    if !inner
-        .members
-        .lock()
-        .get(&peer.node_id)
-        .is_some_and(|m| m.incarnation == peer.incarnation && m.state == MemberState::Alive)
-    {
+    if !known {
         // The link may already exist and sit in a reconnect backoff (up to MAX_BACKOFF),
         // e.g. to a static peer that was down until now: cut it short, or the peer's
         // join waits that long for our dial-back.
@@ -650,7 +616,7 @@ async fn inbound(c: Cluster, stream: tokio::net::TcpStream, from: SocketAddr, sl
         .or_default() += 1;
     let (tx, mut rx) = mpsc::channel::<Outgoing>(256);
     let metrics = inner.metrics.clone();
-    let writer = tokio::spawn(async move {
+    let writer = inner.tasks.spawn(async move {
         while let Some(first) = rx.recv().await {
             let sent = coalesce(first, &mut rx, &mut wr, |out| {
                 metrics.bytes_sent.inc_by(out.wire_len() as u64);
@@ -730,8 +696,9 @@ pub(crate) async fn follow_discovery(c: Cluster, discovery: Arc<Discovery>) {
             let link = c.inner.links.lock().get(gone).cloned();
             if let Some(link) = link {
                 link.wanted.store(false, Ordering::Relaxed);
-                let c = c.clone();
-                tokio::spawn(async move {
+                let c2 = c.clone();
+                c.spawn(async move {
+                    let c = c2;
                     if transport::tcp_check(link.addr, CONNECT_TIMEOUT).await {
                         tracing::info!(addr = %link.addr, "no longer discovered, but still answers TCP: kept");
                     } else {

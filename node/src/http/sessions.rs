@@ -236,7 +236,7 @@ async fn list(
         Ok(a) => a,
         Err(r) => return r.into_response(),
     };
-    let store = &cluster.inner.store;
+    let store = &cluster.store();
     let now = unix_now();
     let live = cluster.live_members();
     let mut total = 0;
@@ -281,7 +281,7 @@ async fn inspect(
     };
     let live = cluster.live_members();
     let now = unix_now();
-    let detail = cluster.inner.store.with(sid, |s| {
+    let detail = cluster.store().with(sid, |s| {
         if s.is_dead(now) {
             return None;
         }
@@ -327,8 +327,7 @@ async fn expire(
     };
     let now = unix_now();
     let held = cluster
-        .inner
-        .store
+        .store()
         .with(sid, |s| !s.is_dead(now))
         .unwrap_or(false);
     if !held {

@@ -211,6 +211,7 @@ pub async fn start(
     me: SelfInfo,
     key: impl Into<crate::keyring::Keys>,
     shutdown: CancellationToken,
+    tasks: &tokio_util::task::TaskTracker,
 ) -> Result<Discovery, MembershipError> {
     let keys: crate::keyring::Keys = key.into();
     let key: ClusterKey = keys.current().primary().key.clone();
@@ -282,7 +283,7 @@ pub async fn start(
         tx
     };
     if enabled.static_list {
-        tokio::spawn(
+        tasks.spawn(
             static_peers::Task {
                 peers,
                 interval: config.dns_interval,
@@ -295,7 +296,7 @@ pub async fn start(
     }
     if let Some((name, resolver)) = dns {
         tracing::info!(%name, interval = ?config.dns_interval, "DNS membership");
-        tokio::spawn(
+        tasks.spawn(
             dns::Task {
                 resolver,
                 name,
@@ -313,7 +314,7 @@ pub async fn start(
     if let Some((group, socket)) = multicast {
         let (tx, rx) = mpsc::channel(1);
         leave_tx = Some(tx);
-        tokio::spawn(
+        tasks.spawn(
             multicast::Task {
                 socket,
                 group,
@@ -517,9 +518,15 @@ mod tests {
             "127.0.0.1:4001,10.0.0.1:4000,localhost:4002",
         ]);
         let shutdown = CancellationToken::new();
-        let d = start(&c, me(), ClusterKey::insecure(), shutdown.clone())
-            .await
-            .unwrap();
+        let d = start(
+            &c,
+            me(),
+            ClusterKey::insecure(),
+            shutdown.clone(),
+            &Default::default(),
+        )
+        .await
+        .unwrap();
         tokio::time::timeout(std::time::Duration::from_secs(5), d.initial_round())
             .await
             .expect("first round");
@@ -547,12 +554,12 @@ mod tests {
         let s = CancellationToken::new();
         let bad_peer = config(&["--membership", "static", "--peers", "nonsense"]);
         assert!(matches!(
-            start(&bad_peer, me(), key(), s.clone()).await,
+            start(&bad_peer, me(), key(), s.clone(), &Default::default()).await,
             Err(MembershipError::Peer(_))
         ));
         let no_name = config(&["--membership", "dns"]);
         assert!(matches!(
-            start(&no_name, me(), key(), s.clone()).await,
+            start(&no_name, me(), key(), s.clone(), &Default::default()).await,
             Err(MembershipError::Dns(_))
         ));
         let bad_if = config(&[
@@ -562,7 +569,7 @@ mod tests {
             "no-such-if0",
         ]);
         assert!(matches!(
-            start(&bad_if, me(), key(), s.clone()).await,
+            start(&bad_if, me(), key(), s.clone(), &Default::default()).await,
             Err(MembershipError::Interface(_))
         ));
         let bad_group = config(&[
@@ -574,7 +581,7 @@ mod tests {
             "lo",
         ]);
         assert!(matches!(
-            start(&bad_group, me(), key(), s.clone()).await,
+            start(&bad_group, me(), key(), s.clone(), &Default::default()).await,
             Err(MembershipError::Multicast(_))
         ));
     }

@@ -929,7 +929,7 @@ mod tests {
                 incarnation: inc,
                 advertise: SocketAddr::from(([127, 0, 0, 1], port)),
             };
-            super::super::start(&config, me, key, stop.child_token())
+            super::super::start(&config, me, key, stop.child_token(), &Default::default())
                 .await
                 .unwrap()
         }

@@ -39,7 +39,49 @@ pub enum Handled {
     /// Done; perform these effects in order.
     Effects(Vec<Effect>),
     /// A message whose handling waits or needs the driver's membership: the driver's.
-    Driver(Message),
+    Driver(ForDriver),
+}
+
+/// The messages whose handling waits or needs the driver's membership. Every
+/// [`Message`] variant is either handled by [`on_message`] or becomes one of these, in
+/// one exhaustive `match` (no catch-all): a new variant does not compile until it is
+/// routed, and the driver's `match` over this enum is exhaustive too.
+#[derive(Debug)]
+pub enum ForDriver {
+    /// Backup mode: a write forwarded to this node as the session's primary.
+    Forward {
+        /// Ack id (0: async).
+        ack: u64,
+        /// The write.
+        delta: Delta,
+    },
+    /// A peer asks for a session (read-your-writes fetch, gap repair).
+    FetchReq {
+        /// Request id.
+        id: u64,
+        /// The session.
+        sid: SessionId,
+        /// The version the asker needs (0: whatever is here).
+        min_version: u64,
+        /// How long to wait for `min_version` before answering.
+        wait_ms: u32,
+    },
+    /// A joiner asks for a state transfer.
+    StateReq {
+        /// Request id.
+        id: u64,
+        /// Only the sessions the asker owns (backup mode).
+        only_owned: bool,
+    },
+    /// A barrier: answer on this node's own link, behind what is queued.
+    Barrier {
+        /// Request id.
+        id: u64,
+    },
+    /// The sender leaves the cluster.
+    Leaving,
+    /// A hello after the handshake (a protocol error, logged).
+    LateHello,
 }
 
 /// Handles `msg` from a peer at `now` (unix seconds, this node's clock). `scope` says
@@ -133,7 +175,28 @@ pub fn on_message(
                 }
             }
         }
-        other => return Handled::Driver(other),
+        Message::Forward { ack, delta } => {
+            return Handled::Driver(ForDriver::Forward { ack, delta })
+        }
+        Message::FetchReq {
+            id,
+            sid,
+            min_version,
+            wait_ms,
+        } => {
+            return Handled::Driver(ForDriver::FetchReq {
+                id,
+                sid,
+                min_version,
+                wait_ms,
+            })
+        }
+        Message::StateReq { id, only_owned } => {
+            return Handled::Driver(ForDriver::StateReq { id, only_owned })
+        }
+        Message::Barrier { id } => return Handled::Driver(ForDriver::Barrier { id }),
+        Message::Leaving => return Handled::Driver(ForDriver::Leaving),
+        Message::Hello(_) | Message::HelloAck(_) => return Handled::Driver(ForDriver::LateHello),
     }
     Handled::Effects(fx)
 }

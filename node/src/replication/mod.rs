@@ -7,14 +7,15 @@
 //! - [`apply`] — what an incoming message does: apply, merge, answer, anti-entropy.
 //! - [`antientropy`] — range digests, summaries and the push/pull plan.
 //! - [`write`] — stamping a local write into a delta.
-//! - [`acks`] — when a sync write may be acknowledged.
+//! - [`replica`] — the `Replica`: member table, view, readiness, sync-ack verdicts and
+//!   deadlines, gap repair; a state machine the driver holds behind one lock.
 //! - [`rereplicate`] — backup mode: what to copy to whom when the view changes or on leave.
 //! - [`sim`] — the deterministic simulation and its checker.
 
-pub mod acks;
 pub mod antientropy;
 pub mod apply;
 pub mod liveness;
+pub mod replica;
 pub mod rereplicate;
 pub mod sim;
 pub mod write;

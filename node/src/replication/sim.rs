@@ -1,8 +1,9 @@
 //! Deterministic simulation of the replication core under faults.
 //!
 //! A seeded schedule drives N replicas — each a real [`Store`] handled by the real
-//! [`apply::on_message`], [`Liveness`], [`antientropy`], [`write::local_write`] and
-//! [`acks::SyncWrite`](super::acks::SyncWrite), with messages encoded and decoded by the real wire codec on each
+//! [`apply::on_message`], [`Liveness`], [`antientropy`], [`write::local_write`] and the
+//! production [`Replica`] (member table, view, quorum, sync-ack verdicts and deadlines, gap
+//! repair), with messages encoded and decoded by the real wire codec on each
 //! node's own (skewed) clock — through message delay, reordering, duplication, silent
 //! cuts (partitions), frozen processes, crashes with restarts (memory lost, new origin),
 //! and clock skew. No sockets, no tasks, no wall clock: one seed, one run, replayable.
@@ -17,7 +18,8 @@
 //! both ways and starts a full anti-entropy round on both sides, as `cluster/net.rs` does.
 //! A restarted node takes a state transfer (every session, in `Put` chunks) from the first
 //! joined member it reaches and takes client writes only once it arrived; a delta that
-//! leaves a gap makes the receiver pull the whole session from its sender.
+//! leaves a gap goes to the replica, which asks 200 ms later for the whole session from
+//! its sender (`FetchReq`) if the gap is still there, as in production.
 //!
 //! The checker:
 //! - **sync acks are honest**: when a sync write is acknowledged, at least `min_members`
@@ -26,13 +28,16 @@
 //! - **no acknowledged write is lost**: after the faults stop and the cluster quiesces,
 //!   every replica holds every acknowledged write, except a write whose every holder
 //!   crashed before it spread (tracked exactly: at each crash, a write no live store
-//!   holds and no message in flight to a live node carries is lost, and counted — in
-//!   sync mode that needs every one of its `min_members`+ holders to crash);
+//!   holds and no message in flight to a live node carries is lost, and counted);
+//! - **lost ⊆ acknowledged alone by the dead**: each lost write had every one of its
+//!   ack-time holders (the writer and the peers whose acks the `Replica` counted) crash
+//!   since — so when one node dies, only what it acknowledged alone dies with it;
 //! - **replicas converge**: every replica holds byte-identical sessions (equal
 //!   fingerprints), and none expired although clocks disagree by hours.
 //!
-//! `cargo test` runs a fixed set of seeds; `tribe-sim --seeds N` (the `node/examples`
-//! runner) runs many more and prints the seed of any failure.
+//! `cargo test` runs 16 seeds per scenario (`TRIBE_SIM_SEEDS=N`: N) and prints one line
+//! per scenario and the message-type coverage; the `simulate` example runs many more and
+//! prints the seed of any failure.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -40,9 +45,9 @@ use bytes::Bytes;
 use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
 
-use super::acks::{Outcome, SyncWrite};
-use super::apply::{self, Effect, Handled};
+use super::apply::{self, Effect, ForDriver, Handled};
 use super::liveness::Liveness;
+use super::replica::{Admission, Event, Replica, ReplicaConfig};
 use super::{antientropy, write};
 use crate::metrics::Metrics;
 use crate::store::Store;
@@ -99,6 +104,11 @@ pub struct Report {
     pub faults: usize,
     /// Messages delivered.
     pub messages: usize,
+    /// Acknowledged writes that no peer acked (sync: every target suspected first, or
+    /// none; async: every write).
+    pub acked_alone: usize,
+    /// Message types delivered at least once (type bytes).
+    pub types: BTreeSet<u8>,
 }
 
 /// Tick of the simulation (ms).
@@ -116,15 +126,23 @@ struct AckedWrite {
     attr: String,
     value: Bytes,
     lost: bool,
+    /// Who held it when it was acknowledged, as (node, incarnation): the writer and the
+    /// peers whose acks the replica counted. Only these are promised to hold it.
+    holders: Vec<(usize, u32)>,
 }
 
+/// A sync write waiting in a replica: the write, and the acks counted so far.
 struct Pending {
-    wait: SyncWrite,
     write: usize,
+    ackers: Vec<(usize, u32)>,
 }
 
 struct Node {
     name: String,
+    /// This incarnation (unique in the run).
+    incarnation: u32,
+    /// The production replica: member table, view, sync-ack decisions.
+    replica: Replica,
     origin: u32,
     store: Store,
     metrics: Metrics,
@@ -174,14 +192,42 @@ struct Sim {
     trace: Vec<String>,
 }
 
+fn index_of(name: &str) -> usize {
+    name[1..].parse().expect("node names are n<index>")
+}
+
 fn pair(a: usize, b: usize) -> (usize, usize) {
     (a.min(b), a.max(b))
 }
 
+/// A node's fake replication address (the replica lists members with one).
+fn addr_of(i: usize) -> std::net::SocketAddr {
+    std::net::SocketAddr::from(([10, 0, 0, i as u8 + 1], 7000))
+}
+
+/// Sync writes wait at most this long for acks (ms), as `--sync-timeout`.
+const SYNC_TIMEOUT: u64 = 2_000;
+
 impl Node {
-    fn new(name: String, origin: u32, skew: i64, peers: impl Iterator<Item = usize>) -> Node {
+    fn new(
+        name: String,
+        incarnation: u32,
+        cfg: &SimConfig,
+        origin: u32,
+        skew: i64,
+        peers: impl Iterator<Item = usize>,
+    ) -> Node {
         let mut reg = prometheus_client::registry::Registry::default();
         Node {
+            replica: Replica::new(ReplicaConfig {
+                me: name.clone(),
+                backup_mode: false,
+                backups: 1,
+                min_members: cfg.min_members,
+                sync: cfg.sync,
+                sync_timeout_ms: SYNC_TIMEOUT,
+            }),
+            incarnation,
             name,
             origin,
             store: Store::new(),
@@ -203,11 +249,12 @@ impl Node {
         (EPOCH as i64 + (now_ms / 1000) as i64 + self.skew) as u64
     }
 
+    /// The replica's live peers, as node indexes.
     fn live_peers(&self) -> Vec<usize> {
-        self.links
-            .iter()
-            .filter(|(_, l)| l.is_some())
-            .map(|(p, _)| *p)
+        self.replica
+            .alive_peers()
+            .into_iter()
+            .map(|(n, _)| index_of(&n))
             .collect()
     }
 }
@@ -235,10 +282,10 @@ impl Sim {
         }
         // Start fully connected, as after a join.
         for a in 0..sim.cfg.nodes {
+            sim.nodes[a].as_mut().unwrap().replica.set_joined();
             for b in 0..sim.cfg.nodes {
                 if a != b {
-                    let l = Liveness::new(0, sim.cfg.member_timeout_ms, true);
-                    sim.nodes[a].as_mut().unwrap().links.insert(b, Some(l));
+                    sim.admit(a, b);
                 }
             }
         }
@@ -256,7 +303,94 @@ impl Sim {
             _ => 0,
         };
         let peers: Vec<usize> = (0..self.cfg.nodes).filter(|p| *p != i).collect();
-        Node::new(format!("n{i}"), origin, skew, peers.into_iter())
+        Node::new(
+            format!("n{i}"),
+            self.incarnations,
+            &self.cfg,
+            origin,
+            skew,
+            peers.into_iter(),
+        )
+    }
+
+    /// `a` completed a handshake with `b`: a link with fresh liveness, and `b` admitted
+    /// by `a`'s replica (its events performed).
+    fn admit(&mut self, a: usize, b: usize) {
+        let now = self.now;
+        let timeout = self.cfg.member_timeout_ms;
+        let Some(nb) = self.nodes[b].as_ref() else {
+            return;
+        };
+        let (inc, ready) = (nb.incarnation as u64, nb.replica.joined());
+        let na = self.nodes[a].as_mut().unwrap();
+        na.links.insert(b, Some(Liveness::new(now, timeout, true)));
+        let admitted = na
+            .replica
+            .peer_up(&format!("n{b}"), inc, addr_of(b), ready, b as u64);
+        assert!(matches!(admitted, Admission::Admitted { .. }));
+        self.replica_events(a);
+    }
+
+    /// Performs the events of node `i`'s replica.
+    fn replica_events(&mut self, i: usize) {
+        loop {
+            let Some(node) = self.nodes[i].as_mut() else {
+                return;
+            };
+            let Some(e) = node.replica.poll_event() else {
+                return;
+            };
+            match e {
+                Event::ViewChanged(_) | Event::PeerFailed(_) => {}
+                Event::Resync(peer) => node.ae.kick(index_of(&peer), true),
+                Event::RepairGap { from, sid } => {
+                    // As the driver: still behind? Fetch the whole session from the sender.
+                    if node.store.with(sid, |s| s.has_gap()).unwrap_or(false) {
+                        let id = node.next_id;
+                        node.next_id += 1;
+                        let msg = Message::FetchReq {
+                            id,
+                            sid,
+                            min_version: 0,
+                            wait_ms: 0,
+                        };
+                        self.send(i, index_of(&from), msg, true);
+                    }
+                }
+                Event::SyncDone(done) => {
+                    let Some(p) = node.pending.remove(&done.id) else {
+                        continue;
+                    };
+                    let me = (i, node.incarnation);
+                    assert_eq!(
+                        done.holders,
+                        p.ackers.len() + 1,
+                        "the replica counts the acks that arrived"
+                    );
+                    assert_eq!(done.alone, p.ackers.is_empty());
+                    if done.acknowledged {
+                        self.report.acked += 1;
+                        self.report.acked_alone += done.alone as usize;
+                        // Each ack was checked against the acker's store when it
+                        // arrived; enough of them arrived.
+                        assert!(
+                            done.holders >= self.cfg.min_members.max(1),
+                            "sync write {} acknowledged with {} holders < {}",
+                            p.write,
+                            done.holders,
+                            self.cfg.min_members
+                        );
+                        let w = &mut self.writes[p.write];
+                        w.holders = p.ackers;
+                        w.holders.push(me);
+                    } else {
+                        self.report.refused += 1;
+                        // Not acknowledged: the checker does not hold the cluster to it.
+                        self.writes[p.write].lost = true;
+                    }
+                }
+            }
+        }
     }
 
     fn log(&mut self, s: String) {
@@ -343,19 +477,12 @@ impl Sim {
                 }
                 if let Some(l) = n.links.get_mut(&y) {
                     if l.take().is_some() {
-                        let ids: Vec<u64> = n.pending.keys().copied().collect();
-                        for id in ids {
-                            n.pending
-                                .get_mut(&id)
-                                .unwrap()
-                                .wait
-                                .peer_down(&format!("n{y}"));
-                        }
+                        n.replica.peer_suspect(&format!("n{y}"), y as u64);
                     }
                 }
             }
+            self.replica_events(x);
         }
-        self.settle_pending();
     }
 
     fn deliver_due(&mut self) {
@@ -384,6 +511,7 @@ impl Sim {
 
     fn receive(&mut self, m: InFlight) {
         self.report.messages += 1;
+        self.report.types.insert(m.ty);
         let (from, to) = (m.from, m.to);
         let now = self.now;
         let node = self.nodes[to].as_mut().unwrap();
@@ -395,45 +523,61 @@ impl Sim {
         let msg = Message::decode_body_at(m.ty, &m.body, node.secs(now))
             .expect("the codec decodes what it encoded");
         let handled = apply::on_message(&node.store, &node.metrics, msg, node.secs(now), &|_| true);
-        let Handled::Effects(effects) = handled else {
-            return;
+        let effects = match handled {
+            Handled::Effects(effects) => effects,
+            Handled::Driver(ForDriver::FetchReq { id, sid, .. }) => {
+                // Gap repair asks without waiting (`wait_ms` 0): answered at once.
+                let session = node.store.state(sid);
+                self.send(to, from, Message::FetchResp { id, session }, true);
+                return;
+            }
+            Handled::Driver(
+                ForDriver::Forward { .. }
+                | ForDriver::StateReq { .. }
+                | ForDriver::Barrier { .. }
+                | ForDriver::Leaving
+                | ForDriver::LateHello,
+            ) => unreachable!("the simulation sends none of these"),
         };
         for e in effects {
             match e {
                 Effect::Reply(msg) | Effect::Send(msg) => self.send(to, from, msg, true),
+                Effect::Resolve(_, Message::FetchResp { session, .. }) => {
+                    if let Some(s) = session {
+                        let node = self.nodes[to].as_ref().unwrap();
+                        node.store.merge_at(&s, node.secs(now));
+                        // (Applied: wakes read-your-writes waiters in the driver.)
+                    }
+                }
                 Effect::Resolve(id, _) => {
+                    let node = self.nodes[to].as_mut().unwrap();
                     let peer = format!("n{from}");
-                    let write = self.nodes[to]
-                        .as_ref()
-                        .unwrap()
-                        .pending
-                        .get(&id)
-                        .map(|p| p.write);
-                    if let Some(w) = write {
+                    let counted = node.replica.waiting_for(id, &peer);
+                    if !node.replica.on_ack(&peer, id) {
+                        continue;
+                    }
+                    if counted {
                         // An ack is honest: the acker holds the write as it arrives.
+                        let w = node.pending[&id].write;
                         let acker = self.nodes[from]
                             .as_ref()
-                            .map(|n| Self::holds(&n.store, &self.writes[w]));
-                        assert_eq!(
-                            acker,
-                            Some(true),
-                            "n{from} acked write {w} it does not hold"
-                        );
-                        let p = self.nodes[to]
-                            .as_mut()
-                            .unwrap()
-                            .pending
-                            .get_mut(&id)
-                            .unwrap();
-                        p.wait.ack(&peer);
+                            .map(|n| (Self::holds(&n.store, &self.writes[w]), n.incarnation));
+                        let Some((true, inc)) = acker else {
+                            panic!("n{from} acked write {w} it does not hold");
+                        };
+                        let node = self.nodes[to].as_mut().unwrap();
+                        node.pending.get_mut(&id).unwrap().ackers.push((from, inc));
                     }
-                    self.settle_pending();
+                    self.replica_events(to);
                 }
                 Effect::AeAgain { full } => {
                     self.nodes[to].as_mut().unwrap().ae.kick(from, full);
                 }
-                // The driver fetches the whole session from the delta's sender.
-                Effect::Gap(sid) => self.send(to, from, Message::AePull { sids: vec![sid] }, true),
+                // The replica looks again shortly, then the session is fetched whole.
+                Effect::Gap(sid) => {
+                    let node = self.nodes[to].as_mut().unwrap();
+                    node.replica.on_gap(now, &format!("n{from}"), sid);
+                }
                 Effect::Applied | Effect::Repaired(_) => {}
             }
         }
@@ -460,8 +604,7 @@ impl Sim {
         let value = Bytes::from(format!("{n_write}"));
         self.report.writes += 1;
         let node = self.nodes[at].as_mut().unwrap();
-        let members = node.live_peers().len() + 1;
-        if self.cfg.min_members > 1 && members < self.cfg.min_members {
+        if !node.replica.has_quorum() {
             self.report.refused += 1;
             return;
         }
@@ -487,28 +630,23 @@ impl Sim {
         let write::Written::Delta(delta) = written else {
             panic!("a new attribute is a delta");
         };
+        let me = (at, node.incarnation);
         self.writes.push(AckedWrite {
             sid,
             attr,
             value,
             lost: false,
+            holders: vec![me],
         });
         let peers = node.live_peers();
         let id = node.next_id;
         node.next_id += 1;
         let ack = if self.cfg.sync { id } else { 0 };
-        if self.cfg.sync {
-            node.pending.insert(
-                id,
-                Pending {
-                    wait: SyncWrite::new(peers.iter().map(|p| format!("n{p}"))),
-                    write: n_write,
-                },
-            );
-        } else {
+        if !self.cfg.sync {
             self.report.acked += 1;
+            self.report.acked_alone += 1;
         }
-        for p in peers {
+        for &p in &peers {
             self.send(
                 at,
                 p,
@@ -519,43 +657,18 @@ impl Sim {
                 true,
             );
         }
-        self.settle_pending();
-    }
-
-    /// Acknowledges (or refuses) sync writes whose waits ended; checks each ack.
-    fn settle_pending(&mut self) {
-        for i in 0..self.nodes.len() {
-            let Some(node) = self.nodes[i].as_mut() else {
-                continue;
-            };
-            let done: Vec<(u64, Outcome)> = node
-                .pending
-                .iter()
-                .map(|(id, p)| (*id, p.wait.outcome(self.cfg.min_members)))
-                .filter(|(_, o)| *o != Outcome::Pending)
-                .collect();
-            for (id, outcome) in done {
-                let p = self.nodes[i].as_mut().unwrap().pending.remove(&id).unwrap();
-                match outcome {
-                    Outcome::Acknowledged => {
-                        self.report.acked += 1;
-                        // Each ack was checked against the acker's store when it
-                        // arrived; enough of them arrived.
-                        assert!(
-                            p.wait.holders() >= self.cfg.min_members.max(1),
-                            "sync write {} acknowledged with {} holders < {}",
-                            p.write,
-                            p.wait.holders(),
-                            self.cfg.min_members
-                        );
-                    }
-                    _ => {
-                        self.report.refused += 1;
-                        // Not acknowledged: the checker does not hold the cluster to it.
-                        self.writes[p.write].lost = true;
-                    }
-                }
-            }
+        if self.cfg.sync {
+            let node = self.nodes[at].as_mut().unwrap();
+            node.pending.insert(
+                id,
+                Pending {
+                    write: n_write,
+                    ackers: vec![],
+                },
+            );
+            let targets = peers.iter().map(|p| format!("n{p}"));
+            node.replica.start_sync(self.now, id, targets);
+            self.replica_events(at);
         }
     }
 
@@ -603,7 +716,9 @@ impl Sim {
         }
         self.net.retain(|_, m| m.to != i && m.from != i);
         // A write no live node holds and none is about to receive is gone with it.
+        let mut lost = Vec::new();
         for w in 0..self.writes.len() {
+            let idx = w;
             if self.writes[w].lost {
                 continue;
             }
@@ -613,9 +728,30 @@ impl Sim {
                 .flatten()
                 .any(|n| Self::holds(&n.store, &self.writes[w]));
             if !held && !self.in_flight(&self.writes[w]) {
-                self.writes[w].lost = true;
+                // The rule (REPLICATION.md): an acknowledged write is lost only when every
+                // member that held it at its acknowledgement lost it. Here: each of its
+                // holders has crashed since (no node runs that incarnation any more).
+                let w = &self.writes[w];
+                let survivor = w.holders.iter().find(|(n, inc)| {
+                    self.nodes[*n]
+                        .as_ref()
+                        .is_some_and(|x| x.incarnation == *inc)
+                });
+                assert!(
+                    survivor.is_none(),
+                    "write {}={:?} of session {} lost although n{} held it when it was \
+                     acknowledged and did not crash",
+                    w.attr,
+                    w.value,
+                    w.sid,
+                    survivor.unwrap().0
+                );
                 self.report.lost_to_crashes += 1;
+                lost.push(idx);
             }
+        }
+        for w in lost {
+            self.writes[w].lost = true;
         }
         self.restart_at[i] = Some(self.now + self.rng.random_range(200..4_000));
     }
@@ -687,7 +823,6 @@ impl Sim {
             return;
         }
         let now = self.now;
-        let timeout = self.cfg.member_timeout_ms;
         let ae_interval = self.cfg.ae_interval_ms;
         // Liveness.
         let mut dead = Vec::new();
@@ -711,6 +846,9 @@ impl Sim {
         for p in pings {
             self.send(i, p, Message::Ping { nonce: now }, false);
         }
+        // Sync deadlines.
+        self.nodes[i].as_mut().unwrap().replica.on_timeout(now);
+        self.replica_events(i);
         // Redial peers that are down.
         let node = self.nodes[i].as_mut().unwrap();
         if now >= node.next_dial {
@@ -723,13 +861,15 @@ impl Sim {
                 .collect();
             for p in down {
                 if self.up(p) && !self.cut.contains(&pair(i, p)) && self.running(p) {
-                    // Handshake done: admitted both ways, anti-entropy on both sides.
+                    // Handshake done: admitted both ways (the replica asks for a full
+                    // anti-entropy round on both sides).
                     for (a, b) in [(i, p), (p, i)] {
                         let n = self.nodes[a].as_mut().unwrap();
                         if n.links.get(&b).is_some_and(|l| l.is_none()) {
-                            n.links.insert(b, Some(Liveness::new(now, timeout, true)));
+                            self.admit(a, b);
+                        } else {
+                            n.ae.kick(b, true);
                         }
-                        n.ae.kick(b, true);
                     }
                     self.log(format!("n{i} connected to n{p}"));
                     self.state_transfer(i, p);
@@ -780,6 +920,7 @@ impl Sim {
         let done = self.last_at.get(&(from, to)).copied().unwrap_or(self.now);
         let n = self.nodes[to].as_mut().unwrap();
         n.joined = true;
+        n.replica.set_joined();
         n.joining = Some((from, done));
         self.log(format!("n{to} joins from n{from}"));
     }
@@ -890,6 +1031,18 @@ pub fn run(seed: u64, cfg: &SimConfig) -> Result<Report, String> {
         .map_err(|e| format!("seed {seed}: {e}\n{}", sim.trace.join("\n")))
 }
 
+/// The line `coverage: message types delivered N/M` (M: the wire's message types).
+pub fn coverage(types: &BTreeSet<u8>) -> String {
+    let missing: Vec<u8> = (1..=crate::wire::MAX_TYPE)
+        .filter(|t| !types.contains(t))
+        .collect();
+    format!(
+        "coverage: message types delivered {}/{} (never: {missing:?})",
+        types.len(),
+        crate::wire::MAX_TYPE
+    )
+}
+
 /// The configurations every seed is run under.
 pub fn scenarios() -> Vec<(&'static str, SimConfig)> {
     vec![
@@ -923,30 +1076,46 @@ pub fn scenarios() -> Vec<(&'static str, SimConfig)> {
 mod tests {
     use super::*;
 
-    /// Seeds run by `cargo test` (each scenario); `tribe-sim` runs thousands more.
-    const SEEDS: u64 = 16;
+    /// Seeds run by `cargo test` per scenario; `TRIBE_SIM_SEEDS=1000` (or the `simulate`
+    /// example) runs more.
+    fn seeds() -> u64 {
+        std::env::var("TRIBE_SIM_SEEDS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(16)
+    }
 
     #[test]
     fn seeded_fault_schedules_lose_no_acknowledged_write_and_converge() {
+        let seeds = seeds();
+        let mut types = BTreeSet::new();
         for (name, cfg) in scenarios() {
             let mut total = Report::default();
-            for seed in 0..SEEDS {
+            for seed in 0..seeds {
                 let r = run(seed, &cfg).unwrap_or_else(|e| panic!("{name}: {e}"));
                 total.writes += r.writes;
                 total.acked += r.acked;
+                total.acked_alone += r.acked_alone;
                 total.faults += r.faults;
                 total.lost_to_crashes += r.lost_to_crashes;
+                total.types.extend(r.types);
             }
             assert!(
-                total.acked > 10_000,
+                total.acked > 600 * seeds as usize,
                 "{name}: the schedules write: {total:?}"
             );
             assert!(
-                total.faults > 100,
+                total.faults > 6 * seeds as usize,
                 "{name}: the schedules inject faults: {total:?}"
             );
-            println!("sim {name}: {SEEDS} seeds, {total:?}");
+            println!(
+                "sim {name}: {seeds} seeds ok: {} writes, {} acknowledged ({} alone), {} lost \
+                 with every holder crashed, {} faults",
+                total.writes, total.acked, total.acked_alone, total.lost_to_crashes, total.faults
+            );
+            types.extend(total.types);
         }
+        println!("{}", coverage(&types));
     }
 
     /// Schedules that once failed, kept as regression tests: (scenario, seed, what).

@@ -261,7 +261,7 @@ async fn handle(State(p): State<Arc<Proxy>>, mut req: Request) -> Response {
         .or(before);
     if let Some(key) = after {
         let sid = keyspace::session_id(key.as_bytes());
-        let version = p.cluster.inner.store.seen_through(sid).unwrap_or(0);
+        let version = p.cluster.store().seen_through(sid).unwrap_or(0);
         if version > 0 {
             let cookie = format!(
                 "{}_V={}; Path=/; HttpOnly; SameSite=Lax{}",

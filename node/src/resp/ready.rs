@@ -3,7 +3,6 @@
 //! reports (joined: state transfer done or loaded from disk and joined; not draining or
 //! leaving). A restarted node must never answer "no such key" from an empty store.
 
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crate::cluster::Cluster;
@@ -14,7 +13,7 @@ const POLL: Duration = Duration::from_millis(20);
 /// Whether the node is shutting down (draining or leaving): it will not become ready
 /// again, so a request is refused at once rather than held.
 pub fn stopping(cluster: &Cluster) -> bool {
-    cluster.inner.draining.load(Ordering::Relaxed) || cluster.inner.leaving.load(Ordering::Relaxed)
+    cluster.stopping()
 }
 
 /// Waits up to `wait` for the node to be ready; `false` when it is not by then, or is

@@ -144,10 +144,7 @@ impl Keys {
     /// Loads `key` as a client that has seen version `min_version` of it (0: none).
     pub async fn load(&self, key: &[u8], min_version: u64) -> Result<Loaded, Reply> {
         let sid = keyspace::session_id(key);
-        if min_version == 0
-            && !self.cluster.backup_mode()
-            && !self.cluster.inner.store.contains(sid)
-        {
+        if min_version == 0 && !self.cluster.backup_mode() && !self.cluster.store().contains(sid) {
             // Delta mode: a ready node holds every session, and a client with no evidence
             // of a newer version (none reaches RESP: the proxy waits for it before the app
             // runs) gets no wait for a key nobody wrote: new-key `SET`, missing-key `GET`
@@ -311,7 +308,7 @@ impl Keys {
 
     /// The key held in session `sid` and its type, when it is a live key.
     fn live_key(&self, sid: SessionId, now: u64) -> Option<(Bytes, &'static str)> {
-        let found = self.cluster.inner.store.with(sid, |s| {
+        let found = self.cluster.store().with(sid, |s| {
             if s.is_dead(now / 1000) {
                 return None;
             }
@@ -331,7 +328,7 @@ impl Keys {
     fn local_keys(&self, mut keep: impl FnMut(&[u8], &'static str) -> bool) -> Vec<Bytes> {
         let now = now_ms();
         let mut out = Vec::new();
-        for sid in self.cluster.inner.store.ids() {
+        for sid in self.cluster.store().ids() {
             if let Some((name, kind)) = self.live_key(sid, now) {
                 if keep(&name, kind) {
                     out.push(name);
@@ -355,8 +352,7 @@ impl Keys {
     ) -> Reply {
         let mut ids: Vec<(u64, SessionId)> = self
             .cluster
-            .inner
-            .store
+            .store()
             .ids()
             .into_iter()
             .map(|sid| (scan_position(sid), sid))
