@@ -34,7 +34,6 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::crypto::ClusterKey;
-use tribe_api::NotReadyReason;
 
 /// First line of the multi-key format.
 pub const HEADER: &str = "tribe-keys v1";
@@ -343,6 +342,11 @@ impl Keys {
         v.sort();
         v
     }
+
+    /// The key ids held (primary first) and the peers refusing them (the `/cluster` view).
+    pub fn status(&self) -> (Vec<String>, Vec<SocketAddr>) {
+        (self.current().ids(), self.refusing_peers())
+    }
 }
 
 impl From<ClusterKey> for Keys {
@@ -395,77 +399,6 @@ pub async fn watch_file(path: PathBuf, keys: Keys, interval: Duration, stop: Can
                 last_error = Some(e.to_string());
             }
         }
-    }
-}
-
-impl crate::cluster::Cluster {
-    /// Why this node is cut off, if it is: it has no live member, yet peers it discovered
-    /// answer TCP and refuse its keys (or it theirs: [`NotReadyReason::KeyRefused`]),
-    /// speak no protocol version it speaks ([`NotReadyReason::VersionSkew`]), or close
-    /// or garble every handshake ([`NotReadyReason::HandshakeFailed`], e.g. a flood took
-    /// their handshake slots). Such a node must not report ready: it would serve as a
-    /// second, empty cluster behind the same Service (e.g. after the key Secret was
-    /// deleted and recreated with a new key).
-    pub fn isolation(&self) -> Option<NotReadyReason> {
-        if self.live_members().len() > 1 {
-            return None;
-        }
-        if !self.inner.key.refusing_peers().is_empty() {
-            return Some(NotReadyReason::KeyRefused);
-        }
-        let problems = self.inner.reach.problems();
-        if problems.is_empty() {
-            None
-        } else if problems
-            .iter()
-            .all(|(_, p)| matches!(p, crate::reachability::Problem::VersionSkew { .. }))
-        {
-            Some(NotReadyReason::VersionSkew)
-        } else {
-            Some(NotReadyReason::HandshakeFailed)
-        }
-    }
-
-    /// Whether this node is cut off by its keys (see [`Self::isolation`]).
-    pub fn isolated_by_key(&self) -> bool {
-        self.isolation() == Some(NotReadyReason::KeyRefused)
-    }
-
-    /// Returns once this node is not [isolated](Self::isolation), or at shutdown; logs
-    /// once while it waits.
-    pub(crate) async fn wait_while_isolated(&self) {
-        let mut warned = false;
-        while let Some(why) = self.isolation() {
-            if !warned {
-                tracing::warn!(
-                    reason = ?why,
-                    key_refused = ?self.inner.key.refusing_peers(),
-                    problems = ?self.inner.reach.problems(),
-                    "every peer found refuses this node or fails its handshakes: not joining (not ready) until one completes"
-                );
-                warned = true;
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_millis(250)) => {}
-                _ = self.inner.shutdown.cancelled() => return,
-            }
-        }
-        if warned {
-            tracing::info!("a handshake with a peer completed: joining");
-        }
-    }
-
-    /// The node's keys (reloaded from the key file).
-    pub fn keys(&self) -> &Keys {
-        &self.inner.key
-    }
-
-    /// The key ids this node holds (primary first) and the peers refusing its keys.
-    pub fn key_status(&self) -> (Vec<String>, Vec<SocketAddr>) {
-        (
-            self.inner.key.current().ids(),
-            self.inner.key.refusing_peers(),
-        )
     }
 }
 
@@ -581,6 +514,16 @@ mod tests {
         assert_eq!(keys.refusing_peers(), vec![a]);
         keys.record_success(a);
         assert!(keys.refusing_peers().is_empty());
+    }
+
+    #[test]
+    fn status_lists_the_keys_and_the_refusing_peers() {
+        let keys = Keys::new(KeySet::parse(b"0123456789abcdef-legacy").unwrap());
+        let a: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        keys.record_refusal(a);
+        assert_eq!(keys.status(), (vec![DEFAULT_KEY_ID.to_string()], vec![a]));
+        keys.record_success(a);
+        assert!(keys.status().1.is_empty());
     }
 
     #[tokio::test]

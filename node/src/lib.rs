@@ -44,7 +44,8 @@
 //! - [`ClusterKey`] — the cluster key.
 //!
 //! The other modules are internals (hidden from these docs; the tests use them): the key
-//! file and rotation, the Noise handshake, the wire format, the session table,
+//! file and rotation, the Noise handshake, the data model (sessions, stamps, deltas) and
+//! the clock, the wire format, the session table,
 //! ownership, persistence (backends, the flusher, start from disk, swap-out), membership discovery, transport, the replication core and its
 //! simulation, read-your-writes, the admin and demo HTTP routers, metrics and the Redis
 //! protocol endpoint.
@@ -59,6 +60,8 @@ pub mod admin_token;
 #[doc(hidden)]
 pub mod admission;
 #[doc(hidden)]
+pub mod clock;
+#[doc(hidden)]
 pub mod cluster;
 #[doc(hidden)]
 pub mod crypto;
@@ -72,6 +75,8 @@ pub mod keyring;
 pub mod membership;
 #[doc(hidden)]
 pub mod metrics;
+#[doc(hidden)]
+pub mod model;
 #[doc(hidden)]
 pub mod ownership;
 #[doc(hidden)]

@@ -10,6 +10,17 @@ use clap::{Arg, ArgAction, ArgMatches, Command};
 use tribe_node::config::{Kind, Setting, SETTINGS};
 use tribe_node::{Config, Node};
 
+// The binary's allocator (a library user of `tribe-node` picks its own). A write allocates
+// and frees a few dozen small buffers (the request, the session's attributes, the delta
+// and its frames); measured with `tribe-bench --only throughput`, see README.
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[cfg(all(feature = "jemalloc", not(feature = "mimalloc")))]
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     // Files the node creates (its data directory, the engine's files) are its user's
     // only: 0700 directories, 0600 files, whatever the inherited umask.

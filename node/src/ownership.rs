@@ -5,7 +5,7 @@
 //! talking, and a join or leave moves only the sessions whose top `k+1` changed
 //! (about `(k+1)/N` of them), unlike `hash mod N`.
 
-use crate::wire::SessionId;
+use crate::model::SessionId;
 
 /// XXH3 of the member name seeded with the session id: a specified, stable hash, so
 /// nodes of different builds (a rolling upgrade) agree on owners.

@@ -83,6 +83,20 @@ pub fn loaded(sid: SessionId) -> Option<HashMap<String, Bytes>> {
     .flatten()
 }
 
+/// [`loaded`] without the copy: takes them out (a save puts back what it wrote with
+/// [`set_loaded`], or these again when it fails).
+pub fn take_loaded(sid: SessionId) -> Option<HashMap<String, Bytes>> {
+    CTX.try_with(|c| {
+        let mut slot = c.loaded.lock();
+        match &*slot {
+            Some((s, _)) if *s == sid => slot.take().map(|(_, attrs)| attrs),
+            _ => None,
+        }
+    })
+    .ok()
+    .flatten()
+}
+
 /// A key set and the cookie keys derived from it.
 type DerivedKeys = (std::sync::Arc<crate::keyring::KeySet>, Vec<ClusterKey>);
 

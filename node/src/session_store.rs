@@ -34,17 +34,26 @@ impl ReplicatedStore {
 }
 
 fn encode(record: &Record) -> Result<HashMap<String, Bytes>> {
-    record
-        .data
-        .iter()
-        .map(|(k, v)| {
-            let mut json = serde_json::to_vec(v).map_err(|e| Error::Encode(e.to_string()))?;
-            // The encoder grows its buffer by doubling, and `Bytes` keeps the whole
-            // allocation: a 1 KB attribute would hold 2 KB on the node that wrote it.
-            json.shrink_to_fit();
-            Ok((k.clone(), Bytes::from(json)))
-        })
-        .collect()
+    thread_local! {
+        /// Where values are encoded before being copied out at their exact size: the
+        /// encoder grows its buffer by doubling, and `Bytes` would keep the whole
+        /// allocation (a 1 KB attribute holding 2 KB on the node that wrote it).
+        static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    SCRATCH.with(|scratch| {
+        let mut buf = scratch.borrow_mut();
+        let mut out = HashMap::with_capacity(record.data.len());
+        for (k, v) in &record.data {
+            buf.clear();
+            serde_json::to_writer(&mut *buf, v).map_err(|e| Error::Encode(e.to_string()))?;
+            out.insert(k.clone(), Bytes::copy_from_slice(&buf));
+        }
+        // A huge attribute once must not pin its buffer on this thread for good.
+        if buf.capacity() > 64 * 1024 {
+            *buf = Vec::new();
+        }
+        Ok(out)
+    })
 }
 
 fn expiry_secs(t: OffsetDateTime) -> u64 {
@@ -66,9 +75,9 @@ impl SessionStore for ReplicatedStore {
         // Diff against what this request loaded (not the replica, which a concurrent
         // write from another node may have changed since): only the request's changes
         // are written.
-        let loaded = ryw::loaded(record.id.0);
+        let loaded = ryw::take_loaded(record.id.0);
         // `--min-members`: a write the cluster may not acknowledge is an error (503).
-        let version = self
+        let written = self
             .cluster
             .write_changes(
                 record.id.0,
@@ -76,8 +85,16 @@ impl SessionStore for ReplicatedStore {
                 &data,
                 expiry_secs(record.expiry_date),
             )
-            .await
-            .map_err(|e| Error::Backend(e.to_string()))?;
+            .await;
+        let version = match written {
+            Ok(v) => v,
+            Err(e) => {
+                if let Some(loaded) = loaded {
+                    ryw::set_loaded(record.id.0, loaded);
+                }
+                return Err(Error::Backend(e.to_string()));
+            }
+        };
         ryw::saw(record.id.0, version);
         // tower-sessions saves again after the handler when the session was modified:
         // that save diffs against this one.

@@ -9,23 +9,29 @@
 use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use compact_str::CompactString;
 use dashmap::DashMap;
 
+use crate::model::{AttrState, Delta, SessionId, SessionState, Stamp};
 use crate::persist::dirty::Dirty;
-use crate::persist::{record, Backend};
-use crate::wire::{AttrState, Delta, SessionId, SessionState, Stamp};
 
-/// Seconds since the Unix epoch.
-pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+pub use crate::clock::unix_now;
+
+/// Where swapped-out sessions live (persistence's backend, whatever its format): the store
+/// reads one back when it is accessed. The store never calls it while holding a lock of
+/// its own, so a slow read (a database round trip) stalls only the access that needs it.
+pub trait ColdTier: Send + Sync + std::fmt::Debug {
+    /// The stored state of `sid`: `Ok(None)` when it is not stored; `Err` says why it
+    /// cannot be read.
+    fn read(&self, sid: SessionId) -> Result<Option<SessionState>, String>;
 }
+
+/// How many times an access reads a swapped-out session again when, between its read and
+/// its insert, the session was faulted in, changed, flushed and swapped out once more by
+/// others (each retry needs a whole such cycle to race it again).
+const FAULT_IN_RETRIES: usize = 8;
 
 /// How long an invalidated session is remembered, so late deltas cannot resurrect it.
 pub const TOMBSTONE_SECS: u64 = 300;
@@ -357,7 +363,7 @@ pub struct Store {
     /// Persistence: what changed since the last flush (`None`: memory only).
     dirty: Option<Dirty>,
     /// Where swapped-out sessions are read back from.
-    disk: Option<Arc<dyn Backend>>,
+    cold: Option<Arc<dyn ColdTier>>,
     /// Swapped-out sessions: on disk only, with what anti-entropy and the sweeper need
     /// (a digest counts them without reading them back).
     swapped: DashMap<SessionId, Stub>,
@@ -412,12 +418,12 @@ impl Store {
         Self::default()
     }
 
-    /// An empty store whose changes are tracked for persistence to `disk`, from which
-    /// swapped-out sessions are read back.
-    pub fn persisted(disk: Arc<dyn Backend>) -> Self {
+    /// An empty store whose changes are tracked for persistence, and whose swapped-out
+    /// sessions are read back from `cold`.
+    pub fn persisted(cold: Arc<dyn ColdTier>) -> Self {
         Store {
             dirty: Some(Dirty::default()),
-            disk: Some(disk),
+            cold: Some(cold),
             ..Self::default()
         }
     }
@@ -489,47 +495,66 @@ impl Store {
         }
     }
 
-    /// Brings a swapped-out session back into memory (an access). The disk read runs
-    /// under the session's shard lock, so two accesses never load it twice and a newer
-    /// copy is never replaced by an older one.
+    /// Brings a swapped-out session back into memory (an access). The cold tier is read
+    /// with no lock held; the copy is then inserted only if the session is still swapped
+    /// out with the same content (its stub's fingerprint), so two accesses never both
+    /// insert it and a newer copy is never replaced by an older one. When the stub changed
+    /// meanwhile (faulted in, written, flushed and swapped out again by others), it is
+    /// read again.
     fn fault_in(&self, sid: SessionId) {
-        if self.swapped_count.load(Relaxed) == 0 || !self.swapped.contains_key(&sid) {
-            return;
-        }
-        let dashmap::mapref::entry::Entry::Vacant(slot) = self.sessions.entry(sid) else {
-            return;
-        };
-        let Some((_, stub)) = self.swapped.remove(&sid) else {
-            return;
-        };
-        self.swapped_count.fetch_sub(1, Relaxed);
-        match self.read_back(sid) {
-            Some(state) => {
+        for attempt in 0.. {
+            if self.swapped_count.load(Relaxed) == 0 {
+                return;
+            }
+            let Some(expected) = self.swapped.get(&sid).map(|st| *st) else {
+                return;
+            };
+            let read = self.read_back(sid).map(|state| {
                 let mut s = Session::default();
                 s.merge(&state);
-                s.changed_at = stub.changed_at;
-                s.last_local_access = unix_now();
-                slot.insert(s);
-            }
-            None => {
-                // Lost from disk: forget it here (peers still hold it; anti-entropy
-                // brings it back, since this node's digest no longer lists it).
+                s
+            });
+            let stale = read
+                .as_ref()
+                .is_some_and(|s| s.fingerprint() != expected.fingerprint);
+            // Under the session's shard lock from here on, without touching the cold tier.
+            let dashmap::mapref::entry::Entry::Vacant(slot) = self.sessions.entry(sid) else {
+                return;
+            };
+            let current = self.swapped.get(&sid).map(|st| *st);
+            if current != Some(expected) || (stale && attempt < FAULT_IN_RETRIES) {
+                if current.is_none() {
+                    return; // faulted in and removed, or expired, meanwhile
+                }
                 drop(slot);
-                self.adjust_live(true, false);
-                self.generation.fetch_add(1, Relaxed);
-                self.mark(sid);
+                continue;
             }
+            self.swapped.remove(&sid);
+            self.swapped_count.fetch_sub(1, Relaxed);
+            match read {
+                Some(mut s) => {
+                    s.changed_at = expected.changed_at;
+                    s.last_local_access = unix_now();
+                    slot.insert(s);
+                }
+                None => {
+                    // Lost from disk: forget it here (peers still hold it; anti-entropy
+                    // brings it back, since this node's digest no longer lists it).
+                    drop(slot);
+                    self.adjust_live(true, false);
+                    self.generation.fetch_add(1, Relaxed);
+                    self.mark(sid);
+                }
+            }
+            return;
         }
     }
 
-    /// A swapped-out session's state, read from disk (`None`, logged, when it is not
-    /// there or does not decode).
+    /// A swapped-out session's state, read from the cold tier (`None`, logged, when it is
+    /// not there or cannot be read). Called with no lock held.
     fn read_back(&self, sid: SessionId) -> Option<SessionState> {
-        let disk = self.disk.as_ref()?;
-        match disk
-            .load_one(sid)
-            .and_then(|r| r.map(|r| record::decode(&r)).transpose())
-        {
+        let cold = self.cold.as_ref()?;
+        match cold.read(sid) {
             Ok(Some(s)) => Some(s),
             Ok(None) => {
                 tracing::error!(sid = %format!("{sid:x}"), "a swapped-out session is missing from disk");
@@ -1161,5 +1186,75 @@ mod tests {
         assert_eq!(store.live(), 1);
         assert_eq!(store.sweep(10), 1);
         assert_eq!((store.live(), live_by_scan(&store)), (0, 0));
+    }
+}
+
+#[cfg(test)]
+mod cold_tier_tests {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::{OnceLock, Weak};
+
+    use super::*;
+
+    /// A cold tier that holds one session's state and checks, on every read, that the
+    /// store does not hold that session's shard lock.
+    #[derive(Debug)]
+    struct Probe {
+        store: OnceLock<Weak<Store>>,
+        state: SessionState,
+        reads: AtomicUsize,
+        read_under_lock: AtomicBool,
+    }
+
+    impl ColdTier for Probe {
+        fn read(&self, sid: SessionId) -> Result<Option<SessionState>, String> {
+            self.reads.fetch_add(1, Ordering::SeqCst);
+            let store = self.store.get().and_then(Weak::upgrade).expect("store");
+            if store.sessions.try_get_mut(&sid).is_locked() {
+                self.read_under_lock.store(true, Ordering::SeqCst);
+            }
+            Ok((sid == self.state.sid).then(|| self.state.clone()))
+        }
+    }
+
+    #[test]
+    fn a_swapped_out_session_is_read_back_once_and_without_a_shard_lock() {
+        let mut s = Session::default();
+        s.apply(&Delta {
+            sid: 7,
+            stamp: Stamp {
+                counter: 3,
+                origin: 1,
+            },
+            base: 2,
+            set: vec![("a".into(), Bytes::from_static(b"1"))],
+            removed: vec![],
+            expiry: Some(u64::MAX / 2),
+            invalidate: false,
+        });
+        let probe = Arc::new(Probe {
+            store: OnceLock::new(),
+            state: s.to_state(7),
+            reads: AtomicUsize::new(0),
+            read_under_lock: AtomicBool::new(false),
+        });
+        let store = Arc::new(Store::persisted(probe.clone()));
+        probe.store.set(Arc::downgrade(&store)).unwrap();
+        store.restore(&s.to_state(7), false, 1_000);
+        assert_eq!((store.resident(), store.swapped()), (0, 1));
+
+        assert_eq!(store.version(7), Some(3));
+        assert_eq!(
+            store.with(7, |s| s.get("a").cloned()),
+            Some(Some(Bytes::from_static(b"1")))
+        );
+        assert_eq!((store.resident(), store.swapped()), (1, 0));
+        assert_eq!(
+            probe.reads.load(Ordering::SeqCst),
+            1,
+            "read back once, then resident"
+        );
+        assert!(!probe.read_under_lock.load(Ordering::SeqCst));
+        assert_eq!(store.live(), 1);
     }
 }

@@ -24,6 +24,9 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use tokio_util::codec::{Decoder, Encoder};
 
 use crate::handshake::{FrameCipher, AEAD_TAG_LEN};
+// The model types travel in messages; they are defined apart from the wire (the store and
+// persistence use them too). Re-exported here for the code that names them `wire::…`.
+pub use crate::model::{AttrState, Delta, SessionId, SessionState, Stamp};
 
 /// First two bytes of every frame.
 pub const MAGIC: [u8; 2] = *b"TB";
@@ -117,9 +120,6 @@ pub const DEFAULT_MAX_FRAME: usize = 16 * 1024 * 1024;
 /// write wrap to 0 and lose to every older one.
 pub const MAX_COUNTER: u64 = u64::MAX >> 1;
 
-/// A session id on the wire (tower-sessions' `Id` is an `i128`).
-pub type SessionId = i128;
-
 /// Why a frame was refused. Each closes the connection and is counted.
 #[derive(Debug, thiserror::Error)]
 pub enum WireError {
@@ -163,64 +163,6 @@ impl WireError {
             WireError::Io(_) => "io",
         }
     }
-}
-
-/// A Lamport stamp: the per-session counter of a write plus the writer's origin id
-/// (ties between concurrent writes are broken by origin, so every node picks the same).
-#[derive(
-    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
-)]
-pub struct Stamp {
-    /// Per-session Lamport counter (the session version after this write).
-    pub counter: u64,
-    /// The writing node's origin id.
-    pub origin: u32,
-}
-
-/// A change to one session: the attributes set or removed by one write.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Delta {
-    /// The session.
-    pub sid: SessionId,
-    /// Stamp of this write; its counter is the session's new version.
-    pub stamp: Stamp,
-    /// The session version the writer held when it wrote (a receiver below it has a gap).
-    pub base: u64,
-    /// Attributes set: name and JSON-encoded value.
-    pub set: Vec<(String, Bytes)>,
-    /// Attributes removed.
-    pub removed: Vec<String>,
-    /// The session's expiry (unix seconds on this node's clock; seconds remaining on the
-    /// wire, see [`Message::encode_body_at`]).
-    pub expiry: Option<u64>,
-    /// The session was invalidated (deleted).
-    pub invalidate: bool,
-}
-
-/// One attribute in a full session copy.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AttrState {
-    /// Name.
-    pub name: String,
-    /// Stamp of the write that produced it.
-    pub stamp: Stamp,
-    /// JSON value, or `None` for a tombstone (removed attribute).
-    pub value: Option<Bytes>,
-}
-
-/// A whole session, for fetches, state transfer and hand-off.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SessionState {
-    /// The session.
-    pub sid: SessionId,
-    /// Its version (highest stamp counter seen).
-    pub version: u64,
-    /// Expiry (unix seconds on this node's clock; seconds remaining on the wire).
-    pub expiry: u64,
-    /// Set when the session was invalidated.
-    pub deleted: Option<Stamp>,
-    /// Attributes and tombstones.
-    pub attrs: Vec<AttrState>,
 }
 
 /// Every message of the protocol. The frame header's type byte says which.
@@ -813,7 +755,7 @@ impl FrameDecoder {
             cipher,
             max_frame,
             version: PROTOCOL_MAX,
-            clock: crate::store::unix_now,
+            clock: crate::clock::unix_now,
             bytes: 0,
         }
     }

@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 use super::{progress, Env};
 use crate::load::{self, Client, Op, Phase};
 use crate::procs::{cpu_seconds, own_cpu_seconds, Cluster, Nginx};
-use crate::report::{col, Fmt, Table};
+use crate::report::{col, Check, Fmt, Table};
 
 /// Connections (users) the client keeps busy.
 pub const CONNECTIONS: usize = 64;
@@ -43,6 +43,8 @@ pub async fn run(env: &Env) -> Result<Table> {
             col("out_of_sequence", "out of sequence", Fmt::Int),
             col("errors", "errors", Fmt::Int),
             col("node_cpu_s_per_1k", "node CPU-s per 1k", Fmt::Fixed(3)),
+            col("node_cpu_us_per_req", "node CPU µs per req", Fmt::Fixed(1)),
+            col("node_cpu_vs_trivial", "× trivial backend", Fmt::Fixed(2)),
             col("nginx_cpu_s_per_1k", "nginx CPU-s per 1k", Fmt::Fixed(3)),
             col("client_cpu_s_per_1k", "client CPU-s per 1k", Fmt::Fixed(3)),
         ],
@@ -50,7 +52,9 @@ pub async fn run(env: &Env) -> Result<Table> {
     t.note(format!(
         "{CONNECTIONS} connections, one session each, sequential requests; {:.1} s per phase after a \
          {:.1} s warm-up; CPU = utime+stime over the phase (nodes: all node processes; nginx: \
-         master + 1 worker; client: this benchmark).",
+         master + 1 worker; client: this benchmark). \"× trivial backend\": node CPU per request \
+         over the three trivial backends' (nginx `return 200`) CPU per request behind the same \
+         proxy.",
         measure.as_secs_f64(),
         warm.as_secs_f64()
     ));
@@ -68,6 +72,7 @@ pub async fn run(env: &Env) -> Result<Table> {
             "POST /counter",
             &phase,
             None,
+            None,
             nginx_cpu,
             client_cpu,
         );
@@ -79,7 +84,8 @@ pub async fn run(env: &Env) -> Result<Table> {
     // each, in the "node CPU" column): the ceiling a 3-node cluster behind this proxy can
     // approach on this machine.
     progress("throughput: nginx proxying to 3 trivial backends (proxied ceiling)");
-    {
+    // The trivial backends' CPU per request, what each node row is compared with.
+    let trivial = {
         let mut backends = Vec::new();
         for _ in 0..3 {
             backends.push(Nginx::static_ok(&env.nginx).await?);
@@ -91,18 +97,21 @@ pub async fn run(env: &Env) -> Result<Table> {
         load::run(&mut clients, Op::Ceiling, warm).await;
         let (phase, backend_cpu, nginx_cpu, client_cpu) =
             measured(&mut clients, Op::Ceiling, measure, &backend_pids, &nginx).await;
+        let trivial = per_request(backend_cpu, &phase);
         let mut row = row(
             "3 trivial",
             "nginx → 3 × nginx return 200",
             "POST /counter",
             &phase,
             Some(backend_cpu),
+            Some(trivial),
             nginx_cpu,
             client_cpu,
         );
         row[6] = Value::Null;
         t.row(row);
-    }
+        trivial
+    };
 
     // (nodes, send mode, clients send the version cookie)
     let cases = [
@@ -153,9 +162,20 @@ pub async fn run(env: &Env) -> Result<Table> {
                     name,
                     &phase,
                     Some(node_cpu),
+                    Some(trivial),
                     nginx_cpu,
                     client_cpu,
                 ));
+                if nodes == 3 && send == "async" && ryw && op == Op::Write {
+                    let ratio = per_request(node_cpu, &phase) / trivial;
+                    t.checks.push(Check::at_most(
+                        "node CPU per write (3 nodes, async) over a trivial backend's per request",
+                        ratio,
+                        3.0,
+                        "×",
+                        2,
+                    ));
+                }
             }
             let rollbacks = cluster.metric_sum("tribe_rollbacks_total").await?;
             if rollbacks > 0.0 {
@@ -191,16 +211,24 @@ async fn measured(
     (phase, n1 - n0, x1 - x0, c1 - c0)
 }
 
+/// CPU seconds per request of a phase.
+fn per_request(cpu: f64, p: &Phase) -> f64 {
+    cpu / p.requests.max(1) as f64
+}
+
+/// A row; `trivial`: the trivial backends' CPU-s per request (the ratio's denominator).
+#[allow(clippy::too_many_arguments)]
 fn row(
     nodes: &str,
     mode: &str,
     op: &str,
     p: &Phase,
     node_cpu: Option<f64>,
+    trivial: Option<f64>,
     nginx_cpu: f64,
     client_cpu: f64,
 ) -> Vec<Value> {
-    let per_1k = |cpu: f64| cpu / p.requests.max(1) as f64 * 1000.0;
+    let per_1k = |cpu: f64| per_request(cpu, p) * 1000.0;
     vec![
         json!(nodes),
         json!(mode),
@@ -211,6 +239,11 @@ fn row(
         json!(p.out_of_sequence),
         json!(p.errors),
         node_cpu.map_or(Value::Null, |c| json!(per_1k(c))),
+        node_cpu.map_or(Value::Null, |c| json!(per_request(c, p) * 1e6)),
+        match (node_cpu, trivial) {
+            (Some(c), Some(t)) if t > 0.0 => json!(per_request(c, p) / t),
+            _ => Value::Null,
+        },
         json!(per_1k(nginx_cpu)),
         json!(per_1k(client_cpu)),
     ]

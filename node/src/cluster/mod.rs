@@ -33,6 +33,7 @@ use crate::wire::{Delta, Hello, Message, Outgoing, SessionId, SessionState};
 mod antientropy;
 mod gaps;
 mod handle;
+mod isolation;
 mod lifecycle;
 mod net;
 #[cfg(test)]
@@ -202,10 +203,7 @@ impl Cluster {
         metrics: Arc<Metrics>,
         shutdown: CancellationToken,
     ) -> Result<Cluster, ClusterError> {
-        let incarnation = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
+        let incarnation = crate::clock::unix_millis();
         let node_id = cfg.node_id();
         let me = SelfInfo {
             cluster: cfg.cluster.clone(),

@@ -262,6 +262,41 @@ async fn run_link(c: Cluster, link: Arc<Link>, mut rx: mpsc::Receiver<(Outgoing,
     }
 }
 
+/// Most frames written to a connection in one flush.
+const MAX_BATCH: usize = 256;
+
+/// Feeds `first` and then whatever else is queued on `rx` (at most [`MAX_BATCH`] in all)
+/// to `wr` through `frame`, without flushing; returns how many were fed. When the queue
+/// runs dry the task yields once and drains again: the tasks already runnable (requests
+/// being answered) queue their frames meanwhile, so that under load one flush (one
+/// `write`, one wake-up of the peer's reader) carries many frames instead of one each.
+/// When idle nothing else is runnable, and the yield costs a trip through the scheduler,
+/// not a timer.
+async fn coalesce<T>(
+    first: T,
+    rx: &mut mpsc::Receiver<T>,
+    wr: &mut crate::transport::Writer,
+    mut frame: impl FnMut(T) -> Outgoing,
+) -> Result<usize, crate::wire::WireError> {
+    wr.feed(frame(first)).await?;
+    let mut fed = 1;
+    let mut yielded = false;
+    while fed < MAX_BATCH {
+        match rx.try_recv() {
+            Ok(item) => {
+                wr.feed(frame(item)).await?;
+                fed += 1;
+            }
+            Err(_) if !yielded => {
+                yielded = true;
+                tokio::task::yield_now().await;
+            }
+            Err(_) => break,
+        }
+    }
+    Ok(fed)
+}
+
 /// What a failed handshake tells about the peer, for `/cluster` and readiness.
 fn problem_of(e: &HandshakeError) -> Problem {
     match e {
@@ -417,30 +452,22 @@ async fn run_connection(
                     continue;
                 }
             };
-            let Some((out, queued)) = item else { break };
-            let mut batch = 1;
-            inner
-                .metrics
-                .replication_lag
-                .observe(queued.elapsed().as_secs_f64());
-            inner.metrics.bytes_sent.inc_by(out.wire_len() as u64);
-            if let Err(e) = wr.feed(out).await {
-                return failed(e);
-            }
-            while let Ok((out, queued)) = rx.try_recv() {
+            let Some(first) = item else { break };
+            // One write for many frames: what is queued now, and (once) what the tasks
+            // already runnable queue while this one steps aside (see `coalesce`).
+            let sent = coalesce(first, rx, &mut wr, |(out, queued)| {
                 inner
                     .metrics
                     .replication_lag
                     .observe(queued.elapsed().as_secs_f64());
                 inner.metrics.bytes_sent.inc_by(out.wire_len() as u64);
-                batch += 1;
-                if let Err(e) = wr.feed(out).await {
-                    return failed(e);
-                }
-                if batch >= 256 {
-                    break;
-                }
-            }
+                out
+            })
+            .await;
+            let batch = match sent {
+                Ok(n) => n,
+                Err(e) => return failed(e),
+            };
             if let Err(e) = wr.flush().await {
                 return failed(e);
             }
@@ -590,25 +617,25 @@ async fn inbound(c: Cluster, stream: tokio::net::TcpStream, from: SocketAddr, sl
     let (tx, mut rx) = mpsc::channel::<Outgoing>(256);
     let metrics = inner.metrics.clone();
     let writer = inner.tasks.spawn(async move {
-        while let Some(out) = rx.recv().await {
-            metrics.bytes_sent.inc_by(out.wire_len() as u64);
-            if wr.feed(out).await.is_err() {
-                return;
-            }
-            while let Ok(out) = rx.try_recv() {
+        while let Some(first) = rx.recv().await {
+            let sent = coalesce(first, &mut rx, &mut wr, |out| {
                 metrics.bytes_sent.inc_by(out.wire_len() as u64);
-                if wr.feed(out).await.is_err() {
-                    return;
-                }
-            }
-            if wr.flush().await.is_err() {
+                out
+            })
+            .await;
+            if sent.is_err() || wr.flush().await.is_err() {
                 return;
             }
         }
     });
     // The dialer pings an idle link every quarter member timeout: silence for twice the
     // member timeout means it is frozen or cut off; close rather than hold the socket.
+    // One timer for the connection, not one per frame: it is moved only when it fires
+    // early (frames arrived meanwhile).
     let silence = inner.cfg.member_timeout * 2;
+    let mut heard = tokio::time::Instant::now();
+    let idle = tokio::time::sleep(silence);
+    tokio::pin!(idle);
     let evicted = key_removed(&c, key, &key_id, &peer.node_id);
     tokio::pin!(evicted);
     let tasks = handle::task_limit();
@@ -617,11 +644,16 @@ async fn inbound(c: Cluster, stream: tokio::net::TcpStream, from: SocketAddr, sl
             n = rd.next() => n,
             _ = inner.shutdown.cancelled() => break,
             _ = &mut evicted => break,
-            _ = tokio::time::sleep(silence) => {
+            _ = &mut idle => {
+                if heard.elapsed() < silence {
+                    idle.as_mut().reset(heard + silence);
+                    continue;
+                }
                 tracing::info!(node = %peer.node_id, "inbound connection silent; closing it");
                 break;
             }
         };
+        heard = tokio::time::Instant::now();
         inner
             .metrics
             .bytes_received

@@ -12,7 +12,7 @@ use dashmap::DashMap;
 use parking_lot::RwLock;
 use tokio::sync::{watch, Notify};
 
-use crate::wire::SessionId;
+use crate::model::SessionId;
 
 /// How far persistence got: every change marked at or below `through` is durable;
 /// `failures` counts flushes that failed (a waiter stops waiting when it grows).

@@ -28,7 +28,7 @@
 use std::path::{Path, PathBuf};
 
 use super::{Backend, BackendError, Batch, Record};
-use crate::wire::SessionId;
+use crate::model::SessionId;
 
 /// The engine's directory under `--data-dir`.
 pub const DIR: &str = "sessions";

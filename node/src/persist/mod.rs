@@ -12,7 +12,7 @@
 //!   writers share one batch and one fsync (group commit).
 //!
 //! What is stored per session is its whole replica state with the per-attribute stamps
-//! ([`crate::wire::SessionState`]), so a node that restarts from its own copy is, to the
+//! ([`crate::model::SessionState`]), so a node that restarts from its own copy is, to the
 //! replication protocol, a replica that missed some deltas: anti-entropy and the join's
 //! state transfer bring it up to date with the same merges as ever.
 //!
@@ -34,8 +34,8 @@ use std::time::Duration;
 
 use crate::config::{Config, Durability};
 use crate::metrics::PersistMetrics;
-use crate::store::Store;
-use crate::wire::{SessionId, SessionState};
+use crate::model::{SessionId, SessionState};
+use crate::store::{ColdTier, Store};
 
 /// One persisted session: its id, its expiry (unix seconds, so a backend can delete
 /// expired rows without decoding them) and its encoded state ([`record::encode`]).
@@ -102,7 +102,8 @@ pub enum BackendError {
 ///   caller batches, the backend must not add a per-record round trip.
 /// - **Threads**: every method may block (disk, network); the node calls them from
 ///   blocking threads (the flusher's, `spawn_blocking`), never holding a lock of its own,
-///   except [`Backend::load_one`], which the store calls inline when a swapped-out session
+///   except [`Backend::load_one`], which the store calls inline (holding no lock of its
+///   own, see [`crate::store::ColdTier`]) when a swapped-out session
 ///   is accessed: it should take well under a millisecond (an index lookup). Methods are
 ///   called concurrently from several threads (`&self`).
 /// - **Errors**: nothing panics. Unreadable data is [`BackendError::Corrupt`], anything
@@ -137,6 +138,24 @@ pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
     fn disk_bytes(&self) -> Option<u64> {
         None
     }
+}
+
+/// A backend as the store's cold tier: its records, decoded ([`record::decode`]).
+#[derive(Debug, Clone)]
+pub struct Cold(pub Arc<dyn Backend>);
+
+impl ColdTier for Cold {
+    fn read(&self, sid: SessionId) -> Result<Option<SessionState>, String> {
+        self.0
+            .load_one(sid)
+            .and_then(|r| r.map(|r| record::decode(&r)).transpose())
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// An empty store persisted to `backend` (its swapped-out sessions read back from it).
+pub fn store_over(backend: &Arc<dyn Backend>) -> Store {
+    Store::persisted(Arc::new(Cold(backend.clone())))
 }
 
 /// Persistence of a running node: where, and how.
@@ -245,7 +264,7 @@ fn from_directory(
             );
             let backend: Arc<dyn Backend> =
                 Arc::new(guarded(|| embedded::Embedded::open(&dir)).map_err(fail)?);
-            let store = Store::persisted(backend.clone());
+            let store = store_over(&backend);
             (backend, store)
         }
     };
@@ -274,7 +293,7 @@ fn from_database(
                 error = %e,
                 "persisted sessions are unreadable: starting empty, peers will fill this node"
             );
-            Store::persisted(backend.clone())
+            store_over(&backend)
         }
         Err(e) => return Err(fail(e)),
     };
@@ -298,7 +317,7 @@ fn guarded<T>(f: impl FnOnce() -> Result<T, BackendError>) -> Result<T, BackendE
 /// A store holding every unexpired session of `backend` (the first `budget` in memory,
 /// the rest swapped out; 0: all in memory). Expired records are deleted.
 pub fn load(backend: &Arc<dyn Backend>, budget: usize, now: u64) -> Result<Store, BackendError> {
-    let store = Store::persisted(backend.clone());
+    let store = store_over(&backend);
     let mut expired = Vec::new();
     let mut n = 0usize;
     let mut restore = |s: &SessionState| {
@@ -354,8 +373,7 @@ pub const KEEP_SET_ASIDE: usize = 3;
 /// Renames `dir` to `<dir>.corrupt-<UTC time>` (kept for inspection), then removes all
 /// but the newest [`KEEP_SET_ASIDE`] such copies.
 pub fn set_aside(dir: &std::path::Path) -> std::io::Result<std::path::PathBuf> {
-    let now = std::time::SystemTime::now();
-    let stamp = humantime::format_rfc3339_millis(now)
+    let stamp = humantime::format_rfc3339_millis(crate::clock::wall())
         .to_string()
         .replace(':', "");
     let base = dir

@@ -58,7 +58,7 @@ use tokio::sync::mpsc;
 use tokio_postgres::types::ToSql;
 
 use super::{Backend, BackendError, Batch, Record};
-use crate::wire::SessionId;
+use crate::model::SessionId;
 
 /// Longest one database operation (connect included) may take before it is an error.
 pub const OP_TIMEOUT: Duration = Duration::from_secs(15);

@@ -4,7 +4,7 @@
 //! the engine under it checks.
 
 use super::{BackendError, Record};
-use crate::wire::SessionState;
+use crate::model::SessionState;
 
 /// The format byte of records written by this version.
 const FORMAT: u8 = 1;
@@ -48,7 +48,7 @@ pub fn decode(r: &Record) -> Result<SessionState, BackendError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::{AttrState, Stamp};
+    use crate::model::{AttrState, Stamp};
 
     fn state() -> SessionState {
         SessionState {

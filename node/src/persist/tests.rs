@@ -7,9 +7,9 @@ use bytes::Bytes;
 
 use super::{embedded::Embedded, flusher, load, Backend};
 use crate::metrics::Metrics;
+use crate::model::{Delta, SessionId, Stamp};
 use crate::replication::antientropy;
 use crate::store::Store;
-use crate::wire::{Delta, SessionId, Stamp};
 
 fn write(store: &Store, sid: SessionId, counter: u64, v: &str, expiry: u64) {
     store.apply_at(
@@ -41,7 +41,7 @@ fn a_restarted_store_holds_what_was_flushed_with_its_stamps() {
     let fingerprints: Vec<u64>;
     {
         let b = open(dir.path());
-        let store = Store::persisted(b.clone());
+        let store = super::store_over(&b);
         for sid in 0..50 {
             write(&store, sid, 1, "x", far);
             write(&store, sid, 2, "y", far);
@@ -79,7 +79,7 @@ fn swapped_out_sessions_are_read_back_and_still_in_the_digest() {
     let dir = tempfile::tempdir().unwrap();
     let b = open(dir.path());
     let far = crate::store::unix_now() + 3600;
-    let store = Store::persisted(b.clone());
+    let store = super::store_over(&b);
     let twin = Store::new();
     for sid in 0..100 {
         write(&store, sid, 1, "v", far);

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
@@ -24,13 +24,7 @@ use crate::wire::SessionId;
 /// Redis 7.0 where it is implemented.
 pub const REDIS_VERSION: &str = "7.0.0";
 
-/// Unix time in milliseconds.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+pub use crate::clock::unix_millis as now_ms;
 
 /// Options of the RESP listener.
 #[derive(Debug, Clone)]
@@ -765,10 +759,7 @@ async fn execute(shared: &Shared, conn: &mut Conn, args: &[Bytes]) -> (Reply, bo
         },
         Command::DbSize => keys.off_runtime(|k| k.dbsize()).await,
         Command::Time => {
-            let us = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_micros())
-                .unwrap_or(0);
+            let us = crate::clock::unix_micros();
             Reply::Array(vec![
                 Reply::bulk((us / 1_000_000).to_string()),
                 Reply::bulk((us % 1_000_000).to_string()),

@@ -1,0 +1,68 @@
+//! The replicated data model: sessions, their attributes, the stamps that order writes,
+//! and the deltas a write produces. Plain data, shared by the store, the replication
+//! rules, persistence and the wire (which encodes it: [`crate::wire`]); this module
+//! depends on none of them.
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+/// A session id (tower-sessions' `Id` is an `i128`).
+pub type SessionId = i128;
+
+/// A Lamport stamp: the per-session counter of a write plus the writer's origin id
+/// (ties between concurrent writes are broken by origin, so every node picks the same).
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+pub struct Stamp {
+    /// Per-session Lamport counter (the session version after this write).
+    pub counter: u64,
+    /// The writing node's origin id.
+    pub origin: u32,
+}
+
+/// A change to one session: the attributes set or removed by one write.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delta {
+    /// The session.
+    pub sid: SessionId,
+    /// Stamp of this write; its counter is the session's new version.
+    pub stamp: Stamp,
+    /// The session version the writer held when it wrote (a receiver below it has a gap).
+    pub base: u64,
+    /// Attributes set: name and JSON-encoded value.
+    pub set: Vec<(String, Bytes)>,
+    /// Attributes removed.
+    pub removed: Vec<String>,
+    /// The session's expiry (unix seconds on this node's clock; seconds remaining on the
+    /// wire, see [`Message::encode_body_at`]).
+    pub expiry: Option<u64>,
+    /// The session was invalidated (deleted).
+    pub invalidate: bool,
+}
+
+/// One attribute in a full session copy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttrState {
+    /// Name.
+    pub name: String,
+    /// Stamp of the write that produced it.
+    pub stamp: Stamp,
+    /// JSON value, or `None` for a tombstone (removed attribute).
+    pub value: Option<Bytes>,
+}
+
+/// A whole session, for fetches, state transfer and hand-off.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionState {
+    /// The session.
+    pub sid: SessionId,
+    /// Its version (highest stamp counter seen).
+    pub version: u64,
+    /// Expiry (unix seconds on this node's clock; seconds remaining on the wire).
+    pub expiry: u64,
+    /// Set when the session was invalidated.
+    pub deleted: Option<Stamp>,
+    /// Attributes and tombstones.
+    pub attrs: Vec<AttrState>,
+}
