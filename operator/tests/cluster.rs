@@ -947,11 +947,18 @@ fn helm_installed_operator_runs_as_a_pod_with_its_service_account() {
     }) else {
         return;
     };
+    // The app namespace exists first: the chart grants Secrets there by a Role of its own.
+    let ns = "apps";
+    plane.create_namespace(ns);
     helm_install(
         &plane,
         "tribe-operator",
         OPERATOR_NS,
-        &["replicaCount=2", "example.enabled=true"],
+        &[
+            "replicaCount=2",
+            "example.enabled=true",
+            &format!("rbac.secretNamespaces={{{ns}}}"),
+        ],
         // Not `--wait`: helm 4 waits for the example SessionCluster's Ready condition
         // too (kstatus), and its nodes have no image here.
         false,
@@ -999,8 +1006,6 @@ fn helm_installed_operator_runs_as_a_pod_with_its_service_account() {
 
     // It reconciles with the in-cluster config and the ServiceAccount token. The node image
     // is not mapped here, so the nodes wait for their image; the children appear all the same.
-    let ns = "apps";
-    plane.create_namespace(ns);
     apply(
         &plane,
         &session_cluster(

@@ -217,8 +217,18 @@ fn examples_parse_as_session_clusters() {
         let Ok(text) = std::fs::read_to_string(&path) else {
             continue;
         };
-        let sc: SessionCluster =
-            serde_saphyr::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        tribe_operator::controller::validate(&sc.spec).unwrap_or_else(|e| panic!("{name}: {e}"));
+        // A file may also create what its SessionCluster refers to (full.yaml: a
+        // ServiceAccount, a PriorityClass, a ConfigMap): each SessionCluster in it parses.
+        let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&text)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let mut found = 0;
+        for doc in docs.into_iter().filter(|d| d["kind"] == "SessionCluster") {
+            let sc: SessionCluster = serde_json::from_value(doc)
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            tribe_operator::controller::validate(&sc.spec)
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            found += 1;
+        }
+        assert_eq!(found, 1, "{name} holds one SessionCluster");
     }
 }
