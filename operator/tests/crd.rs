@@ -223,8 +223,8 @@ fn examples_parse_as_session_clusters() {
             .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         let mut found = 0;
         for doc in docs.into_iter().filter(|d| d["kind"] == "SessionCluster") {
-            let sc: SessionCluster = serde_json::from_value(doc)
-                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            let sc: SessionCluster =
+                serde_json::from_value(doc).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
             tribe_operator::controller::validate(&sc.spec)
                 .unwrap_or_else(|e| panic!("{name}: {e}"));
             found += 1;
