@@ -61,17 +61,21 @@ fn helm_upgrade_rolls_unpinned_clusters_to_the_new_node_image_without_losing_a_r
         return;
     };
     let image = |name: &str, tag: &str| format!("{REGISTRY}/{name}:{tag}");
+    // The app namespace exists first: the chart grants Secrets there by a Role of its own.
+    plane.create_namespace(NS);
     helm_install(
         &plane,
         RELEASE,
         OPERATOR_NS,
-        &[&format!("image.registry={REGISTRY}")],
+        &[
+            &format!("image.registry={REGISTRY}"),
+            &format!("rbac.secretNamespaces={{{NS}}}"),
+        ],
         true,
     );
     assert_eq!(operator_images(&plane), [image("tribe-operator", &old)]);
     log("operator installed from the registry's old tag");
 
-    plane.create_namespace(NS);
     plane
         .apply(&format!(
             "apiVersion: tribe.rs/v1alpha1\nkind: SessionCluster\nmetadata: {{name: follow, namespace: {NS}}}\n\
