@@ -24,7 +24,7 @@ pub fn condition(nodes: &[NodeKeys], generation: Option<i64>) -> Option<Conditio
                 .map(move |p| format!("{} refused {p}", n.node))
         })
         .collect();
-    let (status, reason, message) = if refused.is_empty() {
+    let (skewed, reason, message) = if refused.is_empty() {
         let mut ranges: Vec<String> = nodes
             .iter()
             .filter(|n| n.protocol != (0, 0))
@@ -38,13 +38,13 @@ pub fn condition(nodes: &[NodeKeys], generation: Option<i64>) -> Option<Conditio
             ranges.join(", ")
         };
         (
-            "False",
+            false,
             "Compatible",
             format!("every node speaks a common protocol version (ranges: {spoken})"),
         )
     } else {
         (
-            "True",
+            true,
             "IncompatibleVersions",
             format!(
                 "nodes speak no common replication protocol version and stay apart (adjacent \
@@ -53,14 +53,9 @@ pub fn condition(nodes: &[NodeKeys], generation: Option<i64>) -> Option<Conditio
             ),
         )
     };
-    Some(Condition {
-        type_: CONDITION.into(),
-        status: status.into(),
-        reason: reason.into(),
-        message,
-        last_transition_time: String::new(),
-        observed_generation: generation,
-    })
+    Some(crate::status::condition(
+        CONDITION, skewed, reason, message, generation,
+    ))
 }
 
 #[cfg(test)]

@@ -155,7 +155,8 @@ pub fn aggregate(reports: &[ClusterView], mode: ReplicationMode) -> (Option<i32>
     )
 }
 
-fn condition(
+/// A condition of `type_`, `True` when `ok`, with no transition time yet.
+pub(crate) fn condition(
     type_: &str,
     ok: bool,
     reason: &str,
