@@ -111,17 +111,12 @@ pub(crate) async fn handle(
             let permit = permit(tasks).await;
             tracker.spawn(async move {
                 let _permit = permit;
-                let owners = c.owners(delta.sid);
-                let me = c.inner.me.node_id.clone();
-                let targets: Vec<String> = owners
-                    .into_iter()
-                    .filter(|o| *o != me)
-                    .take(c.inner.cfg.backups)
-                    .collect();
+                let targets = c.inner.replica.lock().forward_targets(delta.sid);
                 // The forwarder asked for an ack exactly when its write is sync.
                 let sync = ack != 0;
-                c.send_delta(delta, &targets, sync).await;
-                if ack != 0 {
+                let holders = c.send_delta(delta, &targets, sync).await;
+                let acked = c.inner.replica.lock().acknowledges(holders);
+                if sync && replication::route::forward_acked(acked) {
                     reply(tx.as_ref(), Message::Ack { id: ack }).await;
                 }
             });

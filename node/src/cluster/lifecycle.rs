@@ -297,29 +297,13 @@ async fn flush_touches(c: &Cluster) {
     if touched.is_empty() {
         return;
     }
-    if c.backup_mode() {
-        let mut per: HashMap<String, Vec<(SessionId, u64)>> = HashMap::new();
-        for (sid, e) in touched {
-            for o in c.owners(sid) {
-                if o != inner.me.node_id {
-                    per.entry(o).or_default().push((sid, e));
-                }
-            }
-        }
-        for (node, list) in per {
-            if let Some(link) = c.link_of(&node) {
-                for chunk in list.chunks(1024) {
-                    link.send(&inner.metrics, Message::Touch(chunk.to_vec()).outgoing())
-                        .await;
-                }
-            }
-        }
-    } else {
-        let peers = c.alive_peers();
-        for chunk in touched.chunks(1024) {
-            let out = Message::Touch(chunk.to_vec()).outgoing();
-            for (_, link) in &peers {
-                link.send(&inner.metrics, out.clone()).await;
+    // Where they go is the replica's decision (`replication::route::touch_plan`).
+    let plan = inner.replica.lock().touch_plan(&touched);
+    for (node, batches) in plan {
+        if let Some(link) = c.link_of(&node) {
+            for batch in batches {
+                link.send(&inner.metrics, Message::Touch(batch).outgoing())
+                    .await;
             }
         }
     }

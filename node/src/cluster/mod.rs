@@ -169,22 +169,10 @@ pub enum WriteRefused {
 /// The start of every [`WriteRefused`] message (the HTTP layer maps it to 503).
 pub const REFUSED: &str = "write refused: too few cluster members";
 
-/// How a fetch from the replicas ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Fetched {
-    /// A copy at least as new as asked for arrived, or every replica asked answered
-    /// (with its copy or with "no such session").
-    Complete,
-    /// No copy new enough arrived and some replica did not answer in time.
-    Incomplete,
-}
+pub(crate) use replication::fetch::Fetched;
 
 /// Fetches (each asking one to N - 1 peers) one node runs at once.
 const MAX_FETCHES: usize = 256;
-
-/// Backup mode: how long past its consistency wait a fetch waits for the primary's
-/// answer before asking the other owners as well.
-const HEDGE_AFTER: Duration = Duration::from_millis(25);
 
 fn origin_of(node_id: &str, incarnation: u64) -> u32 {
     let h = xxhash_rust::xxh3::xxh3_64_with_seed(node_id.as_bytes(), incarnation);
@@ -470,11 +458,6 @@ impl Cluster {
         link_by_id(&self.inner.links.lock(), id)
     }
 
-    /// Owners of a session under the current view (backup mode).
-    pub(crate) fn owners(&self, sid: SessionId) -> Vec<String> {
-        self.inner.replica.lock().owners(sid)
-    }
-
     /// Whether this node is the primary of `sid` under the current view (backup mode).
     pub(crate) fn is_primary(&self, sid: SessionId) -> bool {
         self.inner.replica.lock().is_primary(sid)
@@ -558,6 +541,7 @@ impl Cluster {
         sid: SessionId,
         min_version: u64,
     ) -> Result<Option<Loaded>, Unreachable> {
+        use replication::fetch::{self, ReadStart};
         let inner = &self.inner;
         let now = unix_now();
         // A copy serves the client when it holds every write up to the client's version,
@@ -565,43 +549,40 @@ impl Cluster {
         let local = inner
             .store
             .with(sid, |s| (s.seen_through(), s.is_dead(now)));
-        let owner = !self.backup_mode() || self.owners(sid).iter().any(|o| o == &inner.me.node_id);
-        // Delta mode: every ready node holds every session, so an id this node has never
-        // seen, from a client with no valid version cookie, is answered here, not by
-        // asking every peer (a random `SESSIONID` must not fan out): after a bounded
-        // wait for the creating write, which may still be in flight.
-        if local.is_none() && min_version == 0 && !self.backup_mode() {
-            if self
-                .wait_for_version(sid, 0, inner.cfg.consistency_wait)
-                .await
-            {
-                return Ok(self.local_copy(sid, 0, unix_now()));
-            }
-            return Ok(None);
-        }
-        match local {
-            Some((_, true)) => return Ok(None),
-            // An owner (every node in delta mode) with a fresh-enough copy serves it.
-            Some((v, false)) if v >= min_version && (owner || min_version > 0) => {
-                return Ok(self.local_copy(sid, min_version, now));
-            }
-            _ => {}
-        }
+        let owner = self.inner.replica.lock().should_hold(sid);
         let started = Instant::now();
-        if min_version > 0 && owner && local.is_some() {
-            // The client has seen a newer version than ours: its delta is probably in
-            // flight. Wait for it, briefly.
-            inner.metrics.consistency_waits.inc();
-            if self
-                .wait_for_version(sid, min_version, inner.cfg.consistency_wait)
-                .await
-            {
-                inner
-                    .metrics
-                    .consistency_wait_seconds
-                    .observe(started.elapsed().as_secs_f64());
-                return Ok(self.local_copy(sid, min_version, unix_now()));
+        match fetch::read_start(self.backup_mode(), owner, local, min_version) {
+            ReadStart::Serve => return Ok(self.local_copy(sid, min_version, now)),
+            ReadStart::NoSession => return Ok(None),
+            // Delta mode: every ready node holds every session, so an id this node has
+            // never seen, from a client with no valid version cookie, is answered here,
+            // not by asking every peer (a random `SESSIONID` must not fan out): after a
+            // bounded wait for the creating write, which may still be in flight.
+            ReadStart::AwaitCreate => {
+                if self
+                    .wait_for_version(sid, 0, inner.cfg.consistency_wait)
+                    .await
+                {
+                    return Ok(self.local_copy(sid, 0, unix_now()));
+                }
+                return Ok(None);
             }
+            ReadStart::WaitThenFetch => {
+                // The client has seen a newer version than ours: its delta is probably
+                // in flight. Wait for it, briefly.
+                inner.metrics.consistency_waits.inc();
+                if self
+                    .wait_for_version(sid, min_version, inner.cfg.consistency_wait)
+                    .await
+                {
+                    inner
+                        .metrics
+                        .consistency_wait_seconds
+                        .observe(started.elapsed().as_secs_f64());
+                    return Ok(self.local_copy(sid, min_version, unix_now()));
+                }
+            }
+            ReadStart::Fetch => {}
         }
         // Ask the replicas that should have it.
         if min_version > 0 {
@@ -614,11 +595,7 @@ impl Cluster {
                 .consistency_wait_seconds
                 .observe(started.elapsed().as_secs_f64());
         }
-        let behind = inner
-            .store
-            .seen_through(sid)
-            .is_none_or(|v| v < min_version);
-        if fetched == Fetched::Incomplete && behind {
+        if fetch::unreachable(fetched, inner.store.seen_through(sid), min_version) {
             // Nothing here that the client may see, and a replica that may hold it was
             // silent: an error, not "no session" nor an older copy (that is a rollback
             // only when every replica answered without the client's version).
@@ -633,7 +610,7 @@ impl Cluster {
         if session.is_dead(now) {
             return None;
         }
-        let rolled_back = session.seen_through() < min_version;
+        let rolled_back = replication::fetch::rolled_back(session.seen_through(), min_version);
         if rolled_back {
             self.inner.metrics.rollbacks.inc();
             tracing::warn!(
@@ -671,134 +648,101 @@ impl Cluster {
         ok
     }
 
-    /// Fetches a session from the peers that should hold it (owners in backup mode, all
-    /// live peers in delta mode) and merges the copies; bounded by the consistency wait
-    /// plus a network allowance.
+    /// Fetches a session from the peers that should hold it and merges the copies, as
+    /// the replica's [`replication::fetch::FetchPlan`] says (whom to ask, when to hedge,
+    /// the fallback, when it is complete); this only sends, awaits and runs the timer.
     pub(crate) async fn fetch(&self, sid: SessionId, min_version: u64) -> Fetched {
+        use futures::StreamExt;
+        use replication::fetch::Reply;
         let inner = &self.inner;
         // Bounded: past MAX_FETCHES at once, requests queue here instead of fanning out.
         let Ok(_permit) = inner.fetches.acquire().await else {
             return Fetched::Incomplete;
         };
-        let mut targets: Vec<(String, Arc<Link>)> = if self.backup_mode() {
-            self.owners(sid)
-                .into_iter()
-                .filter(|o| o != &inner.me.node_id)
-                .filter_map(|o| self.link_of(&o).map(|l| (o, l)))
-                .collect()
-        } else {
-            self.alive_peers()
-        };
-        if targets.is_empty() {
-            return Fetched::Complete;
-        }
-        let wait = inner.cfg.consistency_wait;
-        let wait_ms = if min_version > 0 {
-            wait.as_millis().min(u32::MAX as u128) as u32
-        } else {
-            0
-        };
-        let timeout = wait + Duration::from_millis(500);
-        // Backup mode: every write reaches the primary first, so ask it alone; ask the
-        // other owners too only when it has not answered with the version wanted within
-        // its consistency wait plus a margin (a hedge), or answered without it. A remote
-        // read then costs two messages instead of 2(k+1).
-        let mut later = if self.backup_mode() && targets.len() > 1 {
-            targets.split_off(1)
-        } else {
-            Vec::new()
-        };
-        let ask = |(node, link): (String, Arc<Link>)| {
-            self.ask_for(node, link, sid, min_version, wait_ms, timeout)
-        };
-        let mut futs: futures::stream::FuturesUnordered<_> = targets.into_iter().map(ask).collect();
-        let hedge = tokio::time::sleep(Duration::from_millis(wait_ms as u64) + HEDGE_AFTER);
-        tokio::pin!(hedge);
-        let mut complete = true;
-        use futures::StreamExt;
+        let wait_ms = inner.cfg.consistency_wait.as_millis() as u64;
+        let now = self.now_ms();
+        let mut plan = inner
+            .replica
+            .lock()
+            .fetch_plan(now, sid, min_version, wait_ms);
+        let mut asked = futures::stream::FuturesUnordered::new();
         loop {
-            let reply = tokio::select! {
-                r = futs.next() => r,
-                _ = &mut hedge, if !later.is_empty() => {
-                    futs.extend(later.drain(..).map(ask));
-                    continue;
+            while let Some(ask) = plan.poll_ask() {
+                let link = self.link_of(&ask.node);
+                asked.push(self.ask_for(ask, link, sid, min_version));
+            }
+            if let Some(done) = plan.outcome() {
+                return done;
+            }
+            let hedge = plan.poll_timeout();
+            let sleep = async {
+                match hedge {
+                    Some(ms) => {
+                        tokio::time::sleep_until((inner.epoch + Duration::from_millis(ms)).into())
+                            .await
+                    }
+                    None => std::future::pending().await,
                 }
             };
-            match reply {
-                None if later.is_empty() => break,
-                None => futs.extend(later.drain(..).map(ask)),
-                Some(Some(Message::FetchResp {
-                    session: Some(s), ..
-                })) => {
-                    inner.store.merge(&s);
-                    if s.version >= min_version {
-                        return Fetched::Complete;
-                    }
+            tokio::select! {
+                r = asked.next() => {
+                    let Some((node, reply)) = r else {
+                        // Nothing outstanding and no outcome: cannot happen; be safe.
+                        return Fetched::Incomplete;
+                    };
+                    let reply = match reply {
+                        Some(Message::FetchResp { session: Some(s), .. }) => {
+                            inner.store.merge(&s);
+                            Reply::Copy(s.version)
+                        }
+                        Some(_) => Reply::NoCopy,
+                        None => Reply::NoAnswer,
+                    };
+                    let holds = inner
+                        .store
+                        .seen_through(sid)
+                        .is_some_and(|v| v >= min_version);
+                    plan.on_reply(&node, reply, holds);
                 }
-                Some(Some(_)) => {}
-                Some(None) => complete = false,
+                _ = sleep => plan.on_timeout(self.now_ms()),
             }
-        }
-        // Backup mode: every owner answered, none with the client's version. The node that
-        // served that write may be a non-owner whose forward to the primary is still
-        // queued (a busy link, a starved CPU): it holds the version in its own copy. Ask
-        // the other live members, who answer at once, before this becomes a rollback.
-        // Only this rare path pays for it.
-        if complete
-            && min_version > 0
-            && self.backup_mode()
-            && inner
-                .store
-                .seen_through(sid)
-                .is_none_or(|v| v < min_version)
-        {
-            let owners = self.owners(sid);
-            let mut others: futures::stream::FuturesUnordered<_> = self
-                .alive_peers()
-                .into_iter()
-                .filter(|(n, _)| !owners.contains(n))
-                .map(|(node, link)| self.ask_for(node, link, sid, min_version, 0, timeout))
-                .collect();
-            while let Some(reply) = others.next().await {
-                if let Some(Message::FetchResp {
-                    session: Some(s), ..
-                }) = reply
-                {
-                    inner.store.merge(&s);
-                    if s.version >= min_version {
-                        return Fetched::Complete;
-                    }
-                }
-            }
-        }
-        if complete {
-            Fetched::Complete
-        } else {
-            Fetched::Incomplete
         }
     }
 
-    /// Asks `node` for its copy of `sid` (one `tribe_remote_fetches`); `wait_ms`: how long
-    /// it may wait for `min_version` to arrive before answering.
+    /// Asks `ask.node` for its copy of `sid` (one `tribe_remote_fetches`); its answer, or
+    /// `None` when it did not answer in time (or has no link).
     fn ask_for(
         &self,
-        node: String,
-        link: Arc<Link>,
+        ask: replication::fetch::Ask,
+        link: Option<Arc<Link>>,
         sid: SessionId,
         min_version: u64,
-        wait_ms: u32,
-        timeout: Duration,
-    ) -> impl std::future::Future<Output = Option<Message>> + 'static {
+    ) -> impl std::future::Future<Output = (String, Option<Message>)> + 'static {
         self.inner.metrics.remote_fetches.inc();
         let id = self.next_id();
         let msg = Message::FetchReq {
             id,
             sid,
             min_version,
-            wait_ms,
+            wait_ms: ask.wait_ms,
         };
         let this = self.clone();
-        async move { this.request(&node, &link, id, msg, timeout).await }
+        async move {
+            let reply = match link {
+                Some(link) => {
+                    this.request(
+                        &ask.node,
+                        &link,
+                        id,
+                        msg,
+                        Duration::from_millis(ask.timeout_ms),
+                    )
+                    .await
+                }
+                None => None,
+            };
+            (ask.node, reply)
+        }
     }
 
     /// Waits until every live peer except `except` has delivered everything it queued
@@ -868,7 +812,7 @@ impl Cluster {
                 return Ok(inner.store.version(sid).unwrap_or(0));
             }
             replication::write::Written::Unchanged => {
-                return Ok(inner.store.version(sid).unwrap_or(0))
+                return Ok(inner.store.version(sid).unwrap_or(0));
             }
         };
         let version = delta.stamp.counter;
@@ -947,97 +891,86 @@ impl Cluster {
         }
     }
 
-    /// Sends a local write to its replicas (delta mode: every live peer; backup mode:
-    /// through the primary to the backups) and, in sync mode, waits for the acks. Returns
-    /// how many members hold the write as far as this node knows (itself included; in
-    /// async mode, itself and the peers it was queued for).
+    /// Sends a local write to its replicas and, in sync mode, waits for the acks. Where it
+    /// goes, the forward's retry under a new view and the async full-queue fallback are
+    /// the replica's decisions ([`replication::route`]); this performs them. Returns how
+    /// many members hold the write as far as this node knows (itself included; in async
+    /// mode, itself and the peers it was queued for).
     pub(crate) async fn replicate(&self, delta: Delta) -> usize {
+        use replication::route::Step;
         let inner = &self.inner;
         let sync = inner.cfg.send_mode == SendMode::Sync;
-        if self.backup_mode() {
-            // A sync forward whose primary leaves before acking (its waiter is failed at
-            // once) is sent again under the new view, so an acknowledged sync write is
-            // always on the owners, not only on this node; bounded by the sync timeout
-            // and a few attempts.
-            let deadline = Instant::now() + inner.cfg.sync_timeout;
-            for _ in 0..3 {
-                let owners = self.owners(delta.sid);
-                let primary = owners.first().cloned();
-                if primary.as_deref() == Some(inner.me.node_id.as_str()) {
-                    return self.send_delta(delta, &owners[1..], sync).await;
+        let sid = delta.sid;
+        let (mut retry, mut step) = {
+            let r = inner.replica.lock();
+            let mut retry = r.start_write(self.now_ms());
+            let step = retry.first(r.route_write(sid));
+            (retry, step)
+        };
+        loop {
+            let (primary, fallback, holders) = match step {
+                Step::Send(targets) => return self.send_delta(delta, &targets, sync).await,
+                Step::TimedOut => {
+                    inner.metrics.sync_timeouts.inc();
+                    return 1;
                 }
-                let link = primary.as_deref().and_then(|p| self.link_of(p));
-                let (Some(primary), Some(link)) = (primary, link) else {
-                    // Primary unknown or unreachable: send straight to the owners.
-                    let targets: Vec<String> = owners
-                        .into_iter()
-                        .filter(|o| o != &inner.me.node_id)
-                        .collect();
-                    return self.send_delta(delta, &targets, sync).await;
-                };
-                // Not the primary: forward to it; it replicates to the backups.
-                inner.metrics.forwards_sent.inc();
-                if !sync {
-                    let forward = Message::Forward {
-                        ack: 0,
-                        delta: delta.clone(),
-                    };
-                    if link.send(&inner.metrics, forward.outgoing()).await {
-                        return 2;
-                    }
-                    // The primary's queue is full (it is stuck and not suspected yet):
-                    // the backups get the write straight from here, so it does not live
-                    // only on this non-owner.
-                    let backups: Vec<String> = owners[1..]
-                        .iter()
-                        .filter(|o| **o != inner.me.node_id)
-                        .cloned()
-                        .collect();
-                    return self.send_delta(delta, &backups, false).await;
-                }
-                let ack = self.next_id();
-                let msg = Message::Forward {
-                    ack,
+                Step::Forward {
+                    primary,
+                    fallback,
+                    holders,
+                } => (primary, fallback, holders),
+            };
+            let failed = |this: &Self, retry: &mut replication::route::ForwardRetry| {
+                let now = this.now_ms();
+                let r = this.inner.replica.lock();
+                retry.after_failure(now, r.route_write(sid))
+            };
+            let Some(link) = self.link_of(&primary) else {
+                // Its link went away since the decision: decide again.
+                step = failed(self, &mut retry);
+                continue;
+            };
+            // Not the primary: forward to it; it replicates to the backups.
+            inner.metrics.forwards_sent.inc();
+            if !sync {
+                let forward = Message::Forward {
+                    ack: 0,
                     delta: delta.clone(),
                 };
-                let started = Instant::now();
-                let wait = deadline.saturating_duration_since(started);
-                if self
-                    .request(&primary, &link, ack, msg, wait)
-                    .await
-                    .is_some()
-                {
-                    inner
-                        .metrics
-                        .sync_ack_seconds
-                        .observe(started.elapsed().as_secs_f64());
-                    // The primary acks after its backups did (or were suspected).
-                    return 2;
+                if link.send(&inner.metrics, forward.outgoing()).await {
+                    return holders;
                 }
-                if Instant::now() >= deadline {
-                    break;
-                }
-                tracing::debug!(
-                    session = delta.sid,
-                    primary,
-                    "the primary left before acking a forwarded sync write; sending it again"
-                );
+                // The primary's queue is full (it is stuck and not suspected yet): the
+                // backups get the write straight from here, so it does not live only on
+                // this non-owner.
+                return self.send_delta(delta, &fallback, false).await;
             }
-            if Instant::now() < deadline {
-                // The primary kept failing fast: the owners get it straight from here.
-                let targets: Vec<String> = self
-                    .owners(delta.sid)
-                    .into_iter()
-                    .filter(|o| o != &inner.me.node_id)
-                    .collect();
-                self.send_delta(delta, &targets, sync).await
-            } else {
-                inner.metrics.sync_timeouts.inc();
-                1
+            let ack = self.next_id();
+            let msg = Message::Forward {
+                ack,
+                delta: delta.clone(),
+            };
+            let started = Instant::now();
+            let wait = Duration::from_millis(retry.deadline().saturating_sub(self.now_ms()));
+            if self
+                .request(&primary, &link, ack, msg, wait)
+                .await
+                .is_some()
+            {
+                inner
+                    .metrics
+                    .sync_ack_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                // The primary acks after its backups did (or were suspected), and only
+                // when its own count is acknowledged.
+                return holders;
             }
-        } else {
-            let targets: Vec<String> = self.alive_peers().into_iter().map(|(n, _)| n).collect();
-            self.send_delta(delta, &targets, sync).await
+            tracing::debug!(
+                session = sid,
+                primary,
+                "the primary did not ack a forwarded sync write; deciding again"
+            );
+            step = failed(self, &mut retry);
         }
     }
 

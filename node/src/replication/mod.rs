@@ -7,6 +7,8 @@
 //! - [`apply`] — what an incoming message does: apply, merge, answer, anti-entropy.
 //! - [`antientropy`] — range digests, summaries and the push/pull plan.
 //! - [`write`] — stamping a local write into a delta.
+//! - [`route`] — where a local write goes (forward, retry, fallback) and where touches go.
+//! - [`fetch`] — read-your-writes: serve, wait or fetch; whom a fetch asks and when.
 //! - [`replica`] — the `Replica`: member table, view, readiness, sync-ack verdicts and
 //!   deadlines, gap repair; a state machine the driver holds behind one lock.
 //! - [`rereplicate`] — backup mode: what to copy to whom when the view changes or on leave.
@@ -14,8 +16,10 @@
 
 pub mod antientropy;
 pub mod apply;
+pub mod fetch;
 pub mod liveness;
 pub mod replica;
 pub mod rereplicate;
+pub mod route;
 pub mod sim;
 pub mod write;

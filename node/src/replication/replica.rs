@@ -31,6 +31,9 @@ use tribe_api::MemberState;
 use crate::ownership;
 use crate::wire::SessionId;
 
+use super::fetch::FetchPlan;
+use super::route::{self, ForwardRetry, Route};
+
 /// Names one outbound link of the driver (a member is reachable through it).
 pub type LinkId = u64;
 
@@ -514,6 +517,89 @@ impl Replica {
     /// The next thing the driver must act on.
     pub fn poll_event(&mut self) -> Option<Event> {
         self.events.pop_front()
+    }
+
+    // ------------------------------------------------ write path and reads (route, fetch)
+
+    /// Where a local write to `sid` goes under the current view ([`Route::decide`]).
+    pub fn route_write(&self, sid: SessionId) -> Route {
+        let peers: Vec<String> = if self.cfg.backup_mode {
+            Vec::new()
+        } else {
+            self.alive_peers().into_iter().map(|(n, _)| n).collect()
+        };
+        let owners = if self.cfg.backup_mode {
+            self.owners(sid)
+        } else {
+            Vec::new()
+        };
+        Route::decide(&self.cfg.me, self.cfg.backup_mode, &owners, &peers, |n| {
+            self.link_of(n).is_some()
+        })
+    }
+
+    /// A local write starting at `now` (ms): its forward's attempts and deadline.
+    pub fn start_write(&self, now: u64) -> ForwardRetry {
+        ForwardRetry::new(now, self.cfg.sync_timeout_ms)
+    }
+
+    /// This node received a forwarded write of `sid`: the owners it sends it to.
+    pub fn forward_targets(&self, sid: SessionId) -> Vec<String> {
+        route::forward_targets(&self.cfg.me, &self.owners(sid))
+    }
+
+    /// Whether this node should hold `sid` (always in delta mode; an owner in backup mode).
+    pub fn should_hold(&self, sid: SessionId) -> bool {
+        !self.cfg.backup_mode || self.owners(sid).iter().any(|o| *o == self.cfg.me)
+    }
+
+    /// The fetch of `sid` for a client that saw `min_version`, starting at `now` (ms):
+    /// backup mode, the owners with a live link (primary first) and the other live
+    /// members as the fallback; delta mode, every live peer.
+    pub fn fetch_plan(
+        &self,
+        now: u64,
+        sid: SessionId,
+        min_version: u64,
+        consistency_wait_ms: u64,
+    ) -> FetchPlan {
+        let (targets, others) = if self.cfg.backup_mode {
+            let owners = self.owners(sid);
+            let targets = owners
+                .iter()
+                .filter(|o| **o != self.cfg.me && self.link_of(o).is_some())
+                .cloned()
+                .collect();
+            let others = self
+                .alive_peers()
+                .into_iter()
+                .map(|(n, _)| n)
+                .filter(|n| !owners.contains(n))
+                .collect();
+            (targets, others)
+        } else {
+            let peers = self.alive_peers().into_iter().map(|(n, _)| n).collect();
+            (peers, Vec::new())
+        };
+        FetchPlan::new(
+            now,
+            self.cfg.backup_mode,
+            targets,
+            others,
+            min_version,
+            consistency_wait_ms,
+        )
+    }
+
+    /// Where the batched touches `touched` go ([`route::touch_plan`]).
+    pub fn touch_plan(
+        &self,
+        touched: &[(SessionId, u64)],
+    ) -> BTreeMap<String, Vec<Vec<(SessionId, u64)>>> {
+        let peers: Vec<String> = self.alive_peers().into_iter().map(|(n, _)| n).collect();
+        route::touch_plan(&self.cfg.me, self.cfg.backup_mode, touched, &peers, |sid| {
+            self.owners(sid)
+        })
     }
 }
 
