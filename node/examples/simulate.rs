@@ -5,7 +5,8 @@
 //! cargo run --release -p tribe-node --example simulate -- [SEEDS] [FIRST_SEED]
 //! cargo run --release -p tribe-node --example simulate -- 1 4711     # replay seed 4711
 //! ```
-//! Every seed runs under every scenario (async/sync, min members, 3 and 5 nodes).
+//! Every seed runs under every scenario (async/sync, min members, 3 and 5 nodes, delta and
+//! backup mode, with and without client reads).
 
 use tribe_node::replication::sim;
 
@@ -20,12 +21,17 @@ fn main() {
         let mut acked = 0;
         let mut lost = 0;
         let mut faults = 0;
+        let (mut reads, mut rollbacks, mut cut_off, mut stranded) = (0, 0, 0, 0);
         for seed in first..first + seeds {
             match sim::run(seed, &cfg) {
                 Ok(r) => {
                     acked += r.acked;
                     lost += r.lost_to_crashes;
                     faults += r.faults;
+                    reads += r.reads;
+                    rollbacks += r.rollbacks;
+                    cut_off += r.cut_off_rollbacks;
+                    stranded += r.stranded;
                     types.extend(r.types);
                 }
                 Err(e) => {
@@ -35,7 +41,7 @@ fn main() {
             }
         }
         println!(
-            "{name}: seeds {first}..{}: {acked} writes acknowledged, {faults} faults, {lost} lost with every holder crashed",
+            "{name}: seeds {first}..{}: {acked} writes acknowledged, {faults} faults, {lost} lost with every holder crashed, {reads} reads ({rollbacks} rolled back after a loss, {cut_off} while cut off from every holder), {stranded} stranded on non-owners",
             first + seeds
         );
     }

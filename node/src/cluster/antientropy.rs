@@ -25,17 +25,7 @@ impl Cluster {
     /// Which sessions this node compares with `peer`: every session in delta mode; in
     /// backup mode, those both own under the current view.
     pub(crate) fn ae_scope(&self, peer: &str) -> Box<dyn Fn(SessionId) -> bool + Send + Sync> {
-        if !self.backup_mode() {
-            return Box::new(|_| true);
-        }
-        let view = self.live_members();
-        let k = self.inner.cfg.backups;
-        let me = self.inner.me.node_id.clone();
-        let peer = peer.to_string();
-        Box::new(move |sid| {
-            let owners = crate::ownership::owners(sid, &view, k);
-            owners.contains(&me.as_str()) && owners.contains(&peer.as_str())
-        })
+        self.inner.replica.lock().ae_scope(peer)
     }
 
     /// Asks for an anti-entropy round with `peer` soon; `full`: compare every session,

@@ -133,10 +133,8 @@ pub(crate) async fn handle(
             let permit = permit(tasks).await;
             tracker.spawn(async move {
                 let _permit = permit;
-                if min_version > 0
-                    && wait_ms > 0
-                    && c.inner.store.seen_through(sid).unwrap_or(0) < min_version
-                {
+                let seen = c.inner.store.seen_through(sid);
+                if !replication::fetch::answer_now(min_version, wait_ms, seen) {
                     c.wait_for_version(sid, min_version, Duration::from_millis(wait_ms as u64))
                         .await;
                 }

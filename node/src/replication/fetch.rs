@@ -80,6 +80,13 @@ pub fn rolled_back(seen_through: u64, min_version: u64) -> bool {
     seen_through < min_version
 }
 
+/// A replica asked for a session by a client that saw `min_version`, allowed to wait
+/// `wait_ms` for it: whether it answers at once (its copy holds the version, or the asker
+/// did not ask it to wait), else it waits (bounded) for the version first.
+pub fn answer_now(min_version: u64, wait_ms: u32, seen_through: Option<u64>) -> bool {
+    min_version == 0 || wait_ms == 0 || seen_through.unwrap_or(0) >= min_version
+}
+
 /// One replica's answer to a fetch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reply {
@@ -231,7 +238,10 @@ impl FetchPlan {
                 self.phase = Phase::Done(Fetched::Complete);
                 return;
             }
-            Reply::NoAnswer if self.phase == Phase::Owners => self.complete = false,
+            // Also a silent non-owner in the fallback: it may be the very node that served
+            // the client's write (found by the simulation: counting it as answered made
+            // a cut-off writer's version a rollback instead of a failed request).
+            Reply::NoAnswer => self.complete = false,
             _ => {}
         }
         if !self.outstanding.is_empty() {
@@ -297,6 +307,8 @@ mod tests {
         assert!(!unreachable(Fetched::Incomplete, Some(2), 2));
         assert!(!unreachable(Fetched::Complete, None, 2));
         assert!(rolled_back(1, 2) && !rolled_back(2, 2));
+        assert!(answer_now(0, 50, None) && answer_now(3, 0, None) && answer_now(3, 50, Some(3)));
+        assert!(!answer_now(3, 50, Some(2)) && !answer_now(3, 50, None));
     }
 
     #[test]
@@ -373,9 +385,15 @@ mod tests {
         p.on_reply("y", Reply::NoCopy, false);
         assert_eq!(
             p.outcome(),
-            Some(Fetched::Complete),
-            "the owners all answered: a silent non-owner does not make it incomplete"
+            Some(Fetched::Incomplete),
+            "a silent non-owner may be the write's server: not a rollback"
         );
+        let mut p = FetchPlan::new(0, true, names(&["p"]), names(&["x"]), 5, 50);
+        asks(&mut p);
+        p.on_reply("p", Reply::NoCopy, false);
+        asks(&mut p);
+        p.on_reply("x", Reply::NoCopy, false);
+        assert_eq!(p.outcome(), Some(Fetched::Complete), "everyone answered");
         // Found on a non-owner: complete at once.
         let mut p = FetchPlan::new(0, true, names(&["p"]), names(&["x"]), 5, 50);
         asks(&mut p);

@@ -591,6 +591,22 @@ impl Replica {
         )
     }
 
+    /// Which sessions this node compares with `peer` in anti-entropy: every session in
+    /// delta mode; in backup mode, those both own under the current view.
+    pub fn ae_scope(&self, peer: &str) -> Box<dyn Fn(SessionId) -> bool + Send + Sync> {
+        if !self.cfg.backup_mode {
+            return Box::new(|_| true);
+        }
+        let view = self.view.clone();
+        let k = self.cfg.backups;
+        let me = self.cfg.me.clone();
+        let peer = peer.to_string();
+        Box::new(move |sid| {
+            let owners = ownership::owners(sid, &view, k);
+            owners.contains(&me.as_str()) && owners.contains(&peer.as_str())
+        })
+    }
+
     /// Where the batched touches `touched` go ([`route::touch_plan`]).
     pub fn touch_plan(
         &self,
