@@ -550,7 +550,7 @@ impl Replica {
 
     /// Whether this node should hold `sid` (always in delta mode; an owner in backup mode).
     pub fn should_hold(&self, sid: SessionId) -> bool {
-        !self.cfg.backup_mode || self.owners(sid).iter().any(|o| *o == self.cfg.me)
+        !self.cfg.backup_mode || self.owners(sid).contains(&self.cfg.me)
     }
 
     /// The fetch of `sid` for a client that saw `min_version`, starting at `now` (ms):
