@@ -262,6 +262,9 @@ impl Replica {
             .filter(|(_, w)| w.waiting.contains(node))
             .map(|(id, _)| *id)
             .collect();
+        // In id order: events come out the same way on every run (the simulation replays).
+        let mut ids = ids;
+        ids.sort_unstable();
         for id in ids {
             if let Some(w) = self.syncs.get_mut(&id) {
                 w.waiting.remove(node);
@@ -468,6 +471,8 @@ impl Replica {
             .filter(|(_, w)| w.deadline <= now)
             .map(|(id, _)| *id)
             .collect();
+        let mut due = due;
+        due.sort_unstable();
         for id in due {
             self.settle(id, true);
         }
