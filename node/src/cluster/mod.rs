@@ -98,6 +98,8 @@ pub(crate) struct Inner {
     pub(crate) shutdown: CancellationToken,
     /// Open inbound connections by peer node id (join waits for every member's).
     inbound: Mutex<HashMap<String, usize>>,
+    /// State transfers served, waiting for the replica's barrier, by requester.
+    serving: Mutex<HashMap<String, handle::Serving>>,
     discovery: Mutex<Option<Arc<Discovery>>>,
     /// Members to run an anti-entropy round with soon.
     ae_kick: mpsc::Sender<antientropy::Kick>,
@@ -246,6 +248,7 @@ impl Cluster {
             view,
             shutdown: shutdown.clone(),
             inbound: Mutex::new(HashMap::new()),
+            serving: Mutex::new(HashMap::new()),
             discovery: Mutex::new(None),
             ae_kick,
             fetches: tokio::sync::Semaphore::new(MAX_FETCHES),
@@ -280,9 +283,6 @@ impl Cluster {
         cluster.spawn(net::follow_discovery(cluster.clone(), discovery.clone()));
         cluster.spawn(lifecycle::maintenance(cluster.clone()));
         cluster.spawn(antientropy::run(cluster.clone(), ae_kicks));
-        if cluster.inner.cfg.replication == ReplicationMode::Backup {
-            cluster.spawn(lifecycle::rereplicate_on_view_change(cluster.clone()));
-        }
         cluster.spawn(replica_timer(cluster.clone()));
         cluster.spawn(lifecycle::join(cluster.clone(), discovery));
         Ok(cluster)
@@ -378,7 +378,24 @@ impl Cluster {
                 }
                 Event::PeerFailed(node) => {
                     inner.pending.lock().retain(|(_, n), _| *n != node);
+                    inner.serving.lock().remove(&node);
                 }
+                Event::RequestState {
+                    node,
+                    id,
+                    only_owned,
+                } => {
+                    // Not queued (no link, queue full): the replica asks again after
+                    // the transfer's timeout, or stops waiting once the member fails.
+                    let msg = Message::StateReq { id, only_owned };
+                    self.queue_to(&r, &node, msg);
+                }
+                Event::Barrier { node, id } => {
+                    self.queue_to(&r, &node, Message::Barrier { id });
+                }
+                Event::ServeState(serve) => handle::stream_state(self, serve),
+                Event::Joined { ms } => lifecycle::joined(self, ms),
+                Event::Rereplicate => self.spawn(lifecycle::rereplicate(self.clone())),
                 Event::Resync(node) => self.anti_entropy_soon(&node, true),
                 Event::RepairGap { from, sid } => handle::repair_gap(self, from, sid),
             }
@@ -391,6 +408,15 @@ impl Cluster {
             inner.timer.notify_one();
         }
         out
+    }
+
+    /// Queues `msg` on the link to the live member `node` (`r`: the replica, locked).
+    fn queue_to(&self, r: &Replica, node: &str, msg: Message) -> bool {
+        let Some(id) = r.link_of(node) else {
+            return false;
+        };
+        let link = link_by_id(&self.inner.links.lock(), id);
+        link.is_some_and(|l| l.queue(&self.inner.metrics, msg.outgoing()))
     }
 
     /// Milliseconds on the replica's clock.
@@ -517,8 +543,18 @@ impl Cluster {
 
     /// Resolves a waiter (a reply arrived).
     pub(crate) fn resolve(&self, id: u64, node: &str, msg: Message) {
-        // A sync write's ack is the replica's; anything else answers a request here.
-        if matches!(msg, Message::Ack { .. }) && self.with_replica(|r| r.on_ack(node, id)) {
+        // A sync write's ack, a barrier's answer and a state transfer's last chunk are
+        // the replica's; anything else answers a request here.
+        let now = self.now_ms();
+        let consumed = match &msg {
+            Message::Ack { .. } => self.with_replica(|r| r.on_ack(node, id)),
+            Message::BarrierAck { .. } => self.with_replica(|r| r.on_barrier_ack(node, id)),
+            Message::StateChunk { done: true, .. } => {
+                self.with_replica(|r| r.on_state_done(now, node, id))
+            }
+            _ => false,
+        };
+        if consumed {
             return;
         }
         if let Some(tx) = self.inner.pending.lock().remove(&(id, node.to_string())) {
@@ -799,27 +835,6 @@ impl Cluster {
         };
         let this = self.clone();
         async move { this.request(&node, &link, id, msg, timeout).await }
-    }
-
-    /// Waits until every live peer except `except` has delivered everything it queued
-    /// for us before now (bounded).
-    pub(crate) async fn barrier(&self, except: &str) {
-        let peers: Vec<_> = self
-            .alive_peers()
-            .into_iter()
-            .filter(|(n, _)| n != except)
-            .collect();
-        let waits = peers.iter().map(|(node, link)| {
-            let id = self.next_id();
-            self.request(
-                node,
-                link,
-                id,
-                Message::Barrier { id },
-                Duration::from_secs(1),
-            )
-        });
-        futures::future::join_all(waits).await;
     }
 
     // --------------------------------------------------------------- writes

@@ -11,14 +11,14 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::{handle, Cluster, MemberState};
+use super::{handle, Cluster};
 use crate::admission::{Admission, Limits, Slot};
 use crate::crypto::FINGERPRINT_LEN;
 use crate::membership::Discovery;
 use crate::metrics::Metrics;
 use crate::reachability::Problem;
 use crate::replication::liveness::Liveness;
-use crate::replication::replica::{Admission as Admitted, LinkId};
+use crate::replication::replica::{Admission as Admitted, Inbound, LinkId};
 use crate::transport::{self, Connection, HandshakeError};
 use crate::wire::{Hello, Message, Outgoing, WireError};
 
@@ -54,6 +54,11 @@ impl Link {
     /// is healthy again. So one stuck peer cannot slow down writes to anyone else.
     /// False when dropped.
     pub async fn send(&self, metrics: &Metrics, out: Outgoing) -> bool {
+        self.queue(metrics, out)
+    }
+
+    /// [`Link::send`], callable without an async context (under the replica's lock).
+    pub fn queue(&self, metrics: &Metrics, out: Outgoing) -> bool {
         self.inflight.fetch_add(1, Ordering::SeqCst);
         let ok = self.tx.try_send((out, Instant::now())).is_ok();
         if !ok {
@@ -108,8 +113,10 @@ pub(crate) fn ensure_link(c: &Cluster, addr: SocketAddr, wanted: bool) -> Option
 
 /// Admits the peer on `link` (false: that incarnation said goodbye).
 fn admit(c: &Cluster, peer: &Hello, link: &Arc<Link>) -> bool {
+    let now = c.now_ms();
     let admission = c.with_replica(|r| {
         r.peer_up(
+            now,
             &peer.node_id,
             peer.incarnation,
             peer.addr,
@@ -590,18 +597,15 @@ async fn inbound(c: Cluster, stream: tokio::net::TcpStream, from: SocketAddr, sl
         key_id,
         ..
     } = conn;
-    let (left, known) = {
-        let r = inner.replica.lock();
-        let known = r
-            .member(&peer.node_id)
-            .is_some_and(|m| m.incarnation == peer.incarnation && m.state == MemberState::Alive);
-        (r.has_left(&peer.node_id, peer.incarnation), known)
-    };
-    if left {
+    let verdict = inner
+        .replica
+        .lock()
+        .on_inbound(&peer.node_id, peer.incarnation);
+    if verdict == Inbound::Left {
         return;
     }
     // Dial back at once so that this peer gets our writes from now on.
-    if !known {
+    if verdict == Inbound::DialBack {
         // The link may already exist and sit in a reconnect backoff (up to MAX_BACKOFF),
         // e.g. to a static peer that was down until now: cut it short, or the peer's
         // join waits that long for our dial-back.

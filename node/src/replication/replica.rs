@@ -28,6 +28,8 @@ use std::net::SocketAddr;
 
 use tribe_api::MemberState;
 
+use super::handoff::{self, Rereplication, Round};
+use super::join::{Join, Serve, Serves};
 use crate::ownership;
 use crate::wire::SessionId;
 
@@ -102,6 +104,33 @@ pub enum Event {
         /// The session.
         sid: SessionId,
     },
+    // ---------------------------------------------- membership: join, serve, hand-off
+    /// Ask `node` for a state transfer: `StateReq { id, only_owned }` (the join's).
+    RequestState {
+        /// The member.
+        node: String,
+        /// Request id (the last `StateChunk` carries it).
+        id: u64,
+        /// Backup mode: only the sessions this node will own.
+        only_owned: bool,
+    },
+    /// Send `Barrier { id }` to `node` (a transfer served waits for its `BarrierAck`).
+    Barrier {
+        /// The member.
+        node: String,
+        /// Barrier id.
+        id: u64,
+    },
+    /// The barrier of a served transfer is done: stream the snapshot (chunks of the
+    /// sessions [`super::join::in_snapshot`] keeps, the last one `done`).
+    ServeState(Serve),
+    /// The join completed (the readiness rule held) after `ms` milliseconds.
+    Joined {
+        /// How long the join took.
+        ms: u64,
+    },
+    /// Backup mode: a re-replication round is due ([`Replica::take_rereplication`]).
+    Rereplicate,
 }
 
 /// How long a gap may stay before the session is fetched from the delta's sender (ms):
@@ -146,6 +175,12 @@ pub struct Replica {
     joined: bool,
     draining: bool,
     leaving: bool,
+    // ---------------------------------------------- membership: join, serve, hand-off
+    join: Join,
+    serves: Serves,
+    rerep: Rereplication,
+    /// The latest `now` (ms) passed in (only for the join's duration).
+    clock: u64,
 }
 
 impl Replica {
@@ -153,7 +188,6 @@ impl Replica {
     pub fn new(cfg: ReplicaConfig) -> Replica {
         Replica {
             view: vec![cfg.me.clone()],
-            cfg,
             members: BTreeMap::new(),
             left: HashSet::new(),
             syncs: HashMap::new(),
@@ -162,6 +196,11 @@ impl Replica {
             joined: false,
             draining: false,
             leaving: false,
+            join: Join::default(),
+            serves: Serves::default(),
+            rerep: Rereplication::new(vec![cfg.me.clone()]),
+            clock: 0,
+            cfg,
         }
     }
 
@@ -175,6 +214,7 @@ impl Replica {
     /// A handshake with `node` completed on `link`.
     pub fn peer_up(
         &mut self,
+        now: u64,
         node: &str,
         incarnation: u64,
         addr: SocketAddr,
@@ -204,6 +244,7 @@ impl Replica {
         // Whatever either side missed while apart (a cut, a freeze, a restart) is compared
         // and exchanged now, not only when the session is next written.
         self.events.push_back(Event::Resync(node.to_string()));
+        self.join_member_up(now, node, incarnation);
         admission
     }
 
@@ -251,6 +292,7 @@ impl Replica {
 
     fn peer_failed(&mut self, node: &str) {
         self.events.push_back(Event::PeerFailed(node.to_string()));
+        self.membership_peer_failed(node);
         // Its gaps are anti-entropy's to repair once it is back.
         self.gaps.retain(|(from, _), _| from != node);
         let ids: Vec<u64> = self
@@ -280,6 +322,7 @@ impl Replica {
         if ids != self.view {
             self.view = ids.clone();
             self.events.push_back(Event::ViewChanged(ids));
+            self.rerep_on_view();
         }
     }
 
@@ -351,6 +394,7 @@ impl Replica {
     /// The join (state transfer) completed.
     pub fn set_joined(&mut self) {
         self.joined = true;
+        self.join.set_joined();
     }
 
     /// Whether the join completed.
@@ -468,6 +512,7 @@ impl Replica {
         for id in due {
             self.settle(id, true);
         }
+        self.membership_timeout(now);
     }
 
     /// Ends the sync write `id` now, with the acks it has (the driver's timer for it fired).
@@ -479,7 +524,10 @@ impl Replica {
     pub fn poll_timeout(&self) -> Option<u64> {
         let sync = self.syncs.values().map(|w| w.deadline).min();
         let gap = self.gaps.values().copied().min();
-        sync.into_iter().chain(gap).min()
+        sync.into_iter()
+            .chain(gap)
+            .chain(self.membership_poll_timeout())
+            .min()
     }
 
     fn settle(&mut self, id: u64, timeout: bool) {
@@ -515,6 +563,209 @@ impl Replica {
     pub fn poll_event(&mut self) -> Option<Event> {
         self.events.pop_front()
     }
+
+    // ------------------------------------------------------------ membership (join,
+    // serving transfers, readiness, leave hand-off, re-replication; see `join`, `handoff`)
+
+    fn tick(&mut self, now: u64) {
+        self.clock = self.clock.max(now);
+    }
+
+    fn alive_incarnations(&self) -> Vec<(String, u64)> {
+        self.members
+            .values()
+            .filter(|m| m.state == MemberState::Alive)
+            .map(|m| (m.node_id.clone(), m.incarnation))
+            .collect()
+    }
+
+    fn ask_state(&mut self, reqs: impl IntoIterator<Item = super::join::Request>) {
+        for r in reqs {
+            self.events.push_back(Event::RequestState {
+                node: r.node,
+                id: r.id,
+                only_owned: self.cfg.backup_mode,
+            });
+        }
+    }
+
+    fn join_check(&mut self) {
+        let alive = self.alive_incarnations();
+        if let Some(ms) = self.join.check(self.clock, &alive) {
+            self.joined = true;
+            self.events.push_back(Event::Joined { ms });
+            // What changed while joining is this node's to copy now (backup mode).
+            self.rerep_on_view();
+        }
+    }
+
+    fn join_member_up(&mut self, now: u64, node: &str, incarnation: u64) {
+        self.tick(now);
+        let req = self.join.on_member_up(now, node, incarnation);
+        self.ask_state(req);
+    }
+
+    fn membership_peer_failed(&mut self, node: &str) {
+        self.join.on_member_down(node);
+        for s in self.serves.on_peer_down(node) {
+            self.events.push_back(Event::ServeState(s));
+        }
+        // The member is out of the table's live set already: no longer waited for.
+        self.join_check();
+    }
+
+    fn membership_timeout(&mut self, now: u64) {
+        self.tick(now);
+        let alive = self.alive_incarnations();
+        let reqs = self.join.on_timeout(now, &alive);
+        self.ask_state(reqs);
+        for s in self.serves.on_timeout(now) {
+            self.events.push_back(Event::ServeState(s));
+        }
+        self.rerep_signal();
+    }
+
+    fn membership_poll_timeout(&self) -> Option<u64> {
+        let j = self.join.poll_timeout();
+        let s = self.serves.poll_timeout();
+        let r = self.rerep.poll_timeout();
+        j.into_iter().chain(s).chain(r).min()
+    }
+
+    /// The driver settled at `now` (every discovered candidate dialed once, every member
+    /// dialed back, bounded): ask every live member for a state transfer. The join
+    /// completes ([`Event::Joined`]) once a transfer from every live member completed
+    /// (the readiness rule, [`super::join`]); at once when there is none.
+    pub fn begin_join(&mut self, now: u64) {
+        self.tick(now);
+        let alive = self.alive_incarnations();
+        let reqs = self.join.begin(now, &alive);
+        self.ask_state(reqs);
+        self.join_check();
+    }
+
+    /// Whether the join started.
+    pub fn join_started(&self) -> bool {
+        self.join.started()
+    }
+
+    /// Live members a state transfer is still missing from (joining).
+    pub fn join_waiting_for(&self) -> Vec<String> {
+        self.join.waiting_for(&self.alive_incarnations())
+    }
+
+    /// The last chunk of state transfer `id` arrived from `from` at `now`. True when it
+    /// was this node's request (consumed); false: another request's reply.
+    pub fn on_state_done(&mut self, now: u64, from: &str, id: u64) -> bool {
+        self.tick(now);
+        if !self.join.on_done(from, id) {
+            return false;
+        }
+        self.join_check();
+        true
+    }
+
+    /// `requester` asks for a state transfer (`id`) at `now`: barriers to the other live
+    /// members first ([`Event::Barrier`]), then [`Event::ServeState`].
+    pub fn on_state_req(&mut self, now: u64, requester: &str, id: u64, only_owned: bool) {
+        self.tick(now);
+        let peers: Vec<String> = self.alive_peers().into_iter().map(|(n, _)| n).collect();
+        let (barriers, ready) = self
+            .serves
+            .on_request(now, requester, id, only_owned, &peers);
+        for (node, id) in barriers {
+            self.events.push_back(Event::Barrier { node, id });
+        }
+        if let Some(s) = ready {
+            self.events.push_back(Event::ServeState(s));
+        }
+    }
+
+    /// `from` answered barrier `id`. False when `id` is no barrier of this replica.
+    pub fn on_barrier_ack(&mut self, from: &str, id: u64) -> bool {
+        match self.serves.on_ack(from, id) {
+            Err(()) => false,
+            Ok(ready) => {
+                if let Some(s) = ready {
+                    self.events.push_back(Event::ServeState(s));
+                }
+                true
+            }
+        }
+    }
+
+    /// What to do with an inbound connection from `node` (incarnation) that completed
+    /// its handshake: refuse it (that incarnation left), or accept it and dial back unless
+    /// it is already a live member of that incarnation (then its writes reach us).
+    pub fn on_inbound(&self, node: &str, incarnation: u64) -> Inbound {
+        if self.has_left(node, incarnation) {
+            return Inbound::Left;
+        }
+        let known = self
+            .members
+            .get(node)
+            .is_some_and(|m| m.incarnation == incarnation && m.state == MemberState::Alive);
+        if known {
+            Inbound::Known
+        } else {
+            Inbound::DialBack
+        }
+    }
+
+    /// Leaving (backup mode): the views to plan the hand-off with (the current view, and
+    /// it without this node): `Put`s of what the new owners gain, then `Leaving`.
+    pub fn leave_handoff(&self) -> Option<(Vec<String>, Vec<String>)> {
+        self.cfg
+            .backup_mode
+            .then(|| handoff::handoff_views(&self.view, &self.cfg.me))
+    }
+
+    fn rerep_on_view(&mut self) {
+        if !self.cfg.backup_mode {
+            return;
+        }
+        self.rerep.on_view(&self.view);
+        self.rerep_signal();
+    }
+
+    fn rerep_signal(&mut self) {
+        if self.cfg.backup_mode && !self.leaving && self.rerep.signal(self.clock) {
+            self.events.push_back(Event::Rereplicate);
+        }
+    }
+
+    /// Backup mode: the re-replication round due at `now`, if any (none while leaving);
+    /// plan it with [`super::rereplicate`], push it, then [`Self::rereplication_done`].
+    pub fn take_rereplication(&mut self, now: u64) -> Option<Round> {
+        self.tick(now);
+        if self.leaving || !self.cfg.backup_mode {
+            return None;
+        }
+        self.rerep.take(now)
+    }
+
+    /// The round ended at `now`; `failed`: pushes not delivered, by target (retried
+    /// after [`handoff::RETRY_MS`] while still needed).
+    pub fn rereplication_done(
+        &mut self,
+        now: u64,
+        failed: std::collections::HashMap<String, Vec<SessionId>>,
+    ) {
+        self.tick(now);
+        self.rerep.finished(now, failed);
+        self.rerep_signal();
+    }
+}
+
+/// What [`Replica::on_inbound`] decides for an inbound connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Inbound {
+    /// That incarnation said goodbye: close.
+    Left,
+    /// A live member of that incarnation: serve.
+    Known,
+    /// Serve, and dial back at once (so that its writes reach it from now on).
+    DialBack,
 }
 
 #[cfg(test)]
@@ -544,7 +795,7 @@ mod tests {
     fn admits_suspects_and_removes_by_link() {
         let mut r = replica(0);
         assert_eq!(
-            r.peer_up("b", 1, addr(2), true, 10),
+            r.peer_up(0, "b", 1, addr(2), true, 10),
             Admission::Admitted {
                 new: true,
                 restarted: false
@@ -562,7 +813,7 @@ mod tests {
         assert_eq!(r.view(), ["a".to_string()]);
         assert!(r.member("b").is_some(), "suspect members stay listed");
         assert_eq!(
-            r.peer_up("b", 2, addr(2), true, 12),
+            r.peer_up(0, "b", 2, addr(2), true, 12),
             Admission::Admitted {
                 new: false,
                 restarted: true
@@ -576,12 +827,12 @@ mod tests {
     #[test]
     fn a_member_that_left_is_never_readmitted() {
         let mut r = replica(0);
-        r.peer_up("b", 1, addr(2), true, 10);
+        r.peer_up(0, "b", 1, addr(2), true, 10);
         assert_eq!(r.on_leaving("b", 1), Some(10));
         r.peer_removed(10);
-        assert_eq!(r.peer_up("b", 1, addr(2), true, 11), Admission::Left);
+        assert_eq!(r.peer_up(0, "b", 1, addr(2), true, 11), Admission::Left);
         assert!(matches!(
-            r.peer_up("b", 2, addr(2), true, 11),
+            r.peer_up(0, "b", 2, addr(2), true, 11),
             Admission::Admitted { .. }
         ));
     }
@@ -589,8 +840,8 @@ mod tests {
     #[test]
     fn a_sync_write_released_by_suspicion_is_acknowledged_alone() {
         let mut r = replica(0);
-        r.peer_up("b", 1, addr(2), true, 10);
-        r.peer_up("c", 1, addr(3), true, 11);
+        r.peer_up(0, "b", 1, addr(2), true, 10);
+        r.peer_up(0, "c", 1, addr(3), true, 11);
         events(&mut r);
         r.start_sync(0, 7, ["b".to_string(), "c".to_string()]);
         assert!(events(&mut r).is_empty(), "waits for both");
@@ -618,8 +869,8 @@ mod tests {
     #[test]
     fn min_members_refuses_what_too_few_hold_and_acks_count_once() {
         let mut r = replica(3);
-        r.peer_up("b", 1, addr(2), true, 10);
-        r.peer_up("c", 1, addr(3), true, 11);
+        r.peer_up(0, "b", 1, addr(2), true, 10);
+        r.peer_up(0, "c", 1, addr(3), true, 11);
         assert!(r.has_quorum());
         events(&mut r);
         r.start_sync(0, 1, ["b".to_string(), "c".to_string(), "zz".to_string()]);
@@ -648,8 +899,8 @@ mod tests {
     #[test]
     fn a_gap_is_repaired_from_its_sender_after_the_retry_delay_unless_it_failed() {
         let mut r = replica(0);
-        r.peer_up("b", 1, addr(2), true, 10);
-        r.peer_up("c", 1, addr(3), true, 11);
+        r.peer_up(0, "b", 1, addr(2), true, 10);
+        r.peer_up(0, "c", 1, addr(3), true, 11);
         events(&mut r);
         r.on_gap(1_000, "b", 5);
         r.on_gap(1_100, "b", 5);

@@ -47,11 +47,15 @@ use rand::{RngExt, SeedableRng};
 
 use super::apply::{self, Effect, ForDriver, Handled};
 use super::liveness::Liveness;
-use super::replica::{Admission, Event, Replica, ReplicaConfig};
+use super::replica::{Admission, Event, Inbound, Replica, ReplicaConfig};
 use super::{antientropy, write};
 use crate::metrics::Metrics;
 use crate::store::Store;
-use crate::wire::{Message, SessionId};
+use crate::wire::{Hello, Message, SessionId};
+
+#[path = "sim_membership.rs"]
+mod membership;
+use membership::{NodeMembership, SETTLE_MS, SimMembership, Stop};
 
 /// What to simulate.
 #[derive(Debug, Clone)]
@@ -109,6 +113,13 @@ pub struct Report {
     pub acked_alone: usize,
     /// Message types delivered at least once (type bytes).
     pub types: BTreeSet<u8>,
+    /// Joins completed (state transfers from every live member), each checked by the
+    /// readiness rule.
+    pub joins: usize,
+    /// Graceful leaves (hand-off, `Leaving`).
+    pub leaves: usize,
+    /// Crashes whose store was kept (restarts from disk).
+    pub disk_restarts: usize,
 }
 
 /// Tick of the simulation (ms).
@@ -157,10 +168,9 @@ struct Node {
     pending: HashMap<u64, Pending>,
     next_id: u64,
     frozen_until: u64,
-    /// Has received a state transfer (a restarted node takes no client writes before).
-    joined: bool,
-    /// The state transfer in flight: from whom, and when its last chunk arrives.
-    joining: Option<(usize, u64)>,
+    /// Membership (the driver's parts): when the join starts at the latest (settle),
+    /// when a leaving node stops, and the re-replication round's pushes in flight.
+    member: NodeMembership,
 }
 
 struct InFlight {
@@ -190,6 +200,8 @@ struct Sim {
     report: Report,
     incarnations: u32,
     trace: Vec<String>,
+    /// Membership: stores kept across crashes (disk), snapshots served (checker).
+    membership: SimMembership,
 }
 
 fn index_of(name: &str) -> usize {
@@ -240,8 +252,7 @@ impl Node {
             pending: HashMap::new(),
             next_id: 1,
             frozen_until: 0,
-            joined: true,
-            joining: None,
+            member: NodeMembership::default(),
         }
     }
 
@@ -274,11 +285,13 @@ impl Sim {
             report: Report::default(),
             incarnations: 0,
             trace: Vec::new(),
+            membership: SimMembership::default(),
             cfg,
         };
         for i in 0..sim.cfg.nodes {
             let n = sim.fresh_node(i);
             sim.nodes.push(Some(n));
+            sim.membership.disk.push(None);
         }
         // Start fully connected, as after a join.
         for a in 0..sim.cfg.nodes {
@@ -316,19 +329,32 @@ impl Sim {
     /// `a` completed a handshake with `b`: a link with fresh liveness, and `b` admitted
     /// by `a`'s replica (its events performed).
     fn admit(&mut self, a: usize, b: usize) {
-        let now = self.now;
-        let timeout = self.cfg.member_timeout_ms;
-        let Some(nb) = self.nodes[b].as_ref() else {
+        let Some(hello) = self.nodes[b].as_ref().map(Node::hello) else {
             return;
         };
-        let (inc, ready) = (nb.incarnation as u64, nb.replica.joined());
-        let na = self.nodes[a].as_mut().unwrap();
-        na.links.insert(b, Some(Liveness::new(now, timeout, true)));
-        let admitted = na
-            .replica
-            .peer_up(&format!("n{b}"), inc, addr_of(b), ready, b as u64);
+        let admitted = self.admit_hello(a, b, &hello);
         assert!(matches!(admitted, Admission::Admitted { .. }));
+    }
+
+    /// `a` read `hello` from `b` in a handshake it started (`HelloAck`): admitted by
+    /// `a`'s replica (as `cluster/net.rs` does), on a link with fresh liveness.
+    fn admit_hello(&mut self, a: usize, b: usize, hello: &Hello) -> Admission {
+        let now = self.now;
+        let timeout = self.cfg.member_timeout_ms;
+        let na = self.nodes[a].as_mut().unwrap();
+        let admitted = na.replica.peer_up(
+            now,
+            &hello.node_id,
+            hello.incarnation,
+            hello.addr,
+            hello.ready,
+            b as u64,
+        );
+        if matches!(admitted, Admission::Admitted { .. }) {
+            na.links.insert(b, Some(Liveness::new(now, timeout, true)));
+        }
         self.replica_events(a);
+        admitted
     }
 
     /// Performs the events of node `i`'s replica.
@@ -341,7 +367,38 @@ impl Sim {
                 return;
             };
             match e {
-                Event::ViewChanged(_) | Event::PeerFailed(_) => {}
+                Event::ViewChanged(_) => {}
+                Event::PeerFailed(peer) => {
+                    let p = index_of(&peer);
+                    if let Some(r) = node.member.round.as_mut() {
+                        // Pushes to it fail (retried while it is still an owner).
+                        let lost: Vec<u64> = r
+                            .puts
+                            .iter()
+                            .filter(|(_, (n, _))| *n == p)
+                            .map(|(id, _)| *id)
+                            .collect();
+                        for id in lost {
+                            let (_, sids) = r.puts.remove(&id).expect("present");
+                            r.failed.entry(peer.clone()).or_default().extend(sids);
+                        }
+                    }
+                    self.round_finished(i);
+                }
+                Event::RequestState {
+                    node: peer,
+                    id,
+                    only_owned,
+                } => {
+                    let msg = Message::StateReq { id, only_owned };
+                    self.send(i, index_of(&peer), msg, true);
+                }
+                Event::Barrier { node: peer, id } => {
+                    self.send(i, index_of(&peer), Message::Barrier { id }, true);
+                }
+                Event::ServeState(serve) => self.serve_state(i, serve),
+                Event::Joined { .. } => self.check_ready(i),
+                Event::Rereplicate => self.rereplicate(i),
                 Event::Resync(peer) => node.ae.kick(index_of(&peer), true),
                 Event::RepairGap { from, sid } => {
                     // As the driver: still behind? Fetch the whole session from the sender.
@@ -468,13 +525,7 @@ impl Sim {
             .retain(|_, m| !((m.from == a && m.to == b) || (m.from == b && m.to == a)));
         for (x, y) in [(a, b), (b, a)] {
             if let Some(n) = self.nodes[x].as_mut() {
-                // A state transfer cut short: join again from another peer.
-                if n.joining
-                    .is_some_and(|(from, done)| from == y && done >= self.now)
-                {
-                    n.joined = false;
-                    n.joining = None;
-                }
+                // (A state transfer cut short: the replica stops waiting for it.)
                 if let Some(l) = n.links.get_mut(&y) {
                     if l.take().is_some() {
                         n.replica.peer_suspect(&format!("n{y}"), y as u64);
@@ -514,6 +565,10 @@ impl Sim {
         self.report.types.insert(m.ty);
         let (from, to) = (m.from, m.to);
         let now = self.now;
+        if matches!(m.ty, 1 | 2) {
+            self.handshake(m);
+            return;
+        }
         let node = self.nodes[to].as_mut().unwrap();
         let Some(Some(live)) = node.links.get_mut(&from) else {
             // A frame on a connection this node already closed.
@@ -531,13 +586,24 @@ impl Sim {
                 self.send(to, from, Message::FetchResp { id, session }, true);
                 return;
             }
-            Handled::Driver(
-                ForDriver::Forward { .. }
-                | ForDriver::StateReq { .. }
-                | ForDriver::Barrier { .. }
-                | ForDriver::Leaving
-                | ForDriver::LateHello,
-            ) => unreachable!("the simulation sends none of these"),
+            Handled::Driver(ForDriver::StateReq { id, only_owned }) => {
+                let peer = format!("n{from}");
+                node.replica.on_state_req(now, &peer, id, only_owned);
+                self.replica_events(to);
+                return;
+            }
+            Handled::Driver(ForDriver::Barrier { id }) => {
+                // Answered on this node's own link, behind what it queued.
+                self.send(to, from, Message::BarrierAck { id }, true);
+                return;
+            }
+            Handled::Driver(ForDriver::Leaving) => {
+                self.on_leaving(to, from);
+                return;
+            }
+            Handled::Driver(ForDriver::Forward { .. } | ForDriver::LateHello) => {
+                unreachable!("the simulation sends none of these")
+            }
         };
         for e in effects {
             match e {
@@ -549,6 +615,17 @@ impl Sim {
                         // (Applied: wakes read-your-writes waiters in the driver.)
                     }
                 }
+                Effect::Resolve(id, Message::StateChunk { .. }) => {
+                    let node = self.nodes[to].as_mut().unwrap();
+                    node.replica.on_state_done(now, &format!("n{from}"), id);
+                    self.replica_events(to);
+                }
+                Effect::Resolve(id, Message::BarrierAck { .. }) => {
+                    let node = self.nodes[to].as_mut().unwrap();
+                    node.replica.on_barrier_ack(&format!("n{from}"), id);
+                    self.replica_events(to);
+                }
+                Effect::Resolve(id, _) if self.put_acked(to, id) => {}
                 Effect::Resolve(id, _) => {
                     let node = self.nodes[to].as_mut().unwrap();
                     let peer = format!("n{from}");
@@ -589,9 +666,9 @@ impl Sim {
         let live: Vec<usize> = (0..self.cfg.nodes)
             .filter(|i| {
                 self.running(*i)
-                    && self.nodes[*i].as_ref().is_some_and(|n| {
-                        n.joined && n.joining.is_none_or(|(_, done)| done < self.now)
-                    })
+                    && self.nodes[*i]
+                        .as_ref()
+                        .is_some_and(|n| n.replica.joined() && !n.replica.stopping())
             })
             .collect();
         if live.is_empty() {
@@ -701,8 +778,16 @@ impl Sim {
     // ------------------------------------------------------------------ faults
 
     fn crash(&mut self, i: usize) {
-        self.log(format!("crash n{i}"));
-        self.report.faults += 1;
+        self.stop(i, Stop::Crash);
+    }
+
+    /// Node `i` stops: a crash (memory lost), a crash whose store is kept (a restart from
+    /// disk), or the end of a graceful leave. Its connections break.
+    fn stop(&mut self, i: usize, how: Stop) {
+        self.log(format!("{how:?} n{i}"));
+        if how != Stop::Left {
+            self.report.faults += 1;
+        }
         for p in 0..self.cfg.nodes {
             if p != i {
                 self.disconnect(i, p);
@@ -715,7 +800,12 @@ impl Sim {
             self.writes[p.write].lost = true;
         }
         self.net.retain(|_, m| m.to != i && m.from != i);
-        // A write no live node holds and none is about to receive is gone with it.
+        if how == Stop::Disk {
+            self.report.disk_restarts += 1;
+            self.membership.disk[i] = Some(node.store);
+        }
+        // A write no live node holds (nor a kept store) and none is about to receive is
+        // gone with it.
         let mut lost = Vec::new();
         for w in 0..self.writes.len() {
             let idx = w;
@@ -726,7 +816,9 @@ impl Sim {
                 .nodes
                 .iter()
                 .flatten()
-                .any(|n| Self::holds(&n.store, &self.writes[w]));
+                .map(|n| &n.store)
+                .chain(self.membership.disk.iter().flatten())
+                .any(|s| Self::holds(s, &self.writes[w]));
             if !held && !self.in_flight(&self.writes[w]) {
                 // The rule (REPLICATION.md): an acknowledged write is lost only when every
                 // member that held it at its acknowledgement lost it. Here: each of its
@@ -758,8 +850,17 @@ impl Sim {
 
     fn restart(&mut self, i: usize) {
         let mut n = self.fresh_node(i);
-        n.joined = false;
-        self.log(format!("restart n{i} skew {}s", n.skew));
+        // Joins once settled (every peer admitted, or SETTLE_MS passed): state transfers
+        // from every live member, then ready. From disk: the kept store, a new origin.
+        n.member.settle_at = self.now + SETTLE_MS;
+        if self.membership.disk.len() <= i {
+            self.membership.disk.resize_with(i + 1, || None);
+        }
+        let disk = self.membership.disk[i].take().is_some_and(|store| {
+            n.store = store;
+            true
+        });
+        self.log(format!("restart n{i} skew {}s (from disk: {disk})", n.skew));
         self.nodes[i] = Some(n);
         self.restart_at[i] = None;
     }
@@ -792,8 +893,21 @@ impl Sim {
             4 => {
                 // At most one node down at a time, and only when the rest are healthy:
                 // more is a whole-cluster outage, which an in-memory store cannot survive.
-                if self.nodes.iter().all(|n| n.is_some()) {
+                if self.all_staying() {
                     self.crash(i);
+                }
+            }
+            7 => {
+                // A graceful leave (hand-off, `Leaving`), as at a rolling update.
+                if self.all_staying() && self.running(i) {
+                    self.leave(i);
+                }
+                return;
+            }
+            8 => {
+                // A crash whose store survives (`--data-dir`): restarts from disk.
+                if self.all_staying() {
+                    self.stop(i, Stop::Disk);
                 }
             }
             5 => {
@@ -859,22 +973,18 @@ impl Sim {
                 .filter(|(_, l)| l.is_none())
                 .map(|(p, _)| *p)
                 .collect();
-            for p in down {
-                if self.up(p) && !self.cut.contains(&pair(i, p)) && self.running(p) {
-                    // Handshake done: admitted both ways (the replica asks for a full
-                    // anti-entropy round on both sides).
-                    for (a, b) in [(i, p), (p, i)] {
-                        let n = self.nodes[a].as_mut().unwrap();
-                        if n.links.get(&b).is_some_and(|l| l.is_none()) {
-                            self.admit(a, b);
-                        } else {
-                            n.ae.kick(b, true);
-                        }
-                    }
-                    self.log(format!("n{i} connected to n{p}"));
-                    self.state_transfer(i, p);
+            let hello = node.hello();
+            if !node.replica.stopping() {
+                // A dial: the handshake's first message (`cluster/net.rs`: the peer that
+                // answers is admitted when its `HelloAck` arrives; it dials back).
+                for p in down {
+                    self.send_handshake(i, p, Message::Hello(hello.clone()));
                 }
             }
+        }
+        self.settle_join(i);
+        if self.nodes[i].as_ref().unwrap().replica.stopping() {
+            return;
         }
         // Anti-entropy: kicked rounds, and every member each interval.
         let node = self.nodes[i].as_mut().unwrap();
@@ -893,36 +1003,6 @@ impl Sim {
             let buckets = antientropy::digest(&node.store, node.secs(now), settle, &|_| true);
             self.send(i, p, Message::AeDigest { buckets, settle }, false);
         }
-    }
-
-    /// A node that has not joined gets every session of a joined peer it connects to
-    /// (the driver's state transfer), then takes writes.
-    fn state_transfer(&mut self, a: usize, b: usize) {
-        let (Some(na), Some(nb)) = (self.nodes[a].as_ref(), self.nodes[b].as_ref()) else {
-            return;
-        };
-        let (from, to) = match (na.joined, nb.joined) {
-            (true, false) => (a, b),
-            (false, true) => (b, a),
-            _ => return,
-        };
-        let src = self.nodes[from].as_ref().unwrap();
-        let mut all = Vec::new();
-        src.store.for_each(|sid, _| all.push(sid));
-        all.sort_unstable();
-        let chunks: Vec<Vec<_>> = all
-            .chunks(apply::PUT_BATCH)
-            .map(|c| c.iter().filter_map(|s| src.store.state(*s)).collect())
-            .collect();
-        for sessions in chunks {
-            self.send(from, to, Message::Put { ack: 0, sessions }, false);
-        }
-        let done = self.last_at.get(&(from, to)).copied().unwrap_or(self.now);
-        let n = self.nodes[to].as_mut().unwrap();
-        n.joined = true;
-        n.replica.set_joined();
-        n.joining = Some((from, done));
-        self.log(format!("n{to} joins from n{from}"));
     }
 
     fn step(&mut self, faults: bool) {
@@ -944,12 +1024,19 @@ impl Sim {
         for i in 0..self.cfg.nodes {
             self.tick_node(i);
         }
+        self.leaves_step();
     }
 
     fn quiesce(&mut self) {
         self.log("faults stop: heal, restart, thaw".into());
         self.cut.clear();
         for i in 0..self.cfg.nodes {
+            if self.nodes[i]
+                .as_ref()
+                .is_some_and(|n| n.member.leave_by.is_some())
+            {
+                self.stop(i, Stop::Left);
+            }
             if self.nodes[i].is_none() {
                 self.restart(i);
             }
