@@ -81,13 +81,14 @@ pub(crate) async fn join(c: Cluster, discovery: Arc<Discovery>) {
     tracing::info!(?waiting, "joining: state transfers requested");
 }
 
-/// The join completed after `ms` milliseconds: ready.
-pub(crate) fn joined(c: &Cluster, ms: u64) {
+/// The join completed after `ms` milliseconds, with `peers` live peers: ready. Called
+/// under the replica's lock.
+pub(crate) fn joined(c: &Cluster, ms: u64, peers: usize) {
     let inner = &c.inner;
     let secs = ms as f64 / 1000.0;
     inner.metrics.state_transfer_seconds.set(secs);
     tracing::info!(
-        peers = c.alive_peers().len(),
+        peers,
         sessions = inner.store.len(),
         seconds = secs,
         "joined: state transfer from every live member complete, ready"

@@ -394,7 +394,7 @@ impl Cluster {
                     self.queue_to(&r, &node, Message::Barrier { id });
                 }
                 Event::ServeState(serve) => handle::stream_state(self, serve),
-                Event::Joined { ms } => lifecycle::joined(self, ms),
+                Event::Joined { ms } => lifecycle::joined(self, ms, r.alive_peers().len()),
                 Event::Rereplicate => self.spawn(lifecycle::rereplicate(self.clone())),
                 Event::Resync(node) => self.anti_entropy_soon(&node, true),
                 Event::RepairGap { from, sid } => handle::repair_gap(self, from, sid),

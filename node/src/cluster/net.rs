@@ -554,8 +554,9 @@ pub(crate) async fn accept_loop(c: Cluster, listener: TcpListener) {
 /// Whether `ip` is the address of a discovered candidate or a member (they dial from
 /// the address they advertise, one per pod on Kubernetes).
 fn is_known_peer_ip(c: &Cluster, ip: std::net::IpAddr) -> bool {
-    c.inner.links.lock().keys().any(|a| a.ip() == ip)
-        || c.inner.replica.lock().members().any(|m| m.addr.ip() == ip)
+    // One lock at a time (the order is replica, then links).
+    let linked = c.inner.links.lock().keys().any(|a| a.ip() == ip);
+    linked || c.inner.replica.lock().members().any(|m| m.addr.ip() == ip)
 }
 
 /// A WARN line for a failure before authentication, at most one per reason per
