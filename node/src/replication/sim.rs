@@ -5,8 +5,9 @@
 //! production [`Replica`] (member table, view, quorum, sync-ack verdicts and deadlines, gap
 //! repair), with messages encoded and decoded by the real wire codec on each
 //! node's own (skewed) clock — through message delay, reordering, duplication, silent
-//! cuts (partitions), frozen processes, crashes with restarts (memory lost, new origin),
-//! and clock skew. No sockets, no tasks, no wall clock: one seed, one run, replayable.
+//! cuts (partitions), frozen processes, crashes with restarts (memory lost, or the store
+//! kept as with `--data-dir`; a new incarnation and origin either way), graceful leaves
+//! (hand-off, `Leaving`), and clock skew. No sockets, no tasks, no wall clock: one seed, one run, replayable.
 //!
 //! The model of the driver: one logical connection per pair of nodes, FIFO, on which a
 //! message may be delayed, and — for the idempotent messages (deltas, puts) — rarely
@@ -14,10 +15,14 @@
 //! without telling either side; a crash breaks the crashed node's connections at once
 //! (the peers get a reset); a frozen node processes nothing and its peers hear nothing.
 //! A node declares a peer dead from [`Liveness`] alone, closes that connection (its
-//! queued messages are dropped) and dials again every 500 ms; a successful dial admits
-//! both ways and starts a full anti-entropy round on both sides, as `cluster/net.rs` does.
-//! A restarted node takes a state transfer (every session, in `Put` chunks) from the first
-//! joined member it reaches and takes client writes only once it arrived; a delta that
+//! queued messages are dropped) and dials again every 500 ms: a dial is a real `Hello`;
+//! the acceptor asks its replica ([`Replica::on_inbound`]), answers `HelloAck` and dials
+//! back; each side admits the other when the `HelloAck` arrives, which starts a full
+//! anti-entropy round, as `cluster/net.rs` does. A restarted node joins through the
+//! replica's join ([`super::join`]): once settled it sends `StateReq` to every live
+//! member, which runs its `Barrier`/`BarrierAck` barrier and streams `StateChunk`s; the
+//! node is ready (and takes client writes) once a transfer from every live member
+//! completed. Membership driving lives in `sim_membership.rs`; a delta that
 //! leaves a gap goes to the replica, which asks 200 ms later for the whole session from
 //! its sender (`FetchReq`) if the gap is still there, as in production.
 //!
@@ -33,7 +38,9 @@
 //!   ack-time holders (the writer and the peers whose acks the `Replica` counted) crash
 //!   since — so when one node dies, only what it acknowledged alone dies with it;
 //! - **replicas converge**: every replica holds byte-identical sessions (equal
-//!   fingerprints), and none expired although clocks disagree by hours.
+//!   fingerprints), and none expired although clocks disagree by hours;
+//! - **never ready while a reachable member holds sessions it lacks**: checked when a
+//!   node's join completes (`sim_membership.rs` defines "reachable" and "lacks").
 //!
 //! `cargo test` runs 16 seeds per scenario (`TRIBE_SIM_SEEDS=N`: N) and prints one line
 //! per scenario and the message-type coverage; the `simulate` example runs many more and
@@ -1186,6 +1193,9 @@ mod tests {
                 total.faults += r.faults;
                 total.lost_to_crashes += r.lost_to_crashes;
                 total.types.extend(r.types);
+                total.joins += r.joins;
+                total.leaves += r.leaves;
+                total.disk_restarts += r.disk_restarts;
             }
             assert!(
                 total.acked > 600 * seeds as usize,
@@ -1195,14 +1205,30 @@ mod tests {
                 total.faults > 6 * seeds as usize,
                 "{name}: the schedules inject faults: {total:?}"
             );
+            assert!(
+                total.joins > seeds as usize && total.leaves > 0 && total.disk_restarts > 0,
+                "{name}: the schedules join, leave and restart from disk: {total:?}"
+            );
             println!(
                 "sim {name}: {seeds} seeds ok: {} writes, {} acknowledged ({} alone), {} lost \
-                 with every holder crashed, {} faults",
-                total.writes, total.acked, total.acked_alone, total.lost_to_crashes, total.faults
+                 with every holder crashed, {} faults ({} joins checked for readiness, {} \
+                 graceful leaves, {} restarts from disk)",
+                total.writes,
+                total.acked,
+                total.acked_alone,
+                total.lost_to_crashes,
+                total.faults,
+                total.joins,
+                total.leaves,
+                total.disk_restarts
             );
             types.extend(total.types);
         }
         println!("{}", coverage(&types));
+        // Admission, joins (with the barrier) and leaves run through the real messages.
+        for t in [1, 2, 9, 10, 12, 13, 14] {
+            assert!(types.contains(&t), "message type {t} never delivered");
+        }
     }
 
     /// Schedules that once failed, kept as regression tests: (scenario, seed, what).
