@@ -57,13 +57,12 @@ pub use tribe_api::{ClusterView, MemberState, MemberView};
 pub use replication::replica::Member;
 use replication::replica::{Event, Replica, ReplicaConfig, SyncDone};
 
-/// The driver's state. Private to `cluster/` except the keys and the shutdown token
-/// (`keyring.rs` still implements key status on `Cluster`).
-pub(crate) struct Inner {
+/// The driver's state, private to `cluster/`.
+struct Inner {
     cfg: Config,
     me: SelfInfo,
     origin: u32,
-    pub(crate) key: crate::keyring::Keys,
+    key: crate::keyring::Keys,
     store: Arc<Store>,
     /// `--data-dir`: the backend and how writes wait for it.
     persistence: Option<crate::persist::Persistence>,
@@ -95,7 +94,7 @@ pub(crate) struct Inner {
     touched: Mutex<HashMap<SessionId, u64>>,
     /// Sorted live member ids (this node included); changes drive re-replication.
     view: watch::Sender<Vec<String>>,
-    pub(crate) shutdown: CancellationToken,
+    shutdown: CancellationToken,
     /// Open inbound connections by peer node id (join waits for every member's).
     inbound: Mutex<HashMap<String, usize>>,
     /// State transfers served, waiting for the replica's barrier, by requester.
@@ -109,9 +108,9 @@ pub(crate) struct Inner {
     /// Every task this node spawns; shutdown waits for them (bounded).
     tasks: tokio_util::task::TaskTracker,
     /// Peers reached over TCP whose handshakes fail (readiness, `/cluster`).
-    pub(crate) reach: crate::reachability::Reachability,
+    reach: crate::reachability::Reachability,
     /// Rate limit of the WARN lines strangers can cause.
-    pub(crate) warns: crate::warn_limit::WarnLimiter,
+    warns: crate::warn_limit::WarnLimiter,
     /// Delta-gap repairs running (bounded).
     gaps: Arc<gaps::GapRepairs>,
 }
@@ -119,7 +118,7 @@ pub(crate) struct Inner {
 /// A running cluster node. Cheap to clone.
 #[derive(Clone)]
 pub struct Cluster {
-    pub(crate) inner: Arc<Inner>,
+    inner: Arc<Inner>,
 }
 
 impl std::fmt::Debug for Cluster {

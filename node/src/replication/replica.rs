@@ -934,4 +934,163 @@ mod tests {
         r.set_draining();
         assert!(!r.is_ready());
     }
+
+    // ------------------------------------------------ membership: join, serve, hand-off
+
+    fn requests(r: &mut Replica) -> Vec<(String, u64)> {
+        events(r)
+            .into_iter()
+            .filter_map(|e| match e {
+                Event::RequestState { node, id, .. } => Some((node, id)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_joining_replica_is_ready_only_after_a_transfer_from_every_live_member() {
+        let mut r = replica(0);
+        r.peer_up(0, "b", 1, addr(2), true, 10);
+        r.peer_up(0, "c", 1, addr(3), true, 11);
+        events(&mut r);
+        assert!(
+            requests(&mut r).is_empty(),
+            "nothing asked before the join starts"
+        );
+        r.begin_join(100);
+        let asked = requests(&mut r);
+        assert_eq!(
+            asked.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
+            ["b", "c"]
+        );
+        assert!(
+            !r.on_state_done(110, "b", 12345),
+            "not a join id: another request's"
+        );
+        assert!(r.on_state_done(120, "b", asked[0].1));
+        assert!(!r.is_ready(), "c may hold sessions this node lacks");
+        r.peer_up(130, "d", 1, addr(4), true, 12);
+        let d = requests(&mut r);
+        assert_eq!(d.len(), 1, "a member admitted during the join is asked too");
+        r.peer_suspect("c", 11);
+        assert!(!r.is_ready(), "d still holds sessions this node may lack");
+        assert!(r.on_state_done(150, "d", d[0].1));
+        assert!(r.is_ready());
+        assert!(
+            events(&mut r).contains(&Event::Joined { ms: 50 }),
+            "joined once the suspected member is no longer waited for"
+        );
+        r.peer_up(200, "e", 1, addr(5), true, 13);
+        assert!(
+            requests(&mut r).is_empty(),
+            "once ready, anti-entropy reconciles"
+        );
+    }
+
+    #[test]
+    fn a_replica_alone_when_it_settles_is_joined_at_once() {
+        let mut r = replica(0);
+        r.begin_join(5);
+        assert!(r.is_ready());
+        assert_eq!(events(&mut r), vec![Event::Joined { ms: 0 }]);
+    }
+
+    #[test]
+    fn inbound_connections_are_refused_after_goodbye_and_dialed_back_when_unknown() {
+        let mut r = replica(0);
+        assert_eq!(r.on_inbound("b", 1), Inbound::DialBack);
+        r.peer_up(0, "b", 1, addr(2), true, 10);
+        assert_eq!(r.on_inbound("b", 1), Inbound::Known);
+        assert_eq!(r.on_inbound("b", 2), Inbound::DialBack, "a new incarnation");
+        r.peer_suspect("b", 10);
+        assert_eq!(
+            r.on_inbound("b", 1),
+            Inbound::DialBack,
+            "suspected: dial again"
+        );
+        r.on_leaving("b", 1);
+        assert_eq!(r.on_inbound("b", 1), Inbound::Left);
+    }
+
+    #[test]
+    fn a_transfer_is_served_after_the_barrier_of_every_other_member() {
+        let mut r = replica(0);
+        r.peer_up(0, "b", 1, addr(2), true, 10);
+        r.peer_up(0, "c", 1, addr(3), true, 11);
+        r.peer_up(0, "j", 1, addr(4), false, 12);
+        events(&mut r);
+        r.on_state_req(0, "j", 7, false);
+        let barriers: Vec<(String, u64)> = events(&mut r)
+            .into_iter()
+            .filter_map(|e| match e {
+                Event::Barrier { node, id } => Some((node, id)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            barriers.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
+            ["b", "c"],
+            "every live member but the joiner"
+        );
+        assert!(r.on_barrier_ack("b", barriers[0].1));
+        assert!(!r.on_barrier_ack("b", 3), "not a barrier of this replica");
+        assert!(events(&mut r).is_empty(), "c's barrier is still out");
+        assert_eq!(
+            r.poll_timeout(),
+            Some(super::super::join::BARRIER_TIMEOUT_MS)
+        );
+        r.on_timeout(super::super::join::BARRIER_TIMEOUT_MS);
+        assert_eq!(
+            events(&mut r),
+            vec![Event::ServeState(Serve {
+                to: "j".into(),
+                id: 7,
+                only_owned: false
+            })]
+        );
+    }
+
+    #[test]
+    fn backup_mode_rereplicates_on_view_changes_retries_and_hands_off_on_leave() {
+        let mut r = Replica::new(ReplicaConfig {
+            me: "a".into(),
+            backup_mode: true,
+            backups: 1,
+            min_members: 0,
+            sync: false,
+            sync_timeout_ms: 1_000,
+        });
+        r.set_joined();
+        r.peer_up(0, "b", 1, addr(2), true, 10);
+        assert!(events(&mut r).contains(&Event::Rereplicate));
+        let round = r.take_rereplication(0).expect("due");
+        assert_eq!(round.old, Some(vec!["a".to_string()]));
+        assert_eq!(round.new, vec!["a".to_string(), "b".to_string()]);
+        assert_eq!(r.take_rereplication(1), None, "one round at a time");
+        r.rereplication_done(10, HashMap::from([("b".to_string(), vec![5])]));
+        assert_eq!(r.poll_timeout(), Some(10 + handoff::RETRY_MS));
+        r.on_timeout(10 + handoff::RETRY_MS);
+        assert_eq!(events(&mut r), vec![Event::Rereplicate]);
+        let retry = r.take_rereplication(10 + handoff::RETRY_MS).expect("retry");
+        assert_eq!(retry.retry[&"b".to_string()], vec![5]);
+        r.rereplication_done(2_000, HashMap::new());
+        r.set_leaving();
+        r.peer_up(2_001, "c", 1, addr(3), true, 11);
+        assert!(
+            !events(&mut r).contains(&Event::Rereplicate),
+            "leaving: no rounds"
+        );
+        assert_eq!(
+            r.leave_handoff(),
+            Some((
+                vec!["a".to_string(), "b".into(), "c".into()],
+                vec!["b".to_string(), "c".into()]
+            ))
+        );
+        assert_eq!(
+            replica(0).leave_handoff(),
+            None,
+            "delta mode: every peer holds it"
+        );
+    }
 }
