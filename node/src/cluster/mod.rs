@@ -384,10 +384,12 @@ impl Cluster {
                     id,
                     only_owned,
                 } => {
-                    // Not queued (no link, queue full): the replica asks again after
-                    // the transfer's timeout, or stops waiting once the member fails.
+                    // Not queued (no link, queue full): the replica asks again shortly,
+                    // or stops waiting once the member fails.
                     let msg = Message::StateReq { id, only_owned };
-                    self.queue_to(&r, &node, msg);
+                    if !self.queue_to(&r, &node, msg) {
+                        r.state_request_not_sent(self.now_ms(), &node);
+                    }
                 }
                 Event::Barrier { node, id } => {
                     self.queue_to(&r, &node, Message::Barrier { id });

@@ -164,6 +164,14 @@ impl Join {
         }
     }
 
+    /// The request to `node` could not be sent at `now` (no link, a full queue): asked
+    /// again after [`RETRY_MS`] while it is alive.
+    pub fn on_not_sent(&mut self, now: u64, node: &str) {
+        if self.asked.remove(node).is_some() {
+            self.retry.insert(node.to_string(), now + RETRY_MS);
+        }
+    }
+
     /// Transfers past their deadline fail (asked again after [`RETRY_MS`]); retries due
     /// are asked again of the members still alive (`alive`).
     pub fn on_timeout(&mut self, now: u64, alive: &[(String, u64)]) -> Vec<Request> {
@@ -452,7 +460,14 @@ mod tests {
             j.on_done("b", r[0].id) && j.check(1, &a).is_none(),
             "the old one is stale"
         );
-        assert!(j.on_done("b", again[0].id));
+        j.on_not_sent(5, "b");
+        assert_eq!(
+            j.poll_timeout(),
+            Some(5 + RETRY_MS),
+            "not sent: asked again soon"
+        );
+        let third = j.on_timeout(5 + RETRY_MS, &a);
+        assert!(j.on_done("b", third[0].id));
         assert!(j.check(2, &a).is_some());
     }
 

@@ -644,6 +644,12 @@ impl Replica {
         self.join_check();
     }
 
+    /// The state request to `node` could not be sent at `now`: asked again shortly.
+    pub fn state_request_not_sent(&mut self, now: u64, node: &str) {
+        self.tick(now);
+        self.join.on_not_sent(now, node);
+    }
+
     /// Whether the join started.
     pub fn join_started(&self) -> bool {
         self.join.started()
