@@ -383,6 +383,9 @@ impl Sim {
     /// in flight, or at the drain deadline.
     pub(super) fn leaves_step(&mut self) {
         for i in 0..self.cfg.nodes {
+            if !self.running(i) {
+                continue; // frozen: sends nothing
+            }
             let Some(node) = self.nodes[i].as_mut() else {
                 continue;
             };
