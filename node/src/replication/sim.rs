@@ -5,9 +5,10 @@
 //! production [`Replica`] (member table, view, quorum, sync-ack verdicts and deadlines, gap
 //! repair), with messages encoded and decoded by the real wire codec on each
 //! node's own (skewed) clock — through message delay, reordering, duplication, silent
-//! cuts (partitions), frozen processes, crashes with restarts (memory lost, or the store
-//! kept as with `--data-dir`; a new incarnation and origin either way), graceful leaves
-//! (hand-off, `Leaving`), and clock skew. No sockets, no tasks, no wall clock: one seed, one run, replayable.
+//! cuts (partitions), frozen processes, crashes with restarts (memory lost, or from disk
+//! as with `--data-dir`; a new incarnation and origin either way), graceful leaves
+//! (hand-off, `Leaving`), and clock skew. No sockets, no tasks, no wall clock: one seed,
+//! one run, replayable.
 //!
 //! The model of the driver: one logical connection per pair of nodes, FIFO, on which a
 //! message may be delayed, and — for the idempotent messages (deltas, puts) — rarely

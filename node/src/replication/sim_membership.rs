@@ -35,7 +35,8 @@ pub(super) enum Stop {
     /// Memory lost.
     Crash,
     /// The store survives (`--data-dir`): it restarts from it, with a new incarnation
-    /// and origin. The store is kept whole (the last flush is modelled as complete).
+    /// and origin, restoring its sessions as `persist::load` does (the unexpired ones on
+    /// the new clock, `changed_at` 0). The last flush is modelled as complete.
     Disk,
     /// The end of a graceful leave.
     Left,
