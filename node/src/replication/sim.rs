@@ -12,8 +12,9 @@
 //!
 //! The model of the driver: one logical connection per pair of nodes, FIFO, on which a
 //! message may be delayed, and — for the idempotent messages (deltas, puts) — rarely
-//! duplicated or overtaken by a later one. A silent cut drops everything on a pair
-//! without telling either side; a crash breaks the crashed node's connections at once
+//! duplicated or overtaken by a later one. A silent cut holds everything on a pair (TCP
+//! retransmits; a dial fails) without telling either side, until the heal or until the
+//! liveness detector closes the connection, which drops what it held; a crash breaks the crashed node's connections at once
 //! (the peers get a reset); a frozen node processes nothing and its peers hear nothing.
 //! A node declares a peer dead from [`Liveness`] alone, closes that connection (its
 //! queued messages are dropped) and dials again every 500 ms: a dial is a real `Hello`;
@@ -552,7 +553,17 @@ impl Sim {
             }
             let m = entry.remove();
             let (from, to) = (m.from, m.to);
-            if self.cut.contains(&pair(from, to)) || !self.up(to) {
+            if !self.up(to) {
+                continue;
+            }
+            if self.cut.contains(&pair(from, to)) {
+                // A dial fails; on a connection TCP retransmits: the frame arrives after
+                // the heal, in order, unless the connection is closed first (the
+                // liveness detector, `disconnect`, drops it). Never a later frame
+                // without an earlier one.
+                if !matches!(m.ty, 1 | 2) {
+                    held.push(m);
+                }
                 continue;
             }
             if !self.running(to) {
@@ -562,8 +573,9 @@ impl Sim {
             }
             self.receive(m);
         }
+        // Ahead of everything queued after them (FIFO per connection).
         for mut m in held {
-            m.at = self.now + TICK;
+            m.at = self.now;
             self.queue(m);
         }
     }
