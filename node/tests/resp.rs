@@ -1302,7 +1302,10 @@ async fn restart_under_load(async_proxy: bool) {
         .map(|i| (proxy[i].to_string(), app_at[i].to_string()))
         .unzip();
     let args = |i: usize| {
-        let mut a = vec!["--resp-addr", r[i].as_str()];
+        // A graceful stop takes a moment; one that waits out a drain timeout longer than
+        // `wait_exit`'s bound below (a peer's connection counted as not drained after
+        // that peer's kill -9) fails the test.
+        let mut a = vec!["--resp-addr", r[i].as_str(), "--drain-timeout", "60s"];
         if async_proxy {
             a.extend([
                 "--send-mode",
