@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! cargo build --release -p tribe-node -p tribe-bench
-//! target/release/tribe-bench [--quick] [--json] [--only throughput,lag,wire,transfer,scaling,convergence,persistence]
+//! target/release/tribe-bench [--quick] [--json] [--only throughput,lag,wire,transfer,scaling,convergence,persistence,gray]
 //! ```
 #![forbid(unsafe_code)]
 
@@ -80,6 +80,9 @@ enum Section {
     /// Persistence (`--data-dir`): CPU and bytes per write off / write-behind / sync,
     /// restart time from a large data set, RSS under a `--max-active-sessions` budget.
     Persistence,
+    /// Writes/s and latency while a peer is frozen (SIGSTOP): before, during the member
+    /// timeout, and once it is suspected (async and sync).
+    Gray,
     /// An Express app (express-session + connect-redis) behind nginx with its sessions in
     /// one redis-server vs the Tribe sidecar (RESP): needs node and
     /// examples/apps/express/node_modules (scripts/install-test-deps). Not in the
@@ -87,7 +90,7 @@ enum Section {
     Sidecar,
 }
 
-const ALL: [Section; 7] = [
+const ALL: [Section; 8] = [
     Section::Throughput,
     Section::Lag,
     Section::Wire,
@@ -95,6 +98,7 @@ const ALL: [Section; 7] = [
     Section::Scaling,
     Section::Convergence,
     Section::Persistence,
+    Section::Gray,
 ];
 
 async fn run_section(s: Section, env: &Env) -> Result<Table> {
@@ -106,6 +110,7 @@ async fn run_section(s: Section, env: &Env) -> Result<Table> {
         Section::Scaling => sections::scaling::run(env).await,
         Section::Convergence => sections::convergence::run(env).await,
         Section::Persistence => sections::persistence::run(env).await,
+        Section::Gray => sections::gray::run(env).await,
         Section::Sidecar => sections::sidecar::run(env).await,
     }
 }
@@ -160,6 +165,7 @@ async fn run(args: &Args) -> Result<(Report, bool)> {
                     Section::Scaling => "scaling",
                     Section::Convergence => "convergence",
                     Section::Persistence => "persistence",
+                    Section::Gray => "gray",
                     Section::Sidecar => "sidecar",
                 };
                 let mut t = Table::new(name, format!("{name}: failed"), &[]);

@@ -70,6 +70,19 @@ impl Check {
         }
     }
 
+    /// A check of `value ≥ limit` (in `unit`, printed with `decimals`).
+    pub fn at_least(what: &str, value: f64, limit: f64, unit: &str, decimals: usize) -> Check {
+        Check {
+            what: what.into(),
+            target: format!("≥ {limit} {unit}"),
+            measured: format!("{value:.decimals$} {unit}"),
+            met: Some(value.is_finite() && value >= limit),
+            value,
+            limit,
+            unit: unit.into(),
+        }
+    }
+
     /// The same figure, not judged (and why).
     pub fn not_judged(mut self, why: &str) -> Check {
         self.met = None;

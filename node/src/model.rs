@@ -9,6 +9,17 @@ use serde::{Deserialize, Serialize};
 /// A session id (tower-sessions' `Id` is an `i128`).
 pub type SessionId = i128;
 
+/// How a session appears in logs: a session id is the bearer secret in the user's cookie,
+/// so logs carry a short one-way tag instead (the same session always gets the same tag,
+/// so its lines can be followed; the tag does not give the id back).
+pub fn log_tag(sid: SessionId) -> String {
+    let h = xxhash_rust::xxh3::xxh3_64_with_seed(&sid.to_le_bytes(), LOG_TAG_SEED);
+    format!("{:08x}", h >> 32)
+}
+
+/// Fixed, so that every node and every restart tags a session the same way.
+const LOG_TAG_SEED: u64 = 0x7472_6962_655f_6c6f;
+
 /// A Lamport stamp: the per-session counter of a write plus the writer's origin id
 /// (ties between concurrent writes are broken by origin, so every node picks the same).
 #[derive(
@@ -65,4 +76,19 @@ pub struct SessionState {
     pub deleted: Option<Stamp>,
     /// Attributes and tombstones.
     pub attrs: Vec<AttrState>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_log_tag_is_stable_short_and_does_not_show_the_id() {
+        let sid: SessionId = 0x1234_5678_9abc_def0_1122_3344_5566_7788;
+        assert_eq!(log_tag(sid), log_tag(sid));
+        assert_eq!(log_tag(sid).len(), 8);
+        assert_ne!(log_tag(sid), log_tag(sid + 1));
+        let shown = [format!("{sid}"), format!("{sid:x}")];
+        assert!(shown.iter().all(|s| !s.contains(&log_tag(sid))));
+    }
 }

@@ -557,7 +557,10 @@ impl Store {
         match cold.read(sid) {
             Ok(Some(s)) => Some(s),
             Ok(None) => {
-                tracing::error!(sid = %format!("{sid:x}"), "a swapped-out session is missing from disk");
+                tracing::error!(
+                    session = %crate::model::log_tag(sid),
+                    "a swapped-out session is missing from disk"
+                );
                 None
             }
             Err(e) => {

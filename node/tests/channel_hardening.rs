@@ -8,23 +8,18 @@
 mod support;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
+use support::attrs::*;
 use support::*;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tribe_node::keyring::KeySet;
 
 /// The default `--member-timeout`.
 const MEMBER_TIMEOUT: Duration = Duration::from_secs(3);
-
-fn spawn(name: &str, addrs: Addrs, args: &[String]) -> Node {
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    Node::spawn(name, addrs, None, &args)
-}
 
 fn static_peers(peers: &[SocketAddr], extra: &[&str]) -> Vec<String> {
     let peers: Vec<String> = peers.iter().map(|p| p.to_string()).collect();
@@ -36,54 +31,6 @@ fn static_peers(peers: &[SocketAddr], extra: &[&str]) -> Vec<String> {
     ];
     v.extend(extra.iter().map(|s| s.to_string()));
     v
-}
-
-async fn put_attr(node: &Node, sid: Option<&str>, value: Value) -> String {
-    let mut req = reqwest::Client::new()
-        .put(format!("http://{}/attrs/v", node.addrs.http))
-        .header("content-type", "application/json")
-        .body(value.to_string());
-    if let Some(sid) = sid {
-        req = req.header("cookie", format!("SESSIONID={sid}"));
-    }
-    let resp = req.send().await.unwrap();
-    assert_eq!(resp.status(), 200, "write on {}", node.name);
-    let body: Value = resp.json().await.unwrap();
-    body["session"].as_str().unwrap().to_string()
-}
-
-async fn get_attr(node: &Node, sid: &str) -> Result<Value, String> {
-    let resp = reqwest::Client::new()
-        .get(format!("http://{}/attrs/v", node.addrs.http))
-        .header("cookie", format!("SESSIONID={sid}"))
-        .timeout(Duration::from_secs(2))
-        .send()
-        .await
-        .map_err(|e| e.to_string())?;
-    if resp.status() != 200 {
-        return Err(format!("{} answered {}", node.name, resp.status()));
-    }
-    resp.json().await.map_err(|e| e.to_string())
-}
-
-async fn wait_attr(node: &Node, sid: &str, want: &Value, within: Duration) {
-    eventually(&format!("{} to hold {want}", node.name), within, || async {
-        match get_attr(node, sid).await? {
-            v if &v == want => Ok(()),
-            v => Err(format!("has {v}")),
-        }
-    })
-    .await;
-}
-
-/// `tribe_handshake_failures_total{reason="<reason>"}` of a node (0 when absent).
-async fn failures(node: &Node, reason: &str) -> f64 {
-    let (_, text) = node.get("/metrics", true).await.unwrap();
-    let series = format!("tribe_handshake_failures_total{{reason=\"{reason}\"}} ");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&series))
-        .map(|v| v.trim().parse().unwrap())
-        .unwrap_or(0.0)
 }
 
 /// Keeps `n` idle TCP connections from `from` to `target`, all closed and opened anew
@@ -250,13 +197,6 @@ async fn a_node_that_completes_no_handshake_is_not_ready_and_says_why() {
     let sid = put_attr(&n2, None, json!(1)).await;
     wait_attr(&n1, &sid, &json!(1), MEMBER_TIMEOUT).await;
     closer.abort();
-}
-
-fn write_key_file(path: &Path, content: &str) {
-    // As Kubernetes does for a Secret volume: the new content appears atomically.
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, content).unwrap();
-    std::fs::rename(&tmp, path).unwrap();
 }
 
 /// Three nodes share key k1; n1 and n2 rotate to k2 and drop k1; n3 keeps only k1. Within

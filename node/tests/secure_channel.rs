@@ -18,7 +18,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use serde_json::json;
+use support::attrs::*;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -76,16 +77,6 @@ async fn proxy(target: SocketAddr) -> (SocketAddr, Capture) {
     (addr, capture)
 }
 
-/// `tribe_handshake_failures_total{reason="<reason>"}` of a node (0 when absent).
-async fn failures(node: &Node, reason: &str) -> f64 {
-    let (_, text) = node.get("/metrics", true).await.unwrap();
-    let series = format!("tribe_handshake_failures_total{{reason=\"{reason}\"}} ");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&series))
-        .map(|v| v.trim().parse().unwrap())
-        .unwrap_or(0.0)
-}
-
 async fn wait_failures(node: &Node, reason: &str, at_least: f64) {
     eventually(
         &format!(
@@ -127,13 +118,6 @@ fn first_frame_len(bytes: &[u8]) -> usize {
     HEADER_LEN + u32::from_be_bytes(bytes[4..8].try_into().unwrap()) as usize
 }
 
-fn write_key_file(path: &Path, content: &str) {
-    // As Kubernetes does for a Secret volume: the new content appears atomically.
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, content).unwrap();
-    std::fs::rename(&tmp, path).unwrap();
-}
-
 fn node_args(peers: &[SocketAddr], key_file: &Path, extra: &[&str]) -> Vec<String> {
     let peers: Vec<String> = peers.iter().map(|p| p.to_string()).collect();
     let mut v: Vec<String> = vec![
@@ -146,53 +130,6 @@ fn node_args(peers: &[SocketAddr], key_file: &Path, extra: &[&str]) -> Vec<Strin
     ];
     v.extend(extra.iter().map(|s| s.to_string()));
     v
-}
-
-fn spawn(name: &str, addrs: Addrs, args: &[String]) -> Node {
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    Node::spawn(name, addrs, None, &args)
-}
-
-async fn put_attr(node: &Node, sid: Option<&str>, value: Value) -> String {
-    let http = reqwest::Client::new();
-    let mut req = http
-        .put(format!("http://{}/attrs/v", node.addrs.http))
-        .header("content-type", "application/json")
-        .body(value.to_string());
-    if let Some(sid) = sid {
-        req = req.header("cookie", format!("SESSIONID={sid}"));
-    }
-    let resp = req.send().await.unwrap();
-    assert_eq!(resp.status(), 200);
-    let body: Value = resp.json().await.unwrap();
-    body["session"].as_str().unwrap().to_string()
-}
-
-async fn get_attr(node: &Node, sid: &str) -> Result<Value, String> {
-    let resp = reqwest::Client::new()
-        .get(format!("http://{}/attrs/v", node.addrs.http))
-        .header("cookie", format!("SESSIONID={sid}"))
-        .send()
-        .await
-        .map_err(|e| e.to_string())?;
-    if resp.status() != 200 {
-        return Err(format!("{} answered {}", node.name, resp.status()));
-    }
-    resp.json().await.map_err(|e| e.to_string())
-}
-
-async fn wait_attr(node: &Node, sid: &str, want: &Value) {
-    eventually(
-        &format!("{} to hold {want}", node.name),
-        Duration::from_secs(10),
-        || async {
-            match get_attr(node, sid).await? {
-                v if &v == want => Ok(()),
-                v => Err(format!("has {v}")),
-            }
-        },
-    )
-    .await;
 }
 
 /// Marker privacy, replayed and reflected handshakes, a node with another key.
@@ -223,11 +160,17 @@ async fn the_channel_is_sealed_and_refuses_replays_and_strangers() {
     // A marker written on n2 reaches n1 (over the proxied link) but never in the clear.
     let marker = "MARKER-5f1b0c7e-card-4111111111111111";
     let sid = put_attr(&n2, None, json!(marker)).await;
-    wait_attr(&n1, &sid, &json!(marker)).await;
+    wait_attr(&n1, &sid, &json!(marker), Duration::from_secs(10)).await;
     for i in 0..20 {
         put_attr(&n2, Some(&sid), json!(format!("{marker}-{i}"))).await;
     }
-    wait_attr(&n1, &sid, &json!(format!("{marker}-19"))).await;
+    wait_attr(
+        &n1,
+        &sid,
+        &json!(format!("{marker}-19")),
+        Duration::from_secs(10),
+    )
+    .await;
     let recorded = capture.lock().clone();
     let (c2s, s2c): (usize, usize) = recorded
         .iter()
@@ -348,7 +291,7 @@ async fn the_channel_is_sealed_and_refuses_replays_and_strangers() {
     );
     // Replication between n1 and n2 is unaffected.
     put_attr(&n2, Some(&sid), json!("after")).await;
-    wait_attr(&n1, &sid, &json!("after")).await;
+    wait_attr(&n1, &sid, &json!("after"), Duration::from_secs(10)).await;
 
     // n3 gets the cluster's key (a recreated Secret reaching every pod): it joins, with
     // the state transfer it had put off, so it serves the session written before.
@@ -387,7 +330,7 @@ async fn unauthenticated_connections_are_capped() {
     n2.wait_ready(READY_TIMEOUT).await;
     wait_converged(&[&n1, &n2], READY_TIMEOUT).await;
     let sid = put_attr(&n1, None, json!(0)).await;
-    wait_attr(&n2, &sid, &json!(0)).await;
+    wait_attr(&n2, &sid, &json!(0), Duration::from_secs(10)).await;
     let pid = n1.pid().unwrap();
     let before = rss_kib(pid);
     let capped_before = failures(&n1, "too_many_from_source").await;
@@ -406,7 +349,7 @@ async fn unauthenticated_connections_are_capped() {
     for v in 1..=5 {
         put_attr(&n1, Some(&sid), json!(v)).await;
     }
-    wait_attr(&n2, &sid, &json!(5)).await;
+    wait_attr(&n2, &sid, &json!(5), Duration::from_secs(10)).await;
     // The partial headers never complete: every admitted one ends at the deadline.
     wait_failures(&n1, "timeout", 8.0).await;
     drop(held);
@@ -423,7 +366,7 @@ async fn unauthenticated_connections_are_capped() {
         during.saturating_sub(before)
     );
     put_attr(&n1, Some(&sid), json!(6)).await;
-    wait_attr(&n2, &sid, &json!(6)).await;
+    wait_attr(&n2, &sid, &json!(6), Duration::from_secs(10)).await;
 
     // Amplification: random session ids with no version cookie are answered by n1 alone
     // (delta mode: every node holds every session), without asking n2.

@@ -91,16 +91,16 @@ impl Conflict {
 /// reason `Conflict` naming each `Kind/name` otherwise. `lastTransitionTime` is left
 /// empty for the caller to fill.
 pub fn condition(conflicts: &[Conflict], generation: Option<i64>) -> Condition {
-    let (status, reason, message) = if conflicts.is_empty() {
+    let (ok, reason, message) = if conflicts.is_empty() {
         (
-            "True",
+            true,
             "AllOwned",
             "every child is owned by this SessionCluster".to_string(),
         )
     } else {
         let names: Vec<String> = conflicts.iter().map(Conflict::to_string).collect();
         (
-            "False",
+            false,
             CONFLICT_REASON,
             format!(
                 "not owned by this SessionCluster, left untouched: {}",
@@ -108,14 +108,7 @@ pub fn condition(conflicts: &[Conflict], generation: Option<i64>) -> Condition {
             ),
         )
     };
-    Condition {
-        type_: CONDITION.into(),
-        status: status.into(),
-        reason: reason.into(),
-        message,
-        last_transition_time: String::new(),
-        observed_generation: generation,
-    }
+    crate::status::condition(CONDITION, ok, reason, message, generation)
 }
 
 #[cfg(test)]

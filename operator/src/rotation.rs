@@ -319,14 +319,9 @@ pub fn condition(
             "every node authenticates with its peers".to_string(),
         )
     };
-    Some(Condition {
-        type_: CONDITION.into(),
-        status: if ok { "True" } else { "False" }.into(),
-        reason: reason.into(),
-        message,
-        last_transition_time: String::new(),
-        observed_generation: generation,
-    })
+    Some(crate::status::condition(
+        CONDITION, ok, reason, message, generation,
+    ))
 }
 
 /// Admin addresses of every running pod of the cluster, ready or not.

@@ -264,7 +264,7 @@ async fn metric(admins: &[SocketAddr], name: &str) -> Result<f64> {
 }
 
 /// SIGCONTs the process on drop (a no-op when it is running).
-struct Resume(Pid);
+pub(crate) struct Resume(pub(crate) Pid);
 
 impl Drop for Resume {
     fn drop(&mut self) {
@@ -273,7 +273,7 @@ impl Drop for Resume {
 }
 
 /// Whether the node at `admin` lists `member` as alive.
-async fn alive(admin: SocketAddr, member: &str) -> Result<bool> {
+pub(crate) async fn alive(admin: SocketAddr, member: &str) -> Result<bool> {
     let view = http::get_json(admin, "/cluster").await?;
     Ok(view["members"].as_array().is_some_and(|ms| {
         ms.iter()

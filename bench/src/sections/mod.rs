@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Result};
 
 pub mod convergence;
+pub mod gray;
 pub mod lag;
 pub mod persistence;
 pub mod scaling;

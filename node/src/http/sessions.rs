@@ -318,7 +318,10 @@ async fn expire(
         .into_response();
     }
     cluster.invalidate(sid).await;
-    tracing::info!(session = %id, "session expired through the admin API");
+    tracing::info!(
+        session = %crate::model::log_tag(sid),
+        "session expired through the admin API"
+    );
     Json(serde_json::json!({ "expired": id, "node": cluster.node_id() })).into_response()
 }
 

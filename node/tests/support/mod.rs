@@ -987,6 +987,7 @@ pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
 // ---------------------------------------------------------------------------------------
 // Cookie access and nginx (read-your-writes tests)
 
+pub mod attrs;
 pub mod nginx;
 pub mod postgres;
 
