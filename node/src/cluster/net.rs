@@ -377,6 +377,22 @@ async fn rekey(c: &Cluster, addr: SocketAddr, conn_key: [u8; FINGERPRINT_LEN]) -
     }
 }
 
+/// Frames taken from a link's queue in the current batch: they leave the link's
+/// `inflight` count when this is dropped (written, failed, or the connection gone).
+struct Taken<'a>(usize, &'a AtomicUsize);
+
+impl<'a> Taken<'a> {
+    fn new(inflight: &'a AtomicUsize) -> Self {
+        Taken(0, inflight)
+    }
+}
+
+impl Drop for Taken<'_> {
+    fn drop(&mut self) {
+        self.1.fetch_sub(self.0, Ordering::SeqCst);
+    }
+}
+
 /// How an outbound connection ended.
 enum Ended {
     /// The link was cancelled.
@@ -460,9 +476,15 @@ async fn run_connection(
                 }
             };
             let Some(first) = item else { break };
+            // Every frame taken from the queue leaves `inflight` once written, or when
+            // the write fails or this connection ends mid-batch (the guard's drop): a
+            // count left behind would keep `drained()` false, and a graceful leave
+            // waiting the whole `--drain-timeout`.
+            let mut taken = Taken::new(&link.inflight);
             // One write for many frames: what is queued now, and (once) what the tasks
             // already runnable queue while this one steps aside (see `coalesce`).
             let sent = coalesce(first, rx, &mut wr, |(out, queued)| {
+                taken.0 += 1;
                 inner
                     .metrics
                     .replication_lag
@@ -471,14 +493,13 @@ async fn run_connection(
                 out
             })
             .await;
-            let batch = match sent {
-                Ok(n) => n,
-                Err(e) => return failed(e),
-            };
+            if let Err(e) = sent {
+                return failed(e);
+            }
             if let Err(e) = wr.flush().await {
                 return failed(e);
             }
-            link.inflight.fetch_sub(batch, Ordering::SeqCst);
+            drop(taken);
         }
         Ended::Failed("queue closed".into())
     };
