@@ -88,6 +88,7 @@ pub async fn run(env: &Env) -> Result<Table> {
             col("out_of_sequence", "stale or lost", Fmt::Int),
             col("errors", "errors", Fmt::Int),
             col("cpu_ms_per_req", "app+store CPU-ms per request", Fmt::Fixed(3)),
+            col("store_cpu_us_per_req", "store CPU µs per request", Fmt::Int),
             col("nginx_cpu_ms_per_req", "nginx CPU-ms per request", Fmt::Fixed(3)),
         ],
     );
@@ -101,7 +102,10 @@ pub async fn run(env: &Env) -> Result<Table> {
     for case in ["redis-server", "tribe sync", "tribe async + proxy"] {
         progress(format!("sidecar: {case}"));
         let mut keep: Vec<Proc> = Vec::new();
+        // The apps and the store (what serves a request, nginx aside), and the store
+        // alone (redis-server, or the nodes).
         let mut store_pids: Vec<u32> = Vec::new();
+        let mut store_only: Vec<u32> = Vec::new();
         let front: Vec<SocketAddr>;
         let mut cluster: Option<Cluster> = None;
         let store: SocketAddr;
@@ -110,6 +114,7 @@ pub async fn run(env: &Env) -> Result<Table> {
                 let (p, addr) = redis_server().await?;
                 store = addr;
                 store_pids.push(p.0.id());
+                store_only.push(p.0.id());
                 keep.push(p);
                 let mut apps = Vec::new();
                 for _ in 0..INSTANCES {
@@ -153,6 +158,7 @@ pub async fn run(env: &Env) -> Result<Table> {
                 )
                 .await?;
                 store_pids.extend(c.pids());
+                store_only.extend(c.pids());
                 store = resp[0];
                 for i in 0..INSTANCES {
                     let (a, _) = express_at(resp[i], app_addrs[i]).await?;
@@ -176,8 +182,10 @@ pub async fn run(env: &Env) -> Result<Table> {
         for (op, name) in [(Op::Write, "POST /counter"), (Op::Read, "GET /counter")] {
             let nginx_pids = nginx.pids();
             let (s0, x0) = (cpu_seconds(&store_pids), cpu_seconds(&nginx_pids));
+            let o0 = cpu_seconds(&store_only);
             let p = load::run(&mut clients, op, measure).await;
             let (s1, x1) = (cpu_seconds(&store_pids), cpu_seconds(&nginx_pids));
+            let o1 = cpu_seconds(&store_only);
             if let Some(e) = &p.first_error {
                 t.note(format!("{case} {name}: first error: {e}"));
             }
@@ -191,6 +199,7 @@ pub async fn run(env: &Env) -> Result<Table> {
                 json!(p.out_of_sequence),
                 json!(p.errors),
                 json!(per(s1 - s0)),
+                json!(per(o1 - o0) * 1000.0),
                 json!(per(x1 - x0)),
             ]);
         }
@@ -204,6 +213,7 @@ pub async fn run(env: &Env) -> Result<Table> {
             json!(p99),
             json!(0),
             json!(errors),
+            serde_json::Value::Null,
             serde_json::Value::Null,
             serde_json::Value::Null,
         ]);
@@ -230,6 +240,7 @@ pub async fn run(env: &Env) -> Result<Table> {
                 json!(p.ms(0.99)),
                 json!(p.out_of_sequence),
                 json!(p.errors),
+                serde_json::Value::Null,
                 serde_json::Value::Null,
                 serde_json::Value::Null,
             ]);

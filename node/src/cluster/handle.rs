@@ -8,10 +8,15 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+/// A transfer this node serves, waiting for its barrier: (request id, the requester's
+/// connection, its task permit).
+pub(crate) type Serving = (u64, ReplyTx, Option<OwnedSemaphorePermit>);
+
 use super::{Cluster, ReplyTx};
 use crate::replication::{
     self,
     apply::{Effect, ForDriver, Handled},
+    join::{self, Serve},
 };
 use crate::store::unix_now;
 use crate::wire::{Hello, Message, SessionId, SessionState};
@@ -143,15 +148,17 @@ pub(crate) async fn handle(
             });
         }
         ForDriver::StateReq { id, only_owned } => {
-            let tracker = c.inner.tasks.clone();
-            let c = c.clone();
-            let tx = reply_tx.cloned();
-            let requester = peer.node_id.clone();
+            // The replica runs the barrier, then asks for the snapshot to be streamed
+            // (`Event::ServeState` → [`stream_state`]) on this connection. One transfer
+            // per requester: a newer request replaces the older one (and its permit).
+            let Some(tx) = reply_tx.cloned() else { return };
             let permit = permit(tasks).await;
-            tracker.spawn(async move {
-                let _permit = permit;
-                serve_state(c, requester, id, only_owned, tx).await
-            });
+            inner
+                .serving
+                .lock()
+                .insert(peer.node_id.clone(), (id, tx, permit));
+            let now = c.now_ms();
+            c.with_replica(|r| r.on_state_req(now, &peer.node_id, id, only_owned));
         }
         ForDriver::Barrier { id } => {
             // Answer on our own link to the asker, behind everything already queued there.
@@ -221,59 +228,50 @@ async fn perform(c: &Cluster, peer: &str, reply_tx: Option<&ReplyTx>, effects: V
     }
 }
 
-/// Streams our sessions to a joining member: first a barrier with every other peer, so
-/// deltas they sent us before they knew the joiner are in our snapshot; then chunks.
-async fn serve_state(
-    c: Cluster,
-    requester: String,
-    id: u64,
-    only_owned: bool,
-    tx: Option<ReplyTx>,
-) {
-    let Some(tx) = tx else { return };
-    c.barrier(&requester).await;
-    let mut view = c.live_members();
-    if !view.contains(&requester) {
-        view.push(requester.clone());
-        view.sort();
-    }
-    let backups = c.inner.cfg.backups;
-    let (chunk_tx, mut chunk_rx) = tokio::sync::mpsc::channel::<Vec<SessionState>>(4);
-    let store_c = c.clone();
-    let producer = tokio::task::spawn_blocking(move || {
-        store_c.inner.store.for_each_chunk(
-            CHUNK_BYTES,
-            |sid| !only_owned || crate::ownership::is_owner(sid, &view, backups, &requester),
-            |chunk| {
-                let _ = chunk_tx.blocking_send(chunk);
-            },
-        );
-    });
-    while let Some(sessions) = chunk_rx.recv().await {
-        if tx
-            .send(
-                Message::StateChunk {
-                    id,
-                    sessions,
-                    done: false,
-                }
-                .outgoing(),
-            )
-            .await
-            .is_err()
-        {
-            return;
+/// The replica's barrier for a transfer to `serve.to` is done: streams the snapshot on
+/// the requester's connection (chunks of about [`CHUNK_BYTES`], the last one `done`).
+pub(crate) fn stream_state(c: &Cluster, serve: Serve) {
+    let entry = {
+        let mut serving = c.inner.serving.lock();
+        match serving.get(&serve.to) {
+            Some((id, _, _)) if *id == serve.id => serving.remove(&serve.to),
+            _ => None,
         }
-    }
-    let _ = producer.await;
-    let _ = tx
-        .send(
-            Message::StateChunk {
+    };
+    let Some((_, tx, permit)) = entry else { return };
+    let c = c.clone();
+    c.clone().spawn(async move {
+        let _permit = permit;
+        let Serve { to, id, only_owned } = serve;
+        let view = join::view_with(&c.live_members(), &to);
+        let backups = c.inner.cfg.backups;
+        let (chunk_tx, mut chunk_rx) = tokio::sync::mpsc::channel::<Vec<SessionState>>(4);
+        let store = c.inner.store.clone();
+        let producer = tokio::task::spawn_blocking(move || {
+            store.for_each_chunk(
+                CHUNK_BYTES,
+                |sid| join::in_snapshot(sid, only_owned, &view, backups, &to),
+                |chunk| {
+                    let _ = chunk_tx.blocking_send(chunk);
+                },
+            );
+        });
+        while let Some(sessions) = chunk_rx.recv().await {
+            let chunk = Message::StateChunk {
                 id,
-                sessions: vec![],
-                done: true,
+                sessions,
+                done: false,
+            };
+            if tx.send(chunk.outgoing()).await.is_err() {
+                return;
             }
-            .outgoing(),
-        )
-        .await;
+        }
+        let _ = producer.await;
+        let last = Message::StateChunk {
+            id,
+            sessions: vec![],
+            done: true,
+        };
+        let _ = tx.send(last.outgoing()).await;
+    });
 }

@@ -18,14 +18,9 @@ use crate::wire::{Message, SessionId, SessionState};
 const SETTLE: Duration = Duration::from_secs(3);
 /// Poll period while settling (a bounded wait on several sources of change).
 const POLL: Duration = Duration::from_millis(10);
-/// Longest a single state transfer may take before another peer is tried.
-const TRANSFER_TIMEOUT: Duration = Duration::from_secs(120);
 /// A non-owned copy (backup mode) unused this long is evicted.
 const CACHE_TTL_SECS: u64 = 30;
-/// Sessions per hand-off / re-replication message.
-const PUT_BATCH: usize = 256;
-/// Pause before retrying re-replication pushes that failed.
-const RETRY_AFTER: Duration = Duration::from_secs(1);
+use crate::replication::handoff::PUT_BATCH;
 
 async fn settle(c: &Cluster, discovery: &Discovery) {
     let inner = &c.inner;
@@ -64,7 +59,11 @@ async fn settle(c: &Cluster, discovery: &Discovery) {
     }
 }
 
-/// Joins: waits for discovery, connects, pulls state, then reports ready.
+/// Joins: waits for discovery, connects (settles), then hands the join to the replica:
+/// it asks every live member for a state transfer and reports [`Event::Joined`] (ready)
+/// once the readiness rule holds ([`crate::replication::join`]).
+///
+/// [`Event::Joined`]: crate::replication::replica::Event::Joined
 pub(crate) async fn join(c: Cluster, discovery: Arc<Discovery>) {
     let inner = c.inner.clone();
     tokio::select! {
@@ -75,66 +74,25 @@ pub(crate) async fn join(c: Cluster, discovery: Arc<Discovery>) {
     // Peers that answer but refuse our key: wait (not ready) instead of joining as a
     // second, empty cluster; transfer the state once we can authenticate.
     c.wait_while_isolated().await;
-    let started = Instant::now();
     inner.metrics.state_transfer_sessions.set(0);
-    let mut peers = c.alive_peers();
-    // Prefer peers that had finished joining.
-    {
-        let r = inner.replica.lock();
-        peers.sort_by_key(|(n, _)| (!r.member(n).is_some_and(|m| m.ready), n.clone()));
-    }
-    if c.backup_mode() {
-        let reqs = peers.iter().map(|(node, link)| {
-            let id = c.next_id();
-            c.request(
-                node,
-                link,
-                id,
-                Message::StateReq {
-                    id,
-                    only_owned: true,
-                },
-                TRANSFER_TIMEOUT,
-            )
-        });
-        let results = futures::future::join_all(reqs).await;
-        let failed = results.iter().filter(|r| r.is_none()).count();
-        if failed > 0 {
-            tracing::warn!(
-                failed,
-                "some peers did not complete the state transfer (they left?)"
-            );
-        }
-    } else {
-        for (node, link) in &peers {
-            let id = c.next_id();
-            let r = c
-                .request(
-                    node,
-                    link,
-                    id,
-                    Message::StateReq {
-                        id,
-                        only_owned: false,
-                    },
-                    TRANSFER_TIMEOUT,
-                )
-                .await;
-            if r.is_some() {
-                break;
-            }
-            tracing::warn!(peer = %node, "state transfer failed; trying another peer");
-        }
-    }
-    let secs = started.elapsed().as_secs_f64();
+    let now = c.now_ms();
+    c.with_replica(|r| r.begin_join(now));
+    let waiting = inner.replica.lock().join_waiting_for();
+    tracing::info!(?waiting, "joining: state transfers requested");
+}
+
+/// The join completed after `ms` milliseconds, with `peers` live peers: ready. Called
+/// under the replica's lock.
+pub(crate) fn joined(c: &Cluster, ms: u64, peers: usize) {
+    let inner = &c.inner;
+    let secs = ms as f64 / 1000.0;
     inner.metrics.state_transfer_seconds.set(secs);
     tracing::info!(
-        peers = peers.len(),
+        peers,
         sessions = inner.store.len(),
         seconds = secs,
-        "joined: state transfer complete, ready"
+        "joined: state transfer from every live member complete, ready"
     );
-    c.with_replica(|r| r.set_joined());
     inner.ready.send_replace(true);
 }
 
@@ -144,13 +102,7 @@ pub(crate) async fn leave(c: Cluster) {
     c.with_replica(|r| r.set_leaving());
     let deadline = tokio::time::Instant::now() + inner.cfg.drain_timeout;
     flush_touches(&c).await;
-    if c.backup_mode() {
-        let view = c.live_members();
-        let without: Vec<String> = view
-            .iter()
-            .filter(|n| **n != inner.me.node_id)
-            .cloned()
-            .collect();
+    if let Some((view, without)) = c.with_replica(|r| r.leave_handoff()) {
         let plan = plan_moves(&c, &view, &without, true);
         let total: usize = plan.values().map(Vec::len).sum();
         tracing::info!(
@@ -236,57 +188,48 @@ async fn push_plan(
     failed
 }
 
-fn still_needed(
-    c: &Cluster,
-    failed: HashMap<String, Vec<SessionId>>,
-    view: &[String],
-) -> HashMap<String, Vec<SessionId>> {
+/// Backup mode: runs the re-replication round the replica says is due
+/// ([`crate::replication::handoff`]): plans it outside the replica's lock (it reads the
+/// whole store), pushes it, and reports what failed (retried later while still needed).
+pub(crate) async fn rereplicate(c: Cluster) {
     let inner = &c.inner;
-    rereplicate::still_needed(&inner.store, inner.cfg.backups, failed, view, unix_now())
-}
-
-/// Backup mode: after every view change, copy sessions to their new owners; retry
-/// pushes that failed (a timeout, a broken link) while their target is still an owner.
-pub(crate) async fn rereplicate_on_view_change(c: Cluster) {
-    let inner = c.inner.clone();
-    let mut rx = inner.view.subscribe();
-    let mut old = rx.borrow_and_update().clone();
-    let mut retry: HashMap<String, Vec<SessionId>> = HashMap::new();
-    loop {
-        tokio::select! {
-            r = rx.changed() => if r.is_err() { return },
-            _ = tokio::time::sleep(RETRY_AFTER), if !retry.is_empty() => {}
-            _ = inner.shutdown.cancelled() => return,
-        }
-        let new = rx.borrow_and_update().clone();
-        if c.leaving() {
-            old = new;
-            continue;
-        }
-        let mut plan = if new != old {
-            plan_moves(&c, &old, &new, false)
-        } else {
-            HashMap::new()
-        };
-        if !plan.is_empty() {
-            let total: usize = plan.values().map(Vec::len).sum();
-            tracing::info!(
-                sessions = total,
-                members = new.len(),
-                "membership changed: re-replicating"
-            );
-        }
-        for (node, sids) in still_needed(&c, std::mem::take(&mut retry), &new) {
-            let list = plan.entry(node).or_default();
-            list.extend(sids);
-            list.sort_unstable();
-            list.dedup();
-        }
-        if !plan.is_empty() {
-            retry = push_plan(&c, plan).await;
-        }
-        old = new;
+    let now = c.now_ms();
+    let Some(round) = c.with_replica(|r| r.take_rereplication(now)) else {
+        return;
+    };
+    let now_s = unix_now();
+    let mut plan = match &round.old {
+        Some(old) => plan_moves(&c, old, &round.new, false),
+        None => HashMap::new(),
+    };
+    if !plan.is_empty() {
+        let total: usize = plan.values().map(Vec::len).sum();
+        tracing::info!(
+            sessions = total,
+            members = round.new.len(),
+            "membership changed: re-replicating"
+        );
     }
+    let retry = rereplicate::still_needed(
+        &inner.store,
+        inner.cfg.backups,
+        round.retry,
+        &round.new,
+        now_s,
+    );
+    for (node, sids) in retry {
+        let list = plan.entry(node).or_default();
+        list.extend(sids);
+        list.sort_unstable();
+        list.dedup();
+    }
+    let failed = if plan.is_empty() {
+        HashMap::new()
+    } else {
+        push_plan(&c, plan).await
+    };
+    let now = c.now_ms();
+    c.with_replica(|r| r.rereplication_done(now, failed));
 }
 
 async fn flush_touches(c: &Cluster) {

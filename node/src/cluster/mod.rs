@@ -57,13 +57,12 @@ pub use tribe_api::{ClusterView, MemberState, MemberView};
 pub use replication::replica::Member;
 use replication::replica::{Event, Replica, ReplicaConfig, SyncDone};
 
-/// The driver's state. Private to `cluster/` except the keys and the shutdown token
-/// (`keyring.rs` still implements key status on `Cluster`).
-pub(crate) struct Inner {
+/// The driver's state, private to `cluster/`.
+struct Inner {
     cfg: Config,
     me: SelfInfo,
     origin: u32,
-    pub(crate) key: crate::keyring::Keys,
+    key: crate::keyring::Keys,
     store: Arc<Store>,
     /// `--data-dir`: the backend and how writes wait for it.
     persistence: Option<crate::persist::Persistence>,
@@ -95,9 +94,11 @@ pub(crate) struct Inner {
     touched: Mutex<HashMap<SessionId, u64>>,
     /// Sorted live member ids (this node included); changes drive re-replication.
     view: watch::Sender<Vec<String>>,
-    pub(crate) shutdown: CancellationToken,
+    shutdown: CancellationToken,
     /// Open inbound connections by peer node id (join waits for every member's).
     inbound: Mutex<HashMap<String, usize>>,
+    /// State transfers served, waiting for the replica's barrier, by requester.
+    serving: Mutex<HashMap<String, handle::Serving>>,
     discovery: Mutex<Option<Arc<Discovery>>>,
     /// Members to run an anti-entropy round with soon.
     ae_kick: mpsc::Sender<antientropy::Kick>,
@@ -107,9 +108,9 @@ pub(crate) struct Inner {
     /// Every task this node spawns; shutdown waits for them (bounded).
     tasks: tokio_util::task::TaskTracker,
     /// Peers reached over TCP whose handshakes fail (readiness, `/cluster`).
-    pub(crate) reach: crate::reachability::Reachability,
+    reach: crate::reachability::Reachability,
     /// Rate limit of the WARN lines strangers can cause.
-    pub(crate) warns: crate::warn_limit::WarnLimiter,
+    warns: crate::warn_limit::WarnLimiter,
     /// Delta-gap repairs running (bounded).
     gaps: Arc<gaps::GapRepairs>,
 }
@@ -117,7 +118,7 @@ pub(crate) struct Inner {
 /// A running cluster node. Cheap to clone.
 #[derive(Clone)]
 pub struct Cluster {
-    pub(crate) inner: Arc<Inner>,
+    inner: Arc<Inner>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -234,6 +235,7 @@ impl Cluster {
             view,
             shutdown: shutdown.clone(),
             inbound: Mutex::new(HashMap::new()),
+            serving: Mutex::new(HashMap::new()),
             discovery: Mutex::new(None),
             ae_kick,
             fetches: tokio::sync::Semaphore::new(MAX_FETCHES),
@@ -268,9 +270,6 @@ impl Cluster {
         cluster.spawn(net::follow_discovery(cluster.clone(), discovery.clone()));
         cluster.spawn(lifecycle::maintenance(cluster.clone()));
         cluster.spawn(antientropy::run(cluster.clone(), ae_kicks));
-        if cluster.inner.cfg.replication == ReplicationMode::Backup {
-            cluster.spawn(lifecycle::rereplicate_on_view_change(cluster.clone()));
-        }
         cluster.spawn(replica_timer(cluster.clone()));
         cluster.spawn(lifecycle::join(cluster.clone(), discovery));
         Ok(cluster)
@@ -366,7 +365,26 @@ impl Cluster {
                 }
                 Event::PeerFailed(node) => {
                     inner.pending.lock().retain(|(_, n), _| *n != node);
+                    inner.serving.lock().remove(&node);
                 }
+                Event::RequestState {
+                    node,
+                    id,
+                    only_owned,
+                } => {
+                    // Not queued (no link, queue full): the replica asks again shortly,
+                    // or stops waiting once the member fails.
+                    let msg = Message::StateReq { id, only_owned };
+                    if !self.queue_to(&r, &node, msg) {
+                        r.state_request_not_sent(self.now_ms(), &node);
+                    }
+                }
+                Event::Barrier { node, id } => {
+                    self.queue_to(&r, &node, Message::Barrier { id });
+                }
+                Event::ServeState(serve) => handle::stream_state(self, serve),
+                Event::Joined { ms } => lifecycle::joined(self, ms, r.alive_peers().len()),
+                Event::Rereplicate => self.spawn(lifecycle::rereplicate(self.clone())),
                 Event::Resync(node) => self.anti_entropy_soon(&node, true),
                 Event::RepairGap { from, sid } => handle::repair_gap(self, from, sid),
             }
@@ -379,6 +397,15 @@ impl Cluster {
             inner.timer.notify_one();
         }
         out
+    }
+
+    /// Queues `msg` on the link to the live member `node` (`r`: the replica, locked).
+    fn queue_to(&self, r: &Replica, node: &str, msg: Message) -> bool {
+        let Some(id) = r.link_of(node) else {
+            return false;
+        };
+        let link = link_by_id(&self.inner.links.lock(), id);
+        link.is_some_and(|l| l.queue(&self.inner.metrics, msg.outgoing()))
     }
 
     /// Milliseconds on the replica's clock.
@@ -500,8 +527,18 @@ impl Cluster {
 
     /// Resolves a waiter (a reply arrived).
     pub(crate) fn resolve(&self, id: u64, node: &str, msg: Message) {
-        // A sync write's ack is the replica's; anything else answers a request here.
-        if matches!(msg, Message::Ack { .. }) && self.with_replica(|r| r.on_ack(node, id)) {
+        // A sync write's ack, a barrier's answer and a state transfer's last chunk are
+        // the replica's; anything else answers a request here.
+        let now = self.now_ms();
+        let consumed = match &msg {
+            Message::Ack { .. } => self.with_replica(|r| r.on_ack(node, id)),
+            Message::BarrierAck { .. } => self.with_replica(|r| r.on_barrier_ack(node, id)),
+            Message::StateChunk { done: true, .. } => {
+                self.with_replica(|r| r.on_state_done(now, node, id))
+            }
+            _ => false,
+        };
+        if consumed {
             return;
         }
         if let Some(tx) = self.inner.pending.lock().remove(&(id, node.to_string())) {
@@ -743,27 +780,6 @@ impl Cluster {
             };
             (ask.node, reply)
         }
-    }
-
-    /// Waits until every live peer except `except` has delivered everything it queued
-    /// for us before now (bounded).
-    pub(crate) async fn barrier(&self, except: &str) {
-        let peers: Vec<_> = self
-            .alive_peers()
-            .into_iter()
-            .filter(|(n, _)| n != except)
-            .collect();
-        let waits = peers.iter().map(|(node, link)| {
-            let id = self.next_id();
-            self.request(
-                node,
-                link,
-                id,
-                Message::Barrier { id },
-                Duration::from_secs(1),
-            )
-        });
-        futures::future::join_all(waits).await;
     }
 
     // --------------------------------------------------------------- writes

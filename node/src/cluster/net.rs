@@ -11,14 +11,14 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::{handle, Cluster, MemberState};
+use super::{handle, Cluster};
 use crate::admission::{Admission, Limits, Slot};
 use crate::crypto::FINGERPRINT_LEN;
 use crate::membership::Discovery;
 use crate::metrics::Metrics;
 use crate::reachability::Problem;
 use crate::replication::liveness::Liveness;
-use crate::replication::replica::{Admission as Admitted, LinkId};
+use crate::replication::replica::{Admission as Admitted, Inbound, LinkId};
 use crate::transport::{self, Connection, HandshakeError};
 use crate::wire::{Hello, Message, Outgoing, WireError};
 
@@ -54,6 +54,11 @@ impl Link {
     /// is healthy again. So one stuck peer cannot slow down writes to anyone else.
     /// False when dropped.
     pub async fn send(&self, metrics: &Metrics, out: Outgoing) -> bool {
+        self.queue(metrics, out)
+    }
+
+    /// [`Link::send`], callable without an async context (under the replica's lock).
+    pub fn queue(&self, metrics: &Metrics, out: Outgoing) -> bool {
         self.inflight.fetch_add(1, Ordering::SeqCst);
         let ok = self.tx.try_send((out, Instant::now())).is_ok();
         if !ok {
@@ -108,8 +113,10 @@ pub(crate) fn ensure_link(c: &Cluster, addr: SocketAddr, wanted: bool) -> Option
 
 /// Admits the peer on `link` (false: that incarnation said goodbye).
 fn admit(c: &Cluster, peer: &Hello, link: &Arc<Link>) -> bool {
+    let now = c.now_ms();
     let admission = c.with_replica(|r| {
         r.peer_up(
+            now,
             &peer.node_id,
             peer.incarnation,
             peer.addr,
@@ -370,6 +377,22 @@ async fn rekey(c: &Cluster, addr: SocketAddr, conn_key: [u8; FINGERPRINT_LEN]) -
     }
 }
 
+/// Frames taken from a link's queue in the current batch: they leave the link's
+/// `inflight` count when this is dropped (written, failed, or the connection gone).
+struct Taken<'a>(usize, &'a AtomicUsize);
+
+impl<'a> Taken<'a> {
+    fn new(inflight: &'a AtomicUsize) -> Self {
+        Taken(0, inflight)
+    }
+}
+
+impl Drop for Taken<'_> {
+    fn drop(&mut self) {
+        self.1.fetch_sub(self.0, Ordering::SeqCst);
+    }
+}
+
 /// How an outbound connection ended.
 enum Ended {
     /// The link was cancelled.
@@ -453,9 +476,15 @@ async fn run_connection(
                 }
             };
             let Some(first) = item else { break };
+            // Every frame taken from the queue leaves `inflight` once written, or when
+            // the write fails or this connection ends mid-batch (the guard's drop): a
+            // count left behind would keep `drained()` false, and a graceful leave
+            // waiting the whole `--drain-timeout`.
+            let mut taken = Taken::new(&link.inflight);
             // One write for many frames: what is queued now, and (once) what the tasks
             // already runnable queue while this one steps aside (see `coalesce`).
             let sent = coalesce(first, rx, &mut wr, |(out, queued)| {
+                taken.0 += 1;
                 inner
                     .metrics
                     .replication_lag
@@ -464,14 +493,13 @@ async fn run_connection(
                 out
             })
             .await;
-            let batch = match sent {
-                Ok(n) => n,
-                Err(e) => return failed(e),
-            };
+            if let Err(e) = sent {
+                return failed(e);
+            }
             if let Err(e) = wr.flush().await {
                 return failed(e);
             }
-            link.inflight.fetch_sub(batch, Ordering::SeqCst);
+            drop(taken);
         }
         Ended::Failed("queue closed".into())
     };
@@ -547,8 +575,9 @@ pub(crate) async fn accept_loop(c: Cluster, listener: TcpListener) {
 /// Whether `ip` is the address of a discovered candidate or a member (they dial from
 /// the address they advertise, one per pod on Kubernetes).
 fn is_known_peer_ip(c: &Cluster, ip: std::net::IpAddr) -> bool {
-    c.inner.links.lock().keys().any(|a| a.ip() == ip)
-        || c.inner.replica.lock().members().any(|m| m.addr.ip() == ip)
+    // One lock at a time (the order is replica, then links).
+    let linked = c.inner.links.lock().keys().any(|a| a.ip() == ip);
+    linked || c.inner.replica.lock().members().any(|m| m.addr.ip() == ip)
 }
 
 /// A WARN line for a failure before authentication, at most one per reason per
@@ -590,18 +619,15 @@ async fn inbound(c: Cluster, stream: tokio::net::TcpStream, from: SocketAddr, sl
         key_id,
         ..
     } = conn;
-    let (left, known) = {
-        let r = inner.replica.lock();
-        let known = r
-            .member(&peer.node_id)
-            .is_some_and(|m| m.incarnation == peer.incarnation && m.state == MemberState::Alive);
-        (r.has_left(&peer.node_id, peer.incarnation), known)
-    };
-    if left {
+    let verdict = inner
+        .replica
+        .lock()
+        .on_inbound(&peer.node_id, peer.incarnation);
+    if verdict == Inbound::Left {
         return;
     }
     // Dial back at once so that this peer gets our writes from now on.
-    if !known {
+    if verdict == Inbound::DialBack {
         // The link may already exist and sit in a reconnect backoff (up to MAX_BACKOFF),
         // e.g. to a static peer that was down until now: cut it short, or the peer's
         // join waits that long for our dial-back.

@@ -136,3 +136,39 @@ async fn a_sync_write_waits_for_the_peer_and_is_released_when_it_goes() {
     stop_a.cancel();
     assert!(a.tasks_stopped(BOUND).await);
 }
+
+#[tokio::test]
+async fn a_joiner_is_ready_only_with_the_sessions_of_every_member() {
+    // a and b do not know each other: each holds a session the other lacks (as after
+    // async writes during a cut). c joins both: it is ready only with both sessions.
+    let la = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let lb = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let lc = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (aa, ab) = (la.local_addr().unwrap(), lb.local_addr().unwrap());
+    let (a, stop_a) = start("a", la, &[]).await;
+    let (b, stop_b) = start("b", lb, &[]).await;
+    tokio::time::timeout(BOUND, async { tokio::join!(a.ready(), b.ready()) })
+        .await
+        .expect("both join alone");
+    assert_eq!(a.write(1, &data("from a"), expiry()).await, Ok(1));
+    // Many on b: its transfer takes longer than a's.
+    for sid in 2..3_000 {
+        assert_eq!(b.write(sid, &data("from b"), expiry()).await, Ok(1));
+    }
+    let (c, stop_c) = start("c", lc, &[aa, ab]).await;
+    tokio::time::timeout(BOUND, c.ready())
+        .await
+        .expect("c joins");
+    assert_eq!(c.live_members(), ["a", "b", "c"]);
+    let held = (1..3_000)
+        .filter(|s| c.store().version(*s) == Some(1))
+        .count();
+    assert_eq!(
+        held, 2_999,
+        "ready with a state transfer from every live member, not from one"
+    );
+    for (node, stop) in [(&a, &stop_a), (&b, &stop_b), (&c, &stop_c)] {
+        stop.cancel();
+        assert!(node.tasks_stopped(BOUND).await);
+    }
+}

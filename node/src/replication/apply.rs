@@ -120,12 +120,16 @@ pub fn on_message(
                 .inc_by(sessions.len() as i64);
             fx.push(Effect::Applied);
             if done {
-                fx.push(Effect::Resolve(id, Message::Ack { id }));
+                let last = Message::StateChunk {
+                    id,
+                    sessions: vec![],
+                    done: true,
+                };
+                fx.push(Effect::Resolve(id, last));
             }
         }
-        Message::Ack { id } | Message::BarrierAck { id } => {
-            fx.push(Effect::Resolve(id, Message::Ack { id }))
-        }
+        Message::Ack { id } => fx.push(Effect::Resolve(id, Message::Ack { id })),
+        Message::BarrierAck { id } => fx.push(Effect::Resolve(id, Message::BarrierAck { id })),
         Message::FetchResp { id, session } => {
             fx.push(Effect::Resolve(id, Message::FetchResp { id, session }))
         }

@@ -12,11 +12,17 @@
 //! - [`replica`] — the `Replica`: member table, view, readiness, sync-ack verdicts and
 //!   deadlines, gap repair; a state machine the driver holds behind one lock.
 //! - [`rereplicate`] — backup mode: what to copy to whom when the view changes or on leave.
+//! - [`join`] — the join: state transfers from every live member (the readiness rule),
+//!   and serving one behind a barrier.
+//! - [`handoff`] — backup mode: when to re-replicate (view changes, retries) and the
+//!   leave's hand-off.
 //! - [`sim`] — the deterministic simulation and its checker.
 
 pub mod antientropy;
 pub mod apply;
 pub mod fetch;
+pub mod handoff;
+pub mod join;
 pub mod liveness;
 pub mod replica;
 pub mod rereplicate;

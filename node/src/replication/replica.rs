@@ -28,6 +28,8 @@ use std::net::SocketAddr;
 
 use tribe_api::MemberState;
 
+use super::handoff::{self, Rereplication, Round};
+use super::join::{Join, Serve, Serves};
 use crate::ownership;
 use crate::wire::SessionId;
 
@@ -105,6 +107,33 @@ pub enum Event {
         /// The session.
         sid: SessionId,
     },
+    // ---------------------------------------------- membership: join, serve, hand-off
+    /// Ask `node` for a state transfer: `StateReq { id, only_owned }` (the join's).
+    RequestState {
+        /// The member.
+        node: String,
+        /// Request id (the last `StateChunk` carries it).
+        id: u64,
+        /// Backup mode: only the sessions this node will own.
+        only_owned: bool,
+    },
+    /// Send `Barrier { id }` to `node` (a transfer served waits for its `BarrierAck`).
+    Barrier {
+        /// The member.
+        node: String,
+        /// Barrier id.
+        id: u64,
+    },
+    /// The barrier of a served transfer is done: stream the snapshot (chunks of the
+    /// sessions [`super::join::in_snapshot`] keeps, the last one `done`).
+    ServeState(Serve),
+    /// The join completed (the readiness rule held) after `ms` milliseconds.
+    Joined {
+        /// How long the join took.
+        ms: u64,
+    },
+    /// Backup mode: a re-replication round is due ([`Replica::take_rereplication`]).
+    Rereplicate,
 }
 
 /// How long a gap may stay before the session is fetched from the delta's sender (ms):
@@ -149,6 +178,12 @@ pub struct Replica {
     joined: bool,
     draining: bool,
     leaving: bool,
+    // ---------------------------------------------- membership: join, serve, hand-off
+    join: Join,
+    serves: Serves,
+    rerep: Rereplication,
+    /// The latest `now` (ms) passed in (only for the join's duration).
+    clock: u64,
 }
 
 impl Replica {
@@ -156,7 +191,6 @@ impl Replica {
     pub fn new(cfg: ReplicaConfig) -> Replica {
         Replica {
             view: vec![cfg.me.clone()],
-            cfg,
             members: BTreeMap::new(),
             left: HashSet::new(),
             syncs: HashMap::new(),
@@ -165,6 +199,11 @@ impl Replica {
             joined: false,
             draining: false,
             leaving: false,
+            join: Join::default(),
+            serves: Serves::default(),
+            rerep: Rereplication::new(vec![cfg.me.clone()]),
+            clock: 0,
+            cfg,
         }
     }
 
@@ -178,6 +217,7 @@ impl Replica {
     /// A handshake with `node` completed on `link`.
     pub fn peer_up(
         &mut self,
+        now: u64,
         node: &str,
         incarnation: u64,
         addr: SocketAddr,
@@ -207,6 +247,7 @@ impl Replica {
         // Whatever either side missed while apart (a cut, a freeze, a restart) is compared
         // and exchanged now, not only when the session is next written.
         self.events.push_back(Event::Resync(node.to_string()));
+        self.join_member_up(now, node, incarnation);
         admission
     }
 
@@ -254,6 +295,7 @@ impl Replica {
 
     fn peer_failed(&mut self, node: &str) {
         self.events.push_back(Event::PeerFailed(node.to_string()));
+        self.membership_peer_failed(node);
         // Its gaps are anti-entropy's to repair once it is back.
         self.gaps.retain(|(from, _), _| from != node);
         let ids: Vec<u64> = self
@@ -286,6 +328,7 @@ impl Replica {
         if ids != self.view {
             self.view = ids.clone();
             self.events.push_back(Event::ViewChanged(ids));
+            self.rerep_on_view();
         }
     }
 
@@ -357,6 +400,7 @@ impl Replica {
     /// The join (state transfer) completed.
     pub fn set_joined(&mut self) {
         self.joined = true;
+        self.join.set_joined();
     }
 
     /// Whether the join completed.
@@ -476,6 +520,7 @@ impl Replica {
         for id in due {
             self.settle(id, true);
         }
+        self.membership_timeout(now);
     }
 
     /// Ends the sync write `id` now, with the acks it has (the driver's timer for it fired).
@@ -487,7 +532,10 @@ impl Replica {
     pub fn poll_timeout(&self) -> Option<u64> {
         let sync = self.syncs.values().map(|w| w.deadline).min();
         let gap = self.gaps.values().copied().min();
-        sync.into_iter().chain(gap).min()
+        sync.into_iter()
+            .chain(gap)
+            .chain(self.membership_poll_timeout())
+            .min()
     }
 
     fn settle(&mut self, id: u64, timeout: bool) {
@@ -622,6 +670,214 @@ impl Replica {
             self.owners(sid)
         })
     }
+    // ------------------------------------------------------------ membership (join,
+    // serving transfers, readiness, leave hand-off, re-replication; see `join`, `handoff`)
+
+    fn tick(&mut self, now: u64) {
+        self.clock = self.clock.max(now);
+    }
+
+    fn alive_incarnations(&self) -> Vec<(String, u64)> {
+        self.members
+            .values()
+            .filter(|m| m.state == MemberState::Alive)
+            .map(|m| (m.node_id.clone(), m.incarnation))
+            .collect()
+    }
+
+    fn ask_state(&mut self, reqs: impl IntoIterator<Item = super::join::Request>) {
+        for r in reqs {
+            self.events.push_back(Event::RequestState {
+                node: r.node,
+                id: r.id,
+                only_owned: self.cfg.backup_mode,
+            });
+        }
+    }
+
+    fn join_check(&mut self) {
+        let alive = self.alive_incarnations();
+        if let Some(ms) = self.join.check(self.clock, &alive) {
+            self.joined = true;
+            self.events.push_back(Event::Joined { ms });
+            // What changed while joining is this node's to copy now (backup mode).
+            self.rerep_on_view();
+        }
+    }
+
+    fn join_member_up(&mut self, now: u64, node: &str, incarnation: u64) {
+        self.tick(now);
+        let req = self.join.on_member_up(now, node, incarnation);
+        self.ask_state(req);
+    }
+
+    fn membership_peer_failed(&mut self, node: &str) {
+        self.join.on_member_down(node);
+        for s in self.serves.on_peer_down(node) {
+            self.events.push_back(Event::ServeState(s));
+        }
+        // The member is out of the table's live set already: no longer waited for.
+        self.join_check();
+    }
+
+    fn membership_timeout(&mut self, now: u64) {
+        self.tick(now);
+        let alive = self.alive_incarnations();
+        let reqs = self.join.on_timeout(now, &alive);
+        self.ask_state(reqs);
+        for s in self.serves.on_timeout(now) {
+            self.events.push_back(Event::ServeState(s));
+        }
+        self.rerep_signal();
+    }
+
+    fn membership_poll_timeout(&self) -> Option<u64> {
+        let j = self.join.poll_timeout();
+        let s = self.serves.poll_timeout();
+        let r = self.rerep.poll_timeout();
+        j.into_iter().chain(s).chain(r).min()
+    }
+
+    /// The driver settled at `now` (every discovered candidate dialed once, every member
+    /// dialed back, bounded): ask every live member for a state transfer. The join
+    /// completes ([`Event::Joined`]) once a transfer from every live member completed
+    /// (the readiness rule, [`super::join`]); at once when there is none.
+    pub fn begin_join(&mut self, now: u64) {
+        self.tick(now);
+        let alive = self.alive_incarnations();
+        let reqs = self.join.begin(now, &alive);
+        self.ask_state(reqs);
+        self.join_check();
+    }
+
+    /// The state request to `node` could not be sent at `now`: asked again shortly.
+    pub fn state_request_not_sent(&mut self, now: u64, node: &str) {
+        self.tick(now);
+        self.join.on_not_sent(now, node);
+    }
+
+    /// Whether the join started.
+    pub fn join_started(&self) -> bool {
+        self.join.started()
+    }
+
+    /// Live members a state transfer is still missing from (joining).
+    pub fn join_waiting_for(&self) -> Vec<String> {
+        self.join.waiting_for(&self.alive_incarnations())
+    }
+
+    /// The last chunk of state transfer `id` arrived from `from` at `now`. True when it
+    /// was this node's request (consumed); false: another request's reply.
+    pub fn on_state_done(&mut self, now: u64, from: &str, id: u64) -> bool {
+        self.tick(now);
+        if !self.join.on_done(from, id) {
+            return false;
+        }
+        self.join_check();
+        true
+    }
+
+    /// `requester` asks for a state transfer (`id`) at `now`: barriers to the other live
+    /// members first ([`Event::Barrier`]), then [`Event::ServeState`].
+    pub fn on_state_req(&mut self, now: u64, requester: &str, id: u64, only_owned: bool) {
+        self.tick(now);
+        let peers: Vec<String> = self.alive_peers().into_iter().map(|(n, _)| n).collect();
+        let (barriers, ready) = self
+            .serves
+            .on_request(now, requester, id, only_owned, &peers);
+        for (node, id) in barriers {
+            self.events.push_back(Event::Barrier { node, id });
+        }
+        if let Some(s) = ready {
+            self.events.push_back(Event::ServeState(s));
+        }
+    }
+
+    /// `from` answered barrier `id`. False when `id` is no barrier of this replica.
+    pub fn on_barrier_ack(&mut self, from: &str, id: u64) -> bool {
+        match self.serves.on_ack(from, id) {
+            Err(()) => false,
+            Ok(ready) => {
+                if let Some(s) = ready {
+                    self.events.push_back(Event::ServeState(s));
+                }
+                true
+            }
+        }
+    }
+
+    /// What to do with an inbound connection from `node` (incarnation) that completed
+    /// its handshake: refuse it (that incarnation left), or accept it and dial back unless
+    /// it is already a live member of that incarnation (then its writes reach us).
+    pub fn on_inbound(&self, node: &str, incarnation: u64) -> Inbound {
+        if self.has_left(node, incarnation) {
+            return Inbound::Left;
+        }
+        let known = self
+            .members
+            .get(node)
+            .is_some_and(|m| m.incarnation == incarnation && m.state == MemberState::Alive);
+        if known {
+            Inbound::Known
+        } else {
+            Inbound::DialBack
+        }
+    }
+
+    /// Leaving (backup mode): the views to plan the hand-off with (the current view, and
+    /// it without this node): `Put`s of what the new owners gain, then `Leaving`.
+    pub fn leave_handoff(&self) -> Option<(Vec<String>, Vec<String>)> {
+        self.cfg
+            .backup_mode
+            .then(|| handoff::handoff_views(&self.view, &self.cfg.me))
+    }
+
+    fn rerep_on_view(&mut self) {
+        if !self.cfg.backup_mode {
+            return;
+        }
+        self.rerep.on_view(&self.view);
+        self.rerep_signal();
+    }
+
+    fn rerep_signal(&mut self) {
+        if self.cfg.backup_mode && !self.leaving && self.rerep.signal(self.clock) {
+            self.events.push_back(Event::Rereplicate);
+        }
+    }
+
+    /// Backup mode: the re-replication round due at `now`, if any (none while leaving);
+    /// plan it with [`super::rereplicate`], push it, then [`Self::rereplication_done`].
+    pub fn take_rereplication(&mut self, now: u64) -> Option<Round> {
+        self.tick(now);
+        if self.leaving || !self.cfg.backup_mode {
+            return None;
+        }
+        self.rerep.take(now)
+    }
+
+    /// The round ended at `now`; `failed`: pushes not delivered, by target (retried
+    /// after [`handoff::RETRY_MS`] while still needed).
+    pub fn rereplication_done(
+        &mut self,
+        now: u64,
+        failed: std::collections::HashMap<String, Vec<SessionId>>,
+    ) {
+        self.tick(now);
+        self.rerep.finished(now, failed);
+        self.rerep_signal();
+    }
+}
+
+/// What [`Replica::on_inbound`] decides for an inbound connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Inbound {
+    /// That incarnation said goodbye: close.
+    Left,
+    /// A live member of that incarnation: serve.
+    Known,
+    /// Serve, and dial back at once (so that its writes reach it from now on).
+    DialBack,
 }
 
 #[cfg(test)]
@@ -651,7 +907,7 @@ mod tests {
     fn admits_suspects_and_removes_by_link() {
         let mut r = replica(0);
         assert_eq!(
-            r.peer_up("b", 1, addr(2), true, 10),
+            r.peer_up(0, "b", 1, addr(2), true, 10),
             Admission::Admitted {
                 new: true,
                 restarted: false
@@ -669,7 +925,7 @@ mod tests {
         assert_eq!(r.view(), ["a".to_string()]);
         assert!(r.member("b").is_some(), "suspect members stay listed");
         assert_eq!(
-            r.peer_up("b", 2, addr(2), true, 12),
+            r.peer_up(0, "b", 2, addr(2), true, 12),
             Admission::Admitted {
                 new: false,
                 restarted: true
@@ -683,12 +939,12 @@ mod tests {
     #[test]
     fn a_member_that_left_is_never_readmitted() {
         let mut r = replica(0);
-        r.peer_up("b", 1, addr(2), true, 10);
+        r.peer_up(0, "b", 1, addr(2), true, 10);
         assert_eq!(r.on_leaving("b", 1), Some(10));
         r.peer_removed(10);
-        assert_eq!(r.peer_up("b", 1, addr(2), true, 11), Admission::Left);
+        assert_eq!(r.peer_up(0, "b", 1, addr(2), true, 11), Admission::Left);
         assert!(matches!(
-            r.peer_up("b", 2, addr(2), true, 11),
+            r.peer_up(0, "b", 2, addr(2), true, 11),
             Admission::Admitted { .. }
         ));
     }
@@ -696,8 +952,8 @@ mod tests {
     #[test]
     fn a_sync_write_released_by_suspicion_is_acknowledged_alone() {
         let mut r = replica(0);
-        r.peer_up("b", 1, addr(2), true, 10);
-        r.peer_up("c", 1, addr(3), true, 11);
+        r.peer_up(0, "b", 1, addr(2), true, 10);
+        r.peer_up(0, "c", 1, addr(3), true, 11);
         events(&mut r);
         r.start_sync(0, 7, ["b".to_string(), "c".to_string()]);
         assert!(events(&mut r).is_empty(), "waits for both");
@@ -725,8 +981,8 @@ mod tests {
     #[test]
     fn min_members_refuses_what_too_few_hold_and_acks_count_once() {
         let mut r = replica(3);
-        r.peer_up("b", 1, addr(2), true, 10);
-        r.peer_up("c", 1, addr(3), true, 11);
+        r.peer_up(0, "b", 1, addr(2), true, 10);
+        r.peer_up(0, "c", 1, addr(3), true, 11);
         assert!(r.has_quorum());
         events(&mut r);
         r.start_sync(0, 1, ["b".to_string(), "c".to_string(), "zz".to_string()]);
@@ -755,8 +1011,8 @@ mod tests {
     #[test]
     fn a_gap_is_repaired_from_its_sender_after_the_retry_delay_unless_it_failed() {
         let mut r = replica(0);
-        r.peer_up("b", 1, addr(2), true, 10);
-        r.peer_up("c", 1, addr(3), true, 11);
+        r.peer_up(0, "b", 1, addr(2), true, 10);
+        r.peer_up(0, "c", 1, addr(3), true, 11);
         events(&mut r);
         r.on_gap(1_000, "b", 5);
         r.on_gap(1_100, "b", 5);
@@ -789,5 +1045,164 @@ mod tests {
         assert!(r.is_ready());
         r.set_draining();
         assert!(!r.is_ready());
+    }
+
+    // ------------------------------------------------ membership: join, serve, hand-off
+
+    fn requests(r: &mut Replica) -> Vec<(String, u64)> {
+        events(r)
+            .into_iter()
+            .filter_map(|e| match e {
+                Event::RequestState { node, id, .. } => Some((node, id)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_joining_replica_is_ready_only_after_a_transfer_from_every_live_member() {
+        let mut r = replica(0);
+        r.peer_up(0, "b", 1, addr(2), true, 10);
+        r.peer_up(0, "c", 1, addr(3), true, 11);
+        events(&mut r);
+        assert!(
+            requests(&mut r).is_empty(),
+            "nothing asked before the join starts"
+        );
+        r.begin_join(100);
+        let asked = requests(&mut r);
+        assert_eq!(
+            asked.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
+            ["b", "c"]
+        );
+        assert!(
+            !r.on_state_done(110, "b", 12345),
+            "not a join id: another request's"
+        );
+        assert!(r.on_state_done(120, "b", asked[0].1));
+        assert!(!r.is_ready(), "c may hold sessions this node lacks");
+        r.peer_up(130, "d", 1, addr(4), true, 12);
+        let d = requests(&mut r);
+        assert_eq!(d.len(), 1, "a member admitted during the join is asked too");
+        r.peer_suspect("c", 11);
+        assert!(!r.is_ready(), "d still holds sessions this node may lack");
+        assert!(r.on_state_done(150, "d", d[0].1));
+        assert!(r.is_ready());
+        assert!(
+            events(&mut r).contains(&Event::Joined { ms: 50 }),
+            "joined once the suspected member is no longer waited for"
+        );
+        r.peer_up(200, "e", 1, addr(5), true, 13);
+        assert!(
+            requests(&mut r).is_empty(),
+            "once ready, anti-entropy reconciles"
+        );
+    }
+
+    #[test]
+    fn a_replica_alone_when_it_settles_is_joined_at_once() {
+        let mut r = replica(0);
+        r.begin_join(5);
+        assert!(r.is_ready());
+        assert_eq!(events(&mut r), vec![Event::Joined { ms: 0 }]);
+    }
+
+    #[test]
+    fn inbound_connections_are_refused_after_goodbye_and_dialed_back_when_unknown() {
+        let mut r = replica(0);
+        assert_eq!(r.on_inbound("b", 1), Inbound::DialBack);
+        r.peer_up(0, "b", 1, addr(2), true, 10);
+        assert_eq!(r.on_inbound("b", 1), Inbound::Known);
+        assert_eq!(r.on_inbound("b", 2), Inbound::DialBack, "a new incarnation");
+        r.peer_suspect("b", 10);
+        assert_eq!(
+            r.on_inbound("b", 1),
+            Inbound::DialBack,
+            "suspected: dial again"
+        );
+        r.on_leaving("b", 1);
+        assert_eq!(r.on_inbound("b", 1), Inbound::Left);
+    }
+
+    #[test]
+    fn a_transfer_is_served_after_the_barrier_of_every_other_member() {
+        let mut r = replica(0);
+        r.peer_up(0, "b", 1, addr(2), true, 10);
+        r.peer_up(0, "c", 1, addr(3), true, 11);
+        r.peer_up(0, "j", 1, addr(4), false, 12);
+        events(&mut r);
+        r.on_state_req(0, "j", 7, false);
+        let barriers: Vec<(String, u64)> = events(&mut r)
+            .into_iter()
+            .filter_map(|e| match e {
+                Event::Barrier { node, id } => Some((node, id)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            barriers.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
+            ["b", "c"],
+            "every live member but the joiner"
+        );
+        assert!(r.on_barrier_ack("b", barriers[0].1));
+        assert!(!r.on_barrier_ack("b", 3), "not a barrier of this replica");
+        assert!(events(&mut r).is_empty(), "c's barrier is still out");
+        assert_eq!(
+            r.poll_timeout(),
+            Some(super::super::join::BARRIER_TIMEOUT_MS)
+        );
+        r.on_timeout(super::super::join::BARRIER_TIMEOUT_MS);
+        assert_eq!(
+            events(&mut r),
+            vec![Event::ServeState(Serve {
+                to: "j".into(),
+                id: 7,
+                only_owned: false
+            })]
+        );
+    }
+
+    #[test]
+    fn backup_mode_rereplicates_on_view_changes_retries_and_hands_off_on_leave() {
+        let mut r = Replica::new(ReplicaConfig {
+            me: "a".into(),
+            backup_mode: true,
+            backups: 1,
+            min_members: 0,
+            sync: false,
+            sync_timeout_ms: 1_000,
+        });
+        r.set_joined();
+        r.peer_up(0, "b", 1, addr(2), true, 10);
+        assert!(events(&mut r).contains(&Event::Rereplicate));
+        let round = r.take_rereplication(0).expect("due");
+        assert_eq!(round.old, Some(vec!["a".to_string()]));
+        assert_eq!(round.new, vec!["a".to_string(), "b".to_string()]);
+        assert_eq!(r.take_rereplication(1), None, "one round at a time");
+        r.rereplication_done(10, HashMap::from([("b".to_string(), vec![5])]));
+        assert_eq!(r.poll_timeout(), Some(10 + handoff::RETRY_MS));
+        r.on_timeout(10 + handoff::RETRY_MS);
+        assert_eq!(events(&mut r), vec![Event::Rereplicate]);
+        let retry = r.take_rereplication(10 + handoff::RETRY_MS).expect("retry");
+        assert_eq!(retry.retry[&"b".to_string()], vec![5]);
+        r.rereplication_done(2_000, HashMap::new());
+        r.set_leaving();
+        r.peer_up(2_001, "c", 1, addr(3), true, 11);
+        assert!(
+            !events(&mut r).contains(&Event::Rereplicate),
+            "leaving: no rounds"
+        );
+        assert_eq!(
+            r.leave_handoff(),
+            Some((
+                vec!["a".to_string(), "b".into(), "c".into()],
+                vec!["b".to_string(), "c".into()]
+            ))
+        );
+        assert_eq!(
+            replica(0).leave_handoff(),
+            None,
+            "delta mode: every peer holds it"
+        );
     }
 }

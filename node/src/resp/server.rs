@@ -488,12 +488,22 @@ struct Conn {
 }
 
 /// Serves RESP on `listener` until `stop` is cancelled.
+///
+/// On stop the listener is closed *before* the connections: a client that reconnects
+/// the moment its connection closes (node-redis does at once) is then refused and
+/// retries, instead of landing in the closing listener's backlog and being reset in the
+/// middle of its handshake (which node-redis before 5.11 took for a ready connection,
+/// and then waited on for good).
 pub async fn serve(
     listener: TcpListener,
     cluster: Cluster,
     opts: Options,
     stop: CancellationToken,
 ) {
+    // Connections end on `conns`: cancelled once the listener is closed (or when this
+    // future is dropped).
+    let conns = CancellationToken::new();
+    let _close_conns = conns.clone().drop_guard();
     let limit = Arc::new(Semaphore::new(opts.max_clients));
     let shared = Arc::new(Shared {
         keys: Keys::new(cluster),
@@ -506,7 +516,7 @@ pub async fn serve(
     });
     loop {
         let accepted = tokio::select! {
-            _ = stop.cancelled() => return,
+            _ = stop.cancelled() => break,
             a = listener.accept() => a,
         };
         let (sock, peer) = match accepted {
@@ -547,7 +557,7 @@ pub async fn serve(
             }
         });
         let shared = shared.clone();
-        let stop = stop.clone();
+        let stop = conns.clone();
         tokio::spawn(async move {
             shared.clients.fetch_add(1, Ordering::Relaxed);
             if let Err(e) = connection(sock, peer, id, &shared, unauthed, stop).await {
@@ -557,6 +567,8 @@ pub async fn serve(
             drop(permit);
         });
     }
+    drop(listener);
+    conns.cancel();
 }
 
 async fn refuse(sock: TcpStream) {
