@@ -17,7 +17,8 @@
 //! liveness detector closes the connection, which drops what it held; a crash breaks the crashed node's connections at once
 //! (the peers get a reset); a frozen node processes nothing and its peers hear nothing.
 //! A node declares a peer dead from [`Liveness`] alone, closes that connection (its
-//! queued messages are dropped) and dials again every 500 ms: a dial is a real `Hello`;
+//! queued messages are dropped) and dials again every 500 ms (so does a node that answered
+//! a peer's dial but whose own dial-back has not admitted it): a dial is a real `Hello`;
 //! the acceptor asks its replica ([`Replica::on_inbound`]), answers `HelloAck` and dials
 //! back; each side admits the other when the `HelloAck` arrives, which starts a full
 //! anti-entropy round, as `cluster/net.rs` does. A restarted node joins through the
@@ -1729,10 +1730,20 @@ impl Sim {
         let node = self.nodes[i].as_mut().unwrap();
         if now >= node.next_dial {
             node.next_dial = now + REDIAL;
+            // Down: no connection, or only the peer's inbound one (its `Hello` was
+            // answered but this node's own dial-back never completed: a cut dropped it).
+            // Production's outbound link keeps dialing until its handshake admits the
+            // peer, whatever inbound connection exists (`cluster/net.rs: run_link`).
             let down: Vec<usize> = node
                 .links
                 .iter()
-                .filter(|(_, l)| l.is_none())
+                .filter(|(p, l)| {
+                    l.is_none()
+                        || node
+                            .replica
+                            .member(&format!("n{p}"))
+                            .is_none_or(|m| m.state != tribe_api::MemberState::Alive)
+                })
                 .map(|(p, _)| *p)
                 .collect();
             let hello = node.hello();
@@ -2208,6 +2219,13 @@ mod tests {
             0,
             "a read at a node cut off from every holder of its client's version: a counted \
              rollback, the documented case",
+        ),
+        (
+            "backup-sync-3",
+            115,
+            "n0 answered restarted n2's Hello but a cut dropped its dial-back, and the inbound \
+             connection stopped n0 redialing: n0 never admitted n2 (the simulation's model: \
+             the outbound link dials until its own handshake admits the peer)",
         ),
     ];
 
