@@ -279,12 +279,15 @@ const MAX_BATCH: usize = 256;
 /// `write`, one wake-up of the peer's reader) carries many frames instead of one each.
 /// When idle nothing else is runnable, and the yield costs a trip through the scheduler,
 /// not a timer.
-async fn coalesce<T>(
+async fn coalesce<T, W>(
     first: T,
     rx: &mut mpsc::Receiver<T>,
-    wr: &mut crate::transport::Writer,
+    wr: &mut W,
     mut frame: impl FnMut(T) -> Outgoing,
-) -> Result<usize, crate::wire::WireError> {
+) -> Result<usize, W::Error>
+where
+    W: futures::Sink<Outgoing> + Unpin,
+{
     wr.feed(frame(first)).await?;
     let mut fed = 1;
     let mut yielded = false;
@@ -739,5 +742,95 @@ pub(crate) async fn follow_discovery(c: Cluster, discovery: Arc<Discovery>) {
             r = rx.changed() => if r.is_err() { return },
             _ = c.inner.shutdown.cancelled() => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A sink that records the frames fed to it (each once the next is fed or on flush).
+    fn recorder() -> (
+        impl futures::Sink<Outgoing, Error = std::convert::Infallible> + Unpin,
+        Arc<parking_lot::Mutex<Vec<u64>>>,
+    ) {
+        let fed = Arc::new(parking_lot::Mutex::new(Vec::new()));
+        let log = fed.clone();
+        let sink = Box::pin(futures::sink::unfold((), move |(), out: Outgoing| {
+            let log = log.clone();
+            async move {
+                if let Ok(Message::Ping { nonce }) = Message::decode_body_at(out.ty, &out.body, 0) {
+                    log.lock().push(nonce);
+                }
+                Ok::<_, std::convert::Infallible>(())
+            }
+        }));
+        (sink, fed)
+    }
+
+    fn ping(nonce: u64) -> Outgoing {
+        Message::Ping { nonce }.outgoing()
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_flush_carries_what_is_queued_in_order_up_to_the_batch_limit() {
+        let (tx, mut rx) = mpsc::channel(1024);
+        for n in 1..=300 {
+            tx.try_send(n).unwrap();
+        }
+        let (mut sink, fed) = recorder();
+        let sent = coalesce(0, &mut rx, &mut sink, ping).await.unwrap();
+        sink.flush().await.unwrap(); // (the link task flushes after each batch)
+        assert_eq!(sent, MAX_BATCH);
+        assert_eq!(*fed.lock(), (0..MAX_BATCH as u64).collect::<Vec<_>>());
+        assert_eq!(
+            rx.len(),
+            301 - MAX_BATCH,
+            "the rest waits for the next flush"
+        );
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn frames_queued_by_tasks_runnable_at_the_dry_queue_join_the_same_flush() {
+        let (tx, mut rx) = mpsc::channel(16);
+        // Runnable when the queue first runs dry: it queues during the writer's yield.
+        let late = tokio::spawn({
+            let tx = tx.clone();
+            async move {
+                tx.send(2).await.unwrap();
+                tx.send(3).await.unwrap();
+            }
+        });
+        tx.try_send(1).unwrap();
+        let (mut sink, fed) = recorder();
+        let sent = coalesce(0, &mut rx, &mut sink, ping).await.unwrap();
+        sink.flush().await.unwrap(); // (the link task flushes after each batch)
+        late.await.unwrap();
+        assert_eq!(sent, 4);
+        assert_eq!(*fed.lock(), vec![0, 1, 2, 3]);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn an_idle_link_flushes_one_frame_after_one_yield() {
+        let (_tx, mut rx) = mpsc::channel::<u64>(16);
+        let (mut sink, fed) = recorder();
+        assert_eq!(coalesce(7, &mut rx, &mut sink, ping).await.unwrap(), 1);
+        sink.flush().await.unwrap();
+        assert_eq!(*fed.lock(), vec![7]);
+    }
+
+    #[test]
+    fn a_version_skew_is_told_apart_from_other_handshake_failures() {
+        let e = HandshakeError::VersionSkew {
+            theirs: crate::wire::Versions { min: 4, max: 4 },
+            ours: crate::wire::Versions { min: 2, max: 3 },
+        };
+        assert_eq!(
+            problem_of(&e),
+            Problem::VersionSkew {
+                theirs: (4, 4),
+                ours: (2, 3)
+            }
+        );
     }
 }
