@@ -636,7 +636,7 @@ impl Cluster {
             // Nothing here that the client may see, and a replica that may hold it was
             // silent: an error, not "no session" nor an older copy (that is a rollback
             // only when every replica answered without the client's version).
-            tracing::warn!(session = sid, "no replica of the session answered in time");
+            tracing::warn!(session = %crate::model::log_tag(sid), "no replica of the session answered in time");
             return Err(Unreachable);
         }
         Ok(self.local_copy(sid, min_version, unix_now()))
@@ -651,7 +651,7 @@ impl Cluster {
         if rolled_back {
             self.inner.metrics.rollbacks.inc();
             tracing::warn!(
-                session = sid,
+                session = %crate::model::log_tag(sid),
                 have = session.version,
                 client_saw = min_version,
                 "serving an older session version than the client has seen (its writer died before replicating)"
@@ -982,7 +982,7 @@ impl Cluster {
                 return holders;
             }
             tracing::debug!(
-                session = sid,
+                session = %crate::model::log_tag(sid),
                 primary,
                 "the primary did not ack a forwarded sync write; deciding again"
             );
