@@ -49,8 +49,8 @@ impl Cluster {
         if live > 1 {
             return None; // (without asking the key ring and the reachability table)
         }
-        let refused = !self.inner.key.refusing_peers().is_empty();
-        let problems = self.inner.reach.problems();
+        let refused = !self.inner.net.key.refusing_peers().is_empty();
+        let problems = self.inner.net.reach.problems();
         reason(live, refused, problems.iter().map(|(_, p)| p))
     }
 
@@ -67,15 +67,15 @@ impl Cluster {
             if !warned {
                 tracing::warn!(
                     reason = ?why,
-                    key_refused = ?self.inner.key.refusing_peers(),
-                    problems = ?self.inner.reach.problems(),
+                    key_refused = ?self.inner.net.key.refusing_peers(),
+                    problems = ?self.inner.net.reach.problems(),
                     "every peer found refuses this node or fails its handshakes: not joining (not ready) until one completes"
                 );
                 warned = true;
             }
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_millis(250)) => {}
-                _ = self.inner.shutdown.cancelled() => return,
+                _ = self.inner.life.shutdown.cancelled() => return,
             }
         }
         if warned {
@@ -85,12 +85,12 @@ impl Cluster {
 
     /// The node's keys (reloaded from the key file).
     pub fn keys(&self) -> &Keys {
-        &self.inner.key
+        &self.inner.net.key
     }
 
     /// The key ids this node holds (primary first) and the peers refusing its keys.
     pub fn key_status(&self) -> (Vec<String>, Vec<SocketAddr>) {
-        self.inner.key.status()
+        self.inner.net.key.status()
     }
 }
 
