@@ -31,7 +31,7 @@ impl Cluster {
     /// Asks for an anti-entropy round with `peer` soon; `full`: compare every session,
     /// also those changed in the last seconds.
     pub(crate) fn anti_entropy_soon(&self, peer: &str, full: bool) {
-        let _ = self.inner.ae_kick.try_send((peer.to_string(), full));
+        let _ = self.inner.net.ae_kick.try_send((peer.to_string(), full));
     }
 
     /// Starts one anti-entropy round with `peer`: sends it this node's digest.
@@ -73,7 +73,7 @@ pub(crate) async fn run(c: Cluster, mut kicks: mpsc::Receiver<Kick>) {
             .max(Duration::from_millis(100)),
     );
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut ready = inner.ready.subscribe();
+    let mut ready = inner.signals.ready.subscribe();
     let mut schedule = antientropy::Schedule::default();
     loop {
         tokio::select! {
@@ -94,7 +94,7 @@ pub(crate) async fn run(c: Cluster, mut kicks: mpsc::Receiver<Kick>) {
                 }
                 None => return,
             },
-            _ = inner.shutdown.cancelled() => return,
+            _ = inner.life.shutdown.cancelled() => return,
         }
         if !*ready.borrow_and_update() || c.leaving() {
             continue;

@@ -38,7 +38,7 @@ pub(crate) fn repair_gap(c: &Cluster, from: String, sid: SessionId) {
     if c.inner.store.with(sid, |s| !s.has_gap()).unwrap_or(true) {
         return;
     }
-    let repair = match c.inner.gaps.start(sid) {
+    let repair = match c.inner.requests.gaps.start(sid) {
         Ok(r) => r,
         Err(super::gaps::NoRepair::Running) => return,
         Err(super::gaps::NoRepair::Busy) => {
@@ -110,7 +110,7 @@ pub(crate) async fn handle(
             let fx =
                 replication::apply::apply_delta(&inner.store, &inner.metrics, &delta, unix_now());
             perform(c, &peer.node_id, reply_tx, fx).await;
-            let tracker = c.inner.tasks.clone();
+            let tracker = c.inner.life.tasks.clone();
             let c = c.clone();
             let tx = reply_tx.cloned();
             let permit = permit(tasks).await;
@@ -132,7 +132,7 @@ pub(crate) async fn handle(
             min_version,
             wait_ms,
         } => {
-            let tracker = c.inner.tasks.clone();
+            let tracker = c.inner.life.tasks.clone();
             let c = c.clone();
             let tx = reply_tx.cloned();
             let permit = permit(tasks).await;
@@ -154,6 +154,7 @@ pub(crate) async fn handle(
             let Some(tx) = reply_tx.cloned() else { return };
             let permit = permit(tasks).await;
             inner
+                .net
                 .serving
                 .lock()
                 .insert(peer.node_id.clone(), (id, tx, permit));
@@ -174,7 +175,7 @@ pub(crate) async fn handle(
             let link = c
                 .with_replica(|r| r.on_leaving(&peer.node_id, peer.incarnation))
                 .and_then(|id| {
-                    let links = inner.links.lock();
+                    let links = inner.net.links.lock();
                     links.values().find(|l| l.id == id).cloned()
                 });
             if let Some(link) = link {
@@ -211,8 +212,8 @@ async fn perform(c: &Cluster, peer: &str, reply_tx: Option<&ReplyTx>, effects: V
                 }
             }
             Effect::Applied => {
-                if inner.waiters.load(Ordering::SeqCst) > 0 {
-                    inner.applied.notify_waiters();
+                if inner.signals.waiters.load(Ordering::SeqCst) > 0 {
+                    inner.signals.applied.notify_waiters();
                 }
             }
             Effect::Gap(sid) => {
@@ -232,7 +233,7 @@ async fn perform(c: &Cluster, peer: &str, reply_tx: Option<&ReplyTx>, effects: V
 /// the requester's connection (chunks of about [`CHUNK_BYTES`], the last one `done`).
 pub(crate) fn stream_state(c: &Cluster, serve: Serve) {
     let entry = {
-        let mut serving = c.inner.serving.lock();
+        let mut serving = c.inner.net.serving.lock();
         match serving.get(&serve.to) {
             Some((id, _, _)) if *id == serve.id => serving.remove(&serve.to),
             _ => None,

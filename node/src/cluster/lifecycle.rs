@@ -32,7 +32,7 @@ async fn settle(c: &Cluster, discovery: &Discovery) {
     while Instant::now() < deadline {
         let cands: Vec<_> = discovery.candidates.borrow().keys().copied().collect();
         let dialed = {
-            let links = inner.links.lock();
+            let links = inner.net.links.lock();
             cands.iter().all(|a| {
                 *a == inner.me.advertise
                     || links
@@ -49,7 +49,7 @@ async fn settle(c: &Cluster, discovery: &Discovery) {
     while Instant::now() < deadline {
         let alive: Vec<String> = c.alive_peers().into_iter().map(|(n, _)| n).collect();
         let dialed_back = {
-            let ib = inner.inbound.lock();
+            let ib = inner.net.inbound.lock();
             alive.iter().all(|n| ib.contains_key(n))
         };
         if dialed_back {
@@ -68,7 +68,7 @@ pub(crate) async fn join(c: Cluster, discovery: Arc<Discovery>) {
     let inner = c.inner.clone();
     tokio::select! {
         _ = discovery.initial_round() => {}
-        _ = inner.shutdown.cancelled() => return,
+        _ = inner.life.shutdown.cancelled() => return,
     }
     settle(&c, &discovery).await;
     // Peers that answer but refuse our key: wait (not ready) instead of joining as a
@@ -93,7 +93,7 @@ pub(crate) fn joined(c: &Cluster, ms: u64, peers: usize) {
         seconds = secs,
         "joined: state transfer from every live member complete, ready"
     );
-    inner.ready.send_replace(true);
+    inner.signals.ready.send_replace(true);
 }
 
 /// Leaves gracefully within the drain timeout.
@@ -116,7 +116,7 @@ pub(crate) async fn leave(c: Cluster) {
         link.send(&inner.metrics, Message::Leaving.outgoing()).await;
     }
     drain_links(&c, deadline).await;
-    let discovery = inner.discovery.lock().clone();
+    let discovery = inner.net.discovery.lock().clone();
     if let Some(d) = discovery {
         d.leave().await;
     }
@@ -234,7 +234,7 @@ pub(crate) async fn rereplicate(c: Cluster) {
 
 async fn flush_touches(c: &Cluster) {
     let inner = &c.inner;
-    let touched: Vec<(SessionId, u64)> = std::mem::take(&mut *inner.touched.lock())
+    let touched: Vec<(SessionId, u64)> = std::mem::take(&mut *inner.requests.touched.lock())
         .into_iter()
         .collect();
     if touched.is_empty() {
@@ -261,7 +261,7 @@ pub(crate) async fn maintenance(c: Cluster) {
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            _ = inner.shutdown.cancelled() => return,
+            _ = inner.life.shutdown.cancelled() => return,
         }
         flush_touches(&c).await;
         let now = unix_now();

@@ -57,44 +57,33 @@ pub use tribe_api::{ClusterView, MemberState, MemberView};
 pub use replication::replica::Member;
 use replication::replica::{Event, Replica, ReplicaConfig, SyncDone};
 
-/// The driver's state, private to `cluster/`.
+/// The driver's state, private to `cluster/`: who this node is, its sessions, the
+/// `Replica` behind one lock, and the I/O around it, grouped by job.
 struct Inner {
     cfg: Config,
     me: SelfInfo,
+    /// This incarnation's origin id (stamps of its writes).
     origin: u32,
-    key: crate::keyring::Keys,
     store: Arc<Store>,
     /// `--data-dir`: the backend and how writes wait for it.
     persistence: Option<crate::persist::Persistence>,
-    /// The flusher, awaited at shutdown (its last flush).
-    flusher: Mutex<Option<tokio::task::JoinHandle<()>>>,
     metrics: Arc<Metrics>,
-    /// The member table, view, readiness and sync-ack decisions (one lock; never held
-    /// across an await). Lock order: `replica`, then `syncs` / `pending` / `links`.
+    /// The member table, view, readiness and every replication decision (one lock; never
+    /// held across an await). Lock order: `replica`, then `requests` / `net.links`.
     replica: Mutex<Replica>,
+    net: Net,
+    requests: Requests,
+    signals: Signals,
+    timer: Timer,
+    life: Life,
+}
+
+/// Connections and what limits or judges them.
+struct Net {
+    /// The cluster key ring (handshakes).
+    key: crate::keyring::Keys,
     /// Outbound links by address.
     links: Mutex<HashMap<SocketAddr, Arc<Link>>>,
-    /// Outstanding requests: (request id, node id) → waiter.
-    pending: Mutex<HashMap<(u64, String), oneshot::Sender<Message>>>,
-    /// Sync writes waiting for the replica's verdict: ack id → waiter.
-    syncs: Mutex<HashMap<u64, oneshot::Sender<SyncDone>>>,
-    next_id: AtomicU64,
-    /// Notified whenever a remote change is applied (read-your-writes waiters).
-    applied: Notify,
-    waiters: AtomicUsize,
-    /// Mirrors the replica's join (async waiters subscribe).
-    ready: watch::Sender<bool>,
-    /// Monotonic epoch of the replica's clock (ms since).
-    epoch: Instant,
-    /// Wakes the replica's timer (a deadline earlier than `timer_at` was set).
-    timer: Notify,
-    /// When the replica's timer fires next (ms; `u64::MAX`: none).
-    timer_at: AtomicU64,
-    /// Sessions touched since the last flush, with their new expiry.
-    touched: Mutex<HashMap<SessionId, u64>>,
-    /// Sorted live member ids (this node included); changes drive re-replication.
-    view: watch::Sender<Vec<String>>,
-    shutdown: CancellationToken,
     /// Open inbound connections by peer node id (join waits for every member's).
     inbound: Mutex<HashMap<String, usize>>,
     /// State transfers served, waiting for the replica's barrier, by requester.
@@ -102,17 +91,56 @@ struct Inner {
     discovery: Mutex<Option<Arc<Discovery>>>,
     /// Members to run an anti-entropy round with soon.
     ae_kick: mpsc::Sender<antientropy::Kick>,
-    /// Fetches from peers in flight at once (a client's cookies can make a node ask its
-    /// peers; this bounds how much of that runs at the same time).
-    fetches: tokio::sync::Semaphore,
-    /// Every task this node spawns; shutdown waits for them (bounded).
-    tasks: tokio_util::task::TaskTracker,
     /// Peers reached over TCP whose handshakes fail (readiness, `/cluster`).
     reach: crate::reachability::Reachability,
     /// Rate limit of the WARN lines strangers can cause.
     warns: crate::warn_limit::WarnLimiter,
+}
+
+/// What this node asks of its peers and waits for.
+struct Requests {
+    /// Outstanding requests: (request id, node id) → waiter.
+    pending: Mutex<HashMap<(u64, String), oneshot::Sender<Message>>>,
+    /// Sync writes waiting for the replica's verdict: ack id → waiter.
+    syncs: Mutex<HashMap<u64, oneshot::Sender<SyncDone>>>,
+    next_id: AtomicU64,
+    /// Fetches from peers in flight at once (a client's cookies can make a node ask its
+    /// peers; this bounds how much of that runs at the same time).
+    fetches: tokio::sync::Semaphore,
     /// Delta-gap repairs running (bounded).
     gaps: Arc<gaps::GapRepairs>,
+    /// Sessions touched since the last flush, with their new expiry.
+    touched: Mutex<HashMap<SessionId, u64>>,
+}
+
+/// What other tasks wait on.
+struct Signals {
+    /// Notified whenever a remote change is applied (read-your-writes waiters).
+    applied: Notify,
+    waiters: AtomicUsize,
+    /// Mirrors the replica's join (async waiters subscribe).
+    ready: watch::Sender<bool>,
+    /// Sorted live member ids (this node included).
+    view: watch::Sender<Vec<String>>,
+}
+
+/// The replica's one timer.
+struct Timer {
+    /// Monotonic epoch of the replica's clock (ms since).
+    epoch: Instant,
+    /// Wakes the timer task (a deadline earlier than `at` was set).
+    wake: Notify,
+    /// When the timer fires next (ms; `u64::MAX`: none).
+    at: AtomicU64,
+}
+
+/// Tasks and shutdown.
+struct Life {
+    shutdown: CancellationToken,
+    /// Every task this node spawns; shutdown waits for them (bounded).
+    tasks: tokio_util::task::TaskTracker,
+    /// The flusher, awaited at shutdown (its last flush).
+    flusher: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 /// A running cluster node. Cheap to clone.
@@ -208,10 +236,8 @@ impl Cluster {
         let inner = Arc::new(Inner {
             origin: origin_of(&node_id, incarnation),
             me: me.clone(),
-            key: key.clone(),
             store,
             persistence,
-            flusher: Mutex::new(None),
             metrics,
             replica: Mutex::new(Replica::new(ReplicaConfig {
                 me: node_id.clone(),
@@ -221,34 +247,46 @@ impl Cluster {
                 sync: cfg.send_mode == SendMode::Sync,
                 sync_timeout_ms: cfg.sync_timeout.as_millis() as u64,
             })),
-            links: Mutex::new(HashMap::new()),
-            pending: Mutex::new(HashMap::new()),
-            syncs: Mutex::new(HashMap::new()),
-            next_id: AtomicU64::new(1),
-            applied: Notify::new(),
-            waiters: AtomicUsize::new(0),
-            ready,
-            epoch: Instant::now(),
-            timer: Notify::new(),
-            timer_at: AtomicU64::new(u64::MAX),
-            touched: Mutex::new(HashMap::new()),
-            view,
-            shutdown: shutdown.clone(),
-            inbound: Mutex::new(HashMap::new()),
-            serving: Mutex::new(HashMap::new()),
-            discovery: Mutex::new(None),
-            ae_kick,
-            fetches: tokio::sync::Semaphore::new(MAX_FETCHES),
-            tasks: tokio_util::task::TaskTracker::new(),
-            reach: Default::default(),
-            warns: Default::default(),
-            gaps: gaps::GapRepairs::new(gaps::MAX_GAP_REPAIRS),
+            net: Net {
+                key: key.clone(),
+                links: Mutex::new(HashMap::new()),
+                inbound: Mutex::new(HashMap::new()),
+                serving: Mutex::new(HashMap::new()),
+                discovery: Mutex::new(None),
+                ae_kick,
+                reach: Default::default(),
+                warns: Default::default(),
+            },
+            requests: Requests {
+                pending: Mutex::new(HashMap::new()),
+                syncs: Mutex::new(HashMap::new()),
+                next_id: AtomicU64::new(1),
+                fetches: tokio::sync::Semaphore::new(MAX_FETCHES),
+                gaps: gaps::GapRepairs::new(gaps::MAX_GAP_REPAIRS),
+                touched: Mutex::new(HashMap::new()),
+            },
+            signals: Signals {
+                applied: Notify::new(),
+                waiters: AtomicUsize::new(0),
+                ready,
+                view,
+            },
+            timer: Timer {
+                epoch: Instant::now(),
+                wake: Notify::new(),
+                at: AtomicU64::new(u64::MAX),
+            },
+            life: Life {
+                shutdown: shutdown.clone(),
+                tasks: tokio_util::task::TaskTracker::new(),
+                flusher: Mutex::new(None),
+            },
             cfg,
         });
         let cluster = Cluster { inner };
         if let Some(p) = &cluster.inner.persistence {
-            *cluster.inner.flusher.lock() =
-                Some(cluster.inner.tasks.spawn(crate::persist::flusher::run(
+            *cluster.inner.life.flusher.lock() =
+                Some(cluster.inner.life.tasks.spawn(crate::persist::flusher::run(
                     cluster.inner.store.clone(),
                     p.clone(),
                     cluster.inner.metrics.clone(),
@@ -262,11 +300,11 @@ impl Cluster {
                 me,
                 key,
                 shutdown.clone(),
-                &cluster.inner.tasks,
+                &cluster.inner.life.tasks,
             )
             .await?,
         );
-        *cluster.inner.discovery.lock() = Some(discovery.clone());
+        *cluster.inner.net.discovery.lock() = Some(discovery.clone());
         cluster.spawn(net::follow_discovery(cluster.clone(), discovery.clone()));
         cluster.spawn(lifecycle::maintenance(cluster.clone()));
         cluster.spawn(antientropy::run(cluster.clone(), ae_kicks));
@@ -280,19 +318,19 @@ impl Cluster {
     where
         F: std::future::Future<Output = ()> + Send + 'static,
     {
-        self.inner.tasks.spawn(task);
+        self.inner.life.tasks.spawn(task);
     }
 
     /// After the shutdown token was cancelled: waits until every task this node spawned
     /// has ended, up to `timeout`. False when some were still running at the deadline.
     pub async fn tasks_stopped(&self, timeout: Duration) -> bool {
-        self.inner.tasks.close();
-        let stopped = tokio::time::timeout(timeout, self.inner.tasks.wait())
+        self.inner.life.tasks.close();
+        let stopped = tokio::time::timeout(timeout, self.inner.life.tasks.wait())
             .await
             .is_ok();
         if !stopped {
             tracing::warn!(
-                running = self.inner.tasks.len(),
+                running = self.inner.life.tasks.len(),
                 "tasks still running at the end of the drain timeout"
             );
         }
@@ -353,19 +391,19 @@ impl Cluster {
             match e {
                 Event::ViewChanged(ids) => {
                     inner.metrics.members.set(ids.len() as i64);
-                    inner.view.send_replace(ids);
+                    inner.signals.view.send_replace(ids);
                 }
                 Event::SyncDone(done) => {
                     if done.alone && done.acknowledged {
                         inner.metrics.sync_writes_alone.inc();
                     }
-                    if let Some(tx) = inner.syncs.lock().remove(&done.id) {
+                    if let Some(tx) = inner.requests.syncs.lock().remove(&done.id) {
                         let _ = tx.send(done);
                     }
                 }
                 Event::PeerFailed(node) => {
-                    inner.pending.lock().retain(|(_, n), _| *n != node);
-                    inner.serving.lock().remove(&node);
+                    inner.requests.pending.lock().retain(|(_, n), _| *n != node);
+                    inner.net.serving.lock().remove(&node);
                 }
                 Event::RequestState {
                     node,
@@ -392,9 +430,9 @@ impl Cluster {
         // A deadline earlier than the timer sleeps for: wake it (only then: this runs for
         // every write and ack).
         if r.poll_timeout()
-            .is_some_and(|t| t < inner.timer_at.load(Ordering::Relaxed))
+            .is_some_and(|t| t < inner.timer.at.load(Ordering::Relaxed))
         {
-            inner.timer.notify_one();
+            inner.timer.wake.notify_one();
         }
         out
     }
@@ -404,13 +442,13 @@ impl Cluster {
         let Some(id) = r.link_of(node) else {
             return false;
         };
-        let link = link_by_id(&self.inner.links.lock(), id);
+        let link = link_by_id(&self.inner.net.links.lock(), id);
         link.is_some_and(|l| l.queue(&self.inner.metrics, msg.outgoing()))
     }
 
     /// Milliseconds on the replica's clock.
     pub(crate) fn now_ms(&self) -> u64 {
-        self.inner.epoch.elapsed().as_millis() as u64
+        self.inner.timer.epoch.elapsed().as_millis() as u64
     }
 
     /// Whether the join completed (ready, unless draining or without quorum).
@@ -435,12 +473,12 @@ impl Cluster {
 
     /// Discovery, once started.
     pub fn discovery(&self) -> Option<Arc<Discovery>> {
-        self.inner.discovery.lock().clone()
+        self.inner.net.discovery.lock().clone()
     }
 
     /// Waits until the node is ready.
     pub async fn ready(&self) {
-        let mut rx = self.inner.ready.subscribe();
+        let mut rx = self.inner.signals.ready.subscribe();
         let _ = rx.wait_for(|r| *r).await;
     }
 
@@ -451,7 +489,7 @@ impl Cluster {
 
     /// Sorted ids of the live members, this node included.
     pub fn live_members(&self) -> Vec<String> {
-        self.inner.view.borrow().clone()
+        self.inner.signals.view.borrow().clone()
     }
 
     pub(crate) fn hello(&self) -> Hello {
@@ -467,13 +505,13 @@ impl Cluster {
     }
 
     pub(crate) fn next_id(&self) -> u64 {
-        self.inner.next_id.fetch_add(1, Ordering::Relaxed)
+        self.inner.requests.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
     /// Alive members other than this node: (node id, link).
     pub(crate) fn alive_peers(&self) -> Vec<(String, Arc<Link>)> {
         let peers = self.inner.replica.lock().alive_peers();
-        let links = self.inner.links.lock();
+        let links = self.inner.net.links.lock();
         peers
             .into_iter()
             .filter_map(|(n, id)| link_by_id(&links, id).map(|l| (n, l)))
@@ -482,7 +520,7 @@ impl Cluster {
 
     pub(crate) fn link_of(&self, node_id: &str) -> Option<Arc<Link>> {
         let id = self.inner.replica.lock().link_of(node_id)?;
-        link_by_id(&self.inner.links.lock(), id)
+        link_by_id(&self.inner.net.links.lock(), id)
     }
 
     /// Whether this node is the primary of `sid` under the current view (backup mode).
@@ -521,7 +559,11 @@ impl Cluster {
     /// Registers a waiter for a reply `id` from `node`.
     pub(crate) fn expect(&self, id: u64, node: &str) -> oneshot::Receiver<Message> {
         let (tx, rx) = oneshot::channel();
-        self.inner.pending.lock().insert((id, node.to_string()), tx);
+        self.inner
+            .requests
+            .pending
+            .lock()
+            .insert((id, node.to_string()), tx);
         rx
     }
 
@@ -541,7 +583,13 @@ impl Cluster {
         if consumed {
             return;
         }
-        if let Some(tx) = self.inner.pending.lock().remove(&(id, node.to_string())) {
+        if let Some(tx) = self
+            .inner
+            .requests
+            .pending
+            .lock()
+            .remove(&(id, node.to_string()))
+        {
             let _ = tx.send(msg);
         }
     }
@@ -557,11 +605,19 @@ impl Cluster {
     ) -> Option<Message> {
         let rx = self.expect(id, node);
         if !link.send(&self.inner.metrics, msg.outgoing()).await {
-            self.inner.pending.lock().remove(&(id, node.to_string()));
+            self.inner
+                .requests
+                .pending
+                .lock()
+                .remove(&(id, node.to_string()));
             return None;
         }
         let r = tokio::time::timeout(timeout, rx).await;
-        self.inner.pending.lock().remove(&(id, node.to_string()));
+        self.inner
+            .requests
+            .pending
+            .lock()
+            .remove(&(id, node.to_string()));
         r.ok().and_then(|r| r.ok())
     }
 
@@ -636,7 +692,7 @@ impl Cluster {
             // Nothing here that the client may see, and a replica that may hold it was
             // silent: an error, not "no session" nor an older copy (that is a rollback
             // only when every replica answered without the client's version).
-            tracing::warn!(session = sid, "no replica of the session answered in time");
+            tracing::warn!(session = %crate::model::log_tag(sid), "no replica of the session answered in time");
             return Err(Unreachable);
         }
         Ok(self.local_copy(sid, min_version, unix_now()))
@@ -651,7 +707,7 @@ impl Cluster {
         if rolled_back {
             self.inner.metrics.rollbacks.inc();
             tracing::warn!(
-                session = sid,
+                session = %crate::model::log_tag(sid),
                 have = session.version,
                 client_saw = min_version,
                 "serving an older session version than the client has seen (its writer died before replicating)"
@@ -669,9 +725,9 @@ impl Cluster {
     async fn wait_for_version(&self, sid: SessionId, min: u64, max_wait: Duration) -> bool {
         let inner = &self.inner;
         let deadline = tokio::time::Instant::now() + max_wait;
-        inner.waiters.fetch_add(1, Ordering::SeqCst);
+        inner.signals.waiters.fetch_add(1, Ordering::SeqCst);
         let ok = loop {
-            let notified = inner.applied.notified();
+            let notified = inner.signals.applied.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
             if inner.store.seen_through(sid).is_some_and(|v| v >= min) {
@@ -681,7 +737,7 @@ impl Cluster {
                 break inner.store.seen_through(sid).is_some_and(|v| v >= min);
             }
         };
-        inner.waiters.fetch_sub(1, Ordering::SeqCst);
+        inner.signals.waiters.fetch_sub(1, Ordering::SeqCst);
         ok
     }
 
@@ -693,7 +749,7 @@ impl Cluster {
         use replication::fetch::Reply;
         let inner = &self.inner;
         // Bounded: past MAX_FETCHES at once, requests queue here instead of fanning out.
-        let Ok(_permit) = inner.fetches.acquire().await else {
+        let Ok(_permit) = inner.requests.fetches.acquire().await else {
             return Fetched::Incomplete;
         };
         let wait_ms = inner.cfg.consistency_wait.as_millis() as u64;
@@ -715,8 +771,10 @@ impl Cluster {
             let sleep = async {
                 match hedge {
                     Some(ms) => {
-                        tokio::time::sleep_until((inner.epoch + Duration::from_millis(ms)).into())
-                            .await
+                        tokio::time::sleep_until(
+                            (inner.timer.epoch + Duration::from_millis(ms)).into(),
+                        )
+                        .await
                     }
                     None => std::future::pending().await,
                 }
@@ -824,7 +882,7 @@ impl Cluster {
         let delta = match written {
             replication::write::Written::Delta(d) => d,
             replication::write::Written::Touched(expiry) => {
-                inner.touched.lock().insert(sid, expiry);
+                inner.requests.touched.lock().insert(sid, expiry);
                 return Ok(inner.store.version(sid).unwrap_or(0));
             }
             replication::write::Written::Unchanged => {
@@ -853,7 +911,7 @@ impl Cluster {
 
     /// Waits for the flusher's last flush (after the shutdown token was cancelled).
     pub async fn persistence_stopped(&self) {
-        let task = self.inner.flusher.lock().take();
+        let task = self.inner.life.flusher.lock().take();
         if let Some(t) = task {
             let _ = t.await;
         }
@@ -870,7 +928,7 @@ impl Cluster {
         }
         self.inner.metrics.writes_refused.inc();
         Err(WriteRefused::NoQuorum {
-            live: self.inner.view.borrow().len(),
+            live: self.inner.signals.view.borrow().len(),
             min: self.inner.cfg.min_members,
         })
     }
@@ -903,7 +961,7 @@ impl Cluster {
     pub fn touch(&self, sid: SessionId) {
         let expiry = unix_now() + self.inner.cfg.session_timeout.as_secs();
         if self.inner.store.touch(sid, expiry) {
-            self.inner.touched.lock().insert(sid, expiry);
+            self.inner.requests.touched.lock().insert(sid, expiry);
         }
     }
 
@@ -982,7 +1040,7 @@ impl Cluster {
                 return holders;
             }
             tracing::debug!(
-                session = sid,
+                session = %crate::model::log_tag(sid),
                 primary,
                 "the primary did not ack a forwarded sync write; deciding again"
             );
@@ -1008,7 +1066,7 @@ impl Cluster {
         let mut done = None;
         if sync {
             let (tx, rx) = oneshot::channel();
-            inner.syncs.lock().insert(ack, tx);
+            inner.requests.syncs.lock().insert(ack, tx);
             let now = self.now_ms();
             let names = links.iter().map(|(n, _)| n.clone());
             self.with_replica(|r| r.start_sync(now, ack, names));
@@ -1106,6 +1164,7 @@ impl Cluster {
             keys: self.key_status().0,
             refusing_peers: self.key_status().1.iter().map(|a| a.to_string()).collect(),
             peer_problems: inner
+                .net
                 .reach
                 .problems()
                 .into_iter()
@@ -1211,14 +1270,15 @@ async fn replica_timer(c: Cluster) {
         let next = {
             let r = inner.replica.lock();
             let next = r.poll_timeout().unwrap_or(u64::MAX);
-            inner.timer_at.store(next, Ordering::Relaxed);
+            inner.timer.at.store(next, Ordering::Relaxed);
             next
         };
         let sleep = async {
             match next {
                 u64::MAX => std::future::pending().await,
                 ms => {
-                    tokio::time::sleep_until((inner.epoch + Duration::from_millis(ms)).into()).await
+                    tokio::time::sleep_until((inner.timer.epoch + Duration::from_millis(ms)).into())
+                        .await
                 }
             }
         };
@@ -1227,8 +1287,8 @@ async fn replica_timer(c: Cluster) {
                 let now = c.now_ms();
                 c.with_replica(|r| r.on_timeout(now));
             }
-            _ = inner.timer.notified() => {}
-            _ = inner.shutdown.cancelled() => return,
+            _ = inner.timer.wake.notified() => {}
+            _ = inner.life.shutdown.cancelled() => return,
         }
     }
 }

@@ -86,7 +86,7 @@ pub(crate) fn ensure_link(c: &Cluster, addr: SocketAddr, wanted: bool) -> Option
     if addr == inner.me.advertise {
         return None;
     }
-    let mut links = inner.links.lock();
+    let mut links = inner.net.links.lock();
     if let Some(l) = links.get(&addr) {
         if wanted {
             l.wanted.store(true, Ordering::Relaxed);
@@ -100,7 +100,7 @@ pub(crate) fn ensure_link(c: &Cluster, addr: SocketAddr, wanted: bool) -> Option
         addr,
         tx,
         inflight: Arc::new(AtomicUsize::new(0)),
-        cancel: inner.shutdown.child_token(),
+        cancel: inner.life.shutdown.child_token(),
         wanted: AtomicBool::new(wanted),
         attempts: Default::default(),
         kick: tokio::sync::Notify::new(),
@@ -169,7 +169,7 @@ async fn run_link(c: Cluster, link: Arc<Link>, mut rx: mpsc::Receiver<(Outgoing,
                 let dial = transport::dial(
                     link.addr,
                     c.hello(),
-                    &inner.key,
+                    &inner.net.key,
                     inner.cfg.max_frame,
                     CONNECT_TIMEOUT,
                 );
@@ -184,7 +184,7 @@ async fn run_link(c: Cluster, link: Arc<Link>, mut rx: mpsc::Receiver<(Outgoing,
         let dialed = || link.attempts.fetch_add(1, Ordering::SeqCst);
         match res {
             Ok(conn) => {
-                inner.reach.clear(link.addr);
+                inner.net.reach.clear(link.addr);
                 let peer = conn.peer.clone();
                 if peer.node_id == inner.me.node_id {
                     tracing::debug!(addr = %link.addr, "dialed myself; dropping that address");
@@ -232,7 +232,7 @@ async fn run_link(c: Cluster, link: Arc<Link>, mut rx: mpsc::Receiver<(Outgoing,
             Err(e) if e.is_connect() => {
                 // Nothing answers (or nothing in time: a frozen peer's kernel still
                 // accepts): not a peer that refuses us.
-                inner.reach.clear(link.addr);
+                inner.net.reach.clear(link.addr);
                 remove_member_on(&c, &link, "TCP connect failed");
                 dialed();
                 if !link.wanted.load(Ordering::Relaxed) {
@@ -248,7 +248,7 @@ async fn run_link(c: Cluster, link: Arc<Link>, mut rx: mpsc::Receiver<(Outgoing,
                 // every peer found, this node is not ready (a key refusal is recorded
                 // by the keyring; a peer of another cluster is no peer of ours).
                 if !e.is_key_refusal() && !matches!(e.reason(), "other_cluster") {
-                    inner.reach.failed(link.addr, problem_of(&e));
+                    inner.net.reach.failed(link.addr, problem_of(&e));
                 }
                 tracing::warn!(addr = %link.addr, error = %e, "handshake refused");
                 remove_member_on(&c, &link, "handshake refused");
@@ -263,7 +263,7 @@ async fn run_link(c: Cluster, link: Arc<Link>, mut rx: mpsc::Receiver<(Outgoing,
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
     remove_member_on(&c, &link, "link closed");
-    let mut links = inner.links.lock();
+    let mut links = inner.net.links.lock();
     if links.get(&link.addr).is_some_and(|l| Arc::ptr_eq(l, &link)) {
         links.remove(&link.addr);
     }
@@ -279,12 +279,15 @@ const MAX_BATCH: usize = 256;
 /// `write`, one wake-up of the peer's reader) carries many frames instead of one each.
 /// When idle nothing else is runnable, and the yield costs a trip through the scheduler,
 /// not a timer.
-async fn coalesce<T>(
+async fn coalesce<T, W>(
     first: T,
     rx: &mut mpsc::Receiver<T>,
-    wr: &mut crate::transport::Writer,
+    wr: &mut W,
     mut frame: impl FnMut(T) -> Outgoing,
-) -> Result<usize, crate::wire::WireError> {
+) -> Result<usize, W::Error>
+where
+    W: futures::Sink<Outgoing> + Unpin,
+{
     wr.feed(frame(first)).await?;
     let mut fed = 1;
     let mut yielded = false;
@@ -321,7 +324,7 @@ fn problem_of(e: &HandshakeError) -> Problem {
 /// Completes when the key `conn_key` (id `key_id`) of a connection to `node` is no longer
 /// in the key file; counts and logs it.
 async fn key_removed(c: &Cluster, conn_key: [u8; FINGERPRINT_LEN], key_id: &str, node: &str) {
-    c.inner.key.dropped(conn_key).await;
+    c.inner.net.key.dropped(conn_key).await;
     evicted(c, key_id, node);
 }
 
@@ -348,7 +351,7 @@ enum Rekey {
 /// removed and the peer does not take the new primary (eviction). While the peer has
 /// not loaded the new primary yet and `conn_key` is still held, the connection stays.
 async fn rekey(c: &Cluster, addr: SocketAddr, conn_key: [u8; FINGERPRINT_LEN]) -> Rekey {
-    let keys = &c.inner.key;
+    let keys = &c.inner.net.key;
     let mut changes = keys.subscribe();
     loop {
         if changes.borrow_and_update().primary().key.fingerprint() != conn_key {
@@ -546,7 +549,7 @@ pub(crate) async fn accept_loop(c: Cluster, listener: TcpListener) {
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
-            _ = c.inner.shutdown.cancelled() => return,
+            _ = c.inner.life.shutdown.cancelled() => return,
         };
         match accepted {
             Ok((stream, from)) => {
@@ -576,7 +579,7 @@ pub(crate) async fn accept_loop(c: Cluster, listener: TcpListener) {
 /// the address they advertise, one per pod on Kubernetes).
 fn is_known_peer_ip(c: &Cluster, ip: std::net::IpAddr) -> bool {
     // One lock at a time (the order is replica, then links).
-    let linked = c.inner.links.lock().keys().any(|a| a.ip() == ip);
+    let linked = c.inner.net.links.lock().keys().any(|a| a.ip() == ip);
     linked || c.inner.replica.lock().members().any(|m| m.addr.ip() == ip)
 }
 
@@ -584,21 +587,21 @@ fn is_known_peer_ip(c: &Cluster, ip: std::net::IpAddr) -> bool {
 /// [`crate::warn_limit::DEFAULT_EVERY`] (a stranger must not flood the log); the
 /// `tribe_handshake_failures_total{reason}` counter carries every one.
 fn warn_pre_auth(c: &Cluster, reason: &'static str, from: SocketAddr, what: &str) {
-    if let Some(skipped) = c.inner.warns.check(reason, Instant::now()) {
+    if let Some(skipped) = c.inner.net.warns.check(reason, Instant::now()) {
         tracing::warn!(
             %from,
             reason,
             error = what,
             like_it_since_last_line = skipped,
             "inbound handshake refused (repeats are counted in tribe_handshake_failures_total, logged at most every {} s)",
-            c.inner.warns.every().as_secs()
+            c.inner.net.warns.every().as_secs()
         );
     }
 }
 
 async fn inbound(c: Cluster, stream: tokio::net::TcpStream, from: SocketAddr, slot: Slot) {
     let inner = c.inner.clone();
-    let accepted = transport::accept(stream, c.hello(), &inner.key, inner.cfg.max_frame).await;
+    let accepted = transport::accept(stream, c.hello(), &inner.net.key, inner.cfg.max_frame).await;
     drop(slot);
     let conn = match accepted {
         Ok(x) => x,
@@ -636,13 +639,14 @@ async fn inbound(c: Cluster, stream: tokio::net::TcpStream, from: SocketAddr, sl
         }
     }
     *inner
+        .net
         .inbound
         .lock()
         .entry(peer.node_id.clone())
         .or_default() += 1;
     let (tx, mut rx) = mpsc::channel::<Outgoing>(256);
     let metrics = inner.metrics.clone();
-    let writer = inner.tasks.spawn(async move {
+    let writer = inner.life.tasks.spawn(async move {
         while let Some(first) = rx.recv().await {
             let sent = coalesce(first, &mut rx, &mut wr, |out| {
                 metrics.bytes_sent.inc_by(out.wire_len() as u64);
@@ -668,7 +672,7 @@ async fn inbound(c: Cluster, stream: tokio::net::TcpStream, from: SocketAddr, sl
     loop {
         let next = tokio::select! {
             n = rd.next() => n,
-            _ = inner.shutdown.cancelled() => break,
+            _ = inner.life.shutdown.cancelled() => break,
             _ = &mut evicted => break,
             _ = &mut idle => {
                 if heard.elapsed() < silence {
@@ -696,7 +700,7 @@ async fn inbound(c: Cluster, stream: tokio::net::TcpStream, from: SocketAddr, sl
     }
     drop(tx);
     {
-        let mut ib = inner.inbound.lock();
+        let mut ib = inner.net.inbound.lock();
         if let Some(n) = ib.get_mut(&peer.node_id) {
             *n -= 1;
             if *n == 0 {
@@ -719,7 +723,7 @@ pub(crate) async fn follow_discovery(c: Cluster, discovery: Arc<Discovery>) {
             ensure_link(&c, *addr, true);
         }
         for gone in known.difference(&cands) {
-            let link = c.inner.links.lock().get(gone).cloned();
+            let link = c.inner.net.links.lock().get(gone).cloned();
             if let Some(link) = link {
                 link.wanted.store(false, Ordering::Relaxed);
                 let c2 = c.clone();
@@ -737,7 +741,97 @@ pub(crate) async fn follow_discovery(c: Cluster, discovery: Arc<Discovery>) {
         known = cands;
         tokio::select! {
             r = rx.changed() => if r.is_err() { return },
-            _ = c.inner.shutdown.cancelled() => return,
+            _ = c.inner.life.shutdown.cancelled() => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A sink that records the frames fed to it (each once the next is fed or on flush).
+    fn recorder() -> (
+        impl futures::Sink<Outgoing, Error = std::convert::Infallible> + Unpin,
+        Arc<parking_lot::Mutex<Vec<u64>>>,
+    ) {
+        let fed = Arc::new(parking_lot::Mutex::new(Vec::new()));
+        let log = fed.clone();
+        let sink = Box::pin(futures::sink::unfold((), move |(), out: Outgoing| {
+            let log = log.clone();
+            async move {
+                if let Ok(Message::Ping { nonce }) = Message::decode_body_at(out.ty, &out.body, 0) {
+                    log.lock().push(nonce);
+                }
+                Ok::<_, std::convert::Infallible>(())
+            }
+        }));
+        (sink, fed)
+    }
+
+    fn ping(nonce: u64) -> Outgoing {
+        Message::Ping { nonce }.outgoing()
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_flush_carries_what_is_queued_in_order_up_to_the_batch_limit() {
+        let (tx, mut rx) = mpsc::channel(1024);
+        for n in 1..=300 {
+            tx.try_send(n).unwrap();
+        }
+        let (mut sink, fed) = recorder();
+        let sent = coalesce(0, &mut rx, &mut sink, ping).await.unwrap();
+        sink.flush().await.unwrap(); // (the link task flushes after each batch)
+        assert_eq!(sent, MAX_BATCH);
+        assert_eq!(*fed.lock(), (0..MAX_BATCH as u64).collect::<Vec<_>>());
+        assert_eq!(
+            rx.len(),
+            301 - MAX_BATCH,
+            "the rest waits for the next flush"
+        );
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn frames_queued_by_tasks_runnable_at_the_dry_queue_join_the_same_flush() {
+        let (tx, mut rx) = mpsc::channel(16);
+        // Runnable when the queue first runs dry: it queues during the writer's yield.
+        let late = tokio::spawn({
+            let tx = tx.clone();
+            async move {
+                tx.send(2).await.unwrap();
+                tx.send(3).await.unwrap();
+            }
+        });
+        tx.try_send(1).unwrap();
+        let (mut sink, fed) = recorder();
+        let sent = coalesce(0, &mut rx, &mut sink, ping).await.unwrap();
+        sink.flush().await.unwrap(); // (the link task flushes after each batch)
+        late.await.unwrap();
+        assert_eq!(sent, 4);
+        assert_eq!(*fed.lock(), vec![0, 1, 2, 3]);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn an_idle_link_flushes_one_frame_after_one_yield() {
+        let (_tx, mut rx) = mpsc::channel::<u64>(16);
+        let (mut sink, fed) = recorder();
+        assert_eq!(coalesce(7, &mut rx, &mut sink, ping).await.unwrap(), 1);
+        sink.flush().await.unwrap();
+        assert_eq!(*fed.lock(), vec![7]);
+    }
+
+    #[test]
+    fn a_version_skew_is_told_apart_from_other_handshake_failures() {
+        let e = HandshakeError::VersionSkew {
+            theirs: crate::wire::Versions { min: 4, max: 4 },
+            ours: crate::wire::Versions { min: 2, max: 3 },
+        };
+        assert_eq!(
+            problem_of(&e),
+            Problem::VersionSkew {
+                theirs: (4, 4),
+                ours: (2, 3)
+            }
+        );
     }
 }

@@ -198,7 +198,7 @@ async fn handle(State(p): State<Arc<Proxy>>, mut req: Request) -> Response {
             // Bounded: waits up to --consistency-wait, then asks the replicas.
             if p.cluster.load(sid, v).await.is_err() {
                 tracing::warn!(
-                    key,
+                    session = %crate::model::log_tag(sid),
                     "proxy: no replica answered with the session the client saw"
                 );
             }
