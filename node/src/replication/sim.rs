@@ -2227,6 +2227,12 @@ mod tests {
              connection stopped n0 redialing: n0 never admitted n2 (the simulation's model: \
              the outbound link dials until its own handshake admits the peer)",
         ),
+        (
+            "backup-sync-3",
+            438,
+            "the same model gap as seed 115, with n2 never re-admitting n1 (found by the \
+             1,000-seed run)",
+        ),
     ];
 
     #[test]
