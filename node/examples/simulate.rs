@@ -4,6 +4,8 @@
 //! ```text
 //! cargo run --release -p tribe-node --example simulate -- [SEEDS] [FIRST_SEED]
 //! cargo run --release -p tribe-node --example simulate -- 1 4711     # replay seed 4711
+//! TRIBE_SIM_SCENARIO=backup-3 TRIBE_SIM_TRACE=1 \
+//!   cargo run -p tribe-node --example simulate -- 1 4711            # one scenario, verbose
 //! ```
 //! Every seed runs under every scenario (async/sync, min members, 3 and 5 nodes, delta and
 //! backup mode, with and without client reads). The
@@ -47,7 +49,11 @@ fn main() {
     let started = std::time::Instant::now();
     let mut failures = 0;
     let mut types = BTreeSet::new();
-    for (name, cfg) in sim::scenarios() {
+    let only = std::env::var("TRIBE_SIM_SCENARIO").ok();
+    let scenarios = sim::scenarios()
+        .into_iter()
+        .filter(|(name, _)| only.as_deref().is_none_or(|o| o == *name));
+    for (name, cfg) in scenarios {
         let per = seeds.div_ceil(cores).max(1);
         let ranges: Vec<std::ops::Range<u64>> = (0..cores)
             .map(|c| (first + c * per)..(first + ((c + 1) * per).min(seeds)))

@@ -65,7 +65,8 @@
 //! - **never ready while a reachable member holds sessions it lacks**: checked when a
 //!   node's join completes (`sim_membership.rs` defines "reachable" and "lacks").
 //!
-//! Replay one schedule with its full trace: the ignored test `replay::one_seed`.
+//! Replay one schedule with its full trace: `TRIBE_SIM_SCENARIO=backup-3 TRIBE_SIM_TRACE=1
+//! cargo run -p tribe-node --example simulate -- 1 SEED`.
 //!
 //! `cargo test` runs 12 seeds per scenario (`TRIBE_SIM_SEEDS=N`: N) and prints one line
 //! per scenario and the message-type coverage; the `simulate` example runs many more and
@@ -1102,16 +1103,18 @@ impl Sim {
     /// Node `i`'s replica failed `peer`: its requests fail now (the driver drops their
     /// waiters), so a sync forward to it is decided again under the new view, and a
     /// read's fetch from it has no answer.
-    fn peer_failed(&mut self, i: usize, peer: usize) {
+    /// Node `i`'s sync forwards that `failed` picks (primary gone, deadline passed) are
+    /// decided again by their retry plan under the current view.
+    fn retry_forwards(&mut self, i: usize, failed: impl Fn(&Forwarding) -> bool) {
         let now = self.now;
         let node = self.nodes[i].as_mut().unwrap();
-        let failed: Vec<u64> = node
+        let ids: Vec<u64> = node
             .forwards
             .iter()
-            .filter(|(_, f)| f.primary == peer)
+            .filter(|(_, f)| failed(f))
             .map(|(id, _)| *id)
             .collect();
-        for id in failed {
+        for id in ids {
             let node = self.nodes[i].as_mut().unwrap();
             let mut f = node.forwards.remove(&id).unwrap();
             let step = f
@@ -1119,6 +1122,10 @@ impl Sim {
                 .after_failure(now, node.replica.route_write(f.delta.sid));
             self.perform_step(i, f.write, f.delta, f.retry, step);
         }
+    }
+
+    fn peer_failed(&mut self, i: usize, peer: usize) {
+        self.retry_forwards(i, |f| f.primary == peer);
         let name = format!("n{peer}");
         let asks: Vec<u64> = self
             .reads
@@ -1708,21 +1715,7 @@ impl Sim {
         self.nodes[i].as_mut().unwrap().replica.on_timeout(now);
         self.replica_events(i);
         // Sync forwards past their deadline: decided again (timed out).
-        let node = self.nodes[i].as_mut().unwrap();
-        let due: Vec<u64> = node
-            .forwards
-            .iter()
-            .filter(|(_, f)| f.retry.deadline() <= now)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in due {
-            let node = self.nodes[i].as_mut().unwrap();
-            let mut f = node.forwards.remove(&id).unwrap();
-            let step = f
-                .retry
-                .after_failure(now, node.replica.route_write(f.delta.sid));
-            self.perform_step(i, f.write, f.delta, f.retry, step);
-        }
+        self.retry_forwards(i, |f| f.retry.deadline() <= now);
         if self.cfg.reads {
             self.tick_reads(i);
         }
@@ -2253,26 +2246,5 @@ mod tests {
         let all = scenarios();
         let backup = &all.iter().find(|(n, _)| *n == "backup-sync-3").unwrap().1;
         assert_eq!(run(7, backup), run(7, backup));
-    }
-}
-
-#[cfg(test)]
-mod replay {
-    /// Replays one schedule with its trace: `TRIBE_SIM_SCENARIO=backup-3 TRIBE_SIM_SEED=1
-    /// TRIBE_SIM_TRACE=1 cargo test -p tribe-node --lib replay -- --ignored --nocapture`.
-    #[test]
-    #[ignore]
-    fn one_seed() {
-        let name = std::env::var("TRIBE_SIM_SCENARIO").expect("TRIBE_SIM_SCENARIO");
-        let seed: u64 = std::env::var("TRIBE_SIM_SEED")
-            .expect("TRIBE_SIM_SEED")
-            .parse()
-            .expect("a seed");
-        let all = super::scenarios();
-        let cfg = &all.iter().find(|(n, _)| *n == name).expect("scenario").1;
-        match super::run(seed, cfg) {
-            Ok(r) => println!("ok {r:?}"),
-            Err(e) => panic!("{e}"),
-        }
     }
 }
