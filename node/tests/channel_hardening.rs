@@ -21,18 +21,6 @@ use tribe_node::keyring::KeySet;
 /// The default `--member-timeout`.
 const MEMBER_TIMEOUT: Duration = Duration::from_secs(3);
 
-fn static_peers(peers: &[SocketAddr], extra: &[&str]) -> Vec<String> {
-    let peers: Vec<String> = peers.iter().map(|p| p.to_string()).collect();
-    let mut v: Vec<String> = vec![
-        "--membership".into(),
-        "static".into(),
-        "--peers".into(),
-        peers.join(","),
-    ];
-    v.extend(extra.iter().map(|s| s.to_string()));
-    v
-}
-
 /// Keeps `n` idle TCP connections from `from` to `target`, all closed and opened anew
 /// every `renew`, until `stop`. Returns how many connects succeeded.
 fn flood(

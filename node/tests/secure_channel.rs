@@ -119,17 +119,10 @@ fn first_frame_len(bytes: &[u8]) -> usize {
 }
 
 fn node_args(peers: &[SocketAddr], key_file: &Path, extra: &[&str]) -> Vec<String> {
-    let peers: Vec<String> = peers.iter().map(|p| p.to_string()).collect();
-    let mut v: Vec<String> = vec![
-        "--membership".into(),
-        "static".into(),
-        "--peers".into(),
-        peers.join(","),
-        "--cluster-key-file".into(),
-        key_file.display().to_string(),
-    ];
-    v.extend(extra.iter().map(|s| s.to_string()));
-    v
+    let key_file = key_file.display().to_string();
+    let mut args = static_peers(peers, &["--cluster-key-file", &key_file]);
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
 }
 
 /// Marker privacy, replayed and reflected handshakes, a node with another key.

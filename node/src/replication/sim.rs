@@ -869,18 +869,9 @@ impl Sim {
     // ------------------------------------------------------------------ writes
 
     fn client_write(&mut self) {
-        let live: Vec<usize> = (0..self.cfg.nodes)
-            .filter(|i| {
-                self.running(*i)
-                    && self.nodes[*i]
-                        .as_ref()
-                        .is_some_and(|n| n.replica.joined() && !n.replica.stopping())
-            })
-            .collect();
-        if live.is_empty() {
+        let Some(at) = self.client_node() else {
             return;
-        }
-        let at = live[self.rng.random_range(0..live.len())];
+        };
         let sid = self.rng.random_range(0..self.cfg.sessions) as SessionId + 1;
         let n_write = self.writes.len();
         let attr = format!("w{n_write}");

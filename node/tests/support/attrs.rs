@@ -1,7 +1,8 @@
-//! One session attribute (`/attrs/v`) written and read over HTTP, the handshake-failure
-//! counter, and key files written as Kubernetes writes a Secret volume: the helpers the
-//! channel suites (`secure_channel`, `channel_hardening`) share.
+//! Static-peer arguments, one session attribute (`/attrs/v`) written and read over HTTP,
+//! the handshake-failure counter, and key files written as Kubernetes writes a Secret
+//! volume: the helpers the channel suites (`secure_channel`, `channel_hardening`) share.
 
+use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
@@ -13,6 +14,19 @@ use super::{eventually, Addrs, Node};
 pub fn spawn(name: &str, addrs: Addrs, args: &[String]) -> Node {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     Node::spawn(name, addrs, None, &args)
+}
+
+/// `--membership static --peers <peers>` and `extra`.
+pub fn static_peers(peers: &[SocketAddr], extra: &[&str]) -> Vec<String> {
+    let peers: Vec<String> = peers.iter().map(|p| p.to_string()).collect();
+    let mut v: Vec<String> = vec![
+        "--membership".into(),
+        "static".into(),
+        "--peers".into(),
+        peers.join(","),
+    ];
+    v.extend(extra.iter().map(|s| s.to_string()));
+    v
 }
 
 /// Writes `value` as the session's attribute `v` on `node` (a new session when `sid` is
