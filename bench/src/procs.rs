@@ -56,6 +56,11 @@ fn clock_ticks() -> f64 {
 
 /// `(ppid, utime + stime in ticks)` from the text of `/proc/<pid>/stat`.
 pub fn parse_stat(stat: &str) -> Option<(u32, u64)> {
+    parse_stat_times(stat).map(|(ppid, utime, stime)| (ppid, utime + stime))
+}
+
+/// `(ppid, utime, stime)` in ticks from the text of `/proc/<pid>/stat`.
+fn parse_stat_times(stat: &str) -> Option<(u32, u64, u64)> {
     // The command name is in parentheses and may hold spaces: fields count from the last ')'.
     let rest = stat.get(stat.rfind(')')? + 1..)?;
     let f: Vec<&str> = rest.split_whitespace().collect();
@@ -63,17 +68,23 @@ pub fn parse_stat(stat: &str) -> Option<(u32, u64)> {
     let ppid = f.get(1)?.parse().ok()?;
     let utime: u64 = f.get(11)?.parse().ok()?;
     let stime: u64 = f.get(12)?.parse().ok()?;
-    Some((ppid, utime + stime))
+    Some((ppid, utime, stime))
 }
 
 /// utime + stime of the processes, in seconds (a process that is gone counts 0).
 pub fn cpu_seconds(pids: &[u32]) -> f64 {
-    let ticks: u64 = pids
+    let (user, sys) = cpu_user_sys_seconds(pids);
+    user + sys
+}
+
+/// `(utime, stime)` of the processes, in seconds (a process that is gone counts 0).
+pub fn cpu_user_sys_seconds(pids: &[u32]) -> (f64, f64) {
+    let (user, sys) = pids
         .iter()
         .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/stat")).ok())
-        .filter_map(|s| parse_stat(&s).map(|(_, t)| t))
-        .sum();
-    ticks as f64 / clock_ticks()
+        .filter_map(|s| parse_stat_times(&s))
+        .fold((0u64, 0u64), |(u, s), (_, ut, st)| (u + ut, s + st));
+    (user as f64 / clock_ticks(), sys as f64 / clock_ticks())
 }
 
 /// This process's own CPU time (the load client), in seconds.

@@ -9,6 +9,7 @@ pub mod convergence;
 pub mod gray;
 pub mod lag;
 pub mod persistence;
+pub mod replicated;
 pub mod scaling;
 pub mod sidecar;
 pub mod throughput;

@@ -10,6 +10,11 @@
 //! `GET /counter`, one session per connection); "out of sequence" counts stale or lost
 //! answers. CPU is everything serving the requests except nginx and the client: the app
 //! processes plus redis-server or the nodes.
+//!
+//! Then, without the app, replicated writes on the Redis protocol (`replicated`): Redis
+//! with two replicas (async, and sync with `WAIT 2`) next to one redis-server and three
+//! Tribe nodes, because the rows above compare three replicating nodes with one
+//! redis-server that replicates nothing.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -19,9 +24,10 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use serde_json::json;
 
+use super::replicated;
 use super::{progress, wait_for, Env};
 use crate::load::{self, Client, Op};
-use crate::procs::{cpu_seconds, free_port, loopback, Cluster, Nginx};
+use crate::procs::{cpu_seconds, cpu_user_sys_seconds, free_port, loopback, Cluster, Nginx};
 use crate::report::{col, Fmt, Table};
 
 /// Connections (users) the client keeps busy.
@@ -34,7 +40,7 @@ fn express_dir() -> PathBuf {
 }
 
 /// A child process killed on drop.
-struct Proc(Child);
+pub(super) struct Proc(pub(super) Child);
 
 impl Drop for Proc {
     fn drop(&mut self) {
@@ -43,7 +49,7 @@ impl Drop for Proc {
     }
 }
 
-async fn listening(what: &str, addr: SocketAddr) -> Result<()> {
+pub(super) async fn listening(what: &str, addr: SocketAddr) -> Result<()> {
     wait_for(what, Duration::from_secs(20), || async move {
         Ok(tokio::net::TcpStream::connect(addr).await.ok().map(|_| ()))
     })
@@ -51,10 +57,17 @@ async fn listening(what: &str, addr: SocketAddr) -> Result<()> {
 }
 
 async fn redis_server() -> Result<(Proc, SocketAddr)> {
+    redis_server_with(&[]).await
+}
+
+/// A `redis-server` on a free loopback port without persistence, with the `extra`
+/// arguments (e.g. `--replicaof`), once it accepts connections.
+pub(super) async fn redis_server_with(extra: &[String]) -> Result<(Proc, SocketAddr)> {
     let addr = loopback(free_port()?);
     let child = Command::new("redis-server")
         .args(["--bind", "127.0.0.1", "--port", &addr.port().to_string()])
         .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -76,9 +89,16 @@ pub async fn run(env: &Env) -> Result<Table> {
     } else {
         (Duration::from_secs(2), Duration::from_secs(8))
     };
+    // Per phase of the replicated-writes rows (2 client counts × 5 stores).
+    let resp_phase = if env.quick {
+        Duration::from_secs(1)
+    } else {
+        Duration::from_secs(3)
+    };
     let mut t = Table::new(
         "sidecar",
-        "Express + connect-redis behind nginx round-robin: sessions in redis-server vs the Tribe sidecar",
+        "Express + connect-redis behind nginx round-robin: sessions in redis-server vs the Tribe \
+         sidecar; replicated writes on the Redis protocol",
         &[
             col("store", "session store", Fmt::Text),
             col("op", "request", Fmt::Text),
@@ -87,9 +107,19 @@ pub async fn run(env: &Env) -> Result<Table> {
             col("p99_ms", "p99 ms", Fmt::Fixed(2)),
             col("out_of_sequence", "stale or lost", Fmt::Int),
             col("errors", "errors", Fmt::Int),
-            col("cpu_ms_per_req", "app+store CPU-ms per request", Fmt::Fixed(3)),
+            col(
+                "cpu_ms_per_req",
+                "app+store CPU-ms per request",
+                Fmt::Fixed(3),
+            ),
             col("store_cpu_us_per_req", "store CPU µs per request", Fmt::Int),
-            col("nginx_cpu_ms_per_req", "nginx CPU-ms per request", Fmt::Fixed(3)),
+            col(
+                "nginx_cpu_ms_per_req",
+                "nginx CPU-ms per request",
+                Fmt::Fixed(3),
+            ),
+            col("store_user_us_per_req", "store user µs", Fmt::Int),
+            col("store_sys_us_per_req", "store sys µs", Fmt::Int),
         ],
     );
     t.note(format!(
@@ -182,10 +212,10 @@ pub async fn run(env: &Env) -> Result<Table> {
         for (op, name) in [(Op::Write, "POST /counter"), (Op::Read, "GET /counter")] {
             let nginx_pids = nginx.pids();
             let (s0, x0) = (cpu_seconds(&store_pids), cpu_seconds(&nginx_pids));
-            let o0 = cpu_seconds(&store_only);
+            let (ou0, os0) = cpu_user_sys_seconds(&store_only);
             let p = load::run(&mut clients, op, measure).await;
             let (s1, x1) = (cpu_seconds(&store_pids), cpu_seconds(&nginx_pids));
-            let o1 = cpu_seconds(&store_only);
+            let (ou1, os1) = cpu_user_sys_seconds(&store_only);
             if let Some(e) = &p.first_error {
                 t.note(format!("{case} {name}: first error: {e}"));
             }
@@ -199,8 +229,10 @@ pub async fn run(env: &Env) -> Result<Table> {
                 json!(p.out_of_sequence),
                 json!(p.errors),
                 json!(per(s1 - s0)),
-                json!(per(o1 - o0) * 1000.0),
+                json!(per(ou1 - ou0 + os1 - os0) * 1000.0),
                 json!(per(x1 - x0)),
+                json!(per(ou1 - ou0) * 1000.0),
+                json!(per(os1 - os0) * 1000.0),
             ]);
         }
         // A new visitor's first session save: `SET` of a key nobody wrote, one client.
@@ -213,6 +245,8 @@ pub async fn run(env: &Env) -> Result<Table> {
             json!(p99),
             json!(0),
             json!(errors),
+            serde_json::Value::Null,
+            serde_json::Value::Null,
             serde_json::Value::Null,
             serde_json::Value::Null,
             serde_json::Value::Null,
@@ -243,6 +277,8 @@ pub async fn run(env: &Env) -> Result<Table> {
                 serde_json::Value::Null,
                 serde_json::Value::Null,
                 serde_json::Value::Null,
+                serde_json::Value::Null,
+                serde_json::Value::Null,
             ]);
             t.note(format!(
                 "{case}, sidecar restart under load: sessions reset (a write answered below the previous one): {resets}; \"stale or lost\" there also counts saves that failed while the node was down (express-session answers 200 without the save)"
@@ -263,7 +299,58 @@ pub async fn run(env: &Env) -> Result<Table> {
         drop(keep);
         drop(cluster);
     }
+    replicated_rows(env, resp_phase, &mut t).await?;
     Ok(t)
+}
+
+/// The rows of [`replicated`]: the same columns, `op` "RESP SET, N clients", no app (so no
+/// app+store or nginx CPU, no sequence check).
+async fn replicated_rows(env: &Env, phase: Duration, t: &mut Table) -> Result<()> {
+    t.note(format!(
+        "Replicated writes on the Redis protocol (rows \"RESP SET\"): the rows above compare \
+         {INSTANCES} replicating Tribe nodes with ONE redis-server that keeps one copy and \
+         replicates nothing; these rows give Redis the same job, copies on 3 processes: a \
+         master with 2 replicas (`--replicaof`), asynchronous (plain SET) and synchronous \
+         (SET followed by `WAIT 2 1000` in the same write; a write counts only when WAIT \
+         answers :2, otherwise as an error), next to one redis-server and {INSTANCES} Tribe \
+         nodes. No app: the client speaks RESP, each connection sequential `SET \
+         sess:<client>:<one of its {keys} keys at random> <~130-byte JSON whose counter \
+         changes every write> EX 86400`; redis clients all talk to the master, Tribe client i \
+         to node i mod {INSTANCES}. {:.0} s per phase, after every client wrote each of its \
+         keys once. req/s = acknowledged writes/s; store CPU (user, sys) = utime, stime of \
+         the store's processes only (master + replicas, or the nodes) per acknowledged write.",
+        phase.as_secs_f64(),
+        keys = replicated::KEYS,
+    ));
+    let (rows, notes) = replicated::run(env, phase).await?;
+    for n in notes {
+        t.note(n);
+    }
+    for r in rows {
+        let op = format!(
+            "RESP SET, {} client{}",
+            r.clients,
+            if r.clients == 1 { "" } else { "s" }
+        );
+        if let Some(e) = &r.first_error {
+            t.note(format!("{} {op}: first error: {e}", r.store));
+        }
+        t.row(vec![
+            json!(r.store),
+            json!(op),
+            json!(r.rate),
+            json!(r.p50_ms),
+            json!(r.p99_ms),
+            serde_json::Value::Null,
+            json!(r.errors),
+            serde_json::Value::Null,
+            json!(r.user_us + r.sys_us),
+            serde_json::Value::Null,
+            json!(r.user_us),
+            json!(r.sys_us),
+        ]);
+    }
+    Ok(())
 }
 
 async fn express_at(store: SocketAddr, addr: SocketAddr) -> Result<(Proc, SocketAddr)> {
