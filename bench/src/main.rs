@@ -88,9 +88,13 @@ enum Section {
     /// examples/apps/express/node_modules (scripts/install-test-deps). Not in the
     /// default run; ask for it with `--only sidecar`.
     Sidecar,
+    /// Replicated writes on the Redis protocol, no app: one redis-server, Redis with two
+    /// replicas (async, and sync with `WAIT 2`), three Tribe nodes (sync, async); store
+    /// CPU per write at 1 and 8 clients. Needs redis-server.
+    Replicated,
 }
 
-const ALL: [Section; 8] = [
+const ALL: [Section; 9] = [
     Section::Throughput,
     Section::Lag,
     Section::Wire,
@@ -99,6 +103,7 @@ const ALL: [Section; 8] = [
     Section::Convergence,
     Section::Persistence,
     Section::Gray,
+    Section::Replicated,
 ];
 
 async fn run_section(s: Section, env: &Env) -> Result<Table> {
@@ -112,6 +117,7 @@ async fn run_section(s: Section, env: &Env) -> Result<Table> {
         Section::Persistence => sections::persistence::run(env).await,
         Section::Gray => sections::gray::run(env).await,
         Section::Sidecar => sections::sidecar::run(env).await,
+        Section::Replicated => sections::replicated::run(env).await,
     }
 }
 
@@ -167,6 +173,7 @@ async fn run(args: &Args) -> Result<(Report, bool)> {
                     Section::Persistence => "persistence",
                     Section::Gray => "gray",
                     Section::Sidecar => "sidecar",
+                    Section::Replicated => "replicated",
                 };
                 let mut t = Table::new(name, format!("{name}: failed"), &[]);
                 t.note(format!("error: {e:#}"));

@@ -1,6 +1,6 @@
-//! Replicated writes on the Redis protocol, store against store. The sidecar rows compare
-//! three replicating Tribe nodes with ONE redis-server that keeps a single copy; these
-//! rows give Redis the same job — copies on three processes: a master with two replicas
+//! Replicated writes on the Redis protocol, store against store (`--only replicated`).
+//! The sidecar section compares three replicating Tribe nodes with ONE redis-server that
+//! keeps a single copy; this section gives Redis the same job — copies on three processes: a master with two replicas
 //! (`--replicaof`), replicating asynchronously (plain `SET`) or synchronously (`SET`
 //! followed by `WAIT 2 1000` in the same write) — next to one redis-server and three
 //! Tribe nodes (sync, async).
@@ -25,6 +25,8 @@ use super::sidecar::{redis_server_with, Proc};
 use super::{progress, wait_for, Env};
 use crate::load;
 use crate::procs::{cpu_user_sys_seconds, free_port, loopback, Cluster};
+use crate::report::{col, Fmt, Table};
+use serde_json::json;
 
 /// Client counts measured per store: one, then this many connections at once.
 pub const CLIENTS: [usize; 2] = [1, 8];
@@ -84,14 +86,79 @@ pub struct Row {
     pub first_error: Option<String>,
 }
 
+/// The section: the table of [`measure`].
+pub async fn run(env: &Env) -> Result<Table> {
+    let phase = if env.quick {
+        Duration::from_secs(1)
+    } else {
+        Duration::from_secs(3)
+    };
+    let mut t = Table::new(
+        "replicated",
+        "Replicated writes on the Redis protocol: Redis with two replicas vs three Tribe nodes",
+        &[
+            col("store", "store", Fmt::Text),
+            col("clients", "clients", Fmt::Int),
+            col("writes_per_s", "writes/s", Fmt::Int),
+            col("p50_ms", "p50 ms", Fmt::Fixed(2)),
+            col("p99_ms", "p99 ms", Fmt::Fixed(2)),
+            col("errors", "errors", Fmt::Int),
+            col("cpu_us_per_write", "store CPU µs per write", Fmt::Int),
+            col("user_us_per_write", "user µs", Fmt::Int),
+            col("sys_us_per_write", "sys µs", Fmt::Int),
+        ],
+    );
+    t.note(format!(
+        "The sidecar section compares {REPLICAS_PLUS_ONE} replicating Tribe nodes with ONE \
+         redis-server that keeps one copy and replicates nothing; this gives Redis the same \
+         job, copies on {REPLICAS_PLUS_ONE} processes: a master with {REPLICAS} replicas \
+         (`--replicaof`), asynchronous (plain SET) and synchronous (SET followed by `WAIT \
+         {REPLICAS} {WAIT_MS}` in the same write; a write counts only when WAIT answers \
+         :{REPLICAS}, otherwise as an error). No app: each connection sends sequential `SET \
+         sess:<client>:<one of its {KEYS} keys at random> <~130-byte JSON whose counter \
+         changes every write> EX 86400`; redis clients all talk to the master, Tribe client i \
+         to node i mod {REPLICAS_PLUS_ONE}. {:.0} s per phase, after every client wrote each \
+         of its keys once. writes/s = acknowledged writes; store CPU = utime + stime of the \
+         store's processes only (master + replicas, or the nodes) per acknowledged write.",
+        phase.as_secs_f64(),
+    ));
+    let (rows, notes) = measure(env, phase).await?;
+    for n in notes {
+        t.note(n);
+    }
+    for r in rows {
+        if let Some(e) = &r.first_error {
+            t.note(format!(
+                "{} with {} clients: first error: {e}",
+                r.store, r.clients
+            ));
+        }
+        t.row(vec![
+            json!(r.store),
+            json!(r.clients),
+            json!(r.rate),
+            json!(r.p50_ms),
+            json!(r.p99_ms),
+            json!(r.errors),
+            json!(r.user_us + r.sys_us),
+            json!(r.user_us),
+            json!(r.sys_us),
+        ]);
+    }
+    Ok(t)
+}
+
+/// Copies of each write: the master (or the first node) and its replicas.
+const REPLICAS_PLUS_ONE: usize = REPLICAS + 1;
+
 /// Starts each store in turn, lets every client write each of its keys once, then
 /// measures each of [`CLIENTS`] for `time`. Returns the rows and notes (warm-up errors).
-pub async fn run(env: &Env, time: Duration) -> Result<(Vec<Row>, Vec<String>)> {
+async fn measure(env: &Env, time: Duration) -> Result<(Vec<Row>, Vec<String>)> {
     let mut rows = Vec::new();
     let mut notes = Vec::new();
     let most = CLIENTS.into_iter().max().unwrap_or(1);
     for (name, store) in STORES {
-        progress(format!("sidecar, replicated writes: {name}"));
+        progress(format!("replicated: {name}"));
         let running = start(env, store)
             .await
             .with_context(|| format!("starting {name}"))?;

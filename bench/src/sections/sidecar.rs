@@ -11,10 +11,9 @@
 //! answers. CPU is everything serving the requests except nginx and the client: the app
 //! processes plus redis-server or the nodes.
 //!
-//! Then, without the app, replicated writes on the Redis protocol (`replicated`): Redis
-//! with two replicas (async, and sync with `WAIT 2`) next to one redis-server and three
-//! Tribe nodes, because the rows above compare three replicating nodes with one
-//! redis-server that replicates nothing.
+//! The `replicated` section gives Redis the same job as the nodes (a master with two
+//! replicas, async and with `WAIT 2`), since this one compares three replicating nodes
+//! with one redis-server that replicates nothing.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -24,7 +23,6 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use serde_json::json;
 
-use super::replicated;
 use super::{progress, wait_for, Env};
 use crate::load::{self, Client, Op};
 use crate::procs::{cpu_seconds, cpu_user_sys_seconds, free_port, loopback, Cluster, Nginx};
@@ -89,16 +87,9 @@ pub async fn run(env: &Env) -> Result<Table> {
     } else {
         (Duration::from_secs(2), Duration::from_secs(8))
     };
-    // Per phase of the replicated-writes rows (2 client counts × 5 stores).
-    let resp_phase = if env.quick {
-        Duration::from_secs(1)
-    } else {
-        Duration::from_secs(3)
-    };
     let mut t = Table::new(
         "sidecar",
-        "Express + connect-redis behind nginx round-robin: sessions in redis-server vs the Tribe \
-         sidecar; replicated writes on the Redis protocol",
+        "Express + connect-redis behind nginx round-robin: sessions in redis-server vs the Tribe sidecar",
         &[
             col("store", "session store", Fmt::Text),
             col("op", "request", Fmt::Text),
@@ -299,58 +290,7 @@ pub async fn run(env: &Env) -> Result<Table> {
         drop(keep);
         drop(cluster);
     }
-    replicated_rows(env, resp_phase, &mut t).await?;
     Ok(t)
-}
-
-/// The rows of [`replicated`]: the same columns, `op` "RESP SET, N clients", no app (so no
-/// app+store or nginx CPU, no sequence check).
-async fn replicated_rows(env: &Env, phase: Duration, t: &mut Table) -> Result<()> {
-    t.note(format!(
-        "Replicated writes on the Redis protocol (rows \"RESP SET\"): the rows above compare \
-         {INSTANCES} replicating Tribe nodes with ONE redis-server that keeps one copy and \
-         replicates nothing; these rows give Redis the same job, copies on 3 processes: a \
-         master with 2 replicas (`--replicaof`), asynchronous (plain SET) and synchronous \
-         (SET followed by `WAIT 2 1000` in the same write; a write counts only when WAIT \
-         answers :2, otherwise as an error), next to one redis-server and {INSTANCES} Tribe \
-         nodes. No app: the client speaks RESP, each connection sequential `SET \
-         sess:<client>:<one of its {keys} keys at random> <~130-byte JSON whose counter \
-         changes every write> EX 86400`; redis clients all talk to the master, Tribe client i \
-         to node i mod {INSTANCES}. {:.0} s per phase, after every client wrote each of its \
-         keys once. req/s = acknowledged writes/s; store CPU (user, sys) = utime, stime of \
-         the store's processes only (master + replicas, or the nodes) per acknowledged write.",
-        phase.as_secs_f64(),
-        keys = replicated::KEYS,
-    ));
-    let (rows, notes) = replicated::run(env, phase).await?;
-    for n in notes {
-        t.note(n);
-    }
-    for r in rows {
-        let op = format!(
-            "RESP SET, {} client{}",
-            r.clients,
-            if r.clients == 1 { "" } else { "s" }
-        );
-        if let Some(e) = &r.first_error {
-            t.note(format!("{} {op}: first error: {e}", r.store));
-        }
-        t.row(vec![
-            json!(r.store),
-            json!(op),
-            json!(r.rate),
-            json!(r.p50_ms),
-            json!(r.p99_ms),
-            serde_json::Value::Null,
-            json!(r.errors),
-            serde_json::Value::Null,
-            json!(r.user_us + r.sys_us),
-            serde_json::Value::Null,
-            json!(r.user_us),
-            json!(r.sys_us),
-        ]);
-    }
-    Ok(())
 }
 
 async fn express_at(store: SocketAddr, addr: SocketAddr) -> Result<(Proc, SocketAddr)> {
