@@ -14,6 +14,7 @@ mod load;
 mod metrics;
 mod procs;
 mod report;
+mod resp;
 mod sections;
 
 use std::path::PathBuf;

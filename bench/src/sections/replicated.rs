@@ -16,16 +16,17 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{Context, Result};
 use hdrhistogram::Histogram;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use rand::rngs::SmallRng;
+use rand::{RngExt, SeedableRng};
 
 use super::sidecar::{redis_server_with, Proc};
 use super::{progress, wait_for, Env};
 use crate::load;
 use crate::procs::{cpu_user_sys_seconds, free_port, loopback, Cluster};
 use crate::report::{col, Fmt, Table};
+use crate::resp::{command, Resp};
 use serde_json::json;
 
 /// Client counts measured per store: one, then this many connections at once.
@@ -252,7 +253,7 @@ async fn start(env: &Env, store: Store) -> Result<Running> {
             })
         }
         Store::Tribe { sync } => {
-            let n = REPLICAS + 1;
+            let n = REPLICAS_PLUS_ONE;
             let resp: Vec<SocketAddr> = (0..n)
                 .map(|_| free_port().map(loopback))
                 .collect::<Result<_>>()?;
@@ -326,12 +327,12 @@ async fn phase(targets: &[SocketAddr], clients: usize, wait: bool, until: Until)
     futures::future::join_all((0..clients).map(|i| {
         let addr = targets[i % targets.len()];
         async move {
-            let mut rng = Rng::new(i as u64 + 1);
+            let mut rng = key_order(i);
             let mut conn: Option<Resp> = None;
             for n in 0.. {
                 let key = match until {
                     Until::EachKeyOnce if n < KEYS => n,
-                    Until::Deadline(d) if Instant::now() < d => rng.below(KEYS),
+                    Until::Deadline(d) if Instant::now() < d => rng.random_range(0..KEYS),
                     _ => break,
                 };
                 let t0 = Instant::now();
@@ -411,127 +412,14 @@ async fn write(c: &mut Resp, client: usize, key: usize, wait: bool) -> Result<Op
     }
 }
 
-/// A RESP command (an array of bulk strings).
-fn command(args: &[&[u8]]) -> Vec<u8> {
-    let mut out = format!("*{}\r\n", args.len()).into_bytes();
-    for a in args {
-        out.extend(format!("${}\r\n", a.len()).as_bytes());
-        out.extend_from_slice(a);
-        out.extend_from_slice(b"\r\n");
-    }
-    out
-}
-
-/// Largest bulk reply read (`INFO replication` is a few hundred bytes).
-const MAX_BULK: usize = 1 << 20;
-
-/// The first complete reply in `buf` and the bytes it takes, `None` while incomplete: a
-/// simple string, error or integer as its line (`+OK`, `-ERR …`, `:2`), a bulk string as
-/// its content. (Arrays are not needed here.)
-fn parse_reply(buf: &[u8]) -> Result<Option<(Vec<u8>, usize)>> {
-    let Some(end) = buf.windows(2).position(|w| w == b"\r\n") else {
-        return Ok(None);
-    };
-    let line = &buf[..end];
-    if let Some(len) = line.strip_prefix(b"$") {
-        let len: i64 = std::str::from_utf8(len)?.parse()?;
-        if let Ok(len) = usize::try_from(len) {
-            ensure!(len <= MAX_BULK, "a bulk reply of {len} bytes");
-            let start = end + 2;
-            if buf.len() < start + len + 2 {
-                return Ok(None);
-            }
-            return Ok(Some((buf[start..start + len].to_vec(), start + len + 2)));
-        }
-    }
-    Ok(Some((line.to_vec(), end + 2)))
-}
-
-/// One RESP connection, commands pipelined as given, replies read one at a time.
-struct Resp {
-    s: TcpStream,
-    buf: Vec<u8>,
-    /// An I/O error happened: the replies may be out of step.
-    broken: bool,
-}
-
-impl Resp {
-    async fn connect(addr: SocketAddr) -> Result<Resp> {
-        let s = TcpStream::connect(addr)
-            .await
-            .with_context(|| format!("connect {addr}"))?;
-        s.set_nodelay(true)?;
-        Ok(Resp {
-            s,
-            buf: Vec::new(),
-            broken: false,
-        })
-    }
-
-    async fn send(&mut self, req: &[u8]) -> Result<()> {
-        self.broken = true;
-        self.s.write_all(req).await?;
-        self.broken = false;
-        Ok(())
-    }
-
-    async fn reply(&mut self) -> Result<Vec<u8>> {
-        self.broken = true;
-        loop {
-            if let Some((reply, used)) = parse_reply(&self.buf)? {
-                self.buf.drain(..used);
-                self.broken = false;
-                return Ok(reply);
-            }
-            let mut chunk = [0u8; 4096];
-            let k = self.s.read(&mut chunk).await?;
-            ensure!(k > 0, "the store closed the connection");
-            self.buf.extend_from_slice(&chunk[..k]);
-        }
-    }
-}
-
-/// xorshift64: which key a client writes next.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        (x % n as u64) as usize
-    }
+/// The keys' random order, one seed per client (the same run to run).
+fn key_order(client: usize) -> SmallRng {
+    SmallRng::seed_from_u64(client as u64 + 1)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn replies_are_split_whole() {
-        let two = b"+OK\r\n:2\r\n";
-        assert_eq!(parse_reply(two).unwrap(), Some((b"+OK".to_vec(), 5)));
-        assert_eq!(parse_reply(&two[5..]).unwrap(), Some((b":2".to_vec(), 4)));
-        assert_eq!(parse_reply(b"+O").unwrap(), None);
-        assert_eq!(parse_reply(b"$5\r\nhel").unwrap(), None);
-        assert_eq!(
-            parse_reply(b"$5\r\nhello\r\n+OK\r\n").unwrap(),
-            Some((b"hello".to_vec(), 11))
-        );
-        assert_eq!(parse_reply(b"$-1\r\n").unwrap(), Some((b"$-1".to_vec(), 5)));
-        assert!(parse_reply(b"$x\r\n").is_err());
-        assert!(parse_reply(b"$99999999\r\n").is_err());
-        assert_eq!(
-            parse_reply(b"-ERR no\r\n").unwrap(),
-            Some((b"-ERR no".to_vec(), 9))
-        );
-    }
 
     #[test]
     fn values_are_session_sized_and_always_new() {
@@ -547,10 +435,10 @@ mod tests {
 
     #[test]
     fn keys_spread_over_all() {
-        let mut r = Rng::new(1);
+        let mut r = key_order(0);
         let mut seen = [false; KEYS];
         for _ in 0..10_000 {
-            seen[r.below(KEYS)] = true;
+            seen[r.random_range(0..KEYS)] = true;
         }
         assert!(seen.iter().all(|&s| s));
     }

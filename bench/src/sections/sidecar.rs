@@ -27,6 +27,7 @@ use super::{progress, wait_for, Env};
 use crate::load::{self, Client, Op};
 use crate::procs::{cpu_seconds, cpu_user_sys_seconds, free_port, loopback, Cluster, Nginx};
 use crate::report::{col, Fmt, Table};
+use crate::resp::{command, Resp};
 
 /// Connections (users) the client keeps busy.
 pub const CONNECTIONS: usize = 32;
@@ -321,28 +322,19 @@ async fn express_at(store: SocketAddr, addr: SocketAddr) -> Result<(Proc, Socket
 /// Sequential `SET` of keys nobody wrote, on one RESP connection to `store`, for `time`:
 /// (commands/s, p50 ms, p99 ms, error replies).
 async fn new_key_sets(store: SocketAddr, time: Duration) -> Result<(f64, f64, f64, u64)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(store).await?;
-    s.set_nodelay(true)?;
+    let mut c = Resp::connect(store).await?;
     let mut hist = load::histogram();
     let mut errors = 0;
     let mut n = 0u64;
     let tag = std::process::id();
     let started = std::time::Instant::now();
-    let mut buf = [0u8; 64];
     while started.elapsed() < time {
         let key = format!("bench:new:{tag}:{n}");
-        let req = format!("*3\r\n$3\r\nSET\r\n${}\r\n{key}\r\n$1\r\nv\r\n", key.len());
         let t0 = std::time::Instant::now();
-        s.write_all(req.as_bytes()).await?;
-        let mut got = Vec::new();
-        while !got.ends_with(b"\r\n") {
-            let k = s.read(&mut buf).await?;
-            anyhow::ensure!(k > 0, "the store closed the connection");
-            got.extend_from_slice(&buf[..k]);
-        }
+        c.send(&command(&[b"SET", key.as_bytes(), b"v"])).await?;
+        let got = c.reply().await?;
         hist.saturating_record((t0.elapsed().as_nanos() as u64).max(1));
-        if got != b"+OK\r\n" {
+        if got != b"+OK" {
             errors += 1;
         }
         n += 1;
