@@ -1007,6 +1007,21 @@ impl Sim {
             self.report.acked_alone += 1;
             self.client_saw(w);
         }
+        self.fan_out(i, w, ack, delta, targets, None);
+    }
+
+    /// Sends write `w`'s delta from node `i` to `targets`; with `ack` (0: async) waits
+    /// for their acks under that request id (`relay`: a forwarded write's primary, see
+    /// [`Pending`]).
+    fn fan_out(
+        &mut self,
+        i: usize,
+        w: usize,
+        ack: u64,
+        delta: crate::wire::Delta,
+        targets: &[String],
+        relay: Option<(usize, u32, u64)>,
+    ) {
         for t in targets {
             let msg = Message::Delta {
                 ack,
@@ -1014,18 +1029,18 @@ impl Sim {
             };
             self.send(i, index_of(t), msg, true);
         }
-        if self.cfg.sync {
+        if ack != 0 {
             let node = self.nodes[i].as_mut().unwrap();
             node.pending.insert(
-                id,
+                ack,
                 Pending {
                     write: w,
                     ackers: vec![],
-                    relay: None,
+                    relay,
                 },
             );
             node.replica
-                .start_sync(self.now, id, targets.iter().cloned());
+                .start_sync(self.now, ack, targets.iter().cloned());
             self.replica_events(i);
         }
     }
@@ -1043,28 +1058,10 @@ impl Sim {
             .expect("every delta is a client write");
         let id = node.next_id;
         node.next_id += 1;
-        let sync = ack != 0;
-        for t in &targets {
-            let msg = Message::Delta {
-                ack: if sync { id } else { 0 },
-                delta: delta.clone(),
-            };
-            self.send(i, index_of(t), msg, true);
-        }
-        if sync {
-            let inc = self.nodes[forwarder].as_ref().map_or(0, |n| n.incarnation);
-            let node = self.nodes[i].as_mut().unwrap();
-            node.pending.insert(
-                id,
-                Pending {
-                    write: w,
-                    ackers: vec![],
-                    relay: Some((forwarder, inc, ack)),
-                },
-            );
-            node.replica.start_sync(self.now, id, targets);
-            self.replica_events(i);
-        }
+        let inc = self.nodes[forwarder].as_ref().map_or(0, |n| n.incarnation);
+        // The forwarder asked for an ack exactly when its write is sync.
+        let wait = if ack != 0 { id } else { 0 };
+        self.fan_out(i, w, wait, delta, &targets, Some((forwarder, inc, ack)));
     }
 
     /// The primary acked a sync forward of node `i`: acknowledged, held by this node and
